@@ -1,0 +1,180 @@
+"""What the network outputs, and how every other prediction follows from the denoiser.
+
+The whole codebase speaks through one interface, the denoiser ``denoise(x_t, t, cond) -> x0_hat``
+with x_t = alpha(t) x0 + sigma(t) eps. From x0_hat every other prediction is exact algebra:
+
+  eps_hat   = (x_t - alpha x0_hat) / sigma
+  score     = -eps_hat / sigma = (alpha x0_hat - x_t) / sigma^2          (Tweedie)
+  v_hat     = alpha eps_hat - sigma x0_hat                              (Salimans & Ho 2022)
+  velocity  = dx_t/dt of the interpolant = alpha' x0_hat + sigma' eps_hat
+
+A *parameterization* is the pair (network inputs, network output -> x0_hat):
+
+  eps    x0 = (x - sigma F) / alpha                 (Ho et al. 2020)
+  x0     x0 = F
+  v      x0 = (alpha x - sigma F) / (alpha^2 + sigma^2)
+  score  x0 = (x + sigma^2 F) / alpha              (Song et al. 2021)
+  edm    with s = sigma/alpha and x' = x/alpha (so x' = x0 + s eps, EDM's variables):
+         x0 = c_skip(s) x' + c_out(s) F(c_in(s) x', c_noise(s))   (Karras et al. 2022, eq. 7, Table 1)
+         c_skip = sd^2/(s^2+sd^2), c_out = s sd / sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2),
+         c_noise = log(s)/4.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax.numpy as jnp
+
+from diffusion.schedules import Schedule, _bcast
+
+Array = Any
+Denoiser = Callable[..., Array]  # denoise(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
+
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")
+TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise")
+
+
+# -- exact conversions from the denoiser's x0_hat ------------------------------------------------
+
+
+def eps_from_x0(x0, x, t, schedule: Schedule):
+  t = _bcast(t, x)
+  return (x - schedule.alpha(t) * x0) / schedule.sigma(t)
+
+
+def x0_from_eps(eps, x, t, schedule: Schedule):
+  t = _bcast(t, x)
+  return (x - schedule.sigma(t) * eps) / schedule.alpha(t)
+
+
+def score_from_x0(x0, x, t, schedule: Schedule):
+  t = _bcast(t, x)
+  s = schedule.sigma(t)
+  return (schedule.alpha(t) * x0 - x) / (s * s)
+
+
+def x0_from_score(score, x, t, schedule: Schedule):
+  t = _bcast(t, x)
+  s = schedule.sigma(t)
+  return (x + s * s * score) / schedule.alpha(t)
+
+
+def v_from_x0(x0, x, t, schedule: Schedule):
+  t = _bcast(t, x)
+  a, s = schedule.alpha(t), schedule.sigma(t)
+  eps = (x - a * x0) / s
+  return a * eps - s * x0
+
+
+def x0_from_v(v, x, t, schedule: Schedule):
+  t = _bcast(t, x)
+  a, s = schedule.alpha(t), schedule.sigma(t)
+  return (a * x - s * v) / (a * a + s * s)
+
+
+def velocity_from_x0(x0, x, t, schedule: Schedule):
+  """The probability-flow velocity of the interpolant, u = alpha' x0_hat + sigma' eps_hat."""
+  eps = eps_from_x0(x0, x, t, schedule)
+  t = _bcast(t, x)
+  return schedule.dalpha_dt(t) * x0 + schedule.dsigma_dt(t) * eps
+
+
+# -- network parameterizations -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameterization:
+  """How a network's output F maps to x0_hat, and what the network is fed.
+
+  Attributes:
+    kind: one of PARAMETERIZATIONS.
+    time_input: the scalar the network is conditioned on: 't', 'log_sigma' (log of sigma/alpha),
+      'logsnr', or 'c_noise' (= log(sigma/alpha)/4, EDM). 'edm' always uses c_noise.
+    sigma_data: the data standard deviation assumed by EDM's preconditioning.
+    scale_input: feed x / sqrt(alpha^2 sd^2 + sigma^2) (unit variance) instead of x; 'edm' always
+      does (that is its c_in).
+  """
+  kind: str = "eps"
+  time_input: str = "t"
+  sigma_data: float = 0.5
+  scale_input: bool = False
+
+  def __post_init__(self):
+    if self.kind not in PARAMETERIZATIONS:
+      raise ValueError(f"unknown parameterization {self.kind!r}; available: {PARAMETERIZATIONS}")
+    if self.time_input not in TIME_INPUTS:
+      raise ValueError(f"unknown time_input {self.time_input!r}; available: {TIME_INPUTS}")
+
+  def _noise_level(self, t, schedule):
+    return schedule.edm_sigma(t)  # sigma / alpha
+
+  def net_inputs(self, x, t, schedule: Schedule):
+    """(x_in (B, ...), c (B,)): what the network sees for x_t at times t (B,)."""
+    tb = _bcast(t, x)
+    a, s = schedule.alpha(tb), schedule.sigma(tb)
+    if self.kind == "edm" or self.scale_input:
+      x_in = x / jnp.sqrt(a * a * self.sigma_data**2 + s * s)
+    else:
+      x_in = x
+    ti = "c_noise" if self.kind == "edm" else self.time_input
+    if ti == "t":
+      c = t
+    elif ti == "log_sigma":
+      c = jnp.log(self._noise_level(t, schedule))
+    elif ti == "logsnr":
+      c = schedule.logsnr(t)
+    else:
+      c = 0.25 * jnp.log(self._noise_level(t, schedule))
+    return x_in, jnp.broadcast_to(jnp.asarray(c, jnp.float32), (x.shape[0],))
+
+  def to_x0(self, out, x, t, schedule: Schedule):
+    """x0_hat from the network output ``out`` for inputs x_t (B, ...) at times t (B,)."""
+    if self.kind == "eps":
+      return x0_from_eps(out, x, t, schedule)
+    if self.kind == "x0":
+      return out
+    if self.kind == "v":
+      return x0_from_v(out, x, t, schedule)
+    if self.kind == "score":
+      return x0_from_score(out, x, t, schedule)
+    tb = _bcast(t, x)
+    a = schedule.alpha(tb)
+    s, sd = schedule.edm_sigma(tb), self.sigma_data
+    c_skip = sd * sd / (s * s + sd * sd)
+    c_out = s * sd / jnp.sqrt(s * s + sd * sd)
+    return c_skip * (x / a) + c_out * out
+
+  def from_x0(self, x0, x, t, schedule: Schedule):
+    """Inverse of ``to_x0``: the network output that would give x0 (the regression target)."""
+    if self.kind == "eps":
+      return eps_from_x0(x0, x, t, schedule)
+    if self.kind == "x0":
+      return x0
+    if self.kind == "v":
+      return v_from_x0(x0, x, t, schedule)
+    if self.kind == "score":
+      return score_from_x0(x0, x, t, schedule)
+    tb = _bcast(t, x)
+    a = schedule.alpha(tb)
+    s, sd = schedule.edm_sigma(tb), self.sigma_data
+    c_skip = sd * sd / (s * s + sd * sd)
+    c_out = s * sd / jnp.sqrt(s * s + sd * sd)
+    return (x0 - c_skip * (x / a)) / c_out
+
+
+def make_denoiser(apply_fn: Callable[..., Array],
+                  schedule: Schedule,
+                  param: Parameterization) -> Denoiser:
+  """Wraps a network ``apply_fn(x_in, c, cond) -> F`` into ``denoise(x_t, t, cond=None) -> x0_hat``.
+
+  ``t`` may be a scalar or (B,); it is broadcast to (B,).
+  """
+
+  def denoise(x, t, cond: Optional[Array] = None):
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+    x_in, c = param.net_inputs(x, t, schedule)
+    out = apply_fn(x_in, c, cond)
+    return param.to_x0(out.astype(x.dtype), x, t, schedule)
+
+  return denoise

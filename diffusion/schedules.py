@@ -1,0 +1,418 @@
+"""Gaussian forward processes as (alpha, sigma) pairs, and time grids for sampling.
+
+Every schedule describes the marginals ``x_t = alpha(t) x_0 + sigma(t) eps``, eps ~ N(0, I),
+for t in [t_min, t_max]. From the pair follow (Kingma et al. 2021, VDM, eq. 2-4; Song et al.
+2021, score SDE, eq. 5 and 29):
+
+  logsnr(t) = log(alpha^2 / sigma^2)
+  f(t)      = d log alpha / dt                                 (SDE drift:  dx = f x dt + g dw)
+  g(t)^2    = d sigma^2 / dt - 2 f(t) sigma(t)^2               (SDE diffusion)
+
+so nothing downstream needs to know which family a schedule belongs to.
+
+Every method works on numpy inputs (computed in float64 on the host, for sampler coefficients)
+and on jax arrays (traced inside ``jit``): the array namespace follows the input.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Dict, Type
+
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any
+
+
+def _xp(t):
+  """numpy for host values (float64), jax.numpy for traced / device arrays."""
+  return np if isinstance(t, (np.ndarray, np.generic, float, int)) else jnp
+
+
+def _softplus(xp, x):
+  return xp.logaddexp(0.0, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Base class. Subclasses define alpha, sigma and their time derivatives.
+
+  Frozen and hashable, so a schedule can be closed over or passed as a static jit argument.
+  """
+  t_min: float
+  t_max: float
+
+  name = "base"
+
+  # -- to be defined by subclasses -------------------------------------------------------------
+  def alpha(self, t: Array) -> Array:
+    raise NotImplementedError
+
+  def sigma(self, t: Array) -> Array:
+    raise NotImplementedError
+
+  def dalpha_dt(self, t: Array) -> Array:
+    raise NotImplementedError
+
+  def dsigma_dt(self, t: Array) -> Array:
+    raise NotImplementedError
+
+  def t_from_logsnr(self, logsnr: Array) -> Array:
+    """Inverse of ``logsnr``: the time at which log(alpha^2/sigma^2) equals ``logsnr``."""
+    raise NotImplementedError
+
+  # -- derived quantities ---------------------------------------------------------------------
+  def logsnr(self, t: Array) -> Array:
+    """lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
+    xp = _xp(t)
+    return 2.0 * (xp.log(self.alpha(t)) - xp.log(self.sigma(t)))
+
+  def dlogsnr_dt(self, t: Array) -> Array:
+    """d lambda / dt = 2 (alpha'/alpha - sigma'/sigma)."""
+    return 2.0 * (self.dalpha_dt(t) / self.alpha(t) - self.dsigma_dt(t) / self.sigma(t))
+
+  def drift(self, t: Array) -> Array:
+    """f(t) = d log alpha / dt, the linear drift coefficient of the forward SDE."""
+    return self.dalpha_dt(t) / self.alpha(t)
+
+  def diffusion_sq(self, t: Array) -> Array:
+    """g(t)^2 = d sigma^2/dt - 2 f(t) sigma(t)^2 = 2 sigma (sigma' - f sigma)."""
+    s = self.sigma(t)
+    return 2.0 * s * (self.dsigma_dt(t) - self.drift(t) * s)
+
+  def diffusion(self, t: Array) -> Array:
+    """g(t), the diffusion coefficient of the forward SDE."""
+    return _xp(t).sqrt(self.diffusion_sq(t))
+
+  def marginal(self, x0: Array, eps: Array, t: Array) -> Array:
+    """x_t = alpha(t) x0 + sigma(t) eps, with t of shape (B,) broadcast over x0's trailing axes."""
+    t = _bcast(t, x0)
+    return self.alpha(t) * x0 + self.sigma(t) * eps
+
+  def prior_std(self) -> float:
+    """Standard deviation of the prior N(0, std^2 I) that approximates p_{t_max} (unit data)."""
+    a, s = float(self.alpha(np.float64(self.t_max))), float(self.sigma(np.float64(self.t_max)))
+    return math.sqrt(a * a + s * s)
+
+  def prior_sample(self, key, shape) -> Array:
+    """x_T ~ N(0, prior_std^2 I), shape ``shape``."""
+    import jax
+    return self.prior_std() * jax.random.normal(key, shape)
+
+  def prior_logp(self, x: Array) -> Array:
+    """log N(x; 0, prior_std^2 I) summed over all but the leading axis: (B, ...) -> (B,)."""
+    std = self.prior_std()
+    d = np.prod(x.shape[1:])
+    sq = jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=-1)
+    return -0.5 * sq / std**2 - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+  def edm_sigma(self, t: Array) -> Array:
+    """sigma(t) / alpha(t) = exp(-lambda/2): the noise level of x_t / alpha (EDM's sigma)."""
+    return self.sigma(t) / self.alpha(t)
+
+  def t_from_edm_sigma(self, s: Array) -> Array:
+    return self.t_from_logsnr(-2.0 * _xp(s).log(s))
+
+
+def _bcast(t, x):
+  """Reshapes a per-example t (B,) to broadcast against x (B, ...). Scalars pass through."""
+  t = jnp.asarray(t) if not isinstance(t, np.ndarray) else t
+  if t.ndim == 0:
+    return t
+  return t.reshape(t.shape + (1,) * (x.ndim - t.ndim))
+
+
+# ------------------------------------------------------------------------------------------------
+# Variance-preserving family
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VP(Schedule):
+  """VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (DDPM / score SDE, eq. 11).
+
+  log alpha(t) = -1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min,  sigma = sqrt(1 - alpha^2).
+  """
+  t_min: float = 1e-3
+  t_max: float = 1.0
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+
+  name = "vp"
+
+  def _int_beta(self, t):
+    """B(t) = int_0^t beta = -2 log alpha."""
+    return 0.5 * t * t * (self.beta_max - self.beta_min) + t * self.beta_min
+
+  def beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def alpha(self, t):
+    return _xp(t).exp(-0.5 * self._int_beta(t))
+
+  def sigma(self, t):
+    xp = _xp(t)
+    return xp.sqrt(-xp.expm1(-self._int_beta(t)))
+
+  def dalpha_dt(self, t):
+    return -0.5 * self.beta(t) * self.alpha(t)
+
+  def dsigma_dt(self, t):
+    # d/dt sqrt(1 - e^{-B}) = beta e^{-B} / (2 sigma)
+    xp = _xp(t)
+    return 0.5 * self.beta(t) * xp.exp(-self._int_beta(t)) / self.sigma(t)
+
+  def logsnr(self, t):
+    # alpha^2 / sigma^2 = 1 / (e^{B} - 1)
+    xp = _xp(t)
+    return -xp.log(xp.expm1(self._int_beta(t)))
+
+  def t_from_logsnr(self, lam):
+    # B(t) = log(1 + e^{-lambda}) = softplus(-lambda); solve the quadratic for t >= 0.
+    xp = _xp(lam)
+    b = _softplus(xp, -lam)
+    d = self.beta_max - self.beta_min
+    return 2.0 * b / (self.beta_min + xp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
+  def diffusion_sq(self, t):
+    return self.beta(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubVP(VP):
+  """sub-VP SDE (score SDE, eq. 12): alpha as VP, sigma(t) = 1 - alpha(t)^2 = 1 - e^{-B(t)}.
+
+  Its SDE is dx = -1/2 beta x dt + sqrt(beta (1 - e^{-2B})) dw, exactly the (f, g) pair implied
+  by these marginals.
+  """
+  name = "subvp"
+
+  def sigma(self, t):
+    return -_xp(t).expm1(-self._int_beta(t))
+
+  def dsigma_dt(self, t):
+    return self.beta(t) * _xp(t).exp(-self._int_beta(t))
+
+  def logsnr(self, t):
+    xp = _xp(t)
+    return -self._int_beta(t) - 2.0 * xp.log(-xp.expm1(-self._int_beta(t)))
+
+  def t_from_logsnr(self, lam):
+    # With a = e^{-B/2}: a^2/(1-a^2)^2 = e^lambda  =>  a = (sqrt(1 + 4 e^lambda) - 1) / (2 e^{lambda/2})
+    # (positive root of e^{lambda/2} a^2 + a - e^{lambda/2} = 0), B = -2 log a.
+    xp = _xp(lam)
+    h = xp.exp(0.5 * lam)
+    # a = 2 h / (1 + sqrt(1 + 4 h^2)): the same root, stable for large and small h.
+    a = 2.0 * h / (1.0 + xp.sqrt(1.0 + 4.0 * h * h))
+    b = -2.0 * xp.log(a)
+    d = self.beta_max - self.beta_min
+    return 2.0 * b / (self.beta_min + xp.sqrt(self.beta_min**2 + 2.0 * d * b))
+
+  def diffusion_sq(self, t):
+    return self.beta(t) * (-_xp(t).expm1(-2.0 * self._int_beta(t)))
+
+
+@dataclasses.dataclass(frozen=True)
+class VPCosine(Schedule):
+  """Cosine VP schedule (Nichol & Dhariwal 2021, eq. 17) in continuous time.
+
+  alpha(t) = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s)),  sigma = sqrt(1 - alpha^2).
+  alpha(1) = 0, so t_max defaults to 0.9946 (DPM-Solver's choice, logSNR about -9.2 there).
+  """
+  t_min: float = 1e-3
+  t_max: float = 0.9946
+  s: float = 0.008
+
+  name = "vp_cosine"
+
+  def _phase(self, t):
+    return 0.5 * math.pi * (t + self.s) / (1.0 + self.s)
+
+  def _a0(self):
+    return math.cos(0.5 * math.pi * self.s / (1.0 + self.s))
+
+  def alpha(self, t):
+    return _xp(t).cos(self._phase(t)) / self._a0()
+
+  def sigma(self, t):
+    a = self.alpha(t)
+    return _xp(t).sqrt(1.0 - a * a)
+
+  def dalpha_dt(self, t):
+    return -_xp(t).sin(self._phase(t)) * 0.5 * math.pi / (1.0 + self.s) / self._a0()
+
+  def dsigma_dt(self, t):
+    return -self.alpha(t) * self.dalpha_dt(t) / self.sigma(t)
+
+  def t_from_logsnr(self, lam):
+    xp = _xp(lam)
+    alpha = xp.sqrt(1.0 / (1.0 + xp.exp(-lam)))  # alpha^2 = sigmoid(lambda)
+    return (1.0 + self.s) * (2.0 / math.pi) * xp.arccos(alpha * self._a0()) - self.s
+
+
+# ------------------------------------------------------------------------------------------------
+# Variance-exploding family
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VE(Schedule):
+  """VE SDE (SMLD / score SDE, eq. 9): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t."""
+  t_min: float = 1e-5
+  t_max: float = 1.0
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+
+  name = "ve"
+
+  def _log_ratio(self):
+    return math.log(self.sigma_max / self.sigma_min)
+
+  def alpha(self, t):
+    return _xp(t).ones_like(t) * 1.0
+
+  def sigma(self, t):
+    return self.sigma_min * _xp(t).exp(t * self._log_ratio())
+
+  def dalpha_dt(self, t):
+    return _xp(t).zeros_like(t) * 1.0
+
+  def dsigma_dt(self, t):
+    return self.sigma(t) * self._log_ratio()
+
+  def logsnr(self, t):
+    return -2.0 * (math.log(self.sigma_min) + t * self._log_ratio())
+
+  def t_from_logsnr(self, lam):
+    return (-0.5 * lam - math.log(self.sigma_min)) / self._log_ratio()
+
+  def diffusion_sq(self, t):
+    s = self.sigma(t)
+    return 2.0 * s * s * self._log_ratio()
+
+
+@dataclasses.dataclass(frozen=True)
+class EDM(Schedule):
+  """EDM's process (Karras et al. 2022, Table 1): alpha = 1, sigma(t) = t, t in [0.002, 80]."""
+  t_min: float = 0.002
+  t_max: float = 80.0
+
+  name = "edm"
+
+  def alpha(self, t):
+    return _xp(t).ones_like(t) * 1.0
+
+  def sigma(self, t):
+    return t * 1.0
+
+  def dalpha_dt(self, t):
+    return _xp(t).zeros_like(t) * 1.0
+
+  def dsigma_dt(self, t):
+    return _xp(t).ones_like(t) * 1.0
+
+  def logsnr(self, t):
+    return -2.0 * _xp(t).log(t)
+
+  def t_from_logsnr(self, lam):
+    return _xp(lam).exp(-0.5 * lam)
+
+  def diffusion_sq(self, t):
+    return 2.0 * t
+
+
+@dataclasses.dataclass(frozen=True)
+class RectifiedFlow(Schedule):
+  """Linear interpolation / rectified flow (Liu et al. 2023; Lipman et al. 2023):
+  alpha = 1 - t, sigma = t."""
+  t_min: float = 1e-3
+  t_max: float = 0.999
+
+  name = "rectified_flow"
+
+  def alpha(self, t):
+    return 1.0 - t
+
+  def sigma(self, t):
+    return t * 1.0
+
+  def dalpha_dt(self, t):
+    return -_xp(t).ones_like(t)
+
+  def dsigma_dt(self, t):
+    return _xp(t).ones_like(t) * 1.0
+
+  def t_from_logsnr(self, lam):
+    # (1-t)/t = e^{lambda/2}  =>  t = sigmoid(-lambda/2)
+    xp = _xp(lam)
+    return 1.0 / (1.0 + xp.exp(0.5 * lam))
+
+
+SCHEDULES: Dict[str, Type[Schedule]] = {
+    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow)
+}
+
+
+def get_schedule(name: str, **kwargs) -> Schedule:
+  """Builds a schedule by name; unknown names or fields are errors listing what is accepted."""
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown schedule {name!r}; available: {sorted(SCHEDULES)}")
+  cls = SCHEDULES[name]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  bad = sorted(set(kwargs) - fields)
+  if bad:
+    raise ValueError(f"schedule {name!r} has no field(s) {bad}; accepted: {sorted(fields)}")
+  sched = cls(**kwargs)
+  if not 0.0 <= sched.t_min < sched.t_max:
+    raise ValueError(f"need 0 <= t_min < t_max, got t_min={sched.t_min}, t_max={sched.t_max}")
+  return sched
+
+
+# ------------------------------------------------------------------------------------------------
+# Time grids
+# ------------------------------------------------------------------------------------------------
+
+GRIDS = ("uniform", "karras", "logsnr", "quadratic")
+
+
+def time_grid(schedule: Schedule,
+              num_steps: int,
+              kind: str = "uniform",
+              *,
+              t_min: float | None = None,
+              t_max: float | None = None,
+              rho: float = 7.0) -> np.ndarray:
+  """Decreasing times t_0 = t_max > t_1 > ... > t_N = t_min, as float64 numpy (N+1,).
+
+  kinds:
+    uniform:   t_i uniform in t.
+    karras:    EDM sigma (sigma/alpha) spaced as sigma_i = (s_max^{1/rho} + i/N (s_min^{1/rho} -
+               s_max^{1/rho}))^rho (Karras et al. 2022, eq. 5), mapped back to t.
+    logsnr:    uniform in lambda = logSNR (DPM-Solver's "logSNR" steps, Lu et al. 2022).
+    quadratic: t_i = (sqrt(t_max) + i/N (sqrt(t_min) - sqrt(t_max)))^2 (DDIM's quadratic).
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  t_min = schedule.t_min if t_min is None else t_min
+  t_max = schedule.t_max if t_max is None else t_max
+  if not t_max > t_min:
+    raise ValueError(f"need t_max > t_min, got t_max={t_max}, t_min={t_min}")
+  u = np.linspace(0.0, 1.0, num_steps + 1, dtype=np.float64)
+  if kind == "uniform":
+    t = t_max + u * (t_min - t_max)
+  elif kind == "quadratic":
+    t = (math.sqrt(t_max) + u * (math.sqrt(t_min) - math.sqrt(t_max)))**2
+  elif kind == "logsnr":
+    lo, hi = schedule.logsnr(np.float64(t_max)), schedule.logsnr(np.float64(t_min))
+    t = schedule.t_from_logsnr(lo + u * (hi - lo))
+  elif kind == "karras":
+    s_max = float(schedule.edm_sigma(np.float64(t_max)))
+    s_min = float(schedule.edm_sigma(np.float64(t_min)))
+    s = (s_max**(1 / rho) + u * (s_min**(1 / rho) - s_max**(1 / rho)))**rho
+    t = schedule.t_from_edm_sigma(s)
+  else:
+    raise ValueError(f"unknown time grid {kind!r}; available: {GRIDS}")
+  t = np.asarray(t, dtype=np.float64)
+  t[0], t[-1] = t_max, t_min  # exact end points despite round-off of the inverse maps
+  return t
