@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+JAX_CACHE ?= $(CURDIR)/.jax_cache
+export JAX_COMPILATION_CACHE_DIR := $(JAX_CACHE)
+WORKDIR ?= demo
+
+.PHONY: demo test test-all test-slow venv clean bench
+
+# The venv is (re)built when missing or when the pinned requirements or setup.py change.
+$(STAMP): requirements.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=train
+	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=eval
+	@echo "demo done: see $(WORKDIR)/ (plots *.png, eval/metrics.json)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow" tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/samplers.py
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(JAX_CACHE) .pytest_cache

@@ -1,0 +1,117 @@
+"""Denoising score matching in any parameterization, with the literature's weightings.
+
+Every loss here is written in x0 space through the denoiser (DESIGN.md):
+
+  L = E_{t, x0, eps} [ w(t) * || denoise(alpha x0 + sigma eps, t) - x0 ||^2 ]
+
+and each weighting is the x0-space weight that reproduces the loss as the papers write it:
+
+  'x0'          w = 1
+  'eps'         w = SNR = alpha^2/sigma^2              ||eps_hat - eps||^2  (Ho et al. 2020, "simple")
+  'v'           w = (alpha^2 + sigma^2)^2 / sigma^2     ||v_hat - v||^2      (Salimans & Ho 2022)
+  'likelihood'  w = g^2 alpha^2 / sigma^4               g^2 ||score_hat - score||^2, i.e. g^2/sigma^2 in
+                                                        eps units: the ELBO weighting (Song et al. 2021b)
+  'edm'         w = (s^2 + sd^2) / (s sd)^2, s = sigma/alpha   (Karras et al. 2022, eq. 8, lambda(sigma))
+  'min_snr'     w = min(SNR, gamma)                    (Hang et al. 2023, min-SNR-gamma in x0 units)
+
+The exact denoiser E[x0 | x_t] minimises every one of them (it is the conditional mean).
+Time sampling: 'uniform' on [t_min, t_max], 'stratified' (low-discrepancy, Kingma et al. 2021
+App. I.1), 'antithetic' (u and 1 - u), 'lognormal' (EDM: ln(sigma/alpha) ~ N(P_mean, P_std^2)).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from diffusion.schedules import Schedule
+
+Array = Any
+
+WEIGHTINGS = ("x0", "eps", "v", "likelihood", "edm", "min_snr")
+TIME_SAMPLINGS = ("uniform", "stratified", "antithetic", "lognormal")
+
+
+def loss_weight(t: Array, schedule: Schedule, weighting: str, *, sigma_data: float = 0.5,
+                min_snr_gamma: float = 5.0) -> Array:
+  """The x0-space weight w(t) of ``weighting`` (see the module docstring), t (B,) -> (B,)."""
+  a, s = schedule.alpha(t), schedule.sigma(t)
+  snr = (a * a) / (s * s)
+  if weighting == "x0":
+    return jnp.ones_like(t)
+  if weighting == "eps":
+    return snr
+  if weighting == "v":
+    return (a * a + s * s)**2 / (s * s)
+  if weighting == "likelihood":
+    return schedule.diffusion_sq(t) * a * a / s**4
+  if weighting == "edm":
+    es = s / a
+    return (es * es + sigma_data**2) / (es * sigma_data)**2
+  if weighting == "min_snr":
+    return jnp.minimum(snr, min_snr_gamma)
+  raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
+
+
+def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *,
+                 t_min: Optional[float] = None, t_max: Optional[float] = None,
+                 p_mean: float = -1.2, p_std: float = 1.2) -> Array:
+  """Training times t (batch,) in [t_min, t_max] drawn by ``method`` (module docstring)."""
+  lo = schedule.t_min if t_min is None else t_min
+  hi = schedule.t_max if t_max is None else t_max
+  if method == "uniform":
+    u = jax.random.uniform(key, (batch,))
+  elif method == "stratified":
+    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
+  elif method == "antithetic":
+    half = jax.random.uniform(key, ((batch + 1) // 2,))
+    u = jnp.concatenate([half, 1.0 - half])[:batch]
+  elif method == "lognormal":
+    log_sigma = p_mean + p_std * jax.random.normal(key, (batch,))
+    t = schedule.t_from_logsnr(-2.0 * log_sigma)
+    return jnp.clip(t, lo, hi)
+  else:
+    raise ValueError(f"unknown time sampling {method!r}; available: {TIME_SAMPLINGS}")
+  return lo + (hi - lo) * u
+
+
+def dsm_loss(denoise: Callable[..., Array],
+             x0: Array,
+             key,
+             schedule: Schedule,
+             *,
+             weighting: str = "eps",
+             time_sampling: str = "uniform",
+             cond: Optional[Array] = None,
+             t_min: Optional[float] = None,
+             t_max: Optional[float] = None,
+             p_mean: float = -1.2,
+             p_std: float = 1.2,
+             sigma_data: float = 0.5,
+             min_snr_gamma: float = 5.0,
+             reduce: str = "mean") -> Tuple[Array, Dict[str, Array]]:
+  """Monte Carlo estimate of the weighted denoising loss on a batch x0 (B, ...).
+
+  Returns (scalar loss, aux) with aux['per_example'] (B,) and aux['t'] (B,). ``reduce`` picks the
+  mean or the sum of the squared error over the non-batch axes.
+  """
+  if reduce not in ("mean", "sum"):
+    raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
+  kt, ke = jax.random.split(key)
+  b = x0.shape[0]
+  t = sample_times(kt, b, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
+                   p_std=p_std).astype(x0.dtype)
+  eps = jax.random.normal(ke, x0.shape, x0.dtype)
+  xt = schedule.marginal(x0, eps, t)
+  x0_hat = denoise(xt, t, cond)
+  sq = jnp.square(x0_hat.astype(jnp.float32) - x0.astype(jnp.float32))
+  axes = tuple(range(1, x0.ndim))
+  err = jnp.mean(sq, axis=axes) if reduce == "mean" else jnp.sum(sq, axis=axes)
+  w = loss_weight(t.astype(jnp.float32), schedule, weighting, sigma_data=sigma_data,
+                  min_snr_gamma=min_snr_gamma)
+  per_example = w * err
+  return jnp.mean(per_example), {"per_example": per_example, "t": t}
+

@@ -1,0 +1,105 @@
+"""Schedules: closed forms against autodiff, logSNR round trips, SDE marginals by Monte Carlo."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion import schedules as S
+
+ALL = [S.VP(), S.SubVP(), S.VPCosine(), S.VE(), S.EDM(), S.RectifiedFlow(),
+       S.VE(sigma_min=0.002, sigma_max=80.0), S.VP(beta_min=0.5, beta_max=10.0)]
+IDS = [f"{s.name}-{i}" for i, s in enumerate(ALL)]
+
+
+def _times(s, n=7):
+  return np.linspace(s.t_min, s.t_max, n)[1:-1]
+
+
+@pytest.mark.parametrize("sched", ALL, ids=IDS)
+def test_derivatives_match_autodiff(sched):
+  t = jnp.asarray(_times(sched), jnp.float32)
+  for f, df in [(sched.alpha, sched.dalpha_dt), (sched.sigma, sched.dsigma_dt),
+                (sched.logsnr, sched.dlogsnr_dt)]:
+    auto = jax.vmap(jax.grad(lambda u: f(u)))(t)
+    np.testing.assert_allclose(df(t), auto, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sched", ALL, ids=IDS)
+def test_sde_coefficients_follow_from_alpha_sigma(sched):
+  # f = dlog alpha/dt, g^2 = d sigma^2/dt - 2 f sigma^2, checked in float64 by finite differences.
+  t = _times(sched)
+  h = 1e-6 * sched.t_max
+  dlog_a = (np.log(sched.alpha(t + h)) - np.log(sched.alpha(t - h))) / (2 * h)
+  dsig2 = (sched.sigma(t + h)**2 - sched.sigma(t - h)**2) / (2 * h)
+  np.testing.assert_allclose(sched.drift(t), dlog_a, rtol=1e-5, atol=1e-8)
+  g2 = dsig2 - 2 * dlog_a * sched.sigma(t)**2
+  np.testing.assert_allclose(sched.diffusion_sq(t), g2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sched", ALL, ids=IDS)
+def test_logsnr_inverse_round_trip(sched):
+  t = np.linspace(sched.t_min, sched.t_max, 50)
+  lam = sched.logsnr(t)
+  assert np.all(np.diff(lam) < 0), "logSNR must decrease in t"
+  np.testing.assert_allclose(sched.t_from_logsnr(lam), t, rtol=1e-9, atol=1e-12)
+  # the traced (float32) path agrees with the host float64 path
+  np.testing.assert_allclose(sched.logsnr(jnp.asarray(t, jnp.float32)), lam, rtol=2e-3, atol=2e-3)
+
+
+def test_vp_and_subvp_closed_forms():
+  vp, sub = S.VP(), S.SubVP()
+  t = np.linspace(0.01, 1, 20)
+  b = 0.1 * t + 0.5 * t**2 * 19.9
+  np.testing.assert_allclose(vp.alpha(t), np.exp(-0.5 * b))
+  np.testing.assert_allclose(vp.alpha(t)**2 + vp.sigma(t)**2, 1.0)
+  np.testing.assert_allclose(sub.sigma(t), 1 - np.exp(-b))
+  np.testing.assert_allclose(sub.diffusion_sq(t), vp.beta(t) * (1 - np.exp(-2 * b)))
+
+
+@pytest.mark.parametrize("sched", [S.VP(), S.SubVP(), S.VE(sigma_max=5.0)], ids=["vp", "subvp", "ve"])
+def test_marginals_match_euler_maruyama_of_the_sde(sched):
+  # Simulate dx = f x dt + g dw from x0 = 1.5 (fine steps) and compare mean / std at t with
+  # alpha(t) x0 and sigma(t): the (f, g) pair implied by (alpha, sigma) has these marginals.
+  n, steps, t_end = 40_000, 400, 0.6
+  x0 = 1.5
+  ts = np.linspace(0.0, t_end, steps + 1)
+
+  def step(x, inp):
+    t, dt, z = inp
+    return x + sched.drift(t) * x * dt + jnp.sqrt(sched.diffusion_sq(t) * dt) * z, None
+
+  zs = jax.random.normal(jax.random.PRNGKey(0), (steps, n))
+  tm = jnp.asarray(0.5 * (ts[1:] + ts[:-1]), jnp.float32)
+  x, _ = jax.lax.scan(step, jnp.full((n,), x0), (tm, jnp.asarray(np.diff(ts), jnp.float32), zs))
+  se = float(sched.sigma(t_end)) / np.sqrt(n)
+  assert abs(float(x.mean()) - x0 * float(sched.alpha(t_end))) < 5 * se + 2e-3
+  assert abs(float(x.std()) / float(sched.sigma(t_end)) - 1) < 0.02
+
+
+@pytest.mark.parametrize("kind", S.GRIDS)
+@pytest.mark.parametrize("sched", [S.VP(), S.VE(), S.EDM()], ids=["vp", "ve", "edm"])
+def test_time_grids_are_decreasing_with_exact_ends(kind, sched):
+  t = S.time_grid(sched, 12, kind)
+  assert t.shape == (13,) and t.dtype == np.float64
+  assert t[0] == sched.t_max and t[-1] == sched.t_min
+  assert np.all(np.diff(t) < 0)
+
+
+def test_grid_spacing_definitions():
+  vp = S.VP()
+  lam = vp.logsnr(S.time_grid(vp, 10, "logsnr"))
+  np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
+  edm = S.EDM()
+  s = S.time_grid(edm, 10, "karras", rho=7.0)**(1 / 7)
+  np.testing.assert_allclose(np.diff(s), np.diff(s)[0], rtol=1e-9)
+
+
+def test_bad_inputs_are_named():
+  with pytest.raises(ValueError, match="unknown schedule 'vpp'.*available"):
+    S.get_schedule("vpp")
+  with pytest.raises(ValueError, match="no field.*sigma_max"):
+    S.get_schedule("vp", sigma_max=3.0)
+  with pytest.raises(ValueError, match="unknown time grid 'log'"):
+    S.time_grid(S.VP(), 5, "log")
+  with pytest.raises(ValueError, match="t_min < t_max"):
+    S.get_schedule("vp", t_min=1.0, t_max=0.5)
