@@ -16,7 +16,10 @@ and each weighting is the x0-space weight that reproduces the loss as the papers
 
 The exact denoiser E[x0 | x_t] minimises every one of them (it is the conditional mean).
 Time sampling: 'uniform' on [t_min, t_max], 'stratified' (low-discrepancy, Kingma et al. 2021
-App. I.1), 'antithetic' (u and 1 - u), 'lognormal' (EDM: ln(sigma/alpha) ~ N(P_mean, P_std^2)).
+App. I.1), 'antithetic' (u and 1 - u), 'lognormal' (EDM: ln(sigma/alpha) ~ N(P_mean, P_std^2)),
+'logsnr' (lambda uniform on [lambda(t_max), lambda(t_min)], stratified). With the 'eps' weighting,
+'logsnr' sampling is importance sampling of the likelihood weighting: g^2/sigma^2 = -dlambda/dt,
+so the loss is the continuous-time ELBO of VDM (Kingma et al. 2021, eq. 17) up to a constant.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from diffusion.schedules import Schedule
 Array = Any
 
 WEIGHTINGS = ("x0", "eps", "v", "likelihood", "edm", "min_snr")
-TIME_SAMPLINGS = ("uniform", "stratified", "antithetic", "lognormal")
+TIME_SAMPLINGS = ("uniform", "stratified", "antithetic", "lognormal", "logsnr")
 
 
 def loss_weight(t: Array, schedule: Schedule, weighting: str, *, sigma_data: float = 0.5,
@@ -67,6 +70,10 @@ def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *
   elif method == "antithetic":
     half = jax.random.uniform(key, ((batch + 1) // 2,))
     u = jnp.concatenate([half, 1.0 - half])[:batch]
+  elif method == "logsnr":
+    lam_hi, lam_lo = schedule.logsnr(float(lo)), schedule.logsnr(float(hi))
+    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
+    return jnp.clip(schedule.t_from_logsnr(lam_lo + (lam_hi - lam_lo) * u), lo, hi)
   elif method == "lognormal":
     log_sigma = p_mean + p_std * jax.random.normal(key, (batch,))
     t = schedule.t_from_logsnr(-2.0 * log_sigma)
