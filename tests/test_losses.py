@@ -61,6 +61,9 @@ def test_time_sampling_ranges_and_strata():
   assert np.all(np.floor(t * 10) == np.arange(10))  # one time in each stratum
   t = L.sample_times(jax.random.PRNGKey(2), 8, sched, "antithetic", t_min=0.0, t_max=1.0)
   np.testing.assert_allclose(t[:4] + t[4:], 1.0, rtol=1e-6)
+  lam = np.sort(np.asarray(sched.logsnr(L.sample_times(jax.random.PRNGKey(4), 10, sched, "logsnr"))))
+  lo, hi = sched.logsnr(sched.t_max), sched.logsnr(sched.t_min)
+  assert np.all(np.floor((lam - lo) / (hi - lo) * 10 + 1e-4) == np.arange(10))  # stratified in logSNR
   edm = S.EDM()
   t = L.sample_times(jax.random.PRNGKey(3), 100_000, edm, "lognormal", t_min=1e-9, t_max=1e9)
   np.testing.assert_allclose([np.log(t).mean(), np.log(t).std()], [-1.2, 1.2], atol=0.02)

@@ -1,0 +1,341 @@
+"""Deterministic, resumable, per-process image pipelines (no TensorFlow needed to read).
+
+One entry point for every image dataset the drivers use::
+
+  it = make_image_dataset("cifar10", "train", batch_size=128, seed=0,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count(), start_step=step)
+  batch = next(it)  # {'image': float32 (B, H, W, C) in [-1, 1], 'label': int32 (B,)}
+
+Datasets: ``digits`` (scikit-learn's 8x8 digits, embedded: see :mod:`diffusion.data.digits`),
+and the tfds catalog datasets ``mnist``, ``cifar10``, ``celeb_a`` and ``lsun/<category>``,
+read with ``tfds.data_source`` (random access to array_record files, no TensorFlow).
+Preparing a catalog dataset needs TensorFlow to encode its images, once::
+
+  pip install tensorflow-cpu   # or: pip install -e .[tf]
+  tfds build cifar10 --file_format=array_record [--data_dir=DIR]
+
+Determinism and sharding. The examples form one infinite stream: epoch e is the permutation
+``numpy.random.default_rng([seed, e]).permutation(N)`` of the split (the identity without
+``shuffle``). The global batch of step i is the stream positions
+``[i * B * P, (i + 1) * B * P)`` (B the per-process ``batch_size``, P ``process_count``), and
+process p gets the p-th contiguous block of B of them: processes are disjoint and together read
+each epoch exactly once. The per-example randomness (dequantization noise, flips) of step i on
+process p comes from ``default_rng([seed, 1, i, p])``. So batch i is a function of
+(seed, i, process_index) only (for fixed sizes), and an iterator made with ``start_step=k``
+yields exactly batches k, k+1, ... of a fresh run.
+
+Pixel values. ``L`` grey levels (256; 17 for digits) map to [-1, 1] by uniform
+dequantization ``v = (x + u) / L``, ``u ~ U[0, 1)``, then ``2 v - 1`` (Theis et al. 2016; so
+that the continuous model's likelihood bounds the discrete one), or without dequantization by
+``x / (L - 1) * 2 - 1``.
+
+Geometry. celeb_a is center-cropped to 140x140 and resized to 64x64 (``image_size``), the
+convention of Song et al. 2021 (and NCSN / NCSNv2); lsun images are center-cropped to a square
+and resized to ``image_size`` (default 256). A resize (bilinear, antialiased: PIL) happens only
+when ``image_size`` differs from the (cropped) native size; the result is rounded back to uint8
+before dequantization.
+"""
+import concurrent.futures
+import dataclasses
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+from diffusion.data import digits as digits_lib
+
+Batch = Dict[str, np.ndarray]
+
+_NOISE_TAG = 1  # separates the per-batch noise seeds [seed, 1, step, p] from [seed, epoch]
+
+
+class DatasetNotPreparedError(RuntimeError):
+  """A tfds catalog dataset is not prepared as array_record where tfds looks for it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  native_shape: Tuple[int, int, int]  # (H, W, C) after cropping
+  num_classes: int
+  levels: int
+  default_size: Optional[int] = None  # output size when image_size is None (None: native)
+  crop: Optional[int] = None  # center crop to crop x crop (None: none; 0: to a square)
+  label_key: Optional[str] = "label"
+
+
+_SPECS: Dict[str, _Spec] = {
+    "digits": _Spec(digits_lib.SHAPE, digits_lib.NUM_CLASSES, digits_lib.LEVELS),
+    "mnist": _Spec((28, 28, 1), 10, 256),
+    "cifar10": _Spec((32, 32, 3), 10, 256),
+    "celeb_a": _Spec((140, 140, 3), 0, 256, default_size=64, crop=140, label_key=None),
+}
+_LSUN = _Spec((256, 256, 3), 0, 256, default_size=256, crop=0, label_key=None)
+
+
+def _spec(name: str) -> _Spec:
+  if name in _SPECS:
+    return _SPECS[name]
+  if name.startswith("lsun/") and len(name) > len("lsun/"):
+    return _LSUN
+  raise ValueError(f"unknown image dataset {name!r}; accepted: {sorted(_SPECS)} "
+                   "or 'lsun/<category>'")
+
+
+def dataset_names() -> Tuple[str, ...]:
+  """Names accepted by :func:`make_image_dataset` (plus any ``lsun/<category>``)."""
+  return tuple(sorted(_SPECS))
+
+
+def image_shape(name: str, image_size: Optional[int] = None) -> Tuple[int, int, int]:
+  """(H, W, C) of the images :func:`make_image_dataset` yields for ``name``."""
+  spec = _spec(name)
+  size = _output_size(name, spec, image_size)
+  if size is None:
+    return spec.native_shape
+  return (size, size, spec.native_shape[2])
+
+
+def num_classes(name: str) -> int:
+  """Number of label classes (0: unlabelled; labels are then all 0)."""
+  return _spec(name).num_classes
+
+
+def num_levels(name: str) -> int:
+  """Number of grey levels per channel (256; 17 for digits), e.g. for bits/dim."""
+  return _spec(name).levels
+
+
+def _output_size(name: str, spec: _Spec, image_size: Optional[int]) -> Optional[int]:
+  if image_size is not None and (not isinstance(image_size, (int, np.integer))
+                                 or image_size < 1):
+    raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+  if name == "digits" and image_size not in (None, 8):
+    raise ValueError(f"digits are 8x8; image_size={image_size} is not supported (use None or 8)")
+  return image_size if image_size is not None else spec.default_size
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def to_float(x: np.ndarray, levels: int, noise: Optional[np.ndarray] = None) -> np.ndarray:
+  """Maps integers in 0..levels-1 to float32 in [-1, 1].
+
+  With ``noise`` (same shape, U[0, 1)): ``2 (x + noise) / levels - 1`` in [-1, 1)
+  (uniform dequantization); without: ``2 x / (levels - 1) - 1`` in [-1, 1].
+  """
+  x = x.astype(np.float32)
+  if noise is None:
+    return x * (2.0 / (levels - 1)) - 1.0
+  return (x + noise.astype(np.float32)) * (2.0 / levels) - 1.0
+
+
+def _center_crop(img: np.ndarray, crop: Optional[int]) -> np.ndarray:
+  if crop is None:
+    return img
+  h, w = img.shape[:2]
+  size = min(h, w) if crop == 0 else crop
+  if size > min(h, w):
+    raise ValueError(f"cannot center-crop {size}x{size} from an image of {h}x{w}")
+  top, left = (h - size) // 2, (w - size) // 2
+  return img[top:top + size, left:left + size]
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear (antialiased when shrinking) resize of a uint8 HWC image to size x size."""
+  if img.shape[0] == size and img.shape[1] == size:
+    return img
+  from PIL import Image  # local: only needed for resizing
+  squeeze = img.shape[2] == 1
+  pil = Image.fromarray(img[..., 0] if squeeze else img)
+  out = np.asarray(pil.resize((size, size), resample=Image.BILINEAR))
+  return out[..., None] if squeeze else out
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _open_source(name: str, split: str, data_dir: Optional[str]):
+  """A random-access source: ``len(src)``, ``src[i] -> dict(image=uint8 HWC, ...)``."""
+  if name == "digits":
+    return digits_lib.DigitsSource(split)
+  import tensorflow_datasets as tfds  # local: slow import, not needed for digits
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+    where = data_dir or "the default tfds data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    flag = f" --data_dir={data_dir}" if data_dir else ""
+    raise DatasetNotPreparedError(
+        f"tfds dataset {name!r} (split {split!r}) is not prepared as array_record in "
+        f"{where}. Preparing catalog image datasets needs TensorFlow to encode the images: "
+        f"install it (`pip install -e .[tf]` or `pip install tensorflow-cpu`), then run "
+        f"`tfds build {name} --file_format=array_record{flag}`. (tfds said: {e})") from e
+
+
+def _load_example(source: Any, index: int, spec: _Spec,
+                  size: Optional[int]) -> Tuple[np.ndarray, int]:
+  record = source[int(index)]  # one record at a time (batched reads fail under tfds mocks)
+  img = np.asarray(record["image"])
+  if img.ndim == 2:
+    img = img[..., None]
+  img = _center_crop(img, spec.crop)
+  if size is not None:
+    img = _resize(img, size)
+  label = int(record[spec.label_key]) if spec.label_key else 0
+  return img, label
+
+
+# ----------------------------------------------------------------------------- iterator
+
+
+class ImageIterator(Iterator[Batch]):
+  """Iterator of batches; ``batch(step)`` is the pure per-step function behind ``next``.
+
+  Attributes:
+    step: the step of the batch the next ``next()`` returns.
+    num_examples: size of the split.
+    steps_per_epoch: ``num_examples / (batch_size * process_count)`` (a float).
+    image_shape: (H, W, C) of the images.
+  """
+
+  def __init__(self, source: Any, spec: _Spec, *, batch_size: int, seed: int,
+               process_index: int, process_count: int, size: Optional[int],
+               random_flip: bool, dequantize: bool, start_step: int, shuffle: bool,
+               num_epochs: Optional[int], drop_remainder: bool, num_threads: int):
+    self._source = source
+    self._spec = spec
+    self._size = size
+    self.batch_size = batch_size
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+    self.random_flip = random_flip
+    self.dequantize = dequantize
+    self.shuffle = shuffle
+    self.num_epochs = num_epochs
+    self.drop_remainder = drop_remainder
+    self.step = start_step
+    self.num_examples = len(source)
+    if self.num_examples == 0:
+      raise ValueError("the dataset split is empty")
+    self.steps_per_epoch = self.num_examples / (batch_size * process_count)
+    h, w, c = spec.native_shape
+    self.image_shape = (size, size, c) if size is not None else (h, w, c)
+    self._perms: Dict[int, np.ndarray] = {}
+    self._pool = (concurrent.futures.ThreadPoolExecutor(num_threads)
+                  if num_threads > 1 else None)
+
+  def __iter__(self) -> "ImageIterator":
+    return self
+
+  def __next__(self) -> Batch:
+    if self.num_epochs is not None:
+      global_batch = self.batch_size * self.process_count
+      start, total = self.step * global_batch, self.num_epochs * self.num_examples
+      if start >= total or (self.drop_remainder and start + global_batch > total):
+        raise StopIteration
+    out = self.batch(self.step)
+    self.step += 1
+    return out
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if len(self._perms) >= 2:
+        self._perms.pop(min(self._perms))
+      if self.shuffle:
+        self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(
+            self.num_examples)
+      else:
+        self._perms[epoch] = np.arange(self.num_examples)
+    return self._perms[epoch]
+
+  def indices(self, step: int) -> np.ndarray:
+    """(B,) int64 indices into the split of this process's examples at ``step`` (fewer, maybe
+    none, in the last batch of a finite stream without ``drop_remainder``)."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    start = (step * self.process_count + self.process_index) * self.batch_size
+    size = self.batch_size
+    if self.num_epochs is not None:
+      size = int(np.clip(self.num_epochs * self.num_examples - start, 0, size))
+    pos = start + np.arange(size, dtype=np.int64)
+    epochs, offsets = np.divmod(pos, self.num_examples)
+    out = np.empty(size, np.int64)
+    for e in np.unique(epochs):
+      sel = epochs == e
+      out[sel] = self._permutation(int(e))[offsets[sel]]
+    return out
+
+  def batch(self, step: int) -> Batch:
+    """The batch of ``step`` on this process: ``{'image': float32 (B, H, W, C) in [-1, 1],
+    'label': int32 (B,)}``."""
+    idx = self.indices(step)
+    load: Callable[[int], Tuple[np.ndarray, int]] = (
+        lambda i: _load_example(self._source, i, self._spec, self._size))
+    examples = list(self._pool.map(load, idx)) if self._pool else [load(i) for i in idx]
+    if not examples:
+      h, w, c = self.image_shape
+      return {"image": np.zeros((0, h, w, c), np.float32), "label": np.zeros((0,), np.int32)}
+    images = np.stack([im for im, _ in examples])
+    labels = np.asarray([lb for _, lb in examples], np.int32)
+    rng = np.random.default_rng([self.seed, _NOISE_TAG, step, self.process_index])
+    noise = rng.random(images.shape, dtype=np.float32) if self.dequantize else None
+    x = to_float(images, self._spec.levels, noise)
+    if self.random_flip:
+      flip = rng.random(len(idx)) < 0.5
+      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    return {"image": np.ascontiguousarray(x, dtype=np.float32), "label": labels}
+
+
+def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
+                       process_index: int = 0, process_count: int = 1,
+                       image_size: Optional[int] = None, random_flip: bool = False,
+                       dequantize: bool = True, start_step: int = 0,
+                       data_dir: Optional[str] = None, shuffle: bool = True,
+                       num_epochs: Optional[int] = None, drop_remainder: bool = True,
+                       num_threads: int = 1) -> ImageIterator:
+  """Deterministic iterator over batches of ``name``/``split`` for this process.
+
+  Args:
+    name: 'digits', 'mnist', 'cifar10', 'celeb_a' or 'lsun/<category>'.
+    split: a split of the dataset ('train', 'test'; tfds slicing like 'train[:90%]' works for
+      tfds datasets; digits: 'train', 'test', 'all').
+    batch_size: per-process batch size B.
+    seed: non-negative int; fixes the epoch permutations and the per-example noise.
+    process_index, process_count: this process and the number of processes (disjoint shards).
+    image_size: output H = W (None: the dataset's default, see :func:`image_shape`).
+    random_flip: random horizontal flips (off by default; never wanted for digits).
+    dequantize: uniform dequantization; otherwise the exact grid x / (L - 1) * 2 - 1.
+    start_step: step of the first batch (for resuming from a checkpoint).
+    data_dir: tfds data directory (None: tfds' default).
+    shuffle: permute each epoch (False: file order, e.g. for evaluation).
+    num_epochs: None for an endless stream; else the stream ends after ``num_epochs``
+      passes over the split.
+    drop_remainder: with ``num_epochs``, drop the last partial global batch; if False it is
+      yielded, each process getting its (possibly smaller, possibly empty) part of it, so
+      every process sees the same number of batches and the union is the whole split.
+    num_threads: threads decoding the examples of a batch (order is kept).
+  Returns:
+    An :class:`ImageIterator` of ``{'image': float32 (B, H, W, C) in [-1, 1],
+    'label': int32 (B,)}`` (labels are 0 for unlabelled datasets).
+  """
+  spec = _spec(name)
+  size = _output_size(name, spec, image_size)
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"need 0 <= process_index < process_count, got process_index="
+                     f"{process_index}, process_count={process_count}")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs}")
+  if num_threads < 1:
+    raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+  source = _open_source(name, split, data_dir)
+  return ImageIterator(source, spec, batch_size=int(batch_size), seed=int(seed),
+                       process_index=process_index, process_count=process_count, size=size,
+                       random_flip=random_flip, dequantize=dequantize, start_step=start_step,
+                       shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
+                       num_threads=num_threads)
