@@ -1,0 +1,217 @@
+"""Training throughput: compile time, steps/s, examples/s, MFU and memory of one train step.
+
+For the toy MLP, the digits U-Net and the DDPM CIFAR-10 U-Net, the full train step of
+``diffusion.training`` (DSM loss, Adam, EMA, clipping; one device) is compiled and timed on
+synthetic data. Model FLOPs utilisation (MFU) = (FLOPs of the compiled step, from XLA's
+``cost_analysis``) x steps/s / (peak matmul rate measured on the same device in the same run, a
+large float32 matmul; bfloat16 peak reported alongside). Peak memory: the device's
+``peak_bytes_in_use`` where it reports one (GPU/TPU), else XLA's ``memory_analysis`` of the step
+(arguments + outputs + temporaries - aliased) and the process's peak RSS.
+
+  python benchmarks/train_throughput.py            # writes benchmarks/results/train_throughput_<platform>.md
+  python benchmarks/train_throughput.py --quick    # fewer steps, smaller CPU batches (a few minutes on CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from diffusion import training  # noqa: E402
+from diffusion.models import get_model, registered_models  # noqa: E402
+from diffusion.parameterization import Parameterization  # noqa: E402
+from diffusion.schedules import get_schedule  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclasses.dataclass
+class Case:
+  label: str
+  model: str
+  kwargs: Dict[str, Any]
+  shape: Tuple[int, ...]  # one example
+  batch: Dict[str, int]  # per (platform, quick): 'cpu', 'cpu_quick', 'accel', 'accel_quick'
+
+
+def cases() -> List[Case]:
+  out = [Case("MLP, toy 2-D", "mlp", dict(width=128, num_blocks=3, embed_dim=64), (2,),
+              dict(cpu=512, cpu_quick=512, accel=4096, accel_quick=4096))]
+  if "ddpm_unet" in registered_models():
+    from diffusion.models import unet
+    out.append(Case("DDPM U-Net, digits 8x8x1", "ddpm_unet", unet.preset("digits"), (8, 8, 1),
+                    dict(cpu=128, cpu_quick=32, accel=512, accel_quick=256)))
+    out.append(Case("DDPM U-Net, CIFAR-10 32x32x3", "ddpm_unet", unet.preset("cifar10"),
+                    (32, 32, 3), dict(cpu=8, cpu_quick=2, accel=128, accel_quick=128)))
+  return out
+
+
+def peak_matmul(dtype, n: int, reps: int) -> float:
+  """Best-of-``reps`` FLOP/s of an (n, n) @ (n, n) matmul chain in ``dtype`` on device 0."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(k1, (n, n), dtype)
+  b = jax.random.normal(k2, (n, n), dtype)
+  inner = 4
+
+  @jax.jit
+  def f(a, b):
+    x = a
+    for _ in range(inner):
+      x = (x @ b) * 0.01
+    return x
+
+  f(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return inner * 2.0 * n**3 / best
+
+
+def _device_peak_bytes() -> Optional[int]:
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # noqa: BLE001 -- CPU backends may not implement it
+    return None
+  return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def bench_case(case: Case, batch: int, steps: int) -> Dict[str, Any]:
+  """Compiles and times the train step of ``case`` at ``batch``; returns a row of results."""
+  net = get_model(case.model, **case.kwargs)
+  sched, param = get_schedule("vp"), Parameterization("eps")
+  optim = training.OptimConfig(lr=1e-4, warmup_steps=10)
+  opt = training.make_optimizer(optim)
+  step_fn = training.make_train_step(net, sched, param, opt, training.StepConfig(ema_decay=0.999))
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (batch,) + case.shape, jnp.float32)
+  state = jax.jit(lambda k: training.init_state(net, opt, k, x[:1]))(key)
+  n_params = training.count_params(state.params)
+  jitted = jax.jit(step_fn, donate_argnums=(0,))
+
+  t0 = time.perf_counter()
+  lowered = jitted.lower(state, {"x": x})
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  mem = compiled.memory_analysis()
+  xla_bytes = None
+  if mem is not None:
+    xla_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
+                 mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+
+  state, m = compiled(state, {"x": x})  # warm-up
+  jax.block_until_ready(state)
+  t = time.perf_counter()
+  for i in range(steps):
+    state, m = compiled(state, {"x": x})
+    if i % 8 == 7:
+      jax.block_until_ready(state.step)
+  jax.block_until_ready(state)
+  dt = time.perf_counter() - t
+  assert np.isfinite(float(m["loss"])), f"{case.label}: non-finite loss"
+  sps = steps / dt
+  return dict(label=case.label, params=n_params, batch=batch, trace_s=t1 - t0,
+              compile_s=t2 - t1, steps_per_s=sps, examples_per_s=sps * batch,
+              gflop_per_step=flops / 1e9, tflops=flops * sps / 1e12, xla_bytes=xla_bytes,
+              device_peak=_device_peak_bytes(),
+              rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _fmt_bytes(b: Optional[float]) -> str:
+  if b is None:
+    return "n/a"
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if b < 1024 or unit == "GiB":
+      return f"{b:.1f} {unit}" if unit != "B" else f"{int(b)} B"
+    b /= 1024.0
+  return f"{b:.1f} GiB"
+
+
+def to_markdown(rows: List[Dict[str, Any]], peak32: float, peak16: float, quick: bool,
+                cmd: str) -> str:
+  dev = jax.devices()[0]
+  lines = [
+      f"# Training throughput on {dev.platform} ({dev.device_kind})",
+      "",
+      f"Measured by `{cmd}` ({'--quick: few timed steps, small CPU batches' if quick else 'full'}"
+      f"), jax {jax.__version__}, {jax.device_count()} device(s), one device used. Synthetic "
+      f"data; the full train step (DSM loss, Adam, grad clipping, EMA).",
+      "",
+      f"Peak matmul rate measured in the same run: float32 {peak32 / 1e12:.3f} TFLOP/s, "
+      f"bfloat16 {peak16 / 1e12:.3f} TFLOP/s. MFU = step FLOPs (XLA cost_analysis) x steps/s / "
+      f"float32 peak.",
+      "",
+      "| model | params | batch | compile s | steps/s | examples/s | GFLOP/step | TFLOP/s | "
+      "MFU | peak memory (XLA step) | device peak | process RSS |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    mfu = r["tflops"] * 1e12 / peak32
+    lines.append(
+        f"| {r['label']} | {r['params']:,} | {r['batch']} | {r['trace_s'] + r['compile_s']:.1f} "
+        f"| {r['steps_per_s']:.2f} | {r['examples_per_s']:.0f} | {r['gflop_per_step']:.2f} | "
+        f"{r['tflops']:.3f} | {100 * mfu:.1f}% | {_fmt_bytes(r['xla_bytes'])} | "
+        f"{_fmt_bytes(r['device_peak'])} | {_fmt_bytes(r['rss'])} |")
+  lines += ["", "compile s = tracing + XLA compilation of the step (persistent cache off)."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="few steps, small CPU batches")
+  p.add_argument("--steps", type=int, default=None, help="timed steps per model")
+  p.add_argument("--only", default=None, help="substring of the model labels to run")
+  p.add_argument("--out", default=None, help="output markdown path")
+  args = p.parse_args(argv)
+  platform = jax.devices()[0].platform
+  accel = platform != "cpu"
+  key = ("accel" if accel else "cpu") + ("_quick" if args.quick else "")
+  n = 4096 if accel else (512 if args.quick else 1024)
+  peak32 = peak_matmul(jnp.float32, n, 5)
+  peak16 = peak_matmul(jnp.bfloat16, n, 5)
+  print(f"peak matmul: float32 {peak32 / 1e12:.3f} TFLOP/s, bfloat16 {peak16 / 1e12:.3f} "
+        f"TFLOP/s", flush=True)
+  rows = []
+  for case in cases():
+    if args.only and args.only.lower() not in case.label.lower():
+      continue
+    batch = case.batch[key]
+    big = case.model != "mlp"
+    steps = args.steps or (3 if (big and not accel and args.quick) else
+                           10 if big and not accel else 50 if args.quick else 200)
+    if case.model == "mlp" and not args.steps:
+      steps = 200 if args.quick else 2000
+    r = bench_case(case, batch, steps)
+    print(f"{r['label']}: compile {r['trace_s'] + r['compile_s']:.1f} s, "
+          f"{r['steps_per_s']:.2f} steps/s, {r['examples_per_s']:.0f} examples/s, "
+          f"{r['gflop_per_step']:.2f} GFLOP/step, MFU {100 * r['tflops'] * 1e12 / peak32:.1f}%",
+          flush=True)
+    rows.append(r)
+  cmd = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
+  md = to_markdown(rows, peak32, peak16, args.quick, cmd)
+  out = args.out or os.path.join(RESULTS, f"train_throughput_{platform}.md")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    f.write(md)
+  print(md)
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,106 @@
+"""Shared base of every experiment config: all fields a run reads, with defaults.
+
+Experiment files (``configs/<family>/<name>.py``) call ``get_base_config()`` and change what
+differs. Every field can be overridden on the command line, e.g.
+``--config.training.num_steps=2000``; an unknown key is an error listing the valid keys.
+Optional values use ``placeholder`` types so they too can be set from the command line.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from configs import sampling as sampling_config
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Defaults: checkerboard, VP, 2-D MLP, eps-parameterization, Adam with warm-up."""
+  c = ml_collections.ConfigDict()
+  c.experiment = "base"
+  c.seed = 0
+
+  # Data: a toy 2-D density (diffusion.data.toy2d) or an image dataset (diffusion.data.images).
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "checkerboard"
+  c.data.batch_size = 512  # global batch (all processes and devices)
+  c.data.num_heldout = 10_000  # held-out points for evaluation (toy data)
+  c.data.heldout_seed = 0
+  c.data.split = "train"  # image datasets: the training split
+  c.data.eval_split = "test"  # image datasets: held-out data for evaluation
+  c.data.image_size = config_dict.placeholder(int)  # image datasets: None = native size
+  c.data.random_flip = False  # image datasets: random horizontal flips
+
+  # The forward process: a diffusion.schedules name and its fields.
+  c.sde = ml_collections.ConfigDict()
+  c.sde.name = "vp"
+  c.sde.fields = ml_collections.ConfigDict()  # e.g. beta_min, beta_max, t_min, t_max
+
+  # The network and how its output maps to x0_hat (diffusion.parameterization).
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mlp"
+  c.model.parameterization = "eps"
+  c.model.time_input = "t"
+  c.model.sigma_data = 0.5
+  c.model.scale_input = False
+  c.model.conditional = False  # feed batch labels to the network
+  c.model.net = ml_collections.ConfigDict(dict(width=128, num_blocks=3, embed_dim=64))
+
+  c.training = ml_collections.ConfigDict()
+  c.training.num_steps = 20_000
+  c.training.log_every = 500
+  c.training.ckpt_every = 5_000
+  c.training.sample_every = 10_000  # 0: only at the end
+  c.training.max_to_keep = 3
+  c.training.async_checkpoints = True
+  c.training.weighting = "eps"
+  c.training.time_sampling = "uniform"
+  c.training.loss_opts = ml_collections.ConfigDict()  # extra dsm_loss options (p_mean, ...)
+  c.training.ema_decay = 0.999
+  c.training.ema_warmup = False
+  c.training.nonfinite = "stop"  # 'stop' | 'skip'
+  c.training.grad_accum_steps = 1
+  c.training.steps_per_call = 1  # train steps per jit call (lax.scan)
+  c.training.compute_dtype = "float32"  # 'float32' | 'bfloat16'
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"  # 'adam' | 'adamw'
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 500
+  c.optim.grad_clip = 1.0  # global norm; 0 disables
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.decay = "none"  # 'none' | 'cosine' (over training.num_steps)
+  c.optim.end_lr_factor = 0.0
+
+  c.sampling = sampling_config.get_config()
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 10_000  # samples compared with held-out data (SW, MMD)
+  c.eval.nll_points = 2_000  # held-out points whose NLL is computed with the PF-ODE
+  c.eval.nll_batch_size = 1_000
+  c.eval.divergence = "exact"  # 'exact' | 'hutchinson'
+  c.eval.rtol = 1e-5
+  c.eval.atol = 1e-5
+  c.eval.mmd_points = 2_000  # MMD is O(n^2): computed on the first points only
+  c.eval.sw_projections = 256
+  c.eval.plot_samples = 5_000  # points in scatter plots
+  c.eval.density_grid = 48  # heat map resolution (points per side); 0 disables
+  c.eval.density_extent = 4.5  # heat map over [-extent, extent]^2
+  c.eval.density_rtol = 1e-3  # ODE tolerances of the heat map (a picture, not a number)
+  c.eval.density_atol = 1e-3
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.distributed = False  # call jax.distributed.initialize()
+  c.parallel.coordinator_address = config_dict.placeholder(str)
+  c.parallel.num_processes = config_dict.placeholder(int)
+  c.parallel.process_id = config_dict.placeholder(int)
+  c.parallel.model_axis = 1  # devices on the 'model' axis of the mesh
+  c.parallel.fsdp = False  # shard params / optimizer state over the 'model' axis
+  c.parallel.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated
+
+  # Fault injection for tests; never part of an experiment's identity.
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nan_at_step = -1  # put NaN in the batch of this step
+  c.debug.hang_at_step = -1  # after this step's checkpoint, sleep until killed
+  return c
+

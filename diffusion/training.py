@@ -1,0 +1,322 @@
+"""Train state, optimizer, EMA and a pure train step for denoising score matching.
+
+The step is a pure function ``(state, batch) -> (state, metrics)``: the loss is ``dsm_loss`` on
+the network wrapped by ``make_denoiser``; the update is optax (Adam/AdamW, linear warm-up,
+optional cosine decay, global-norm clipping), followed by an EMA of the parameters. Everything
+random comes from ``fold_in(state.key, state.step)``, and the data of step i is batch i, so a
+run restored from a checkpoint continues bit for bit.
+
+Non-finite loss or gradients (policy ``nonfinite``):
+  'skip': the update is dropped (params, EMA and optimizer state unchanged), the step counter
+          advances, ``state.num_skipped`` counts it.
+  'stop': the state freezes at the last good values and ``state.bad_step`` records the first bad
+          step; the host loop sees it (``check_finite``) and stops, naming that step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffusion.parameterization import Parameterization, make_denoiser
+from diffusion.schedules import Schedule
+
+PyTree = Any
+Batch = Dict[str, jax.Array]  # {'x': (B, ...) float, optionally 'label': (B,) int}
+
+NONFINITE_POLICIES = ("stop", "skip")
+OPTIMIZERS = ("adam", "adamw")
+DECAYS = ("none", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue exactly. All leaves are arrays (checkpointable).
+
+  step: () int32, the number of steps taken (= index of the next data batch).
+  params / ema_params: network parameters and their exponential moving average.
+  opt_state: optax state.
+  key: (2,) uint32, the run's base PRNG key (never split; per-step keys are fold_in(key, step)).
+  num_skipped: () int32, steps whose update was dropped as non-finite.
+  bad_step: () int32, first non-finite step under the 'stop' policy, -1 if none.
+  """
+  step: jax.Array
+  params: PyTree
+  ema_params: PyTree
+  opt_state: PyTree
+  key: jax.Array
+  num_skipped: jax.Array
+  bad_step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """Optimizer hyper-parameters (see ``make_optimizer``)."""
+  name: str = "adam"
+  lr: float = 1e-3
+  warmup_steps: int = 0
+  grad_clip: float = 1.0  # global-norm clip; <= 0 disables
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  decay: str = "none"  # 'none' | 'cosine'
+  decay_steps: int = 0  # total steps of the cosine schedule (including warm-up)
+  end_lr_factor: float = 0.0  # cosine decays to lr * end_lr_factor
+
+  def __post_init__(self):
+    if self.name not in OPTIMIZERS:
+      raise ValueError(f"unknown optimizer {self.name!r}; available: {OPTIMIZERS}")
+    if self.decay not in DECAYS:
+      raise ValueError(f"unknown lr decay {self.decay!r}; available: {DECAYS}")
+    if self.decay == "cosine" and self.decay_steps <= self.warmup_steps:
+      raise ValueError(f"cosine decay needs decay_steps > warmup_steps, got decay_steps="
+                       f"{self.decay_steps}, warmup_steps={self.warmup_steps}")
+    if self.lr <= 0 or self.warmup_steps < 0:
+      raise ValueError(f"need lr > 0 and warmup_steps >= 0, got lr={self.lr}, "
+                       f"warmup_steps={self.warmup_steps}")
+
+
+def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
+  """Linear warm-up from 0 over ``warmup_steps``, then constant or cosine to lr*end_lr_factor."""
+  if cfg.decay == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1),
+                                              cfg.decay_steps, cfg.lr * cfg.end_lr_factor)
+  if cfg.warmup_steps > 0:
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), optax.constant_schedule(cfg.lr)],
+        [cfg.warmup_steps])
+  return optax.constant_schedule(cfg.lr)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+  """clip_by_global_norm -> Adam / AdamW with the learning-rate schedule of ``lr_schedule``."""
+  sched = lr_schedule(cfg)
+  if cfg.name == "adam":
+    opt = optax.adam(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  else:
+    opt = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  if cfg.grad_clip and cfg.grad_clip > 0:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  return opt
+
+
+# -- EMA ------------------------------------------------------------------------------------------
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+  """The EMA decay used at update number ``step`` (0-based).
+
+  Without warm-up: ``decay``. With warm-up: min(decay, (1 + step) / (10 + step)), so early
+  averages are not dominated by the random initialization (as in TF's ExponentialMovingAverage
+  with num_updates).
+  """
+  d = jnp.asarray(decay, jnp.float32)
+  if not warmup:
+    return d
+  s = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(d, (1.0 + s) / (10.0 + s))
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: jax.Array) -> PyTree:
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree_util.tree_map(lambda e, p: e + (1.0 - decay) * (p.astype(e.dtype) - e),
+                                ema, params)
+
+
+# -- state ----------------------------------------------------------------------------------------
+
+
+def init_state(model, optimizer: optax.GradientTransformation, key: jax.Array,
+               example_x: jax.Array, example_label: Optional[jax.Array] = None) -> TrainState:
+  """Initializes the network on ``example_x`` (B, ...) and builds a fresh TrainState.
+
+  ``key`` (a raw uint32 key) seeds the initialization and becomes the run's base key.
+  """
+  init_key, dropout_key, run_key = jax.random.split(key, 3)
+  c = jnp.zeros((example_x.shape[0],), jnp.float32)
+  variables = model.init({"params": init_key, "dropout": dropout_key}, example_x, c,
+                         labels=example_label, train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                    opt_state=optimizer.init(params), key=run_key,
+                    num_skipped=jnp.zeros((), jnp.int32), bad_step=jnp.full((), -1, jnp.int32))
+
+
+def count_params(params: PyTree) -> int:
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+# -- the train step -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static hyper-parameters of the train step.
+
+  weighting / time_sampling / loss_opts: passed to ``dsm_loss``.
+  ema_decay, ema_warmup: see ``ema_decay_at``.
+  nonfinite: 'stop' or 'skip'.
+  grad_accum_steps: the batch is split into this many micro-batches whose gradients are averaged
+    (one optimizer update per step).
+  compute_dtype: 'float32' or 'bfloat16' (params and inputs cast for the forward/backward pass;
+    master params, loss and updates stay float32).
+  conditional: pass batch['label'] to the network as ``cond``.
+  """
+  weighting: str = "eps"
+  time_sampling: str = "uniform"
+  loss_opts: Tuple[Tuple[str, Any], ...] = ()
+  ema_decay: float = 0.999
+  ema_warmup: bool = False
+  nonfinite: str = "stop"
+  grad_accum_steps: int = 1
+  compute_dtype: str = "float32"
+  conditional: bool = False
+
+  def __post_init__(self):
+    if self.nonfinite not in NONFINITE_POLICIES:
+      raise ValueError(f"unknown nonfinite policy {self.nonfinite!r}; "
+                       f"available: {NONFINITE_POLICIES}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; "
+                       f"available: {COMPUTE_DTYPES}")
+    if self.grad_accum_steps < 1:
+      raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def _default_loss():
+  from diffusion.losses import dsm_loss  # written alongside; imported late to keep this light
+  return dsm_loss
+
+
+def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfig,
+              loss_fn: Optional[Callable] = None) -> Callable:
+  """``loss(params, batch, key) -> (scalar, aux)``: dsm_loss of the wrapped network."""
+  loss_fn = loss_fn or _default_loss()
+  dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+
+  def loss(params, batch: Batch, key):
+    noise_key, dropout_key = jax.random.split(key)
+    p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+
+    def apply_fn(x_in, c, cond):
+      return model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=True,
+                         rngs={"dropout": dropout_key}).astype(jnp.float32)
+
+    denoise = make_denoiser(apply_fn, schedule, param)
+    cond = batch.get("label") if cfg.conditional else None
+    value, aux = loss_fn(denoise, batch["x"], noise_key, schedule, weighting=cfg.weighting,
+                         time_sampling=cfg.time_sampling, cond=cond, **dict(cfg.loss_opts))
+    return value, aux
+
+  return loss
+
+
+def _tree_all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _accumulated_grads(loss, params, batch: Batch, key, k: int):
+  """Mean loss and gradient over k equal micro-batches of ``batch`` (lax.scan)."""
+  grad_fn = jax.value_and_grad(loss, has_aux=True)
+  if k == 1:
+    (value, _), grads = grad_fn(params, batch, key)
+    return value, grads
+  b = batch["x"].shape[0]
+  if b % k:
+    raise ValueError(f"batch size {b} is not divisible by grad_accum_steps={k}")
+  micro = jax.tree_util.tree_map(lambda a: a.reshape((k, b // k) + a.shape[1:]), batch)
+
+  def body(carry, inp):
+    i, mb = inp
+    (value, _), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+    tot_v, tot_g = carry
+    return (tot_v + value, jax.tree_util.tree_map(jnp.add, tot_g, g)), None
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  (tot_v, tot_g), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                   (jnp.arange(k), micro))
+  return tot_v / k, jax.tree_util.tree_map(lambda g: g / k, tot_g)
+
+
+def make_train_step(model, schedule: Schedule, param: Parameterization,
+                    optimizer: optax.GradientTransformation, cfg: StepConfig,
+                    loss_fn: Optional[Callable] = None,
+                    lr_fn: Optional[optax.Schedule] = None) -> Callable:
+  """Returns the pure ``train_step(state, batch) -> (state, metrics)`` (not jitted).
+
+  batch: {'x': (B, ...), 'label': (B,) optional}. metrics: scalars loss, grad_norm, finite,
+  ema_decay and lr (when ``lr_fn`` is given).
+  """
+  loss = make_loss(model, schedule, param, cfg, loss_fn)
+
+  def train_step(state: TrainState, batch: Batch):
+    key = jax.random.fold_in(state.key, state.step)
+    value, grads = _accumulated_grads(loss, state.params, batch, key, cfg.grad_accum_steps)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _tree_all_finite(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step - state.num_skipped, cfg.ema_decay, cfg.ema_warmup)
+    ema = ema_update(state.ema_params, params, decay)
+    stopped = state.bad_step >= 0
+    apply = finite & ~stopped
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new, old)
+    new = state.replace(
+        params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
+        opt_state=keep(opt_state, state.opt_state))
+    if cfg.nonfinite == "skip":
+      new = new.replace(step=state.step + 1,
+                        num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
+    else:  # 'stop': freeze everything at the first bad step
+      bad = jnp.where(stopped, state.bad_step, jnp.where(finite, -1, state.step))
+      new = new.replace(step=jnp.where(apply, state.step + 1, state.step), bad_step=bad)
+    metrics = {"loss": value, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32),
+               "ema_decay": decay}
+    if lr_fn is not None:
+      metrics["lr"] = jnp.asarray(lr_fn(state.step - state.num_skipped), jnp.float32)
+    return new, metrics
+
+  return train_step
+
+
+def multi_step(train_step: Callable, steps_per_call: int) -> Callable:
+  """Runs ``steps_per_call`` train steps in one call with lax.scan.
+
+  The returned function takes batches stacked on a leading axis (steps_per_call, B, ...) and
+  returns the final state and the metrics of every step stacked (steps_per_call,).
+  """
+  if steps_per_call < 1:
+    raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+  if steps_per_call == 1:
+    def one(state, batches):
+      state, m = train_step(state, jax.tree_util.tree_map(lambda a: a[0], batches))
+      return state, jax.tree_util.tree_map(lambda a: a[None], m)
+    return one
+
+  def many(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+
+  return many
+
+
+class NonFiniteError(RuntimeError):
+  """Raised by the host loop when the 'stop' policy saw a non-finite loss or gradient."""
+
+
+def check_finite(state: TrainState) -> None:
+  """Raises NonFiniteError naming the first non-finite step, if the state recorded one."""
+  bad = int(jax.device_get(state.bad_step))
+  if bad >= 0:
+    raise NonFiniteError(
+        f"non-finite loss or gradient at step {bad}; training stopped (policy 'stop'). The "
+        f"state is frozen at the last good values and no checkpoint was written after it.")

@@ -1,0 +1,193 @@
+"""Builds the pieces of a run from its config: schedule, network, denoiser, data, sampler.
+
+Wiring only: every function maps config fields onto a ``diffusion`` constructor and checks names
+early, so a typo fails before anything is compiled or written.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffusion import training
+from diffusion.data import toy2d
+from diffusion.parameterization import Parameterization, make_denoiser
+from diffusion.schedules import Schedule, get_schedule
+
+Config = ml_collections.ConfigDict
+
+# Fields that define an experiment: a workdir whose checkpoints differ in any of these is refused.
+IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
+                   "resolved.data_shape", "resolved.param_count")
+
+
+# -- the math objects -----------------------------------------------------------------------------
+
+
+def schedule(config: Config) -> Schedule:
+  return get_schedule(config.sde.name, **config.sde.fields.to_dict())
+
+
+def parameterization(config: Config) -> Parameterization:
+  m = config.model
+  return Parameterization(kind=m.parameterization, time_input=m.time_input,
+                          sigma_data=m.sigma_data, scale_input=m.scale_input)
+
+
+def model(config: Config):
+  from diffusion.models import get_model
+  return get_model(config.model.name, **config.model.net.to_dict())
+
+
+def optim_config(config: Config) -> training.OptimConfig:
+  o = config.optim
+  return training.OptimConfig(
+      name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, grad_clip=o.grad_clip,
+      weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, decay=o.decay,
+      decay_steps=config.training.num_steps, end_lr_factor=o.end_lr_factor)
+
+
+def step_config(config: Config) -> training.StepConfig:
+  t = config.training
+  return training.StepConfig(
+      weighting=t.weighting, time_sampling=t.time_sampling,
+      loss_opts=tuple(sorted(t.loss_opts.to_dict().items())), ema_decay=t.ema_decay,
+      ema_warmup=t.ema_warmup, nonfinite=t.nonfinite, grad_accum_steps=t.grad_accum_steps,
+      compute_dtype=t.compute_dtype, conditional=config.model.conditional)
+
+
+def denoiser(net, params, sched: Schedule, param: Parameterization) -> Callable:
+  """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout)."""
+  def apply_fn(x_in, c, cond):
+    return net.apply({"params": params}, x_in, c, labels=cond, train=False)
+  return make_denoiser(apply_fn, sched, param)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def _images_module():
+  try:
+    return importlib.import_module("diffusion.data.images")
+  except ImportError:
+    return None
+
+
+def _image_names() -> Tuple[str, ...]:
+  mod = _images_module()
+  return tuple(mod.dataset_names()) if mod is not None else ()
+
+
+def is_toy(config: Config) -> bool:
+  return config.data.name in toy2d.available()
+
+
+def check_dataset(config: Config) -> None:
+  """Raises ValueError naming the dataset and listing the known ones, before any work."""
+  name = config.data.name
+  if name in toy2d.available():
+    return
+  images = _image_names()
+  if name in images or (images and isinstance(name, str) and name.startswith("lsun/")):
+    return
+  raise ValueError(f"unknown dataset {name!r} (config.data.name); toy 2-D datasets: "
+                   f"{list(toy2d.available())}; image datasets: {list(images)} or "
+                   f"'lsun/<category>'")
+
+
+def _per_process(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f"data.batch_size={batch_size} must be divisible by the number of "
+                     f"processes {process_count}")
+  return batch_size // process_count
+
+
+def train_batches(config: Config, start_step: int, process_index: int,
+                  process_count: int) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's rows of training batches start_step, start_step + 1, ...: dicts with 'x'
+  (B / process_count, ...) and, for labelled data, 'label'. Batch i depends on (seed, i) only."""
+  d = config.data
+  nan_at = int(config.debug.nan_at_step)
+  if is_toy(config):
+    it = ({"x": x} for x in toy2d.iterator(d.name, d.batch_size, config.seed, start_step,
+                                           process_index=process_index,
+                                           process_count=process_count))
+  else:
+    kwargs = dict(batch_size=_per_process(d.batch_size, process_count), seed=config.seed,
+                  process_index=process_index, process_count=process_count,
+                  start_step=start_step, image_size=d.image_size, random_flip=d.random_flip)
+    raw = _images_module().make_image_dataset(d.name, d.split, **kwargs)
+    it = ({"x": b["image"], "label": b["label"]} for b in raw)
+
+  def gen():
+    for step, b in enumerate(it, start=start_step):
+      if step == nan_at:  # fault injection (config.debug.nan_at_step)
+        b = dict(b, x=np.full_like(np.asarray(b["x"]), np.nan))
+      if not config.model.conditional:
+        b.pop("label", None)
+      yield b
+
+  return gen()
+
+
+def example_batch(config: Config) -> Dict[str, np.ndarray]:
+  """One small batch with the data's shapes and dtypes (for initialization)."""
+  b = next(train_batches(config, 0, 0, 1))
+  return {k: np.asarray(v)[:1] for k, v in b.items()}
+
+
+def heldout(config: Config, n: int) -> np.ndarray:
+  """Held-out data (n, ...) disjoint from training: toy2d.heldout, or the image test split."""
+  d = config.data
+  if is_toy(config):
+    return toy2d.heldout(d.name, n, d.heldout_seed)
+  kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
+                shuffle=False, num_epochs=1, drop_remainder=False)  # the whole split
+  out, total = [], 0
+  for b in _images_module().make_image_dataset(d.name, d.eval_split, **kwargs):
+    out.append(np.asarray(b["image"]))
+    total += len(out[-1])
+    if total >= n:
+      break
+  return np.concatenate(out)[:n]
+
+
+def true_entropy(config: Config) -> Optional[float]:
+  return toy2d.true_entropy(config.data.name) if is_toy(config) else None
+
+
+# -- sampling -------------------------------------------------------------------------------------
+
+_SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
+
+
+def sampler_kwargs(config: Config) -> Dict[str, Any]:
+  """The config.sampling fields passed to build_sampler: all but the run-size ones, and only
+  hyper-parameters that are set (None means the sampler's default)."""
+  s = config.sampling.to_dict()
+  return {k: v for k, v in s.items() if k not in _SAMPLING_RUN_FIELDS and v is not None}
+
+
+def sampler(config: Config, sched: Schedule) -> Callable:
+  """fn(denoise, key, x_T, cond=None, sample_offset=0) -> (x0, info with 'nfe'), not jitted."""
+  from diffusion.samplers import build_sampler
+  kw = sampler_kwargs(config)
+  name = kw.pop("sampler")
+  return build_sampler(name, sched, jit=False, **kw)
+
+
+def resolved(config: Config, example: Dict[str, np.ndarray], params: Any) -> Dict[str, Any]:
+  """Facts derived from the config that also define the experiment (saved in config.json)."""
+  return {"data_shape": list(np.shape(example["x"])[1:]),
+          "param_count": training.count_params(params),
+          "jax_version": jax.__version__}
+
+
+def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
+  """The full config as a dict, with the resolved facts under 'resolved'."""
+  d = config.to_dict()
+  d["resolved"] = dict(res)
+  return d

@@ -1,0 +1,140 @@
+"""Entry point: ``python -m experiments.main --config=FILE --workdir=DIR --mode=train|sample|eval``.
+
+Any config field can be overridden, ``--config.training.num_steps=2000``. ml_collections'
+config_flags fails on an unknown key with a bare AttributeError; here the overrides are checked
+first, and an unknown key is an error listing the valid keys (close matches first).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from absl import app, flags, logging
+import ml_collections
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/toy/checkerboard_vp.py.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
+
+MODES = ("train", "sample", "eval")
+
+
+class ConfigKeyError(ValueError):
+  """A --config.<key> override names no field of the config."""
+
+
+def config_keys(config: ml_collections.ConfigDict, prefix: str = "") -> List[str]:
+  """Dotted names of every overridable (leaf) field, sorted."""
+  out = []
+  for k, v in config.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, ml_collections.ConfigDict):
+      out += config_keys(v, name + ".")
+    else:
+      out.append(name)
+  return sorted(out)
+
+
+def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads ``path[:arg]`` the way config_flags does (get_config() or get_config(arg))."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  mod_spec = importlib.util.spec_from_file_location("_experiment_config", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  return mod.get_config(arg) if arg else mod.get_config()
+
+
+def override_keys(argv: Sequence[str]) -> List[str]:
+  """The keys of the ``--config.<key>[=value]`` arguments in ``argv`` (also ``--noconfig.x``)."""
+  keys = []
+  for a in argv:
+    for pre in ("--config.", "-config.", "--noconfig.", "-noconfig."):
+      if a.startswith(pre):
+        keys.append(a[len(pre):].split("=", 1)[0])
+  return keys
+
+
+def config_spec(argv: Sequence[str]) -> Optional[str]:
+  """The value of --config in argv, or None."""
+  for i, a in enumerate(argv):
+    for pre in ("--config=", "-config="):
+      if a.startswith(pre):
+        return a[len(pre):]
+    if a in ("--config", "-config") and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def check_overrides(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None:
+  """Raises ConfigKeyError for keys that are not fields of ``config``, listing the valid ones."""
+  valid = config_keys(config)
+  bad = [k for k in keys if k not in valid]
+  if not bad:
+    return
+  lines = []
+  for k in bad:
+    close = difflib.get_close_matches(k, valid, n=3, cutoff=0.6)
+    lines.append(f"  --config.{k}" + (f"  (did you mean: {', '.join(close)}?)" if close else ""))
+  raise ConfigKeyError("unknown config key(s):\n" + "\n".join(lines) +
+                       "\nvalid keys:\n  " + "\n  ".join(valid))
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl flag parsing, preceded by the unknown-key check of the --config overrides."""
+  spec, keys = config_spec(argv), override_keys(argv)
+  if spec and keys:
+    try:
+      config = _load_config_file(spec)
+    except Exception as e:  # noqa: BLE001 -- reported below, parsing reports it again
+      config = None
+      print(f"error: cannot load config {spec!r}: {e}", file=sys.stderr)
+      sys.exit(2)
+    try:
+      check_overrides(config, keys)
+    except ConfigKeyError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpshort for the flags.", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if config is None or not workdir:
+    raise app.UsageError("--config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  from diffusion import checkpoint, parallel, training
+  if config.parallel.distributed:
+    parallel.initialize_distributed(config.parallel.coordinator_address,
+                                    config.parallel.num_processes, config.parallel.process_id)
+  from experiments import evaluate, sample, train
+  expected = (ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
+              checkpoint.WorkdirLockedError, training.NonFiniteError)
+  try:
+    if mode == "train":
+      train.train(config, workdir)
+    elif mode == "sample":
+      sample.run(config, workdir)
+    else:
+      evaluate.run(config, workdir)
+  except expected as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,64 @@
+"""PNG figures of a run: data vs samples, a learned density, image grids (matplotlib, Agg)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def scatter(data: np.ndarray, samples: np.ndarray, path: str, title: str = "",
+            extent: float = 4.5):
+  """Side-by-side scatter of data (n, 2) and samples (m, 2); saved to ``path``. Returns the figure."""
+  fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+  for ax, pts, name in ((axes[0], data, "data"), (axes[1], samples, "samples")):
+    ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
+    ax.set_title(name)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect("equal")
+  if title:
+    fig.suptitle(title)
+  _save(fig, path)
+  return fig
+
+
+def density(logp: np.ndarray, extent: float, path: str, title: str = ""):
+  """Heat map of exp(logp) on a (G, G) grid over [-extent, extent]^2 (row i = y_i)."""
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  im = ax.imshow(np.exp(logp), origin="lower", extent=(-extent, extent, -extent, extent),
+                 cmap="viridis")
+  fig.colorbar(im, ax=ax)
+  ax.set_title(title or "model density (PF-ODE)")
+  _save(fig, path)
+  return fig
+
+
+def image_grid(images: np.ndarray, path: str, ncols: Optional[int] = None):
+  """Grid of NHWC images in [-1, 1]; saved to ``path``."""
+  n, h, w, c = images.shape
+  ncols = ncols or int(np.ceil(np.sqrt(n)))
+  nrows = int(np.ceil(n / ncols))
+  grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1, c), np.float32)
+  for i in range(n):
+    r, q = divmod(i, ncols)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = (
+        np.clip(images[i], -1, 1) + 1) / 2
+  fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1]))
+  ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None)
+  ax.axis("off")
+  _save(fig, path)
+  return fig
+
+
+def _save(fig, path: str) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def close(fig) -> None:
+  plt.close(fig)

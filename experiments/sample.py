@@ -1,0 +1,74 @@
+"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples.npz + PNG."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from diffusion import checkpoint, parallel
+from experiments import build, plots, writers
+from experiments.writers import say
+
+Config = ml_collections.ConfigDict
+close = plots.close
+
+
+def generate(s, params, n: int, key: jax.Array) -> Tuple[np.ndarray, Dict[str, Any]]:
+  """n samples (n, *data_shape) from the config's sampler with ``params``, over the mesh."""
+  sampler = build.sampler(s.config, s.schedule)
+  shape = tuple(s.example["x"].shape[1:])
+
+  def run(p, k, x_t, offset):
+    return sampler(build.denoiser(s.net, p, s.schedule, s.param), k, x_t, sample_offset=offset)
+
+  bs = int(s.config.sampling.batch_size or n)
+  x, info = parallel.sample_sharded(run, params, key, s.schedule, n, shape, bs, s.mesh)
+  return x, jax.device_get(info)
+
+
+def plot(s, x: np.ndarray, path: str, title: str = ""):
+  """Scatter against data for 2-D data, an image grid for images. Returns the figure."""
+  cfg = s.config
+  if build.is_toy(cfg) and x.ndim == 2 and x.shape[1] == 2:
+    data = build.heldout(cfg, len(x))
+    return plots.scatter(data, x, path, title, extent=cfg.eval.density_extent)
+  return plots.image_grid(x[:64], path)
+
+
+def restore_params(config: Config, workdir: str):
+  """(Setup, EMA params, step) from the newest readable checkpoint of ``workdir``.
+
+  Refuses a workdir of another experiment and one without checkpoints.
+  """
+  from experiments import train
+  s = train.setup(config)
+  if not checkpoint.has_checkpoints(workdir):
+    raise FileNotFoundError(f"no checkpoints in {os.path.join(workdir, checkpoint.CKPT_DIR)}; "
+                            f"train first (--mode=train)")
+  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
+  try:
+    state, _, step = ckpt.restore(s.abstract_state)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f"no readable checkpoint in {ckpt.directory}")
+  return s, state.ema_params, step
+
+
+def run(config: Config, workdir: str) -> Dict[str, Any]:
+  """Writes <workdir>/samples/samples.npz (x, nfe, step) and samples.png."""
+  s, params, step = restore_params(config, workdir)
+  n = int(config.sampling.num_samples)
+  x, info = generate(s, params, n, jax.random.PRNGKey(config.seed + 2))
+  nfe = int(np.asarray(info.get("nfe", -1)))
+  out = os.path.join(workdir, "samples")
+  if writers.is_main():
+    os.makedirs(out, exist_ok=True)
+    np.savez(os.path.join(out, "samples.npz"), x=x, nfe=nfe, step=step)
+    close(plot(s, x, os.path.join(out, "samples.png"), f"{n} samples, step {step}, NFE {nfe}"))
+  say(f"wrote {n} samples (NFE {nfe}) from the checkpoint at step {step} to {out}")
+  return {"num_samples": n, "nfe": nfe, "step": step}

@@ -1,0 +1,242 @@
+"""The train driver: config -> sharded jitted steps -> checkpoints, metrics, plots (auto-resume).
+
+Reads top to bottom: set up (mesh, network, optimizer, state shardings), refuse a workdir of
+another experiment or one in use, restore the latest checkpoint or initialize, then loop:
+fetch batch i (a pure function of (seed, i)), run steps, report, checkpoint, sample.
+SIGTERM saves a checkpoint and returns normally (exit status 0); the next start resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from diffusion import checkpoint, parallel, training
+from experiments import build, writers
+from experiments.writers import say
+
+Config = ml_collections.ConfigDict
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from the config that train, sample and eval share."""
+  config: Config
+  mesh: Any
+  schedule: Any
+  param: Any
+  net: Any
+  optim: training.OptimConfig
+  optimizer: Any
+  step_cfg: training.StepConfig
+  example: Dict[str, np.ndarray]
+  abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings
+  state_shardings: Any
+  identity: Dict[str, Any]  # the full config + resolved facts, as saved in config.json
+
+
+def setup(config: Config) -> Setup:
+  """Builds and validates everything; no files are touched."""
+  build.check_dataset(config)
+  mesh = parallel.make_mesh(config.parallel.model_axis)
+  sched, param, net = build.schedule(config), build.parameterization(config), build.model(config)
+  optim = build.optim_config(config)
+  optimizer = training.make_optimizer(optim)
+  step_cfg = build.step_config(config)
+  example = build.example_batch(config)
+  ex_label = example.get("label")
+
+  def init(key):
+    return training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
+                               None if ex_label is None else jnp.asarray(ex_label))
+
+  key = jax.random.PRNGKey(config.seed)
+  shapes = jax.eval_shape(init, key)
+  shardings = parallel.state_sharding(mesh, shapes, fsdp=config.parallel.fsdp,
+                                     min_size=config.parallel.fsdp_min_size)
+  abstract = checkpoint.abstract_like(shapes, shardings)
+  identity = build.identity_dict(config, build.resolved(config, example, shapes.params))
+  return Setup(config, mesh, sched, param, net, optim, optimizer, step_cfg, example, abstract,
+               shardings, identity)
+
+
+def init_state(s: Setup) -> training.TrainState:
+  ex_label = s.example.get("label")
+
+  def init(key):
+    return training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
+                               None if ex_label is None else jnp.asarray(ex_label))
+
+  return jax.jit(init, out_shardings=s.state_shardings)(jax.random.PRNGKey(s.config.seed))
+
+
+def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer):
+  """(state, restored step or None): the newest readable checkpoint, else a fresh state."""
+  state, _, step = ckpt.restore(s.abstract_state)
+  if state is None:
+    return init_state(s), None
+  return state, step
+
+
+def _compile_steps(s: Setup, k: int):
+  """The jitted function running k train steps per call, batches stacked (k, B, ...)."""
+  lr_fn = training.lr_schedule(s.optim)
+  step = training.make_train_step(s.net, s.schedule, s.param, s.optimizer, s.step_cfg,
+                                  lr_fn=lr_fn)
+  fn = training.multi_step(step, k)
+  data = NamedSharding(s.mesh, P(None, (parallel.DATA, parallel.MODEL)))
+  return parallel.jit_sharded(fn, in_shardings=(s.state_shardings, data),
+                              out_shardings=(s.state_shardings, parallel.replicated(s.mesh)),
+                              donate_argnums=(0,)), data
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls (installed only in the main thread)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _crossed(prev: int, now: int, every: int) -> bool:
+  return every > 0 and now // every > prev // every
+
+
+def _mean_metrics(pending: List[Dict[str, jax.Array]]) -> Dict[str, float]:
+  host = jax.device_get(pending)
+  keys = host[0].keys()
+  return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in keys}
+
+
+def train(config: Config, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) in ``workdir``. Returns a summary dict (final step, status, loss)."""
+  s = setup(config)
+  tcfg = config.training
+  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # before touching files
+  lock = checkpoint.RunLock(workdir) if writers.is_main() else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # now under the lock
+    if writers.is_main():
+      checkpoint.write_config(workdir, s.identity)
+    ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints)
+    try:
+      return _loop(s, workdir, ckpt)
+    finally:
+      ckpt.close()
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer) -> Dict[str, Any]:
+  config, tcfg = s.config, s.config.training
+  state, restored = restore_or_init(s, ckpt)
+  step = int(jax.device_get(state.step))
+  if restored is not None:
+    say(f"resumed from the checkpoint at step {restored} in {ckpt.directory}")
+  else:
+    say(f"starting {config.experiment!r}: {training.count_params(state.params):,} parameters, "
+        f"{s.mesh.devices.size} device(s), {jax.process_count()} process(es)")
+  writer = writers.MetricWriter(workdir)
+  batches = build.train_batches(config, step, jax.process_index(), jax.process_count())
+  compiled: Dict[int, Any] = {}
+  pending: List[Dict[str, jax.Array]] = []
+  last_loss = float("nan")
+  t_last, step_last, calls = time.time(), step, 0
+  status = "done"
+  num_steps = int(tcfg.num_steps)
+  k_max = max(1, int(tcfg.steps_per_call))
+
+  def save(at: int):
+    training.check_finite(state)  # never checkpoint past a non-finite step
+    ckpt.save(at, state, {"step": at, "experiment": config.experiment})
+
+  with _Preemption() as preempt:
+    while step < num_steps:
+      k = min(k_max, num_steps - step)
+      if k not in compiled:
+        compiled[k] = _compile_steps(s, k)
+      fn, data_sharding = compiled[k]
+      local = [next(batches) for _ in range(k)]
+      stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+      state, metrics = fn(state, parallel.global_batch(stacked, data_sharding))
+      pending.append(metrics)
+      prev, step, calls = step, step + k, calls + 1
+      if calls % 8 == 0:  # bound the queue of in-flight steps (simulated devices deadlock)
+        jax.block_until_ready(state.step)
+      if _crossed(prev, step, tcfg.log_every) or step == num_steps:
+        training.check_finite(state)
+        m = _mean_metrics(pending)
+        pending = []
+        now = time.time()
+        m["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        last_loss = m["loss"]
+        writer.scalars(step, m)
+        say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  grad_norm {m['grad_norm']:.3f}  "
+            f"{m['steps_per_sec']:.1f} steps/s")
+      if _crossed(prev, step, tcfg.ckpt_every) and step < num_steps:
+        save(step)
+        if step == config.debug.hang_at_step:  # fault injection for the kill/resume test
+          ckpt.wait()
+          say(f"hanging at step {step}")
+          while True:
+            time.sleep(60)
+      if (_crossed(prev, step, tcfg.sample_every) and step < num_steps):
+        _report_samples(s, workdir, state, step, writer, density=False)
+      if preempt.requested:
+        save(step)
+        ckpt.wait()
+        say(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+        status = "preempted"
+        break
+    training.check_finite(state)
+    if status == "done":
+      save(step)
+      ckpt.wait()
+      say(f"training done at step {step}; checkpoints in {ckpt.directory}")
+      _report_samples(s, workdir, state, step, writer, density=True)
+  writer.close()
+  return {"step": step, "status": status, "loss": last_loss}
+
+
+def _report_samples(s: Setup, workdir: str, state, step: int, writer, density: bool) -> None:
+  """Samples with the EMA params and writes PNG plots (2-D data) or an image grid."""
+  from experiments import evaluate, sample  # late: plotting pulls in matplotlib
+  cfg = s.config
+  n = int(cfg.eval.plot_samples) if build.is_toy(cfg) else min(int(cfg.eval.plot_samples), 64)
+  x = sample.generate(s, state.ema_params, n, jax.random.PRNGKey(cfg.seed + 1))[0]
+  if writers.is_main():
+    fig = sample.plot(s, x, f"{workdir}/plots/samples_{step:08d}.png", f"step {step}")
+    writer.image("samples", step, fig)
+    sample.close(fig)
+  if density and build.is_toy(cfg) and cfg.eval.density_grid > 0:
+    fig = evaluate.density_plot(s, state.ema_params, f"{workdir}/plots/density_{step:08d}.png")
+    if fig is not None:
+      writer.image("density", step, fig)
+      sample.close(fig)
+  writer.flush()

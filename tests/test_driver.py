@@ -1,0 +1,99 @@
+"""End-to-end driver: train / sample / eval on a tiny toy run, CLI errors, refusals."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from diffusion import checkpoint, training
+from experiments import evaluate, sample, train
+from tests.conftest import run_main, tiny_config
+
+
+def test_end_to_end(tmp_path, capsys):
+  """One tiny run, used in turn by the checks below (one test: a run is the costly part)."""
+  wd = str(tmp_path)
+  cfg = tiny_config()
+  summary = train.train(cfg, wd)
+  sample.run(cfg, wd)
+  metrics = evaluate.run(cfg, wd)
+  _check_files_and_metrics(wd, summary, metrics)
+  _check_different_experiment_is_refused(wd)
+  _check_resume_continues_from_latest(wd, capsys)
+
+
+def _check_files_and_metrics(wd, summary, metrics):
+  assert summary["step"] == 30 and summary["status"] == "done"
+  saved = json.load(open(os.path.join(wd, "config.json")))
+  assert saved["training"]["num_steps"] == 30 and saved["resolved"]["data_shape"] == [2]
+  rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [10, 20, 30]
+  assert all({"loss", "grad_norm", "steps_per_sec", "lr"} <= set(r) for r in rows)
+  assert glob.glob(os.path.join(wd, "tb", "events.out.tfevents.*"))
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "20", "30"]
+  assert glob.glob(os.path.join(wd, "plots", "samples_*.png"))
+  assert glob.glob(os.path.join(wd, "plots", "density_*.png"))
+  npz = np.load(os.path.join(wd, "samples", "samples.npz"))
+  assert npz["x"].shape == (128, 2) and int(npz["nfe"]) > 0
+  assert os.path.exists(os.path.join(wd, "samples", "samples.png"))
+  on_disk = json.load(open(os.path.join(wd, "eval", "metrics.json")))
+  for k in ("nll_nats", "true_entropy_nats", "excess_nll_nats", "sliced_wasserstein", "mmd",
+            "nfe"):
+    assert k in on_disk and np.isfinite(on_disk[k]), k
+  assert on_disk["true_entropy_nats"] == pytest.approx(np.log(32.0))
+  assert on_disk["excess_nll_nats"] == pytest.approx(on_disk["nll_nats"] - np.log(32.0))
+  assert on_disk == metrics
+  assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
+
+
+def _check_resume_continues_from_latest(wd, capsys):
+  capsys.readouterr()
+  cfg = tiny_config(**{"training.num_steps": 40, "eval.density_grid": 0})
+  out = train.train(cfg, wd)
+  assert out["step"] == 40
+  assert "resumed from the checkpoint at step 30" in capsys.readouterr().out
+  rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [10, 20, 30, 40]
+
+
+def _check_different_experiment_is_refused(wd):
+  before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(wd, "**"), recursive=True)}
+  cfg = tiny_config(**{"model.net.width": 48, "sde.fields.beta_max": 10.0})
+  with pytest.raises(checkpoint.WorkdirMismatchError) as e:
+    train.train(cfg, wd)
+  msg = str(e.value)
+  assert "model.net.width" in msg and "sde.fields.beta_max" in msg and "nothing" in msg
+  after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(wd, "**"), recursive=True)}
+  assert before == after
+  with pytest.raises(checkpoint.WorkdirMismatchError):
+    evaluate.run(cfg, wd)
+
+
+def test_unknown_dataset(tmp_path):
+  with pytest.raises(ValueError, match=r"unknown dataset 'nope'.*checkerboard"):
+    train.train(tiny_config(**{"data.name": "nope"}), str(tmp_path))
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_nan_stops_naming_the_step(tmp_path):
+  cfg = tiny_config(**{"debug.nan_at_step": 15, "eval.density_grid": 0})
+  with pytest.raises(training.NonFiniteError, match="step 15"):
+    train.train(cfg, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]  # the last good one is kept
+  assert not os.path.exists(tmp_path / checkpoint.LOCK_FILE)
+
+
+def test_cli_unknown_config_key_lists_valid_keys(tmp_path):
+  r = run_main(str(tmp_path), "train", extra=["--config.training.num_stepz=3"], timeout=120)
+  assert r.returncode == 2, r.stderr
+  assert "unknown config key" in r.stderr and "--config.training.num_stepz" in r.stderr
+  assert "did you mean: training.num_steps" in r.stderr
+  assert "training.ema_decay" in r.stderr and "sde.name" in r.stderr  # the valid keys
+  assert not os.listdir(tmp_path)
+
+
+def test_cli_unknown_dataset_message(tmp_path):
+  r = run_main(str(tmp_path), "train", {"data.name": "nope"}, timeout=120)
+  assert r.returncode == 1
+  assert "unknown dataset 'nope'" in r.stderr and "Traceback" not in r.stderr

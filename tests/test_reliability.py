@@ -1,0 +1,109 @@
+"""Fault tolerance of the train driver, with real subprocesses and signals.
+
+Exact resume: N steps straight == N/2 steps, SIGKILL, resume (params, EMA, optimizer state bit
+for bit on CPU). SIGTERM saves and exits 0. A second run on a busy workdir is refused; the stale
+lock of a killed run is taken over.
+"""
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion import checkpoint
+from experiments import train
+from tests.conftest import popen_main, run_main, tiny_config
+
+RUN = {"training.num_steps": 40, "training.ckpt_every": 20, "training.log_every": 10,
+       "eval.density_grid": 0, "eval.plot_samples": 64, "training.async_checkpoints": True}
+
+
+def _final_state(workdir, overrides):
+  cfg = tiny_config(**{**RUN, **overrides})
+  s = train.setup(cfg)
+  ck = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
+  state, _, step = ck.restore(s.abstract_state)
+  ck.close()
+  return jax.device_get(state), step
+
+
+def _wait_for(proc, text, timeout=180):
+  """Reads proc's stdout until a line containing ``text``; returns the lines read."""
+  lines, t0 = [], time.time()
+  while time.time() - t0 < timeout:
+    line = proc.stdout.readline()
+    if not line:
+      if proc.poll() is not None:
+        break
+      continue
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"{text!r} not seen; output:\n{''.join(lines)}")
+
+
+def _assert_bitwise_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_exact_and_lock_refuses_second_run(tmp_path):
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  proc = popen_main(killed, "train", {**RUN, "debug.hang_at_step": 20})
+  try:
+    _wait_for(proc, "hanging at step 20")
+    # A second run on the same workdir is refused while the first is alive.
+    second = run_main(killed, "train", RUN)
+    assert second.returncode == 1
+    assert f"in use by process {proc.pid}" in second.stderr
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    proc.stdout.close()
+  assert open(os.path.join(killed, checkpoint.LOCK_FILE)).read().split()[0] == str(proc.pid)
+
+  train.train(tiny_config(**RUN), straight)  # the reference, in this process
+  resumed = run_main(killed, "train", RUN)  # takes over the stale lock
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from the checkpoint at step 20" in resumed.stdout
+  a, step_a = _final_state(straight, {})
+  b, step_b = _final_state(killed, {})
+  assert step_a == step_b == 40
+  _assert_bitwise_equal(a, b)
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+  wd = str(tmp_path)
+  proc = popen_main(wd, "train", {**RUN, "training.num_steps": 10**6, "training.log_every": 5,
+                                  "training.ckpt_every": 10**5})
+  try:
+    _wait_for(proc, "step 10/")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM: saved a checkpoint at step" in out
+  step = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+  assert step >= 10 and os.path.isdir(os.path.join(wd, "checkpoints", str(step)))
+  assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
+  r = run_main(wd, "train", {**RUN, "training.num_steps": step + 5, "training.log_every": 5,
+                             "training.ckpt_every": 10**5})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resumed from the checkpoint at step {step}" in r.stdout
+
+
+def test_cli_nan_stops_with_message(tmp_path):
+  r = run_main(str(tmp_path), "train", {"debug.nan_at_step": 12, "eval.density_grid": 0})
+  assert r.returncode == 1
+  assert "non-finite loss or gradient at step 12" in r.stderr
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]

@@ -1,0 +1,153 @@
+"""Train state, optimizer, EMA, non-finite policies, gradient accumulation, multi-step calls."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion import training
+from diffusion.data import toy2d
+from diffusion.models import get_model
+from diffusion.parameterization import Parameterization
+from diffusion.schedules import get_schedule
+
+SCHED = get_schedule("vp")
+PARAM = Parameterization("eps")
+NET = get_model("mlp", width=32, num_blocks=1, embed_dim=16)
+
+
+def _state(optimizer, seed=0):
+  return training.init_state(NET, optimizer, jax.random.PRNGKey(seed), jnp.zeros((1, 2)))
+
+
+def _batch(i, n=128, name="8gaussians"):
+  return {"x": jnp.asarray(toy2d.batch(name, n, 0, i))}
+
+
+def _det_loss(denoise, x0, key, schedule, **kw):
+  """A noise-free loss: its value does not depend on the key (for exactness tests)."""
+  del key, schedule, kw
+  err = denoise(0.5 * x0, 0.5) - x0
+  return jnp.mean(err**2), {}
+
+
+def test_train_step_decreases_loss():
+  oc = training.OptimConfig(lr=3e-3, warmup_steps=10)
+  opt = training.make_optimizer(oc)
+  step = jax.jit(training.make_train_step(NET, SCHED, PARAM, opt, training.StepConfig()))
+  state = _state(opt)
+  losses = []
+  for i in range(200):
+    state, m = step(state, _batch(i))
+    losses.append(m["loss"])
+  losses = np.asarray(jax.device_get(losses))
+  assert int(state.step) == 200
+  assert np.all(np.isfinite(losses))
+  assert losses[-40:].mean() < 0.75 * losses[:20].mean(), (losses[:20].mean(), losses[-40:].mean())
+
+
+def test_ema_math():
+  ema = {"w": jnp.array([1.0, 2.0])}
+  p = {"w": jnp.array([3.0, -2.0])}
+  out = training.ema_update(ema, p, jnp.float32(0.9))
+  np.testing.assert_allclose(out["w"], 0.9 * np.array([1.0, 2.0]) + 0.1 * np.array([3.0, -2.0]),
+                             rtol=1e-6)
+  assert float(training.ema_decay_at(0, 0.999, warmup=False)) == pytest.approx(0.999)
+  assert float(training.ema_decay_at(0, 0.999, warmup=True)) == pytest.approx(0.1)
+  assert float(training.ema_decay_at(90, 0.999, warmup=True)) == pytest.approx(0.91)
+  assert float(training.ema_decay_at(10**7, 0.999, warmup=True)) == pytest.approx(0.999)
+
+
+def test_ema_follows_params_in_step():
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
+  cfg = training.StepConfig(ema_decay=0.75)
+  step = jax.jit(training.make_train_step(NET, SCHED, PARAM, opt, cfg, loss_fn=_det_loss))
+  s0 = _state(opt)
+  s1, _ = step(s0, _batch(0))
+  s2, _ = step(s1, _batch(1))
+  expect = jax.tree_util.tree_map(lambda e0, p1, p2: 0.75 * (0.75 * e0 + 0.25 * p1) + 0.25 * p2,
+                                  s0.ema_params, s1.params, s2.params)
+  for a, b in zip(jax.tree_util.tree_leaves(expect), jax.tree_util.tree_leaves(s2.ema_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_lr_schedules():
+  warm = training.lr_schedule(training.OptimConfig(lr=1.0, warmup_steps=10))
+  assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.5)
+  assert float(warm(10)) == pytest.approx(1.0) and float(warm(1000)) == pytest.approx(1.0)
+  cos = training.lr_schedule(training.OptimConfig(lr=1.0, warmup_steps=10, decay="cosine",
+                                                  decay_steps=110))
+  assert float(cos(10)) == pytest.approx(1.0)
+  assert float(cos(60)) == pytest.approx(0.5, abs=1e-3)
+  assert float(cos(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_hyperparameters_are_named():
+  with pytest.raises(ValueError, match="'sgd'.*adam"):
+    training.OptimConfig(name="sgd")
+  with pytest.raises(ValueError, match="'ignore'.*stop"):
+    training.StepConfig(nonfinite="ignore")
+  with pytest.raises(ValueError, match="cosine"):
+    training.OptimConfig(decay="cosine", decay_steps=0)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_policy(policy):
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
+  step = jax.jit(training.make_train_step(NET, SCHED, PARAM, opt,
+                                          training.StepConfig(nonfinite=policy)))
+  s, _ = step(_state(opt), _batch(0))
+  nan = {"x": jnp.full((128, 2), jnp.nan)}
+  s_bad, m = step(s, nan)
+  assert float(m["finite"]) == 0.0
+  for a, b in zip(jax.tree_util.tree_leaves((s.params, s.ema_params, s.opt_state)),
+                  jax.tree_util.tree_leaves((s_bad.params, s_bad.ema_params, s_bad.opt_state))):
+    np.testing.assert_array_equal(a, b)
+  s_next, _ = step(s_bad, _batch(2))
+  if policy == "skip":
+    assert int(s_bad.step) == 2 and int(s_bad.num_skipped) == 1
+    training.check_finite(s_next)  # no error
+    assert int(s_next.step) == 3
+  else:
+    assert int(s_bad.bad_step) == 1 and int(s_bad.step) == 1
+    assert int(s_next.step) == 1  # frozen
+    with pytest.raises(training.NonFiniteError, match="step 1"):
+      training.check_finite(s_next)
+
+
+def test_grad_accumulation_matches_full_batch():
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
+  mk = lambda k: jax.jit(training.make_train_step(
+      NET, SCHED, PARAM, opt, training.StepConfig(grad_accum_steps=k), loss_fn=_det_loss))
+  s = _state(opt)
+  a, ma = mk(1)(s, _batch(0))
+  b, mb = mk(4)(s, _batch(0))
+  np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+  np.testing.assert_allclose(ma["grad_norm"], mb["grad_norm"], rtol=1e-4)
+  for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_scan_of_steps_matches_single_steps():
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
+  one = training.make_train_step(NET, SCHED, PARAM, opt, training.StepConfig())
+  many = jax.jit(training.multi_step(one, 3))
+  one = jax.jit(one)
+  s = _state(opt)
+  batches = [_batch(i) for i in range(3)]
+  a = s
+  for b in batches:
+    a, _ = one(a, b)
+  stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *batches)
+  c, m = many(s, stacked)
+  assert m["loss"].shape == (3,) and int(c.step) == 3
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(c)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute():
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-3))
+  step = jax.jit(training.make_train_step(NET, SCHED, PARAM, opt,
+                                          training.StepConfig(compute_dtype="bfloat16")))
+  s, m = step(_state(opt), _batch(0))
+  assert np.isfinite(float(m["loss"]))
+  assert jax.tree_util.tree_leaves(s.params)[0].dtype == jnp.float32
