@@ -138,11 +138,7 @@ class Parameterization:
       return x0_from_v(out, x, t, schedule)
     if self.kind == "score":
       return x0_from_score(out, x, t, schedule)
-    tb = _bcast(t, x)
-    a = schedule.alpha(tb)
-    s, sd = schedule.edm_sigma(tb), self.sigma_data
-    c_skip = sd * sd / (s * s + sd * sd)
-    c_out = s * sd / jnp.sqrt(s * s + sd * sd)
+    a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return c_skip * (x / a) + c_out * out
 
   def from_x0(self, x0, x, t, schedule: Schedule):
@@ -155,12 +151,14 @@ class Parameterization:
       return v_from_x0(x0, x, t, schedule)
     if self.kind == "score":
       return score_from_x0(x0, x, t, schedule)
-    tb = _bcast(t, x)
-    a = schedule.alpha(tb)
-    s, sd = schedule.edm_sigma(tb), self.sigma_data
-    c_skip = sd * sd / (s * s + sd * sd)
-    c_out = s * sd / jnp.sqrt(s * s + sd * sd)
+    a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return (x0 - c_skip * (x / a)) / c_out
+
+  def _edm_skip_out(self, x, t, schedule: Schedule):
+    """(alpha, c_skip, c_out) of EDM's preconditioning at s = sigma/alpha, broadcast against x."""
+    tb = _bcast(t, x)
+    s, sd = schedule.edm_sigma(tb), self.sigma_data
+    return schedule.alpha(tb), sd * sd / (s * s + sd * sd), s * sd / jnp.sqrt(s * s + sd * sd)
 
 
 def make_denoiser(apply_fn: Callable[..., Array],

@@ -207,7 +207,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer) -> Dict[str, An
           while True:
             time.sleep(60)
       if (_crossed(prev, step, tcfg.sample_every) and step < num_steps):
-        _report_samples(s, workdir, state, step, writer, density=False)
+        _report_samples(s, workdir, state, step, writer)
       if preempt.requested:
         save(step)
         ckpt.wait()
@@ -219,14 +219,17 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer) -> Dict[str, An
       save(step)
       ckpt.wait()
       say(f"training done at step {step}; checkpoints in {ckpt.directory}")
-      _report_samples(s, workdir, state, step, writer, density=True)
+      _report_samples(s, workdir, state, step, writer)
   writer.close()
   return {"step": step, "status": status, "loss": last_loss}
 
 
-def _report_samples(s: Setup, workdir: str, state, step: int, writer, density: bool) -> None:
-  """Samples with the EMA params and writes PNG plots (2-D data) or an image grid."""
-  from experiments import evaluate, sample  # late: plotting pulls in matplotlib
+def _report_samples(s: Setup, workdir: str, state, step: int, writer) -> None:
+  """Samples with the EMA params and writes PNG plots (2-D data) or an image grid.
+
+  The learned-density heat map costs an ODE solve per grid point: --mode=eval draws it.
+  """
+  from experiments import sample  # late: plotting pulls in matplotlib
   cfg = s.config
   n = int(cfg.eval.plot_samples) if build.is_toy(cfg) else min(int(cfg.eval.plot_samples), 64)
   x = sample.generate(s, state.ema_params, n, jax.random.PRNGKey(cfg.seed + 1))[0]
@@ -234,9 +237,4 @@ def _report_samples(s: Setup, workdir: str, state, step: int, writer, density: b
     fig = sample.plot(s, x, f"{workdir}/plots/samples_{step:08d}.png", f"step {step}")
     writer.image("samples", step, fig)
     sample.close(fig)
-  if density and build.is_toy(cfg) and cfg.eval.density_grid > 0:
-    fig = evaluate.density_plot(s, state.ema_params, f"{workdir}/plots/density_{step:08d}.png")
-    if fig is not None:
-      writer.image("density", step, fig)
-      sample.close(fig)
   writer.flush()
