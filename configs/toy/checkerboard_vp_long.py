@@ -1,0 +1,16 @@
+"""checkerboard under the VP SDE, the longer run: residual MLP of width 256 with 4 blocks, 30k steps.
+
+Question: how close does a larger, longer-trained score network get to the true entropy of
+'checkerboard' (held-out NLL by the PF-ODE with the exact divergence)?
+
+Run (train, then evaluate):
+  python -m experiments.main --config=configs/toy/checkerboard_vp_long.py --workdir=workdirs/checkerboard_vp_long --mode=train
+  python -m experiments.main --config=configs/toy/checkerboard_vp_long.py --workdir=workdirs/checkerboard_vp_long --mode=eval
+
+Measured: see README.
+"""
+from configs.toy.common import long_config
+
+
+def get_config():
+  return long_config("checkerboard", "vp")
