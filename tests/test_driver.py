@@ -33,7 +33,7 @@ def _check_files_and_metrics(wd, summary, metrics):
   assert glob.glob(os.path.join(wd, "tb", "events.out.tfevents.*"))
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "20", "30"]
   assert glob.glob(os.path.join(wd, "plots", "samples_*.png"))
-  assert glob.glob(os.path.join(wd, "plots", "density_*.png"))
+  assert os.path.exists(os.path.join(wd, "eval", "density.png"))
   npz = np.load(os.path.join(wd, "samples", "samples.npz"))
   assert npz["x"].shape == (128, 2) and int(npz["nfe"]) > 0
   assert os.path.exists(os.path.join(wd, "samples", "samples.png"))

@@ -1,0 +1,419 @@
+"""DPM-Solver (noise prediction) and DPM-Solver++ (data prediction) exponential integrators.
+
+Notation (Lu et al. 2022a, sec. 3): lambda(t) = log(alpha_t / sigma_t) (half the logSNR), for a step
+s -> t (t later, less noise) h = lambda_t - lambda_s > 0. The exact PF-ODE solution is
+
+  x_t = alpha_t/alpha_s x_s - alpha_t int_{lambda_s}^{lambda_t} e^{-lambda} eps(lambda) dlambda  (2022a, eq. 3.4)
+  x_t = sigma_t/sigma_s x_s + sigma_t int_{lambda_s}^{lambda_t} e^{lambda} x0(lambda) dlambda     (2022b, eq. 8)
+
+and the solvers Taylor-expand eps or x0 in lambda. Every fixed-step solver here is a ``Program`` of
+the linear engine: coefficients in float64 on the host, one ``lax.scan`` at run time. The adaptive
+DPM-Solver-12 / 23 run in a ``lax.while_loop``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion.samplers import engine
+from diffusion.samplers.engine import Program, alpha_sigma, half_logsnr, t_from_half_logsnr
+from diffusion.samplers.registry import register_sampler
+
+Array = Any
+_fd = lambda hp: int(bool(hp["final_denoise"]))
+P22A = "Lu et al. 2022, DPM-Solver"
+P22B = "Lu et al. 2022, DPM-Solver++"
+
+
+def _as(schedule, t):
+  a, s = alpha_sigma(schedule, t)
+  return float(a), float(s), float(half_logsnr(schedule, t))
+
+
+def eps_out(schedule, t):
+  """(p, q) so that p y + q m = eps_hat = (y - alpha m) / sigma at time t."""
+  a, s = alpha_sigma(schedule, t)
+  return float(1.0 / s), float(-a / s)
+
+
+# ------------------------------------------------------------------------------------------------
+# DPM-Solver-1/2/3 (single-step, noise prediction)
+# ------------------------------------------------------------------------------------------------
+
+
+def dpm_solver_step(prog: Program, schedule, s: float, t: float, order: int,
+                    r1: float | None = None, r2: float = 2.0 / 3.0) -> Dict[str, Any]:
+  """Adds one DPM-Solver-k step s -> t (Lu et al. 2022a, eq. 3.7 (k=1), Alg. 1 (k=2), Alg. 2
+  (k=3)) as ``order`` rows. Returns the forms {'low': ..., 'high': ...} for adaptive use."""
+  a_s, sg_s, l_s = _as(schedule, s)
+  a_t, sg_t, l_t = _as(schedule, t)
+  h = l_t - l_s
+  e = math.expm1(h)
+  r0 = prog.eval(s, out=eps_out(schedule, s))
+  x1 = {"x": a_t / a_s, r0: -sg_t * e}
+  if order == 1:
+    prog.set_update(r0, x1)
+    return {"high": x1}
+  r1 = (0.5 if order == 2 else 1.0 / 3.0) if r1 is None else r1
+  s1 = float(t_from_half_logsnr(schedule, l_s + r1 * h))
+  a1, sg1, _ = _as(schedule, s1)
+  u1 = {"x": a1 / a_s, r0: -sg1 * math.expm1(r1 * h)}
+  i1 = prog.eval(s1, y=u1, out=eps_out(schedule, s1))
+  # DPM-Solver-2: x_t = x1 - sigma_t/(2 r1) (e^h - 1) (eps(u1) - eps_s)
+  c2 = -sg_t / (2 * r1) * e
+  x2 = engine.add(x1, {i1: c2, r0: -c2})
+  if order == 2:
+    prog.set_update(i1, x2)
+    return {"low": x1, "high": x2}
+  s2 = float(t_from_half_logsnr(schedule, l_s + r2 * h))
+  a2, sg2, _ = _as(schedule, s2)
+  c = -sg2 * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1.0)
+  u2 = {"x": a2 / a_s, r0: -sg2 * math.expm1(r2 * h) - c, i1: c}
+  i2 = prog.eval(s2, y=u2, out=eps_out(schedule, s2))
+  c3 = -sg_t / r2 * (e / h - 1.0)
+  x3 = engine.add(x1, {i2: c3, r0: -c3})
+  prog.set_update(i2, x3)
+  return {"low": x2, "high": x3}
+
+
+def _register_dpm_solver(k: int):
+
+  @register_sampler(f"dpm_solver_{k}", kind="deterministic", order=float(k),
+                    nfe=lambda n, hp: k * n + _fd(hp), nfe_per_step=str(k),
+                    paper=f"{P22A}, " + {1: "eq. 3.7 (= DDIM)", 2: "Alg. 1 (r1 = 1/2)",
+                                         3: "Alg. 2 (r1 = 1/3, r2 = 2/3)"}[k])
+  def sampler(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+              final_denoise: bool = False):
+    t = engine.check_grid(time_grid, schedule)
+    prog = Program()
+    for i in range(len(t) - 1):
+      dpm_solver_step(prog, schedule, t[i], t[i + 1], k)
+    if final_denoise:
+      prog.final_denoise(t[-1])
+    return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+
+  sampler.__name__ = f"dpm_solver_{k}"
+  sampler.__doc__ = (f"DPM-Solver-{k}, single-step, on the N intervals of the grid (uniform "
+                     f"logSNR in the paper). NFE = {k} N (+1 final denoise).")
+  return sampler
+
+
+dpm_solver_1 = _register_dpm_solver(1)
+dpm_solver_2 = _register_dpm_solver(2)
+dpm_solver_3 = _register_dpm_solver(3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Adaptive DPM-Solver-12 / 23 (Lu et al. 2022a, sec. 3.3 and Alg. 4-5)
+# ------------------------------------------------------------------------------------------------
+
+
+def _adaptive(order: int, denoise, schedule, key, x_T, time_grid, cond, rtol, atol, h_init,
+              theta, max_steps, final_denoise):
+  """Adaptive step size in lambda: a step from lambda_s with size h computes a DPM-Solver-(k-1)
+  and a DPM-Solver-k solution sharing evaluations, E = max over samples of
+  RMS((x_high - x_low) / delta), delta = max(atol, rtol max(|x_low|, |x_s|)); accept if E <= 1
+  (x <- x_high), then h <- min(theta h E^{-1/k}, lambda_end - lambda). eps(x_s) is reused when a
+  step is rejected. Step sizes depend on the whole batch (like the paper's code)."""
+  t = engine.check_grid(time_grid, schedule)
+  dt = x_T.dtype
+  l0, l1 = float(half_logsnr(schedule, t[0])), float(half_logsnr(schedule, t[-1]))
+  r1 = 0.5 if order == 2 else 1.0 / 3.0
+  r2 = 2.0 / 3.0
+  red = tuple(range(1, x_T.ndim))
+
+  def tl(lam):
+    return schedule.t_from_logsnr(2.0 * lam)
+
+  def eps_at(x, lam):
+    tt = tl(lam)
+    a, s = schedule.alpha(tt), schedule.sigma(tt)
+    m = denoise(x, engine.bt(tt, x), cond).astype(dt)
+    return (x - a * m) / s
+
+  def ab(lam):
+    tt = tl(lam)
+    return schedule.alpha(tt), schedule.sigma(tt)
+
+  def attempt(x, lam_s, h, eps_s):
+    lam_t = lam_s + h
+    a_s, _ = ab(lam_s)
+    a_t, sg_t = ab(lam_t)
+    e = jnp.expm1(h)
+    x1 = a_t / a_s * x - sg_t * e * eps_s
+    a1, sg1 = ab(lam_s + r1 * h)
+    u1 = a1 / a_s * x - sg1 * jnp.expm1(r1 * h) * eps_s
+    d1 = eps_at(u1, lam_s + r1 * h) - eps_s
+    x2 = x1 - sg_t / (2 * r1) * e * d1
+    if order == 2:
+      return x1, x2
+    a2, sg2 = ab(lam_s + r2 * h)
+    u2 = (a2 / a_s * x - sg2 * jnp.expm1(r2 * h) * eps_s
+          - sg2 * r2 / r1 * (jnp.expm1(r2 * h) / (r2 * h) - 1.0) * d1)
+    d2 = eps_at(u2, lam_s + r2 * h) - eps_s
+    x3 = x1 - sg_t / r2 * (e / h - 1.0) * d2
+    return x2, x3
+
+  def cond_fn(c):
+    return (c["lam"] < l1 - 1e-7 * max(1.0, abs(l1))) & (c["steps"] < max_steps)
+
+  def body(c):
+    h = jnp.minimum(c["h"], l1 - c["lam"])
+    lo, hi = attempt(c["x"], c["lam"], h, c["eps"])
+    delta = jnp.maximum(atol, rtol * jnp.maximum(jnp.abs(lo), jnp.abs(c["x"])))
+    err = jnp.max(jnp.sqrt(jnp.mean(((hi - lo) / delta)**2, axis=red)))
+    accept = err <= 1.0
+    lam_new = jnp.where(accept, c["lam"] + h, c["lam"])
+    x_new = jnp.where(accept, hi, c["x"])
+    done = lam_new >= l1 - 1e-7 * max(1.0, abs(l1))
+    need = accept & ~done
+    eps_new = jax.lax.cond(need, lambda: eps_at(x_new, lam_new), lambda: c["eps"])
+    h_new = theta * h * jnp.maximum(err, 1e-10)**(-1.0 / order)
+    return dict(x=x_new, lam=lam_new, h=h_new.astype(dt), eps=eps_new,
+                nfe=c["nfe"] + (order - 1) + need.astype(jnp.int32), steps=c["steps"] + 1,
+                rejected=c["rejected"] + (~accept).astype(jnp.int32))
+
+  lam0 = jnp.asarray(l0, dt)
+  c0 = dict(x=x_T, lam=lam0, h=jnp.asarray(h_init, dt), eps=eps_at(x_T, lam0),
+            nfe=jnp.asarray(1, jnp.int32), steps=jnp.asarray(0, jnp.int32),
+            rejected=jnp.asarray(0, jnp.int32))
+  c = jax.lax.while_loop(cond_fn, body, c0)
+  x, nfe = c["x"], c["nfe"]
+  if final_denoise:
+    x = denoise(x, engine.bt(t[-1], x), cond).astype(dt)
+    nfe = nfe + 1
+  return x, {"nfe": nfe, "num_steps": c["steps"], "num_rejected_steps": c["rejected"]}
+
+
+def _check_adaptive(rtol, atol, h_init, theta, max_steps):
+  for name, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init)):
+    if not v > 0:
+      raise ValueError(f"{name} must be > 0, got {v!r}")
+  if not 0 < theta <= 1:
+    raise ValueError(f"theta must be in (0, 1], got {theta!r}")
+  if int(max_steps) < 1:
+    raise ValueError(f"max_steps must be >= 1, got {max_steps!r}")
+
+
+@register_sampler("dpm_solver_12", kind="deterministic", order=2.0, nfe=None,
+                  nfe_per_step="2 per accepted step, 1 per rejected (adaptive)",
+                  paper=f"{P22A}, sec. 3.3 / Alg. 4 (adaptive step size, orders 1 and 2)")
+def dpm_solver_12(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+                  rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                  theta: float = 0.9, max_steps: int = 10_000, final_denoise: bool = False):
+  """Adaptive DPM-Solver-12 from time_grid[0] to time_grid[-1] (only the ends of the grid are
+  used). Defaults are the paper's for images (atol 0.0078, rtol 0.05)."""
+  _check_adaptive(rtol, atol, h_init, theta, max_steps)
+  return _adaptive(2, denoise, schedule, key, x_T, time_grid, cond, rtol, atol, h_init, theta,
+                   int(max_steps), final_denoise)
+
+
+@register_sampler("dpm_solver_23", kind="deterministic", order=3.0, nfe=None,
+                  nfe_per_step="3 per accepted step, 2 per rejected (adaptive)",
+                  paper=f"{P22A}, sec. 3.3 / Alg. 5 (adaptive step size, orders 2 and 3)")
+def dpm_solver_23(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+                  rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                  theta: float = 0.9, max_steps: int = 10_000, final_denoise: bool = False):
+  """Adaptive DPM-Solver-23 (DPM-Solver-2 with r1 = 1/3 as the lower-order estimate)."""
+  _check_adaptive(rtol, atol, h_init, theta, max_steps)
+  return _adaptive(3, denoise, schedule, key, x_T, time_grid, cond, rtol, atol, h_init, theta,
+                   int(max_steps), final_denoise)
+
+
+# ------------------------------------------------------------------------------------------------
+# DPM-Solver++ (data prediction)
+# ------------------------------------------------------------------------------------------------
+
+
+@register_sampler("dpmpp_2s", kind="deterministic", order=2.0,
+                  nfe=lambda n, hp: 2 * n + _fd(hp), nfe_per_step="2",
+                  paper=f"{P22B}, Alg. 1 (DPM-Solver++(2S), r = 1/2)")
+def dpmpp_2s(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+             r: float = 0.5, final_denoise: bool = False):
+  """DPM-Solver++(2S): u = sigma_s1/sigma_s x - alpha_s1 (e^{-r h} - 1) D_s;
+  x_t = sigma_t/sigma_s x - alpha_t (e^{-h} - 1) [(1 - 1/(2r)) D_s + 1/(2r) D(u, s1)].
+  NFE = 2 N (+1)."""
+  if not 0 < r < 1:
+    raise ValueError(f"r must be in (0, 1), got {r!r}")
+  t = engine.check_grid(time_grid, schedule)
+  prog = Program()
+  for i in range(len(t) - 1):
+    dpmpp_2s_step(prog, schedule, t[i], t[i + 1], r)
+  if final_denoise:
+    prog.final_denoise(t[-1])
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+
+
+def dpmpp_multistep_update(schedule, ts: List[float], rows: List[int], t_next: float,
+                           order: int) -> engine.Lin:
+  """DPM-Solver++ multistep update from ts[-1] to t_next with the data predictions of ``rows`` at
+  times ``ts`` (oldest first), of order 1, 2 (Lu et al. 2022b, Alg. 2) or 3 (the third-order
+  multistep: phi_1 = e^{-h} - 1, phi_2 = phi_1/h + 1, phi_3 = phi_2/h - 1/2, the second-order
+  Taylor term of D in lambda integrated exactly).
+  """
+  a_t, sg_t, l_t = _as(schedule, t_next)
+  a0, sg0, l0 = _as(schedule, ts[-1])
+  h = l_t - l0
+  phi1 = math.expm1(-h)
+  m0 = rows[-1]
+  out = {"x": sg_t / sg0}
+  out[m0] = -a_t * phi1
+  if order == 1:
+    return out
+  _, _, lm1 = _as(schedule, ts[-2])
+  m1 = rows[-2]
+  r0 = (l0 - lm1) / h
+  if order == 2:
+    # x_t = sigma_t/sigma_s x - alpha_t phi1 [(1 + 1/(2 r)) D_0 - 1/(2 r) D_1]
+    c = -a_t * phi1 * 0.5 / r0
+    out[m0] += c
+    out[m1] = -c
+    return out
+  _, _, lm2 = _as(schedule, ts[-3])
+  m2 = rows[-3]
+  r1 = (lm1 - lm2) / h
+  phi2 = phi1 / h + 1.0
+  phi3 = phi2 / h - 0.5
+  # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1, D1 = D1_0 + r0/(r0+r1)(D1_0 - D1_1),
+  # D2 = (D1_0 - D1_1)/(r0+r1).
+  d10 = {m0: 1 / r0, m1: -1 / r0}
+  d11 = {m1: 1 / r1, m2: -1 / r1}
+  diff = engine.add(d10, d11, scale=[1.0, -1.0])
+  d1 = engine.add(d10, diff, scale=[1.0, r0 / (r0 + r1)])
+  d2 = engine.add(diff, scale=[1.0 / (r0 + r1)])
+  # Taylor: x_t = sigma_t/sigma_s x + alpha_t [-phi1 D + h phi2 D' - h^2 phi3 D''] with
+  # D1 ~ h D' and D2 ~ h^2 D''/2, hence the factor 2 on the last term.
+  return engine.add(out, d1, d2, scale=[1.0, a_t * phi2, -2.0 * a_t * phi3])
+
+
+def dpmpp_2s_step(prog: Program, schedule, s: float, t: float, r: float = 0.5):
+  """Adds one DPM-Solver++(2S) step s -> t (Lu et al. 2022b, Alg. 1): two rows, returns
+  (rows, their times)."""
+  a_s, sg_s, l_s = _as(schedule, s)
+  a_t, sg_t, l_t = _as(schedule, t)
+  h = l_t - l_s
+  s1 = float(t_from_half_logsnr(schedule, l_s + r * h))
+  a1, sg1, _ = _as(schedule, s1)
+  r0 = prog.eval(s)
+  r1 = prog.eval(s1, y={"x": sg1 / sg_s, r0: -a1 * math.expm1(-r * h)})
+  c = -a_t * math.expm1(-h)
+  prog.set_update(r1, {"x": sg_t / sg_s, r0: c * (1 - 0.5 / r), r1: c * 0.5 / r})
+  return [r0, r1], [float(s), s1]
+
+
+def dpmpp_3s_step(prog: Program, schedule, s: float, t: float, r1: float = 1.0 / 3.0,
+                  r2: float = 2.0 / 3.0):
+  """Adds one third-order single-step data-prediction step s -> t (DPM-Solver-3, Lu et al. 2022a
+  Alg. 2, written for x0 as in DPM-Solver++, 2022b App.): three rows at s, s1, s2 with
+  lambda_{s_k} = lambda_s + r_k h; phi2(h) = (e^{-h} - 1)/h + 1:
+
+    u1 = sigma_1/sigma_s x - alpha_1 (e^{-r1 h} - 1) D_s,                       D1 = D(u1) - D_s
+    u2 = sigma_2/sigma_s x - alpha_2 (e^{-r2 h} - 1) D_s + alpha_2 (r2/r1) phi2(r2 h) D1,
+    x_t = sigma_t/sigma_s x - alpha_t (e^{-h} - 1) D_s + alpha_t / r2 phi2(h) (D(u2) - D_s).
+  Returns (rows, their times)."""
+  a_s, sg_s, l_s = _as(schedule, s)
+  a_t, sg_t, l_t = _as(schedule, t)
+  h = l_t - l_s
+  phi2 = lambda z: math.expm1(-z) / z + 1.0
+  s1 = float(t_from_half_logsnr(schedule, l_s + r1 * h))
+  s2 = float(t_from_half_logsnr(schedule, l_s + r2 * h))
+  a1, sg1, _ = _as(schedule, s1)
+  a2, sg2, _ = _as(schedule, s2)
+  r0 = prog.eval(s)
+  i1 = prog.eval(s1, y={"x": sg1 / sg_s, r0: -a1 * math.expm1(-r1 * h)})
+  c = a2 * r2 / r1 * phi2(r2 * h)
+  i2 = prog.eval(s2, y={"x": sg2 / sg_s, r0: -a2 * math.expm1(-r2 * h) - c, i1: c})
+  c3 = a_t / r2 * phi2(h)
+  prog.set_update(i2, {"x": sg_t / sg_s, r0: -a_t * math.expm1(-h) - c3, i2: c3})
+  return [r0, i1, i2], [float(s), s1, s2]
+
+
+def _dpmpp_multistep(order, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
+                     lower_order_final, final_denoise, warmup=False):
+  t = engine.check_grid(time_grid, schedule)
+  n = len(t) - 1
+  prog = Program()
+  rows: List[int] = []
+  times: List[float] = []
+  start = 0
+  if warmup and order >= 3:
+    # Second-order single-step first step; its midpoint evaluation joins the history, so the
+    # next step is already third order: every step has local error O(h^4), global O(h^3).
+    rows, times = dpmpp_2s_step(prog, schedule, t[0], t[1])
+    start = 1
+  for i in range(start, n):
+    r = prog.eval(t[i])
+    rows.append(r)
+    times.append(float(t[i]))
+    k = min(order, len(rows))
+    if lower_order_final and n < 10:
+      k = min(k, n - i)
+    prog.set_update(r, dpmpp_multistep_update(schedule, times, rows, t[i + 1], k))
+  if final_denoise:
+    prog.final_denoise(t[-1])
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+
+
+@register_sampler("dpmpp_2m", kind="deterministic", order=2.0,
+                  nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
+                  paper=f"{P22B}, Alg. 2 (DPM-Solver++(2M))")
+def dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+             lower_order_final: bool = True, final_denoise: bool = False):
+  """DPM-Solver++(2M): first step first order, then second-order multistep (and first order at
+  the last step when N < 10 with ``lower_order_final``). NFE = N (+1)."""
+  return _dpmpp_multistep(2, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
+                          lower_order_final, final_denoise)
+
+
+@register_sampler("dpmpp_3m", kind="deterministic",
+                  order=lambda hp: 3.0 if hp["warmup"] else 2.0,
+                  nfe=lambda n, hp: n + int(bool(hp["warmup"])) + _fd(hp),
+                  nfe_per_step="1 (+1 warm-up)",
+                  paper=f"{P22B}, sec. 4 (multistep, third order)",
+                  variants=({}, {"warmup": False}))
+def dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+             warmup: bool = True, lower_order_final: bool = True, final_denoise: bool = False):
+  """DPM-Solver++(3M). Start-up: with ``warmup`` the first step is DPM-Solver++(2S) whose midpoint
+  evaluation joins the history (one extra NFE; third order globally); without, orders 1, 2, 3 as in
+  the paper's code, whose first-order first step limits the global order to 2 (it matters only at
+  large NFE, or when t_max is not deep in the noise). Lower order at the end when N < 10 with
+  ``lower_order_final``. NFE = N (+1 warm-up) (+1 final denoise)."""
+  return _dpmpp_multistep(3, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
+                          lower_order_final, final_denoise, warmup)
+
+
+@register_sampler("sde_dpmpp_2m", kind="stochastic", order=1.0,
+                  nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
+                  paper=f"{P22B}, SDE-DPM-Solver++(2M) (sec. 5 / App.; data-prediction SDE)")
+def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+                 final_denoise: bool = True):
+  """SDE-DPM-Solver++(2M) on the reverse SDE written with x0 (Lu et al. 2022b, eq. 9-10):
+
+    x_t = sigma_t/sigma_s e^{-h} x_s + alpha_t (1 - e^{-2h}) D_s
+          + alpha_t (1 - (1 - e^{-2h}) / (2h)) (D_s - D_prev) / r + sigma_t sqrt(1 - e^{-2h}) z,
+  the linear-in-lambda Taylor term of D integrated exactly against e^{-2(lambda_t - lambda)};
+  r = h_prev / h, first step without the correction. NFE = N (+1)."""
+  t = engine.check_grid(time_grid, schedule)
+  prog = Program()
+  prev = None
+  for i in range(len(t) - 1):
+    a_s, sg_s, l_s = _as(schedule, t[i])
+    a_t, sg_t, l_t = _as(schedule, t[i + 1])
+    h = l_t - l_s
+    e2 = -math.expm1(-2 * h)
+    r = prog.eval(t[i])
+    upd = {"x": sg_t / sg_s * math.exp(-h), r: a_t * e2, "z": sg_t * math.sqrt(e2)}
+    if prev is not None:
+      rr = (l_s - prev[1]) / h
+      c = a_t * (1 - e2 / (2 * h)) / rr
+      upd[r] += c
+      upd[prev[0]] = -c
+    prog.set_update(r, upd)
+    prev = (r, l_s)
+  if final_denoise:
+    prog.final_denoise(t[-1])
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)

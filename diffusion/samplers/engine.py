@@ -1,0 +1,284 @@
+"""One engine for every sampler that is linear in its history of model outputs.
+
+Most samplers (Euler, Heun, DDIM, DDPM, Euler-Maruyama, DPM-Solver(++), UniPC, DEIS, iPNDM, EDM's
+stochastic sampler, ...) are, per denoiser evaluation ("row" r), a fixed linear map
+
+  y_r   = a_r x + sum_j b_rj H_j + c_r z_r                  (evaluation point)
+  m_r   = denoise(y_r, t_r)                                  (the one NFE of the row)
+  o_r   = p_r y_r + q_r m_r  -> pushed into the history H   (x0, eps, a velocity: any linear form)
+  x     <- A_r x + E_r y_r + D_r m_r + sum_j B_rj H_j + C_r z'_r
+
+with coefficients that depend only on the time grid. A family module builds a ``Program`` on the
+host in float64 (rows referring to earlier outputs by row index), ``Program.compile`` turns it
+into arrays over rows with a ring buffer of the K most recent outputs, and ``run_program`` runs
+all rows in one ``lax.scan``. The number of rows is the exact NFE.
+
+Noise: sample b of the batch draws z_r from ``fold_in(fold_in(key, sample_offset + b), 2 r)``
+(and z'_r from ``2 r + 1``), so samples do not depend on batch composition.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion.schedules import Schedule
+
+Array = Any
+Lin = Dict[Union[str, int], float]  # a linear form over symbols 'x', 'y', 'm', 'z' and rows j
+
+
+# ------------------------------------------------------------------------------------------------
+# Host-side helpers (float64)
+# ------------------------------------------------------------------------------------------------
+
+
+def f64(x) -> np.ndarray:
+  return np.asarray(x, np.float64)
+
+
+def alpha_sigma(schedule: Schedule, t) -> Tuple[np.ndarray, np.ndarray]:
+  """(alpha(t), sigma(t)) in float64 on the host."""
+  t = f64(t)
+  return f64(schedule.alpha(t)), f64(schedule.sigma(t))
+
+
+def half_logsnr(schedule: Schedule, t) -> np.ndarray:
+  """DPM-Solver's lambda(t) = log(alpha / sigma) = logsnr / 2 (Lu et al. 2022, sec. 3.1)."""
+  return 0.5 * f64(schedule.logsnr(f64(t)))
+
+
+def t_from_half_logsnr(schedule: Schedule, lam) -> np.ndarray:
+  return f64(schedule.t_from_logsnr(2.0 * f64(lam)))
+
+
+def check_grid(time_grid, schedule: Schedule, min_len: int = 2) -> np.ndarray:
+  """Validates a decreasing host time grid (N+1,) inside the schedule's time range."""
+  if isinstance(time_grid, jax.core.Tracer):
+    raise ValueError("time_grid must be a concrete numpy array (coefficients are computed on the "
+                     "host), got a traced value")
+  t = f64(time_grid)
+  if t.ndim != 1 or t.shape[0] < min_len:
+    raise ValueError(f"time_grid must be 1-D with at least {min_len} entries, got shape {t.shape}")
+  if not np.all(np.diff(t) < 0):
+    raise ValueError(f"time_grid must be strictly decreasing, got {t}")
+  if t[-1] < 0:
+    raise ValueError(f"time_grid must end at t >= 0, got {t[-1]}")
+  s = f64(schedule.sigma(t))
+  a = f64(schedule.alpha(t))
+  if not (np.all(np.isfinite(s)) and np.all(s > 0) and np.all(np.isfinite(a)) and np.all(a > 0)):
+    raise ValueError(f"alpha(t) and sigma(t) must be positive and finite on the whole grid, got "
+                     f"t={t}: use t_min > 0 (and final_denoise=True for the step to sigma = 0) "
+                     f"and t_max < the schedule's end")
+  return t
+
+
+def subst(outer: Lin, inner: Lin) -> Lin:
+  """Substitutes x := inner into the linear form ``outer`` (composition of two updates)."""
+  out = {k: v for k, v in outer.items() if k != "x"}
+  ax = outer.get("x", 0.0)
+  for k, v in inner.items():
+    out[k] = out.get(k, 0.0) + ax * v
+  return out
+
+
+def add(*forms: Lin, scale: Optional[List[float]] = None) -> Lin:
+  """Linear combination of linear forms."""
+  scale = scale or [1.0] * len(forms)
+  out: Lin = {}
+  for w, f in zip(scale, forms):
+    for k, v in f.items():
+      out[k] = out.get(k, 0.0) + w * v
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Programs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+  t: float
+  y: Lin
+  p: float
+  q: float
+  x: Lin
+
+
+class Program:
+  """Host-side list of rows; each ``eval`` call is one denoiser evaluation and returns its index.
+
+  Args of ``eval``:
+    t: time of the evaluation.
+    y: evaluation point, linear form over 'x' (current state), 'z' (fresh noise) and earlier rows.
+    out: (p, q): the stored output is p y + q m (x0: (0, 1); eps: (1/sigma, -alpha/sigma)).
+    x: state update, a linear form over 'x', 'y', 'm', 'z' and rows <= this one. Default: x kept.
+  """
+
+  def __init__(self):
+    self.rows: List[Row] = []
+
+  def eval(self, t, y: Optional[Lin] = None, out=(0.0, 1.0), x: Optional[Lin] = None) -> int:
+    r = len(self.rows)
+    y = {"x": 1.0} if y is None else dict(y)
+    x = {"x": 1.0} if x is None else dict(x)
+    for k in y:
+      if not (k in ("x", "z") or (isinstance(k, (int, np.integer)) and 0 <= k < r)):
+        raise ValueError(f"row {r}: evaluation point may use 'x', 'z' or rows < {r}, got {k!r}")
+    for k in x:
+      if not (k in ("x", "y", "m", "z") or (isinstance(k, (int, np.integer)) and 0 <= k <= r)):
+        raise ValueError(f"row {r}: update may use 'x', 'y', 'm', 'z' or rows <= {r}, got {k!r}")
+    self.rows.append(Row(float(t), y, float(out[0]), float(out[1]), x))
+    return r
+
+  def set_update(self, r: int, x: Lin):
+    """Replaces the state update of row r (e.g. to compose the final step into it)."""
+    self.rows[r].x = dict(x)
+
+  def final_denoise(self, t) -> int:
+    """The last step to sigma = 0: x <- denoise(x, t) (EDM's Euler step to sigma = 0)."""
+    return self.eval(t, y={"x": 1.0}, x={"m": 1.0})
+
+  def __len__(self):
+    return len(self.rows)
+
+  def compile(self) -> "Compiled":
+    rows = self.rows
+    n = len(rows)
+    if n == 0:
+      raise ValueError("empty program")
+    look = 0  # history length K needed
+    for r, row in enumerate(rows):
+      for j in row.y:
+        if isinstance(j, (int, np.integer)):
+          look = max(look, r - j)
+      for j in row.x:
+        if isinstance(j, (int, np.integer)):
+          look = max(look, r - j + 1)
+    k = look
+    arr = lambda: np.zeros((n,), np.float64)
+    c = {name: arr() for name in ("t", "ya", "yc", "p", "q", "xa", "xe", "xd", "xc")}
+    yb = np.zeros((n, max(k, 1)), np.float64)
+    xb = np.zeros((n, max(k, 1)), np.float64)
+    for r, row in enumerate(rows):
+      c["t"][r] = row.t
+      c["p"][r], c["q"][r] = row.p, row.q
+      for key, v in row.y.items():
+        if key == "x":
+          c["ya"][r] += v
+        elif key == "z":
+          c["yc"][r] += v
+        else:
+          yb[r, key % k] += v
+      for key, v in row.x.items():
+        if key in ("x", "y", "m", "z"):
+          c[{"x": "xa", "y": "xe", "m": "xd", "z": "xc"}[key]][r] += v
+        else:
+          xb[r, key % k] += v
+    return Compiled(coef=c, yb=yb, xb=xb, k=k)
+
+
+@dataclasses.dataclass
+class Compiled:
+  coef: Dict[str, np.ndarray]
+  yb: np.ndarray
+  xb: np.ndarray
+  k: int
+
+  @property
+  def nfe(self) -> int:
+    return int(self.coef["t"].shape[0])
+
+
+def sample_keys(key, batch: int, sample_offset=0) -> Array:
+  """Per-sample keys fold_in(key, sample_offset + b), b < batch; a (B,) batch of keys passes."""
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.ndim == 1:
+      return key
+    idx = sample_offset + jnp.arange(batch)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+  if key.ndim == 2:  # raw uint32 keys, one per sample
+    return key
+  idx = sample_offset + jnp.arange(batch)
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+
+def per_sample_normal(keys: Array, counter, shape, dtype) -> Array:
+  """z (B, *shape): sample b is normal(fold_in(keys[b], counter))."""
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, counter), shape, dtype))(keys)
+
+
+def bt(t: Array, x: Array) -> Array:
+  """A scalar time broadcast to (B,) in x's dtype."""
+  return jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+
+
+def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=None,
+                sample_offset=0) -> Tuple[Array, Dict[str, Any]]:
+  """Runs a compiled program in one ``lax.scan`` over its rows. Returns (x, {'nfe': rows}).
+
+  The coefficients are arguments of a jitted scan whose static part is only (denoise, number of
+  rows, history length, which terms are non-zero), so the same sampler on another time grid (or
+  another sampler with the same structure) reuses the compilation; inside an outer ``jit`` it is
+  simply inlined.
+  """
+  comp = prog.compile() if isinstance(prog, Program) else prog
+  c = comp.coef
+  nz = lambda a: bool(np.any(a != 0))
+  use = dict(yb=comp.k > 0 and nz(comp.yb), xb=comp.k > 0 and nz(comp.xb), yc=nz(c["yc"]),
+             xc=nz(c["xc"]), xe=nz(c["xe"]), xd=nz(c["xd"]), p=nz(c["p"]),
+             ya=nz(c["ya"] != 1.0))
+  stoch = use["yc"] or use["xc"]
+  keys = sample_keys(key, x.shape[0], sample_offset) if stoch else None
+  coefs = dict(c)
+  coefs["yb"], coefs["xb"] = comp.yb, comp.xb
+  coefs = {n: np.asarray(v, np.dtype(x.dtype)) for n, v in coefs.items()}
+  out = _scan(denoise, comp.k, tuple(sorted(use.items())), coefs, x, keys, cond)
+  return out, {"nfe": comp.nfe}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _scan(denoise, k: int, use_items, coefs, x, keys, cond):
+  use = dict(use_items)
+  dt = x.dtype
+  need_h = use["yb"] or use["xb"]
+  xs = {n: jnp.asarray(v, dt) for n, v in coefs.items()}
+  xs["r"] = jnp.arange(xs["t"].shape[0])
+  shape = x.shape[1:]
+
+  def comb(w, h):
+    return jnp.tensordot(w, h, axes=1)
+
+  def body(carry, s):
+    x, h = carry
+    y = s["ya"] * x if use["ya"] else x
+    if use["yb"]:
+      y = y + comb(s["yb"], h)
+    if use["yc"]:
+      y = y + s["yc"] * per_sample_normal(keys, 2 * s["r"], shape, dt)
+    m = denoise(y, bt(s["t"], y), cond).astype(dt)
+    if need_h:
+      o = s["q"] * m
+      if use["p"]:
+        o = o + s["p"] * y
+      h = jax.lax.dynamic_update_index_in_dim(h, o, s["r"] % k, 0)
+    xn = s["xa"] * x
+    if use["xe"]:
+      xn = xn + s["xe"] * y
+    if use["xd"]:
+      xn = xn + s["xd"] * m
+    if use["xb"]:
+      xn = xn + comb(s["xb"], h)
+    if use["xc"]:
+      xn = xn + s["xc"] * per_sample_normal(keys, 2 * s["r"] + 1, shape, dt)
+    return (xn, h), None
+
+  h0 = jnp.zeros((k,) + x.shape, dt) if need_h else jnp.zeros((0,), dt)
+  (x, _), _ = jax.lax.scan(body, (x, h0), xs)
+  return x

@@ -1,0 +1,395 @@
+"""Ground-truth tests of every registered sampler against the analytic Gaussian mixture.
+
+Parameterized over the WHOLE registry: a sampler registered later is checked with no new code,
+through its ``SamplerInfo`` (kind, theoretical order, nfe formula, variants).
+
+* NFE: a denoiser wrapped in an ``io_callback`` counts the calls actually executed inside the jitted
+  sampler; it must equal ``info['nfe']`` and the registered formula ``nfe(num_steps, hparams)``.
+* Deterministic samplers: the reference is the PF-ODE solved from the same x_T by diffrax
+  (Dopri8, rtol = atol = 1e-9) in float64 (inside ``jax.enable_x64(True)``, so other
+  tests keep float32); the empirical order of convergence, the least-squares slope of log(error)
+  against log(NFE) at NFE ~ 30, 80, 200, must be within 0.3 of the theoretical order (at 20 NFE
+  some third/fourth-order methods still converge faster than their order, e.g. UniPC-3 with
+  warm-up: local slopes 5.0, 4.3, 4.1, 3.9 from NFE 20 to 320). Setting (chosen so the
+  asymptotic regime is reached at these NFE, see ``ORDER_SETTING``): VP schedule restricted to
+  t in [0.05, 0.5] (logSNR from about 6.0 down to -1.6; over wider ranges third-order methods
+  approach their order only slowly, from above, e.g. DPM-Solver-3 fits 3.5-3.7 over NFE 20-200 on
+  t in [0.02, 0.8] or [1e-3, 1]), the sampler's ``order_grid`` (uniform logSNR by default), a 64-D
+  4-component mixture for the fast test, and also the 2-D mixture in the slow sweep over all
+  variants.
+* Stochastic samplers: means, covariances and mixture weights of 4,000 samples (2-D mixture, 200
+  steps) against the exact distribution, with tolerances from the sample size (4 standard errors)
+  plus a small allowance for the discretization bias.
+* Stochastic samplers: a batch of 8 equals the same 8 as two batches of 4 (``sample_offset``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion import analytic, schedules
+from diffusion.samplers import (build_sampler, get_sampler, registered_samplers, sampler_info)
+
+# Exhaustive sweeps are marked ``slow`` (excluded by pytest.ini; run them with ``-m slow``).
+slow = pytest.mark.slow
+
+ALL = registered_samplers()
+DET = [n for n in ALL if sampler_info(n).kind == "deterministic"]
+STO = [n for n in ALL if sampler_info(n).kind == "stochastic"]
+DET_FIXED = [n for n in DET if not sampler_info(n).adaptive]
+
+VP = schedules.VP()
+
+
+@functools.lru_cache(None)
+def mixture(dim: int) -> analytic.GaussianMixture:
+  return analytic.random_mixture(0, dim, num_components=4)
+
+
+def counting_denoiser(den):
+  """(denoise with an io_callback counter of executed calls, counter list)."""
+  count = [0]
+
+  def bump():
+    count[0] += 1
+
+  def wrapped(x, t, cond=None):
+    jax.experimental.io_callback(bump, None, ordered=True)
+    return den(x, t, cond)
+
+  return wrapped, count
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry, config, interface
+# ------------------------------------------------------------------------------------------------
+
+
+def test_registry_metadata():
+  assert len(ALL) >= 10
+  for n in ALL:
+    info = sampler_info(n)
+    assert info.kind in ("deterministic", "stochastic")
+    assert info.paper and info.nfe_per_step
+    for v in info.variants:
+      hp = info.resolve(v)
+      assert info.order(hp) >= 1
+      if not info.adaptive:
+        assert info.nfe(10, hp) >= 10
+
+
+def test_unknown_names_are_errors():
+  with pytest.raises(ValueError, match="registered samplers"):
+    get_sampler("nope")
+  with pytest.raises(ValueError, match="accepted"):
+    build_sampler("heun", VP, 10, bogus=1.0)
+  with pytest.raises(ValueError, match="unknown time grid"):
+    build_sampler("heun", VP, 10, grid="bogus")
+
+
+def test_config_fields_and_cli_override(tmp_path):
+  from configs import sampling
+  c = sampling.get_config()
+  for k in ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "num_samples", "batch_size"):
+    assert k in c
+  for k in sampling.hyperparameter_types():
+    assert c[k] is None
+  assert sampling.non_default_fields(c) == {"sampler": c.sampler, "num_steps": c.num_steps,
+                                           "grid": c.grid, "rho": c.rho}
+  # A None (placeholder) field is overridable from the command line.
+  script = tmp_path / "cli.py"
+  script.write_text(textwrap.dedent("""
+      from absl import app
+      from ml_collections import config_flags
+      _C = config_flags.DEFINE_config_file("config", %r)
+      def main(_):
+        c = _C.value
+        print("RESULT", c.snr, c.sampler, c.num_steps, c.final_denoise)
+      app.run(main)
+  """ % (sampling.__file__,)))
+  out = subprocess.run([sys.executable, str(script), "--config.snr=0.1", "--config.sampler=pc",
+                        "--config.num_steps=10", "--config.final_denoise=False"],
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
+                       env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1]),
+                            "JAX_PLATFORMS": "cpu"})
+  assert "RESULT 0.1 pc 10 False" in out.stdout, out.stderr[-2000:]
+  fields = sampling.non_default_fields(c)
+  build_sampler(schedule=VP, **fields)  # the driver's call works with the defaults
+
+
+# ------------------------------------------------------------------------------------------------
+# NFE and batch-split invariance, over the whole registry
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nfe_exact(name):
+  info = sampler_info(name)
+  gm = mixture(2)
+  den, count = counting_denoiser(gm.denoiser(VP))
+  n = 6
+  for variant in info.variants[:1]:
+    hp = info.resolve(variant)
+    f = build_sampler(name, VP, n, grid="logsnr", **variant)
+    x_T = VP.prior_sample(jax.random.PRNGKey(0), (3, 2))
+    count[0] = 0
+    x, out = f(den, jax.random.PRNGKey(1), x_T)
+    jax.block_until_ready(x)
+    assert int(out["nfe"]) == count[0], (name, out["nfe"], count[0])
+    if not info.adaptive:
+      assert count[0] == info.nfe(n, hp)
+    assert np.all(np.isfinite(np.asarray(x)))
+
+
+@pytest.mark.parametrize("name", STO)
+def test_batch_split_invariance(name):
+  info = sampler_info(name)
+  variant = dict(info.variants[0])
+  if name == "pc":
+    variant["step_size"] = "sample"  # the batch-averaged step couples the samples by design
+  f = build_sampler(name, VP, 8, grid="logsnr", **variant)
+  den = mixture(2).denoiser(VP)
+  key = jax.random.PRNGKey(3)
+  x_T = VP.prior_sample(jax.random.PRNGKey(4), (8, 2))
+  full, _ = f(den, key, x_T)
+  a, _ = f(den, key, x_T[:4], sample_offset=0)
+  b, _ = f(den, key, x_T[4:], sample_offset=4)
+  np.testing.assert_allclose(np.concatenate([a, b]), full, rtol=1e-5, atol=1e-5)
+  other, _ = f(den, jax.random.PRNGKey(5), x_T)
+  assert not np.allclose(other, full)
+
+
+# ------------------------------------------------------------------------------------------------
+# Deterministic: order of convergence against a float64 diffrax reference
+# ------------------------------------------------------------------------------------------------
+
+ORDER_SETTING = dict(schedule=schedules.VP(t_min=0.05, t_max=0.5), batch=16)
+NFE_TARGETS = (30, 80, 200)
+
+
+def reference_ode(gm, schedule, x_T, t0, t1):
+  """PF-ODE dx/dt = f x - g^2/2 score from t0 to t1 in the schedule's own time, Dopri8 with
+  rtol = atol = 1e-9 (call inside enable_x64 with float64 x_T)."""
+  import diffrax
+
+  def vf(t, x, args):
+    return schedule.drift(t) * x - 0.5 * schedule.diffusion_sq(t) * gm.score(x, t, schedule)
+
+  sol = diffrax.diffeqsolve(diffrax.ODETerm(vf), diffrax.Dopri8(), t0=t0, t1=t1, dt0=-1e-3,
+                            y0=x_T, stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-9),
+                            max_steps=100_000)
+  return sol.ys[-1]
+
+
+@functools.lru_cache(None)
+def reference_pair(dim, batch, schedule=ORDER_SETTING["schedule"]):
+  """(x_T, x_ref) in float64 for the order tests; call inside enable_x64."""
+  gm = mixture(dim)
+  sch = schedule
+  x_T = gm.sample(jax.random.PRNGKey(7), batch, sch.t_max, sch, jnp.float64)
+  return x_T, np.asarray(reference_ode(gm, sch, x_T, sch.t_max, sch.t_min))
+
+
+def _steps_for(info, hp, target):
+  """num_steps whose NFE is closest to ``target``."""
+  per = info.nfe(100, hp) / 100.0
+  return max(2, int(round(target / per)))
+
+
+def measure_order(name, variant, dim, nfe_targets=NFE_TARGETS, grid=None, setting=ORDER_SETTING):
+  """(slope of log error vs log NFE, NFEs, errors) in float64."""
+  info = sampler_info(name)
+  variant = dict(variant)
+  if "final_denoise" in info.defaults():
+    variant["final_denoise"] = False  # compare with the ODE solution at t_min itself
+  hp = info.resolve(variant)
+  sch = setting["schedule"]
+  gm = mixture(dim)
+  grid = grid or info.order_grid
+  with jax.enable_x64(True):
+    x_T, ref = reference_pair(dim, setting["batch"])
+    den = gm.denoiser(sch)
+    nfes, errs = [], []
+    for target in nfe_targets:
+      n = _steps_for(info, hp, target)
+      f = build_sampler(name, sch, n, grid=grid, **variant)
+      x, out = f(den, jax.random.PRNGKey(0), x_T)
+      nfes.append(int(out["nfe"]))
+      errs.append(float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref)))
+  slope = -np.polyfit(np.log(nfes), np.log(errs), 1)[0]
+  return slope, nfes, errs
+
+
+@pytest.mark.parametrize("name", DET_FIXED)
+def test_order_of_convergence(name):
+  info = sampler_info(name)
+  variant = info.variants[0]
+  slope, nfes, errs = measure_order(name, variant, 64)
+  expected = info.order(info.resolve(variant))
+  assert abs(slope - expected) <= 0.3, (name, slope, expected, nfes, errs)
+
+
+@slow
+@pytest.mark.parametrize("dim", [2, 64])
+@pytest.mark.parametrize("name", DET_FIXED)
+def test_order_of_convergence_all_variants(name, dim):
+  info = sampler_info(name)
+  for variant in info.variants:
+    hp = info.resolve(variant)
+    if info.kind != "deterministic" or hp.get("eta", 0.0) != 0.0:
+      continue
+    slope, nfes, errs = measure_order(name, variant, dim)
+    expected = info.order(hp)
+    assert abs(slope - expected) <= 0.3, (name, variant, slope, expected, nfes, errs)
+
+
+@pytest.mark.parametrize("name", [n for n in DET if sampler_info(n).adaptive])
+def test_adaptive_accuracy(name):
+  """Adaptive solvers: error against the reference shrinks with the tolerance."""
+  sch = ORDER_SETTING["schedule"]
+  gm = mixture(64)
+  with jax.enable_x64(True):
+    x_T, ref = reference_pair(64, 16)
+    errs, nfes = [], []
+    for tol in (1e-3, 1e-6):
+      f = build_sampler(name, sch, 10, grid="logsnr", rtol=tol, atol=tol)
+      x, out = f(gm.denoiser(sch), jax.random.PRNGKey(0), x_T)
+      errs.append(float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref)))
+      nfes.append(int(out["nfe"]))
+  assert errs[1] < 1e-5 and errs[1] < errs[0] / 10, (errs, nfes)
+  assert nfes[1] > nfes[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Stochastic: the distribution matches the exact data distribution
+# ------------------------------------------------------------------------------------------------
+
+
+def mixture_stats(gm, x):
+  """(mean (D,), covariance (D, D), soft mixture weights (K,)) of samples x (n, D)."""
+  x = np.asarray(x, np.float64)
+  one = jnp.ones((x.shape[0], 1))
+  logc, _, _ = gm._components(jnp.asarray(x, jnp.float32), one, 0.0 * one)
+  r = np.asarray(jax.nn.softmax(logc, axis=-1), np.float64)
+  return x.mean(0), np.cov(x.T), r.mean(0)
+
+
+@functools.lru_cache(None)
+def exact_stats(dim):
+  gm = mixture(dim)
+  return mixture_stats(gm, gm.sample0(jax.random.PRNGKey(13), 200_000))
+
+
+def check_distribution(name, variant, dim=2, n=4000, steps=200, grid="karras", bias=0.03):
+  gm = mixture(dim)
+  f = build_sampler(name, VP, steps, grid=grid, **variant)
+  x_T = VP.prior_sample(jax.random.PRNGKey(11), (n, dim))
+  x, _ = f(gm.denoiser(VP), jax.random.PRNGKey(12), x_T)
+  assert np.all(np.isfinite(np.asarray(x)))
+  mean, cov, w = mixture_stats(gm, x)
+  m0, c0, w0 = exact_stats(dim)
+  sd = np.sqrt(np.diag(c0))
+  tol_mean = 4 * sd / math.sqrt(n) + bias
+  np.testing.assert_array_less(np.abs(mean - m0), tol_mean)
+  # Var of a sample covariance entry ~ (c_ii c_jj + c_ij^2) / n (Gaussian approximation).
+  tol_cov = 4 * np.sqrt((np.outer(sd**2, sd**2) + c0**2) / n) * 1.5 + bias
+  np.testing.assert_array_less(np.abs(cov - c0), tol_cov)
+  tol_w = 4 * np.sqrt(w0 * (1 - w0) / n) + bias
+  np.testing.assert_array_less(np.abs(w - w0), tol_w)
+
+
+@pytest.mark.parametrize("name", STO)
+def test_stochastic_distribution(name):
+  check_distribution(name, sampler_info(name).variants[0])
+
+
+@slow
+@pytest.mark.parametrize("name", STO)
+def test_stochastic_distribution_all_variants(name):
+  for variant in sampler_info(name).variants:
+    if variant.get("step_size") != "sample":
+      # Per-sample Langevin step sizes (snr ||z_b|| / ||score_b||)^2 are unstable in 2-D, where
+      # the norms do not concentrate (near a mode ||score_b|| -> 0); see ``pc``'s docstring.
+      check_distribution(name, variant)
+    check_distribution(name, variant, dim=64, n=4000, bias=0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-checks between samplers that are the same method
+# ------------------------------------------------------------------------------------------------
+
+
+def _run(name, n=12, **hp):
+  gm = mixture(2)
+  f = build_sampler(name, VP, n, grid="karras", **hp)
+  x_T = VP.prior_sample(jax.random.PRNGKey(0), (64, 2))
+  return np.asarray(f(gm.denoiser(VP), jax.random.PRNGKey(1), x_T)[0])
+
+
+def test_identities():
+  np.testing.assert_allclose(_run("euler"), _run("ddim"), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(_run("ddpm"), _run("euler_ancestral", eta=1.0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(_run("ddpm"), _run("ddim", eta=1.0, final_denoise=True), rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(_run("heun"), _run("edm_stochastic"), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_hparams():
+  with pytest.raises(ValueError, match="predictor"):
+    build_sampler("pc", VP, 4, predictor="nope")(mixture(2).denoiser(VP), jax.random.PRNGKey(0),
+                                                 jnp.zeros((2, 2)))
+  with pytest.raises(ValueError, match="solver"):
+    build_sampler("ode_adaptive", VP, 4, solver="rk99")(mixture(2).denoiser(VP),
+                                                        jax.random.PRNGKey(0), jnp.zeros((2, 2)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Grids, ends, engine
+# ------------------------------------------------------------------------------------------------
+
+
+def test_grids_and_clipping():
+  from diffusion.samplers import grids, registry
+  t = grids.time_grid(VP, 8, "logsnr_power")
+  assert t[0] == VP.t_max and t[-1] == VP.t_min and np.all(np.diff(t) < 0)
+  lam = VP.logsnr(t)
+  steps = np.diff(lam)
+  assert steps[0] > steps[-1] > 0  # kappa < 1: bigger logSNR steps at high noise
+  np.testing.assert_allclose(grids.time_grid(VP, 8, "logsnr_power:1.0"),
+                             grids.time_grid(VP, 8, "logsnr"), rtol=1e-12)
+  with pytest.raises(ValueError, match="logsnr_power"):
+    grids.time_grid(VP, 8, "logsnr_power:-1")
+  t_min, t_max = registry.logsnr_clip(VP, None, None, -5.0, 5.0)
+  np.testing.assert_allclose(VP.logsnr(np.array([t_max, t_min])), [-5.0, 5.0], rtol=1e-9)
+  with pytest.raises(ValueError, match="alpha"):
+    get_sampler("euler")(mixture(2).denoiser(VP), VP, None, jnp.zeros((2, 2)),
+                         np.array([1.0, 0.5, 0.0]), cond=None, sample_offset=0)
+
+
+def test_inside_outer_jit_and_typed_keys():
+  gm = mixture(2)
+  den = gm.denoiser(VP)
+  f = build_sampler("ddpm", VP, 5, jit=False)
+  x_T = VP.prior_sample(jax.random.PRNGKey(0), (4, 2))
+  a, _ = jax.jit(lambda k, x: f(den, k, x))(jax.random.PRNGKey(1), x_T)
+  b, _ = f(den, jax.random.PRNGKey(1), x_T)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  c, _ = f(den, jax.random.key(1), x_T)  # new-style typed key
+  assert np.all(np.isfinite(np.asarray(c)))
+
+
+def test_program_validation_and_subst():
+  from diffusion.samplers import engine
+  prog = engine.Program()
+  prog.eval(1.0)
+  with pytest.raises(ValueError, match="rows < 1"):
+    prog.eval(0.5, y={1: 1.0})
+  assert engine.subst({"x": 2.0, 0: 1.0}, {"x": 3.0, 0: 1.0}) == {0: 3.0, "x": 6.0}
