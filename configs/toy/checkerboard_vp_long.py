@@ -1,6 +1,6 @@
-"""checkerboard under the VP SDE, the longer run: residual MLP of width 256 with 4 blocks, 30k steps.
+"""checkerboard under the VP SDE, the longer run: the demo network trained for 30k steps instead of 10k.
 
-Question: how close does a larger, longer-trained score network get to the true entropy of
+Question: how close does a longer-trained score network get to the true entropy of
 'checkerboard' (held-out NLL by the PF-ODE with the exact divergence)?
 
 Run (train, then evaluate):
