@@ -52,7 +52,6 @@ def _assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.slow
 def test_sigkill_and_resume_is_exact_and_lock_refuses_second_run(tmp_path):
   straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
   proc = popen_main(killed, "train", {**RUN, "debug.hang_at_step": 20})
