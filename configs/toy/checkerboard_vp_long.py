@@ -7,7 +7,9 @@ Run (train, then evaluate):
   python -m experiments.main --config=configs/toy/checkerboard_vp_long.py --workdir=workdirs/checkerboard_vp_long --mode=train
   python -m experiments.main --config=configs/toy/checkerboard_vp_long.py --workdir=workdirs/checkerboard_vp_long --mode=eval
 
-Measured: see README.
+Measured: excess NLL 0.049 nats (NLL 3.515 +- 0.004 vs ln 32 = 3.466;
+target <= 0.10), sliced Wasserstein 0.070, MMD 0.0018; training 1065 s + evaluation 115 s
+(on this 2-core CPU shared with other jobs, 2026-11-21; 4,000 held-out points, PF-ODE, exact divergence).
 """
 from configs.toy.common import long_config
 
