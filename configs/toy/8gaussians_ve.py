@@ -8,7 +8,10 @@ Run (train, then evaluate):
   python -m experiments.main --config=configs/toy/8gaussians_ve.py --workdir=workdirs/8gaussians_ve --mode=train
   python -m experiments.main --config=configs/toy/8gaussians_ve.py --workdir=workdirs/8gaussians_ve --mode=eval
 
-Measured: see README.
+Measured: excess NLL -0.004 nats, i.e. 0 within the standard error
+(NLL 2.827 +- 0.022 vs 2.830), sliced Wasserstein 0.063, MMD -0.0001 (unbiased estimate, 0 within
+noise), Heun 18 steps (NFE 37); training 221 s + evaluation 59 s
+(on this 2-core CPU shared with other jobs, 2026-11-21; held-out NLL on 2,000 points, PF-ODE, exact divergence, rtol 1e-4).
 """
 from configs.toy.common import toy_config
 

@@ -8,7 +8,9 @@ Run (train, then evaluate):
   python -m experiments.main --config=configs/toy/checkerboard_subvp.py --workdir=workdirs/checkerboard_subvp --mode=train
   python -m experiments.main --config=configs/toy/checkerboard_subvp.py --workdir=workdirs/checkerboard_subvp --mode=eval
 
-Measured: see README.
+Measured: excess NLL 0.107 nats (NLL 3.572 +- 0.008 vs ln 32 = 3.466),
+sliced Wasserstein 0.119, MMD 0.0038, Heun 18 steps (NFE 37); training 356 s + evaluation 109 s
+(on this 2-core CPU shared with other jobs, 2026-11-21; held-out NLL on 2,000 points, PF-ODE, exact divergence, rtol 1e-4).
 """
 from configs.toy.common import toy_config
 
