@@ -1,0 +1,95 @@
+"""Shared constructors of the CIFAR-10 configs (paper settings; GPU/TPU scale, not for this CPU).
+
+Each config file in this folder is one row of a paper's results table, with the paper's network,
+forward process, loss, optimizer, EMA and sampler. Their docstrings give the paper's numbers,
+marked as the paper's: none of them has been trained here (the DDPM network alone runs at a few
+images/s on 2 CPU cores: benchmarks/results/cifar_throughput_cpu.md).
+
+Data: tfds ``cifar10`` (train 50,000 / test 10,000), prepared once with TensorFlow installed
+(``pip install -e .[tf]``, then ``tfds build cifar10 --file_format=array_record``); read without
+TensorFlow. Random horizontal flips, as in all three papers.
+"""
+import ml_collections
+
+from configs.images import image_config, set_edm
+from diffusion.models import ncsnpp, unet
+
+
+def ddpm() -> ml_collections.ConfigDict:
+  """Ho et al. 2020, CIFAR-10 (App. B): the 35.7M U-Net, T = 1000 linear betas 1e-4..0.02 (the
+  VP SDE with beta in [0.1, 20]), eps prediction with L_simple, Adam 2e-4, batch 128, 800k steps,
+  warm-up 5000, grad clip 1, EMA 0.9999, dropout 0.1, random flips; ancestral sampling with
+  T = 1000 steps."""
+  net = unet.preset("cifar10", embedding_type="positional", embedding_scale=999.0)
+  c = image_config("cifar10", "vp", model="ddpm_unet", net=net)
+  c.experiment = "cifar10/ddpm"
+  c.data.random_flip = True
+  c.training.num_steps = 800_000
+  c.sampling.sampler = "ddpm"
+  c.sampling.num_steps = 1_000
+  c.sampling.grid = "uniform"
+  return c
+
+
+def score_sde(arch: str, sde: str, deep: bool) -> ml_collections.ConfigDict:
+  """Song et al. 2021 (score SDE), CIFAR-10, the continuous-time models of Tables 2 and 3.
+
+  NCSN++ cont. (VE): Fourier features of log sigma; the network output divided by sigma is the
+  score, i.e. the eps parameterization with c = log sigma here; EMA 0.999. DDPM++ cont. (VP,
+  sub-VP): the positional embedding of 999 t, eps prediction, EMA 0.9999. Both: the
+  sigma^2-weighted ("simple") DSM loss, t ~ U[t_min, 1], Adam 2e-4, batch 128, warm-up 5000,
+  grad clip 1, dropout 0.1, random flips, 1.3M (deep: 950k) steps (App. H).
+  Samplers (Table 3): VE: predictor-corrector, reverse diffusion + Langevin (snr 0.16), 1000
+  steps (2000 NFE); VP / sub-VP: Euler-Maruyama, 1000 steps.
+  """
+  name = f"{arch}_cont{'_deep' if deep else ''}_{sde}"
+  kw = ncsnpp.preset("cifar10_deep" if deep else "cifar10", dropout=0.1)
+  if arch == "ncsnpp":
+    kw.update(embedding_type="fourier", fourier_scale=16.0)
+  else:
+    kw.update(embedding_type="positional", embedding_scale=999.0)
+  c = image_config("cifar10", sde, model=arch, net=kw)
+  c.experiment = f"cifar10/{name}"
+  c.data.random_flip = True
+  c.training.num_steps = 950_000 if deep else 1_300_000
+  c.training.ckpt_every = 50_000
+  if sde == "ve":
+    c.model.time_input = "log_sigma"
+    c.training.ema_decay = 0.999
+    c.sampling.sampler = "pc"
+    c.sampling.predictor = "reverse_diffusion"
+    c.sampling.snr = 0.16
+    c.sampling.n_corrector = 1
+  else:
+    c.training.ema_decay = 0.9999
+    c.sampling.sampler = "euler_maruyama"
+  c.sampling.num_steps = 1_000
+  c.sampling.grid = "uniform"
+  return c
+
+
+def edm(arch: str) -> ml_collections.ConfigDict:
+  """Karras et al. 2022 (EDM), CIFAR-10 32x32, config F of Table 2 with the VP (DDPM++) or
+  VE (NCSN++) architecture, as in Table 7: 128 channels, multipliers (2, 2, 2), 4 blocks per
+  resolution, attention at 16x16, dropout 0.13; Adam lr 1e-3 (ramped up over 10 Mimg), batch
+  512, 200 Mimg (390,625 steps), EMA half-life 0.5 Mimg (decay 0.5^(512/5e5) = 0.99929 per
+  step), no gradient clipping; EDM preconditioning, loss and Heun sampler (configs.images.set_edm).
+  Not reproduced: the non-leaking augmentation (p = 0.12) of the paper.
+  Class-conditional (FID 1.79): --config.model.conditional=True --config.model.net.num_classes=10.
+  """
+  kw = ncsnpp.preset("cifar10", ch_mult=(2, 2, 2), dropout=0.13)
+  if arch == "ncsnpp":
+    kw.update(embedding_type="fourier", fourier_scale=16.0)
+  else:
+    kw.update(embedding_type="positional", embedding_scale=1.0)
+  c = set_edm(image_config("cifar10", "edm", model=arch, net=kw))
+  c.experiment = f"cifar10/edm_{'ve' if arch == 'ncsnpp' else 'vp'}"
+  c.data.random_flip = True
+  c.data.batch_size = 512
+  c.training.num_steps = 390_625
+  c.training.ckpt_every = 10_000
+  c.training.ema_decay = 0.99929
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 19_531  # 10 Mimg at batch 512
+  c.optim.grad_clip = 0.0
+  return c

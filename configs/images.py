@@ -1,0 +1,118 @@
+"""Shared base of the image experiments (digits, MNIST, CIFAR-10, CelebA), on configs/base.py.
+
+``image_config(dataset, sde)`` gives the base config set up for an image dataset and a forward
+process; ``set_edm(c)`` switches a config to EDM's preconditioning, loss and sampler (Karras et
+al. 2022). Experiment files (``configs/<dataset>/<name>.py``) pick the network and change what
+their paper changes. No key is added here that configs/base.py does not define (the drivers read
+exactly those), except the network's constructor arguments under ``model.net``.
+
+Conventions of the image configs:
+  * pixels in [-1, 1] after uniform dequantization (diffusion.data.images);
+  * evaluation: PF-ODE NLL with the Hutchinson divergence (one Rademacher probe per image,
+    Song et al. 2021, App. D.2) reported in bits/dim by the eval driver, and sample grids;
+  * the paper's sampler by default (ancestral / reverse-diffusion / PC for DDPM and score SDE
+    runs would need 1000-2000 NFE; here Heun on the Karras grid, overridable).
+"""
+import ml_collections
+
+from configs.base import get_base_config
+
+# Forward processes as in the papers. VP / sub-VP: Song et al. 2021 (score SDE), App. C, the
+# continuous limit of DDPM's linear betas 1e-4..0.02 over 1000 steps (beta_min = 0.1,
+# beta_max = 20). VE: sigma_min = 0.01, sigma_max = the largest pairwise distance of the training
+# data (Song & Ermon 2020, technique 1): 50 for CIFAR-10, 90 for CelebA 64x64; smaller for the
+# small datasets. EDM: sigma in [0.002, 80] (Karras et al. 2022, Table 1).
+VP_FIELDS = dict(beta_min=0.1, beta_max=20.0, t_min=1e-3, t_max=1.0)
+VE_SIGMA_MAX = {"digits": 20.0, "mnist": 50.0, "cifar10": 50.0, "celeb_a": 90.0}
+EDM_FIELDS = dict(t_min=0.002, t_max=80.0)
+
+
+def sde_fields(dataset: str, sde: str) -> dict:
+  """The forward-process fields of ``sde`` ('vp', 'subvp', 've', 'edm') for ``dataset``."""
+  if sde in ("vp", "subvp"):
+    return dict(VP_FIELDS)
+  if sde == "ve":
+    return dict(sigma_min=0.01, sigma_max=VE_SIGMA_MAX[dataset], t_min=1e-5, t_max=1.0)
+  if sde == "edm":
+    return dict(EDM_FIELDS)
+  raise ValueError(f"unknown image sde {sde!r}; accepted: vp, subvp, ve, edm")
+
+
+def image_config(dataset: str, sde: str, *, model: str,
+                 net: dict) -> ml_collections.ConfigDict:
+  """The base config for ``dataset`` under ``sde`` with network ``model(**net)``.
+
+  Defaults are DDPM's training recipe (Ho et al. 2020, App. B: Adam lr 2e-4, batch 128,
+  warm-up 5000, grad clip 1, EMA 0.9999, eps prediction with the "simple" loss, i.e. the 'eps'
+  weighting with uniform t); experiment files override what their paper changes.
+  """
+  c = get_base_config()
+  c.experiment = f"{dataset}/{sde}"
+  c.data.name = dataset
+  c.data.batch_size = 128
+  c.data.split = "train"
+  c.data.eval_split = "test"
+  c.data.random_flip = False
+  c.sde.name = sde
+  c.sde.fields = ml_collections.ConfigDict(sde_fields(dataset, sde))
+
+  c.model.name = model
+  c.model.net = ml_collections.ConfigDict(net)
+  c.model.parameterization = "eps"
+  c.model.time_input = "t"
+  c.model.scale_input = False
+  c.model.sigma_data = 0.5
+
+  c.training.num_steps = 800_000
+  c.training.log_every = 1_000
+  c.training.ckpt_every = 10_000
+  c.training.sample_every = 50_000  # a grid of eval.plot_samples EMA samples in plots/
+  c.training.max_to_keep = 3
+  c.training.weighting = "eps"
+  c.training.time_sampling = "uniform"
+  c.training.ema_decay = 0.9999
+  c.training.ema_warmup = False
+
+  c.optim.name = "adam"
+  c.optim.lr = 2e-4
+  c.optim.warmup_steps = 5_000
+  c.optim.grad_clip = 1.0
+  c.optim.decay = "none"
+
+  c.sampling.sampler = "heun"
+  c.sampling.num_steps = 18
+  c.sampling.grid = "karras"
+  c.sampling.num_samples = 50_000
+  c.sampling.batch_size = 500
+
+  c.eval.num_samples = 1_000
+  c.eval.nll_points = 10_000  # the whole CIFAR-10 test split
+  c.eval.nll_batch_size = 250
+  c.eval.divergence = "hutchinson"
+  c.eval.rtol = 1e-5
+  c.eval.atol = 1e-5
+  c.eval.mmd_points = 1_000
+  c.eval.plot_samples = 64  # images in each sample grid (8 x 8)
+  c.eval.density_grid = 0  # no density heat map for images
+  return c
+
+
+def set_edm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """EDM (Karras et al. 2022, Table 1, "Ours"): sigma(t) = t in [0.002, 80]; the F-prediction
+  with c_skip / c_out / c_in / c_noise = ln(sigma)/4 and sigma_data = 0.5; the loss weight
+  lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 with ln(sigma) ~ N(P_mean=-1.2, P_std=1.2);
+  Heun's 2nd-order ODE solver on the rho = 7 grid with 18 steps (35 NFE)."""
+  c.sde.name = "edm"
+  c.sde.fields = ml_collections.ConfigDict(dict(EDM_FIELDS))
+  c.model.parameterization = "edm"
+  c.model.time_input = "c_noise"
+  c.model.sigma_data = 0.5
+  c.training.weighting = "edm"
+  c.training.time_sampling = "lognormal"
+  c.training.loss_opts = ml_collections.ConfigDict(dict(p_mean=-1.2, p_std=1.2,
+                                                        sigma_data=0.5))
+  c.sampling.sampler = "heun"
+  c.sampling.num_steps = 18
+  c.sampling.grid = "karras"
+  c.sampling.rho = 7.0
+  return c

@@ -1,0 +1,197 @@
+"""Tests of the image experiment configs (configs/digits, cifar10, mnist, celeba).
+
+Fast (default suite): every config file loads, every key it sets is one the drivers read (no
+typos: the keys of configs/base.py, plus the network's constructor arguments, the schedule's
+fields, dsm_loss options and sampler hyper-parameters, each checked against what its consumer
+accepts), and its network builds under ``jax.eval_shape`` with the published parameter count
+where there is one.
+
+Slow (``pytest -m slow tests/test_image_configs.py``): every paper config (CIFAR-10, MNIST,
+CelebA) trains a few steps on ``tfds.testing.mock_data`` through the real train driver with its
+full architecture (batch size, steps and sampler steps shrunk by overrides), then samples through
+the sample driver. On 2 CPU cores this takes minutes per config (the deep NCSN++ / DDPM++
+compile slowly).
+"""
+import glob
+import inspect
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+CONFIG_DIRS = ("digits", "cifar10", "mnist", "celeba")
+HELPERS = ("common.py", "__init__.py")
+
+
+def _config_files():
+  out = []
+  for d in CONFIG_DIRS:
+    for f in sorted(glob.glob(os.path.join(REPO, "configs", d, "*.py"))):
+      if os.path.basename(f) not in HELPERS:
+        out.append(os.path.relpath(f, REPO))
+  return out
+
+
+CONFIG_FILES = _config_files()
+PAPER_CONFIGS = [f for f in CONFIG_FILES if not f.startswith("configs/digits/")]
+
+# Parameter counts of the published networks. DDPM: the released CIFAR-10 model (Ho et al.
+# 2020). NCSN++ / DDPM++ cont. (and deep): the released score_sde configurations (Song et al.
+# 2021), as checked in tests/test_models_images.py.
+EXPECTED_PARAMS = {
+    "configs/cifar10/ddpm.py": 35_746_307,
+    "configs/cifar10/ncsnpp_cont_ve.py": 62_758_915,
+    "configs/cifar10/ncsnpp_cont_deep_ve.py": 107_587_075,
+    "configs/cifar10/ddpmpp_cont_vp.py": 61_804_419,
+    "configs/cifar10/ddpmpp_cont_subvp.py": 61_804_419,
+    "configs/cifar10/ddpmpp_cont_deep_vp.py": 106_632_579,
+    "configs/cifar10/ddpmpp_cont_deep_subvp.py": 106_632_579,
+}
+
+
+def _load(path):
+  from experiments.main import _load_config_file
+  return _load_config_file(os.path.join(REPO, path))
+
+
+def test_every_image_config_is_listed():
+  assert "configs/digits/vp.py" in CONFIG_FILES
+  assert set(EXPECTED_PARAMS) <= set(CONFIG_FILES)
+  for d in CONFIG_DIRS:
+    assert any(f.startswith(f"configs/{d}/") for f in CONFIG_FILES), d
+
+
+def _leaf_keys(config, skip=()):
+  from experiments.main import config_keys
+  return {k for k in config_keys(config) if not k.startswith(skip)}
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_config_keys_are_all_consumed(path):
+  from configs.base import get_base_config
+  from diffusion import losses, training
+  from diffusion.data import images
+  from diffusion.models import get_model
+  from diffusion.parameterization import Parameterization
+  from experiments import build
+
+  c = _load(path)
+  # 1. No key outside configs/base.py, except the free-form sub-dicts checked below.
+  free = ("model.net.", "sde.fields.", "training.loss_opts.")
+  extra = _leaf_keys(c, free) - _leaf_keys(get_base_config(), free)
+  assert not extra, f"{path}: keys the drivers never read: {sorted(extra)}"
+  # 2. Each free-form sub-dict is accepted by its consumer (unknown names raise).
+  get_model(c.model.name, **c.model.net.to_dict())  # flax dataclass: unknown kwargs raise
+  sched = build.schedule(c)  # get_schedule rejects unknown fields
+  dsm_kw = set(inspect.signature(losses.dsm_loss).parameters)
+  assert set(c.training.loss_opts.to_dict()) <= dsm_kw, c.training.loss_opts
+  # 3. Names are valid.
+  assert c.data.name in images.dataset_names()
+  Parameterization(kind=c.model.parameterization, time_input=c.model.time_input,
+                   sigma_data=c.model.sigma_data, scale_input=c.model.scale_input)
+  assert c.training.weighting in losses.WEIGHTINGS
+  assert c.training.time_sampling in losses.TIME_SAMPLINGS
+  training.make_optimizer(build.optim_config(c))
+  build.step_config(c)
+  build.sampler(c, sched)  # unknown sampler hyper-parameters raise; builds the time grid
+  # 4. The docstring gives the command.
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_cfg", os.path.join(REPO, path))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  assert f"--config={path}" in (mod.__doc__ or ""), f"{path}: docstring lacks the command"
+  if path in PAPER_CONFIGS and path.startswith("configs/cifar10/"):
+    assert "THE PAPER'S RESULT" in mod.__doc__
+
+
+_SHAPE_CACHE = {}
+
+
+def _param_count(c):
+  from diffusion.data import images
+  from experiments import build
+  shape = images.image_shape(c.data.name, c.data.image_size)
+  key = (c.model.name, c.model.net.to_json(), shape)
+  if key not in _SHAPE_CACHE:
+    net = build.model(c)
+    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+    p = jax.eval_shape(lambda: net.init(rngs, jnp.zeros((1,) + shape), jnp.zeros((1,))))
+    _SHAPE_CACHE[key] = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(p))
+  return _SHAPE_CACHE[key]
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_network_builds_with_expected_params(path):
+  n = _param_count(_load(path))
+  assert n > 0
+  if path in EXPECTED_PARAMS:
+    assert n == EXPECTED_PARAMS[path], f"{path}: {n:,} parameters"
+
+
+def test_digits_vp_is_the_default_image_experiment():
+  c = _load("configs/digits/vp.py")
+  assert c.data.name == "digits" and c.sde.name == "vp"
+  assert c.eval.divergence == "hutchinson" and c.eval.plot_samples == 64
+
+
+def test_edm_configs_use_the_papers_settings():
+  for path in ("configs/cifar10/edm_vp.py", "configs/cifar10/edm_ve.py", "configs/digits/edm.py"):
+    c = _load(path)
+    assert c.sde.name == "edm" and c.model.parameterization == "edm"
+    assert c.training.weighting == "edm" and c.training.time_sampling == "lognormal"
+    assert c.training.loss_opts.p_mean == -1.2 and c.training.loss_opts.p_std == 1.2
+    assert c.model.sigma_data == 0.5
+    assert c.sampling.sampler == "heun" and c.sampling.num_steps == 18
+  assert _load("configs/cifar10/edm_vp.py").model.name == "ddpmpp"
+  assert _load("configs/cifar10/edm_ve.py").model.name == "ncsnpp"
+
+
+def test_ddpm_config_has_the_papers_settings():
+  c = _load("configs/cifar10/ddpm.py")
+  assert (c.sde.fields.beta_min, c.sde.fields.beta_max) == (0.1, 20.0)
+  assert (c.optim.lr, c.data.batch_size, c.training.num_steps) == (2e-4, 128, 800_000)
+  assert (c.training.ema_decay, c.model.net.dropout, c.optim.grad_clip) == (0.9999, 0.1, 1.0)
+  assert c.optim.warmup_steps == 5000 and c.model.parameterization == "eps"
+
+
+# -- slow: a few real training steps and samples of every paper config on mock data ------------
+
+SMALL = {
+    "data.batch_size": 2, "training.num_steps": 2, "training.log_every": 1,
+    "training.ckpt_every": 2, "training.sample_every": 0, "training.async_checkpoints": False,
+    "optim.warmup_steps": 1, "sampling.num_steps": 2, "sampling.num_samples": 2,
+    "sampling.batch_size": 2, "eval.plot_samples": 2,
+}
+
+
+def _override(c, overrides):
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PAPER_CONFIGS)
+def test_paper_config_trains_and_samples_on_mock_data(path, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from experiments import sample, train
+  c = _override(_load(path), SMALL)
+  n = _param_count(c)
+  if path in EXPECTED_PARAMS:
+    assert n == EXPECTED_PARAMS[path]
+  with tfds.testing.mock_data(num_examples=8):
+    out = train.train(c, str(tmp_path))
+    assert out["status"] == "done" and out["step"] == 2 and np.isfinite(out["loss"])
+    res = sample.run(c, str(tmp_path))
+  assert res["step"] == 2 and res["num_samples"] == 2
+  x = np.load(tmp_path / "samples" / "samples.npz")["x"]
+  assert x.shape[0] == 2 and np.all(np.isfinite(x))
+  assert (tmp_path / "samples" / "samples.png").exists()
