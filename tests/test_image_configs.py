@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion.samplers.registry import sampler_info
+
 from tests.conftest import REPO
 
 CONFIG_DIRS = ("digits", "cifar10", "mnist", "celeba")
@@ -145,7 +147,9 @@ def test_edm_configs_use_the_papers_settings():
     assert c.training.weighting == "edm" and c.training.time_sampling == "lognormal"
     assert c.training.loss_opts.p_mean == -1.2 and c.training.loss_opts.p_std == 1.2
     assert c.model.sigma_data == 0.5
-    assert c.sampling.sampler == "heun" and c.sampling.num_steps == 18
+    assert c.sampling.sampler == "heun" and c.sampling.num_steps == 17
+  info = sampler_info("heun")  # EDM's 18 noise levels and the step to sigma = 0: 35 NFE
+  assert info.nfe(c.sampling.num_steps, info.resolve({})) == 35
   assert _load("configs/cifar10/edm_vp.py").model.name == "ddpmpp"
   assert _load("configs/cifar10/edm_ve.py").model.name == "ncsnpp"
 

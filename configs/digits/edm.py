@@ -2,7 +2,7 @@
 
 sigma(t) = t in [0.002, 80], the network F wrapped by c_skip / c_out / c_in / c_noise with
 sigma_data = 0.5, loss weight (sigma^2 + sd^2) / (sigma sd)^2 with ln sigma ~ N(-1.2, 1.2^2),
-Heun on the rho = 7 grid, 18 steps (35 NFE). Same U-Net, optimizer and steps as
+Heun on the rho = 7 grid, 18 noise levels (num_steps = 17 intervals, 35 NFE). Same U-Net, optimizer and steps as
 configs/digits/vp.py (Fourier features of c_noise instead of the positional embedding of t).
 
 Run:

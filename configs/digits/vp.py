@@ -5,7 +5,7 @@ learn recognisable digits on 2 CPU cores in about 10 minutes?
 
 VP SDE with beta in [0.1, 20] (Song et al. 2021; DDPM's linear betas), eps prediction with the
 "simple" loss (Ho et al. 2020), Adam 1e-3 with cosine decay, EMA 0.995 with warm-up, batch 128, 1,500 steps.
-Samples: Heun on the Karras grid, 18 steps (35 NFE).
+Samples: Heun on the Karras grid, 18 noise levels (num_steps = 17, 35 NFE).
 
 Run (train, then a sample grid, then bits/dim on the 297 test digits):
   python -m experiments.main --config=configs/digits/vp.py --workdir=workdirs/digits_vp --mode=train
