@@ -88,12 +88,8 @@ def _register_dpm_solver(k: int):
                                          3: "Alg. 2 (r1 = 1/3, r2 = 2/3)"}[k])
   def sampler(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
               final_denoise: bool = False):
-    t = engine.check_grid(time_grid, schedule)
-    prog = Program()
-    for i in range(len(t) - 1):
-      dpm_solver_step(prog, schedule, t[i], t[i + 1], k)
-    if final_denoise:
-      prog.final_denoise(t[-1])
+    prog = engine.stepwise_program(lambda p, s, u: dpm_solver_step(p, schedule, s, u, k),
+                                   schedule, time_grid, final_denoise)
     return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
   sampler.__name__ = f"dpm_solver_{k}"
@@ -239,12 +235,8 @@ def dpmpp_2s(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset
   NFE = 2 N (+1)."""
   if not 0 < r < 1:
     raise ValueError(f"r must be in (0, 1), got {r!r}")
-  t = engine.check_grid(time_grid, schedule)
-  prog = Program()
-  for i in range(len(t) - 1):
-    dpmpp_2s_step(prog, schedule, t[i], t[i + 1], r)
-  if final_denoise:
-    prog.final_denoise(t[-1])
+  prog = engine.stepwise_program(lambda p, s, u: dpmpp_2s_step(p, schedule, s, u, r), schedule,
+                                 time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 

@@ -219,6 +219,18 @@ def bt(t: Array, x: Array) -> Array:
   return jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
 
 
+def stepwise_program(step, schedule: Schedule, time_grid, final_denoise: bool) -> "Program":
+  """The program of a one-step method: ``step(prog, t_s, t_t)`` appends the rows of the step
+  t_s -> t_t for each interval of the (checked) grid, then the optional final denoise at t_N."""
+  t = check_grid(time_grid, schedule)
+  prog = Program()
+  for i in range(len(t) - 1):
+    step(prog, t[i], t[i + 1])
+  if final_denoise:
+    prog.final_denoise(t[-1])
+  return prog
+
+
 def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=None,
                 sample_offset=0) -> Tuple[Array, Dict[str, Any]]:
   """Runs a compiled program in one ``lax.scan`` over its rows. Returns (x, {'nfe': rows}).

@@ -77,12 +77,8 @@ def euler(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
           variables: str = "edm", final_denoise: bool = False):
   """Euler on the PF-ODE. In 'edm' variables this is exactly deterministic DDIM (Song et al.
   2021a, eq. 13), in 't' variables the score-SDE ODE Euler sampler. NFE = N (+1)."""
-  t = engine.check_grid(time_grid, schedule)
-  prog = Program()
-  for i in range(len(t) - 1):
-    euler_step(prog, schedule, t[i], t[i + 1], variables)
-  if final_denoise:
-    prog.final_denoise(t[-1])
+  prog = engine.stepwise_program(lambda p, s, u: euler_step(p, schedule, s, u, variables), schedule,
+                                 time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
@@ -95,12 +91,8 @@ def heun(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
   """EDM's deterministic sampler: Heun steps over the N intervals of the grid, then (default) the
   Euler step to sigma = 0, which is exactly x <- denoise(x, t_N). NFE = 2N + 1 = 2(N+1) - 1, EDM's
   count for N+1 noise levels plus sigma = 0."""
-  t = engine.check_grid(time_grid, schedule)
-  prog = Program()
-  for i in range(len(t) - 1):
-    heun_step(prog, schedule, t[i], t[i + 1], variables)
-  if final_denoise:
-    prog.final_denoise(t[-1])
+  prog = engine.stepwise_program(lambda p, s, u: heun_step(p, schedule, s, u, variables), schedule,
+                                 time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
@@ -158,17 +150,16 @@ def euler_ancestral(denoise, schedule, key, x_T, time_grid, *, cond=None, sample
   """
   if not 0 <= eta:
     raise ValueError(f"eta must be >= 0, got {eta!r}")
-  t = engine.check_grid(time_grid, schedule)
-  prog = Program()
-  for i in range(len(t) - 1):
-    (a, s), (a2, s2) = alpha_sigma(schedule, t[i]), alpha_sigma(schedule, t[i + 1])
+
+  def step(prog, t_s, t_t):
+    (a, s), (a2, s2) = alpha_sigma(schedule, t_s), alpha_sigma(schedule, t_t)
     tau, tau2 = float(s / a), float(s2 / a2)
     up = min(tau2, eta * math.sqrt(max(tau2**2 * (tau**2 - tau2**2) / tau**2, 0.0)))
     down = math.sqrt(max(tau2**2 - up**2, 0.0))
     k = (down - tau) / tau
-    prog.eval(t[i], x={"x": float(a2 / a * (1 + k)), "m": float(-a2 * k), "z": float(a2 * up)})
-  if final_denoise:
-    prog.final_denoise(t[-1])
+    prog.eval(t_s, x={"x": float(a2 / a * (1 + k)), "m": float(-a2 * k), "z": float(a2 * up)})
+
+  prog = engine.stepwise_program(step, schedule, time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
@@ -196,13 +187,12 @@ def ddim(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
   PF-ODE (= DPM-Solver-1); eta = 1: DDPM ancestral sampling (then it is stochastic). NFE = N (+1)."""
   if not eta >= 0:
     raise ValueError(f"eta must be >= 0, got {eta!r}")
-  t = engine.check_grid(time_grid, schedule)
-  prog = Program()
-  for i in range(len(t) - 1):
-    a, d, c = ddim_coefs(schedule, t[i], t[i + 1], eta)
-    prog.eval(t[i], x={"x": a, "m": d, "z": c})
-  if final_denoise:
-    prog.final_denoise(t[-1])
+
+  def step(prog, t_s, t_t):
+    a, d, c = ddim_coefs(schedule, t_s, t_t, eta)
+    prog.eval(t_s, x={"x": a, "m": d, "z": c})
+
+  prog = engine.stepwise_program(step, schedule, time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 

@@ -66,14 +66,12 @@ def ddpm_coefs(schedule: Schedule, t: float, s: float) -> Tuple[float, float, fl
 
 
 def _linear_sde_program(coefs_fn, schedule, time_grid, final_denoise: bool) -> Program:
-  t = engine.check_grid(time_grid, schedule)
-  prog = Program()
-  for i in range(len(t) - 1):
-    a, d, c = coefs_fn(schedule, t[i], t[i + 1])
-    prog.eval(t[i], y={"x": 1.0}, x={"x": a, "m": d, "z": c})
-  if final_denoise:
-    prog.final_denoise(t[-1])
-  return prog
+
+  def step(prog, t_s, t_t):
+    a, d, c = coefs_fn(schedule, t_s, t_t)
+    prog.eval(t_s, y={"x": 1.0}, x={"x": a, "m": d, "z": c})
+
+  return engine.stepwise_program(step, schedule, time_grid, final_denoise)
 
 
 _PAPER_SDE = "Song et al. 2021, Score-based generative modeling through SDEs"
