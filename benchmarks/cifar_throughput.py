@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from train_throughput import RESULTS, Case, bench_case  # noqa: E402
+from train_throughput import RESULTS, Case, bench_case, write_table  # noqa: E402
 from diffusion.models import unet  # noqa: E402
 
 
@@ -66,17 +66,14 @@ def main(argv=None) -> int:
                  f"{r['trace_s'] + r['compile_s']:.1f} | {1 / r['steps_per_s']:.2f} | "
                  f"{r['steps_per_s']:.3f} | {r['examples_per_s']:.2f} | "
                  f"{r['gflop_per_step']:.0f} | {mem} |")
-  lines.append("| GPU | - | - | - | - | not measured | - | - |")
-  lines += ["", "No GPU or TPU was available to this task: there is no accelerator number here. "
-            "On an accelerator, run the same command (it writes "
-            "`cifar_throughput_<platform>.md`)."]
-  md = "\n".join(lines) + "\n"
-  out = args.out or os.path.join(RESULTS, f"cifar_throughput_{dev.platform}.md")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    f.write(md)
-  print(md)
-  print(f"wrote {out}\ncommand: {cmd}")
+  if dev.platform == "cpu":  # the accelerator row is only "not measured" on a CPU-only run
+    lines.append("| GPU | - | - | - | - | not measured | - | - |")
+    lines += ["", "No GPU or TPU was available to this run: there is no accelerator number here. "
+              "On an accelerator, run the same command (it writes "
+              "`cifar_throughput_<platform>.md`)."]
+  write_table("\n".join(lines) + "\n",
+              args.out or os.path.join(RESULTS, f"cifar_throughput_{dev.platform}.md"))
+  print(f"command: {cmd}")
   return 0
 
 

@@ -204,13 +204,17 @@ def main(argv=None) -> int:
     rows.append(r)
   cmd = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
   md = to_markdown(rows, peak32, peak16, args.quick, cmd)
-  out = args.out or os.path.join(RESULTS, f"train_throughput_{platform}.md")
+  write_table(md, args.out or os.path.join(RESULTS, f"train_throughput_{platform}.md"))
+  return 0
+
+
+def write_table(md: str, out: str) -> None:
+  """Prints the markdown table and writes it to ``out`` (its folder is created)."""
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     f.write(md)
   print(md)
   print(f"wrote {out}")
-  return 0
 
 
 if __name__ == "__main__":
