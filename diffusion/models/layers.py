@@ -488,6 +488,20 @@ def count_params(tree: Any) -> int:
   return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
 
 
+def check_unet_args(width_name: str, width: int, ch_mult, num_res_blocks: int, dropout: float,
+                    label_dropout: float, num_classes: int) -> None:
+  """Validates the hyper-parameters shared by the U-Nets; errors name the value and the range."""
+  if width < 1 or not ch_mult or min(ch_mult) < 1:
+    raise ValueError(f"need {width_name} >= 1 and positive ch_mult, got {width_name}={width}, "
+                     f"ch_mult={ch_mult}")
+  if num_res_blocks < 1:
+    raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
+  if not 0.0 <= dropout < 1.0 or not 0.0 <= label_dropout < 1.0:
+    raise ValueError(f"dropout={dropout}, label_dropout={label_dropout}: accepted range [0, 1)")
+  if num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+
+
 def check_image_input(x: Array, c: Array, num_levels: int):
   """Validates ``x`` (B, H, W, C) and ``c`` (B,) for a net with ``num_levels`` resolutions."""
   if x.ndim != 4:

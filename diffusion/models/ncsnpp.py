@@ -100,16 +100,8 @@ class NCSNpp(nn.Module):
     _check_choice("progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
     _check_choice("progressive_combine", self.progressive_combine, COMBINE)
     _check_choice("embedding_type", self.embedding_type, layers.EMBEDDING_TYPES)
-    if self.nf < 1 or not self.ch_mult or min(self.ch_mult) < 1:
-      raise ValueError(f"need nf >= 1 and positive ch_mult, got nf={self.nf}, "
-                       f"ch_mult={self.ch_mult}")
-    if self.num_res_blocks < 1:
-      raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
-    if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_dropout < 1.0:
-      raise ValueError(f"dropout={self.dropout}, label_dropout={self.label_dropout}: "
-                       "accepted range [0, 1)")
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+    layers.check_unet_args("nf", self.nf, self.ch_mult, self.num_res_blocks, self.dropout,
+                           self.label_dropout, self.num_classes)
     layers.fir_kernel_2d(self.fir_kernel)  # validates the taps
     super().__post_init__()
 

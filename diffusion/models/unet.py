@@ -81,16 +81,8 @@ class DDPMUNet(nn.Module):
     if self.embedding_type not in layers.EMBEDDING_TYPES:
       raise ValueError(f"embedding_type={self.embedding_type!r}; "
                        f"accepted: {layers.EMBEDDING_TYPES}")
-    if self.ch < 1 or not self.ch_mult or min(self.ch_mult) < 1:
-      raise ValueError(f"need ch >= 1 and positive ch_mult, got ch={self.ch}, "
-                       f"ch_mult={self.ch_mult}")
-    if self.num_res_blocks < 1:
-      raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
-    if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_dropout < 1.0:
-      raise ValueError(f"dropout={self.dropout}, label_dropout={self.label_dropout}: "
-                       "accepted range [0, 1)")
-    if self.num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+    layers.check_unet_args("ch", self.ch, self.ch_mult, self.num_res_blocks, self.dropout,
+                           self.label_dropout, self.num_classes)
     super().__post_init__()
 
   @nn.compact
