@@ -231,8 +231,8 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
         if step == config.debug.hang_at_step:  # fault injection for the kill/resume test
           ckpt.wait()
           say(f"hanging at step {step}")
-          while True:
-            time.sleep(60)
+          while sig.received is None:  # until killed, or a signal: saved below
+            time.sleep(0.1)
       if (_crossed(prev, step, tcfg.sample_every) and step < num_steps
           and sig.received is None):
         _report_samples(s, workdir, state, step, writer)
