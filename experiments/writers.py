@@ -39,8 +39,9 @@ def eta(done: float, total: float, rate: float) -> str:
 
 
 class Progress:
-  """A progress callback ``progress(done)`` printing ``<what> 3,000/10,000 (1,234 <unit>/s, ETA 5 s)``
-  on process 0: at the first and the last call, and in between at most every ``interval_s``.
+  """A progress callback ``progress(done)``: prints ``<what> 3,000/10,000 (1,234.5 <unit>/s,
+  ETA 5 s)`` on process 0, at the first and the last call and in between at most every
+  ``interval_s``.
   The rate is measured from the creation of the object (it includes the first compile)."""
 
   def __init__(self, what: str, total: int, unit: str, interval_s: float = 2.0,

@@ -7,9 +7,6 @@ import signal
 import struct
 import time
 
-import numpy as np
-import pytest
-
 from experiments import writers
 from tests.conftest import popen_main, run_main
 
