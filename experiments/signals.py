@@ -112,6 +112,21 @@ class RunSignals:
       raise Interrupted(signum, self.phase)
 
 
+def exit_on_signal() -> None:
+  """Until a run installs ``RunSignals`` (and after it has left it): SIGTERM or SIGINT ends the
+  process with one line and status 128 + signum, no traceback. For the entry point, before
+  flag parsing and the jax import."""
+
+  def handle(signum, frame):
+    del frame
+    _line(f"interrupted by {signal_name(signum)} (start-up or exit); nothing saved")
+    raise SystemExit(exit_status(signum))
+
+  if threading.current_thread() is threading.main_thread():
+    for s in SIGNALS:
+      signal.signal(s, handle)
+
+
 def _line(msg: str) -> None:
   try:
     sys.stdout.flush()

@@ -96,6 +96,21 @@ def test_deferred_unacknowledged_signal_exits_after_the_block():
   assert done == [True] and e.value.code == 143
 
 
+def test_exit_on_signal_before_a_run(capfd):
+  before = {s: signal.getsignal(s) for s in signals.SIGNALS}
+  try:
+    signals.exit_on_signal()
+    with pytest.raises(SystemExit) as e:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(10)
+    assert e.value.code == 143
+    assert capfd.readouterr().err.strip() == (
+        "interrupted by SIGTERM (start-up or exit); nothing saved")
+  finally:
+    for s, h in before.items():
+      signal.signal(s, h)
+
+
 # -- subprocesses --------------------------------------------------------------------------------
 
 
