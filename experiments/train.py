@@ -9,8 +9,8 @@ Signals (``experiments.signals``), handled from the very start of ``train``:
     ``interrupted by SIGINT during set-up; nothing saved``, and exit status 128 + signum
     (143, 130); no traceback, and no checkpoint is touched.
   once the loop runs (from its first compile on): the signal is recorded and polled at every
-    step boundary (a long XLA call only delays it); the loop saves a checkpoint there, waits for it to be written and prints
-    ``SIGTERM: saved a checkpoint at step N; exiting``. SIGTERM (a scheduler's preemption) then
+    step boundary (a long XLA call only delays it); the loop saves a checkpoint there, waits
+    for it to be written and prints ``SIGTERM: saved a checkpoint at step N; exiting``. SIGTERM (a scheduler's preemption) then
     exits 0: the run did what it was asked and resumes on the next start. SIGINT (Ctrl-C, a
     person stopping the run) exits 130 after the save, as an interrupted command does, so a
     shell script running several steps stops too. Further signals while saving only print
