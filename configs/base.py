@@ -56,6 +56,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.training.ema_decay = 0.999
   c.training.ema_warmup = False
   c.training.nonfinite = "stop"  # 'stop' | 'skip'
+  c.training.max_consecutive_skips = 20  # 'skip': stop after more skipped in a row; 0: no limit
   c.training.grad_accum_steps = 1
   c.training.steps_per_call = 1  # train steps per jit call (lax.scan)
   c.training.compute_dtype = "float32"  # 'float32' | 'bfloat16'
@@ -101,6 +102,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Fault injection for tests; never part of an experiment's identity.
   c.debug = ml_collections.ConfigDict()
   c.debug.nan_at_step = -1  # put NaN in the batch of this step
+  c.debug.nan_num_steps = 1  # ... and of the following ones, this many steps in all
+  c.debug.setup_delay_s = 0.0  # sleep this long during set-up (signal tests)
   c.debug.hang_at_step = -1  # after this step's checkpoint, sleep until killed
   return c
 

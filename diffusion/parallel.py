@@ -117,7 +117,8 @@ def per_sample_prior(schedule, key: jax.Array, start: int, n: int,
 
 
 def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule,
-                   num_samples: int, shape: Sequence[int], batch_size: int, mesh: Mesh):
+                   num_samples: int, shape: Sequence[int], batch_size: int, mesh: Mesh,
+                   progress: Optional[Callable[[int], None]] = None):
   """Runs ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh in batches.
 
   ``offset`` (an int32 scalar) is the global index of the batch's first sample, for samplers that
@@ -125,6 +126,7 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
   i from fold_in(key, i) (``per_sample_prior``), already sharded over the batch axis. Every batch
   has the same size, a multiple of the device count (one compile), so results do not depend on
   the device or process count. Returns (samples (num_samples, *shape) numpy, last info).
+  ``progress(done)``, if given, is called after each batch with the number of samples done.
   """
   ndev = mesh.devices.size
   bs = max(ndev, (min(batch_size, num_samples) + ndev - 1) // ndev * ndev)
@@ -142,4 +144,6 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
     n = min(bs, num_samples - start)
     x0, info = jitted(params, key, jax.device_put(np.int32(start), rep))
     xs.append(to_host(x0)[:n])
+    if progress is not None:
+      progress(start + n)
   return np.concatenate(xs, axis=0), info

@@ -8,7 +8,10 @@ run restored from a checkpoint continues bit for bit.
 
 Non-finite loss or gradients (policy ``nonfinite``):
   'skip': the update is dropped (params, EMA and optimizer state unchanged), the step counter
-          advances, ``state.num_skipped`` counts it.
+          advances, ``state.num_skipped`` counts it. The host loop feeds the per-step ``finite``
+          metric to a ``SkipMonitor``, which raises NonFiniteError after too many consecutive
+          skips (a run that diverged for good would otherwise skip to the end and report
+          success).
   'stop': the state freezes at the last good values and ``state.bad_step`` records the first bad
           step; the host loop sees it (``check_finite``) and stops, naming that step.
 """
@@ -19,6 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 
@@ -197,11 +201,27 @@ def _default_loss():
   return dsm_loss
 
 
+def compute_model(model, dtype) -> Any:
+  """The network computing in ``dtype``: a flax module with a ``dtype`` field is cloned with it.
+
+  Casting params and inputs alone is not enough: a layer built with ``dtype=float32`` (every
+  model's default) promotes them back and computes in float32. Parameters stay float32 (the
+  models' ``param_dtype``).
+  """
+  if jnp.dtype(dtype) == jnp.dtype(jnp.float32):
+    return model
+  if "dtype" not in {f.name for f in dataclasses.fields(model)}:
+    raise ValueError(f"{type(model).__name__} has no dtype field: compute_dtype="
+                     f"{jnp.dtype(dtype).name!r} cannot be applied to it")
+  return model.clone(dtype=dtype)
+
+
 def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfig,
               loss_fn: Optional[Callable] = None) -> Callable:
   """``loss(params, batch, key) -> (scalar, aux)``: dsm_loss of the wrapped network."""
   loss_fn = loss_fn or _default_loss()
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+  model = compute_model(model, dtype)
 
   def loss(params, batch: Batch, key):
     noise_key, dropout_key = jax.random.split(key)
@@ -320,3 +340,39 @@ def check_finite(state: TrainState) -> None:
     raise NonFiniteError(
         f"non-finite loss or gradient at step {bad}; training stopped (policy 'stop'). The "
         f"state is frozen at the last good values and no checkpoint was written after it.")
+
+
+class SkipMonitor:
+  """Host-side count of the steps skipped under the 'skip' policy.
+
+  ``update(first_step, finite)`` takes the per-step ``finite`` metric (0/1) of the consecutive
+  steps first_step, first_step + 1, ... in order, and raises NonFiniteError when more than
+  ``limit`` consecutive steps were skipped (``limit`` 0: no limit). ``limit_name`` names the
+  setting in the message (the config field).
+  """
+
+  def __init__(self, limit: int, limit_name: str = "max_consecutive_skips"):
+    if limit < 0:
+      raise ValueError(f"{limit_name} must be >= 0 (0: no limit), got {limit}")
+    self.limit, self.limit_name = int(limit), limit_name
+    self.run = 0  # consecutive skipped steps ending at the last step seen
+    self.run_start = -1
+    self.skipped = 0  # skipped steps seen by this monitor
+
+  def update(self, first_step: int, finite) -> None:
+    flags = np.ravel(np.asarray(finite)) > 0.5
+    for i, ok in enumerate(flags):
+      if ok:
+        self.run = 0
+        continue
+      if self.run == 0:
+        self.run_start = first_step + i
+      self.run += 1
+      self.skipped += 1
+      if self.limit and self.run > self.limit:
+        raise NonFiniteError(
+            f"{self.run} consecutive steps with a non-finite loss or gradient (steps "
+            f"{self.run_start}-{first_step + i}) were skipped, more than "
+            f"{self.limit_name}={self.limit}; training stopped (policy 'skip'; skipped steps leave "
+            f"the parameters unchanged, so the checkpoints hold the last good ones). Lower the "
+            f"learning rate, or raise {self.limit_name} (0: no limit).")

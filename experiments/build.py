@@ -110,7 +110,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
   """This process's rows of training batches start_step, start_step + 1, ...: dicts with 'x'
   (B / process_count, ...) and, for labelled data, 'label'. Batch i depends on (seed, i) only."""
   d = config.data
-  nan_at = int(config.debug.nan_at_step)
+  nan_at, nan_n = int(config.debug.nan_at_step), int(config.debug.nan_num_steps)
   if is_toy(config):
     it = ({"x": x} for x in toy2d.iterator(d.name, d.batch_size, config.seed, start_step,
                                            process_index=process_index,
@@ -124,7 +124,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
 
   def gen():
     for step, b in enumerate(it, start=start_step):
-      if step == nan_at:  # fault injection (config.debug.nan_at_step)
+      if nan_at >= 0 and nan_at <= step < nan_at + nan_n:  # fault injection (config.debug)
         b = dict(b, x=np.full_like(np.asarray(b["x"]), np.nan))
       if not config.model.conditional:
         b.pop("label", None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from diffusion import parallel
-from experiments import build, plots, sample, writers
+from experiments import build, plots, sample, signals, writers
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -52,8 +52,10 @@ def _make_loglik_fn(s, rtol: float, atol: float, divergence: str):
 
 
 def log_likelihood(s, params, x: np.ndarray, batch_size: int, key: jax.Array, *,
-                   rtol: float, atol: float, divergence: str):
-  """log p(x) (n,) in nats and the mean NFE, in batches padded to one shape (one compile)."""
+                   rtol: float, atol: float, divergence: str,
+                   progress: Optional[Callable[[int], None]] = None):
+  """log p(x) (n,) in nats and the mean NFE, in batches padded to one shape (one compile).
+  ``progress(done)`` is called after each batch with the number of points done."""
   fn = _loglik_fn(s, rtol, atol, divergence)
   ndev = s.mesh.devices.size
   bs = max(ndev, (batch_size // ndev) * ndev)
@@ -67,6 +69,8 @@ def log_likelihood(s, params, x: np.ndarray, batch_size: int, key: jax.Array, *,
                                   parallel.replicated(s.mesh)))
     out.append(parallel.to_host(logp)[:len(chunk)])
     nfes.append(float(np.mean(parallel.to_host(nfe))))
+    if progress is not None:
+      progress(start + len(chunk))
   return np.concatenate(out), float(np.mean(nfes))
 
 
@@ -88,7 +92,15 @@ def density_plot(s, params, path: str) -> Optional[Any]:
 
 
 def run(config: Config, workdir: str) -> Dict[str, Any]:
-  """Evaluates the newest checkpoint of ``workdir``; writes eval/metrics.json and plots."""
+  """Evaluates the newest checkpoint of ``workdir``; writes eval/metrics.json and plots.
+
+  SIGTERM/SIGINT: one line, exit 128 + signum; a file being written is finished first.
+  """
+  with signals.RunSignals("set-up", "nothing written") as sig:
+    return _run(config, workdir, sig)
+
+
+def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any]:
   s, params, step = sample.restore_params(config, workdir)
   e = config.eval
   key = jax.random.PRNGKey(config.seed + 3)
@@ -97,9 +109,14 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
     n_held = max(n_held, int(config.data.num_heldout))
   held = build.heldout(config, n_held)
 
-  logp, nll_nfe = log_likelihood(s, params, held[:int(e.nll_points)], int(e.nll_batch_size), key,
-                                 rtol=e.rtol, atol=e.atol, divergence=e.divergence)
-  x, info = sample.generate(s, params, int(e.num_samples), jax.random.PRNGKey(config.seed + 2))
+  sig.phase = "evaluation"
+  n_nll = int(e.nll_points)
+  logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
+                                 rtol=e.rtol, atol=e.atol, divergence=e.divergence,
+                                 progress=writers.Progress("likelihood", len(held[:n_nll]),
+                                                           "points"))
+  x, info = sample.generate(s, params, int(e.num_samples), jax.random.PRNGKey(config.seed + 2),
+                            progress=writers.Progress("sampling", int(e.num_samples), "samples"))
 
   from diffusion.metrics import mmd, sliced_wasserstein
   flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
@@ -133,10 +150,15 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
     metrics["excess_nll_nats"] = metrics["nll_nats"] - float(h)
   out = os.path.join(workdir, "eval")
   if writers.is_main():
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-      json.dump(metrics, f, indent=2, sort_keys=True)
-    plots.close(sample.plot(s, x, os.path.join(out, "samples.png"), f"step {step}"))
+    sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {out}"
+    with sig.deferred():  # no half-written metrics.json
+      os.makedirs(out, exist_ok=True)
+      tmp = os.path.join(out, ".metrics.json.tmp")
+      with open(tmp, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+      os.replace(tmp, os.path.join(out, "metrics.json"))
+      plots.close(sample.plot(s, x, os.path.join(out, "samples.png"), f"step {step}"))
+    sig.phase = "the density plot"
   if build.is_toy(config):  # collective: every process computes, process 0 draws
     fig = density_plot(s, params, os.path.join(out, "density.png"))
     if fig is not None:

@@ -137,4 +137,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  from experiments import signals  # one line, no traceback, for a signal before or after a run
+  signals.exit_on_signal()
   app.run(main, flags_parser=parse_flags)

@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import ml_collections
 import numpy as np
 
 from diffusion import checkpoint, parallel
-from experiments import build, plots, writers
+from experiments import build, plots, signals, writers
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
 close = plots.close
 
 
-def generate(s, params, n: int, key: jax.Array) -> Tuple[np.ndarray, Dict[str, Any]]:
-  """n samples (n, *data_shape) from the config's sampler with ``params``, over the mesh."""
+def generate(s, params, n: int, key: jax.Array,
+             progress: Optional[Callable[[int], None]] = None
+             ) -> Tuple[np.ndarray, Dict[str, Any]]:
+  """n samples (n, *data_shape) from the config's sampler with ``params``, over the mesh.
+  ``progress(done)`` is called after each batch (e.g. a ``writers.Progress``)."""
   sampler = build.sampler(s.config, s.schedule)
   shape = tuple(s.example["x"].shape[1:])
 
@@ -25,7 +28,8 @@ def generate(s, params, n: int, key: jax.Array) -> Tuple[np.ndarray, Dict[str, A
     return sampler(build.denoiser(s.net, p, s.schedule, s.param), k, x_t, sample_offset=offset)
 
   bs = int(s.config.sampling.batch_size or n)
-  x, info = parallel.sample_sharded(run, params, key, s.schedule, n, shape, bs, s.mesh)
+  x, info = parallel.sample_sharded(run, params, key, s.schedule, n, shape, bs, s.mesh,
+                                    progress=progress)
   return x, jax.device_get(info)
 
 
@@ -60,15 +64,26 @@ def restore_params(config: Config, workdir: str):
 
 
 def run(config: Config, workdir: str) -> Dict[str, Any]:
-  """Writes <workdir>/samples/samples.npz (x, nfe, step) and samples.png."""
-  s, params, step = restore_params(config, workdir)
-  n = int(config.sampling.num_samples)
-  x, info = generate(s, params, n, jax.random.PRNGKey(config.seed + 2))
-  nfe = int(np.asarray(info.get("nfe", -1)))
-  out = os.path.join(workdir, "samples")
-  if writers.is_main():
-    os.makedirs(out, exist_ok=True)
-    np.savez(os.path.join(out, "samples.npz"), x=x, nfe=nfe, step=step)
-    close(plot(s, x, os.path.join(out, "samples.png"), f"{n} samples, step {step}, NFE {nfe}"))
-  say(f"wrote {n} samples (NFE {nfe}) from the checkpoint at step {step} to {out}")
+  """Writes <workdir>/samples/samples.npz (x, nfe, step) and samples.png.
+
+  SIGTERM/SIGINT: one line, exit 128 + signum; a file being written is finished first.
+  """
+  with signals.RunSignals("set-up", "nothing written") as sig:
+    s, params, step = restore_params(config, workdir)
+    n = int(config.sampling.num_samples)
+    sig.phase = "sampling"
+    x, info = generate(s, params, n, jax.random.PRNGKey(config.seed + 2),
+                       progress=writers.Progress("sampling", n, "samples"))
+    nfe = int(np.asarray(info.get("nfe", -1)))
+    out = os.path.join(workdir, "samples")
+    if writers.is_main():
+      sig.phase, sig.nothing_saved = "writing the samples", f"the samples are in {out}"
+      with sig.deferred():  # no half-written samples.npz
+        os.makedirs(out, exist_ok=True)
+        tmp = os.path.join(out, ".samples.tmp.npz")  # np.savez keeps a name ending in .npz
+        np.savez(tmp, x=x, nfe=nfe, step=step)
+        os.replace(tmp, os.path.join(out, "samples.npz"))
+        close(plot(s, x, os.path.join(out, "samples.png"),
+                   f"{n} samples, step {step}, NFE {nfe}"))
+    say(f"wrote {n} samples (NFE {nfe}) from the checkpoint at step {step} to {out}")
   return {"num_samples": n, "nfe": nfe, "step": step}

@@ -3,7 +3,20 @@
 Reads top to bottom: set up (mesh, network, optimizer, state shardings), refuse a workdir of
 another experiment or one in use, restore the latest checkpoint or initialize, then loop:
 fetch batch i (a pure function of (seed, i)), run steps, report, checkpoint, sample.
-SIGTERM saves a checkpoint and returns normally (exit status 0); the next start resumes.
+
+Signals (``experiments.signals``), handled from the very start of ``train``:
+  during set-up and restore (before the loop): SIGTERM or SIGINT ends the run with one line,
+    ``interrupted by SIGINT during set-up; nothing saved``, and exit status 128 + signum
+    (143, 130); no traceback, and no checkpoint is touched.
+  once the loop runs (from its first compile on): the signal is recorded and polled at every
+    step boundary (a long XLA call only delays it); the loop saves a checkpoint there, waits
+    for it to be written and prints ``SIGTERM: saved a checkpoint at step N; exiting``. SIGTERM (a scheduler's preemption) then
+    exits 0: the run did what it was asked and resumes on the next start. SIGINT (Ctrl-C, a
+    person stopping the run) exits 130 after the save, as an interrupted command does, so a
+    shell script running several steps stops too. Further signals while saving only print
+    ``... received again: already stopping, please wait``.
+Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
+the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.
 """
 from __future__ import annotations
 
@@ -19,7 +32,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import checkpoint, parallel, training
-from experiments import build, writers
+from experiments import build, signals, writers
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -44,6 +57,9 @@ class Setup:
 
 def setup(config: Config) -> Setup:
   """Builds and validates everything; no files are touched."""
+  if config.debug.setup_delay_s > 0:  # fault injection: a slow set-up for the signal tests
+    say("setting up (debug.setup_delay_s)")
+    time.sleep(float(config.debug.setup_delay_s))
   build.check_dataset(config)
   mesh = parallel.make_mesh(config.parallel.model_axis)
   sched, param, net = build.schedule(config), build.parameterization(config), build.model(config)
@@ -97,29 +113,6 @@ def _compile_steps(s: Setup, k: int):
                               donate_argnums=(0,)), data
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop polls (installed only in the main thread)."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = None
-
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
 def _crossed(prev: int, now: int, every: int) -> bool:
   return every > 0 and now // every > prev // every
 
@@ -131,7 +124,19 @@ def _mean_metrics(pending: List[Dict[str, jax.Array]]) -> Dict[str, float]:
 
 
 def train(config: Config, workdir: str) -> Dict[str, Any]:
-  """Trains (or resumes) in ``workdir``. Returns a summary dict (final step, status, loss)."""
+  """Trains (or resumes) in ``workdir``. Returns a summary dict (final step, status, loss).
+
+  status: 'done', or 'preempted' (SIGTERM: saved, returns). After a SIGINT the checkpoint is
+  saved and SystemExit(130) raised; a signal before the loop raises SystemExit(128 + signum).
+  """
+  with signals.RunSignals("set-up", "nothing saved") as sig:
+    summary = _train(config, workdir, sig)
+  if summary["status"] == "interrupted":
+    raise SystemExit(signals.exit_status(signal.SIGINT))
+  return summary
+
+
+def _train(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any]:
   s = setup(config)
   tcfg = config.training
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # before touching files
@@ -144,7 +149,7 @@ def train(config: Config, workdir: str) -> Dict[str, Any]:
       checkpoint.write_config(workdir, s.identity)
     ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints)
     try:
-      return _loop(s, workdir, ckpt)
+      return _loop(s, workdir, ckpt, sig)
     finally:
       ckpt.close()
   finally:
@@ -152,8 +157,10 @@ def train(config: Config, workdir: str) -> Dict[str, Any]:
       lock.release()
 
 
-def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer) -> Dict[str, Any]:
+def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
+          sig: Optional[signals.RunSignals] = None) -> Dict[str, Any]:
   config, tcfg = s.config, s.config.training
+  sig = sig if sig is not None else signals.RunSignals()
   state, restored = restore_or_init(s, ckpt)
   step = int(jax.device_get(state.step))
   if restored is not None:
@@ -161,21 +168,39 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer) -> Dict[str, An
   else:
     say(f"starting {config.experiment!r}: {training.count_params(state.params):,} parameters, "
         f"{s.mesh.devices.size} device(s), {jax.process_count()} process(es)")
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, start_step=step)
   batches = build.train_batches(config, step, jax.process_index(), jax.process_count())
   compiled: Dict[int, Any] = {}
-  pending: List[Dict[str, jax.Array]] = []
+  pending: List[Dict[str, jax.Array]] = []  # metrics on device, not yet fetched
+  fetched: List[Dict[str, np.ndarray]] = []  # fetched, not yet logged
+  fetched_to = step  # metrics of steps before this one have been fetched
+  skipping = s.step_cfg.nonfinite == "skip"
+  monitor = training.SkipMonitor(int(tcfg.max_consecutive_skips),
+                                 "training.max_consecutive_skips")
   last_loss = float("nan")
   t_last, step_last, calls = time.time(), step, 0
   status = "done"
   num_steps = int(tcfg.num_steps)
   k_max = max(1, int(tcfg.steps_per_call))
 
+  def fetch():
+    """Moves the pending metrics to the host; the skip limit is checked on them."""
+    nonlocal pending, fetched_to
+    host = jax.device_get(pending)
+    pending = []
+    for m in host:
+      if skipping:
+        monitor.update(fetched_to, m["finite"])
+      fetched_to += int(np.size(m["finite"]))
+      fetched.append(m)
+
   def save(at: int):
     training.check_finite(state)  # never checkpoint past a non-finite step
+    fetch()  # nor past more consecutive skips than allowed
     ckpt.save(at, state, {"step": at, "experiment": config.experiment})
 
-  with _Preemption() as preempt:
+  sig.phase = "training"
+  with sig.deferred():
     while step < num_steps:
       k = min(k_max, num_steps - step)
       if k not in compiled:
@@ -190,36 +215,50 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer) -> Dict[str, An
         jax.block_until_ready(state.step)
       if _crossed(prev, step, tcfg.log_every) or step == num_steps:
         training.check_finite(state)
-        m = _mean_metrics(pending)
-        pending = []
+        fetch()
+        m = _mean_metrics(fetched)
+        fetched.clear()
         now = time.time()
         m["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, step
         last_loss = m["loss"]
         writer.scalars(step, m)
         say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  grad_norm {m['grad_norm']:.3f}  "
-            f"{m['steps_per_sec']:.1f} steps/s")
+            f"{m['steps_per_sec']:.1f} steps/s  "
+            f"ETA {writers.eta(step, num_steps, m['steps_per_sec'])}")
       if _crossed(prev, step, tcfg.ckpt_every) and step < num_steps:
         save(step)
         if step == config.debug.hang_at_step:  # fault injection for the kill/resume test
           ckpt.wait()
           say(f"hanging at step {step}")
-          while True:
-            time.sleep(60)
-      if (_crossed(prev, step, tcfg.sample_every) and step < num_steps):
+          while sig.received is None:  # until killed, or a signal: saved below
+            time.sleep(0.1)
+      if (_crossed(prev, step, tcfg.sample_every) and step < num_steps
+          and sig.received is None):
         _report_samples(s, workdir, state, step, writer)
-      if preempt.requested:
+      if sig.received is not None:  # the step boundary: save, then stop
         save(step)
         ckpt.wait()
-        say(f"SIGTERM: saved a checkpoint at step {step}; exiting")
-        status = "preempted"
+        name = signals.signal_name(sig.received)
+        say(f"{name}: saved a checkpoint at step {step}; exiting")
+        status = "preempted" if sig.received == signal.SIGTERM else "interrupted"
+        sig.acknowledge()
         break
     training.check_finite(state)
     if status == "done":
       save(step)
       ckpt.wait()
       say(f"training done at step {step}; checkpoints in {ckpt.directory}")
-      _report_samples(s, workdir, state, step, writer)
+      if sig.received is not None:  # came during the final save: it is written; no samples
+        say(f"{signals.signal_name(sig.received)}: skipping the final samples; exiting")
+        status = "interrupted" if sig.received == signal.SIGINT else "done"
+        sig.acknowledge()
+    if skipping:
+      say(f"skipped {int(jax.device_get(state.num_skipped))} of {step} steps (non-finite)")
+  if status == "done" and sig.received is None:
+    # Everything is saved: a signal now stops the sampling at once (immediate mode).
+    sig.phase, sig.nothing_saved = "the final samples", f"the checkpoint at step {step} is saved"
+    _report_samples(s, workdir, state, step, writer)
   writer.close()
   return {"step": step, "status": status, "loss": last_loss}
 

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Dict, Optional
 
 import jax
@@ -20,22 +21,138 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def duration(seconds: float) -> str:
+  """'42 s', '3 min 05 s', '2 h 07 min' (for ETAs)."""
+  if not math.isfinite(seconds):
+    return "?"
+  s = int(round(max(seconds, 0.0)))
+  if s < 60:
+    return f"{s} s"
+  if s < 3600:
+    return f"{s // 60} min {s % 60:02d} s"
+  return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def eta(done: float, total: float, rate: float) -> str:
+  """Time left at ``rate`` units per second."""
+  return duration((total - done) / rate) if rate > 0 else "?"
+
+
+class Progress:
+  """A progress callback ``progress(done)``: prints ``<what> 3,000/10,000 (1,234.5 <unit>/s,
+  ETA 5 s)`` on process 0, at the first and the last call and in between at most every
+  ``interval_s``.
+  The rate is measured from the creation of the object (it includes the first compile)."""
+
+  def __init__(self, what: str, total: int, unit: str, interval_s: float = 2.0,
+               clock=time.monotonic):
+    self.what, self.total, self.unit, self.interval_s = what, int(total), unit, interval_s
+    self._clock = clock
+    self._t0 = clock()
+    self._last: Optional[float] = None
+
+  def __call__(self, done: int) -> None:
+    now = self._clock()
+    final = done >= self.total
+    if not final and self._last is not None and now - self._last < self.interval_s:
+      return
+    self._last = now
+    rate = done / max(now - self._t0, 1e-9)
+    tail = "done" if final else f"ETA {eta(done, self.total, rate)}"
+    say(f"{self.what} {done:,}/{self.total:,} ({rate:,.1f} {self.unit}/s, {tail})")
+
+
+def truncate_jsonl(path: str, max_step: int) -> int:
+  """Drops the rows of a metrics.jsonl with step > max_step (a resumed run writes them again),
+  and a torn last line (no newline: the writer was killed mid-row). Other lines are kept as
+  they are. Rewrites atomically (temporary file + rename); returns the number of lines dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for i, line in enumerate(lines):
+    if i == len(lines) - 1 and not line.endswith("\n"):
+      continue  # torn write
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      keep.append(line)  # not ours to judge: kept verbatim
+      continue
+    if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > max_step:
+      continue
+    keep.append(line)
+  dropped = len(lines) - len(keep)
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return dropped
+
+
+class TBEvents:
+  """A synchronous TensorBoard event file in ``logdir`` (tensorboardX's protos and record
+  writer, no background thread). tensorboardX's SummaryWriter queues events for a thread, and
+  its flush() does not drain that queue, so a kill -9 lost the last points; here every call
+  writes and flushes. ``purge_step``: TensorBoard hides the events of earlier files at steps
+  >= purge_step (a resumed run)."""
+
+  def __init__(self, logdir: str, purge_step: Optional[int] = None):
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    self._Event = Event
+    os.makedirs(logdir, exist_ok=True)
+    # The pid keeps two runs started within one second from sharing a file name.
+    self._w = EventsWriter(os.path.join(logdir, "events"), filename_suffix=f".{os.getpid()}")
+    if purge_step is not None:
+      self._write(Event(step=int(purge_step), wall_time=time.time(),
+                        session_log=SessionLog(status=SessionLog.START)))
+
+  def _write(self, event) -> None:
+    self._w.write_event(event)
+    self._w.flush()
+
+  def scalars(self, step: int, values: Dict[str, float]) -> None:
+    from tensorboardX import summary
+    for k, v in values.items():
+      self._write(self._Event(step=int(step), wall_time=time.time(),
+                              summary=summary.scalar(k, float(v))))
+
+  def figure(self, tag: str, step: int, figure) -> None:
+    from tensorboardX import summary
+    from tensorboardX.utils import figure_to_image
+    self._write(self._Event(step=int(step), wall_time=time.time(),
+                            summary=summary.image(tag, figure_to_image(figure, close=False),
+                                                  dataformats="CHW")))
+
+  def close(self) -> None:
+    self._w.close()
+
+
 class MetricWriter:
   """Appends scalars to <workdir>/metrics.jsonl and to TensorBoard events in <workdir>/tb.
 
   Only process 0 writes; other processes get a no-op writer. tensorboardX is used (TensorBoard
-  event files without TensorFlow).
+  event files without TensorFlow). Every ``scalars`` call flushes both, so a killed run keeps
+  every point it logged. ``start_step``: the step the run starts (or resumes) from; rows of
+  metrics.jsonl past it are dropped (``truncate_jsonl``) and TensorBoard is told to hide its
+  events past it (``purge_step``), so a resumed run has no duplicate points.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, start_step: Optional[int] = None):
     self.enabled = is_main()
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      if start_step is not None:
+        truncate_jsonl(self.path, int(start_step))
       if tensorboard:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        purge = None if start_step is None else int(start_step) + 1
+        self._tb = TBEvents(os.path.join(workdir, "tb"), purge_step=purge)
 
   def scalars(self, step: int, values: Dict[str, Any]) -> None:
     if not self.enabled:
@@ -44,18 +161,17 @@ class MetricWriter:
     for k, v in values.items():
       v = float(v)
       row[k] = v if math.isfinite(v) else str(v)
-      if self._tb is not None:
-        self._tb.add_scalar(k, v, int(step))
+    if self._tb is not None:
+      self._tb.scalars(step, values)  # written and flushed
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
   def image(self, tag: str, step: int, figure) -> None:
     if self.enabled and self._tb is not None:
-      self._tb.add_figure(tag, figure, int(step), close=False)
+      self._tb.figure(tag, int(step), figure)
 
   def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
+    """Everything is written when logged; kept for callers."""
 
   def close(self) -> None:
     if self._tb is not None:

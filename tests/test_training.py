@@ -144,10 +144,64 @@ def test_scan_of_steps_matches_single_steps():
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_bfloat16_compute():
+def _operand_types(net, compute_dtype, x, op):
+  """Element types of the operands of every ``op`` (dot_general / convolution) in the lowered
+  train step (forward and backward pass); and the abstract state."""
+  import re
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-3))
+  step = jax.jit(training.make_train_step(net, SCHED, PARAM, opt,
+                                          training.StepConfig(compute_dtype=compute_dtype)))
+  state = jax.eval_shape(lambda k: training.init_state(net, opt, k, x[:1]),
+                         jax.random.PRNGKey(0))
+  text = step.lower(state, {"x": x}).as_text()
+  ops = [l for l in text.splitlines() if re.search(rf"stablehlo\.{op}\b", l)]
+  assert ops, f"no {op} found"
+  types = set()
+  for l in ops:
+    operands = l.rsplit(":", 1)[1].split("->")[0]  # "(tensor<AxBxbf16>, tensor<...>)"
+    types |= set(re.findall(r"x(bf16|f32|f16)>", operands))
+  return types, state
+
+
+# The MLP: every matmul. The U-Net: every convolution (its attention logits are float32 by
+# design, diffusion.models.layers).
+@pytest.mark.parametrize("name,x,op", [
+    ("mlp", jnp.zeros((8, 2)), "dot_general"),
+    ("ddpm_unet", jnp.zeros((2, 8, 8, 1)), "convolution"),
+])
+def test_bfloat16_compute_runs_in_bfloat16(name, x, op):
+  net = NET if name == "mlp" else get_model(
+      "ddpm_unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+  types, state = _operand_types(net, "bfloat16", x, op)
+  assert types == {"bf16"}, types
+  assert {p.dtype for p in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
+  types32, _ = _operand_types(net, "float32", x, op)
+  assert types32 == {"f32"}, types32  # the check tells the two apart
+
+
+def test_bfloat16_step_is_finite_and_keeps_float32_master_params():
   opt = training.make_optimizer(training.OptimConfig(lr=1e-3))
   step = jax.jit(training.make_train_step(NET, SCHED, PARAM, opt,
                                           training.StepConfig(compute_dtype="bfloat16")))
   s, m = step(_state(opt), _batch(0))
   assert np.isfinite(float(m["loss"]))
-  assert jax.tree_util.tree_leaves(s.params)[0].dtype == jnp.float32
+  assert {p.dtype for p in jax.tree_util.tree_leaves(s.params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_skip_monitor_counts_runs_across_calls_and_stops_past_the_limit():
+  mon = training.SkipMonitor(3, "training.max_consecutive_skips")
+  mon.update(0, np.array([1, 0, 0, 1, 0], np.float32))  # runs of 2, then 1 (still open)
+  assert (mon.skipped, mon.run) == (3, 1)
+  mon.update(5, np.array([0, 0], np.float32))  # the open run reaches 3 = the limit: allowed
+  assert (mon.skipped, mon.run, mon.run_start) == (5, 3, 4)
+  with pytest.raises(training.NonFiniteError,
+                     match=r"4 consecutive .*steps 4-7.*training.max_consecutive_skips=3"):
+    mon.update(7, np.array([0, 1], np.float32))
+
+
+def test_skip_monitor_without_limit():
+  mon = training.SkipMonitor(0)
+  mon.update(0, np.zeros(1000, np.float32))
+  assert mon.skipped == 1000
+  with pytest.raises(ValueError, match="max_consecutive_skips"):
+    training.SkipMonitor(-1)

@@ -1,0 +1,157 @@
+"""SIGTERM / SIGINT from the start of a run: one line, a defined exit status, nothing lost.
+
+In-process tests of experiments.signals.RunSignals, and real subprocesses: a signal during set-up
+(debug.setup_delay_s holds the run there) ends train, sample and eval with one line and status
+128 + signum; SIGINT during training saves a checkpoint at a step boundary and exits 130, and
+the run resumes from it. (SIGTERM during training: tests/test_reliability.py.)
+"""
+import os
+import signal
+import time
+
+import pytest
+
+from diffusion import checkpoint
+from experiments import signals
+from tests.conftest import popen_main, run_main
+
+RUN = {"training.num_steps": 10**6, "training.log_every": 5, "training.ckpt_every": 10**5,
+       "eval.density_grid": 0, "eval.plot_samples": 64, "training.async_checkpoints": True}
+
+
+def _wait_for(proc, text, timeout=180):
+  lines, t0 = [], time.time()
+  while time.time() - t0 < timeout:
+    line = proc.stdout.readline()
+    if not line:
+      if proc.poll() is not None:
+        break
+      continue
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"{text!r} not seen; output:\n{''.join(lines)}")
+
+
+def _finish(proc, timeout=120):
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  return out
+
+
+# -- in-process ----------------------------------------------------------------------------------
+
+
+def test_immediate_mode_one_line_and_exit_status(capfd):
+  before = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as e:
+    with signals.RunSignals("set-up", "nothing saved"):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(10)  # interrupted by the handler's exception
+      pytest.fail("the signal did not interrupt")
+  assert e.value.code == 143
+  err = capfd.readouterr().err
+  assert err.strip() == "interrupted by SIGTERM during set-up; nothing saved"
+  assert signal.getsignal(signal.SIGTERM) is before  # the old handler is back
+
+
+def test_interrupted_is_not_an_exception():
+  # `except Exception` in library code must not swallow a Ctrl-C.
+  with pytest.raises(SystemExit) as e:
+    with signals.RunSignals("sampling"):
+      try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+      except Exception:  # noqa: BLE001 -- exactly what must not catch it
+        pytest.fail("swallowed")
+  assert e.value.code == 130
+
+
+def test_deferred_records_and_acknowledged_signal_does_not_exit(capfd):
+  with signals.RunSignals("training") as sig:
+    with sig.deferred():
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.05)
+      assert sig.received == signal.SIGINT  # recorded, the block keeps running
+      os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C "while saving"
+      time.sleep(0.05)
+      assert sig.received == signal.SIGINT
+      sig.acknowledge()
+  assert "SIGINT received again: already stopping, please wait" in capfd.readouterr().err
+
+
+def test_deferred_unacknowledged_signal_exits_after_the_block():
+  done = []
+  with pytest.raises(SystemExit) as e:
+    with signals.RunSignals("writing the samples", "the samples are written") as sig:
+      with sig.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        done.append(True)  # the protected work finishes
+      pytest.fail("not reached")
+  assert done == [True] and e.value.code == 143
+
+
+def test_exit_on_signal_before_a_run(capfd):
+  before = {s: signal.getsignal(s) for s in signals.SIGNALS}
+  try:
+    signals.exit_on_signal()
+    with pytest.raises(SystemExit) as e:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(10)
+    assert e.value.code == 143
+    assert capfd.readouterr().err.strip() == (
+        "interrupted by SIGTERM (start-up or exit); nothing saved")
+  finally:
+    for s, h in before.items():
+      signal.signal(s, h)
+
+
+# -- subprocesses --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,sig", [("train", signal.SIGTERM), ("train", signal.SIGINT),
+                                      ("sample", signal.SIGTERM), ("eval", signal.SIGINT)])
+def test_signal_during_setup_one_line_no_traceback(tmp_path, mode, sig):
+  wd = str(tmp_path)
+  proc = popen_main(wd, mode, {**RUN, "debug.setup_delay_s": 60.0})
+  try:
+    _wait_for(proc, "setting up")
+    proc.send_signal(sig)
+  finally:
+    out = _finish(proc)
+  name = signal.Signals(sig).name
+  assert proc.returncode == 128 + sig, out[-3000:]
+  what = "nothing saved" if mode == "train" else "nothing written"
+  assert f"interrupted by {name} during set-up; {what}" in out
+  assert "Traceback" not in out and "KeyboardInterrupt" not in out
+  assert len([l for l in out.splitlines() if l.strip()]) == 1, out  # the one line
+  assert not os.path.exists(os.path.join(wd, checkpoint.CKPT_DIR))
+  assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
+
+
+def test_sigint_during_training_saves_exits_130_and_resumes(tmp_path):
+  wd = str(tmp_path)
+  proc = popen_main(wd, "train", RUN)
+  try:
+    _wait_for(proc, "step 10/")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not break the save
+  finally:
+    out = _finish(proc)
+  assert proc.returncode == 130, out[-3000:]
+  assert "Traceback" not in out and "KeyboardInterrupt" not in out
+  assert "SIGINT received again: already stopping, please wait" in out
+  assert "SIGINT: saved a checkpoint at step " in out
+  step = int(out.split("SIGINT: saved a checkpoint at step ")[1].split(";")[0])
+  assert step >= 10 and os.path.isdir(os.path.join(wd, checkpoint.CKPT_DIR, str(step)))
+  assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
+  r = run_main(wd, "train", {**RUN, "training.num_steps": step + 5})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resumed from the checkpoint at step {step}" in r.stdout
+  assert f"training done at step {step + 5}" in r.stdout
