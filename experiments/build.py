@@ -16,6 +16,7 @@ from diffusion import training
 from diffusion.data import toy2d
 from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.schedules import Schedule, get_schedule
+from experiments.validate import ConfigError
 
 Config = ml_collections.ConfigDict
 
@@ -86,16 +87,16 @@ def is_toy(config: Config) -> bool:
 
 
 def check_dataset(config: Config) -> None:
-  """Raises ValueError naming the dataset and listing the known ones, before any work."""
+  """Raises ConfigError naming the dataset and listing the known ones, before any work."""
   name = config.data.name
   if name in toy2d.available():
     return
   images = _image_names()
   if name in images or (images and isinstance(name, str) and name.startswith("lsun/")):
     return
-  raise ValueError(f"unknown dataset {name!r} (config.data.name); toy 2-D datasets: "
-                   f"{list(toy2d.available())}; image datasets: {list(images)} or "
-                   f"'lsun/<category>'")
+  raise ConfigError(f"config.data.name: unknown dataset {name!r}; toy 2-D datasets: "
+                    f"{list(toy2d.available())}; image datasets: {list(images)} or "
+                    f"'lsun/<category>'")
 
 
 def _per_process(batch_size: int, process_count: int) -> int:

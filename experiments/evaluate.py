@@ -22,6 +22,7 @@ import numpy as np
 
 from diffusion import parallel
 from experiments import build, plots, sample, signals, writers
+from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -96,6 +97,7 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
 
   SIGTERM/SIGINT: one line, exit 128 + signum; a file being written is finished first.
   """
+  validate(config, "eval", workdir)
   with signals.RunSignals("set-up", "nothing written") as sig:
     return _run(config, workdir, sig)
 

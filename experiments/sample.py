@@ -10,6 +10,7 @@ import numpy as np
 
 from diffusion import checkpoint, parallel
 from experiments import build, plots, signals, writers
+from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -68,6 +69,7 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
 
   SIGTERM/SIGINT: one line, exit 128 + signum; a file being written is finished first.
   """
+  validate(config, "sample", workdir)
   with signals.RunSignals("set-up", "nothing written") as sig:
     s, params, step = restore_params(config, workdir)
     n = int(config.sampling.num_samples)

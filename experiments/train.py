@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import checkpoint, parallel, training
 from experiments import build, signals, writers
+from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -129,6 +130,7 @@ def train(config: Config, workdir: str) -> Dict[str, Any]:
   status: 'done', or 'preempted' (SIGTERM: saved, returns). After a SIGINT the checkpoint is
   saved and SystemExit(130) raised; a signal before the loop raises SystemExit(128 + signum).
   """
+  validate(config, "train", workdir)
   with signals.RunSignals("set-up", "nothing saved") as sig:
     summary = _train(config, workdir, sig)
   if summary["status"] == "interrupted":

@@ -1,0 +1,331 @@
+"""Start-up validation of a run's config and workdir: every bad input is refused in one line.
+
+``validate(config, mode, workdir)`` runs at the top of every mode (train, sample, eval) before
+anything is built, compiled or written. Each failure is a ``ConfigError`` (a ValueError) whose
+message is one line naming the field, the bad value and what is accepted. Names are checked
+against the libraries' own registries and constants (schedules, samplers, models, datasets,
+losses, optimizers), never against copies of them; the sampler, its hyper-parameters and its time
+grid are resolved on the host (numpy) without compiling anything.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import tempfile
+from typing import Any, Callable, Optional, Sequence
+
+import ml_collections
+import numpy as np
+
+Config = ml_collections.ConfigDict
+
+MODES = ("train", "sample", "eval")
+# Output folder of each mode inside the workdir (train writes to the workdir itself).
+OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval"}
+# config.sampling fields that are not build_sampler arguments.
+SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
+# config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
+GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
+               "logsnr_max")
+# diffusion.likelihood.log_likelihood's divergence estimators (it has no list constant).
+DIVERGENCES = ("exact", "hutchinson")
+# dsm_loss keywords the train step sets itself (not config.training.loss_opts).
+_STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond")
+
+
+class ConfigError(ValueError):
+  """A config field or the workdir is unusable; the message is one line naming it."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))
+
+
+# -- generic field checks ------------------------------------------------------------------------
+
+
+def one_of(field: str, value: Any, accepted: Sequence[Any]) -> None:
+  """``value`` must be one of ``accepted``."""
+  if value not in tuple(accepted):
+    raise ConfigError(f"config.{field}={value!r} is not accepted; accepted: {list(accepted)}")
+
+
+def is_bool(field: str, value: Any) -> None:
+  """``value`` must be True or False."""
+  if not isinstance(value, bool):
+    raise ConfigError(f"config.{field}={value!r} must be True or False")
+
+
+def int_at_least(field: str, value: Any, lo: int) -> None:
+  """``value`` must be an int (not a bool) >= ``lo``."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+    raise ConfigError(f"config.{field}={value!r} must be an integer >= {lo}")
+
+
+def number_in(field: str, value: Any, lo: float, hi: float = math.inf, *,
+              lo_open: bool = False, hi_open: bool = False) -> None:
+  """``value`` must be a finite real number in the interval [lo, hi] (ends open as asked)."""
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi))
+  if not ok:
+    interval = (("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]"))
+    raise ConfigError(f"config.{field}={value!r} must be a finite number in {interval}")
+
+
+def positive(field: str, value: Any) -> None:
+  """``value`` must be a finite number > 0."""
+  number_in(field, value, 0.0, lo_open=True)
+
+
+def from_library(field: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+  """Calls a library constructor or checker; its ValueError / TypeError (a refused argument)
+  becomes a ConfigError naming ``field``."""
+  try:
+    return fn(*args, **kwargs)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.{field}: {e}") from None
+
+
+# -- the sections of the config ------------------------------------------------------------------
+
+
+def check_data(config: Config) -> None:
+  """data.*: a known dataset, a positive batch, an image size the dataset supports."""
+  from experiments import build
+  d = config.data
+  build.check_dataset(config)
+  int_at_least("data.batch_size", d.batch_size, 1)
+  int_at_least("data.num_heldout", d.num_heldout, 1)
+  int_at_least("data.heldout_seed", d.heldout_seed, 0)
+  is_bool("data.random_flip", d.random_flip)
+  if not build.is_toy(config):
+    from diffusion.data import images
+    from_library("data.image_size", images.image_shape, d.name, d.image_size)
+    for field in ("split", "eval_split"):
+      if not isinstance(d[field], str) or not d[field]:
+        raise ConfigError(f"config.data.{field}={d[field]!r} must be a split name, e.g. "
+                          f"'train' or 'test'")
+
+
+def check_sde(config: Config):
+  """sde.*: a registered schedule and its fields. Returns the schedule (host-side object)."""
+  from diffusion.schedules import SCHEDULES, get_schedule
+  one_of("sde.name", config.sde.name, sorted(SCHEDULES))
+  return from_library("sde.fields", get_schedule, config.sde.name, **config.sde.fields.to_dict())
+
+
+def check_model(config: Config) -> None:
+  """model.*: a registered network whose constructor accepts model.net, a parameterization and
+  a time input the library knows, labels only for labelled (image) data."""
+  from diffusion import parameterization
+  from diffusion.models import get_model, registered_models
+  from experiments import build
+  m = config.model
+  one_of("model.name", m.name, registered_models())
+  from_library("model.net", get_model, m.name, **m.net.to_dict())
+  one_of("model.parameterization", m.parameterization, parameterization.PARAMETERIZATIONS)
+  one_of("model.time_input", m.time_input, parameterization.TIME_INPUTS)
+  positive("model.sigma_data", m.sigma_data)
+  is_bool("model.scale_input", m.scale_input)
+  is_bool("model.conditional", m.conditional)
+  if m.conditional and build.is_toy(config):
+    raise ConfigError(f"config.model.conditional=True needs labelled (image) data; the toy "
+                      f"dataset {config.data.name!r} has no labels")
+
+
+def loss_option_names() -> Sequence[str]:
+  """The dsm_loss keywords config.training.loss_opts may set."""
+  from diffusion.losses import dsm_loss
+  params = inspect.signature(dsm_loss).parameters.values()
+  return sorted(p.name for p in params
+                if p.kind == p.KEYWORD_ONLY and p.name not in _STEP_SET_LOSS_ARGS)
+
+
+def check_training(config: Config) -> None:
+  """training.*: step counts and intervals, loss, EMA, non-finite policy, dtype."""
+  from diffusion import losses, training
+  t = config.training
+  int_at_least("training.num_steps", t.num_steps, 1)
+  int_at_least("training.log_every", t.log_every, 1)
+  int_at_least("training.ckpt_every", t.ckpt_every, 0)
+  int_at_least("training.sample_every", t.sample_every, 0)
+  int_at_least("training.max_to_keep", t.max_to_keep, 1)
+  is_bool("training.async_checkpoints", t.async_checkpoints)
+  one_of("training.weighting", t.weighting, losses.WEIGHTINGS)
+  one_of("training.time_sampling", t.time_sampling, losses.TIME_SAMPLINGS)
+  bad = sorted(set(t.loss_opts.keys()) - set(loss_option_names()))
+  if bad:
+    raise ConfigError(f"config.training.loss_opts has unknown option(s) {bad}; accepted: "
+                      f"{list(loss_option_names())}")
+  number_in("training.ema_decay", t.ema_decay, 0.0, 1.0, hi_open=True)
+  is_bool("training.ema_warmup", t.ema_warmup)
+  one_of("training.nonfinite", t.nonfinite, training.NONFINITE_POLICIES)
+  int_at_least("training.grad_accum_steps", t.grad_accum_steps, 1)
+  int_at_least("training.steps_per_call", t.steps_per_call, 1)
+  one_of("training.compute_dtype", t.compute_dtype, training.COMPUTE_DTYPES)
+
+
+def check_optim(config: Config) -> None:
+  """optim.*: a known optimizer and decay, a positive lr, a warm-up shorter than the run."""
+  from diffusion import training
+  o, num_steps = config.optim, config.training.num_steps
+  one_of("optim.name", o.name, training.OPTIMIZERS)
+  one_of("optim.decay", o.decay, training.DECAYS)
+  positive("optim.lr", o.lr)
+  int_at_least("optim.warmup_steps", o.warmup_steps, 0)
+  if o.warmup_steps >= num_steps:
+    raise ConfigError(f"config.optim.warmup_steps={o.warmup_steps} must be smaller than "
+                      f"config.training.num_steps={num_steps} (the warm-up would not end "
+                      f"within the run)")
+  number_in("optim.grad_clip", o.grad_clip, 0.0)
+  number_in("optim.weight_decay", o.weight_decay, 0.0)
+  number_in("optim.b1", o.b1, 0.0, 1.0, hi_open=True)
+  number_in("optim.b2", o.b2, 0.0, 1.0, hi_open=True)
+  positive("optim.eps", o.eps)
+  number_in("optim.end_lr_factor", o.end_lr_factor, 0.0, 1.0)
+
+
+def sampler_hparams(config: Config) -> dict:
+  """The config.sampling fields that are the sampler's hyper-parameters (set ones only)."""
+  from experiments import build
+  kw = build.sampler_kwargs(config)
+  return {k: v for k, v in kw.items() if k not in GRID_FIELDS}
+
+
+def check_sampling(config: Config, schedule) -> None:
+  """sampling.*: a registered sampler accepting the set hyper-parameters, and a time grid that
+  builds on the host for this schedule."""
+  from diffusion.samplers import grids, registry
+  s = config.sampling
+  info = from_library("sampling.sampler", registry.sampler_info, s.sampler)
+  from_library("sampling", info.resolve, sampler_hparams(config))
+  int_at_least("sampling.num_steps", s.num_steps, 1)
+  int_at_least("sampling.num_samples", s.num_samples, 1)
+  int_at_least("sampling.batch_size", s.batch_size, 1)
+  positive("sampling.rho", s.rho)
+  t_min, t_max = from_library("sampling.t_min/t_max/logsnr_min/logsnr_max",
+                              registry.logsnr_clip, schedule, s.t_min, s.t_max, s.logsnr_min,
+                              s.logsnr_max)
+  grid = from_library("sampling.grid", grids.time_grid, schedule, s.num_steps, s.grid,
+                      t_min=t_min, t_max=t_max, rho=s.rho)
+  if not (np.all(np.isfinite(grid)) and np.all(np.diff(grid) < 0)):
+    raise ConfigError(f"config.sampling.grid={s.grid!r} with num_steps={s.num_steps}, "
+                      f"rho={s.rho} gives times that are not finite and strictly decreasing "
+                      f"on [{t_min}, {t_max}]")
+
+
+def check_eval(config: Config) -> None:
+  """eval.*: positive sizes and tolerances, a known divergence estimator."""
+  e = config.eval
+  for field in ("num_samples", "nll_points", "nll_batch_size", "sw_projections",
+                "plot_samples"):
+    int_at_least(f"eval.{field}", e[field], 1)
+  int_at_least("eval.mmd_points", e.mmd_points, 2)  # the unbiased MMD needs two points
+  int_at_least("eval.density_grid", e.density_grid, 0)
+  one_of("eval.divergence", e.divergence, DIVERGENCES)
+  for field in ("rtol", "atol", "density_rtol", "density_atol", "density_extent"):
+    positive(f"eval.{field}", e[field])
+
+
+def check_parallel(config: Config) -> None:
+  """parallel.*: flags, a positive model axis, coordinates when distributed."""
+  p = config.parallel
+  is_bool("parallel.distributed", p.distributed)
+  is_bool("parallel.fsdp", p.fsdp)
+  int_at_least("parallel.model_axis", p.model_axis, 1)
+  int_at_least("parallel.fsdp_min_size", p.fsdp_min_size, 0)
+  if p.num_processes is not None:
+    int_at_least("parallel.num_processes", p.num_processes, 1)
+  if p.process_id is not None:
+    int_at_least("parallel.process_id", p.process_id, 0)
+    if p.num_processes is not None and p.process_id >= p.num_processes:
+      raise ConfigError(f"config.parallel.process_id={p.process_id} must be smaller than "
+                        f"config.parallel.num_processes={p.num_processes}")
+
+
+def check_devices(config: Config, device_count: int, process_count: int) -> None:
+  """The batch splits evenly over processes and devices (and micro-batches); the model axis
+  divides the device count."""
+  p, b = config.parallel, config.data.batch_size
+  if device_count % p.model_axis:
+    raise ConfigError(f"config.parallel.model_axis={p.model_axis} must divide the device count "
+                      f"{device_count}")
+  if b % process_count:
+    raise ConfigError(f"config.data.batch_size={b} must be divisible by the process count "
+                      f"{process_count}")
+  if b % device_count:
+    raise ConfigError(f"config.data.batch_size={b} must be divisible by the device count "
+                      f"{device_count} (each step splits the batch over all devices)")
+  k = config.training.grad_accum_steps
+  if (b // device_count) % k:
+    raise ConfigError(f"config.training.grad_accum_steps={k} must divide the per-device batch "
+                      f"{b // device_count} (config.data.batch_size={b} over {device_count} "
+                      f"device(s))")
+
+
+def check_debug(config: Config) -> None:
+  """debug.*: step indices (-1 disables)."""
+  int_at_least("debug.nan_at_step", config.debug.nan_at_step, -1)
+  int_at_least("debug.hang_at_step", config.debug.hang_at_step, -1)
+
+
+def check_writable(path: str, label: str) -> None:
+  """Raises ConfigError (naming ``label``) unless a file can be created in ``path`` or, where it
+  does not exist yet, in its nearest existing ancestor (where it would be created). Leaves
+  nothing behind."""
+  target = os.path.abspath(path)
+  while not os.path.lexists(target):
+    target = os.path.dirname(target)
+  if not os.path.isdir(target):
+    raise ConfigError(f"{label} cannot be created: {target!r} is not a directory")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=target)
+  except OSError as e:
+    raise ConfigError(f"{label} is not writable: cannot create a file in {target!r} "
+                      f"({e.strerror}); pass a writable --workdir") from None
+  os.close(fd)
+  os.remove(probe)
+
+
+# -- the entry point -----------------------------------------------------------------------------
+
+
+def validate_config(config: Config, mode: str) -> None:
+  """Every field a run of ``mode`` reads (all modes read the same experiment config)."""
+  if mode not in MODES:
+    raise ConfigError(f"--mode={mode!r} is not accepted; accepted: {list(MODES)}")
+  if not isinstance(config.experiment, str):
+    raise ConfigError(f"config.experiment={config.experiment!r} must be a string")
+  int_at_least("seed", config.seed, 0)
+  check_data(config)
+  schedule = check_sde(config)
+  check_model(config)
+  check_training(config)
+  check_optim(config)
+  check_sampling(config, schedule)
+  check_eval(config)
+  check_parallel(config)
+  check_debug(config)
+
+
+def validate(config: Config, mode: str, workdir: Optional[str] = None, *,
+             device_count: Optional[int] = None, process_count: Optional[int] = None) -> None:
+  """Refuses a bad config or workdir for ``mode`` with a one-line ConfigError, before any work.
+
+  ``device_count`` / ``process_count`` default to JAX's (after jax.distributed is initialized);
+  ``workdir`` (if given) must be writable where ``mode`` writes: the workdir for train, its
+  samples/ or eval/ folder for sample and eval.
+  """
+  validate_config(config, mode)
+  if device_count is None or process_count is None:
+    import jax
+    device_count = jax.device_count() if device_count is None else device_count
+    process_count = jax.process_count() if process_count is None else process_count
+  check_devices(config, device_count, process_count)
+  if workdir is not None:
+    if not workdir:
+      raise ConfigError("--workdir is empty; pass a directory")
+    sub = OUTPUT_SUBDIR[mode]
+    label = f"--workdir={workdir!r}" + (f" (its {sub}/ folder, where --mode={mode} writes)"
+                                        if sub else "")
+    check_writable(os.path.join(workdir, sub), label)
