@@ -46,6 +46,8 @@ def _load_config_file(spec: str) -> ml_collections.ConfigDict:
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
     raise FileNotFoundError(f"config file {path!r} does not exist")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} is not a file")
   mod_spec = importlib.util.spec_from_file_location("_experiment_config", path)
   mod = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(mod)
@@ -87,21 +89,33 @@ def check_overrides(config: ml_collections.ConfigDict, keys: Sequence[str]) -> N
                        "\nvalid keys:\n  " + "\n  ".join(valid))
 
 
-def parse_flags(argv: List[str]) -> List[str]:
-  """absl flag parsing, preceded by the unknown-key check of the --config overrides."""
-  spec, keys = config_spec(argv), override_keys(argv)
-  if spec and keys:
-    try:
-      config = _load_config_file(spec)
-    except Exception as e:  # noqa: BLE001 -- reported below, parsing reports it again
-      config = None
-      print(f"error: cannot load config {spec!r}: {e}", file=sys.stderr)
-      sys.exit(2)
+def _usage_error(message: str) -> None:
+  """Prints ``error: message`` to stderr and exits with status 2 (a usage error)."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def check_config_file(spec: Optional[str], keys: Sequence[str]) -> None:
+  """Before absl parses the flags (whose config loader fails with a traceback): the --config file
+  exists and loads, and every override key names one of its fields; else a one-line error, exit 2."""
+  if not spec:
+    return
+  try:
+    config = _load_config_file(spec)
+  except FileNotFoundError as e:
+    _usage_error(str(e))
+  except Exception as e:  # noqa: BLE001 -- an error in the config file's own code: one line, exit 2
+    _usage_error(f"cannot load config {spec!r}: {type(e).__name__}: {e}")
+  if keys:
     try:
       check_overrides(config, keys)
     except ConfigKeyError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      _usage_error(str(e))
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+  """absl flag parsing, preceded by the checks of the --config file and its overrides."""
+  check_config_file(config_spec(argv), override_keys(argv))
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
