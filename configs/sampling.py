@@ -8,11 +8,16 @@ Used as ``config.sampling`` by configs/base.py. From the command line, e.g.
 
 Every hyper-parameter of every registered sampler has one field here, defaulting to None, which
 means "the sampler's own default" (the driver passes only the fields that are not None to
-``diffusion.samplers.build_sampler``, which rejects names the chosen sampler does not accept).
-A plain ``None`` field cannot be overridden by ml_collections' config flags (its type is NoneType),
-so each field is a typed placeholder, ``config_dict.placeholder(float)`` etc.: its value is None
-until set, and ``--config.sampling.snr=0.1`` sets it to the float 0.1. The fields are read from the
-samplers' signatures, so a newly registered sampler's hyper-parameters appear here automatically.
+``diffusion.samplers.build_sampler``; experiments/validate.py refuses, before any work, a field the
+chosen sampler does not accept). A plain ``None`` field cannot be overridden by ml_collections'
+config flags (its type is NoneType), so each field is a typed placeholder,
+``config_dict.placeholder(float)`` etc.: its value is None until set, and
+``--config.sampling.snr=0.1`` sets it to the float 0.1.
+
+Configs are data: this file imports ml_collections only (not the samplers, which would import
+JAX), so the hyper-parameters are the static table ``HYPERPARAMETER_TYPES``.
+tests/test_config_files.py checks that it equals the registry's hyper-parameters and their types
+exactly: a sampler with a new hyper-parameter fails that test, which names the entry to add.
 """
 from __future__ import annotations
 
@@ -23,25 +28,39 @@ import ml_collections
 from ml_collections import config_dict
 
 
+# {hyper-parameter name: type} over all registered samplers (the type of its default; int and
+# float defaults of one name make it float). Checked against diffusion.samplers by
+# tests/test_config_files.py.
+HYPERPARAMETER_TYPES: Dict[str, type] = {
+    "S_churn": float,
+    "S_max": float,
+    "S_min": float,
+    "S_noise": float,
+    "atol": float,
+    "d2_weight": str,
+    "eta": float,
+    "final_denoise": bool,
+    "h_init": float,
+    "lower_order_final": bool,
+    "max_steps": int,
+    "n_corrector": int,
+    "order": int,
+    "predictor": str,
+    "r": float,
+    "rtol": float,
+    "snr": float,
+    "solver": str,
+    "step_size": str,
+    "theta": float,
+    "variables": str,
+    "variant": str,
+    "warmup": bool,
+}
+
+
 def hyperparameter_types() -> Dict[str, type]:
-  """{hyper-parameter name: type} over all registered samplers (types from their defaults)."""
-  from diffusion.samplers import registered_samplers, sampler_info
-  types: Dict[str, type] = {}
-  for name in registered_samplers():
-    for k, v in sampler_info(name).defaults().items():
-      tp = type(v)
-      if tp not in (bool, int, float, str):
-        raise ValueError(f"sampler {name!r}: hyper-parameter {k!r} has a default of type "
-                         f"{tp.__name__}; configs need bool, int, float or str")
-      prev = types.get(k)
-      if prev is not None and prev is not tp:
-        if {prev, tp} == {int, float}:
-          tp = float
-        else:
-          raise ValueError(f"hyper-parameter {k!r} has type {prev.__name__} in one sampler and "
-                           f"{tp.__name__} in {name!r}")
-      types[k] = tp
-  return types
+  """{hyper-parameter name: type} over all registered samplers (a copy of the static table)."""
+  return dict(HYPERPARAMETER_TYPES)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -8,20 +8,20 @@ installed: ``pip install -e .[tf]`` then ``tfds build celeb_a --file_format=arra
 """
 import ml_collections
 
+from configs.cifar10.common import DDPM_UNET, NCSNPP
 from configs.images import image_config
-from diffusion.models import ncsnpp, unet
 
 
 def celeba_config(kind: str) -> ml_collections.ConfigDict:
   """'ddpm' (DDPM U-Net, VP, eps) or 'ncsnpp_ve' (NCSN++ cont., VE with sigma_max = 90)."""
   if kind == "ddpm":
     # The CIFAR-10 U-Net one level deeper for 64x64 (64 -> 32 -> 16 -> 8 -> 4), attention at 16.
-    net = unet.preset("cifar10", ch_mult=(1, 2, 2, 2, 4), embedding_type="positional",
-                      embedding_scale=999.0)
+    net = dict(DDPM_UNET, ch_mult=(1, 2, 2, 2, 4), embedding_type="positional",
+               embedding_scale=999.0)
     c = image_config("celeb_a", "vp", model="ddpm_unet", net=net)
   elif kind == "ncsnpp_ve":
-    net = ncsnpp.preset("cifar10", ch_mult=(1, 1, 2, 2, 2), dropout=0.1,
-                        embedding_type="fourier", fourier_scale=16.0)
+    net = dict(NCSNPP, ch_mult=(1, 1, 2, 2, 2), dropout=0.1, embedding_type="fourier",
+               fourier_scale=16.0)
     c = image_config("celeb_a", "ve", model="ncsnpp", net=net)
     c.model.time_input = "log_sigma"
     c.training.ema_decay = 0.999

@@ -12,7 +12,16 @@ TensorFlow. Random horizontal flips, as in all three papers.
 import ml_collections
 
 from configs.images import image_config, set_edm
-from diffusion.models import ncsnpp, unet
+
+# The published networks' constructor arguments, as literal values (configs import no library
+# code; tests/test_config_files.py checks them against diffusion.models' presets).
+# DDPM U-Net, Ho et al. 2020, CIFAR-10 (diffusion.models.unet.CIFAR10): 35,746,307 parameters.
+DDPM_UNET = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
+                 dropout=0.1)
+# NCSN++ / DDPM++ cont., Song et al. 2021, CIFAR-10 (diffusion.models.ncsnpp.CIFAR10_NCSNPP and,
+# deep, CIFAR10_NCSNPP_DEEP).
+NCSNPP = dict(nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,))
+NCSNPP_DEEP = dict(NCSNPP, num_res_blocks=8)
 
 
 def ddpm() -> ml_collections.ConfigDict:
@@ -20,7 +29,7 @@ def ddpm() -> ml_collections.ConfigDict:
   VP SDE with beta in [0.1, 20]), eps prediction with L_simple, Adam 2e-4, batch 128, 800k steps,
   warm-up 5000, grad clip 1, EMA 0.9999, dropout 0.1, random flips; ancestral sampling with
   T = 1000 steps."""
-  net = unet.preset("cifar10", embedding_type="positional", embedding_scale=999.0)
+  net = dict(DDPM_UNET, embedding_type="positional", embedding_scale=999.0)
   c = image_config("cifar10", "vp", model="ddpm_unet", net=net)
   c.experiment = "cifar10/ddpm"
   c.data.random_flip = True
@@ -43,7 +52,7 @@ def score_sde(arch: str, sde: str, deep: bool) -> ml_collections.ConfigDict:
   steps (2000 NFE); VP / sub-VP: Euler-Maruyama, 1000 steps.
   """
   name = f"{arch}_cont{'_deep' if deep else ''}_{sde}"
-  kw = ncsnpp.preset("cifar10_deep" if deep else "cifar10", dropout=0.1)
+  kw = dict(NCSNPP_DEEP if deep else NCSNPP, dropout=0.1)
   if arch == "ncsnpp":
     kw.update(embedding_type="fourier", fourier_scale=16.0)
   else:
@@ -77,7 +86,7 @@ def edm(arch: str) -> ml_collections.ConfigDict:
   Not reproduced: the non-leaking augmentation (p = 0.12) of the paper.
   Class-conditional (FID 1.79): --config.model.conditional=True --config.model.net.num_classes=10.
   """
-  kw = ncsnpp.preset("cifar10", ch_mult=(2, 2, 2), dropout=0.13)
+  kw = dict(NCSNPP, ch_mult=(2, 2, 2), dropout=0.13)
   if arch == "ncsnpp":
     kw.update(embedding_type="fourier", fourier_scale=16.0)
   else:

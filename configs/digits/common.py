@@ -9,10 +9,10 @@ the forward process, parameterization, loss weighting and time sampling only.
 import ml_collections
 
 from configs.images import image_config, set_edm
-from diffusion.models import unet
 
-# The digits preset, one block per resolution (about 2x faster per step than two).
-NET = unet.preset("digits", num_res_blocks=1)
+# The digits preset of the DDPM U-Net (diffusion.models.unet.DIGITS) with one block per
+# resolution (about 2x faster per step than two). Literal values: configs import no library code.
+NET = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
 
 
 def digits_config(sde: str) -> ml_collections.ConfigDict:
