@@ -272,12 +272,13 @@ def check_debug(config: Config) -> None:
 def check_writable(path: str, label: str) -> None:
   """Raises ConfigError (naming ``label``) unless a file can be created in ``path`` or, where it
   does not exist yet, in its nearest existing ancestor (where it would be created). Leaves
-  nothing behind."""
+  nothing behind: the probe file is removed and the folder's times are restored."""
   target = os.path.abspath(path)
   while not os.path.lexists(target):
     target = os.path.dirname(target)
   if not os.path.isdir(target):
     raise ConfigError(f"{label} cannot be created: {target!r} is not a directory")
+  before = os.stat(target)
   try:
     fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=target)
   except OSError as e:
@@ -285,6 +286,7 @@ def check_writable(path: str, label: str) -> None:
                       f"({e.strerror}); pass a writable --workdir") from None
   os.close(fd)
   os.remove(probe)
+  os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 # -- the entry point -----------------------------------------------------------------------------

@@ -138,9 +138,11 @@ def test_unknown_mode_and_empty_workdir():
 
 
 def test_writable_probe_leaves_nothing_and_creates_nothing(tmp_path):
+  os.utime(tmp_path, (1_000_000_000, 1_000_000_000))
   check_writable(str(tmp_path), "--workdir")
   check_writable(str(tmp_path / "a" / "b"), "--workdir")  # probes tmp_path, creates no a/
   assert os.listdir(tmp_path) == []
+  assert os.stat(tmp_path).st_mtime == 1_000_000_000  # the refusal checks compare mtimes
 
 
 def test_workdir_under_a_file_is_refused(tmp_path):
