@@ -132,6 +132,12 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   from diffusion import checkpoint, parallel, training
+  from experiments.validate import ConfigError, validate_config
+  try:
+    validate_config(config, mode)  # the device-independent checks, before JAX starts
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
   if config.parallel.distributed:
     parallel.initialize_distributed(config.parallel.coordinator_address,
                                     config.parallel.num_processes, config.parallel.process_id)
