@@ -122,7 +122,7 @@ def check_model(config: Config) -> None:
   from experiments import build
   m = config.model
   one_of("model.name", m.name, registered_models())
-  from_library("model.net", get_model, m.name, **m.net.to_dict())
+  net = from_library("model.net", get_model, m.name, **m.net.to_dict())
   one_of("model.parameterization", m.parameterization, parameterization.PARAMETERIZATIONS)
   one_of("model.time_input", m.time_input, parameterization.TIME_INPUTS)
   positive("model.sigma_data", m.sigma_data)
@@ -131,6 +131,10 @@ def check_model(config: Config) -> None:
   if m.conditional and build.is_toy(config):
     raise ConfigError(f"config.model.conditional=True needs labelled (image) data; the toy "
                       f"dataset {config.data.name!r} has no labels")
+  if m.conditional and not getattr(net, "num_classes", 0) > 0:
+    raise ConfigError(f"config.model.conditional=True needs config.model.net.num_classes > 0 "
+                      f"(got {getattr(net, 'num_classes', None)!r}): the network has no class "
+                      f"embedding")
 
 
 def loss_option_names() -> Sequence[str]:

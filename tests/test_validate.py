@@ -108,6 +108,16 @@ def test_each_sampler_accepts_only_its_own_hyperparameters():
   assert "'ddim'" in msg and "snr" in msg and "eta" in msg
 
 
+def test_conditional_needs_a_class_embedding():
+  from configs.digits.vp import get_config
+  c = get_config()
+  c.model.conditional = True
+  with pytest.raises(ConfigError, match=r"conditional=True needs config\.model\.net\.num_classes"):
+    validate(c, "train", device_count=1, process_count=1)
+  c.model.net.num_classes = 10
+  validate(c, "train", device_count=1, process_count=1)
+
+
 def test_image_size_is_checked_against_the_dataset():
   from configs.digits.vp import get_config
   c = get_config()
