@@ -75,6 +75,8 @@ BAD_FIELDS = [
     ({"sampling.grid": "linear"}, ["config.sampling.grid", "'linear'", "karras"]),
     ({"sampling.grid": "logsnr_power:-1"}, ["config.sampling.grid", "logsnr_power:-1"]),
     ({"sampling.t_min": 2.0}, ["config.sampling.t_min", "t_min=2.0"]),
+    ({"sampling.grid": "uniform", "sampling.t_min": 1.0 - 1e-15, "sampling.num_steps": 100},
+     ["config.sampling.grid='uniform'", "strictly decreasing"]),
     ({"eval.num_samples": 0}, ["config.eval.num_samples=0"]),
     ({"eval.nll_points": 0}, ["config.eval.nll_points=0"]),
     ({"eval.nll_batch_size": 0}, ["config.eval.nll_batch_size=0"]),
