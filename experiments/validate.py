@@ -164,6 +164,7 @@ def check_training(config: Config) -> None:
   number_in("training.ema_decay", t.ema_decay, 0.0, 1.0, hi_open=True)
   is_bool("training.ema_warmup", t.ema_warmup)
   one_of("training.nonfinite", t.nonfinite, training.NONFINITE_POLICIES)
+  int_at_least("training.max_consecutive_skips", t.max_consecutive_skips, 0)
   int_at_least("training.grad_accum_steps", t.grad_accum_steps, 1)
   int_at_least("training.steps_per_call", t.steps_per_call, 1)
   one_of("training.compute_dtype", t.compute_dtype, training.COMPUTE_DTYPES)
@@ -268,9 +269,12 @@ def check_devices(config: Config, device_count: int, process_count: int) -> None
 
 
 def check_debug(config: Config) -> None:
-  """debug.*: step indices (-1 disables)."""
-  int_at_least("debug.nan_at_step", config.debug.nan_at_step, -1)
-  int_at_least("debug.hang_at_step", config.debug.hang_at_step, -1)
+  """debug.*: step indices (-1 disables), a step count, a delay."""
+  d = config.debug
+  int_at_least("debug.nan_at_step", d.nan_at_step, -1)
+  int_at_least("debug.nan_num_steps", d.nan_num_steps, 1)
+  int_at_least("debug.hang_at_step", d.hang_at_step, -1)
+  number_in("debug.setup_delay_s", d.setup_delay_s, 0.0)
 
 
 def check_writable(path: str, label: str) -> None:

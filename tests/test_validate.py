@@ -90,7 +90,10 @@ BAD_FIELDS = [
     ({"parallel.fsdp_min_size": -1}, ["config.parallel.fsdp_min_size=-1"]),
     ({"parallel.num_processes": 2, "parallel.process_id": 2},
      ["config.parallel.process_id=2", "num_processes=2"]),
+    ({"training.max_consecutive_skips": -1}, ["config.training.max_consecutive_skips=-1"]),
     ({"debug.nan_at_step": -2}, ["config.debug.nan_at_step=-2"]),
+    ({"debug.nan_num_steps": 0}, ["config.debug.nan_num_steps=0"]),
+    ({"debug.setup_delay_s": -1.0}, ["config.debug.setup_delay_s=-1.0"]),
     ({"seed": -1}, ["config.seed=-1"]),
 ]
 
