@@ -60,6 +60,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.training.grad_accum_steps = 1
   c.training.steps_per_call = 1  # train steps per jit call (lax.scan)
   c.training.compute_dtype = "float32"  # 'float32' | 'bfloat16'
+  # Smallest training time of the loss (t ~ [training.t_min, t_max]); None: the schedule's
+  # sde.fields.t_min. Score SDE trains its continuous models from 1e-5.
+  c.training.t_min = config_dict.placeholder(float)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"  # 'adam' | 'adamw'
@@ -76,12 +79,29 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sampling = sampling_config.get_config()
 
   c.eval = ml_collections.ConfigDict()
+  # Which checkpoints --mode=eval evaluates: eval.step (None: the newest), or with
+  # all_checkpoints=True every one in turn; steps with eval/step_<step>/metrics.json are skipped.
+  c.eval.step = config_dict.placeholder(int)
+  c.eval.all_checkpoints = False
   c.eval.num_samples = 10_000  # samples compared with held-out data (SW, MMD)
+  c.eval.shard_size = 1_000  # samples per file eval/step_<step>/samples/shard_<k>.npz
   c.eval.nll_points = 2_000  # held-out points whose NLL is computed with the PF-ODE
   c.eval.nll_batch_size = 1_000
   c.eval.divergence = "exact"  # 'exact' | 'hutchinson'
   c.eval.rtol = 1e-5
   c.eval.atol = 1e-5
+  # Adaptive solver of the likelihood ODE: 'tsit5' | 'dopri5' (Dormand-Prince 5(4), scipy's
+  # RK45 that score SDE's code uses) | 'dopri8'.
+  c.eval.solver = "tsit5"
+  c.eval.probe = "rademacher"  # Hutchinson probe: 'rademacher' | 'gaussian' (one per solve)
+  # Lower end of the likelihood's (and ELBO's) time range; None: the schedule's t_min.
+  c.eval.t_min = config_dict.placeholder(float)
+  # Images: uniform dequantization draws per test image for the PF-ODE bits/dim (score SDE: 5
+  # passes over the test set), averaged per image.
+  c.eval.dequantization_draws = 1
+  c.eval.elbo = True  # images: also VDM's continuous-time ELBO in bits/dim
+  c.eval.elbo_time_samples = 1  # Monte Carlo (t, eps) draws per image of its diffusion term
+  c.eval.elbo_time_sampling = "stratified"  # 'uniform' | 'stratified' | 'antithetic'
   c.eval.mmd_points = 2_000  # MMD is O(n^2): computed on the first points only
   c.eval.sw_projections = 256
   c.eval.plot_samples = 5_000  # points in scatter plots

@@ -51,11 +51,21 @@ def optim_config(config: Config) -> training.OptimConfig:
       decay_steps=config.training.num_steps, end_lr_factor=o.end_lr_factor)
 
 
+def loss_options(config: Config) -> Dict[str, Any]:
+  """The dsm_loss keywords of config.training: loss_opts, plus t_min = training.t_min when set
+  (None: the loss samples t from the schedule's own t_min)."""
+  t = config.training
+  opts = t.loss_opts.to_dict()
+  if t.t_min is not None:
+    opts["t_min"] = float(t.t_min)
+  return opts
+
+
 def step_config(config: Config) -> training.StepConfig:
   t = config.training
   return training.StepConfig(
       weighting=t.weighting, time_sampling=t.time_sampling,
-      loss_opts=tuple(sorted(t.loss_opts.to_dict().items())), ema_decay=t.ema_decay,
+      loss_opts=tuple(sorted(loss_options(config).items())), ema_decay=t.ema_decay,
       ema_warmup=t.ema_warmup, nonfinite=t.nonfinite, grad_accum_steps=t.grad_accum_steps,
       compute_dtype=t.compute_dtype, conditional=config.model.conditional)
 
@@ -140,20 +150,27 @@ def example_batch(config: Config) -> Dict[str, np.ndarray]:
   return {k: np.asarray(v)[:1] for k, v in b.items()}
 
 
-def heldout(config: Config, n: int) -> np.ndarray:
-  """Held-out data (n, ...) disjoint from training: toy2d.heldout, or the image test split."""
+def heldout(config: Config, n: int, levels: bool = False) -> np.ndarray:
+  """Held-out data (n, ...) disjoint from training: toy2d.heldout, or the first n images of the
+  image test split (file order), uniformly dequantized to [-1, 1] float32, or with
+  ``levels=True`` their integer grey levels k in 0..L-1 (int32), undequantized."""
   d = config.data
   if is_toy(config):
+    if levels:
+      raise ValueError(f"the toy dataset {d.name!r} has no integer levels")
     return toy2d.heldout(d.name, n, d.heldout_seed)
+  mod = _images_module()
   kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
-                shuffle=False, num_epochs=1, drop_remainder=False)  # the whole split
+                shuffle=False, num_epochs=1, drop_remainder=False,  # the whole split
+                dequantize=not levels)
   out, total = [], 0
-  for b in _images_module().make_image_dataset(d.name, d.eval_split, **kwargs):
+  for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
     out.append(np.asarray(b["image"]))
     total += len(out[-1])
     if total >= n:
       break
-  return np.concatenate(out)[:n]
+  x = np.concatenate(out)[:n]
+  return mod.to_levels(x, mod.num_levels(d.name)) if levels else x
 
 
 def true_entropy(config: Config) -> Optional[float]:

@@ -30,6 +30,8 @@ GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_
                "logsnr_max")
 # diffusion.likelihood.log_likelihood's divergence estimators (it has no list constant).
 DIVERGENCES = ("exact", "hutchinson")
+# ... and its Hutchinson probes.
+PROBES = ("rademacher", "gaussian")
 # dsm_loss keywords the train step sets itself (not config.training.loss_opts).
 _STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond")
 
@@ -223,16 +225,51 @@ def check_sampling(config: Config, schedule) -> None:
 
 
 def check_eval(config: Config) -> None:
-  """eval.*: positive sizes and tolerances, a known divergence estimator."""
+  """eval.*: positive sizes and tolerances, known estimators, which checkpoint(s)."""
+  from diffusion import elbo
   e = config.eval
   for field in ("num_samples", "nll_points", "nll_batch_size", "sw_projections",
-                "plot_samples"):
+                "plot_samples", "shard_size", "dequantization_draws", "elbo_time_samples"):
     int_at_least(f"eval.{field}", e[field], 1)
   int_at_least("eval.mmd_points", e.mmd_points, 2)  # the unbiased MMD needs two points
   int_at_least("eval.density_grid", e.density_grid, 0)
   one_of("eval.divergence", e.divergence, DIVERGENCES)
+  one_of("eval.probe", e.probe, PROBES)
+  one_of("eval.solver", e.solver, likelihood_solvers())
+  one_of("eval.elbo_time_sampling", e.elbo_time_sampling, elbo.TIME_SAMPLINGS)
+  is_bool("eval.elbo", e.elbo)
+  is_bool("eval.all_checkpoints", e.all_checkpoints)
+  if e.step is not None:
+    int_at_least("eval.step", e.step, 0)
+    if e.all_checkpoints:
+      raise ConfigError(f"config.eval.step={e.step} and config.eval.all_checkpoints=True "
+                        f"contradict each other; set one of them")
   for field in ("rtol", "atol", "density_rtol", "density_atol", "density_extent"):
     positive(f"eval.{field}", e[field])
+
+
+def likelihood_solvers() -> Sequence[str]:
+  """The ODE solvers diffusion.likelihood.log_likelihood accepts."""
+  from diffusion import likelihood
+  return sorted(likelihood._SOLVERS)  # pylint: disable=protected-access
+
+
+def time_in_schedule(field: str, value: Any, schedule) -> None:
+  """``value`` (None: the schedule's t_min) must lie in [schedule.t_min, schedule.t_max)."""
+  if value is None:
+    return
+  number_in(field, value, schedule.t_min, schedule.t_max, hi_open=True)
+
+
+def check_time_ranges(config: Config, schedule) -> None:
+  """training.t_min and eval.t_min within the schedule's [t_min, t_max) (config.sde.fields);
+  the loss's t_min set once (training.t_min, not also training.loss_opts.t_min)."""
+  t = config.training
+  time_in_schedule("training.t_min", t.t_min, schedule)
+  if t.t_min is not None and "t_min" in t.loss_opts:
+    raise ConfigError(f"config.training.t_min={t.t_min} and config.training.loss_opts.t_min="
+                      f"{t.loss_opts.t_min} both set the loss's t_min; set only training.t_min")
+  time_in_schedule("eval.t_min", config.eval.t_min, schedule)
 
 
 def check_parallel(config: Config) -> None:
@@ -317,6 +354,7 @@ def validate_config(config: Config, mode: str) -> None:
   check_optim(config)
   check_sampling(config, schedule)
   check_eval(config)
+  check_time_ranges(config, schedule)
   check_parallel(config)
   check_debug(config)
 
