@@ -9,7 +9,12 @@ exactly those), except the network's constructor arguments under ``model.net``.
 Conventions of the image configs:
   * pixels in [-1, 1] after uniform dequantization (diffusion.data.images);
   * evaluation: PF-ODE NLL with the Hutchinson divergence (one Rademacher probe per image,
-    Song et al. 2021, App. D.2) reported in bits/dim by the eval driver, and sample grids;
+    Song et al. 2021, App. D.2) reported in bits/dim by the eval driver, VDM's ELBO in bits/dim
+    next to it, and sample grids;
+  * time ranges: ``sde.fields.t_min`` is the schedule's domain; ``training.t_min``,
+    ``sampling.t_min`` and ``eval.t_min`` (None: the schedule's) are the loss's, the sampler's
+    and the likelihood's lower ends. VP_FIELDS keeps t_min = 1e-3 for all three (the digits
+    runs trained so); the score SDE configs use ``set_score_sde_times`` (1e-5 / 1e-3 / 1e-5);
   * the paper's sampler by default (ancestral / reverse-diffusion / PC for DDPM and score SDE
     runs would need 1000-2000 NFE; here Heun on the Karras grid, overridable).
 """
@@ -25,6 +30,26 @@ from configs.base import get_base_config
 VP_FIELDS = dict(beta_min=0.1, beta_max=20.0, t_min=1e-3, t_max=1.0)
 VE_SIGMA_MAX = {"digits": 20.0, "mnist": 50.0, "cifar10": 50.0, "celeb_a": 90.0}
 EDM_FIELDS = dict(t_min=0.002, t_max=80.0)
+
+# Time ranges of score SDE's continuous VP / sub-VP models (Song et al. 2021; the released code,
+# yang-song/score_sde: losses.get_sde_loss_fn eps=1e-5, run_lib sampling_eps=1e-3 for VP and
+# sub-VP (1e-5 for VE), likelihood.get_likelihood_fn eps=1e-5, rtol = atol = 1e-5). The schedule
+# (sde.fields.t_min) spans the smallest of them; training and the likelihood use it, the
+# sampler stops at sampling.t_min.
+SCORE_SDE_VP_T_MIN = 1e-5  # sde.fields.t_min = training t_min = likelihood t_min
+SCORE_SDE_VP_SAMPLING_T_MIN = 1e-3  # sampling.t_min
+
+
+def set_score_sde_times(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A VP / sub-VP config with score SDE's three time ranges (above): the schedule, training and
+  the likelihood from 1e-5, the sampler down to 1e-3. VE already has t_min = 1e-5 everywhere."""
+  if c.sde.name not in ("vp", "subvp"):
+    raise ValueError(f"score SDE's VP time ranges apply to 'vp' / 'subvp', not {c.sde.name!r}")
+  c.sde.fields.t_min = SCORE_SDE_VP_T_MIN
+  c.training.t_min = None  # the schedule's, 1e-5
+  c.eval.t_min = None  # the schedule's, 1e-5
+  c.sampling.t_min = SCORE_SDE_VP_SAMPLING_T_MIN
+  return c
 
 
 def sde_fields(dataset: str, sde: str) -> dict:

@@ -11,7 +11,7 @@ TensorFlow. Random horizontal flips, as in all three papers.
 """
 import ml_collections
 
-from configs.images import image_config, set_edm
+from configs.images import image_config, set_edm, set_score_sde_times
 
 # The published networks' constructor arguments, as literal values (configs import no library
 # code; tests/test_config_files.py checks them against diffusion.models' presets).
@@ -28,7 +28,14 @@ def ddpm() -> ml_collections.ConfigDict:
   """Ho et al. 2020, CIFAR-10 (App. B): the 35.7M U-Net, T = 1000 linear betas 1e-4..0.02 (the
   VP SDE with beta in [0.1, 20]), eps prediction with L_simple, Adam 2e-4, batch 128, 800k steps,
   warm-up 5000, grad clip 1, EMA 0.9999, dropout 0.1, random flips; ancestral sampling with
-  T = 1000 steps."""
+  T = 1000 steps.
+
+  Time ranges: DDPM's discrete times t_i = i / 1000, i = 1..1000, in continuous time: training,
+  sampling and the likelihood all start at t_min = 1e-3 (the first step, beta_1 = 1e-4). DDPM
+  reports its variational bound (<= 3.75 bits/dim), comparable with ``bpd_elbo``; score SDE's
+  PF-ODE numbers for continuous VP models (t_min = 1e-5) are those of the ddpmpp_cont configs.
+  For score SDE's likelihood convention here: --config.eval.t_min is bounded by the schedule's
+  1e-3; train with --config.sde.fields.t_min=1e-5 instead (a different experiment)."""
   net = dict(DDPM_UNET, embedding_type="positional", embedding_scale=999.0)
   c = image_config("cifar10", "vp", model="ddpm_unet", net=net)
   c.experiment = "cifar10/ddpm"
@@ -50,6 +57,11 @@ def score_sde(arch: str, sde: str, deep: bool) -> ml_collections.ConfigDict:
   grad clip 1, dropout 0.1, random flips, 1.3M (deep: 950k) steps (App. H).
   Samplers (Table 3): VE: predictor-corrector, reverse diffusion + Langevin (snr 0.16), 1000
   steps (2000 NFE); VP / sub-VP: Euler-Maruyama, 1000 steps.
+  Time ranges (the released code: losses eps = 1e-5, sampling_eps = 1e-3 for VP / sub-VP and
+  1e-5 for VE, likelihood eps = 1e-5; configs.images.set_score_sde_times): VP / sub-VP: schedule,
+  training and likelihood from 1e-5, sampler to 1e-3; VE: 1e-5 for all.
+  Bits/dim (Table 2): the PF-ODE with one Rademacher probe per solve, RK45 at rtol = atol =
+  1e-5, on the uniformly dequantized test set, 5 passes (eval.dequantization_draws = 5).
   """
   name = f"{arch}_cont{'_deep' if deep else ''}_{sde}"
   kw = dict(NCSNPP_DEEP if deep else NCSNPP, dropout=0.1)
@@ -72,8 +84,12 @@ def score_sde(arch: str, sde: str, deep: bool) -> ml_collections.ConfigDict:
   else:
     c.training.ema_decay = 0.9999
     c.sampling.sampler = "euler_maruyama"
+    set_score_sde_times(c)
   c.sampling.num_steps = 1_000
   c.sampling.grid = "uniform"
+  c.eval.dequantization_draws = 5
+  c.eval.probe = "rademacher"
+  c.eval.solver = "dopri5"  # the released code's scipy RK45 (Dormand-Prince 5(4))
   return c
 
 
