@@ -129,6 +129,21 @@ def to_float(x: np.ndarray, levels: int, noise: Optional[np.ndarray] = None) -> 
   return (x + noise.astype(np.float32)) * (2.0 / levels) - 1.0
 
 
+def to_levels(x: np.ndarray, levels: int) -> np.ndarray:
+  """Inverse of ``to_float`` without noise: the exact grid ``2 k / (levels - 1) - 1`` -> the
+  integer levels k (int32, same shape), e.g. for evaluation's own dequantization draws.
+
+  Raises ValueError if ``x`` is not on that grid (more than 1e-3 of a level off): dequantized
+  data cannot be mapped back.
+  """
+  u = (np.asarray(x, np.float64) + 1.0) * ((levels - 1) / 2.0)
+  k = np.rint(u)
+  if x.size and (np.max(np.abs(u - k)) > 1e-3 or k.min() < 0 or k.max() > levels - 1):
+    raise ValueError(f"data are not on the {levels}-level grid 2 k / {levels - 1} - 1 (make the "
+                     f"dataset with dequantize=False)")
+  return k.astype(np.int32)
+
+
 def _center_crop(img: np.ndarray, crop: Optional[int]) -> np.ndarray:
   if crop is None:
     return img
