@@ -116,20 +116,19 @@ def per_sample_prior(schedule, key: jax.Array, start: int, n: int,
   return jax.vmap(lambda k: schedule.prior_sample(k, tuple(shape)))(keys)
 
 
-def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule,
-                   num_samples: int, shape: Sequence[int], batch_size: int, mesh: Mesh,
-                   progress: Optional[Callable[[int], None]] = None):
-  """Runs ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh in batches.
+def batch_sampler(sample_fn: Callable, params: PyTree, key: jax.Array, schedule,
+                  shape: Sequence[int], batch_size: int, mesh: Mesh):
+  """One compiled batch of ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh.
 
-  ``offset`` (an int32 scalar) is the global index of the batch's first sample, for samplers that
-  draw per-sample noise from fold_in(key, index). x_T is drawn inside the jitted function, sample
-  i from fold_in(key, i) (``per_sample_prior``), already sharded over the batch axis. Every batch
-  has the same size, a multiple of the device count (one compile), so results do not depend on
-  the device or process count. Returns (samples (num_samples, *shape) numpy, last info).
-  ``progress(done)``, if given, is called after each batch with the number of samples done.
+  Returns (bs, draw): ``draw(start) -> (x0 (bs, *shape) numpy, info)`` gives samples
+  start .. start + bs - 1, sample i from x_T drawn from fold_in(key, i) (``per_sample_prior``)
+  and ``offset = start`` (an int32 scalar) for samplers that draw their per-sample noise from
+  fold_in(key, index). bs is ``batch_size`` rounded up to a multiple of the device count; every
+  call has that shape (one compile), and sample i does not depend on bs, the device count or
+  the process count (up to float reassociation across compiled shapes).
   """
   ndev = mesh.devices.size
-  bs = max(ndev, (min(batch_size, num_samples) + ndev - 1) // ndev * ndev)
+  bs = max(ndev, (batch_size + ndev - 1) // ndev * ndev)
   bsh, rep = batch_sharding(mesh), replicated(mesh)
 
   def run(p, k, offset):
@@ -139,11 +138,35 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
   jitted = jax.jit(run, in_shardings=(rep, rep, rep), out_shardings=(bsh, rep))
   params = jax.device_put(params, rep)
   key = jax.device_put(np.asarray(key), rep)  # host value: valid on every process
-  xs, info = [], {}
-  for start in range(0, num_samples, bs):
-    n = min(bs, num_samples - start)
+
+  def draw(start: int):
     x0, info = jitted(params, key, jax.device_put(np.int32(start), rep))
-    xs.append(to_host(x0)[:n])
+    return to_host(x0), info
+
+  return bs, draw
+
+
+def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule,
+                   num_samples: int, shape: Sequence[int], batch_size: int, mesh: Mesh,
+                   progress: Optional[Callable[[int], None]] = None, start: int = 0):
+  """Runs ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh in batches.
+
+  Samples start .. start + num_samples - 1 of the sequence defined by ``key``: x_T is drawn
+  inside the jitted function, sample i from fold_in(key, i) (``per_sample_prior``), already
+  sharded over the batch axis, and ``offset`` (an int32 scalar) is the global index of the
+  batch's first sample, for samplers that draw per-sample noise from fold_in(key, index). Every
+  batch has the same size, a multiple of the device count (one compile), so results do not
+  depend on the device or process count, and [0, n) equals [0, m) + [m, n) (``batch_sampler``).
+  Returns (samples (num_samples, *shape) numpy, last info). ``progress(done)``, if given, is
+  called after each batch with the number of samples done (of this call).
+  """
+  bs, draw = batch_sampler(sample_fn, params, key, schedule, shape,
+                           min(batch_size, num_samples), mesh)
+  xs, info = [], {}
+  for first in range(start, start + num_samples, bs):
+    n = min(bs, start + num_samples - first)
+    x0, info = draw(first)
+    xs.append(x0[:n])
     if progress is not None:
-      progress(start + n)
+      progress(first - start + n)
   return np.concatenate(xs, axis=0), info

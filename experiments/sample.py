@@ -17,21 +17,35 @@ Config = ml_collections.ConfigDict
 close = plots.close
 
 
-def generate(s, params, n: int, key: jax.Array,
-             progress: Optional[Callable[[int], None]] = None
-             ) -> Tuple[np.ndarray, Dict[str, Any]]:
-  """n samples (n, *data_shape) from the config's sampler with ``params``, over the mesh.
-  ``progress(done)`` is called after each batch (e.g. a ``writers.Progress``)."""
+def _sample_fn(s) -> Callable:
+  """(params, key, x_T, offset) -> (x0, info): the config's sampler with the network's params."""
   sampler = build.sampler(s.config, s.schedule)
-  shape = tuple(s.example["x"].shape[1:])
 
   def run(p, k, x_t, offset):
     return sampler(build.denoiser(s.net, p, s.schedule, s.param), k, x_t, sample_offset=offset)
 
+  return run
+
+
+def generate(s, params, n: int, key: jax.Array,
+             progress: Optional[Callable[[int], None]] = None, start: int = 0
+             ) -> Tuple[np.ndarray, Dict[str, Any]]:
+  """Samples start .. start + n - 1 (n, *data_shape) of the sequence of ``key`` from the
+  config's sampler with ``params``, over the mesh; sample i depends on (key, i) only.
+  ``progress(done)`` is called after each batch (e.g. a ``writers.Progress``)."""
+  shape = tuple(s.example["x"].shape[1:])
   bs = int(s.config.sampling.batch_size or n)
-  x, info = parallel.sample_sharded(run, params, key, s.schedule, n, shape, bs, s.mesh,
-                                    progress=progress)
+  x, info = parallel.sample_sharded(_sample_fn(s), params, key, s.schedule, n, shape, bs, s.mesh,
+                                    progress=progress, start=start)
   return x, jax.device_get(info)
+
+
+def batch_generator(s, params, key: jax.Array, batch_size: int):
+  """(bs, draw): ``draw(start) -> (x (bs, *data_shape) numpy, info)``, samples start ..
+  start + bs - 1 of the sequence of ``key`` (as ``generate``), compiled once for many calls."""
+  shape = tuple(s.example["x"].shape[1:])
+  return parallel.batch_sampler(_sample_fn(s), params, key, s.schedule, shape, batch_size,
+                                s.mesh)
 
 
 def plot(s, x: np.ndarray, path: str, title: str = ""):
@@ -43,8 +57,9 @@ def plot(s, x: np.ndarray, path: str, title: str = ""):
   return plots.image_grid(x[:64], path)
 
 
-def restore_params(config: Config, workdir: str):
-  """(Setup, EMA params, step) from the newest readable checkpoint of ``workdir``.
+def restore_params(config: Config, workdir: str, step: Optional[int] = None):
+  """(Setup, EMA params, step) from the newest readable checkpoint of ``workdir`` (or the one
+  at ``step``: an error if it cannot be read; nothing is moved).
 
   Refuses a workdir of another experiment and one without checkpoints.
   """
@@ -56,7 +71,7 @@ def restore_params(config: Config, workdir: str):
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
   try:
-    state, _, step = ckpt.restore(s.abstract_state)
+    state, _, step = ckpt.restore(s.abstract_state, step=step)
   finally:
     ckpt.close()
   if state is None:
