@@ -1,78 +1,263 @@
-"""The eval driver: EMA params -> PF-ODE NLL on held-out data, SW and MMD of samples, NFE.
+"""The eval driver: a checkpoint's EMA params -> likelihoods, sample metrics, NFE.
 
-Writes <workdir>/eval/metrics.json:
+Which checkpoints: ``eval.step`` (None: the newest), or every one with ``eval.all_checkpoints``;
+a step that already has ``eval/step_<step>/metrics.json`` is skipped (one line). A step without a
+checkpoint is one error line listing the available steps; nothing is written then.
+
+For each evaluated step, in <workdir>/eval/:
+  step_<step>/metrics.json   the metrics below (written atomically)
+  step_<step>/samples/       the eval.num_samples samples, shard_<k>.npz (experiments/shards.py):
+                             resumed from the finished shards after an interruption
+  metrics.json               a copy of the most recent evaluation's metrics
+  samples.png, density.png   plots of the most recent evaluation
+and a TensorBoard scalar ``eval/<metric>`` at that step for every number (<workdir>/tb/eval).
+
+Metrics, toy 2-D data:
   nll_nats            -mean log p(x) over held-out points (PF-ODE, config.eval.divergence)
   true_entropy_nats   the data's differential entropy, where known
   excess_nll_nats     nll_nats - true_entropy_nats (the KL to the data, >= 0 up to noise)
-  sliced_wasserstein  SW_2 between samples and held-out data
-  mmd                 unbiased MMD^2 between samples and held-out data (first mmd_points)
-  nfe                 network evaluations per sample of the sampler used
-  nll_nfe             mean ODE right-hand-side evaluations of the likelihood solve
+Images (integer data with L levels, D dimensions; config.data):
+  bpd_pf_ode          bits/dim by the PF-ODE as score SDE computes it (Song et al. 2021, App.
+                      D.2; released code's run_lib / likelihood.py): each test image k dequantized
+                      x = 2 (k + u) / L - 1, u ~ U[0, 1) (eval.dequantization_draws draws, u of
+                      draw d and image i from (seed, d, i)), log p(x) by the PF-ODE from eval.t_min
+                      with Hutchinson's estimator (one fixed eval.probe per solve) or the exact
+                      divergence, an adaptive diffrax solve (eval.solver, eval.rtol / eval.atol),
+                      bpd = -(log p(x) / D + log(2 / L)) / ln 2; averaged over the draws of each
+                      image, then over images (``_stderr``: over images), ``_nfe`` the mean NFE.
+  bpd_elbo            VDM's continuous-time ELBO (diffusion.elbo; Kingma et al. 2021) in bits/dim,
+                      with its terms bpd_elbo_prior / _diffusion / _recon, from eval.t_min
+                      (eval.elbo_time_samples Monte Carlo draws per image, eval.elbo_time_sampling)
+  bits_per_dim        = bpd_pf_ode (the name of earlier versions)
+Both: sliced_wasserstein (SW_2) and mmd (unbiased MMD^2, first eval.mmd_points) between the
+samples and held-out data, nfe of the sampler, the settings used.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import parallel
-from experiments import build, plots, sample, signals, writers
+from diffusion import checkpoint, parallel
+from experiments import build, plots, sample, shards, signals, writers
 from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
 
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+
 
 _JIT_CACHE: Dict[Any, Any] = {}
 
 
-def _loglik_fn(s, rtol: float, atol: float, divergence: str):
-  """The jitted likelihood, cached per (config, tolerances): diffrax takes seconds to trace."""
-  cache_key = (s.config.to_json(), float(rtol), float(atol), divergence, s.mesh)
-  if cache_key not in _JIT_CACHE:
-    _JIT_CACHE.clear()
-    _JIT_CACHE[cache_key] = _make_loglik_fn(s, rtol, atol, divergence)
-  return _JIT_CACHE[cache_key]
+def _cached(key, make: Callable[[], Any]):
+  """One jitted function per key (diffrax takes seconds to trace); the newest few are kept."""
+  if key not in _JIT_CACHE:
+    if len(_JIT_CACHE) >= 4:
+      _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+    _JIT_CACHE[key] = make()
+  return _JIT_CACHE[key]
 
 
-def _make_loglik_fn(s, rtol: float, atol: float, divergence: str):
-  from diffusion.likelihood import log_likelihood
-
-  def fn(params, x, key):
-    out = log_likelihood(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x, key,
-                         divergence=divergence, rtol=rtol, atol=atol)
-    return out["logp"], out["nfe"]
-
+def _sharded(s, fn):
+  """jit of fn(params, x (B, ...) batch-sharded, key) -> (per-example (B,) tree, replicated)."""
   rep, bsh = parallel.replicated(s.mesh), parallel.batch_sharding(s.mesh)
   return jax.jit(fn, in_shardings=(rep, bsh, rep), out_shardings=(bsh, rep))
 
 
-def log_likelihood(s, params, x: np.ndarray, batch_size: int, key: jax.Array, *,
-                   rtol: float, atol: float, divergence: str,
-                   progress: Optional[Callable[[int], None]] = None):
-  """log p(x) (n,) in nats and the mean NFE, in batches padded to one shape (one compile).
-  ``progress(done)`` is called after each batch with the number of points done."""
-  fn = _loglik_fn(s, rtol, atol, divergence)
+def _loglik_fn(s, rtol: float, atol: float, divergence: str, probe: str = "rademacher",
+               t_min: Optional[float] = None, solver: str = "tsit5"):
+  """The jitted (params, x, key) -> (log p(x) (B,), nfe), cached per config and settings."""
+  from diffusion.likelihood import log_likelihood as pf_ode_loglik
+
+  def fn(params, x, key):
+    out = pf_ode_loglik(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x, key,
+                        divergence=divergence, probe=probe, solver=solver, rtol=rtol, atol=atol,
+                        t_min=t_min)
+    return out["logp"], out["nfe"]
+
+  key = ("loglik", s.config.to_json(), float(rtol), float(atol), divergence, probe, t_min,
+         solver, s.mesh)
+  return _cached(key, lambda: _sharded(s, fn))
+
+
+def _elbo_fn(s, num_levels: int, t_min: Optional[float], num_time_samples: int,
+             time_sampling: str):
+  """The jitted (params, x_int, key) -> (dict of (B,) ELBO terms in nats, 0), cached."""
+  from diffusion import elbo
+
+  def fn(params, x_int, key):
+    out = elbo.elbo(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x_int, key,
+                    num_levels=num_levels, t_min=t_min, num_time_samples=num_time_samples,
+                    time_sampling=time_sampling)
+    return out, jnp.zeros(())
+
+  key = ("elbo", s.config.to_json(), num_levels, t_min, num_time_samples, time_sampling, s.mesh)
+  return _cached(key, lambda: _sharded(s, fn))
+
+
+def _batched(s, fn, params, x: np.ndarray, batch_size: int, key: jax.Array,
+             progress: Optional[Callable[[int], None]] = None):
+  """fn over x in batches padded to one shape (one compile), batch j with fold_in(key, j).
+  Returns (per-example outputs concatenated (n, ...), the per-batch scalars (num_batches,))."""
   ndev = s.mesh.devices.size
   bs = max(ndev, (batch_size // ndev) * ndev)
-  out, nfes = [], []
-  for i, start in enumerate(range(0, len(x), bs)):
+  outs, scalars = [], []
+  for j, start in enumerate(range(0, len(x), bs)):
     chunk = x[start:start + bs]
     pad = bs - len(chunk)
     xb = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-    logp, nfe = fn(params, jax.device_put(xb, parallel.batch_sharding(s.mesh)),
-                   jax.device_put(np.asarray(jax.random.fold_in(key, i)),
-                                  parallel.replicated(s.mesh)))
-    out.append(parallel.to_host(logp)[:len(chunk)])
-    nfes.append(float(np.mean(parallel.to_host(nfe))))
+    per, scalar = fn(params, jax.device_put(xb, parallel.batch_sharding(s.mesh)),
+                     jax.device_put(np.asarray(jax.random.fold_in(key, j)),
+                                    parallel.replicated(s.mesh)))
+    outs.append(jax.tree_util.tree_map(lambda a: parallel.to_host(a)[:len(chunk)], per))
+    scalars.append(float(np.mean(parallel.to_host(scalar))))
     if progress is not None:
       progress(start + len(chunk))
-  return np.concatenate(out), float(np.mean(nfes))
+  return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *outs), np.asarray(scalars)
+
+
+def log_likelihood(s, params, x: np.ndarray, batch_size: int, key: jax.Array, *,
+                   rtol: float, atol: float, divergence: str, probe: str = "rademacher",
+                   t_min: Optional[float] = None, solver: str = "tsit5",
+                   progress: Optional[Callable[[int], None]] = None) -> Tuple[np.ndarray, float]:
+  """log p(x) (n,) in nats and the mean NFE, in batches padded to one shape (one compile); the
+  Hutchinson probe of batch j is drawn from fold_in(key, j), fixed along its solve.
+  ``progress(done)`` is called after each batch with the number of points done."""
+  fn = _loglik_fn(s, rtol, atol, divergence, probe, t_min, solver)
+  logp, nfes = _batched(s, fn, params, x, batch_size, key, progress)
+  return logp, float(np.mean(nfes))
+
+
+# -- images: bits/dim ------------------------------------------------------------------------------
+
+
+def dequantize(levels: np.ndarray, num_levels: int, key: jax.Array, draw: int) -> np.ndarray:
+  """Uniform dequantization of integer data k (n, ...) in 0..L-1 to [-1, 1):
+  x = 2 (k + u) / L - 1 with u ~ U[0, 1) from fold_in(fold_in(key, draw), i) for image i, so
+  draw d of image i does not depend on n, the batch or the device count. float32 (n, ...)."""
+  kd = jax.random.fold_in(key, draw)
+  shape = levels.shape[1:]
+  u = jax.jit(jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(kd, i), shape)))(
+      jnp.arange(len(levels)))
+  return ((levels.astype(np.float32) + np.asarray(u, np.float32)) * (2.0 / num_levels)
+          - 1.0).astype(np.float32)
+
+
+def mean_and_stderr(per_draw: np.ndarray) -> Tuple[float, float]:
+  """per_draw (draws, n): estimates for n items, several draws each. Averages each item's draws
+  first, then returns the mean over items and its standard error std(ddof=1) / sqrt(n)
+  (0 for n = 1): the draws of an item are not independent items."""
+  per_item = np.mean(np.asarray(per_draw, np.float64), axis=0)
+  n = len(per_item)
+  se = float(np.std(per_item, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+  return float(np.mean(per_item)), se
+
+
+def bpd_pf_ode(s, params, levels: np.ndarray, num_levels: int, key: jax.Array,
+               ecfg: Config) -> Dict[str, Any]:
+  """PF-ODE bits/dim of integer data ``levels`` (n, ...) (module docstring), with its settings."""
+  from diffusion.likelihood import bits_per_dim
+  dim = int(np.prod(levels.shape[1:]))
+  draws = int(ecfg.dequantization_draws)
+  k_deq, k_probe = jax.random.split(key)
+  per_draw, nfes = [], []
+  for d in range(draws):
+    x = dequantize(levels, num_levels, k_deq, d)
+    logp, nfe = log_likelihood(
+        s, params, x, int(ecfg.nll_batch_size), jax.random.fold_in(k_probe, d),
+        rtol=ecfg.rtol, atol=ecfg.atol, divergence=ecfg.divergence, probe=ecfg.probe,
+        t_min=ecfg.t_min, solver=ecfg.solver,
+        progress=writers.Progress(f"PF-ODE bits/dim, draw {d + 1}/{draws}", len(x), "images"))
+    per_draw.append(bits_per_dim(np.asarray(logp, np.float64), dim, num_levels=num_levels))
+    nfes.append(nfe)
+  mean, se = mean_and_stderr(np.stack(per_draw))
+  t_min = float(s.schedule.t_min if ecfg.t_min is None else ecfg.t_min)
+  return {"bpd_pf_ode": mean, "bpd_pf_ode_stderr": se, "bpd_pf_ode_nfe": float(np.mean(nfes)),
+          "bpd_pf_ode_draws": draws, "bpd_points": int(len(levels)),
+          "divergence": ecfg.divergence, "probe": ecfg.probe, "solver": ecfg.solver,
+          "rtol": float(ecfg.rtol), "atol": float(ecfg.atol), "likelihood_t_min": t_min,
+          "num_levels": int(num_levels), "bits_per_dim": mean}
+
+
+def bpd_elbo(s, params, levels: np.ndarray, num_levels: int, key: jax.Array,
+             ecfg: Config) -> Dict[str, Any]:
+  """VDM's ELBO in bits/dim of integer data ``levels`` (n, ...), its terms and s.e."""
+  from diffusion.elbo import to_bits_per_dim
+  dim = int(np.prod(levels.shape[1:]))
+  fn = _elbo_fn(s, int(num_levels), ecfg.t_min, int(ecfg.elbo_time_samples),
+                ecfg.elbo_time_sampling)
+  out, _ = _batched(s, fn, params, levels.astype(np.int32), int(ecfg.nll_batch_size), key,
+                    writers.Progress("ELBO", len(levels), "images"))
+  bpd = {k: np.asarray(to_bits_per_dim(np.asarray(v, np.float64), dim)) for k, v in out.items()}
+  mean, se = mean_and_stderr(bpd["total"][None])
+  return {"bpd_elbo": mean, "bpd_elbo_stderr": se,
+          "bpd_elbo_prior": float(np.mean(bpd["prior"])),
+          "bpd_elbo_diffusion": float(np.mean(bpd["diffusion"])),
+          "bpd_elbo_recon": float(np.mean(bpd["recon"])),
+          "elbo_time_samples": int(ecfg.elbo_time_samples),
+          "elbo_time_sampling": ecfg.elbo_time_sampling}
+
+
+# -- which checkpoints ---------------------------------------------------------------------------
+
+
+def checkpoint_steps(workdir: str) -> List[int]:
+  """The steps of the checkpoints in ``workdir`` (sorted; [] if none)."""
+  if not checkpoint.has_checkpoints(workdir):
+    return []
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
+  try:
+    return ckpt.all_steps()
+  finally:
+    ckpt.close()
+
+
+def steps_to_evaluate(ecfg: Config, available: List[int], where: str) -> List[int]:
+  """eval.all_checkpoints: all of ``available``; else [eval.step] (None: the newest). Raises
+  FileNotFoundError (one line, listing the available steps) for a step without a checkpoint."""
+  if not available:
+    raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
+  if ecfg.all_checkpoints:
+    return list(available)
+  if ecfg.step is None:
+    return [available[-1]]
+  if ecfg.step not in available:
+    raise FileNotFoundError(f"config.eval.step={ecfg.step}: no checkpoint at that step in "
+                            f"{where}; available steps: {available} (omit --config.eval.step "
+                            f"for the newest, or set --config.eval.all_checkpoints=True)")
+  return [int(ecfg.step)]
+
+
+def step_dir(workdir: str, step: int) -> str:
+  return os.path.join(workdir, EVAL_DIR, f"step_{int(step)}")
+
+
+def _write_json(path: str, obj: Dict[str, Any]) -> None:
+  """Atomically (temporary file + rename)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:
+  """The finite numbers of ``metrics`` (not the step, not strings), for TensorBoard."""
+  return {k: float(v) for k, v in metrics.items()
+          if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(float(v))}
+
+
+# -- the driver ----------------------------------------------------------------------------------
 
 
 def density_plot(s, params, path: str) -> Optional[Any]:
@@ -86,14 +271,16 @@ def density_plot(s, params, path: str) -> Optional[Any]:
   grid = np.stack([xx.ravel(), yy.ravel()], axis=-1)
   e = cfg.eval
   logp, _ = log_likelihood(s, params, grid, int(e.nll_batch_size), jax.random.PRNGKey(0),
-                           rtol=e.density_rtol, atol=e.density_atol, divergence="exact")
+                           rtol=e.density_rtol, atol=e.density_atol, divergence="exact",
+                           t_min=e.t_min)
   if not writers.is_main():
     return None
   return plots.density(logp.reshape(g, g), ext, path)
 
 
 def run(config: Config, workdir: str) -> Dict[str, Any]:
-  """Evaluates the newest checkpoint of ``workdir``; writes eval/metrics.json and plots.
+  """Evaluates the chosen checkpoint(s) of ``workdir`` (module docstring). Returns the metrics
+  of the last step in the list (evaluated now, or read back when already evaluated).
 
   SIGTERM/SIGINT: one line, exit 128 + signum; a file being written is finished first.
   """
@@ -103,68 +290,106 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
 
 
 def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any]:
-  s, params, step = sample.restore_params(config, workdir)
+  from experiments import train
+  where = os.path.join(workdir, checkpoint.CKPT_DIR)
+  if not checkpoint.has_checkpoints(workdir):
+    raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
+  s = train.setup(config)
+  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
+  steps = steps_to_evaluate(config.eval, checkpoint_steps(workdir), where)
+  result: Dict[str, Any] = {}
+  for step in steps:
+    path = os.path.join(step_dir(workdir, step), METRICS_FILE)
+    if os.path.exists(path):
+      say(f"eval: step {step} already evaluated ({path}); skipping it (move that file aside to "
+          f"evaluate again)")
+      with open(path) as f:
+        result = json.load(f)
+      continue
+    result = evaluate_step(config, workdir, step, sig)
+  return result
+
+
+def _sample_set(s, params, step: int, workdir: str, sig) -> Tuple[np.ndarray, int]:
+  """The eval.num_samples samples of ``step``, from / into eval/step_<step>/samples/."""
+  cfg, e = s.config, s.config.eval
+  n = int(e.num_samples)
+  shape = tuple(s.example["x"].shape[1:])
+  bs, draw = sample.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
+                                    min(int(cfg.sampling.batch_size), int(e.shard_size)))
+  fprint = shards.fingerprint({"seed": int(cfg.seed), "key": "seed+2", "shape": list(shape),
+                               "shard_size": int(e.shard_size),
+                               "sampling": build.sampler_kwargs(cfg)})
+  return shards.generate(os.path.join(step_dir(workdir, step), "samples"), n,
+                         int(e.shard_size), shape, draw, bs, fprint, write=writers.is_main(),
+                         progress=writers.Progress("sampling", n, "samples"),
+                         guard=sig.deferred, say=say)
+
+
+def evaluate_step(config: Config, workdir: str, step: int,
+                  sig: signals.RunSignals) -> Dict[str, Any]:
+  """Evaluates the checkpoint at ``step`` and writes its metrics (module docstring)."""
+  sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
+  s, params, step = sample.restore_params(config, workdir, step=step)
   e = config.eval
   key = jax.random.PRNGKey(config.seed + 3)
+  toy = build.is_toy(config)
+  metrics: Dict[str, Any] = {"step": int(step)}
+  sig.phase = f"evaluation of step {step}"
   n_held = max(int(e.nll_points), int(e.num_samples), int(e.mmd_points))
-  if build.is_toy(config):
-    n_held = max(n_held, int(config.data.num_heldout))
-  held = build.heldout(config, n_held)
+  if toy:
+    held = build.heldout(config, max(n_held, int(config.data.num_heldout)))
+    n_nll = int(e.nll_points)
+    logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
+                                   rtol=e.rtol, atol=e.atol, divergence=e.divergence,
+                                   probe=e.probe, t_min=e.t_min, solver=e.solver,
+                                   progress=writers.Progress("likelihood", n_nll, "points"))
+    metrics.update({
+        "nll_nats": float(-np.mean(logp)),
+        "nll_nats_stderr": float(np.std(logp) / np.sqrt(len(logp))),
+        "nll_points": int(len(logp)), "nll_nfe": nll_nfe, "divergence": e.divergence})
+    h = build.true_entropy(config)
+    if h is not None:
+      metrics["true_entropy_nats"] = float(h)
+      metrics["excess_nll_nats"] = metrics["nll_nats"] - float(h)
+  else:
+    from diffusion.data.images import num_levels
+    levels_count = num_levels(config.data.name)  # 256; 17 for digits
+    levels = build.heldout(config, n_held, levels=True)
+    held = dequantize(levels, levels_count, jax.random.PRNGKey(config.data.heldout_seed), 0)
+    test = levels[:int(e.nll_points)]
+    metrics.update(bpd_pf_ode(s, params, test, levels_count, key, e))
+    if e.elbo:
+      metrics.update(bpd_elbo(s, params, test, levels_count, jax.random.fold_in(key, 1), e))
 
-  sig.phase = "evaluation"
-  n_nll = int(e.nll_points)
-  logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
-                                 rtol=e.rtol, atol=e.atol, divergence=e.divergence,
-                                 progress=writers.Progress("likelihood", len(held[:n_nll]),
-                                                           "points"))
-  x, info = sample.generate(s, params, int(e.num_samples), jax.random.PRNGKey(config.seed + 2),
-                            progress=writers.Progress("sampling", int(e.num_samples), "samples"))
-
+  sig.phase = f"sampling for step {step}"
+  x, nfe = _sample_set(s, params, step, workdir, sig)
   from diffusion.metrics import mmd, sliced_wasserstein
   flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
   m = int(e.mmd_points)
-  metrics: Dict[str, Any] = {
-      "step": int(step),
-      "nll_nats": float(-np.mean(logp)),
-      "nll_nats_stderr": float(np.std(logp) / np.sqrt(len(logp))),
-      "nll_points": int(len(logp)),
-      "nll_nfe": nll_nfe,
-      "divergence": e.divergence,
+  metrics.update({
       "sliced_wasserstein": float(sliced_wasserstein(flat(x), flat(held), config.seed,
                                                      num_projections=int(e.sw_projections))),
       "mmd": float(mmd(flat(x[:m]), flat(held[:m]))),
-      "num_samples": int(len(x)),
-      "nfe": int(np.asarray(info.get("nfe", -1))),
-      "sampler": config.sampling.sampler,
-      "sampler_steps": int(config.sampling.num_steps),
-  }
-  if not build.is_toy(config):
-    from diffusion.likelihood import bits_per_dim
-    from diffusion.data.images import num_levels
-    dim = int(np.prod(s.example["x"].shape[1:]))
-    levels = num_levels(config.data.name)  # 256; 17 for digits
-    metrics["bits_per_dim"] = float(np.mean(bits_per_dim(jnp.asarray(logp), dim,
-                                                         num_levels=levels)))
-    metrics["num_levels"] = levels
-  h = build.true_entropy(config)
-  if h is not None:
-    metrics["true_entropy_nats"] = float(h)
-    metrics["excess_nll_nats"] = metrics["nll_nats"] - float(h)
-  out = os.path.join(workdir, "eval")
+      "num_samples": int(len(x)), "nfe": int(nfe), "sampler": config.sampling.sampler,
+      "sampler_steps": int(config.sampling.num_steps)})
+  out = os.path.join(workdir, EVAL_DIR)
   if writers.is_main():
     sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {out}"
-    with sig.deferred():  # no half-written metrics.json
-      os.makedirs(out, exist_ok=True)
-      tmp = os.path.join(out, ".metrics.json.tmp")
-      with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
-      os.replace(tmp, os.path.join(out, "metrics.json"))
+    with sig.deferred():  # no half-written metrics
+      _write_json(os.path.join(step_dir(workdir, step), METRICS_FILE), metrics)
+      _write_json(os.path.join(out, METRICS_FILE), metrics)
+      tb = writers.TBEvents(os.path.join(workdir, "tb", EVAL_DIR))
+      try:
+        tb.scalars(step, {f"eval/{k}": v for k, v in scalar_metrics(metrics).items()})
+      finally:
+        tb.close()
       plots.close(sample.plot(s, x, os.path.join(out, "samples.png"), f"step {step}"))
     sig.phase = "the density plot"
-  if build.is_toy(config):  # collective: every process computes, process 0 draws
+  if toy:  # collective: every process computes, process 0 draws
     fig = density_plot(s, params, os.path.join(out, "density.png"))
     if fig is not None:
       plots.close(fig)
-  say("eval: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in sorted(metrics.items())))
+  say(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in sorted(metrics.items())))
   return metrics
