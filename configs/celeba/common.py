@@ -9,16 +9,19 @@ installed: ``pip install -e .[tf]`` then ``tfds build celeb_a --file_format=arra
 import ml_collections
 
 from configs.cifar10.common import DDPM_UNET, NCSNPP
-from configs.images import image_config
+from configs.images import image_config, set_score_sde_times
 
 
 def celeba_config(kind: str) -> ml_collections.ConfigDict:
-  """'ddpm' (DDPM U-Net, VP, eps) or 'ncsnpp_ve' (NCSN++ cont., VE with sigma_max = 90)."""
+  """'ddpm' (DDPM U-Net, VP, eps; score SDE's continuous-time ranges: schedule, training and
+  likelihood from 1e-5, sampler to 1e-3) or 'ncsnpp_ve' (NCSN++ cont., VE with sigma_max = 90,
+  t_min = 1e-5 throughout)."""
   if kind == "ddpm":
     # The CIFAR-10 U-Net one level deeper for 64x64 (64 -> 32 -> 16 -> 8 -> 4), attention at 16.
     net = dict(DDPM_UNET, ch_mult=(1, 2, 2, 2, 4), embedding_type="positional",
                embedding_scale=999.0)
     c = image_config("celeb_a", "vp", model="ddpm_unet", net=net)
+    set_score_sde_times(c)  # continuous VP: score SDE's 1e-5 (schedule, loss, likelihood), 1e-3
   elif kind == "ncsnpp_ve":
     net = dict(NCSNPP, ch_mult=(1, 1, 2, 2, 2), dropout=0.1, embedding_type="fourier",
                fourier_scale=16.0)

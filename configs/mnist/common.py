@@ -7,14 +7,16 @@ Prepare the data once with TensorFlow installed: ``pip install -e .[tf]`` then
 """
 import ml_collections
 
-from configs.images import image_config, set_edm
+from configs.images import image_config, set_edm, set_score_sde_times
 
 # A DDPM U-Net for 28x28: 64 / 128 / 128 channels, two blocks per level, attention at 7x7.
 NET = dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,), dropout=0.1)
 
 
 def mnist_config(kind: str) -> ml_collections.ConfigDict:
-  """'ddpm' (VP, eps, DDPM's optimizer) or 'edm' (EDM's preconditioning, loss and sampler)."""
+  """'ddpm' (VP, eps, DDPM's optimizer; score SDE's continuous-time ranges: schedule, training
+  and likelihood from 1e-5, sampler to 1e-3) or 'edm' (EDM's preconditioning, loss and
+  sampler)."""
   net = dict(NET)
   if kind == "edm":
     net.update(embedding_type="fourier", fourier_scale=16.0)
@@ -22,6 +24,7 @@ def mnist_config(kind: str) -> ml_collections.ConfigDict:
   elif kind == "ddpm":
     net.update(embedding_type="positional", embedding_scale=999.0)
     c = image_config("mnist", "vp", model="ddpm_unet", net=net)
+    set_score_sde_times(c)  # continuous VP: score SDE's 1e-5 (schedule, loss, likelihood), 1e-3
   else:
     raise ValueError(f"unknown MNIST config kind {kind!r}; accepted: ddpm, edm")
   c.experiment = f"mnist/{kind}"
