@@ -162,29 +162,30 @@ def mean_and_stderr(per_draw: np.ndarray) -> Tuple[float, float]:
   return float(np.mean(per_item)), se
 
 
-def bpd_pf_ode(s, params, levels: np.ndarray, num_levels: int, key: jax.Array,
-               ecfg: Config) -> Dict[str, Any]:
-  """PF-ODE bits/dim of integer data ``levels`` (n, ...) (module docstring), with its settings."""
+def bpd_pf_ode(loglik: Callable[[np.ndarray, jax.Array, int], Tuple[np.ndarray, float]],
+               levels: np.ndarray, num_levels: int, key: jax.Array,
+               draws: int) -> Dict[str, Any]:
+  """PF-ODE bits/dim of integer data ``levels`` (n, ...) in 0..L-1 (score SDE's protocol).
+
+  For each draw d < ``draws``: x = ``dequantize(levels, L, k1, d)``, log p(x) (n,) nats and its
+  mean NFE from ``loglik(x, fold_in(k2, d), d)`` (the model density on [-1, 1]^D), and
+  bpd = -(log p(x) / D + log(2 / L)) / ln 2 (``diffusion.likelihood.bits_per_dim``: the change of
+  variables from [0, L)^D, where the discrete data's dequantized density lives, to [-1, 1]^D).
+  Returns bpd_pf_ode (mean over images of the mean over draws), its standard error over images,
+  the mean NFE and the counts.
+  """
   from diffusion.likelihood import bits_per_dim
   dim = int(np.prod(levels.shape[1:]))
-  draws = int(ecfg.dequantization_draws)
   k_deq, k_probe = jax.random.split(key)
   per_draw, nfes = [], []
-  for d in range(draws):
+  for d in range(int(draws)):
     x = dequantize(levels, num_levels, k_deq, d)
-    logp, nfe = log_likelihood(
-        s, params, x, int(ecfg.nll_batch_size), jax.random.fold_in(k_probe, d),
-        rtol=ecfg.rtol, atol=ecfg.atol, divergence=ecfg.divergence, probe=ecfg.probe,
-        t_min=ecfg.t_min, solver=ecfg.solver,
-        progress=writers.Progress(f"PF-ODE bits/dim, draw {d + 1}/{draws}", len(x), "images"))
+    logp, nfe = loglik(x, jax.random.fold_in(k_probe, d), d)
     per_draw.append(bits_per_dim(np.asarray(logp, np.float64), dim, num_levels=num_levels))
     nfes.append(nfe)
   mean, se = mean_and_stderr(np.stack(per_draw))
-  t_min = float(s.schedule.t_min if ecfg.t_min is None else ecfg.t_min)
   return {"bpd_pf_ode": mean, "bpd_pf_ode_stderr": se, "bpd_pf_ode_nfe": float(np.mean(nfes)),
-          "bpd_pf_ode_draws": draws, "bpd_points": int(len(levels)),
-          "divergence": ecfg.divergence, "probe": ecfg.probe, "solver": ecfg.solver,
-          "rtol": float(ecfg.rtol), "atol": float(ecfg.atol), "likelihood_t_min": t_min,
+          "bpd_pf_ode_draws": int(draws), "bpd_points": int(len(levels)),
           "num_levels": int(num_levels), "bits_per_dim": mean}
 
 
@@ -358,7 +359,19 @@ def evaluate_step(config: Config, workdir: str, step: int,
     levels = build.heldout(config, n_held, levels=True)
     held = dequantize(levels, levels_count, jax.random.PRNGKey(config.data.heldout_seed), 0)
     test = levels[:int(e.nll_points)]
-    metrics.update(bpd_pf_ode(s, params, test, levels_count, key, e))
+
+    def loglik(x, k, d):
+      return log_likelihood(
+          s, params, x, int(e.nll_batch_size), k, rtol=e.rtol, atol=e.atol,
+          divergence=e.divergence, probe=e.probe, t_min=e.t_min, solver=e.solver,
+          progress=writers.Progress(f"PF-ODE bits/dim, draw {d + 1}/{e.dequantization_draws}",
+                                    len(x), "images"))
+
+    metrics.update(bpd_pf_ode(loglik, test, levels_count, key, int(e.dequantization_draws)))
+    metrics.update({"divergence": e.divergence, "probe": e.probe, "solver": e.solver,
+                    "rtol": float(e.rtol), "atol": float(e.atol),
+                    "likelihood_t_min": float(s.schedule.t_min if e.t_min is None
+                                              else e.t_min)})
     if e.elbo:
       metrics.update(bpd_elbo(s, params, test, levels_count, jax.random.fold_in(key, 1), e))
 

@@ -199,3 +199,39 @@ def test_paper_config_trains_and_samples_on_mock_data(path, tmp_path):
   x = np.load(tmp_path / "samples" / "samples.npz")["x"]
   assert x.shape[0] == 2 and np.all(np.isfinite(x))
   assert (tmp_path / "samples" / "samples.png").exists()
+
+
+# (schedule t_min, training t_min, sampler t_min, likelihood t_min) after resolving None to the
+# schedule's: score SDE's continuous VP / sub-VP (released code: loss eps 1e-5, sampling_eps
+# 1e-3, likelihood eps 1e-5), VE (1e-5 throughout), DDPM (its first discrete time 1e-3), and
+# the digits runs (trained with 1e-3: their experiment identity must not change).
+TIME_RANGES = {
+    "configs/cifar10/ddpmpp_cont_vp.py": (1e-5, 1e-5, 1e-3, 1e-5),
+    "configs/cifar10/ddpmpp_cont_subvp.py": (1e-5, 1e-5, 1e-3, 1e-5),
+    "configs/cifar10/ddpmpp_cont_deep_vp.py": (1e-5, 1e-5, 1e-3, 1e-5),
+    "configs/cifar10/ddpmpp_cont_deep_subvp.py": (1e-5, 1e-5, 1e-3, 1e-5),
+    "configs/cifar10/ncsnpp_cont_ve.py": (1e-5, 1e-5, 1e-5, 1e-5),
+    "configs/cifar10/ddpm.py": (1e-3, 1e-3, 1e-3, 1e-3),
+    "configs/mnist/ddpm.py": (1e-5, 1e-5, 1e-3, 1e-5),
+    "configs/celeba/ddpm.py": (1e-5, 1e-5, 1e-3, 1e-5),
+    "configs/digits/vp.py": (1e-3, 1e-3, 1e-3, 1e-3),
+    "configs/digits/ve.py": (1e-5, 1e-5, 1e-5, 1e-5),
+}
+
+
+@pytest.mark.parametrize("path", sorted(TIME_RANGES))
+def test_time_ranges_are_the_papers(path):
+  from experiments import build
+  c = _load(path)
+  sched_t_min = c.sde.fields.t_min
+  resolve = lambda v: sched_t_min if v is None else v
+  got = (sched_t_min, resolve(build.loss_options(c).get("t_min")), resolve(c.sampling.t_min),
+         resolve(c.eval.t_min))
+  assert got == TIME_RANGES[path]
+
+
+def test_score_sde_likelihood_settings():
+  c = _load("configs/cifar10/ddpmpp_cont_vp.py")
+  e = c.eval
+  assert (e.rtol, e.atol, e.probe, e.solver, e.dequantization_draws) == (
+      1e-5, 1e-5, "rademacher", "dopri5", 5)
