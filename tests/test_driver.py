@@ -19,6 +19,7 @@ def test_end_to_end(tmp_path, capsys):
   sample.run(cfg, wd)
   metrics = evaluate.run(cfg, wd)
   _check_files_and_metrics(wd, summary, metrics)
+  _check_per_step_eval_files(wd, metrics, capsys)
   _check_different_experiment_is_refused(wd)
   _check_resume_continues_from_latest(wd, capsys)
 
@@ -45,6 +46,31 @@ def _check_files_and_metrics(wd, summary, metrics):
   assert on_disk["excess_nll_nats"] == pytest.approx(on_disk["nll_nats"] - np.log(32.0))
   assert on_disk == metrics
   assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
+
+
+def _check_per_step_eval_files(wd, metrics, capsys):
+  """eval/step_30/: the metrics (= eval/metrics.json), the sample shards; a TensorBoard scalar
+  per number; a second eval skips the step without writing; a missing step is one line."""
+  from experiments import shards
+  from tests.test_logs import read_tb_scalars
+  step_dir = os.path.join(wd, "eval", "step_30")
+  assert json.load(open(os.path.join(step_dir, "metrics.json"))) == metrics
+  assert metrics["step"] == 30
+  x = shards.read_samples(os.path.join(step_dir, "samples"))
+  assert x.shape == (128, 2) and np.all(np.isfinite(x))
+  tb = read_tb_scalars(os.path.join(wd, "tb", "eval"))
+  assert tb["eval/nll_nats"] == {30: pytest.approx(metrics["nll_nats"], rel=1e-6)}
+  assert tb["eval/mmd"] == {30: pytest.approx(metrics["mmd"], rel=1e-5, abs=1e-7)}
+  assert "eval/sampler" not in tb and "eval/step" not in tb
+  before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(wd, "**"), recursive=True)}
+  capsys.readouterr()
+  assert evaluate.run(tiny_config(), wd) == metrics
+  assert "step 30 already evaluated" in capsys.readouterr().out
+  with pytest.raises(FileNotFoundError) as e:
+    evaluate.run(tiny_config(**{"eval.step": 15}), wd)
+  assert "config.eval.step=15" in str(e.value) and "[10, 20, 30]" in str(e.value)
+  after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(wd, "**"), recursive=True)}
+  assert before == after
 
 
 def _check_resume_continues_from_latest(wd, capsys):
