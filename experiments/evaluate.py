@@ -293,9 +293,9 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
 def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any]:
   from experiments import train
   where = os.path.join(workdir, checkpoint.CKPT_DIR)
+  s = train.setup(config)
   if not checkpoint.has_checkpoints(workdir):
     raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
-  s = train.setup(config)
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
   steps = steps_to_evaluate(config.eval, checkpoint_steps(workdir), where)
   result: Dict[str, Any] = {}
@@ -376,6 +376,8 @@ def evaluate_step(config: Config, workdir: str, step: int,
       metrics.update(bpd_elbo(s, params, test, levels_count, jax.random.fold_in(key, 1), e))
 
   sig.phase = f"sampling for step {step}"
+  sig.nothing_saved = (f"the finished sample shards are kept in {step_dir(workdir, step)}/samples "
+                       f"and --mode=eval resumes from them")
   x, nfe = _sample_set(s, params, step, workdir, sig)
   from diffusion.metrics import mmd, sliced_wasserstein
   flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
