@@ -189,23 +189,22 @@ def bpd_pf_ode(loglik: Callable[[np.ndarray, jax.Array, int], Tuple[np.ndarray, 
           "num_levels": int(num_levels), "bits_per_dim": mean}
 
 
-def bpd_elbo(s, params, levels: np.ndarray, num_levels: int, key: jax.Array,
-             ecfg: Config) -> Dict[str, Any]:
-  """VDM's ELBO in bits/dim of integer data ``levels`` (n, ...), its terms and s.e."""
+def bpd_elbo(elbo_fn: Callable[[np.ndarray, jax.Array], Dict[str, np.ndarray]],
+             levels: np.ndarray, key: jax.Array) -> Dict[str, Any]:
+  """VDM's ELBO in bits/dim of integer data ``levels`` (n, ...): ``elbo_fn(levels, key)`` gives
+  the per-image terms in nats ('prior', 'diffusion', 'recon', 'total', each (n,)); each is
+  divided by D ln 2. Returns bpd_elbo (the mean of 'total'), its standard error over images and
+  the mean of each term."""
   from diffusion.elbo import to_bits_per_dim
   dim = int(np.prod(levels.shape[1:]))
-  fn = _elbo_fn(s, int(num_levels), ecfg.t_min, int(ecfg.elbo_time_samples),
-                ecfg.elbo_time_sampling)
-  out, _ = _batched(s, fn, params, levels.astype(np.int32), int(ecfg.nll_batch_size), key,
-                    writers.Progress("ELBO", len(levels), "images"))
-  bpd = {k: np.asarray(to_bits_per_dim(np.asarray(v, np.float64), dim)) for k, v in out.items()}
+  out = elbo_fn(levels, key)
+  bpd = {k: np.asarray(to_bits_per_dim(np.asarray(out[k], np.float64), dim))
+         for k in ("prior", "diffusion", "recon", "total")}
   mean, se = mean_and_stderr(bpd["total"][None])
   return {"bpd_elbo": mean, "bpd_elbo_stderr": se,
           "bpd_elbo_prior": float(np.mean(bpd["prior"])),
           "bpd_elbo_diffusion": float(np.mean(bpd["diffusion"])),
-          "bpd_elbo_recon": float(np.mean(bpd["recon"])),
-          "elbo_time_samples": int(ecfg.elbo_time_samples),
-          "elbo_time_sampling": ecfg.elbo_time_sampling}
+          "bpd_elbo_recon": float(np.mean(bpd["recon"]))}
 
 
 # -- which checkpoints ---------------------------------------------------------------------------
@@ -373,7 +372,15 @@ def evaluate_step(config: Config, workdir: str, step: int,
                     "likelihood_t_min": float(s.schedule.t_min if e.t_min is None
                                               else e.t_min)})
     if e.elbo:
-      metrics.update(bpd_elbo(s, params, test, levels_count, jax.random.fold_in(key, 1), e))
+      fn = _elbo_fn(s, levels_count, e.t_min, int(e.elbo_time_samples), e.elbo_time_sampling)
+
+      def elbo_fn(x_int, k):
+        return _batched(s, fn, params, x_int.astype(np.int32), int(e.nll_batch_size), k,
+                        writers.Progress("ELBO", len(x_int), "images"))[0]
+
+      metrics.update(bpd_elbo(elbo_fn, test, jax.random.fold_in(key, 1)))
+      metrics.update({"elbo_time_samples": int(e.elbo_time_samples),
+                      "elbo_time_sampling": e.elbo_time_sampling})
 
   sig.phase = f"sampling for step {step}"
   sig.nothing_saved = (f"the finished sample shards are kept in {step_dir(workdir, step)}/samples "
