@@ -5,11 +5,12 @@ a step that already has ``eval/step_<step>/metrics.json`` is skipped (one line).
 checkpoint is one error line listing the available steps; nothing is written then.
 
 For each evaluated step, in <workdir>/eval/:
-  step_<step>/metrics.json   the metrics below (written atomically)
+  step_<step>/metrics.json   the metrics below (written atomically, last: it marks the step done)
+  step_<step>/samples.png    a plot of the samples (density.png: the model density, 2-D data)
   step_<step>/samples/       the eval.num_samples samples, shard_<k>.npz (experiments/shards.py):
                              resumed from the finished shards after an interruption
   metrics.json               a copy of the most recent evaluation's metrics
-  samples.png, density.png   plots of the most recent evaluation
+  samples.png, density.png   copies of the most recent evaluation's plots
 and a TensorBoard scalar ``eval/<metric>`` at that step for every number (<workdir>/tb/eval).
 
 Metrics, toy 2-D data:
@@ -37,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
@@ -395,23 +397,29 @@ def evaluate_step(config: Config, workdir: str, step: int,
       "mmd": float(mmd(flat(x[:m]), flat(held[:m]))),
       "num_samples": int(len(x)), "nfe": int(nfe), "sampler": config.sampling.sampler,
       "sampler_steps": int(config.sampling.num_steps)})
-  out = os.path.join(workdir, EVAL_DIR)
+  out, here = os.path.join(workdir, EVAL_DIR), step_dir(workdir, step)
+  sig.phase = "the plots"
+  figures = []
   if writers.is_main():
-    sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {out}"
+    figures.append("samples.png")
+    plots.close(sample.plot(s, x, os.path.join(here, "samples.png"), f"step {step}"))
+  if toy:  # collective: every process computes, process 0 draws
+    fig = density_plot(s, params, os.path.join(here, "density.png"))
+    if fig is not None:
+      figures.append("density.png")
+      plots.close(fig)
+  if writers.is_main():  # the metrics last: their file marks the step as evaluated
+    sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {here}"
     with sig.deferred():  # no half-written metrics
-      _write_json(os.path.join(step_dir(workdir, step), METRICS_FILE), metrics)
+      for name in figures:  # eval/<plot>: the most recent evaluation's
+        shutil.copyfile(os.path.join(here, name), os.path.join(out, name))
+      _write_json(os.path.join(here, METRICS_FILE), metrics)
       _write_json(os.path.join(out, METRICS_FILE), metrics)
-      tb = writers.TBEvents(os.path.join(workdir, "tb", EVAL_DIR))
+      tb = writers.TBEvents(os.path.join(workdir, "tb", EVAL_DIR), suffix=f".step_{step}")
       try:
         tb.scalars(step, {f"eval/{k}": v for k, v in scalar_metrics(metrics).items()})
       finally:
         tb.close()
-      plots.close(sample.plot(s, x, os.path.join(out, "samples.png"), f"step {step}"))
-    sig.phase = "the density plot"
-  if toy:  # collective: every process computes, process 0 draws
-    fig = density_plot(s, params, os.path.join(out, "density.png"))
-    if fig is not None:
-      plots.close(fig)
   say(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in sorted(metrics.items())))
   return metrics

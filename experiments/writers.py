@@ -100,13 +100,15 @@ class TBEvents:
   writes and flushes. ``purge_step``: TensorBoard hides the events of earlier files at steps
   >= purge_step (a resumed run)."""
 
-  def __init__(self, logdir: str, purge_step: Optional[int] = None):
+  def __init__(self, logdir: str, purge_step: Optional[int] = None, suffix: str = ""):
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto.event_pb2 import Event, SessionLog
     self._Event = Event
     os.makedirs(logdir, exist_ok=True)
-    # The pid keeps two runs started within one second from sharing a file name.
-    self._w = EventsWriter(os.path.join(logdir, "events"), filename_suffix=f".{os.getpid()}")
+    # The pid keeps two runs started within one second from sharing a file name; ``suffix``
+    # two writers of one process (the file name has the time in seconds).
+    self._w = EventsWriter(os.path.join(logdir, "events"),
+                           filename_suffix=f".{os.getpid()}{suffix}")
     if purge_step is not None:
       self._write(Event(step=int(purge_step), wall_time=time.time(),
                         session_log=SessionLog(status=SessionLog.START)))

@@ -56,6 +56,9 @@ def _check_per_step_eval_files(wd, metrics, capsys):
   step_dir = os.path.join(wd, "eval", "step_30")
   assert json.load(open(os.path.join(step_dir, "metrics.json"))) == metrics
   assert metrics["step"] == 30
+  for name in ("samples.png", "density.png"):  # per step; eval/<name> is the latest's copy
+    assert open(os.path.join(step_dir, name), "rb").read() == open(
+        os.path.join(wd, "eval", name), "rb").read()
   x = shards.read_samples(os.path.join(step_dir, "samples"))
   assert x.shape == (128, 2) and np.all(np.isfinite(x))
   tb = read_tb_scalars(os.path.join(wd, "tb", "eval"))
