@@ -236,3 +236,15 @@ def test_elbo_bpd_of_the_exact_denoiser_equals_the_entropy_in_bits():
   assert out["bpd_elbo"] == pytest.approx(
       out["bpd_elbo_prior"] + out["bpd_elbo_diffusion"] + out["bpd_elbo_recon"], rel=1e-6)
   assert 0 < out["bpd_elbo_stderr"] < 0.1 and out["bpd_elbo_diffusion"] > 1.0
+
+
+def test_training_t_min_reaches_the_loss():
+  from experiments import build
+  from tests.conftest import tiny_config
+  assert dict(build.step_config(tiny_config()).loss_opts).get("t_min") is None
+  opts = dict(build.step_config(tiny_config(**{"training.t_min": 0.25})).loss_opts)
+  assert opts["t_min"] == 0.25
+  from diffusion import losses
+  t = losses.sample_times(jax.random.PRNGKey(0), 4096, schedules.VP(), "uniform",
+                          t_min=opts["t_min"])
+  assert float(t.min()) >= 0.25 and float(t.min()) < 0.26
