@@ -276,3 +276,35 @@ def test_reference_stats_driver_on_digits(tmp_path, params):
                             batch_size=1)
   np.testing.assert_allclose(s.features, want, atol=1e-5)
   np.testing.assert_allclose(s.mu, want.astype(np.float64).mean(0), atol=1e-5)
+
+
+def _digits_stats(tmp_path, n=6):
+  from experiments import reference_stats
+  return reference_stats.compute_reference_stats("digits", "test", str(tmp_path), num_images=n,
+                                                 batch_size=1)
+
+
+def test_image_metrics_refuses_other_dataset_or_resolution_before_any_work(tmp_path):
+  f = np.zeros((3, 2048), np.float32) + np.arange(3)[:, None]
+  path = str(tmp_path / "s.npz")
+  fid.save_stats(path, f, dataset="cifar10", split="train", resolution=32,
+                 weights_sha256=inception.weights_sha256())
+  s = fid.load_stats(path)
+  x = np.zeros((2, 8, 8, 1), np.float32)
+  with pytest.raises(ValueError, match=r"of dataset 'cifar10' at resolution 32, not 'digits' "
+                                       r"at 8: compute matching ones with"):
+    fid.image_metrics(x, s, dataset="digits", resolution=8, params={})
+  with pytest.raises(ValueError, match=r"samples must be \(N, 32, 32, C\) images of cifar10"):
+    fid.image_metrics(x, s, dataset="cifar10", resolution=32, params={})
+
+
+@pytest.mark.slow
+def test_image_metrics_of_the_reference_images_is_zero(tmp_path, params):
+  _, stats = _digits_stats(tmp_path)
+  from diffusion.data import digits
+  x = digits.load_digits("test")[0][:6].astype(np.float32) / 16 * 2 - 1  # the exact grid
+  m = fid.image_metrics(x, stats, dataset="digits", resolution=8, params=params, kid_subsets=3)
+  assert m["num_samples"] == 6 and abs(m["fid"]) < 1e-6
+  # KID of a set with itself: each subset is all 6 images, and the unbiased estimator is then
+  # -(2/m)(mean k(x_i, x_i) - mean_{i != j} k(x_i, x_j)) < 0, the same for every subset.
+  assert m["kid"] < 0 and m["kid_std"] <= 1e-9 * abs(m["kid"])

@@ -228,3 +228,31 @@ def kid_to_stats(features, stats: Stats, **kw) -> Tuple[float, float]:
                      f"needs: recompute them with python -m experiments.reference_stats "
                      f"(without --nofeatures)")
   return kid(features, stats.features, **kw)
+
+
+def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, params=None,
+                  weights: Optional[str] = None, batch_size: int = 64, kid_subsets: int = 100,
+                  kid_subset_size: int = 1000, seed: int = 0) -> Dict[str, float]:
+  """FID (and KID where ``stats`` hold features) of model samples against reference statistics.
+
+  ``samples``: (N, H, W, C) floats in [-1, 1] (quantised with inception.to_uint8, as the
+  reference images were) or uint8. The statistics must be of ``dataset`` at ``resolution``
+  and of the same Inception weights (:func:`check_compatible`), checked before any network
+  evaluation. Returns {'fid', 'kid', 'kid_std', 'num_samples'} ('kid*' only with features).
+  """
+  from diffusion.metrics import inception  # flax and the weights: only when images are scored
+  check_compatible(stats, dataset, resolution, weights_sha256=inception.weights_sha256(weights))
+  x = np.asarray(samples)
+  if x.ndim != 4 or x.shape[1] != resolution or x.shape[2] != resolution:
+    raise ValueError(f"samples must be (N, {resolution}, {resolution}, C) images of {dataset}, "
+                     f"got shape {x.shape}")
+  if x.dtype != np.uint8:
+    x = inception.to_uint8(x)
+  if params is None:
+    params = inception.load_params(weights)
+  feats = inception.features(params, x, batch_size=batch_size)
+  out = {"fid": fid_to_stats(feats, stats), "num_samples": int(len(feats))}
+  if stats.features is not None:
+    out["kid"], out["kid_std"] = kid(feats, stats.features, num_subsets=kid_subsets,
+                                     subset_size=kid_subset_size, seed=seed)
+  return out
