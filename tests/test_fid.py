@@ -106,6 +106,10 @@ def test_to_uint8():
                                 np.floor(k * 255 / 16 + 0.5))
   v = np.arange(256)  # 256-level data round-trips exactly
   np.testing.assert_array_equal(inception.to_uint8((v / 255 * 2 - 1).astype(np.float32)), v)
+  np.testing.assert_array_equal(inception.to_uint8(x, rounding="floor"),
+                                [0, 0, 0, 127, 191, 255, 255])
+  with pytest.raises(ValueError, match="rounding must be 'nearest' or 'floor', got 'up'"):
+    inception.to_uint8(x, rounding="up")
   with pytest.raises(ValueError, match="float images in \\[-1, 1\\], got dtype uint8"):
     inception.to_uint8(np.zeros(3, np.uint8))
 

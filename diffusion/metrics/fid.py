@@ -232,11 +232,12 @@ def kid_to_stats(features, stats: Stats, **kw) -> Tuple[float, float]:
 
 def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, params=None,
                   weights: Optional[str] = None, batch_size: int = 64, kid_subsets: int = 100,
-                  kid_subset_size: int = 1000, seed: int = 0) -> Dict[str, float]:
+                  kid_subset_size: int = 1000, seed: int = 0,
+                  rounding: str = "nearest") -> Dict[str, float]:
   """FID (and KID where ``stats`` hold features) of model samples against reference statistics.
 
-  ``samples``: (N, H, W, C) floats in [-1, 1] (quantised with inception.to_uint8, as the
-  reference images were) or uint8. The statistics must be of ``dataset`` at ``resolution``
+  ``samples``: (N, H, W, C) floats in [-1, 1] (quantised with inception.to_uint8(x, rounding),
+  nearest level by default, as the reference images were) or uint8. The statistics must be of ``dataset`` at ``resolution``
   and of the same Inception weights (:func:`check_compatible`), checked before any network
   evaluation. Returns {'fid', 'kid', 'kid_std', 'num_samples'} ('kid*' only with features).
   """
@@ -247,7 +248,7 @@ def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, param
     raise ValueError(f"samples must be (N, {resolution}, {resolution}, C) images of {dataset}, "
                      f"got shape {x.shape}")
   if x.dtype != np.uint8:
-    x = inception.to_uint8(x)
+    x = inception.to_uint8(x, rounding)
   if params is None:
     params = inception.load_params(weights)
   feats = inception.features(params, x, batch_size=batch_size)

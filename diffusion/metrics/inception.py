@@ -24,7 +24,7 @@ Preprocessing, as the TF graph (and TF-GAN's ``preprocess_image``) does it:
 Input conventions of :func:`features`: NHWC images, C = 3 (RGB) or C = 1 (grey, repeated to 3
 channels), either uint8 in [0, 255] or floats on the same [0, 255] scale. Model outputs in
 [-1, 1] must first be quantised with :func:`to_uint8` (round to the nearest level, as EDM does
-before its Inception; score SDE truncates instead, which shifts FID slightly).
+before its Inception; score SDE truncates instead, ``to_uint8(x, rounding='floor')``).
 """
 import functools
 import hashlib
@@ -53,19 +53,26 @@ Params = Dict[str, Any]
 
 # -- input conversion and preprocessing -------------------------------------------------------------
 
-def to_uint8(x) -> np.ndarray:
-  """Model images in [-1, 1] -> uint8 in [0, 255], rounding to the nearest level.
+def to_uint8(x, rounding: str = "nearest") -> np.ndarray:
+  """Model images in [-1, 1] -> uint8 in [0, 255].
 
-  ``floor((x + 1) * 127.5 + 0.5)`` clipped to [0, 255], i.e. EDM's
-  ``(x * 127.5 + 128).clip(0, 255).to(uint8)``. (score SDE's ``(x01 * 255).astype(uint8)``
-  truncates instead.) Any array of floats; NaN is an error.
+  rounding='nearest' (default): ``floor((x + 1) * 127.5 + 0.5)`` clipped to [0, 255], i.e.
+  EDM's ``(x * 127.5 + 128).clip(0, 255).to(uint8)``; the exact grid of 256-level data maps
+  back to its pixels. rounding='floor': score SDE's ``clip((x + 1) / 2 * 255, 0, 255)``
+  truncated to uint8 (about half a level darker on average; use it only to compare with
+  numbers computed that way). Any float array; NaN is an error.
   """
+  if rounding not in ("nearest", "floor"):
+    raise ValueError(f"rounding must be 'nearest' or 'floor', got {rounding!r}")
   x = np.asarray(x)
   if not np.issubdtype(x.dtype, np.floating):
     raise ValueError(f"to_uint8 expects float images in [-1, 1], got dtype {x.dtype}")
   if np.isnan(x).any():
     raise ValueError("to_uint8: images contain NaN")
-  return np.clip(np.floor(x.astype(np.float64) * 127.5 + 128.0), 0, 255).astype(np.uint8)
+  y = (x.astype(np.float64) + 1.0) * 127.5
+  if rounding == "nearest":
+    y = y + 0.5
+  return np.clip(np.floor(y), 0, 255).astype(np.uint8)
 
 
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
