@@ -43,9 +43,10 @@ def plot(s, x: np.ndarray, path: str, title: str = ""):
 
 
 def restore_params(config: Config, workdir: str):
-  """(Setup, EMA params, step) from the newest readable checkpoint of ``workdir``.
+  """(Setup, EMA params, step) from the newest intact checkpoint of ``workdir``.
 
-  Refuses a workdir of another experiment and one without checkpoints.
+  Refuses a workdir of another experiment and one without checkpoints. Read-only: checkpoints
+  proven corrupt are skipped with a warning line, never moved; nothing in the workdir changes.
   """
   from experiments import train
   s = train.setup(config)
@@ -53,7 +54,7 @@ def restore_params(config: Config, workdir: str):
     raise FileNotFoundError(f"no checkpoints in {os.path.join(workdir, checkpoint.CKPT_DIR)}; "
                             f"train first (--mode=train)")
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
+  ckpt = checkpoint.Checkpointer(workdir, config=s.identity, read_only=True)
   try:
     state, _, step = ckpt.restore(s.abstract_state)
   finally:
