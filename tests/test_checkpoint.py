@@ -127,6 +127,19 @@ def test_every_save_gets_an_integrity_manifest(tmp_path, async_save):
     assert checkpoint.check_integrity(str(d)) == (True, "")
 
 
+def test_async_save_writes_its_manifest_in_the_background(tmp_path):
+  """Without wait() or close(): a run killed later still leaves verifiable checkpoints."""
+  ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=True)
+  ck.save(1, _state(1))
+  path = tmp_path / "checkpoints" / "1" / checkpoint.INTEGRITY_FILE
+  t0 = time.time()
+  while not path.exists() and time.time() - t0 < 30:
+    time.sleep(0.05)
+  assert path.exists()
+  assert checkpoint.check_integrity(str(tmp_path / "checkpoints" / "1")) == (True, "")
+  ck.close()
+
+
 @pytest.mark.parametrize("damage", [_flip_byte, _truncate])
 def test_corrupt_checkpoint_train_sets_it_aside_and_uses_previous(tmp_path, caplog, damage):
   states = _saved(tmp_path)

@@ -68,11 +68,14 @@ def test_sigkill_and_resume_is_exact_and_lock_refuses_second_run(tmp_path):
       proc.kill()
     proc.stdout.close()
   assert open(os.path.join(killed, checkpoint.LOCK_FILE)).read().split()[0] == str(proc.pid)
+  # The async save of step 20 got its integrity manifest before the kill.
+  assert checkpoint.check_integrity(os.path.join(killed, "checkpoints", "20")) == (True, "")
 
   train.train(tiny_config(**RUN), straight)  # the reference, in this process
   resumed = run_main(killed, "train", RUN)  # takes over the stale lock
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from the checkpoint at step 20" in resumed.stdout
+  assert "without an integrity check" not in resumed.stderr
   a, step_a = _final_state(straight, {})
   b, step_b = _final_state(killed, {})
   assert step_a == step_b == 40
