@@ -248,10 +248,19 @@ def abstract_like(tree: PyTree, shardings: Optional[PyTree] = None) -> PyTree:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _key_name(k: Any) -> str:
+  for attr in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey / FlattenedIndexKey
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
 def tree_signature(tree: PyTree) -> List[List[Any]]:
-  """[[key path, shape, dtype], ...] for every leaf: what a restore target must match."""
+  """[[key path, shape, dtype], ...] for every leaf: what a restore target must match. Paths
+  are '/'-joined key names ('opt_state/1/0/mu/Dense_0/bias'), independent of jax's keystr."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [[jax.tree_util.keystr(p), [int(d) for d in x.shape], str(x.dtype)] for p, x in leaves]
+  return [["/".join(_key_name(k) for k in p), [int(d) for d in x.shape], str(x.dtype)]
+          for p, x in leaves]
 
 
 def signature_diff(saved: Sequence[Sequence[Any]], current: Sequence[Sequence[Any]],
@@ -600,16 +609,16 @@ class Checkpointer:
         log.warning("checkpoint at step %d in %s is corrupt (%s); skipped it (nothing moved), %s",
                     step, self.directory, why, outcome)
         continue
-      dst = src
-      if jax.process_index() == 0 and os.path.exists(src):
-        dst_root = os.path.join(self.workdir, CORRUPT_DIR)
-        os.makedirs(dst_root, exist_ok=True)
-        dst = os.path.join(dst_root, str(step))
-        n = 0
-        while os.path.exists(dst):
-          n += 1
-          dst = os.path.join(dst_root, f"{step}.{n}")
-        shutil.move(src, dst)
+      if jax.process_index() != 0 or not os.path.exists(src):
+        continue  # process 0 moves it and reports
+      dst_root = os.path.join(self.workdir, CORRUPT_DIR)
+      os.makedirs(dst_root, exist_ok=True)
+      dst = os.path.join(dst_root, str(step))
+      n = 0
+      while os.path.exists(dst):
+        n += 1
+        dst = os.path.join(dst_root, f"{step}.{n}")
+      shutil.move(src, dst)
       log.warning("checkpoint at step %d in %s is corrupt (%s); moved it to %s, %s", step,
                   self.directory, why, dst, outcome)
     if corrupt and not self.read_only:
