@@ -1,4 +1,8 @@
-"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples.npz + PNG."""
+"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples.npz + PNG.
+
+Checkpoints are opened read-only here (and by eval): one that fails its integrity check is
+skipped with a warning line, never moved; nothing under checkpoints/ is written.
+"""
 from __future__ import annotations
 
 import os
