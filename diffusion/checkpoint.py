@@ -44,6 +44,7 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -603,6 +604,9 @@ class Checkpointer:
   def _set_aside(self, corrupt: Sequence[Tuple[int, str]], outcome: str) -> None:
     """One warning line per proven-corrupt checkpoint; moved to corrupt_checkpoints/ unless
     read_only."""
+    multi = bool(corrupt) and not self.read_only and jax.process_count() > 1
+    if multi:  # every process has verified them before process 0 moves them
+      multihost_utils.sync_global_devices("checkpoint_set_aside_start")
     for step, why in corrupt:
       src = self.step_dir(step)
       if self.read_only:
@@ -621,6 +625,8 @@ class Checkpointer:
       shutil.move(src, dst)
       log.warning("checkpoint at step %d in %s is corrupt (%s); moved it to %s, %s", step,
                   self.directory, why, dst, outcome)
+    if multi:
+      multihost_utils.sync_global_devices("checkpoint_set_aside_done")
     if corrupt and not self.read_only:
       self.manager.reload()
 
