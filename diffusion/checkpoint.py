@@ -529,7 +529,9 @@ class Checkpointer:
       self._set_aside(corrupt, f"restored step {s} instead")
       return state, meta, s
     if corrupt:
-      listing = "; ".join(f"step {s}: {why}" for s, why in corrupt)
+      listing = "; ".join(f"step {s}: {why}" for s, why in corrupt[:3])
+      if len(corrupt) > 3:
+        listing += f"; and {len(corrupt) - 3} older ones"
       if not allow_fresh_start:
         hint = ("" if self.read_only else
                 " To set them aside in corrupt_checkpoints/ and train from step 0, pass "

@@ -179,6 +179,19 @@ def test_corrupt_checkpoint_read_only_is_skipped_and_nothing_moves(tmp_path, cap
   assert _tree_hashes(tmp_path) == before
 
 
+def test_integrity_check_cases(tmp_path):
+  _saved(tmp_path, (1,))
+  d = tmp_path / "checkpoints" / "1"
+  assert checkpoint.check_integrity(str(d)) == (True, "")
+  os.remove(d / "meta" / "metadata")
+  assert checkpoint.check_integrity(str(d)) == (False, "file meta/metadata is missing")
+  (d / checkpoint.INTEGRITY_FILE).write_text('{"files": {"a": ')  # unreadable: nothing proven
+  ok, why = checkpoint.check_integrity(str(d))
+  assert ok is None and "unreadable" in why
+  os.remove(d / checkpoint.INTEGRITY_FILE)
+  assert checkpoint.check_integrity(str(d)) == (None, f"it has no {checkpoint.INTEGRITY_FILE}")
+
+
 def test_checkpoint_without_manifest_is_used_with_a_warning(tmp_path, caplog):
   """As saved by an older version, or killed between orbax's finalization and the manifest."""
   states = _saved(tmp_path)
