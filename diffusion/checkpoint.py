@@ -31,7 +31,6 @@ restores: a failed restore reports one line per checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -41,7 +40,7 @@ import shutil
 import socket
 import sys
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 from jax.experimental import multihost_utils
