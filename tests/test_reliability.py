@@ -1,9 +1,13 @@
 """Fault tolerance of the train driver, with real subprocesses and signals.
 
+A resume with a config of another state structure, or over checkpoints that are all corrupt, is
+refused without changing the workdir (the latter is allowed with allow_fresh_start).
+
 Exact resume: N steps straight == N/2 steps, SIGKILL, resume (params, EMA, optimizer state bit
 for bit on CPU). SIGTERM saves and exits 0. A second run on a busy workdir is refused; the stale
 lock of a killed run is taken over.
 """
+import hashlib
 import os
 import signal
 import subprocess
@@ -68,11 +72,14 @@ def test_sigkill_and_resume_is_exact_and_lock_refuses_second_run(tmp_path):
       proc.kill()
     proc.stdout.close()
   assert open(os.path.join(killed, checkpoint.LOCK_FILE)).read().split()[0] == str(proc.pid)
+  # The async save of step 20 got its integrity manifest before the kill.
+  assert checkpoint.check_integrity(os.path.join(killed, "checkpoints", "20")) == (True, "")
 
   train.train(tiny_config(**RUN), straight)  # the reference, in this process
   resumed = run_main(killed, "train", RUN)  # takes over the stale lock
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from the checkpoint at step 20" in resumed.stdout
+  assert "without an integrity check" not in resumed.stderr
   a, step_a = _final_state(straight, {})
   b, step_b = _final_state(killed, {})
   assert step_a == step_b == 40
@@ -106,3 +113,40 @@ def test_cli_nan_stops_with_message(tmp_path):
   assert r.returncode == 1
   assert "non-finite loss or gradient at step 12" in r.stderr
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+
+
+def _fingerprint(wd):
+  """{path: sha256} of checkpoints/, corrupt_checkpoints/ and config.json."""
+  out = {}
+  for sub in ("checkpoints", "corrupt_checkpoints", checkpoint.CONFIG_FILE):
+    root = os.path.join(wd, sub)
+    paths = [root] if os.path.isfile(root) else [
+        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    for p in paths:
+      out[os.path.relpath(p, wd)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+  return out
+
+
+def test_train_refuses_other_state_structure_and_fresh_start_over_corrupt(tmp_path):
+  """In process (fast): train() resumes nothing it cannot prove right, and changes nothing."""
+  wd = str(tmp_path)
+  small = {"training.num_steps": 10, "eval.density_grid": 0}
+  assert train.train(tiny_config(**small), wd)["step"] == 10
+  before = _fingerprint(wd)
+  # optim.grad_clip 1.0 -> 0 drops clip_by_global_norm's node from the optimizer state.
+  with pytest.raises(checkpoint.CheckpointMismatchError, match=r"optim\.grad_clip \(1\.0 -> 0"):
+    train.train(tiny_config(**small, **{"optim.grad_clip": 0.0}), wd)
+  assert _fingerprint(wd) == before  # config.json too: it still records grad_clip 1.0
+
+  d = os.path.join(wd, "checkpoints", "10", "state", "d")
+  for f in os.listdir(d):
+    with open(os.path.join(d, f), "r+b") as fh:
+      fh.truncate(1)
+  before = _fingerprint(wd)
+  with pytest.raises(checkpoint.NoUsableCheckpointError, match="--allow_fresh_start"):
+    train.train(tiny_config(**small), wd)
+  assert _fingerprint(wd) == before
+  out = train.train(tiny_config(**{**small, "training.num_steps": 5}), wd,
+                    allow_fresh_start=True)
+  assert out["step"] == 5 and out["status"] == "done"
+  assert os.listdir(os.path.join(wd, checkpoint.CORRUPT_DIR)) == ["10"]
