@@ -24,13 +24,12 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from diffusion.samplers.ode import diffrax_nfe, fsal_state
 from diffusion.schedules import Schedule
 
 Array = Any
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
-# Function evaluations per attempted step of each (FSAL) solver, after the first one.
-_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "dopri8": 13}
 
 
 def pf_ode_velocity(denoise: Callable[..., Array], schedule: Schedule, cond=None):
@@ -83,7 +82,8 @@ def log_likelihood(denoise: Callable[..., Array],
 
   Returns dict(logp (B,) nats, prior_logp (B,), delta_logp (B,), z (B, ...) the latent at t_max,
   nfe: ODE right-hand-side evaluations (each is one denoiser call plus, for the exact divergence,
-  D Jacobian-vector products), num_steps).
+  D Jacobian-vector products), exact as in ``samplers.ode_adaptive``, num_steps (accepted and
+  rejected), num_rejected_steps).
   """
   if divergence not in ("exact", "hutchinson"):
     raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
@@ -111,10 +111,14 @@ def log_likelihood(denoise: Callable[..., Array],
     return vy, div
 
   state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
+  term, slv = diffrax.ODETerm(rhs), _SOLVERS[solver]()
+  # The first right-hand side evaluated once up front, so that the NFE is exact even when the
+  # first step is rejected (see samplers.ode.fsal_state), counted as the samplers count it.
+  solver_state = fsal_state(slv, term, t0, t1, state0)
   sol = diffrax.diffeqsolve(
-      diffrax.ODETerm(rhs), _SOLVERS[solver](), t0=t0, t1=t1, dt0=(t1 - t0) / 64, y0=state0,
+      term, slv, t0=t0, t1=t1, dt0=(t1 - t0) / 64, y0=state0,
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
-      saveat=diffrax.SaveAt(t1=True))
+      saveat=diffrax.SaveAt(t1=True), solver_state=solver_state)
   z, delta = sol.ys[0][0], sol.ys[1][0]
   prior = schedule.prior_logp(z)
   num_steps = sol.stats["num_steps"]
@@ -124,7 +128,8 @@ def log_likelihood(denoise: Callable[..., Array],
       "delta_logp": delta,
       "z": z,
       "num_steps": num_steps,
-      "nfe": 1 + _EVALS_PER_STEP[solver] * num_steps,
+      "num_rejected_steps": sol.stats["num_rejected_steps"],
+      "nfe": diffrax_nfe(slv, num_steps),
   }
 
 
