@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.samplers.ode import diffrax_nfe, fsal_state
-from diffusion.schedules import Schedule
+from diffusion.schedules import Schedule, check_int, check_real, check_time_range
 
 Array = Any
 
@@ -80,19 +80,28 @@ def log_likelihood(denoise: Callable[..., Array],
                    max_steps: int = 4096) -> Dict[str, Array]:
   """log p(x) of data x (B, ...) under the model's PF-ODE.
 
+  t_min / t_max (None: the schedule's) must satisfy schedule.t_min <= t_min < t_max <=
+  schedule.t_max; rtol, atol > 0; max_steps an int >= 1: anything else raises before tracing.
   Returns dict(logp (B,) nats, prior_logp (B,), delta_logp (B,), z (B, ...) the latent at t_max,
   nfe: ODE right-hand-side evaluations (each is one denoiser call plus, for the exact divergence,
   D Jacobian-vector products), exact as in ``samplers.ode_adaptive``, num_steps (accepted and
   rejected), num_rejected_steps).
   """
+  if not isinstance(schedule, Schedule):
+    raise TypeError(f"schedule must be a diffusion.schedules.Schedule, got {schedule!r}")
   if divergence not in ("exact", "hutchinson"):
     raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
   if probe not in ("rademacher", "gaussian"):
     raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
   if solver not in _SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; available: {sorted(_SOLVERS)}")
-  t0 = float(schedule.t_min if t_min is None else t_min)
-  t1 = float(schedule.t_max if t_max is None else t_max)
+  t0, t1 = check_time_range(schedule, t_min, t_max)
+  max_steps = check_int("max_steps", max_steps)
+  for name, v in (("rtol", rtol), ("atol", atol)):
+    if not check_real(name, v) > 0:
+      raise ValueError(f"{name} must be > 0, got {v!r}")
+  if jnp.ndim(x) < 2:
+    raise ValueError(f"x must be a batch (B, ...) with at least 2 axes, got shape {jnp.shape(x)}")
   v = pf_ode_velocity(denoise, schedule, cond)
   if divergence == "hutchinson":
     if key is None:
@@ -137,6 +146,9 @@ def bits_per_dim(logp: Array, dim: int, num_levels: int = 256) -> Array:
   """Bits per dimension of discrete data with ``num_levels`` levels scaled to [-1, 1].
 
   Data x in {0..L-1} dequantized to [0, L) then mapped to [-1, 1] by y = 2 x / L - 1, so
-  log p(x) = log p(y) + D log(2/L) and bpd = -(log p(y)/D + log(2/L)) / ln 2.
+  log p(x) = log p(y) + D log(2/L) and bpd = -(log p(y)/D + log(2/L)) / ln 2. ``dim`` (D) an
+  int >= 1, ``num_levels`` (L) an int >= 2.
   """
+  dim = check_int("dim", dim, 1)
+  num_levels = check_int("num_levels", num_levels, 2)
   return -(logp / dim + math.log(2.0 / num_levels)) / math.log(2.0)

@@ -40,9 +40,15 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
 
 
 def _check_order(order, lo, hi):
-  if int(order) != order or not lo <= order <= hi:
+  if isinstance(order, bool) or int(order) != order or not lo <= order <= hi:
     raise ValueError(f"order must be an int in [{lo}, {hi}], got {order!r}")
   return int(order)
+
+
+def _check_unipc(hp):
+  _check_order(hp["order"], 1, 3)
+  if hp["variant"] not in VARIANTS:
+    raise ValueError(f"unknown UniPC variant {hp['variant']!r}; accepted: {VARIANTS}")
 
 
 def _eps_history_run(update_fn, order, denoise, schedule, key, x_T, time_grid, cond,
@@ -110,7 +116,8 @@ def deis_tab_update(schedule, times: Sequence[float], rows: Sequence[int], t_nex
                   nfe_per_step="1 (+order-2 warm-up)",
                   paper="Zhang & Chen 2023, DEIS, eq. 14-15 (tAB: exponential integrator, "
                   "Lagrange extrapolation of eps in t)",
-                  variants=({}, {"order": 1}, {"order": 2}))
+                  variants=({}, {"order": 1}, {"order": 2}),
+                  check=lambda hp: _check_order(hp["order"], 1, 3))
 def deis(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 3,
          warmup: bool = True, lower_order_final: bool = True, final_denoise: bool = False):
   """DEIS-tAB of ``order`` 1-3 (history points; order 1 is DDIM). NFE = N (+order-2 warm-up)
@@ -150,7 +157,8 @@ def ipndm_update(schedule, times: Sequence[float], rows: Sequence[int], t_next: 
                   nfe_per_step="1 (+order-2 warm-up)",
                   paper="Zhang & Chen 2023, DEIS, iPNDM (PNDM, Liu et al. 2022, with "
                   "lower-order Adams-Bashforth start)",
-                  variants=({}, {"order": 1}, {"order": 2}, {"order": 3}))
+                  variants=({}, {"order": 1}, {"order": 2}, {"order": 3}),
+                  check=lambda hp: _check_order(hp["order"], 1, 4))
 def ipndm(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 4,
           warmup: bool = True, lower_order_final: bool = False, final_denoise: bool = False):
   """iPNDM of ``order`` 1-4 with variable-step Adams-Bashforth coefficients (see
@@ -228,7 +236,8 @@ def _fill(form, new_row):
                   "B(h) variants bh1 / bh2, data prediction)",
                   variants=({"order": 2}, {"order": 1}, {"order": 3, "warmup": True},
                             {"order": 2, "variant": "bh1"}, {"order": 1, "variant": "bh1"},
-                            {"order": 3, "variant": "bh1", "warmup": True}))
+                            {"order": 3, "variant": "bh1", "warmup": True}),
+                  check=_check_unipc)
 def unipc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 3,
           variant: str = "bh2", warmup: bool = False, lower_order_final: bool = True,
           final_denoise: bool = False):
@@ -242,9 +251,7 @@ def unipc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
   two stage evaluations join the history, giving order 4 for 2 extra NFE.
   NFE = N (+2 warm-up) (+1 final denoise).
   """
-  order = _check_order(order, 1, 3)
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown UniPC variant {variant!r}; accepted: {VARIANTS}")
+  order = int(order)
   t = engine.check_grid(time_grid, schedule)
   n = len(t) - 1
   prog = Program()
