@@ -385,7 +385,8 @@ def _dpmpp_multistep(order, denoise, schedule, key, x_T, time_grid, cond, sample
 def dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
              lower_order_final: bool = True, final_denoise: bool = False):
   """DPM-Solver++(2M): first step first order, then second-order multistep (and first order at
-  the last step when N < 10 with ``lower_order_final``). NFE = N (+1)."""
+  the last step when N < 10 with ``lower_order_final``, as the DPM-Solver reference code; diffusers
+  does so for N < 15: see ``diffusion.samplers.multistep``). NFE = N (+1)."""
   return _dpmpp_multistep(2, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
                           lower_order_final, final_denoise)
 
@@ -404,7 +405,9 @@ def dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset
   evaluation joins the history (one extra NFE; third order globally); without, orders 1, 2, 3 as in
   the paper's code, whose first-order first step limits the global order to 2 (it matters only at
   large NFE, or when t_max is not deep in the noise). Lower order at the end when N < 10 with
-  ``lower_order_final``. NFE = N (+1 warm-up) (+1 final denoise).
+  ``lower_order_final`` (last interval first order, the one before second order; the DPM-Solver
+  reference code: the same for N < 10; diffusers: N < 15; see ``diffusion.samplers.multistep``).
+  NFE = N (+1 warm-up) (+1 final denoise).
 
   ``d2_weight``: the weight of phi_3 D_2 in the third-order update (see ``dpmpp_multistep_update``).
   'taylor' (default, 2 phi_3 D_2) is the consistent third-order term; 'reference' (phi_3 D_2) is
