@@ -24,6 +24,7 @@ through its ``SamplerInfo`` (kind, theoretical order, nfe formula, variants).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import subprocess
@@ -215,7 +216,7 @@ def measure_order(name, variant, dim, nfe_targets=NFE_TARGETS, grid=None, settin
   gm = mixture(dim)
   grid = grid or info.order_grid
   with jax.enable_x64(True):
-    x_T, ref = reference_pair(dim, setting["batch"])
+    x_T, ref = reference_pair(dim, setting["batch"], sch)
     den = gm.denoiser(sch)
     nfes, errs = [], []
     for target in nfe_targets:
@@ -288,11 +289,17 @@ def exact_stats(dim):
   return mixture_stats(gm, gm.sample0(jax.random.PRNGKey(13), 200_000))
 
 
-def check_distribution(name, variant, dim=2, n=4000, steps=200, grid="karras", bias=0.03):
+def check_distribution(name, variant, dim=2, n=4000, steps=200, grid="karras", bias=0.03,
+                       schedule=VP):
+  """Sample statistics against the exact ones; also checks the NFE against a call counter."""
   gm = mixture(dim)
-  f = build_sampler(name, VP, steps, grid=grid, **variant)
-  x_T = VP.prior_sample(jax.random.PRNGKey(11), (n, dim))
-  x, _ = f(gm.denoiser(VP), jax.random.PRNGKey(12), x_T)
+  info = sampler_info(name)
+  f = build_sampler(name, schedule, steps, grid=grid, **variant)
+  x_T = schedule.prior_sample(jax.random.PRNGKey(11), (n, dim))
+  den, count = counting_denoiser(gm.denoiser(schedule))
+  x, out = f(den, jax.random.PRNGKey(12), x_T)
+  jax.block_until_ready(x)
+  assert int(out["nfe"]) == count[0] == info.nfe(steps, info.resolve(variant))
   assert np.all(np.isfinite(np.asarray(x)))
   mean, cov, w = mixture_stats(gm, x)
   m0, c0, w0 = exact_stats(dim)
@@ -506,6 +513,8 @@ BAD_BUILD_ARGS = [
     (dict(rho=-7.0), ValueError, "rho"),
     (dict(rho=float("nan")), ValueError, "rho"),
     (dict(grid=3), TypeError, "grid"),
+    (dict(grid="logsnr_power:inf"), ValueError, "kappa"),
+    (dict(grid="logsnr_power:nan"), ValueError, "kappa"),
     (dict(logsnr_min=float("nan")), ValueError, "logsnr_min"),
 ]
 
@@ -605,3 +614,81 @@ def test_build_sampler_with_explicit_time_grid():
     build_sampler("dpmpp_2m", VP, time_grid=grid, t_min=0.01)
   with pytest.raises(ValueError, match="num_steps"):
     build_sampler("dpmpp_2m", VP)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every sampler on the VP, VE, sub-VP and EDM schedules
+# ------------------------------------------------------------------------------------------------
+
+SCHEDULES = {"vp": VP, "ve": schedules.VE(), "subvp": schedules.SubVP(), "edm": schedules.EDM()}
+# Relative error bounds at ~40 NFE on the Karras grid over each schedule's whole range, by
+# theoretical order (measured on the 2-D mixture: order 1 <= 0.035, order 2 <= 0.021,
+# order >= 3 <= 0.0026 over the four schedules).
+ACCURACY_TOL = {1: 0.07, 2: 0.035, 3: 0.006}
+
+
+@functools.lru_cache(None)
+def full_range_reference(sname, dim=2, batch=16):
+  """(x_T, x_ref) over the schedule's whole [t_min, t_max] in float64; call inside enable_x64."""
+  sch, gm = SCHEDULES[sname], mixture(dim)
+  x_T = gm.sample(jax.random.PRNGKey(7), batch, sch.t_max, sch, jnp.float64)
+  return x_T, np.asarray(reference_ode(gm, sch, x_T, sch.t_max, sch.t_min))
+
+
+@pytest.mark.parametrize("sname", ["ve", "subvp", "edm"])
+@pytest.mark.parametrize("name", DET)
+def test_deterministic_on_other_schedules(name, sname):
+  """Default variant: exact NFE (counted) and the error against the float64 PF-ODE solution at
+  ~40 NFE within the bound of its order (adaptive: min(0.07, 10 rtol)). VP: ``test_nfe_exact``
+  and ``test_order_of_convergence``."""
+  info, sch, gm = sampler_info(name), SCHEDULES[sname], mixture(2)
+  variant = dict(info.variants[0])
+  if "final_denoise" in info.defaults():
+    variant["final_denoise"] = False
+  hp = info.resolve(variant)
+  with jax.enable_x64(True):
+    x_T, ref = full_range_reference(sname)
+    den, count = counting_denoiser(gm.denoiser(sch))
+    if info.adaptive:
+      f = build_sampler(name, sch, 10, grid="logsnr", **variant)
+      tol = min(0.07, 10 * hp["rtol"])
+    else:
+      n = _steps_for(info, hp, 40)
+      f = build_sampler(name, sch, n, grid="karras", **variant)
+      tol = ACCURACY_TOL[min(int(info.order(hp)), 3)]
+    x, out = f(den, jax.random.PRNGKey(0), x_T)
+    jax.block_until_ready(x)
+  assert int(out["nfe"]) == count[0]
+  if not info.adaptive:
+    assert count[0] == info.nfe(n, hp)
+  err = float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref))
+  assert err < tol, (name, sname, err, tol, int(out["nfe"]))
+
+
+@pytest.mark.parametrize("sname", ["ve", "subvp", "edm"])
+@pytest.mark.parametrize("name", STO)
+def test_stochastic_on_other_schedules(name, sname):
+  """Default variant, exact NFE and the sample statistics (VP: ``test_stochastic_distribution``),
+  at a modest size: 2,000 samples, 100 steps."""
+  check_distribution(name, sampler_info(name).variants[0], n=2000, steps=100, bias=0.05,
+                     schedule=SCHEDULES[sname])
+
+
+def logsnr_restricted(sch):
+  """``sch`` restricted to the logSNR range of ORDER_SETTING's VP, t in [0.05, 0.5]."""
+  ref = ORDER_SETTING["schedule"]
+  lo, hi = ref.logsnr(np.float64(ref.t_max)), ref.logsnr(np.float64(ref.t_min))
+  return dataclasses.replace(sch, t_min=float(sch.t_from_logsnr(hi)),
+                             t_max=float(sch.t_from_logsnr(lo)))
+
+
+@slow
+@pytest.mark.parametrize("sname", ["ve", "subvp", "edm"])
+@pytest.mark.parametrize("name", DET_FIXED)
+def test_order_of_convergence_other_schedules(name, sname):
+  info = sampler_info(name)
+  variant = info.variants[0]
+  setting = dict(schedule=logsnr_restricted(SCHEDULES[sname]), batch=ORDER_SETTING["batch"])
+  slope, nfes, errs = measure_order(name, variant, 64, setting=setting)
+  expected = info.order(info.resolve(variant))
+  assert abs(slope - expected) <= 0.3, (name, sname, slope, expected, nfes, errs)

@@ -30,8 +30,9 @@ def parse_power(kind: str) -> Optional[float]:
     kappa = float(rest[1:]) if rest.startswith(":") else None
   except ValueError:
     kappa = None
-  if kappa is None or not kappa > 0:
-    raise ValueError(f"bad grid {kind!r}: use 'logsnr_power' or 'logsnr_power:<kappa > 0>'")
+  if kappa is None or not 0 < kappa < float("inf"):
+    raise ValueError(f"bad grid {kind!r}: use 'logsnr_power' or 'logsnr_power:<kappa>' with a "
+                     f"finite kappa > 0")
   return kappa
 
 
