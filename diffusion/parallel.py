@@ -107,6 +107,14 @@ def to_host(tree: PyTree) -> PyTree:
   return jax.tree_util.tree_map(one, tree)
 
 
+def sampling_streams(key: jax.Array):
+  """(prior_key, noise_key) = jax.random.split(key): x_T of sample i comes from
+  fold_in(prior_key, i), the sampler's noise of sample i from fold_in(noise_key, i), two
+  independent streams that depend only on (key, i)."""
+  prior_key, noise_key = jax.random.split(key)
+  return prior_key, noise_key
+
+
 def per_sample_prior(schedule, key: jax.Array, start: int, n: int,
                      shape: Sequence[int]) -> jax.Array:
   """x_T for samples start..start+n-1: sample i is drawn from fold_in(key, i), so it does not
@@ -122,8 +130,10 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
   """Runs ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh in batches.
 
   ``offset`` (an int32 scalar) is the global index of the batch's first sample, for samplers that
-  draw per-sample noise from fold_in(key, index). x_T is drawn inside the jitted function, sample
-  i from fold_in(key, i) (``per_sample_prior``), already sharded over the batch axis. Every batch
+  draw per-sample noise from fold_in(key, index). ``key`` is split by ``sampling_streams`` into a
+  prior key and a noise key: x_T is drawn inside the jitted function, sample i from
+  fold_in(prior_key, i) (``per_sample_prior``), already sharded over the batch axis, and
+  ``sample_fn`` gets the noise key, so x_T and the sampler's noise are independent. Every batch
   has the same size, a multiple of the device count (one compile), so results do not depend on
   the device or process count. Returns (samples (num_samples, *shape) numpy, last info).
   ``progress(done)``, if given, is called after each batch with the number of samples done.
@@ -133,8 +143,10 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
   bsh, rep = batch_sharding(mesh), replicated(mesh)
 
   def run(p, k, offset):
-    x_t = jax.lax.with_sharding_constraint(per_sample_prior(schedule, k, offset, bs, shape), bsh)
-    return sample_fn(p, k, x_t, offset)
+    prior_key, noise_key = sampling_streams(k)
+    x_t = per_sample_prior(schedule, prior_key, offset, bs, shape)
+    x_t = jax.lax.with_sharding_constraint(x_t, bsh)
+    return sample_fn(p, noise_key, x_t, offset)
 
   jitted = jax.jit(run, in_shardings=(rep, rep, rep), out_shardings=(bsh, rep))
   params = jax.device_put(params, rep)
