@@ -130,7 +130,7 @@ def _fingerprint(wd):
 def test_train_refuses_other_state_structure_and_fresh_start_over_corrupt(tmp_path):
   """In process (fast): train() resumes nothing it cannot prove right, and changes nothing."""
   wd = str(tmp_path)
-  small = {"training.num_steps": 10, "eval.density_grid": 0}
+  small = {"training.num_steps": 10, "eval.density_grid": 0, "optim.warmup_steps": 2}
   assert train.train(tiny_config(**small), wd)["step"] == 10
   before = _fingerprint(wd)
   # optim.grad_clip 1.0 -> 0 drops clip_by_global_norm's node from the optimizer state.
