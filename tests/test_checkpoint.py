@@ -18,6 +18,7 @@ import pytest
 
 from diffusion import checkpoint, parallel, training
 from diffusion.models import get_model
+from tests.conftest import tree_hashes
 
 NET = get_model("mlp", width=16, num_blocks=1, embed_dim=8)
 
@@ -67,16 +68,6 @@ def test_max_to_keep_and_empty(tmp_path):
   ck.wait()
   assert ck.all_steps() == [2, 3]
   ck.close()
-
-
-def _tree_hashes(root):
-  """{relative path: sha256} of every file under root (a listing + contents fingerprint)."""
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-  return out
 
 
 def _data_files(step_dir):
@@ -145,7 +136,7 @@ def test_async_save_writes_its_manifest_in_the_background(tmp_path):
 def test_corrupt_checkpoint_train_sets_it_aside_and_uses_previous(tmp_path, caplog, damage):
   states = _saved(tmp_path)
   damage(_data_files(str(tmp_path / "checkpoints" / "2"))[0])
-  before = _tree_hashes(tmp_path / "checkpoints" / "2")
+  before = tree_hashes(tmp_path / "checkpoints" / "2")
   ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
   with caplog.at_level("WARNING"):
     restored, meta, step = ck.restore(_abstract(states[1]))
@@ -156,7 +147,7 @@ def test_corrupt_checkpoint_train_sets_it_aside_and_uses_previous(tmp_path, capl
   assert "step 2" in warned[0].getMessage() and "corrupt" in warned[0].getMessage()
   assert "\n" not in warned[0].getMessage()
   # Moved whole, byte for byte, out of the way; the step can be written again.
-  assert _tree_hashes(tmp_path / "corrupt_checkpoints" / "2") == before
+  assert tree_hashes(tmp_path / "corrupt_checkpoints" / "2") == before
   assert ck.all_steps() == [1]
   ck.save(2, states[2])
   ck.close()
@@ -166,7 +157,7 @@ def test_corrupt_checkpoint_train_sets_it_aside_and_uses_previous(tmp_path, capl
 def test_corrupt_checkpoint_read_only_is_skipped_and_nothing_moves(tmp_path, caplog, damage):
   states = _saved(tmp_path)
   damage(_data_files(str(tmp_path / "checkpoints" / "2"))[0])
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   ck = checkpoint.Checkpointer(str(tmp_path), read_only=True)
   with caplog.at_level("WARNING"):
     restored, _, step = ck.restore(_abstract(states[1]))
@@ -176,7 +167,7 @@ def test_corrupt_checkpoint_read_only_is_skipped_and_nothing_moves(tmp_path, cap
   warned = _warnings(caplog)
   assert len(warned) == 1 and "step 2" in warned[0].getMessage()
   assert "nothing moved" in warned[0].getMessage()
-  assert _tree_hashes(tmp_path) == before
+  assert tree_hashes(tmp_path) == before
 
 
 def test_integrity_check_cases(tmp_path):
@@ -196,7 +187,7 @@ def test_checkpoint_without_manifest_is_used_with_a_warning(tmp_path, caplog):
   """As saved by an older version, or killed between orbax's finalization and the manifest."""
   states = _saved(tmp_path)
   os.remove(tmp_path / "checkpoints" / "2" / checkpoint.INTEGRITY_FILE)
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
   with caplog.at_level("WARNING"):
     restored, _, step = ck.restore(_abstract(states[2]))
@@ -205,19 +196,19 @@ def test_checkpoint_without_manifest_is_used_with_a_warning(tmp_path, caplog):
   _assert_equal(states[2], restored)
   warned = _warnings(caplog)
   assert len(warned) == 1 and "without an integrity check" in warned[0].getMessage()
-  assert _tree_hashes(tmp_path) == before  # no manifest is written after the fact
+  assert tree_hashes(tmp_path) == before  # no manifest is written after the fact
 
 
 def test_all_corrupt_refuses_then_fresh_start_when_allowed(tmp_path):
   states = _saved(tmp_path)
   for i in (1, 2):
     _truncate(_data_files(str(tmp_path / "checkpoints" / str(i)))[0])
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
   with pytest.raises(checkpoint.NoUsableCheckpointError,
                      match=r"step 2: .*step 1: .*nothing was moved.*--allow_fresh_start"):
     ck.restore(_abstract(states[1]))
-  assert _tree_hashes(tmp_path) == before
+  assert tree_hashes(tmp_path) == before
   assert ck.restore(_abstract(states[1]), allow_fresh_start=True) == (None, {}, None)
   assert sorted(os.listdir(tmp_path / "corrupt_checkpoints")) == ["1", "2"]
   assert ck.all_steps() == []
@@ -226,7 +217,7 @@ def test_all_corrupt_refuses_then_fresh_start_when_allowed(tmp_path):
 
 def test_structure_mismatch_names_the_config_field_and_changes_nothing(tmp_path):
   _saved(tmp_path, clip=1.0)  # clip_by_global_norm adds a node to the optimizer state
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   for read_only in (False, True):
     ck = checkpoint.Checkpointer(str(tmp_path), async_save=False, read_only=read_only,
                                  config={"optim": {"grad_clip": 0.0}})
@@ -237,7 +228,7 @@ def test_structure_mismatch_names_the_config_field_and_changes_nothing(tmp_path)
     assert "step 2" in msg and "optim.grad_clip (1.0 -> 0.0)" in msg
     assert "opt_state/0/count is in this run only" in msg
     assert "Nothing was changed" in msg and "\n" not in msg
-    assert _tree_hashes(tmp_path) == before
+    assert tree_hashes(tmp_path) == before
 
 
 def test_structure_mismatch_of_a_checkpoint_without_signature_names_the_field(tmp_path):
@@ -248,7 +239,7 @@ def test_structure_mismatch_of_a_checkpoint_without_signature_names_the_field(tm
   ck.manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(_state(0, clip=1.0)),
                                              meta=ocp.args.JsonSave({"step": 3})))
   ck.close()
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   ck = checkpoint.Checkpointer(str(tmp_path), read_only=True,
                                config={"optim": {"grad_clip": 0.0}})
   with pytest.raises(checkpoint.CheckpointRestoreError) as e:
@@ -257,12 +248,12 @@ def test_structure_mismatch_of_a_checkpoint_without_signature_names_the_field(tm
   msg = str(e.value)
   assert "step 3" in msg and "not moved" in msg and "\n" not in msg
   assert "config.json's: optim.grad_clip (1.0 -> 0.0)" in msg
-  assert _tree_hashes(tmp_path) == before
+  assert tree_hashes(tmp_path) == before
 
 
 def test_io_errors_propagate_and_move_nothing(tmp_path, monkeypatch):
   states = _saved(tmp_path)
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   ck = checkpoint.Checkpointer(str(tmp_path), async_save=False)
 
   def eio(*a, **k):
@@ -276,7 +267,7 @@ def test_io_errors_propagate_and_move_nothing(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="Input/output error"):
     ck.restore(_abstract(states[1]))
   ck.close()
-  assert _tree_hashes(tmp_path) == before
+  assert tree_hashes(tmp_path) == before
 
 
 # Under pytest, an unraisable exception becomes this warning instead of stderr output.
@@ -287,7 +278,7 @@ def test_unverified_unreadable_checkpoint_is_an_error_not_a_fallback(tmp_path, c
   os.remove(d / checkpoint.INTEGRITY_FILE)  # as saved by an older version
   for f in _data_files(str(d)):
     _truncate(f)
-  before = _tree_hashes(tmp_path)
+  before = tree_hashes(tmp_path)
   ck = checkpoint.Checkpointer(str(tmp_path), async_save=False)
   with pytest.raises(checkpoint.CheckpointRestoreError, match=r"step 2 .*not moved"):
     ck.restore(_abstract(states[1]))
@@ -295,7 +286,7 @@ def test_unverified_unreadable_checkpoint_is_an_error_not_a_fallback(tmp_path, c
     with pytest.raises(checkpoint.CheckpointRestoreError):
       ck.restore(_abstract(states[1]), step=2)
   ck.close()
-  assert _tree_hashes(tmp_path) == before
+  assert tree_hashes(tmp_path) == before
   gc.collect()
   time.sleep(0.5)  # tensorstore completes the abandoned reads in its own threads
   err = capfd.readouterr().err
