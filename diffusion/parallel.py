@@ -107,6 +107,14 @@ def to_host(tree: PyTree) -> PyTree:
   return jax.tree_util.tree_map(one, tree)
 
 
+def sampling_streams(key: jax.Array):
+  """(prior_key, noise_key) = jax.random.split(key): x_T of sample i comes from
+  fold_in(prior_key, i), the sampler's noise of sample i from fold_in(noise_key, i), two
+  independent streams that depend only on (key, i)."""
+  prior_key, noise_key = jax.random.split(key)
+  return prior_key, noise_key
+
+
 def per_sample_prior(schedule, key: jax.Array, start: int, n: int,
                      shape: Sequence[int]) -> jax.Array:
   """x_T for samples start..start+n-1: sample i is drawn from fold_in(key, i), so it does not
@@ -121,19 +129,24 @@ def batch_sampler(sample_fn: Callable, params: PyTree, key: jax.Array, schedule,
   """One compiled batch of ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh.
 
   Returns (bs, draw): ``draw(start) -> (x0 (bs, *shape) numpy, info)`` gives samples
-  start .. start + bs - 1, sample i from x_T drawn from fold_in(key, i) (``per_sample_prior``)
-  and ``offset = start`` (an int32 scalar) for samplers that draw their per-sample noise from
-  fold_in(key, index). bs is ``batch_size`` rounded up to a multiple of the device count; every
-  call has that shape (one compile), and sample i does not depend on bs, the device count or
-  the process count (up to float reassociation across compiled shapes).
+  start .. start + bs - 1. ``key`` is split by ``sampling_streams`` into a prior key and a noise
+  key: x_T is drawn inside the jitted function, sample i from fold_in(prior_key, i)
+  (``per_sample_prior``), already sharded over the batch axis, and ``sample_fn`` gets the noise
+  key and ``offset = start`` (an int32 scalar: the global index of the batch's first sample) for
+  samplers that draw per-sample noise from fold_in(noise_key, index). bs is ``batch_size``
+  rounded up to a multiple of the device count; every call has that shape (one compile), and
+  sample i does not depend on bs, the device count or the process count (up to float
+  reassociation across compiled shapes).
   """
   ndev = mesh.devices.size
   bs = max(ndev, (batch_size + ndev - 1) // ndev * ndev)
   bsh, rep = batch_sharding(mesh), replicated(mesh)
 
   def run(p, k, offset):
-    x_t = jax.lax.with_sharding_constraint(per_sample_prior(schedule, k, offset, bs, shape), bsh)
-    return sample_fn(p, k, x_t, offset)
+    prior_key, noise_key = sampling_streams(k)
+    x_t = per_sample_prior(schedule, prior_key, offset, bs, shape)
+    x_t = jax.lax.with_sharding_constraint(x_t, bsh)
+    return sample_fn(p, noise_key, x_t, offset)
 
   jitted = jax.jit(run, in_shardings=(rep, rep, rep), out_shardings=(bsh, rep))
   params = jax.device_put(params, rep)
@@ -151,14 +164,13 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
                    progress: Optional[Callable[[int], None]] = None, start: int = 0):
   """Runs ``sample_fn(params, key, x_T, offset) -> (x0, info)`` over the mesh in batches.
 
-  Samples start .. start + num_samples - 1 of the sequence defined by ``key``: x_T is drawn
-  inside the jitted function, sample i from fold_in(key, i) (``per_sample_prior``), already
-  sharded over the batch axis, and ``offset`` (an int32 scalar) is the global index of the
-  batch's first sample, for samplers that draw per-sample noise from fold_in(key, index). Every
-  batch has the same size, a multiple of the device count (one compile), so results do not
-  depend on the device or process count, and [0, n) equals [0, m) + [m, n) (``batch_sampler``).
-  Returns (samples (num_samples, *shape) numpy, last info). ``progress(done)``, if given, is
-  called after each batch with the number of samples done (of this call).
+  Samples start .. start + num_samples - 1 of the sequence defined by ``key``
+  (``batch_sampler``: x_T of sample i from fold_in(prior_key, i), the sampler's noise from the
+  noise key and the sample's index). Every batch has the same size, a multiple of the device
+  count (one compile), so results do not depend on the device or process count, and [0, n)
+  equals [0, m) + [m, n). Returns (samples (num_samples, *shape) numpy, last info).
+  ``progress(done)``, if given, is called after each batch with the number of samples done (of
+  this call).
   """
   bs, draw = batch_sampler(sample_fn, params, key, schedule, shape,
                            min(batch_size, num_samples), mesh)

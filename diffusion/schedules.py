@@ -376,6 +376,41 @@ def get_schedule(name: str, **kwargs) -> Schedule:
 GRIDS = ("uniform", "karras", "logsnr", "quadratic")
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+  """``value`` as an int >= ``minimum``; bools, floats and other types raise (TypeError /
+  ValueError naming ``name``)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} "
+                    f"({type(value).__name__})")
+  if value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def check_real(name: str, value) -> float:
+  """``value`` as a float; bools and non-numbers raise TypeError naming ``name``."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                   np.floating)):
+    raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+  return float(value)
+
+
+def check_time_range(schedule: Schedule, t_min, t_max) -> tuple:
+  """(t_min, t_max) as floats (None: the schedule's), checked: finite, and
+  schedule.t_min <= t_min < t_max <= schedule.t_max. Raises ValueError naming the bad value."""
+  t_min = schedule.t_min if t_min is None else check_real("t_min", t_min)
+  t_max = schedule.t_max if t_max is None else check_real("t_max", t_max)
+  lo, hi = float(schedule.t_min), float(schedule.t_max)
+  for name, v in (("t_min", t_min), ("t_max", t_max)):
+    if not (math.isfinite(v) and lo <= v <= hi):
+      raise ValueError(f"{name} must be a finite time in the {schedule.name} schedule's range "
+                       f"[t_min, t_max] = [{lo}, {hi}], got {name}={v!r}")
+  if not t_max > t_min:
+    raise ValueError(f"need t_min < t_max (integration from t_max down to t_min), got "
+                     f"t_min={t_min!r}, t_max={t_max!r}")
+  return float(t_min), float(t_max)
+
+
 def time_grid(schedule: Schedule,
               num_steps: int,
               kind: str = "uniform",
@@ -391,13 +426,16 @@ def time_grid(schedule: Schedule,
                s_max^{1/rho}))^rho (Karras et al. 2022, eq. 5), mapped back to t.
     logsnr:    uniform in lambda = logSNR (DPM-Solver's "logSNR" steps, Lu et al. 2022).
     quadratic: t_i = (sqrt(t_max) + i/N (sqrt(t_min) - sqrt(t_max)))^2 (DDIM's quadratic).
+  ``num_steps`` an int >= 1, ``rho`` > 0, schedule.t_min <= t_min < t_max <= schedule.t_max (None:
+  the schedule's ends); anything else raises (``check_time_range``).
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  t_min = schedule.t_min if t_min is None else t_min
-  t_max = schedule.t_max if t_max is None else t_max
-  if not t_max > t_min:
-    raise ValueError(f"need t_max > t_min, got t_max={t_max}, t_min={t_min}")
+  num_steps = check_int("num_steps", num_steps)
+  if kind not in GRIDS:
+    raise ValueError(f"unknown time grid {kind!r}; available: {GRIDS}")
+  rho = check_real("rho", rho)
+  if kind == "karras" and not (math.isfinite(rho) and rho > 0):
+    raise ValueError(f"rho (Karras grid exponent) must be a finite number > 0, got {rho!r}")
+  t_min, t_max = check_time_range(schedule, t_min, t_max)
   u = np.linspace(0.0, 1.0, num_steps + 1, dtype=np.float64)
   if kind == "uniform":
     t = t_max + u * (t_min - t_max)

@@ -216,7 +216,7 @@ def checkpoint_steps(workdir: str) -> List[int]:
   """The steps of the checkpoints in ``workdir`` (sorted; [] if none)."""
   if not checkpoint.has_checkpoints(workdir):
     return []
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     return ckpt.all_steps()
   finally:

@@ -21,6 +21,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
+_ALLOW_FRESH_START = flags.DEFINE_bool(
+    "allow_fresh_start", False, "train: when every checkpoint of the workdir is proven corrupt, "
+    "set them aside in corrupt_checkpoints/ and start from step 0 (refused otherwise).")
 
 MODES = ("train", "sample", "eval")
 
@@ -143,10 +146,11 @@ def main(argv: Sequence[str]) -> None:
                                     config.parallel.num_processes, config.parallel.process_id)
   from experiments import evaluate, sample, train
   expected = (ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
-              checkpoint.WorkdirLockedError, training.NonFiniteError)
+              checkpoint.WorkdirLockedError, checkpoint.CheckpointError,
+              training.NonFiniteError)
   try:
     if mode == "train":
-      train.train(config, workdir)
+      train.train(config, workdir, allow_fresh_start=_ALLOW_FRESH_START.value)
     elif mode == "sample":
       sample.run(config, workdir)
     else:

@@ -1,4 +1,8 @@
-"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples.npz + PNG."""
+"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples.npz + PNG.
+
+Checkpoints are opened read-only here (and by eval): one that fails its integrity check is
+skipped with a warning line, never moved; nothing under checkpoints/ is written.
+"""
 from __future__ import annotations
 
 import os
@@ -58,10 +62,11 @@ def plot(s, x: np.ndarray, path: str, title: str = ""):
 
 
 def restore_params(config: Config, workdir: str, step: Optional[int] = None):
-  """(Setup, EMA params, step) from the newest readable checkpoint of ``workdir`` (or the one
-  at ``step``: an error if it cannot be read; nothing is moved).
+  """(Setup, EMA params, step) from the newest intact checkpoint of ``workdir``, or the one at
+  ``step`` (then an error if it cannot be restored).
 
-  Refuses a workdir of another experiment and one without checkpoints.
+  Refuses a workdir of another experiment and one without checkpoints. Read-only: checkpoints
+  proven corrupt are skipped with a warning line, never moved; nothing in the workdir changes.
   """
   from experiments import train
   s = train.setup(config)
@@ -69,7 +74,7 @@ def restore_params(config: Config, workdir: str, step: Optional[int] = None):
     raise FileNotFoundError(f"no checkpoints in {os.path.join(workdir, checkpoint.CKPT_DIR)}; "
                             f"train first (--mode=train)")
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
+  ckpt = checkpoint.Checkpointer(workdir, config=s.identity, read_only=True)
   try:
     state, _, step = ckpt.restore(s.abstract_state, step=step)
   finally:

@@ -95,8 +95,17 @@ def init_state(s: Setup) -> training.TrainState:
 
 
 def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer):
-  """(state, restored step or None): the newest readable checkpoint, else a fresh state."""
+  """(state, restored step or None): the newest intact checkpoint, else a fresh state.
+
+  Checkpoints proven corrupt are set aside (see diffusion.checkpoint); a checkpoint of another
+  state structure, or one that fails to read without proof of corruption, is an error and
+  nothing is changed. A fresh state when every checkpoint is corrupt needs
+  ``ckpt.allow_fresh_start``. config.json is (re)written only once the state is settled, so a
+  refused start leaves the workdir's record of its experiment as it was.
+  """
   state, _, step = ckpt.restore(s.abstract_state)
+  if writers.is_main():
+    checkpoint.write_config(ckpt.workdir, s.identity)
   if state is None:
     return init_state(s), None
   return state, step
@@ -124,21 +133,24 @@ def _mean_metrics(pending: List[Dict[str, jax.Array]]) -> Dict[str, float]:
   return {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in host]))) for k in keys}
 
 
-def train(config: Config, workdir: str) -> Dict[str, Any]:
+def train(config: Config, workdir: str, allow_fresh_start: bool = False) -> Dict[str, Any]:
   """Trains (or resumes) in ``workdir``. Returns a summary dict (final step, status, loss).
 
   status: 'done', or 'preempted' (SIGTERM: saved, returns). After a SIGINT the checkpoint is
   saved and SystemExit(130) raised; a signal before the loop raises SystemExit(128 + signum).
+  ``allow_fresh_start``: when the workdir has checkpoints but every one is proven corrupt, set
+  them aside and start from step 0 (otherwise checkpoint.NoUsableCheckpointError).
   """
   validate(config, "train", workdir)
   with signals.RunSignals("set-up", "nothing saved") as sig:
-    summary = _train(config, workdir, sig)
+    summary = _train(config, workdir, sig, allow_fresh_start)
   if summary["status"] == "interrupted":
     raise SystemExit(signals.exit_status(signal.SIGINT))
   return summary
 
 
-def _train(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any]:
+def _train(config: Config, workdir: str, sig: signals.RunSignals,
+           allow_fresh_start: bool = False) -> Dict[str, Any]:
   s = setup(config)
   tcfg = config.training
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # before touching files
@@ -147,9 +159,8 @@ def _train(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, A
     lock.acquire()
   try:
     checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # now under the lock
-    if writers.is_main():
-      checkpoint.write_config(workdir, s.identity)
-    ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints)
+    ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints,
+                                   config=s.identity, allow_fresh_start=allow_fresh_start)
     try:
       return _loop(s, workdir, ckpt, sig)
     finally:

@@ -205,10 +205,7 @@ def check_sampling(config: Config, schedule) -> None:
   from diffusion.samplers import grids, registry
   s = config.sampling
   info = from_library("sampling.sampler", registry.sampler_info, s.sampler)
-  # SamplerInfo.validate (names, types and values; on the h-samplers branch) where the registry
-  # has it, else resolve (names). Use info.validate alone once both branches are merged.
-  check_hparams = getattr(info, "validate", info.resolve)
-  from_library("sampling", check_hparams, sampler_hparams(config))
+  from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
   int_at_least("sampling.num_samples", s.num_samples, 1)
   int_at_least("sampling.batch_size", s.batch_size, 1)

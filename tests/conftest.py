@@ -1,7 +1,10 @@
-"""Shared test set-up: the persistent compilation cache, tiny configs for driver tests."""
+"""Shared test set-up: the persistent compilation cache, tiny configs for driver tests, and
+helpers for subprocess runs and workdir fingerprints."""
+import hashlib
 import os
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -71,6 +74,44 @@ def popen_main(workdir: str, mode: str, overrides=None, extra=(), env=None,
   full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
   return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> List[str]:
+  """Reads proc's stdout until a line containing ``text``; returns the lines read."""
+  lines, t0 = [], time.time()
+  while time.time() - t0 < timeout:
+    line = proc.stdout.readline()
+    if not line:
+      if proc.poll() is not None:
+        break
+      continue
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"{text!r} not seen; output:\n{''.join(lines)}")
+
+
+def tree_hashes(root, rel_to=None) -> Dict[str, str]:
+  """{path relative to ``rel_to`` (default ``root``): sha256} of every file under ``root`` (a
+  file itself if ``root`` is one; empty if it does not exist)."""
+  root = str(root)
+  rel_to = root if rel_to is None else str(rel_to)
+  paths = [root] if os.path.isfile(root) else [
+      os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+  out = {}
+  for p in paths:
+    with open(p, "rb") as fh:
+      out[os.path.relpath(p, rel_to)] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+def workdir_fingerprint(wd) -> Dict[str, str]:
+  """{path: sha256} of what a refused or read-only run must not change: checkpoints/,
+  corrupt_checkpoints/ and config.json."""
+  out = {}
+  for sub in ("checkpoints", "corrupt_checkpoints", "config.json"):
+    out.update(tree_hashes(os.path.join(str(wd), sub), rel_to=wd))
+  return out
 
 
 @pytest.fixture

@@ -1,21 +1,30 @@
-"""Checkpoints: exact save/restore, corrupt-checkpoint fallback, history, identity, run lock."""
+"""Checkpoints: exact save/restore, integrity manifests (flipped / truncated files are detected,
+set aside in train, skipped in read-only), tree mismatches and I/O errors change nothing, history,
+identity, run lock."""
+import gc
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from diffusion import checkpoint, parallel, training
 from diffusion.models import get_model
+from tests.conftest import tree_hashes
 
 NET = get_model("mlp", width=16, num_blocks=1, embed_dim=8)
 
 
-def _state(seed=0):
-  opt = training.make_optimizer(training.OptimConfig(lr=1e-3))
+def _state(seed=0, clip=0.0):
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-3, grad_clip=clip))
   s = jax.jit(lambda k: training.init_state(NET, opt, k, jnp.zeros((1, 2))))(
       jax.random.PRNGKey(seed))
   # Make every leaf distinct from its initial value (moments, EMA, counters).
@@ -61,37 +70,228 @@ def test_max_to_keep_and_empty(tmp_path):
   ck.close()
 
 
-# orbax reads arrays concurrently; after the first read error the others are never awaited, and
-# asyncio reports them when collected. Harmless here: the error that matters was handled.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, caplog):
-  ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
-  s1, s2 = _state(1), _state(2)
-  ck.save(1, s1)
-  ck.save(2, s2)
-  ck.wait()
+def _data_files(step_dir):
+  """The array data files a restore reads: the ocdbt blobs in <step>/state/d/."""
+  d = os.path.join(step_dir, "state", "d")
+  out = sorted(os.path.join(d, f) for f in os.listdir(d))
+  assert out
+  return out
+
+
+def _flip_byte(path):
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0xFF]))
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _saved(tmp_path, steps=(1, 2), async_save=False, clip=0.0):
+  ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=async_save,
+                               config={"optim": {"grad_clip": clip}})
+  states = {i: _state(i, clip) for i in steps}
+  for i in steps:
+    ck.save(i, states[i], {"step": i})
   ck.close()
-  # Truncate every data file of the newest checkpoint's state.
-  root = tmp_path / "checkpoints" / "2" / "state"
-  n = 0
-  for dirpath, _, files in os.walk(root):
-    for f in files:
-      p = os.path.join(dirpath, f)
-      if os.path.getsize(p) > 16 and ("d" in dirpath.split(os.sep)[-1:] or "ocdbt" in f):
-        with open(p, "r+b") as fh:
-          fh.truncate(os.path.getsize(p) // 2)
-        n += 1
-  assert n > 0
+  return states
+
+
+def _warnings(caplog):
+  return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_every_save_gets_an_integrity_manifest(tmp_path, async_save):
+  _saved(tmp_path, (1, 2, 3), async_save=async_save)
+  for i in (1, 2, 3):
+    d = tmp_path / "checkpoints" / str(i)
+    manifest = json.loads((d / checkpoint.INTEGRITY_FILE).read_text())
+    files = {os.path.relpath(os.path.join(p, f), d) for p, _, fs in os.walk(d) for f in fs}
+    assert set(manifest["files"]) == files - {checkpoint.INTEGRITY_FILE}
+    for rel, e in manifest["files"].items():
+      data = (d / rel).read_bytes()
+      assert e["size"] == len(data) and e["sha256"] == hashlib.sha256(data).hexdigest()
+    assert checkpoint.check_integrity(str(d)) == (True, "")
+
+
+def test_async_save_writes_its_manifest_in_the_background(tmp_path):
+  """Without wait() or close(): a run killed later still leaves verifiable checkpoints."""
+  ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=True)
+  ck.save(1, _state(1))
+  path = tmp_path / "checkpoints" / "1" / checkpoint.INTEGRITY_FILE
+  t0 = time.time()
+  while not path.exists() and time.time() - t0 < 30:
+    time.sleep(0.05)
+  assert path.exists()
+  assert checkpoint.check_integrity(str(tmp_path / "checkpoints" / "1")) == (True, "")
+  ck.close()
+
+
+@pytest.mark.parametrize("damage", [_flip_byte, _truncate])
+def test_corrupt_checkpoint_train_sets_it_aside_and_uses_previous(tmp_path, caplog, damage):
+  states = _saved(tmp_path)
+  damage(_data_files(str(tmp_path / "checkpoints" / "2"))[0])
+  before = tree_hashes(tmp_path / "checkpoints" / "2")
   ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
   with caplog.at_level("WARNING"):
-    restored, _, step = ck.restore(_abstract(s1))
-  assert step == 1
-  _assert_equal(s1, restored)
-  assert "cannot be restored" in caplog.text
-  assert os.path.isdir(tmp_path / "corrupt_checkpoints" / "2")
+    restored, meta, step = ck.restore(_abstract(states[1]))
+  assert step == 1 and meta == {"step": 1}
+  _assert_equal(states[1], restored)
+  warned = _warnings(caplog)
+  assert len(warned) == 1, [r.getMessage() for r in warned]
+  assert "step 2" in warned[0].getMessage() and "corrupt" in warned[0].getMessage()
+  assert "\n" not in warned[0].getMessage()
+  # Moved whole, byte for byte, out of the way; the step can be written again.
+  assert tree_hashes(tmp_path / "corrupt_checkpoints" / "2") == before
   assert ck.all_steps() == [1]
-  ck.save(2, s2)  # the step can be written again
+  ck.save(2, states[2])
   ck.close()
+
+
+@pytest.mark.parametrize("damage", [_flip_byte, _truncate])
+def test_corrupt_checkpoint_read_only_is_skipped_and_nothing_moves(tmp_path, caplog, damage):
+  states = _saved(tmp_path)
+  damage(_data_files(str(tmp_path / "checkpoints" / "2"))[0])
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  with caplog.at_level("WARNING"):
+    restored, _, step = ck.restore(_abstract(states[1]))
+  ck.close()
+  assert step == 1
+  _assert_equal(states[1], restored)
+  warned = _warnings(caplog)
+  assert len(warned) == 1 and "step 2" in warned[0].getMessage()
+  assert "nothing moved" in warned[0].getMessage()
+  assert tree_hashes(tmp_path) == before
+
+
+def test_integrity_check_cases(tmp_path):
+  _saved(tmp_path, (1,))
+  d = tmp_path / "checkpoints" / "1"
+  assert checkpoint.check_integrity(str(d)) == (True, "")
+  os.remove(d / "meta" / "metadata")
+  assert checkpoint.check_integrity(str(d)) == (False, "file meta/metadata is missing")
+  (d / checkpoint.INTEGRITY_FILE).write_text('{"files": {"a": ')  # unreadable: nothing proven
+  ok, why = checkpoint.check_integrity(str(d))
+  assert ok is None and "unreadable" in why
+  os.remove(d / checkpoint.INTEGRITY_FILE)
+  assert checkpoint.check_integrity(str(d)) == (None, f"it has no {checkpoint.INTEGRITY_FILE}")
+
+
+def test_checkpoint_without_manifest_is_used_with_a_warning(tmp_path, caplog):
+  """As saved by an older version, or killed between orbax's finalization and the manifest."""
+  states = _saved(tmp_path)
+  os.remove(tmp_path / "checkpoints" / "2" / checkpoint.INTEGRITY_FILE)
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
+  with caplog.at_level("WARNING"):
+    restored, _, step = ck.restore(_abstract(states[2]))
+  ck.close()
+  assert step == 2
+  _assert_equal(states[2], restored)
+  warned = _warnings(caplog)
+  assert len(warned) == 1 and "without an integrity check" in warned[0].getMessage()
+  assert tree_hashes(tmp_path) == before  # no manifest is written after the fact
+
+
+def test_all_corrupt_refuses_then_fresh_start_when_allowed(tmp_path):
+  states = _saved(tmp_path)
+  for i in (1, 2):
+    _truncate(_data_files(str(tmp_path / "checkpoints" / str(i)))[0])
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
+  with pytest.raises(checkpoint.NoUsableCheckpointError,
+                     match=r"step 2: .*step 1: .*nothing was moved.*--allow_fresh_start"):
+    ck.restore(_abstract(states[1]))
+  assert tree_hashes(tmp_path) == before
+  assert ck.restore(_abstract(states[1]), allow_fresh_start=True) == (None, {}, None)
+  assert sorted(os.listdir(tmp_path / "corrupt_checkpoints")) == ["1", "2"]
+  assert ck.all_steps() == []
+  ck.close()
+
+
+def test_structure_mismatch_names_the_config_field_and_changes_nothing(tmp_path):
+  _saved(tmp_path, clip=1.0)  # clip_by_global_norm adds a node to the optimizer state
+  before = tree_hashes(tmp_path)
+  for read_only in (False, True):
+    ck = checkpoint.Checkpointer(str(tmp_path), async_save=False, read_only=read_only,
+                                 config={"optim": {"grad_clip": 0.0}})
+    with pytest.raises(checkpoint.CheckpointMismatchError) as e:
+      ck.restore(_abstract(_state(0, clip=0.0)))
+    ck.close()
+    msg = str(e.value)
+    assert "step 2" in msg and "optim.grad_clip (1.0 -> 0.0)" in msg
+    assert "opt_state/0/count is in this run only" in msg
+    assert "Nothing was changed" in msg and "\n" not in msg
+    assert tree_hashes(tmp_path) == before
+
+
+def test_structure_mismatch_of_a_checkpoint_without_signature_names_the_field(tmp_path):
+  """Checkpoints of an older version hold no tree signature: orbax's refusal is reported with
+  the fields that differ from config.json, and nothing moves."""
+  checkpoint.write_config(str(tmp_path), {"optim": {"grad_clip": 1.0}})
+  ck = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ck.manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(_state(0, clip=1.0)),
+                                             meta=ocp.args.JsonSave({"step": 3})))
+  ck.close()
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), read_only=True,
+                               config={"optim": {"grad_clip": 0.0}})
+  with pytest.raises(checkpoint.CheckpointRestoreError) as e:
+    ck.restore(_abstract(_state(0, clip=0.0)))
+  ck.close()
+  msg = str(e.value)
+  assert "step 3" in msg and "not moved" in msg and "\n" not in msg
+  assert "config.json's: optim.grad_clip (1.0 -> 0.0)" in msg
+  assert tree_hashes(tmp_path) == before
+
+
+def test_io_errors_propagate_and_move_nothing(tmp_path, monkeypatch):
+  states = _saved(tmp_path)
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+
+  def eio(*a, **k):
+    raise OSError(5, "Input/output error")
+
+  monkeypatch.setattr(ck.manager, "restore", eio)
+  with pytest.raises(OSError, match="Input/output error"):
+    ck.restore(_abstract(states[1]))
+  monkeypatch.undo()
+  monkeypatch.setattr(checkpoint, "_sha256", eio)  # while verifying integrity.json
+  with pytest.raises(OSError, match="Input/output error"):
+    ck.restore(_abstract(states[1]))
+  ck.close()
+  assert tree_hashes(tmp_path) == before
+
+
+# Under pytest, an unraisable exception becomes this warning instead of stderr output.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_unverified_unreadable_checkpoint_is_an_error_not_a_fallback(tmp_path, capfd):
+  states = _saved(tmp_path)
+  d = tmp_path / "checkpoints" / "2"
+  os.remove(d / checkpoint.INTEGRITY_FILE)  # as saved by an older version
+  for f in _data_files(str(d)):
+    _truncate(f)
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  with pytest.raises(checkpoint.CheckpointRestoreError, match=r"step 2 .*not moved"):
+    ck.restore(_abstract(states[1]))
+  for _ in range(2):  # failed reads on one manager: tensorstore then calls into a closed loop
+    with pytest.raises(checkpoint.CheckpointRestoreError):
+      ck.restore(_abstract(states[1]), step=2)
+  ck.close()
+  assert tree_hashes(tmp_path) == before
+  gc.collect()
+  time.sleep(0.5)  # tensorstore completes the abandoned reads in its own threads
+  err = capfd.readouterr().err
+  for noise in ("Event loop is closed", "never retrieved", "Traceback", "OUT_OF_RANGE"):
+    assert noise not in err, err[:2000]
 
 
 def test_identity_check(tmp_path):

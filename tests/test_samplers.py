@@ -24,6 +24,7 @@ through its ``SamplerInfo`` (kind, theoretical order, nfe formula, variants).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import subprocess
@@ -215,7 +216,7 @@ def measure_order(name, variant, dim, nfe_targets=NFE_TARGETS, grid=None, settin
   gm = mixture(dim)
   grid = grid or info.order_grid
   with jax.enable_x64(True):
-    x_T, ref = reference_pair(dim, setting["batch"])
+    x_T, ref = reference_pair(dim, setting["batch"], sch)
     den = gm.denoiser(sch)
     nfes, errs = [], []
     for target in nfe_targets:
@@ -288,11 +289,17 @@ def exact_stats(dim):
   return mixture_stats(gm, gm.sample0(jax.random.PRNGKey(13), 200_000))
 
 
-def check_distribution(name, variant, dim=2, n=4000, steps=200, grid="karras", bias=0.03):
+def check_distribution(name, variant, dim=2, n=4000, steps=200, grid="karras", bias=0.03,
+                       schedule=VP):
+  """Sample statistics against the exact ones; also checks the NFE against a call counter."""
   gm = mixture(dim)
-  f = build_sampler(name, VP, steps, grid=grid, **variant)
-  x_T = VP.prior_sample(jax.random.PRNGKey(11), (n, dim))
-  x, _ = f(gm.denoiser(VP), jax.random.PRNGKey(12), x_T)
+  info = sampler_info(name)
+  f = build_sampler(name, schedule, steps, grid=grid, **variant)
+  x_T = schedule.prior_sample(jax.random.PRNGKey(11), (n, dim))
+  den, count = counting_denoiser(gm.denoiser(schedule))
+  x, out = f(den, jax.random.PRNGKey(12), x_T)
+  jax.block_until_ready(x)
+  assert int(out["nfe"]) == count[0] == info.nfe(steps, info.resolve(variant))
   assert np.all(np.isfinite(np.asarray(x)))
   mean, cov, w = mixture_stats(gm, x)
   m0, c0, w0 = exact_stats(dim)
@@ -369,7 +376,7 @@ def test_grids_and_clipping():
     grids.time_grid(VP, 8, "logsnr_power:-1")
   t_min, t_max = registry.logsnr_clip(VP, None, None, -5.0, 5.0)
   np.testing.assert_allclose(VP.logsnr(np.array([t_max, t_min])), [-5.0, 5.0], rtol=1e-9)
-  with pytest.raises(ValueError, match="alpha"):
+  with pytest.raises(ValueError, match="range"):
     get_sampler("euler")(mixture(2).denoiser(VP), VP, None, jnp.zeros((2, 2)),
                          np.array([1.0, 0.5, 0.0]), cond=None, sample_offset=0)
 
@@ -393,3 +400,295 @@ def test_program_validation_and_subst():
   with pytest.raises(ValueError, match="rows < 1"):
     prog.eval(0.5, y={1: 1.0})
   assert engine.subst({"x": 2.0, 0: 1.0}, {"x": 3.0, 0: 1.0}) == {0: 3.0, "x": 6.0}
+
+
+# ------------------------------------------------------------------------------------------------
+# Adaptive DPM-Solver: max_steps; DPM-Solver++(3M) d2_weight; EDM churn; sampling key streams
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dpm_solver_12", "dpm_solver_23"])
+def test_adaptive_dpm_solver_raises_at_max_steps(name):
+  """Reaching max_steps before the end of the grid is an error (as in ode_adaptive), not an
+  unfinished sample (the default max_steps finishes: ``test_nfe_exact``)."""
+  den = mixture(2).denoiser(VP)
+  x_T = VP.prior_sample(jax.random.PRNGKey(0), (3, 2))
+  with pytest.raises(Exception, match="reached max_steps=2"):
+    x, _ = build_sampler(name, VP, 6, grid="logsnr", max_steps=2)(den, jax.random.PRNGKey(1), x_T)
+    jax.block_until_ready(x)
+
+
+def test_dpmpp_3m_d2_weight_orders():
+  """2 phi_3 D_2 ('taylor', default) is third order (measured by ``test_order_of_convergence``,
+  whose default variant it is); phi_3 D_2 ('reference', the DPM-Solver code and diffusers) only
+  second order, measured here."""
+  info = sampler_info("dpmpp_3m")
+  assert info.variants[0] == {} and info.defaults()["d2_weight"] == "taylor"
+  assert info.order(info.resolve({})) == 3.0
+  variant = {"d2_weight": "reference"}
+  assert info.order(info.resolve(variant)) == 2.0
+  slope, nfes, errs = measure_order("dpmpp_3m", variant, 64)
+  assert abs(slope - 2.0) <= 0.3, (slope, nfes, errs)
+  with pytest.raises(ValueError, match="d2_weight"):
+    build_sampler("dpmpp_3m", VP, 8, d2_weight="exact")
+
+
+def test_edm_churn_gamma_is_algorithm_2():
+  """Karras et al. 2022, Alg. 2: gamma_i = min(S_churn / N, sqrt(2) - 1) with N the number of
+  sampling steps, t_0 .. t_{N-1} > 0 and t_N = 0: a grid of n intervals plus the final step to
+  sigma = 0 has N = n + 1 steps, each churned (the last one too)."""
+  from diffusion.samplers import ode
+  sch = schedules.EDM()  # alpha = 1, tau = sigma = t
+  n, s_churn = 4, 1.0
+  t = grids_time_grid(sch, n, t_max=40.0)  # t_hat stays below the schedule's end (80)
+  paper_t = np.concatenate([t, [0.0]])  # Alg. 2's t_0 .. t_N
+  big_n = len(paper_t) - 1
+  assert big_n == 5
+  gamma = min(s_churn / big_n, math.sqrt(2) - 1)
+  prog = ode.edm_stochastic_program(sch, t, s_churn, 0.0, float("inf"), 1.0, True)
+  assert len(prog) == 2 * n + 1
+  heun_rows = [prog.rows[2 * i] for i in range(n)] + [prog.rows[-1]]
+  for i, row in enumerate(heun_rows):
+    t_hat = paper_t[i] * (1 + gamma)
+    np.testing.assert_allclose(row.t, t_hat, rtol=1e-12)
+    np.testing.assert_allclose(row.y["z"], math.sqrt(t_hat**2 - paper_t[i]**2), rtol=1e-12)
+  # Without the step to sigma = 0, N = n.
+  prog = ode.edm_stochastic_program(sch, t, s_churn, 0.0, float("inf"), 1.0, False)
+  np.testing.assert_allclose(prog.rows[2].t, t[1] * (1 + s_churn / n), rtol=1e-12)
+  assert ode.churn_gamma(1.0, 5, 80.0, 0.0, 10.0) == math.sqrt(2) - 1
+  assert ode.churn_gamma(20.0, 5, 1.0, 0.0, 10.0) == 0.0  # outside [S_min, S_max]
+
+
+def grids_time_grid(sch, n, kind="karras", **kw):
+  from diffusion.samplers import grids
+  return grids.time_grid(sch, n, kind, **kw)
+
+
+def _sharded(batch_size, sample_fn, num=8):
+  from diffusion import parallel
+  return parallel.sample_sharded(sample_fn, {}, jax.random.PRNGKey(21), VP, num, (2,),
+                                 batch_size, parallel.make_mesh())
+
+
+def test_sharded_sampling_streams():
+  """x_T of sample i comes from fold_in(prior_key, i), the sampler noise from the independent
+  noise key: neither stream reuses the key of the other, and samples do not depend on the batch
+  size."""
+  from diffusion import parallel
+  den = mixture(2).denoiser(VP)
+  f = build_sampler("ddpm", VP, 6, jit=False)
+
+  def sample_fn(p, k, x_t, offset):
+    # Returns [x_0, x_T, the x_T that the sampler's key would give]: (B, 6).
+    x0, info = f(den, k, x_t, sample_offset=offset)
+    same_key = parallel.per_sample_prior(VP, k, offset, x_t.shape[0], (2,))
+    return jnp.concatenate([x0, x_t, same_key], axis=1), info
+
+  full, _ = _sharded(8, sample_fn)
+  prior_key, noise_key = parallel.sampling_streams(jax.random.PRNGKey(21))
+  np.testing.assert_allclose(full[:, 2:4], parallel.per_sample_prior(VP, prior_key, 0, 8, (2,)),
+                             rtol=1e-6)
+  # The key handed to the sampler is not the one x_T was drawn from.
+  assert not np.allclose(full[:, 4:], full[:, 2:4])
+  assert not np.array_equal(jax.random.key_data(prior_key), jax.random.key_data(noise_key))
+  split, _ = _sharded(4, sample_fn)
+  np.testing.assert_allclose(split, full, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument validation: every bad value raises at build time, naming the argument
+# ------------------------------------------------------------------------------------------------
+
+BAD_BUILD_ARGS = [
+    (dict(t_min=0.5, t_max=0.1), ValueError, "t_min < t_max"),
+    (dict(t_max=2.0), ValueError, "t_max must be a finite time in the vp schedule's range"),
+    (dict(t_min=-0.1), ValueError, "t_min must be a finite time"),
+    (dict(t_min=float("nan")), ValueError, "t_min must be a finite time"),
+    (dict(t_max=float("inf")), ValueError, "t_max must be a finite time"),
+    (dict(t_min="0.1"), TypeError, "t_min must be a real number"),
+    (dict(num_steps=True), TypeError, "num_steps"),
+    (dict(num_steps=0), ValueError, "num_steps"),
+    (dict(num_steps=4.0), TypeError, "num_steps"),
+    (dict(rho=0.0), ValueError, "rho"),
+    (dict(rho=-7.0), ValueError, "rho"),
+    (dict(rho=float("nan")), ValueError, "rho"),
+    (dict(grid=3), TypeError, "grid"),
+    (dict(grid="logsnr_power:inf"), ValueError, "kappa"),
+    (dict(grid="logsnr_power:nan"), ValueError, "kappa"),
+    (dict(logsnr_min=float("nan")), ValueError, "logsnr_min"),
+]
+
+
+@pytest.mark.parametrize("kwargs,err,msg", BAD_BUILD_ARGS)
+def test_build_sampler_rejects_bad_grid_args(kwargs, err, msg):
+  kw = dict(num_steps=8, **kwargs) if "num_steps" not in kwargs else kwargs
+  with pytest.raises(err, match=msg):
+    build_sampler("euler", VP, **kw)
+
+
+def test_grid_functions_reject_bad_args():
+  from diffusion.samplers import grids
+  for fn in (schedules.time_grid, grids.time_grid):
+    with pytest.raises(ValueError, match="rho"):
+      fn(VP, 8, "karras", rho=0.0)  # was a bare ZeroDivisionError
+    with pytest.raises(TypeError, match="num_steps"):
+      fn(VP, True, "karras")
+    with pytest.raises(ValueError, match="t_min < t_max"):
+      fn(VP, 8, "logsnr", t_min=0.5, t_max=0.2)
+    with pytest.raises(ValueError, match="t_max"):
+      fn(VP, 8, "uniform", t_max=1.5)
+  assert np.all(np.diff(schedules.time_grid(VP, 8, "uniform", rho=-1.0)) < 0)  # rho unused
+
+
+BAD_HPARAMS = [
+    ("pc", dict(predictor="none", n_corrector=0), ValueError, "predictor or a corrector"),
+    ("pc", dict(n_corrector=True), TypeError, "n_corrector"),
+    ("pc", dict(n_corrector=-1), ValueError, "n_corrector"),
+    ("edm_stochastic", dict(S_min=1.0, S_max=0.5), ValueError, "S_max must be >= S_min"),
+    ("edm_stochastic", dict(S_churn=float("nan")), ValueError, "S_churn"),
+    ("edm_stochastic", dict(S_noise="1"), TypeError, "S_noise"),
+    ("ode_adaptive", dict(max_steps=0), ValueError, "max_steps"),
+    ("ode_adaptive", dict(max_steps=10.5), TypeError, "max_steps"),
+    ("ode_adaptive", dict(solver="rk99"), ValueError, "solver"),
+    ("dpm_solver_12", dict(max_steps=0), ValueError, "max_steps"),
+    ("dpm_solver_23", dict(theta=1.5), ValueError, "theta"),
+    ("deis", dict(order=True), TypeError, "order"),
+    ("deis", dict(order=4), ValueError, "order"),
+    ("ipndm", dict(order=0), ValueError, "order"),
+    ("unipc", dict(variant="bh3"), ValueError, "variant"),
+    ("heun", dict(variables="x"), ValueError, "variables"),
+    ("heun", dict(final_denoise="yes"), TypeError, "final_denoise"),
+    ("ddim", dict(eta=-1.0), ValueError, "eta"),
+    ("euler_ancestral", dict(eta=-0.5), ValueError, "eta"),
+    ("dpmpp_2s", dict(r=1.0), ValueError, "r must be in"),
+    ("dpmpp_3m", dict(d2_weight="exact"), ValueError, "d2_weight"),
+]
+
+
+@pytest.mark.parametrize("name,hp,err,msg", BAD_HPARAMS, ids=lambda v: str(v)[:30])
+def test_bad_hparam_values(name, hp, err, msg):
+  """Rejected by build_sampler (before tracing) and by the registered function itself."""
+  with pytest.raises(err, match=msg):
+    build_sampler(name, VP, 8, **hp)
+  with pytest.raises(err, match=msg):
+    get_sampler(name)(mixture(2).denoiser(VP), VP, jax.random.PRNGKey(0), jnp.zeros((2, 2)),
+                      grids_time_grid(VP, 4), cond=None, sample_offset=0, **hp)
+
+
+BAD_GRIDS = [
+    (np.array([0.5, 0.8, 0.1]), "strictly decreasing"),
+    (np.array([0.8, np.nan, 0.1]), "finite"),
+    (np.array([1.5, 0.5, 0.1]), "range"),
+    (np.array([0.8, 0.5, -0.1]), "range"),
+    (np.array([0.5]), "at least 2"),
+    (np.array([[0.5, 0.1]]), "1-D"),
+]
+
+
+@pytest.mark.parametrize("grid,msg", BAD_GRIDS, ids=lambda v: str(v)[:20])
+def test_explicit_time_grid_is_validated(grid, msg):
+  with pytest.raises(ValueError, match=msg):
+    build_sampler("dpmpp_2m", VP, time_grid=grid)
+  with pytest.raises(ValueError, match=msg):
+    get_sampler("dpmpp_2m")(mixture(2).denoiser(VP), VP, None, jnp.zeros((2, 2)), grid,
+                            cond=None, sample_offset=0)
+
+
+def test_build_sampler_with_explicit_time_grid():
+  """time_grid= gives the same sampler as the equal built grid; it excludes the grid arguments,
+  and num_steps, if given, must match it."""
+  grid = grids_time_grid(VP, 7, "logsnr")
+  den = mixture(2).denoiser(VP)
+  x_T = VP.prior_sample(jax.random.PRNGKey(0), (5, 2))
+  a, ia = build_sampler("dpmpp_2m", VP, 7, grid="logsnr")(den, None, x_T)
+  b, ib = build_sampler("dpmpp_2m", VP, time_grid=list(grid))(den, None, x_T)
+  c, _ = build_sampler("dpmpp_2m", VP, 7, time_grid=grid)(den, None, x_T)
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(a, c)
+  assert int(ia["nfe"]) == int(ib["nfe"]) == 7
+  with pytest.raises(ValueError, match="num_steps=6 does not match"):
+    build_sampler("dpmpp_2m", VP, 6, time_grid=grid)
+  with pytest.raises(ValueError, match="grid"):
+    build_sampler("dpmpp_2m", VP, time_grid=grid, grid="karras")
+  with pytest.raises(ValueError, match="t_min"):
+    build_sampler("dpmpp_2m", VP, time_grid=grid, t_min=0.01)
+  with pytest.raises(ValueError, match="num_steps"):
+    build_sampler("dpmpp_2m", VP)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every sampler on the VP, VE, sub-VP and EDM schedules
+# ------------------------------------------------------------------------------------------------
+
+SCHEDULES = {"vp": VP, "ve": schedules.VE(), "subvp": schedules.SubVP(), "edm": schedules.EDM()}
+# Relative error bounds at ~40 NFE on the Karras grid over each schedule's whole range, by
+# theoretical order (measured on the 2-D mixture: order 1 <= 0.035, order 2 <= 0.021,
+# order >= 3 <= 0.0026 over the four schedules).
+ACCURACY_TOL = {1: 0.07, 2: 0.035, 3: 0.006}
+
+
+@functools.lru_cache(None)
+def full_range_reference(sname, dim=2, batch=16):
+  """(x_T, x_ref) over the schedule's whole [t_min, t_max] in float64; call inside enable_x64."""
+  sch, gm = SCHEDULES[sname], mixture(dim)
+  x_T = gm.sample(jax.random.PRNGKey(7), batch, sch.t_max, sch, jnp.float64)
+  return x_T, np.asarray(reference_ode(gm, sch, x_T, sch.t_max, sch.t_min))
+
+
+@pytest.mark.parametrize("sname", ["ve", "subvp", "edm"])
+@pytest.mark.parametrize("name", DET)
+def test_deterministic_on_other_schedules(name, sname):
+  """Default variant: exact NFE (counted) and the error against the float64 PF-ODE solution at
+  ~40 NFE within the bound of its order (adaptive: min(0.07, 10 rtol)). VP: ``test_nfe_exact``
+  and ``test_order_of_convergence``."""
+  info, sch, gm = sampler_info(name), SCHEDULES[sname], mixture(2)
+  variant = dict(info.variants[0])
+  if "final_denoise" in info.defaults():
+    variant["final_denoise"] = False
+  hp = info.resolve(variant)
+  with jax.enable_x64(True):
+    x_T, ref = full_range_reference(sname)
+    den, count = counting_denoiser(gm.denoiser(sch))
+    if info.adaptive:
+      f = build_sampler(name, sch, 10, grid="logsnr", **variant)
+      tol = min(0.07, 10 * hp["rtol"])
+    else:
+      n = _steps_for(info, hp, 40)
+      f = build_sampler(name, sch, n, grid="karras", **variant)
+      tol = ACCURACY_TOL[min(int(info.order(hp)), 3)]
+    x, out = f(den, jax.random.PRNGKey(0), x_T)
+    jax.block_until_ready(x)
+  assert int(out["nfe"]) == count[0]
+  if not info.adaptive:
+    assert count[0] == info.nfe(n, hp)
+  err = float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref))
+  assert err < tol, (name, sname, err, tol, int(out["nfe"]))
+
+
+@pytest.mark.parametrize("sname", ["ve", "subvp", "edm"])
+@pytest.mark.parametrize("name", STO)
+def test_stochastic_on_other_schedules(name, sname):
+  """Default variant, exact NFE and the sample statistics (VP: ``test_stochastic_distribution``),
+  at a modest size: 2,000 samples, 100 steps."""
+  check_distribution(name, sampler_info(name).variants[0], n=2000, steps=100, bias=0.05,
+                     schedule=SCHEDULES[sname])
+
+
+def logsnr_restricted(sch):
+  """``sch`` restricted to the logSNR range of ORDER_SETTING's VP, t in [0.05, 0.5]."""
+  ref = ORDER_SETTING["schedule"]
+  lo, hi = ref.logsnr(np.float64(ref.t_max)), ref.logsnr(np.float64(ref.t_min))
+  return dataclasses.replace(sch, t_min=float(sch.t_from_logsnr(hi)),
+                             t_max=float(sch.t_from_logsnr(lo)))
+
+
+@slow
+@pytest.mark.parametrize("sname", ["ve", "subvp", "edm"])
+@pytest.mark.parametrize("name", DET_FIXED)
+def test_order_of_convergence_other_schedules(name, sname):
+  info = sampler_info(name)
+  variant = info.variants[0]
+  setting = dict(schedule=logsnr_restricted(SCHEDULES[sname]), batch=ORDER_SETTING["batch"])
+  slope, nfes, errs = measure_order(name, variant, 64, setting=setting)
+  expected = info.order(info.resolve(variant))
+  assert abs(slope - expected) <= 0.3, (name, sname, slope, expected, nfes, errs)

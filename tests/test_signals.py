@@ -13,24 +13,10 @@ import pytest
 
 from diffusion import checkpoint
 from experiments import signals
-from tests.conftest import popen_main, run_main
+from tests.conftest import popen_main, run_main, wait_for
 
 RUN = {"training.num_steps": 10**6, "training.log_every": 5, "training.ckpt_every": 10**5,
        "eval.density_grid": 0, "eval.plot_samples": 64, "training.async_checkpoints": True}
-
-
-def _wait_for(proc, text, timeout=180):
-  lines, t0 = [], time.time()
-  while time.time() - t0 < timeout:
-    line = proc.stdout.readline()
-    if not line:
-      if proc.poll() is not None:
-        break
-      continue
-    lines.append(line)
-    if text in line:
-      return lines
-  raise AssertionError(f"{text!r} not seen; output:\n{''.join(lines)}")
 
 
 def _finish(proc, timeout=120):
@@ -120,7 +106,7 @@ def test_signal_during_setup_one_line_no_traceback(tmp_path, mode, sig):
   wd = str(tmp_path)
   proc = popen_main(wd, mode, {**RUN, "debug.setup_delay_s": 60.0})
   try:
-    _wait_for(proc, "setting up")
+    wait_for(proc, "setting up")
     proc.send_signal(sig)
   finally:
     out = _finish(proc)
@@ -138,7 +124,7 @@ def test_sigint_during_training_saves_exits_130_and_resumes(tmp_path):
   wd = str(tmp_path)
   proc = popen_main(wd, "train", RUN)
   try:
-    _wait_for(proc, "step 10/")
+    wait_for(proc, "step 10/")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)
     proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not break the save

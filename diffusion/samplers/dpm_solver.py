@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,7 +115,9 @@ def _adaptive(order: int, denoise, schedule, key, x_T, time_grid, cond, rtol, at
   and a DPM-Solver-k solution sharing evaluations, E = max over samples of
   RMS((x_high - x_low) / delta), delta = max(atol, rtol max(|x_low|, |x_s|)); accept if E <= 1
   (x <- x_high), then h <- min(theta h E^{-1/k}, lambda_end - lambda). eps(x_s) is reused when a
-  step is rejected. Step sizes depend on the whole batch (like the paper's code)."""
+  step is rejected. Step sizes depend on the whole batch (like the paper's code). Reaching
+  ``max_steps`` (accepted + rejected) before lambda_end raises at run time (equinox.error_if),
+  as ``ode_adaptive`` does through diffrax."""
   t = engine.check_grid(time_grid, schedule)
   dt = x_T.dtype
   l0, l1 = float(half_logsnr(schedule, t[0])), float(half_logsnr(schedule, t[-1]))
@@ -178,44 +181,52 @@ def _adaptive(order: int, denoise, schedule, key, x_T, time_grid, cond, rtol, at
             nfe=jnp.asarray(1, jnp.int32), steps=jnp.asarray(0, jnp.int32),
             rejected=jnp.asarray(0, jnp.int32))
   c = jax.lax.while_loop(cond_fn, body, c0)
-  x, nfe = c["x"], c["nfe"]
+  unfinished = c["lam"] < l1 - 1e-7 * max(1.0, abs(l1))
+  # Like ode_adaptive (diffrax's max_steps check): an unfinished solve is a run-time error, not a
+  # silently wrong sample.
+  x = eqx.error_if(c["x"], unfinished,
+                   f"dpm_solver_{order - 1}{order}: reached max_steps={max_steps} before the end "
+                   f"of the time grid; increase max_steps (or rtol/atol)")
+  nfe = c["nfe"]
   if final_denoise:
     x = denoise(x, engine.bt(t[-1], x), cond).astype(dt)
     nfe = nfe + 1
   return x, {"nfe": nfe, "num_steps": c["steps"], "num_rejected_steps": c["rejected"]}
 
 
-def _check_adaptive(rtol, atol, h_init, theta, max_steps):
-  for name, v in (("rtol", rtol), ("atol", atol), ("h_init", h_init)):
-    if not v > 0:
-      raise ValueError(f"{name} must be > 0, got {v!r}")
-  if not 0 < theta <= 1:
-    raise ValueError(f"theta must be in (0, 1], got {theta!r}")
-  if int(max_steps) < 1:
-    raise ValueError(f"max_steps must be >= 1, got {max_steps!r}")
+def _check_adaptive(hp):
+  for name in ("rtol", "atol", "h_init"):
+    if not hp[name] > 0:
+      raise ValueError(f"{name} must be > 0, got {hp[name]!r}")
+  if not 0 < hp["theta"] <= 1:
+    raise ValueError(f"theta must be in (0, 1], got {hp['theta']!r}")
+  if not hp["max_steps"] >= 1:
+    raise ValueError(f"max_steps must be an int >= 1, got {hp['max_steps']!r}")
 
 
 @register_sampler("dpm_solver_12", kind="deterministic", order=2.0, nfe=None,
                   nfe_per_step="2 per accepted step, 1 per rejected (adaptive)",
-                  paper=f"{P22A}, sec. 3.3 / Alg. 4 (adaptive step size, orders 1 and 2)")
+                  paper=f"{P22A}, sec. 3.3 / Alg. 4 (adaptive step size, orders 1 and 2)",
+                  check=_check_adaptive)
 def dpm_solver_12(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                   rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                   theta: float = 0.9, max_steps: int = 10_000, final_denoise: bool = False):
   """Adaptive DPM-Solver-12 from time_grid[0] to time_grid[-1] (only the ends of the grid are
-  used). Defaults are the paper's for images (atol 0.0078, rtol 0.05)."""
-  _check_adaptive(rtol, atol, h_init, theta, max_steps)
+  used). Defaults are the paper's for images (atol 0.0078, rtol 0.05). Raises at run time if
+  ``max_steps`` (accepted + rejected) steps do not reach the end of the grid."""
   return _adaptive(2, denoise, schedule, key, x_T, time_grid, cond, rtol, atol, h_init, theta,
                    int(max_steps), final_denoise)
 
 
 @register_sampler("dpm_solver_23", kind="deterministic", order=3.0, nfe=None,
                   nfe_per_step="3 per accepted step, 2 per rejected (adaptive)",
-                  paper=f"{P22A}, sec. 3.3 / Alg. 5 (adaptive step size, orders 2 and 3)")
+                  paper=f"{P22A}, sec. 3.3 / Alg. 5 (adaptive step size, orders 2 and 3)",
+                  check=_check_adaptive)
 def dpm_solver_23(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                   rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                   theta: float = 0.9, max_steps: int = 10_000, final_denoise: bool = False):
-  """Adaptive DPM-Solver-23 (DPM-Solver-2 with r1 = 1/3 as the lower-order estimate)."""
-  _check_adaptive(rtol, atol, h_init, theta, max_steps)
+  """Adaptive DPM-Solver-23 (DPM-Solver-2 with r1 = 1/3 as the lower-order estimate). Raises at
+  run time if ``max_steps`` (accepted + rejected) steps do not reach the end of the grid."""
   return _adaptive(3, denoise, schedule, key, x_T, time_grid, cond, rtol, atol, h_init, theta,
                    int(max_steps), final_denoise)
 
@@ -227,25 +238,43 @@ def dpm_solver_23(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_o
 
 @register_sampler("dpmpp_2s", kind="deterministic", order=2.0,
                   nfe=lambda n, hp: 2 * n + _fd(hp), nfe_per_step="2",
-                  paper=f"{P22B}, Alg. 1 (DPM-Solver++(2S), r = 1/2)")
+                  paper=f"{P22B}, Alg. 1 (DPM-Solver++(2S), r = 1/2)",
+                  check=lambda hp: _check_r(hp["r"]))
 def dpmpp_2s(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
              r: float = 0.5, final_denoise: bool = False):
   """DPM-Solver++(2S): u = sigma_s1/sigma_s x - alpha_s1 (e^{-r h} - 1) D_s;
   x_t = sigma_t/sigma_s x - alpha_t (e^{-h} - 1) [(1 - 1/(2r)) D_s + 1/(2r) D(u, s1)].
   NFE = 2 N (+1)."""
-  if not 0 < r < 1:
-    raise ValueError(f"r must be in (0, 1), got {r!r}")
   prog = engine.stepwise_program(lambda p, s, u: dpmpp_2s_step(p, schedule, s, u, r), schedule,
                                  time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
+D2_WEIGHTS = {"taylor": 2.0, "reference": 1.0}
+
+
+def _check_r(r):
+  if not 0 < r < 1:
+    raise ValueError(f"dpmpp_2s: r must be in (0, 1), got {r!r}")
+
+
+def _check_d2_weight(d2_weight):
+  if d2_weight not in D2_WEIGHTS:
+    raise ValueError(f"dpmpp_3m: d2_weight must be one of {sorted(D2_WEIGHTS)}, got "
+                     f"{d2_weight!r}")
+
+
 def dpmpp_multistep_update(schedule, ts: List[float], rows: List[int], t_next: float,
-                           order: int) -> engine.Lin:
+                           order: int, d2_weight: str = "taylor") -> engine.Lin:
   """DPM-Solver++ multistep update from ts[-1] to t_next with the data predictions of ``rows`` at
   times ``ts`` (oldest first), of order 1, 2 (Lu et al. 2022b, Alg. 2) or 3 (the third-order
   multistep: phi_1 = e^{-h} - 1, phi_2 = phi_1/h + 1, phi_3 = phi_2/h - 1/2, the second-order
   Taylor term of D in lambda integrated exactly).
+
+  Third order: x_t = sigma_t/sigma_s x - alpha_t phi_1 D_0 + alpha_t phi_2 D_1 - w alpha_t phi_3 D_2
+  with D_2 ~ h^2 D''/2, so the Taylor expansion needs w = 2 (``d2_weight='taylor'``, measured global
+  order 3.1); the DPM-Solver reference code and diffusers use w = 1 (``'reference'``, measured
+  order 2.15), available to reproduce their numbers.
   """
   a_t, sg_t, l_t = _as(schedule, t_next)
   a0, sg0, l0 = _as(schedule, ts[-1])
@@ -279,7 +308,7 @@ def dpmpp_multistep_update(schedule, ts: List[float], rows: List[int], t_next: f
   d2 = engine.add(diff, scale=[1.0 / (r0 + r1)])
   # Taylor: x_t = sigma_t/sigma_s x + alpha_t [-phi1 D + h phi2 D' - h^2 phi3 D''] with
   # D1 ~ h D' and D2 ~ h^2 D''/2, hence the factor 2 on the last term.
-  return engine.add(out, d1, d2, scale=[1.0, a_t * phi2, -2.0 * a_t * phi3])
+  return engine.add(out, d1, d2, scale=[1.0, a_t * phi2, -D2_WEIGHTS[d2_weight] * a_t * phi3])
 
 
 def dpmpp_2s_step(prog: Program, schedule, s: float, t: float, r: float = 0.5):
@@ -325,7 +354,7 @@ def dpmpp_3s_step(prog: Program, schedule, s: float, t: float, r1: float = 1.0 /
 
 
 def _dpmpp_multistep(order, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
-                     lower_order_final, final_denoise, warmup=False):
+                     lower_order_final, final_denoise, warmup=False, d2_weight="taylor"):
   t = engine.check_grid(time_grid, schedule)
   n = len(t) - 1
   prog = Program()
@@ -344,7 +373,7 @@ def _dpmpp_multistep(order, denoise, schedule, key, x_T, time_grid, cond, sample
     k = min(order, len(rows))
     if lower_order_final and n < 10:
       k = min(k, n - i)
-    prog.set_update(r, dpmpp_multistep_update(schedule, times, rows, t[i + 1], k))
+    prog.set_update(r, dpmpp_multistep_update(schedule, times, rows, t[i + 1], k, d2_weight))
   if final_denoise:
     prog.final_denoise(t[-1])
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
@@ -356,26 +385,36 @@ def _dpmpp_multistep(order, denoise, schedule, key, x_T, time_grid, cond, sample
 def dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
              lower_order_final: bool = True, final_denoise: bool = False):
   """DPM-Solver++(2M): first step first order, then second-order multistep (and first order at
-  the last step when N < 10 with ``lower_order_final``). NFE = N (+1)."""
+  the last step when N < 10 with ``lower_order_final``, as the DPM-Solver reference code; diffusers
+  does so for N < 15: see ``diffusion.samplers.multistep``). NFE = N (+1)."""
   return _dpmpp_multistep(2, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
                           lower_order_final, final_denoise)
 
 
 @register_sampler("dpmpp_3m", kind="deterministic",
-                  order=lambda hp: 3.0 if hp["warmup"] else 2.0,
+                  order=lambda hp: 3.0 if hp["warmup"] and hp["d2_weight"] == "taylor" else 2.0,
                   nfe=lambda n, hp: n + int(bool(hp["warmup"])) + _fd(hp),
                   nfe_per_step="1 (+1 warm-up)",
                   paper=f"{P22B}, sec. 4 (multistep, third order)",
-                  variants=({}, {"warmup": False}))
+                  variants=({}, {"warmup": False}, {"d2_weight": "reference"}),
+                  check=lambda hp: _check_d2_weight(hp["d2_weight"]))
 def dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-             warmup: bool = True, lower_order_final: bool = True, final_denoise: bool = False):
+             warmup: bool = True, d2_weight: str = "taylor", lower_order_final: bool = True,
+             final_denoise: bool = False):
   """DPM-Solver++(3M). Start-up: with ``warmup`` the first step is DPM-Solver++(2S) whose midpoint
   evaluation joins the history (one extra NFE; third order globally); without, orders 1, 2, 3 as in
   the paper's code, whose first-order first step limits the global order to 2 (it matters only at
   large NFE, or when t_max is not deep in the noise). Lower order at the end when N < 10 with
-  ``lower_order_final``. NFE = N (+1 warm-up) (+1 final denoise)."""
+  ``lower_order_final`` (last interval first order, the one before second order; the DPM-Solver
+  reference code: the same for N < 10; diffusers: N < 15; see ``diffusion.samplers.multistep``).
+  NFE = N (+1 warm-up) (+1 final denoise).
+
+  ``d2_weight``: the weight of phi_3 D_2 in the third-order update (see ``dpmpp_multistep_update``).
+  'taylor' (default, 2 phi_3 D_2) is the consistent third-order term; 'reference' (phi_3 D_2) is
+  what the DPM-Solver reference code and diffusers' DPMSolverMultistepScheduler compute, of global
+  order 2 only: use it to reproduce their published numbers exactly."""
   return _dpmpp_multistep(3, denoise, schedule, key, x_T, time_grid, cond, sample_offset,
-                          lower_order_final, final_denoise, warmup)
+                          lower_order_final, final_denoise, warmup, d2_weight)
 
 
 @register_sampler("sde_dpmpp_2m", kind="stochastic", order=1.0,

@@ -57,17 +57,27 @@ def t_from_half_logsnr(schedule: Schedule, lam) -> np.ndarray:
 
 
 def check_grid(time_grid, schedule: Schedule, min_len: int = 2) -> np.ndarray:
-  """Validates a decreasing host time grid (N+1,) inside the schedule's time range."""
+  """A host time grid (N+1,), N >= min_len - 1, as float64, checked: concrete, 1-D, finite,
+  strictly decreasing, inside the schedule's [t_min, t_max], alpha and sigma > 0 on it. Anything
+  else raises a ValueError naming the problem."""
   if isinstance(time_grid, jax.core.Tracer):
     raise ValueError("time_grid must be a concrete numpy array (coefficients are computed on the "
                      "host), got a traced value")
-  t = f64(time_grid)
+  try:
+    t = f64(time_grid)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"time_grid must be a 1-D array of floats, got {time_grid!r}") from e
   if t.ndim != 1 or t.shape[0] < min_len:
     raise ValueError(f"time_grid must be 1-D with at least {min_len} entries, got shape {t.shape}")
+  if not np.all(np.isfinite(t)):
+    raise ValueError(f"time_grid must be finite, got {t}")
   if not np.all(np.diff(t) < 0):
-    raise ValueError(f"time_grid must be strictly decreasing, got {t}")
-  if t[-1] < 0:
-    raise ValueError(f"time_grid must end at t >= 0, got {t[-1]}")
+    raise ValueError(f"time_grid must be strictly decreasing (from t_max to t_min), got {t}")
+  lo, hi = float(schedule.t_min), float(schedule.t_max)
+  if t[-1] < lo or t[0] > hi:
+    raise ValueError(f"time_grid must lie in the {schedule.name} schedule's range [t_min, t_max] "
+                     f"= [{lo}, {hi}], got [{t[-1]}, {t[0]}] (for the step to sigma = 0 use "
+                     f"final_denoise=True)")
   s = f64(schedule.sigma(t))
   a = f64(schedule.alpha(t))
   if not (np.all(np.isfinite(s)) and np.all(s > 0) and np.all(np.isfinite(a)) and np.all(a > 0)):

@@ -30,15 +30,20 @@ def parse_power(kind: str) -> Optional[float]:
     kappa = float(rest[1:]) if rest.startswith(":") else None
   except ValueError:
     kappa = None
-  if kappa is None or not kappa > 0:
-    raise ValueError(f"bad grid {kind!r}: use 'logsnr_power' or 'logsnr_power:<kappa > 0>'")
+  if kappa is None or not 0 < kappa < float("inf"):
+    raise ValueError(f"bad grid {kind!r}: use 'logsnr_power' or 'logsnr_power:<kappa>' with a "
+                     f"finite kappa > 0")
   return kappa
 
 
 def time_grid(schedule: schedules_lib.Schedule, num_steps: int, kind: str = "karras", *,
               t_min: Optional[float] = None, t_max: Optional[float] = None,
               rho: float = 7.0) -> np.ndarray:
-  """Decreasing float64 times (N+1,) from t_max to t_min; kinds: ``GRIDS`` (see module doc)."""
+  """Decreasing float64 times (N+1,) from t_max to t_min; kinds: ``GRIDS`` (see module doc).
+  Arguments are checked as in ``schedules.time_grid`` (num_steps an int >= 1, rho > 0,
+  schedule.t_min <= t_min < t_max <= schedule.t_max)."""
+  if not isinstance(kind, str):
+    raise TypeError(f"grid must be a str, one of {GRIDS}, got {kind!r}")
   kappa = parse_power(kind)
   if kappa is None:
     if kind not in schedules_lib.GRIDS:

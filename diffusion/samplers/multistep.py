@@ -5,6 +5,18 @@ with lower orders has a first step with local error O(h^2), which caps the globa
 ``warmup`` (default) the first step is instead a single-step DPM-Solver of order p - 1 whose stage
 evaluations join the history, so the next step already has p points and every step has local
 error O(h^{p+1}); it costs p - 2 extra NFE (for p >= 3).
+
+``lower_order_final`` (here and in DPM-Solver++(2M)/(3M)): on a grid of N < 10 intervals the
+step t_i -> t_{i+1} uses at most N - i history points, so the last interval is first order and,
+for order 3, the one before it second order; N >= 10 keeps the full order to the end. The final
+denoise (``final_denoise``, the step to sigma = 0) is always x <- D(x, t_N), exactly a first-order
+data-prediction step to sigma = 0. The references differ:
+  * DPM-Solver reference code (multistep): the same rule for N < 10 (some versions: N < 15);
+  * diffusers' DPMSolverMultistepScheduler: the same rule for N < 15, and always a first-order
+    last step when it goes to sigma = 0 (final_sigmas_type='zero', its default) or
+    euler_at_final;
+  * UniPC reference code and diffusers' UniPCMultistepScheduler: for every N.
+Defaults: True for DPM-Solver++(2M)/(3M), DEIS and UniPC, False for iPNDM.
 """
 from __future__ import annotations
 
@@ -40,9 +52,15 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
 
 
 def _check_order(order, lo, hi):
-  if int(order) != order or not lo <= order <= hi:
+  if isinstance(order, bool) or int(order) != order or not lo <= order <= hi:
     raise ValueError(f"order must be an int in [{lo}, {hi}], got {order!r}")
   return int(order)
+
+
+def _check_unipc(hp):
+  _check_order(hp["order"], 1, 3)
+  if hp["variant"] not in VARIANTS:
+    raise ValueError(f"unknown UniPC variant {hp['variant']!r}; accepted: {VARIANTS}")
 
 
 def _eps_history_run(update_fn, order, denoise, schedule, key, x_T, time_grid, cond,
@@ -110,10 +128,12 @@ def deis_tab_update(schedule, times: Sequence[float], rows: Sequence[int], t_nex
                   nfe_per_step="1 (+order-2 warm-up)",
                   paper="Zhang & Chen 2023, DEIS, eq. 14-15 (tAB: exponential integrator, "
                   "Lagrange extrapolation of eps in t)",
-                  variants=({}, {"order": 1}, {"order": 2}))
+                  variants=({}, {"order": 1}, {"order": 2}),
+                  check=lambda hp: _check_order(hp["order"], 1, 3))
 def deis(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 3,
          warmup: bool = True, lower_order_final: bool = True, final_denoise: bool = False):
-  """DEIS-tAB of ``order`` 1-3 (history points; order 1 is DDIM). NFE = N (+order-2 warm-up)
+  """DEIS-tAB of ``order`` 1-3 (history points; order 1 is DDIM). ``lower_order_final``: lower
+  order on the last intervals when N < 10 (module doc). NFE = N (+order-2 warm-up)
   (+1 final denoise)."""
   order = _check_order(order, 1, 3)
   return _eps_history_run(lambda ts, rs, tn: deis_tab_update(schedule, ts, rs, tn), order,
@@ -150,11 +170,13 @@ def ipndm_update(schedule, times: Sequence[float], rows: Sequence[int], t_next: 
                   nfe_per_step="1 (+order-2 warm-up)",
                   paper="Zhang & Chen 2023, DEIS, iPNDM (PNDM, Liu et al. 2022, with "
                   "lower-order Adams-Bashforth start)",
-                  variants=({}, {"order": 1}, {"order": 2}, {"order": 3}))
+                  variants=({}, {"order": 1}, {"order": 2}, {"order": 3}),
+                  check=lambda hp: _check_order(hp["order"], 1, 4))
 def ipndm(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 4,
           warmup: bool = True, lower_order_final: bool = False, final_denoise: bool = False):
   """iPNDM of ``order`` 1-4 with variable-step Adams-Bashforth coefficients (see
-  ``ipndm_update``). NFE = N (+order-2 warm-up) (+1 final denoise)."""
+  ``ipndm_update``). ``lower_order_final`` (off by default): lower order on the last intervals
+  when N < 10 (module doc). NFE = N (+order-2 warm-up) (+1 final denoise)."""
   order = _check_order(order, 1, 4)
   return _eps_history_run(lambda ts, rs, tn: ipndm_update(schedule, ts, rs, tn), order,
                           denoise, schedule, key, x_T, time_grid, cond, sample_offset, warmup,
@@ -228,23 +250,23 @@ def _fill(form, new_row):
                   "B(h) variants bh1 / bh2, data prediction)",
                   variants=({"order": 2}, {"order": 1}, {"order": 3, "warmup": True},
                             {"order": 2, "variant": "bh1"}, {"order": 1, "variant": "bh1"},
-                            {"order": 3, "variant": "bh1", "warmup": True}))
+                            {"order": 3, "variant": "bh1", "warmup": True}),
+                  check=_check_unipc)
 def unipc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 3,
           variant: str = "bh2", warmup: bool = False, lower_order_final: bool = True,
           final_denoise: bool = False):
   """UniPC-p: step t_{i-1} -> t_i predicts with UniP-p from the last p data predictions, evaluates
   D at the prediction (the step's one NFE, reused by the next step) and corrects with UniC-p,
   raising the order to p + 1 at no extra NFE. No corrector after the last step. Orders start at 1
-  (the paper's lower-order start-up) and drop at the end when N < 10 with ``lower_order_final``.
+  (the paper's lower-order start-up) and drop at the end when N < 10 with ``lower_order_final``
+  (the UniPC reference code drops them for every N: see the module doc).
 
   The lower-order start-up limits UniPC-3 to global order 3 (measured 3.4-4.1 over NFE 20-200);
   with ``warmup`` (order 3 only) the first step is a third-order single-step DPM-Solver(++) whose
   two stage evaluations join the history, giving order 4 for 2 extra NFE.
   NFE = N (+2 warm-up) (+1 final denoise).
   """
-  order = _check_order(order, 1, 3)
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown UniPC variant {variant!r}; accepted: {VARIANTS}")
+  order = int(order)
   t = engine.check_grid(time_grid, schedule)
   n = len(t) - 1
   prog = Program()

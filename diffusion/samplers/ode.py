@@ -43,6 +43,34 @@ def ode_vars(schedule: Schedule, t: float, variables: str) -> Tuple[float, float
   raise ValueError(f"unknown ODE variables {variables!r}; accepted: {VARIABLES}")
 
 
+def _check_variables(hp):
+  if hp["variables"] not in VARIABLES:
+    raise ValueError(f"unknown ODE variables {hp['variables']!r}; accepted: {VARIABLES}")
+
+
+def _check_eta(hp):
+  if not hp["eta"] >= 0:
+    raise ValueError(f"eta must be >= 0, got {hp['eta']!r}")
+
+
+def _check_churn(hp):
+  for name in ("S_churn", "S_min", "S_noise"):
+    if not hp[name] >= 0:
+      raise ValueError(f"edm_stochastic: {name} must be >= 0, got {hp[name]!r}")
+  if not hp["S_max"] >= hp["S_min"]:
+    raise ValueError(f"edm_stochastic: S_max must be >= S_min, got S_max={hp['S_max']!r} < "
+                     f"S_min={hp['S_min']!r}")
+
+
+def _check_ode_adaptive(hp):
+  if hp["solver"] not in ODE_SOLVERS:
+    raise ValueError(f"unknown ODE solver {hp['solver']!r}; accepted: {ODE_SOLVERS}")
+  if not (hp["rtol"] > 0 and hp["atol"] > 0):
+    raise ValueError(f"rtol and atol must be > 0, got rtol={hp['rtol']!r}, atol={hp['atol']!r}")
+  if not hp["max_steps"] >= 1:
+    raise ValueError(f"max_steps must be an int >= 1, got {hp['max_steps']!r}")
+
+
 def euler_step(prog: Program, schedule, t, s, variables, y=None) -> int:
   """Adds one Euler step t -> s: x_s = (1/s_s)(s_t x + h (P s_t y + Q m)), h = tau_s - tau_t.
 
@@ -72,7 +100,7 @@ def heun_step(prog: Program, schedule, t, s, variables, y=None) -> int:
 @register_sampler("euler", kind="deterministic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper="Song et al. 2021 (PF-ODE, eq. 13); Karras et al. 2022 (eq. 4), Euler",
-                  variants=({}, {"variables": "t"}))
+                  variants=({}, {"variables": "t"}), check=_check_variables)
 def euler(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
           variables: str = "edm", final_denoise: bool = False):
   """Euler on the PF-ODE. In 'edm' variables this is exactly deterministic DDIM (Song et al.
@@ -85,7 +113,7 @@ def euler(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
 @register_sampler("heun", kind="deterministic", order=2.0,
                   nfe=lambda n, hp: 2 * n + _fd(hp), nfe_per_step="2",
                   paper="Karras et al. 2022, EDM, Alg. 1 (2nd-order Heun, Euler last step)",
-                  variants=({}, {"variables": "t"}))
+                  variants=({}, {"variables": "t"}), check=_check_variables)
 def heun(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
          variables: str = "edm", final_denoise: bool = True):
   """EDM's deterministic sampler: Heun steps over the N intervals of the grid, then (default) the
@@ -96,11 +124,47 @@ def heun(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
+def churn_gamma(tau: float, num_steps: int, S_churn: float, S_min: float, S_max: float) -> float:
+  """EDM's churn gamma_i = min(S_churn / N, sqrt(2) - 1) if S_min <= tau_i <= S_max else 0
+  (Karras et al. 2022, Alg. 2 line 4), N = the number of sampling steps, the step to sigma = 0
+  included."""
+  return min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= tau <= S_max else 0.0
+
+
+def edm_stochastic_program(schedule: Schedule, time_grid, S_churn: float, S_min: float,
+                           S_max: float, S_noise: float, final_denoise: bool) -> Program:
+  """The program of EDM's Alg. 2 on the grid t_0 > ... > t_n (n intervals; see
+  ``edm_stochastic``): a churned Heun step per interval, then (``final_denoise``) a churned step to
+  sigma = 0, x <- denoise(x_hat, t_hat). Alg. 2's N is the number of steps: n + final_denoise."""
+  t = engine.check_grid(time_grid, schedule)
+  n = len(t) - 1
+  num_steps = n + int(bool(final_denoise))
+  tau_cap = float(schedule.edm_sigma(f64(schedule.t_max)))
+  prog = Program()
+  for i in range(num_steps):
+    a_i, s_i = alpha_sigma(schedule, t[i])
+    tau = float(s_i / a_i)
+    gamma = churn_gamma(tau, num_steps, S_churn, S_min, S_max)
+    tau_hat = min(tau * (1 + gamma), max(tau_cap, tau))
+    if tau_hat > tau:
+      t_hat = float(schedule.t_from_edm_sigma(f64(tau_hat)))
+      a_hat = float(schedule.alpha(f64(t_hat)))
+      y = {"x": a_hat / float(a_i), "z": a_hat * math.sqrt(tau_hat**2 - tau**2) * S_noise}
+    else:
+      t_hat, y = float(t[i]), None
+    if i < n:
+      heun_step(prog, schedule, t_hat, t[i + 1], "edm", y=y)
+    else:  # Alg. 2's last step, to t_N = 0: x_N = x_hat + (0 - t_hat) d = D(x_hat; t_hat).
+      prog.eval(t_hat, y=y, x={"m": 1.0})
+  return prog
+
+
 @register_sampler("edm_stochastic", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: 2 * n + _fd(hp), nfe_per_step="2",
                   paper="Karras et al. 2022, EDM, Alg. 2 (stochastic sampler with churn)",
                   variants=({"S_churn": 10.0}, {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0,
-                                                "S_noise": 1.003}))
+                                                "S_noise": 1.003}),
+                  check=_check_churn)
 def edm_stochastic(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                    S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"),
                    S_noise: float = 1.0, final_denoise: bool = True):
@@ -109,29 +173,13 @@ def edm_stochastic(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_
   Step i: gamma = min(S_churn/N, sqrt(2)-1) if S_min <= tau_i <= S_max else 0;
   tau_hat = tau_i (1 + gamma) (capped at tau(schedule.t_max), where the schedule ends);
   u_hat = u + sqrt(tau_hat^2 - tau_i^2) S_noise z; then a Heun step tau_hat -> tau_{i+1}.
-  Ends with x <- denoise(x, t_N) (EDM's Euler step to sigma = 0). NFE = 2N + 1.
+  With ``final_denoise`` (default) the last step is Alg. 2's step to sigma = 0, churned like the
+  others: x <- denoise(x_hat, t_hat). N is Alg. 2's number of sampling steps, that step included:
+  N = n + 1 for a grid of n intervals t_0 > ... > t_n = t_min (EDM's t_0..t_{N-1} plus t_N = 0),
+  as in EDM's and k-diffusion's code; N = n without the final step. NFE = 2n + 1.
   """
-  for name, v in (("S_churn", S_churn), ("S_min", S_min), ("S_noise", S_noise)):
-    if not v >= 0:
-      raise ValueError(f"{name} must be >= 0, got {v!r}")
-  t = engine.check_grid(time_grid, schedule)
-  n = len(t) - 1
-  tau_cap = float(schedule.edm_sigma(f64(schedule.t_max)))
-  prog = Program()
-  for i in range(n):
-    a_i, s_i = alpha_sigma(schedule, t[i])
-    tau = float(s_i / a_i)
-    gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= tau <= S_max else 0.0
-    tau_hat = min(tau * (1 + gamma), max(tau_cap, tau))
-    if tau_hat > tau:
-      t_hat = float(schedule.t_from_edm_sigma(f64(tau_hat)))
-      a_hat = float(schedule.alpha(f64(t_hat)))
-      y = {"x": a_hat / float(a_i), "z": a_hat * math.sqrt(tau_hat**2 - tau**2) * S_noise}
-    else:
-      t_hat, y = float(t[i]), None
-    heun_step(prog, schedule, t_hat, t[i + 1], "edm", y=y)
-  if final_denoise:
-    prog.final_denoise(t[-1])
+  prog = edm_stochastic_program(schedule, time_grid, S_churn, S_min, S_max, S_noise,
+                                final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
@@ -139,7 +187,7 @@ def edm_stochastic(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper="Song et al. 2021 (ancestral sampling); Euler ancestral in EDM variables "
                   "(Karras et al. 2022 sec. 4; k-diffusion)",
-                  variants=({}, {"eta": 0.5}))
+                  variants=({}, {"eta": 0.5}), check=_check_eta)
 def euler_ancestral(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                     eta: float = 1.0, final_denoise: bool = True):
   """Euler step in EDM variables to tau_down, then fresh noise tau_up (tau = sigma/alpha):
@@ -148,8 +196,6 @@ def euler_ancestral(denoise, schedule, key, x_T, time_grid, *, cond=None, sample
     u' = u + (tau_down - tau)(u - m)/tau + tau_up z,   x' = alpha' u'.
   eta = 1 is DDPM's posterior (equal in law to ``ddpm``), eta = 0 is Euler / DDIM. NFE = N (+1).
   """
-  if not 0 <= eta:
-    raise ValueError(f"eta must be >= 0, got {eta!r}")
 
   def step(prog, t_s, t_t):
     (a, s), (a2, s2) = alpha_sigma(schedule, t_s), alpha_sigma(schedule, t_t)
@@ -180,13 +226,11 @@ def ddim_coefs(schedule: Schedule, t: float, s: float, eta: float) -> Tuple[floa
 @register_sampler("ddim", kind="deterministic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper="Song et al. 2021, DDIM, eq. 12 (eta > 0: eq. 16, stochastic)",
-                  variants=({}, {"eta": 1.0}))
+                  variants=({}, {"eta": 1.0}), check=_check_eta)
 def ddim(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
          eta: float = 0.0, final_denoise: bool = False):
   """DDIM (see ``ddim_coefs``). eta = 0: deterministic, first-order exponential integrator of the
   PF-ODE (= DPM-Solver-1); eta = 1: DDPM ancestral sampling (then it is stochastic). NFE = N (+1)."""
-  if not eta >= 0:
-    raise ValueError(f"eta must be >= 0, got {eta!r}")
 
   def step(prog, t_s, t_t):
     a, d, c = ddim_coefs(schedule, t_s, t_t, eta)
@@ -246,7 +290,8 @@ SOLVER_ORDERS = {"tsit5": 5.0, "dopri5": 5.0, "dopri8": 8.0, "heun": 2.0, "bosh3
                   nfe_per_step="adaptive (diffrax stats)",
                   paper="Song et al. 2021, PF-ODE (eq. 13) with Tsitouras 2011 / Dormand-Prince "
                   "adaptive Runge-Kutta (diffrax)",
-                  variants=({}, {"solver": "dopri5"}, {"solver": "dopri8"}))
+                  variants=({}, {"solver": "dopri5"}, {"solver": "dopri8"}),
+                  check=_check_ode_adaptive)
 def ode_adaptive(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                  solver: str = "tsit5", rtol: float = 1e-4, atol: float = 1e-4,
                  max_steps: int = 4096, final_denoise: bool = False):
@@ -257,8 +302,6 @@ def ode_adaptive(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
   """
   import diffrax
   slv = _diffrax_solver(solver)
-  if not (rtol > 0 and atol > 0):
-    raise ValueError(f"rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}")
   t = engine.check_grid(time_grid, schedule)
   dt = x_T.dtype
   (a0, s0), (a1, s1) = alpha_sigma(schedule, t[0]), alpha_sigma(schedule, t[-1])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -57,6 +58,8 @@ class SamplerInfo:
     variants: hyper-parameter settings the exhaustive (slow) tests sweep; the first is the default
       checked by the fast tests.
     order_grid: the time grid on which the order test measures convergence (see tests).
+    check: hparams -> None, raises ValueError on bad hyper-parameter values (types are checked
+      against the defaults' by ``validate``).
   """
   name: str
   fn: SamplerFn
@@ -67,6 +70,7 @@ class SamplerInfo:
   paper: str
   variants: Tuple[Mapping[str, Any], ...] = ({},)
   order_grid: str = "logsnr"
+  check: Optional[Callable[[Mapping[str, Any]], None]] = None
 
   @property
   def adaptive(self) -> bool:
@@ -90,6 +94,35 @@ class SamplerInfo:
     d.update(hparams)
     return d
 
+  def validate(self, hparams: Mapping[str, Any]) -> Dict[str, Any]:
+    """``resolve(hparams)`` with each value checked: its type against the default's (bool for a
+    bool default, int but not bool for an int one, a real number for a float one, str for a str
+    one), then the sampler's own ``check``. Raises TypeError / ValueError naming the bad value."""
+    hp = self.resolve(hparams)
+    defaults = self.defaults()
+    for k, v in hp.items():
+      d = defaults[k]
+      if isinstance(d, bool):
+        ok = isinstance(v, (bool, np.bool_))
+      elif isinstance(d, int):
+        ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+      elif isinstance(d, float):
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+            v, (bool, np.bool_))
+        if ok and np.isnan(v):
+          raise ValueError(f"sampler {self.name!r}: hyper-parameter {k} must not be NaN")
+      elif isinstance(d, str):
+        ok = isinstance(v, str)
+      else:
+        ok = True
+      if not ok:
+        raise TypeError(f"sampler {self.name!r}: hyper-parameter {k} must be a "
+                        f"{'real number' if isinstance(d, float) else type(d).__name__} like "
+                        f"its default {d!r}, got {v!r} ({type(v).__name__})")
+    if self.check is not None:
+      self.check(hp)
+    return hp
+
 
 _REGISTRY: Dict[str, SamplerInfo] = {}
 
@@ -103,11 +136,15 @@ def register_sampler(name: str,
                      paper: str,
                      variants: Sequence[Mapping[str, Any]] = ({},),
                      order_grid: str = "logsnr",
+                     check: Optional[Callable[[Mapping[str, Any]], None]] = None,
                      fn: Optional[SamplerFn] = None):
   """Registers a sampler under ``name`` (usable as a decorator, or with ``fn=``).
 
   ``order`` is a number or a function of the resolved hyper-parameters; ``nfe(num_steps, hp)``
-  the exact denoiser-call count (None if adaptive).
+  the exact denoiser-call count (None if adaptive); ``check(hp)`` raises ValueError on bad
+  hyper-parameter values. The registered function validates its hyper-parameters
+  (``SamplerInfo.validate``) on every call, before anything is traced; ``build_sampler`` does so
+  when it builds.
   """
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -120,9 +157,17 @@ def register_sampler(name: str,
     for a in COMMON_ARGS:
       if a not in params or params[a].kind != inspect.Parameter.KEYWORD_ONLY:
         raise ValueError(f"sampler {name!r} must accept keyword-only argument {a!r}")
-    _REGISTRY[name] = SamplerInfo(name, f, kind, order_fn, nfe, nfe_per_step, paper,
-                                  tuple(variants), order_grid)
-    return f
+    hp_names = [p.name for p in params.values()
+                if p.kind == p.KEYWORD_ONLY and p.name not in COMMON_ARGS]
+
+    @functools.wraps(f)
+    def checked(*args, **kwargs):
+      _REGISTRY[name].validate({k: v for k, v in kwargs.items() if k in hp_names})
+      return f(*args, **kwargs)
+
+    _REGISTRY[name] = SamplerInfo(name, checked, kind, order_fn, nfe, nfe_per_step, paper,
+                                  tuple(variants), order_grid, check)
+    return checked
 
   return wrap(fn) if fn is not None else wrap
 
@@ -152,9 +197,14 @@ def registered_samplers() -> List[str]:
 
 
 def logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max):
-  """(t_min, t_max) clipped so that logSNR stays within [logsnr_min, logsnr_max] (None: no clip)."""
-  t_min = schedule.t_min if t_min is None else float(t_min)
-  t_max = schedule.t_max if t_max is None else float(t_max)
+  """(t_min, t_max) clipped so that logSNR stays within [logsnr_min, logsnr_max] (None: no clip).
+
+  t_min / t_max (None: the schedule's) must satisfy schedule.t_min <= t_min < t_max <=
+  schedule.t_max (``schedules.check_time_range``); logsnr_min / logsnr_max must be finite."""
+  t_min, t_max = schedules_lib.check_time_range(schedule, t_min, t_max)
+  for name, v in (("logsnr_min", logsnr_min), ("logsnr_max", logsnr_max)):
+    if v is not None and not math.isfinite(schedules_lib.check_real(name, v)):
+      raise ValueError(f"{name} must be a finite number or None, got {v!r}")
   if logsnr_min is not None:
     t_max = min(t_max, float(schedule.t_from_logsnr(np.float64(logsnr_min))))
   if logsnr_max is not None:
@@ -167,31 +217,55 @@ def logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max):
 
 def build_sampler(sampler: str,
                   schedule: schedules_lib.Schedule,
-                  num_steps: int,
-                  grid: str = "karras",
-                  rho: float = 7.0,
+                  num_steps: Optional[int] = None,
+                  grid: Optional[str] = None,
+                  rho: Optional[float] = None,
                   t_min: Optional[float] = None,
                   t_max: Optional[float] = None,
                   logsnr_min: Optional[float] = None,
                   logsnr_max: Optional[float] = None,
                   jit: bool = True,
+                  time_grid: Optional[Any] = None,
                   **hparams) -> Callable[..., Tuple[Array, Dict[str, Any]]]:
   """Builds ``fn(denoise, key, x_T, cond=None, sample_offset=0) -> (x_0, info)``.
 
-  The time grid (``grids.time_grid(schedule, num_steps, grid, t_min, t_max, rho)``, (N+1,): the
-  kinds of ``schedules.time_grid`` plus 'logsnr_power[:kappa]') is built once here; ``logsnr_min``
-  / ``logsnr_max`` clip its ends to that logSNR range (t_max <= t(logsnr_min), t_min >=
-  t(logsnr_max)); ``hparams`` are checked against the sampler's signature (unknown names raise a
-  ValueError listing the accepted ones). With ``jit`` the returned function is one ``jax.jit``
-  (``denoise`` is a static argument: pass the same callable to reuse the compilation).
+  The time grid (N+1,) is either built once here, ``grids.time_grid(schedule, num_steps, grid,
+  t_min, t_max, rho)`` (grid: the kinds of ``schedules.time_grid`` plus 'logsnr_power[:kappa]',
+  default 'karras'; rho default 7), with ``logsnr_min`` / ``logsnr_max`` clipping its ends to that
+  logSNR range (t_max <= t(logsnr_min), t_min >= t(logsnr_max)); or given as ``time_grid``, a
+  decreasing array of at least 2 finite times in the schedule's [t_min, t_max], and then none of
+  grid / rho / t_min / t_max / logsnr_min / logsnr_max may be given, and ``num_steps``, if given,
+  must equal len(time_grid) - 1. ``hparams`` are checked against the sampler's signature
+  (unknown names raise a ValueError listing the accepted ones) and values
+  (``SamplerInfo.validate``). All checks run here, before anything is traced. With ``jit`` the
+  returned function is one ``jax.jit`` (``denoise`` is a static argument: pass the same callable
+  to reuse the compilation).
   """
   info = sampler_info(sampler)
-  hp = info.resolve(hparams)
-  if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+  if not isinstance(schedule, schedules_lib.Schedule):
+    raise TypeError(f"schedule must be a diffusion.schedules.Schedule, got {schedule!r}")
+  hp = info.validate(hparams)
+  from diffusion.samplers import engine
   from diffusion.samplers import grids as grids_lib
-  t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
-  grid_t = grids_lib.time_grid(schedule, int(num_steps), grid, t_min=t_min, t_max=t_max, rho=rho)
+  if time_grid is not None:
+    given = {k: v for k, v in dict(grid=grid, rho=rho, t_min=t_min, t_max=t_max,
+                                   logsnr_min=logsnr_min, logsnr_max=logsnr_max).items()
+             if v is not None}
+    if given:
+      raise ValueError(f"time_grid is given explicitly, so {sorted(given)} must not be "
+                       f"(they define the grid built when time_grid is None); got {given}")
+    grid_t = engine.check_grid(time_grid, schedule)
+    if num_steps is not None and schedules_lib.check_int("num_steps", num_steps) != len(grid_t) - 1:
+      raise ValueError(f"num_steps={num_steps!r} does not match the explicit time_grid of "
+                       f"{len(grid_t)} times ({len(grid_t) - 1} steps); pass one or the other")
+  else:
+    if num_steps is None:
+      raise ValueError("build_sampler needs num_steps (an int >= 1) or an explicit time_grid")
+    num_steps = schedules_lib.check_int("num_steps", num_steps)
+    t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
+    grid_t = grids_lib.time_grid(schedule, num_steps, "karras" if grid is None else grid,
+                                 t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho)
+    grid_t = engine.check_grid(grid_t, schedule)
   fn = functools.partial(info.fn, schedule=schedule, time_grid=grid_t, **hp)
 
   def run(denoise, key, x_T, cond=None, sample_offset=0):

@@ -122,13 +122,29 @@ PREDICTORS = {"reverse_diffusion": reverse_diffusion_coefs, "euler_maruyama": em
 STEP_SIZES = ("batch", "sample")
 
 
+def _check_pc(hp):
+  if hp["predictor"] not in PREDICTORS:
+    raise ValueError(f"unknown predictor {hp['predictor']!r}; accepted: {sorted(PREDICTORS)}")
+  if hp["step_size"] not in STEP_SIZES:
+    raise ValueError(f"unknown step_size {hp['step_size']!r}; accepted: {STEP_SIZES}")
+  if not hp["n_corrector"] >= 0:
+    raise ValueError(f"n_corrector must be an int >= 0, got {hp['n_corrector']!r}")
+  if hp["predictor"] == "none" and hp["n_corrector"] == 0:
+    raise ValueError("pc needs a predictor or a corrector: got predictor='none' and "
+                     "n_corrector=0; use n_corrector >= 1 or a predictor from "
+                     f"{sorted(k for k in PREDICTORS if k != 'none')}")
+  if not hp["snr"] >= 0:
+    raise ValueError(f"snr must be >= 0, got {hp['snr']!r}")
+
+
 @register_sampler("pc", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n * (int(hp["predictor"] != "none") + hp["n_corrector"])
                   + _fd(hp),
                   nfe_per_step="1 + n_corrector",
                   paper=f"{_PAPER_SDE}, Alg. 2-5 (predictor-corrector, Langevin corrector)",
                   variants=({}, {"predictor": "euler_maruyama", "step_size": "sample"},
-                            {"n_corrector": 2, "snr": 0.1}))
+                            {"n_corrector": 2, "snr": 0.1}),
+                  check=_check_pc)
 def pc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
        predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
        step_size: str = "batch", final_denoise: bool = True):
@@ -145,14 +161,6 @@ def pc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
   2-D test mixture's covariance comes out 30x too large; fine at 64-D).
   NFE = N (n_corrector + 1) (+1 final denoise).
   """
-  if predictor not in PREDICTORS:
-    raise ValueError(f"unknown predictor {predictor!r}; accepted: {sorted(PREDICTORS)}")
-  if step_size not in STEP_SIZES:
-    raise ValueError(f"unknown step_size {step_size!r}; accepted: {STEP_SIZES}")
-  if int(n_corrector) != n_corrector or n_corrector < 0:
-    raise ValueError(f"n_corrector must be an int >= 0, got {n_corrector!r}")
-  if not snr >= 0:
-    raise ValueError(f"snr must be >= 0, got {snr!r}")
   t = engine.check_grid(time_grid, schedule)
   n = len(t) - 1
   dt = x_T.dtype
