@@ -255,7 +255,12 @@ def time_in_schedule(field: str, value: Any, schedule) -> None:
   """``value`` (None: the schedule's t_min) must lie in [schedule.t_min, schedule.t_max)."""
   if value is None:
     return
-  number_in(field, value, schedule.t_min, schedule.t_max, hi_open=True)
+  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        and schedule.t_min <= value < schedule.t_max)
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r} must be a finite number in "
+                      f"[{schedule.t_min}, {schedule.t_max}), the schedule's time range "
+                      f"(config.sde.fields.t_min / t_max); None means its t_min")
 
 
 def check_time_ranges(config: Config, schedule) -> None:
