@@ -324,7 +324,7 @@ def _sample_set(s, params, step: int, workdir: str, sig) -> Tuple[np.ndarray, in
                                "sampling": build.sampler_kwargs(cfg)})
   return shards.generate(os.path.join(step_dir(workdir, step), "samples"), n,
                          int(e.shard_size), shape, draw, bs, fprint, write=writers.is_main(),
-                         progress=writers.Progress("sampling", n, "samples"),
+                         progress=lambda todo: writers.Progress("sampling", todo, "samples"),
                          guard=sig.deferred, say=say)
 
 

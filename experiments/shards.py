@@ -116,7 +116,7 @@ def read_samples(directory: str, num_samples: Optional[int] = None) -> np.ndarra
 def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[int],
              draw: Callable[[int], Tuple[np.ndarray, Dict[str, Any]]], batch_size: int,
              fprint: str, *, write: bool = True,
-             progress: Optional[Callable[[int], None]] = None,
+             progress: Optional[Callable[[int], Callable[[int], None]]] = None,
              guard: Callable[[], ContextManager] = contextlib.nullcontext,
              say: Callable[[str], None] = print) -> Tuple[np.ndarray, int]:
   """The first ``num_samples`` samples (num_samples, *shape) and their NFE, from the finished
@@ -126,7 +126,8 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
   (``experiments.sample.batch_generator``). Missing shards are generated batch by batch from
   their first index and written (``write``: process 0 only; every process draws, the draws are
   collective) inside ``guard()`` (e.g. a signal deferral, so no write is cut short).
-  ``progress(done)`` counts the generated samples only.
+  ``progress(total)``, if given, makes the callback ``report(done)`` called after each batch,
+  total and done counting the samples generated now (not those read back).
   """
   ranges = shard_ranges(num_samples, shard_size)
   have = set(finished_shards(directory))
@@ -135,6 +136,7 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
     say(f"sampling: {num_samples - todo:,} of {num_samples:,} samples already in "
         f"{directory}; generating {todo:,}")
   xs, nfe, done = [], -1, 0
+  report = progress(todo) if (progress is not None and todo) else None
   for k, a, b in ranges:
     path = os.path.join(directory, shard_name(k))
     if k in have:
@@ -147,8 +149,8 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
       parts.append(np.asarray(x)[:min(batch_size, b - first)])
       nfe = int(np.asarray(info.get("nfe", -1)))
       done += len(parts[-1])
-      if progress is not None:
-        progress(done)
+      if report is not None:
+        report(done)
     x = np.concatenate(parts)
     if write:
       with guard():

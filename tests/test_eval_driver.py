@@ -4,6 +4,7 @@ refused in one line, and the image path writing the PF-ODE bits/dim and the ELBO
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,9 @@ def test_eval_resumes_its_shards_and_evaluates_every_checkpoint(tmp_path, capsys
   first = os.path.getmtime(os.path.join(d, "shard_00000.npz"))
   capsys.readouterr()
   again = evaluate.run(tiny_config(**EVAL, **{"eval.step": 20}), wd)
-  assert "48 of 128 samples already" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "48 of 128 samples already" in out
+  assert re.search(r"^sampling 80/80 \([\d,.]+ samples/s, done\)$", out, re.M), out
   np.testing.assert_array_equal(shards.read_samples(d), full)  # the same set, exactly
   assert os.path.getmtime(os.path.join(d, "shard_00000.npz")) == first  # read, not rewritten
   for k in ("sliced_wasserstein", "mmd", "nll_nats"):

@@ -176,8 +176,10 @@ def test_shards_resume_from_the_finished_ones(tmp_path):
   os.remove(os.path.join(d, "shard_00002.npz"))
   mtime = os.path.getmtime(os.path.join(d, "shard_00000.npz"))
   calls.clear()
-  lines = []
-  y, _ = shards.generate(d, 10, 4, shape, _draw_fn(shape, 3, calls), 3, "fp", say=lines.append)
+  lines, reports = [], []
+  y, _ = shards.generate(d, 10, 4, shape, _draw_fn(shape, 3, calls), 3, "fp", say=lines.append,
+                         progress=lambda total: lambda done: reports.append((done, total)))
+  assert reports == [(3, 6), (4, 6), (6, 6)]  # the samples generated now: 6 of them
   np.testing.assert_array_equal(x, y)
   assert calls == [4, 7, 8] and os.path.getmtime(os.path.join(d, "shard_00000.npz")) == mtime
   assert "4 of 10 samples already" in lines[0]
