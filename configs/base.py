@@ -102,6 +102,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.elbo = True  # images: also VDM's continuous-time ELBO in bits/dim
   c.eval.elbo_time_samples = 1  # Monte Carlo (t, eps) draws per image of its diffusion term
   c.eval.elbo_time_sampling = "stratified"  # 'uniform' | 'stratified' | 'antithetic'
+  # FID / KID (images; diffusion.metrics.fid) against reference statistics written by
+  # `python -m experiments.reference_stats`; None: not computed.
+  c.eval.fid_stats = config_dict.placeholder(str)
+  c.eval.fid_num_samples = 50_000  # samples scored (the sample set is the larger of this and num_samples)
+  c.eval.fid_rounding = "levels"  # samples -> pixels: 'levels' | 'nearest' (EDM) | 'floor' (score SDE)
+  c.eval.kid_subsets = 100  # TF-GAN / clean-fid
+  c.eval.kid_subset_size = 1_000
+  c.eval.inception_batch_size = 64
+  # --mode=sweep: FID against NFE on one checkpoint (experiments/sweep.py).
+  c.eval.sweep_samplers = "euler,heun,dpmpp_2m,unipc"  # comma-separated sampler names
+  c.eval.sweep_nfe = "5,10,20"  # comma-separated NFE budgets
+  c.eval.sweep_num_samples = 1_000
   c.eval.mmd_points = 2_000  # MMD is O(n^2): computed on the first points only
   c.eval.sw_projections = 256
   c.eval.plot_samples = 5_000  # points in scatter plots

@@ -30,6 +30,9 @@ Images (integer data with L levels, D dimensions; config.data):
                       with its terms bpd_elbo_prior / _diffusion / _recon, from eval.t_min
                       (eval.elbo_time_samples Monte Carlo draws per image, eval.elbo_time_sampling)
   bits_per_dim        = bpd_pf_ode (the name of earlier versions)
+  fid, kid, kid_std   with eval.fid_stats: FID and KID (diffusion.metrics.fid) of the first
+                      eval.fid_num_samples samples against those reference statistics
+                      (python -m experiments.reference_stats), pixels by ``fid_pixels``
 Both: sliced_wasserstein (SW_2) and mmd (unbiased MMD^2, first eval.mmd_points) between the
 samples and held-out data, nfe of the sampler, the settings used.
 """
@@ -209,6 +212,53 @@ def bpd_elbo(elbo_fn: Callable[[np.ndarray, jax.Array], Dict[str, np.ndarray]],
           "bpd_elbo_recon": float(np.mean(bpd["recon"]))}
 
 
+# -- images: FID / KID ----------------------------------------------------------------------------
+
+
+def fid_pixels(x: np.ndarray, dataset: str, rounding: str = "levels") -> np.ndarray:
+  """Model samples (n, H, W, C) in [-1, 1] -> uint8 pixels for Inception.
+
+  'levels' (default): each sample is snapped to the dataset's L levels by the inverse of the
+  training data's dequantization (``images.quantize``), then mapped to pixels exactly as the
+  reference statistics map the data (``to_uint8(to_float(k, L))``: k itself for 256 levels,
+  round(k 255 / 16) for the 17-level digits). 'nearest': ``to_uint8(x)`` (EDM's
+  ``x * 127.5 + 128`` truncated); 'floor': score SDE's ``clip((x + 1) / 2 * 255)`` truncated.
+  """
+  from diffusion.data import images
+  from diffusion.metrics import inception
+  if rounding != "levels":
+    return inception.to_uint8(x, rounding)
+  levels = images.num_levels(dataset)
+  return inception.to_uint8(images.to_float(images.quantize(x, levels), levels))
+
+
+def load_fid_stats(config: Config):
+  """The reference statistics of config.eval.fid_stats, refused (one line) unless they are of
+  config.data.name at the run's resolution and of the installed Inception weights."""
+  from diffusion.data import images
+  from diffusion.metrics import fid, inception
+  stats = fid.load_stats(config.eval.fid_stats)
+  resolution = images.image_shape(config.data.name, config.data.image_size)[0]
+  fid.check_compatible(stats, config.data.name, resolution,
+                       weights_sha256=inception.weights_sha256())
+  return stats
+
+
+def fid_metrics(config: Config, x: np.ndarray, stats, inception_params) -> Dict[str, Any]:
+  """FID, KID (with its std over subsets) and the settings, of samples x (n, H, W, C)."""
+  from diffusion.metrics import fid
+  e = config.eval
+  out = fid.image_metrics(fid_pixels(x, config.data.name, e.fid_rounding), stats,
+                          dataset=config.data.name, resolution=int(x.shape[1]),
+                          params=inception_params, batch_size=int(e.inception_batch_size),
+                          kid_subsets=int(e.kid_subsets), kid_subset_size=int(e.kid_subset_size),
+                          seed=int(config.seed))
+  out["fid_num_samples"] = out.pop("num_samples")
+  out["fid_rounding"] = e.fid_rounding
+  out["fid_stats"] = os.path.basename(e.fid_stats)
+  return out
+
+
 # -- which checkpoints ---------------------------------------------------------------------------
 
 
@@ -243,7 +293,7 @@ def step_dir(workdir: str, step: int) -> str:
   return os.path.join(workdir, EVAL_DIR, f"step_{int(step)}")
 
 
-def _write_json(path: str, obj: Dict[str, Any]) -> None:
+def write_json(path: str, obj: Any) -> None:
   """Atomically (temporary file + rename)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
@@ -299,6 +349,7 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
     raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
   steps = steps_to_evaluate(config.eval, checkpoint_steps(workdir), where)
+  fid_stats = load_fid_stats(config) if config.eval.fid_stats is not None else None
   result: Dict[str, Any] = {}
   for step in steps:
     path = os.path.join(step_dir(workdir, step), METRICS_FILE)
@@ -308,14 +359,13 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
       with open(path) as f:
         result = json.load(f)
       continue
-    result = evaluate_step(config, workdir, step, sig)
+    result = evaluate_step(config, workdir, step, sig, fid_stats)
   return result
 
 
-def _sample_set(s, params, step: int, workdir: str, sig) -> Tuple[np.ndarray, int]:
-  """The eval.num_samples samples of ``step``, from / into eval/step_<step>/samples/."""
+def _sample_set(s, params, step: int, workdir: str, sig, n: int) -> Tuple[np.ndarray, int]:
+  """The first n samples of ``step``, from / into eval/step_<step>/samples/."""
   cfg, e = s.config, s.config.eval
-  n = int(e.num_samples)
   shape = tuple(s.example["x"].shape[1:])
   bs, draw = sample.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
                                     min(int(cfg.sampling.batch_size), int(e.shard_size)))
@@ -328,9 +378,10 @@ def _sample_set(s, params, step: int, workdir: str, sig) -> Tuple[np.ndarray, in
                          guard=sig.deferred, say=say)
 
 
-def evaluate_step(config: Config, workdir: str, step: int,
-                  sig: signals.RunSignals) -> Dict[str, Any]:
-  """Evaluates the checkpoint at ``step`` and writes its metrics (module docstring)."""
+def evaluate_step(config: Config, workdir: str, step: int, sig: signals.RunSignals,
+                  fid_stats=None) -> Dict[str, Any]:
+  """Evaluates the checkpoint at ``step`` and writes its metrics (module docstring); FID / KID
+  against ``fid_stats`` when given."""
   sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
   s, params, step = sample.restore_params(config, workdir, step=step)
   e = config.eval
@@ -387,7 +438,14 @@ def evaluate_step(config: Config, workdir: str, step: int,
   sig.phase = f"sampling for step {step}"
   sig.nothing_saved = (f"the finished sample shards are kept in {step_dir(workdir, step)}/samples "
                        f"and --mode=eval resumes from them")
-  x, nfe = _sample_set(s, params, step, workdir, sig)
+  n_samples = max(int(e.num_samples), int(e.fid_num_samples) if fid_stats is not None else 0)
+  x_all, nfe = _sample_set(s, params, step, workdir, sig, n_samples)
+  if fid_stats is not None:
+    from diffusion.metrics import inception
+    sig.phase = f"FID of step {step}"
+    metrics.update(fid_metrics(config, x_all[:int(e.fid_num_samples)], fid_stats,
+                               inception.load_params()))
+  x = x_all[:int(e.num_samples)]
   from diffusion.metrics import mmd, sliced_wasserstein
   flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
   m = int(e.mmd_points)
@@ -413,8 +471,8 @@ def evaluate_step(config: Config, workdir: str, step: int,
     with sig.deferred():  # no half-written metrics
       for name in figures:  # eval/<plot>: the most recent evaluation's
         shutil.copyfile(os.path.join(here, name), os.path.join(out, name))
-      _write_json(os.path.join(here, METRICS_FILE), metrics)
-      _write_json(os.path.join(out, METRICS_FILE), metrics)
+      write_json(os.path.join(here, METRICS_FILE), metrics)
+      write_json(os.path.join(out, METRICS_FILE), metrics)
       tb = writers.TBEvents(os.path.join(workdir, "tb", EVAL_DIR), suffix=f".step_{step}")
       try:
         tb.scalars(step, {f"eval/{k}": v for k, v in scalar_metrics(metrics).items()})

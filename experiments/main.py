@@ -1,4 +1,5 @@
-"""Entry point: ``python -m experiments.main --config=FILE --workdir=DIR --mode=train|sample|eval``.
+"""Entry point: ``python -m experiments.main --config=FILE --workdir=DIR --mode=MODE``, MODE one
+of train, sample, eval and sweep (FID against NFE on one checkpoint).
 
 Any config field can be overridden, ``--config.training.num_steps=2000``. ml_collections'
 config_flags fails on an unknown key with a bare AttributeError; here the overrides are checked
@@ -20,12 +21,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/toy/checkerboard_vp.py.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "sweep"],
+                          "What to run (sweep: FID against NFE, experiments/sweep.py).")
 _ALLOW_FRESH_START = flags.DEFINE_bool(
     "allow_fresh_start", False, "train: when every checkpoint of the workdir is proven corrupt, "
     "set them aside in corrupt_checkpoints/ and start from step 0 (refused otherwise).")
 
-MODES = ("train", "sample", "eval")
+MODES = ("train", "sample", "eval", "sweep")
 
 
 class ConfigKeyError(ValueError):
@@ -144,7 +146,7 @@ def main(argv: Sequence[str]) -> None:
   if config.parallel.distributed:
     parallel.initialize_distributed(config.parallel.coordinator_address,
                                     config.parallel.num_processes, config.parallel.process_id)
-  from experiments import evaluate, sample, train
+  from experiments import evaluate, sample, sweep, train
   expected = (ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
               checkpoint.WorkdirLockedError, checkpoint.CheckpointError,
               training.NonFiniteError)
@@ -153,6 +155,8 @@ def main(argv: Sequence[str]) -> None:
       train.train(config, workdir, allow_fresh_start=_ALLOW_FRESH_START.value)
     elif mode == "sample":
       sample.run(config, workdir)
+    elif mode == "sweep":
+      sweep.run(config, workdir)
     else:
       evaluate.run(config, workdir)
   except expected as e:

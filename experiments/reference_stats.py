@@ -63,7 +63,7 @@ def compute_reference_stats(dataset: str, split: str, out: str, resolution: Opti
     n = sum(len(f) for f in feats)
     print(f"{n} images, {n / (time.time() - t0):.1f} images/s", file=sys.stderr, flush=True)
   if not feats:
-    raise ValueError(f"error: split {split!r} of {dataset!r} yielded no images")
+    raise ValueError(f"split {split!r} of {dataset!r} yielded no images")
   f = np.concatenate(feats)
   path = os.path.join(out, fid.stats_filename(dataset, split, res, len(f)))
   stats = fid.save_stats(path, f, dataset=dataset, split=split, resolution=res,
@@ -93,7 +93,7 @@ def main(argv=None):
           F.data_dir, F.weights)
     except (FileNotFoundError, ValueError) as e:
       msg = str(e)
-      print(msg if msg.startswith("error:") else f"error: {msg}", file=sys.stderr)
+      print(f"error: {msg}", file=sys.stderr)
       return 1
     print(f"wrote {path}: {stats.meta['num_images']} images of {F.dataset}/{F.split} at "
           f"{stats.meta['resolution']}px")

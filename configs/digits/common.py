@@ -43,6 +43,11 @@ def digits_config(sde: str) -> ml_collections.ConfigDict:
   c.eval.nll_points = 297  # the whole test split
   c.eval.nll_batch_size = 297
   c.eval.mmd_points = 297
+  # FID / KID against the train split's statistics (python -m experiments.reference_stats
+  # --dataset=digits --split=train --out=DIR, then --config.eval.fid_stats=DIR/digits_train_8px_1500.npz):
+  # relative numbers only (Inception on 8x8 grey digits is not a paper metric).
+  c.eval.fid_num_samples = 1_000
+  c.eval.sweep_num_samples = 500
   c.eval.rtol = 1e-4
   c.eval.atol = 1e-4
   if sde == "ve":

