@@ -77,8 +77,8 @@ def _cell_key(c: Mapping[str, Any]) -> Tuple[str, int, int]:
 
 
 def markdown_table(cells: Sequence[Dict[str, Any]], budgets: Sequence[int],
-                   samplers: Sequence[str], metric: str = "fid") -> str:
-  """Rows = samplers, columns = NFE budgets; each entry '<metric> (NFE n)' or '-'."""
+                   samplers: Sequence[str], metric: str = "fid", scale: float = 1.0) -> str:
+  """Rows = samplers, columns = NFE budgets; each entry '<metric x scale> (NFE n)' or '-'."""
   by = {(c["sampler"], c["nfe_budget"]): c for c in cells}
   head = "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |"
   lines = [head, "|---|" + "---:|" * len(budgets)]
@@ -86,7 +86,7 @@ def markdown_table(cells: Sequence[Dict[str, Any]], budgets: Sequence[int],
     row = []
     for b in budgets:
       c = by.get((s, b))
-      row.append("-" if c is None else f"{c[metric]:.2f} ({c['nfe']})")
+      row.append("-" if c is None or metric not in c else f"{c[metric] * scale:.2f} ({c['nfe']})")
     lines.append(f"| `{s}` | " + " | ".join(row) + " |")
   return "\n".join(lines)
 
@@ -174,12 +174,14 @@ def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
         evaluate.write_json(json_path, {"step": step, "fid_stats": e.fid_stats, "cells": cells})
     say(f"sweep: {name} NFE {nfe} ({steps} steps): FID {m['fid']:.3f}"
         + (f", KID {m['kid']:.5f}" if "kid" in m else ""))
-  table = markdown_table([c for c in cells if c["num_samples"] == n], budgets, samplers)
+  mine = [c for c in cells if c["num_samples"] == n]
+  table = markdown_table(mine, budgets, samplers)
   if writers.is_main():
-    header = (f"FID against NFE: checkpoint step {step}, {n} samples per cell, grid "
-              f"{config.sampling.grid}, reference statistics {os.path.basename(e.fid_stats)} "
-              f"(entries: FID (exact NFE))\n\n")
+    header = (f"Checkpoint step {step}, {n} samples per cell, grid {config.sampling.grid}, "
+              f"reference statistics {os.path.basename(e.fid_stats)}; entries: metric (exact "
+              f"NFE).\n\nFID:\n\n")
+    kid = markdown_table(mine, budgets, samplers, "kid", 1e3)
     with open(os.path.join(out_dir, f"sweep_step_{step}.md"), "w") as f:
-      f.write(header + table + "\n")
+      f.write(header + table + "\n\nKID x 1000:\n\n" + kid + "\n")
   say(table)
   return {"step": step, "cells": cells}
