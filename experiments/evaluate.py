@@ -252,7 +252,8 @@ def fid_metrics(config: Config, x: np.ndarray, stats, inception_params) -> Dict[
                           dataset=config.data.name, resolution=int(x.shape[1]),
                           params=inception_params, batch_size=int(e.inception_batch_size),
                           kid_subsets=int(e.kid_subsets), kid_subset_size=int(e.kid_subset_size),
-                          seed=int(config.seed))
+                          seed=int(config.seed),
+                          progress=writers.Progress("Inception features", len(x), "images"))
   out["fid_num_samples"] = out.pop("num_samples")
   out["fid_rounding"] = e.fid_rounding
   out["fid_stats"] = os.path.basename(e.fid_stats)

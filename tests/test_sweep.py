@@ -156,9 +156,9 @@ def test_fid_on_toy_data_and_missing_weights_are_refused(tmp_path, monkeypatch, 
 # -- the drivers, with a cheap stand-in for the Inception network ---------------------------------
 
 
-def _pooled_features(params, x, batch_size=64):
+def _pooled_features(params, x, batch_size=64, progress=None):
   """(n, 8, 8, 1) uint8 -> (n, 8) features: row means, a deterministic stand-in for Inception."""
-  del params, batch_size
+  del params, batch_size, progress
   return np.asarray(x, np.float32).mean(axis=(2, 3)) / 255.0
 
 

@@ -26,7 +26,7 @@ dataset, split, resolution, number of images and the Inception weights' SHA-256.
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -233,13 +233,15 @@ def kid_to_stats(features, stats: Stats, **kw) -> Tuple[float, float]:
 def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, params=None,
                   weights: Optional[str] = None, batch_size: int = 64, kid_subsets: int = 100,
                   kid_subset_size: int = 1000, seed: int = 0,
-                  rounding: str = "nearest") -> Dict[str, float]:
+                  rounding: str = "nearest",
+                  progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
   """FID (and KID where ``stats`` hold features) of model samples against reference statistics.
 
   ``samples``: (N, H, W, C) floats in [-1, 1] (quantised with inception.to_uint8(x, rounding),
   nearest level by default, as the reference images were) or uint8. The statistics must be of ``dataset`` at ``resolution``
   and of the same Inception weights (:func:`check_compatible`), checked before any network
-  evaluation. Returns {'fid', 'kid', 'kid_std', 'num_samples'} ('kid*' only with features).
+  evaluation. ``progress(done)`` is called after each Inception batch. Returns {'fid', 'kid',
+  'kid_std', 'num_samples'} ('kid*' only with features).
   """
   from diffusion.metrics import inception  # flax and the weights: only when images are scored
   check_compatible(stats, dataset, resolution, weights_sha256=inception.weights_sha256(weights))
@@ -251,7 +253,7 @@ def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, param
     x = inception.to_uint8(x, rounding)
   if params is None:
     params = inception.load_params(weights)
-  feats = inception.features(params, x, batch_size=batch_size)
+  feats = inception.features(params, x, batch_size=batch_size, progress=progress)
   out = {"fid": fid_to_stats(feats, stats), "num_samples": int(len(feats))}
   if stats.features is not None:
     out["kid"], out["kid_std"] = kid(feats, stats.features, num_subsets=kid_subsets,

@@ -32,7 +32,7 @@ import importlib.util
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -446,11 +446,13 @@ def _features_jit(params: Params, images: jax.Array) -> jax.Array:
   return _network_jit(params, _preprocess_jit(images))
 
 
-def features(params: Params, images, batch_size: int = 64) -> np.ndarray:
+def features(params: Params, images, batch_size: int = 64,
+             progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
   """(N, H, W, C) images -> (N, 2048) float32 pool_3 features (numpy), in batches.
 
   ``images``: uint8 in [0, 255], or floats on the [0, 255] scale; C = 1 or 3 (see the module
   docstring). The last batch is padded to ``batch_size`` so one compilation serves all batches.
+  ``progress(done)`` is called after each batch with the number of images done.
   """
   images = np.asarray(images) if not isinstance(images, jax.Array) else images
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -473,4 +475,6 @@ def features(params: Params, images, batch_size: int = 64) -> np.ndarray:
       pad = [(0, batch_size - m)] + [(0, 0)] * 3
       b = np.pad(np.asarray(b), pad)
     out.append(np.asarray(_features_jit(params, b))[:m])
+    if progress is not None:
+      progress(i + m)
   return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
