@@ -37,17 +37,21 @@ TINY: Dict[str, object] = {
 }
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """The checkerboard VP config with TINY (and ``overrides``, dotted keys) applied."""
-  from configs.toy.checkerboard_vp import get_config
-  c = get_config()
-  for k, v in {**TINY, **overrides}.items():
+def with_overrides(c: ml_collections.ConfigDict, overrides: Dict[str, object]):
+  """``c`` with dotted-key ``overrides`` ({'training.num_steps': 10}) set in place; returns c."""
+  for k, v in overrides.items():
     node = c
     *path, last = k.split(".")
     for p in path:
       node = node[p]
     node[last] = v
   return c
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """The checkerboard VP config with TINY (and ``overrides``, dotted keys) applied."""
+  from configs.toy.checkerboard_vp import get_config
+  return with_overrides(get_config(), {**TINY, **overrides})
 
 
 def cli_args(overrides: Optional[Dict[str, object]] = None) -> List[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import evaluate, shards, train
-from tests.conftest import REPO, run_main, tiny_config
+from tests.conftest import REPO, run_main, tiny_config, with_overrides
 from tests.test_logs import read_tb_scalars
 
 EVAL = {"eval.density_grid": 0, "eval.shard_size": 48}  # 128 samples: shards of 48, 48, 32
@@ -93,15 +93,9 @@ DIGITS = {
 
 
 def digits_config(**overrides):
+  """The digits VP config with DIGITS (and ``overrides``, dotted keys) applied."""
   from configs.digits.vp import get_config
-  c = get_config()
-  for k, v in {**DIGITS, **overrides}.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return with_overrides(get_config(), {**DIGITS, **overrides})
 
 
 @pytest.mark.slow  # 40 s with a cold compilation cache (the U-Net's PF-ODE and ELBO); ~12 s warm

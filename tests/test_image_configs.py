@@ -23,7 +23,7 @@ import pytest
 
 from diffusion.samplers.registry import sampler_info
 
-from tests.conftest import REPO
+from tests.conftest import REPO, with_overrides
 
 CONFIG_DIRS = ("digits", "cifar10", "mnist", "celeba")
 HELPERS = ("common.py", "__init__.py")
@@ -172,22 +172,12 @@ SMALL = {
 }
 
 
-def _override(c, overrides):
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", PAPER_CONFIGS)
 def test_paper_config_trains_and_samples_on_mock_data(path, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   from experiments import sample, train
-  c = _override(_load(path), SMALL)
+  c = with_overrides(_load(path), SMALL)
   n = _param_count(c)
   if path in EXPECTED_PARAMS:
     assert n == EXPECTED_PARAMS[path]
