@@ -527,6 +527,11 @@ class Checkpointer:
                                       skipped=corrupt)
       self._set_aside(corrupt, f"restored step {s} instead")
       return state, meta, s
+    if corrupt and step is not None:
+      raise NoUsableCheckpointError(
+          f"the checkpoint at step {step} in {self.directory} failed its integrity check "
+          f"({corrupt[0][1]}); nothing was moved. Choose another step, or omit it for the newest "
+          f"intact one.")
     if corrupt:
       listing = "; ".join(f"step {s}: {why}" for s, why in corrupt[:3])
       if len(corrupt) > 3:

@@ -274,15 +274,16 @@ def checkpoint_steps(workdir: str) -> List[int]:
     ckpt.close()
 
 
-def steps_to_evaluate(ecfg: Config, available: List[int], where: str) -> List[int]:
-  """eval.all_checkpoints: all of ``available``; else [eval.step] (None: the newest). Raises
+def steps_to_evaluate(ecfg: Config, available: List[int], where: str) -> List[Optional[int]]:
+  """eval.all_checkpoints: all of ``available``; else [eval.step], where None stands for the
+  newest checkpoint that passes its integrity check (found when restoring). Raises
   FileNotFoundError (one line, listing the available steps) for a step without a checkpoint."""
   if not available:
     raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
   if ecfg.all_checkpoints:
     return list(available)
   if ecfg.step is None:
-    return [available[-1]]
+    return [None]
   if ecfg.step not in available:
     raise FileNotFoundError(f"config.eval.step={ecfg.step}: no checkpoint at that step in "
                             f"{where}; available steps: {available} (omit --config.eval.step "
@@ -353,15 +354,28 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
   fid_stats = load_fid_stats(config) if config.eval.fid_stats is not None else None
   result: Dict[str, Any] = {}
   for step in steps:
-    path = os.path.join(step_dir(workdir, step), METRICS_FILE)
-    if os.path.exists(path):
-      say(f"eval: step {step} already evaluated ({path}); skipping it (move that file aside to "
-          f"evaluate again)")
-      with open(path) as f:
-        result = json.load(f)
+    done = None if step is None else evaluated(workdir, step)
+    if done is not None:
+      result = done
       continue
-    result = evaluate_step(config, workdir, step, sig, fid_stats)
+    try:
+      result = evaluate_step(config, workdir, step, sig, fid_stats)
+    except checkpoint.NoUsableCheckpointError as e:
+      if not config.eval.all_checkpoints:
+        raise
+      say(f"eval: skipping step {step}: {e}")  # proven corrupt; the others are still evaluated
   return result
+
+
+def evaluated(workdir: str, step: int) -> Optional[Dict[str, Any]]:
+  """The metrics of ``step`` if it was evaluated already (said in one line), else None."""
+  path = os.path.join(step_dir(workdir, step), METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  say(f"eval: step {step} already evaluated ({path}); skipping it (move that file aside to "
+      f"evaluate again)")
+  with open(path) as f:
+    return json.load(f)
 
 
 def _sample_set(s, params, step: int, workdir: str, sig, n: int) -> Tuple[np.ndarray, int]:
@@ -379,12 +393,17 @@ def _sample_set(s, params, step: int, workdir: str, sig, n: int) -> Tuple[np.nda
                          guard=sig.deferred, say=say)
 
 
-def evaluate_step(config: Config, workdir: str, step: int, sig: signals.RunSignals,
+def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signals.RunSignals,
                   fid_stats=None) -> Dict[str, Any]:
-  """Evaluates the checkpoint at ``step`` and writes its metrics (module docstring); FID / KID
-  against ``fid_stats`` when given."""
+  """Evaluates the checkpoint at ``step`` (None: the newest intact one) and writes its metrics
+  (module docstring); FID / KID against ``fid_stats`` when given."""
   sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
-  s, params, step = sample.restore_params(config, workdir, step=step)
+  s, params, restored = sample.restore_params(config, workdir, step=step)
+  if step is None:
+    done = evaluated(workdir, restored)
+    if done is not None:
+      return done
+  step = restored
   e = config.eval
   key = jax.random.PRNGKey(config.seed + 3)
   toy = build.is_toy(config)

@@ -139,7 +139,7 @@ def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
   stats = evaluate.load_fid_stats(config)
   where = os.path.join(workdir, checkpoint.CKPT_DIR)
   step = evaluate.steps_to_evaluate(config.eval, evaluate.checkpoint_steps(workdir), where)[-1]
-  setup, params, step = sample.restore_params(config, workdir, step=step)
+  setup, params, step = sample.restore_params(config, workdir, step=step)  # None: newest intact
   out_dir = os.path.join(workdir, evaluate.EVAL_DIR)
   json_path = os.path.join(out_dir, f"sweep_step_{step}.json")
   cells: List[Dict[str, Any]] = []

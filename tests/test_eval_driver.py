@@ -67,6 +67,29 @@ def test_eval_resumes_its_shards_and_evaluates_every_checkpoint(tmp_path, capsys
   assert tb["eval/nll_nats"][30] == pytest.approx(last["nll_nats"], rel=1e-6)
 
 
+def test_a_corrupt_checkpoint_is_passed_over_and_never_moved(tmp_path, capsys):
+  """The newest checkpoint fails its integrity check: the default evaluates the newest intact
+  one, all_checkpoints evaluates the others, an explicit request for it is one clear error."""
+  from diffusion import checkpoint
+  from tests.conftest import workdir_fingerprint
+  from tests.test_checkpoint import _data_files, _flip_byte
+  wd = str(tmp_path / "run")
+  train.train(tiny_config(**EVAL), wd)  # checkpoints at 10, 20, 30
+  _flip_byte(_data_files(os.path.join(wd, "checkpoints", "30"))[0])
+  before = workdir_fingerprint(wd)
+  assert evaluate.run(tiny_config(**EVAL), wd)["step"] == 20
+  with pytest.raises(checkpoint.NoUsableCheckpointError,
+                     match=r"the checkpoint at step 30 .* failed its integrity check"):
+    evaluate.run(tiny_config(**EVAL, **{"eval.step": 30}), wd)
+  capsys.readouterr()
+  assert evaluate.run(tiny_config(**EVAL, **{"eval.all_checkpoints": True}), wd)["step"] == 20
+  out = capsys.readouterr().out
+  assert "skipping step 30" in out and "step 20 already evaluated" in out
+  assert os.path.exists(os.path.join(wd, "eval", "step_10", "metrics.json"))
+  assert not os.path.exists(os.path.join(wd, "eval", "step_30"))
+  assert workdir_fingerprint(wd) == before  # nothing moved: eval only reads checkpoints
+
+
 def test_cli_missing_step_is_one_line_and_changes_nothing(tmp_path):
   wd = str(tmp_path)
   train.train(tiny_config(**EVAL), wd)

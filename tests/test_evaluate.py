@@ -135,7 +135,7 @@ def _ecfg(step=None, all_checkpoints=False):
 
 
 def test_steps_to_evaluate():
-  assert evaluate.steps_to_evaluate(_ecfg(), [10, 20, 30], "W") == [30]
+  assert evaluate.steps_to_evaluate(_ecfg(), [10, 20, 30], "W") == [None]  # newest intact
   assert evaluate.steps_to_evaluate(_ecfg(20), [10, 20, 30], "W") == [20]
   assert evaluate.steps_to_evaluate(_ecfg(all_checkpoints=True), [10, 20], "W") == [10, 20]
   with pytest.raises(FileNotFoundError) as e:
