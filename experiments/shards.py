@@ -10,7 +10,9 @@ Each shard file holds ``x`` (n, *shape), ``start`` (its first sample's index), `
 shard size). On resume, a finished shard is loaded, not regenerated, after checking its start,
 shape and fingerprint; one that fails a check (or cannot be read) is an error naming the file:
 it is never overwritten or deleted (the run cannot prove how it came to be). Only a temporary
-file ``.shard_<k>.tmp.npz`` (written, not yet renamed: provably incomplete) is overwritten.
+file ``.shard_<k>.tmp.npz`` (written, not yet renamed: provably incomplete) is overwritten, and
+the last shard of a smaller set (e.g. 297 samples, later 1,000 for FID) is extended: its samples
+are checked and kept as the new shard's first ones (sample i depends on (key, i) only).
 
 ``read_samples(directory)`` returns the samples of the finished shards, in order, as one
 (N, H, W, C) (or (N, D)) array, e.g. for FID / KID.
@@ -130,21 +132,29 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
   total and done counting the samples generated now (not those read back).
   """
   ranges = shard_ranges(num_samples, shard_size)
-  have = set(finished_shards(directory))
-  todo = sum(b - a for k, a, b in ranges if k not in have)
-  if have & {k for k, _, _ in ranges}:
-    say(f"sampling: {num_samples - todo:,} of {num_samples:,} samples already in "
-        f"{directory}; generating {todo:,}")
+  have: Dict[int, Tuple[np.ndarray, int]] = {}
+  for k in finished_shards(directory):
+    if k < len(ranges):
+      _, a, b = ranges[k]
+      x, nfe = read_shard(os.path.join(directory, shard_name(k)), start=a, shape=shape,
+                          fprint=fprint)
+      if len(x) > shard_size:
+        raise ShardError(f"sample shard {os.path.join(directory, shard_name(k))} holds "
+                         f"{len(x)} samples, more than the shard size {shard_size}")
+      have[k] = (x[:b - a], nfe)  # a last shard of a smaller set is extended below
+  old = sum(len(x) for x, _ in have.values())
+  todo = num_samples - old
+  if old:
+    say(f"sampling: {old:,} of {num_samples:,} samples already in {directory}; "
+        f"generating {todo:,}")
   xs, nfe, done = [], -1, 0
   report = progress(todo) if (progress is not None and todo) else None
   for k, a, b in ranges:
-    path = os.path.join(directory, shard_name(k))
-    if k in have:
-      x, nfe = read_shard(path, start=a, count=b - a, shape=shape, fprint=fprint)
-      xs.append(x)
-      continue
     parts = []
-    for first in range(a, b, batch_size):
+    if k in have:
+      x, nfe = have[k]
+      parts.append(x)
+    for first in range(a + sum(len(p) for p in parts), b, batch_size):
       x, info = draw(first)
       parts.append(np.asarray(x)[:min(batch_size, b - first)])
       nfe = int(np.asarray(info.get("nfe", -1)))
@@ -152,8 +162,8 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
       if report is not None:
         report(done)
     x = np.concatenate(parts)
-    if write:
-      with guard():
-        write_shard(path, x, a, fprint, nfe)
+    if write and (k not in have or len(have[k][0]) < len(x)):
+      with guard():  # a new shard, or a shorter one extended: its samples are kept as they are
+        write_shard(os.path.join(directory, shard_name(k)), x, a, fprint, nfe)
     xs.append(x)
   return np.concatenate(xs), nfe

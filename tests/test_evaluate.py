@@ -189,12 +189,31 @@ def test_shards_resume_from_the_finished_ones(tmp_path):
     shards.read_samples(d, 11)
 
 
+def test_a_larger_set_extends_the_last_shard_of_a_smaller_one(tmp_path):
+  """6 samples in shards of 4 (4 + 2), then 10: shard 1 grows to 4 keeping its 2 samples, shard 2
+  is new, and the set equals one generated in one go; a smaller set reads a prefix."""
+  d, shape = str(tmp_path / "s"), (2,)
+  shards.generate(d, 6, 4, shape, _draw_fn(shape, 2, []), 2, "fp", say=lambda m: 0)
+  first = shards.read_shard(os.path.join(d, "shard_00001.npz"))[0]
+  calls = []
+  x, _ = shards.generate(d, 10, 4, shape, _draw_fn(shape, 2, calls), 2, "fp", say=lambda m: 0)
+  assert calls == [6, 8]  # only the missing samples are drawn
+  np.testing.assert_array_equal(x[:, 0], np.arange(10))
+  np.testing.assert_array_equal(shards.read_shard(os.path.join(d, "shard_00001.npz"))[0][:2],
+                                first)
+  np.testing.assert_array_equal(shards.read_samples(d), x)
+  calls.clear()
+  y, _ = shards.generate(d, 5, 4, shape, _draw_fn(shape, 2, calls), 2, "fp", say=lambda m: 0)
+  assert calls == [] and y.shape == (5, 2)
+  np.testing.assert_array_equal(y, x[:5])
+
+
 def test_a_foreign_or_broken_shard_is_an_error_and_kept(tmp_path):
   d, shape = str(tmp_path), (3,)
   shards.generate(d, 8, 4, shape, _draw_fn(shape, 4, []), 4, "fp", say=lambda m: 0)
   with pytest.raises(shards.ShardError, match="other settings"):
     shards.generate(d, 8, 4, shape, _draw_fn(shape, 4, []), 4, "other", say=lambda m: 0)
-  with pytest.raises(shards.ShardError, match="holds 4 samples, expected 3"):
+  with pytest.raises(shards.ShardError, match="holds 4 samples, more than the shard size 3"):
     shards.generate(d, 7, 3, shape, _draw_fn(shape, 3, []), 3, "fp", say=lambda m: 0)
   path = os.path.join(d, "shard_00001.npz")
   with open(path, "wb") as f:
