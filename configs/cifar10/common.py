@@ -8,6 +8,13 @@ images/s on 2 CPU cores: benchmarks/results/cifar_throughput_cpu.md).
 Data: tfds ``cifar10`` (train 50,000 / test 10,000), prepared once with TensorFlow installed
 (``pip install -e .[tf]``, then ``tfds build cifar10 --file_format=array_record``); read without
 TensorFlow. Random horizontal flips, as in all three papers.
+
+Evaluation as the papers report it: FID of 50,000 samples (``eval.fid_num_samples``) against
+the statistics of the 50,000 training images, and (score SDE) bits/dim on the test set:
+
+  python -m experiments.reference_stats --dataset=cifar10 --split=train --out=stats
+  python -m experiments.main --config=configs/cifar10/<config>.py --workdir=W --mode=eval \
+      --config.eval.fid_stats=stats/cifar10_train_32px_50000.npz
 """
 import ml_collections
 
