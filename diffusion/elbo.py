@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.losses import unit_uniforms
 from diffusion.schedules import Schedule
 
 Array = Any
@@ -65,15 +66,6 @@ def reconstruction_nll(x_int: Array, z0: Array, num_levels: int, alpha0: float,
   logp = jax.nn.log_softmax(logits, axis=-1)
   k = jnp.reshape(jnp.asarray(x_int, jnp.int32), (x_int.shape[0], -1))[..., None]
   return -jnp.sum(jnp.take_along_axis(logp, k, axis=-1)[..., 0], axis=-1)
-
-
-def _uniforms(key, batch: int, method: str) -> Array:
-  if method == "uniform":
-    return jax.random.uniform(key, (batch,))
-  if method == "stratified":
-    return jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
-  half = jax.random.uniform(key, ((batch + 1) // 2,))
-  return jnp.concatenate([half, 1.0 - half])[:batch]
 
 
 def _check(num_levels, num_time_samples, time_sampling, t_min, t_max, schedule):
@@ -128,7 +120,7 @@ def elbo(denoise: Callable[..., Array],
 
   def one_draw(k):
     ku, ke = jax.random.split(k)
-    lam = lam1 + (lam0 - lam1) * _uniforms(ku, b, time_sampling)
+    lam = lam1 + (lam0 - lam1) * unit_uniforms(ku, b, time_sampling)
     t = jnp.clip(schedule.t_from_logsnr(lam), t0, t1).astype(x.dtype)
     z = schedule.marginal(x, jax.random.normal(ke, x.shape, x.dtype), t)
     err = jnp.sum(jnp.square(denoise(z, t, cond) - x).reshape(b, -1), axis=-1)

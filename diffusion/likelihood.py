@@ -30,6 +30,9 @@ from diffusion.schedules import Schedule, check_int, check_real, check_time_rang
 Array = Any
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8}
+SOLVERS = tuple(sorted(_SOLVERS))
+DIVERGENCES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
 
 
 def pf_ode_velocity(denoise: Callable[..., Array], schedule: Schedule, cond=None):
@@ -89,9 +92,9 @@ def log_likelihood(denoise: Callable[..., Array],
   """
   if not isinstance(schedule, Schedule):
     raise TypeError(f"schedule must be a diffusion.schedules.Schedule, got {schedule!r}")
-  if divergence not in ("exact", "hutchinson"):
+  if divergence not in DIVERGENCES:
     raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
-  if probe not in ("rademacher", "gaussian"):
+  if probe not in PROBES:
     raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
   if solver not in _SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; available: {sorted(_SOLVERS)}")

@@ -57,22 +57,31 @@ def loss_weight(t: Array, schedule: Schedule, weighting: str, *, sigma_data: flo
   raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
 
 
+def unit_uniforms(key, batch: int, method: str) -> Array:
+  """u (batch,) in [0, 1): 'uniform' i.i.d.; 'stratified' one uniform shifted by i / batch
+  (low-discrepancy, Kingma et al. 2021 App. I.1); 'antithetic' pairs u and 1 - u."""
+  if method == "uniform":
+    return jax.random.uniform(key, (batch,))
+  if method == "stratified":
+    return jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
+  if method == "antithetic":
+    half = jax.random.uniform(key, ((batch + 1) // 2,))
+    return jnp.concatenate([half, 1.0 - half])[:batch]
+  raise ValueError(f"unknown unit sampling {method!r}; available: uniform, stratified, "
+                   f"antithetic")
+
+
 def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *,
                  t_min: Optional[float] = None, t_max: Optional[float] = None,
                  p_mean: float = -1.2, p_std: float = 1.2) -> Array:
   """Training times t (batch,) in [t_min, t_max] drawn by ``method`` (module docstring)."""
   lo = schedule.t_min if t_min is None else t_min
   hi = schedule.t_max if t_max is None else t_max
-  if method == "uniform":
-    u = jax.random.uniform(key, (batch,))
-  elif method == "stratified":
-    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
-  elif method == "antithetic":
-    half = jax.random.uniform(key, ((batch + 1) // 2,))
-    u = jnp.concatenate([half, 1.0 - half])[:batch]
+  if method in ("uniform", "stratified", "antithetic"):
+    u = unit_uniforms(key, batch, method)
   elif method == "logsnr":
     lam_hi, lam_lo = schedule.logsnr(float(lo)), schedule.logsnr(float(hi))
-    u = jnp.mod(jax.random.uniform(key, ()) + jnp.arange(batch) / batch, 1.0)
+    u = unit_uniforms(key, batch, "stratified")
     return jnp.clip(schedule.t_from_logsnr(lam_lo + (lam_hi - lam_lo) * u), lo, hi)
   elif method == "lognormal":
     log_sigma = p_mean + p_std * jax.random.normal(key, (batch,))

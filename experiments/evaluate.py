@@ -1,8 +1,9 @@
 """The eval driver: a checkpoint's EMA params -> likelihoods, sample metrics, NFE.
 
-Which checkpoints: ``eval.step`` (None: the newest), or every one with ``eval.all_checkpoints``;
-a step that already has ``eval/step_<step>/metrics.json`` is skipped (one line). A step without a
-checkpoint is one error line listing the available steps; nothing is written then.
+Which checkpoints: ``eval.step`` (None: the newest that passes its integrity check), or every one
+with ``eval.all_checkpoints`` (a corrupt one is passed over in one line); a step that already has
+``eval/step_<step>/metrics.json`` is skipped (one line). A step without a checkpoint is one error
+line listing the available steps; nothing is written then.
 
 For each evaluated step, in <workdir>/eval/:
   step_<step>/metrics.json   the metrics below (written atomically, last: it marks the step done)

@@ -30,10 +30,6 @@ SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
                "logsnr_max")
-# diffusion.likelihood.log_likelihood's divergence estimators (it has no list constant).
-DIVERGENCES = ("exact", "hutchinson")
-# ... and its Hutchinson probes.
-PROBES = ("rademacher", "gaussian")
 # dsm_loss keywords the train step sets itself (not config.training.loss_opts).
 _STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond")
 
@@ -225,16 +221,16 @@ def check_sampling(config: Config, schedule) -> None:
 
 def check_eval(config: Config) -> None:
   """eval.*: positive sizes and tolerances, known estimators, which checkpoint(s)."""
-  from diffusion import elbo
+  from diffusion import elbo, likelihood
   e = config.eval
   for field in ("num_samples", "nll_points", "nll_batch_size", "sw_projections",
                 "plot_samples", "shard_size", "dequantization_draws", "elbo_time_samples"):
     int_at_least(f"eval.{field}", e[field], 1)
   int_at_least("eval.mmd_points", e.mmd_points, 2)  # the unbiased MMD needs two points
   int_at_least("eval.density_grid", e.density_grid, 0)
-  one_of("eval.divergence", e.divergence, DIVERGENCES)
-  one_of("eval.probe", e.probe, PROBES)
-  one_of("eval.solver", e.solver, likelihood_solvers())
+  one_of("eval.divergence", e.divergence, likelihood.DIVERGENCES)
+  one_of("eval.probe", e.probe, likelihood.PROBES)
+  one_of("eval.solver", e.solver, likelihood.SOLVERS)
   one_of("eval.elbo_time_sampling", e.elbo_time_sampling, elbo.TIME_SAMPLINGS)
   is_bool("eval.elbo", e.elbo)
   is_bool("eval.all_checkpoints", e.all_checkpoints)
@@ -290,12 +286,6 @@ def check_fid(config: Config, mode: str) -> None:
       for b in budgets:
         from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
                      sweep.steps_for_nfe, name, b, sweep.sampler_hparams_for(config, name))
-
-
-def likelihood_solvers() -> Sequence[str]:
-  """The ODE solvers diffusion.likelihood.log_likelihood accepts."""
-  from diffusion import likelihood
-  return sorted(likelihood._SOLVERS)  # pylint: disable=protected-access
 
 
 def time_in_schedule(field: str, value: Any, schedule) -> None:

@@ -5,10 +5,9 @@ import json
 import os
 import signal
 import struct
-import time
 
 from experiments import writers
-from tests.conftest import popen_main, run_main
+from tests.conftest import popen_main, run_main, wait_for
 
 
 def read_tb_scalars(logdir: str, starts=None):
@@ -108,13 +107,7 @@ def test_kill9_keeps_logged_tb_points_and_resume_has_no_duplicate_rows(tmp_path)
          "training.async_checkpoints": False, "eval.density_grid": 0, "eval.plot_samples": 64}
   proc = popen_main(wd, "train", run)
   try:
-    t0, seen = time.time(), ""
-    while "step 14/" not in seen and time.time() - t0 < 180:
-      line = proc.stdout.readline()
-      if not line and proc.poll() is not None:
-        break
-      seen += line
-    assert "step 14/" in seen, seen
+    seen = "".join(wait_for(proc, "step 14/"))
     assert "ETA " in seen  # the progress line of training
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
