@@ -9,7 +9,6 @@ lock of a killed run is taken over.
 """
 import os
 import signal
-import subprocess
 
 import jax
 import numpy as np

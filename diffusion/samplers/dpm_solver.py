@@ -18,7 +18,6 @@ from typing import Any, Dict, List
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, half_logsnr, t_from_half_logsnr

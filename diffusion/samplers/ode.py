@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, f64, half_logsnr

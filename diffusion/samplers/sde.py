@@ -6,7 +6,7 @@ final denoise x <- denoise(x, t_min) unless ``final_denoise=False``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
