@@ -105,8 +105,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # FID / KID (images; diffusion.metrics.fid) against reference statistics written by
   # `python -m experiments.reference_stats`; None: not computed.
   c.eval.fid_stats = config_dict.placeholder(str)
-  c.eval.fid_num_samples = 50_000  # samples scored (the sample set is the larger of this and num_samples)
-  c.eval.fid_rounding = "levels"  # samples -> pixels: 'levels' | 'nearest' (EDM) | 'floor' (score SDE)
+  c.eval.fid_num_samples = 50_000  # samples scored (the set: the larger of this and num_samples)
+  c.eval.fid_rounding = "levels"  # samples -> pixels: 'levels' | 'nearest' (EDM) | 'floor' (SDE)
   c.eval.kid_subsets = 100  # TF-GAN / clean-fid
   c.eval.kid_subset_size = 1_000
   c.eval.inception_batch_size = 64

@@ -8,7 +8,7 @@ the uniform dequantization 2 (k + u) / L - 1 that the training data use),
 
   L_prior     = KL( q(z_1 | x) || N(0, s^2 I) ),  q(z_1 | x) = N(alpha_1 x, sigma_1^2 I),
                 the prior N(0, s^2 I) of the schedule (s = ``schedule.prior_std()``);
-  L_diffusion = 1/2 int_{lambda_1}^{lambda_0} e^lambda E_eps || x - x0_hat(z_lambda, lambda) ||^2 dlambda
+  L_diffusion = 1/2 int_{lambda_1}^{lambda_0} e^lambda E_eps || x - x0_hat(z_lambda) ||^2 dlambda
                 (VDM eq. 17 with the change of variables to the logSNR lambda, sec. 4.2);
   L_recon     = E_{z_0 ~ q(z_0 | x)} [ -log p(x | z_0) ],  with VDM's factorized decoder
                 p(x_d = k | z_0) = softmax_k( -(z_0,d - alpha_0 c_k)^2 / (2 sigma_0^2) ),

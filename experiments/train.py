@@ -10,10 +10,10 @@ Signals (``experiments.signals``), handled from the very start of ``train``:
     (143, 130); no traceback, and no checkpoint is touched.
   once the loop runs (from its first compile on): the signal is recorded and polled at every
     step boundary (a long XLA call only delays it); the loop saves a checkpoint there, waits
-    for it to be written and prints ``SIGTERM: saved a checkpoint at step N; exiting``. SIGTERM (a scheduler's preemption) then
-    exits 0: the run did what it was asked and resumes on the next start. SIGINT (Ctrl-C, a
-    person stopping the run) exits 130 after the save, as an interrupted command does, so a
-    shell script running several steps stops too. Further signals while saving only print
+    for it to be written and prints ``SIGTERM: saved a checkpoint at step N; exiting``.
+    SIGTERM (a scheduler's preemption) then exits 0: the run did what it was asked and resumes
+    on the next start. SIGINT (Ctrl-C, a person stopping the run) exits 130 after the save, as
+    an interrupted command does, so a shell script running several steps stops too. Further signals while saving only print
     ``... received again: already stopping, please wait``.
 Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
 the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.

@@ -44,7 +44,8 @@ def digits_config(sde: str) -> ml_collections.ConfigDict:
   c.eval.nll_batch_size = 297
   c.eval.mmd_points = 297
   # FID / KID against the train split's statistics (python -m experiments.reference_stats
-  # --dataset=digits --split=train --out=DIR, then --config.eval.fid_stats=DIR/digits_train_8px_1500.npz):
+  # --dataset=digits --split=train --out=DIR, then
+  # --config.eval.fid_stats=DIR/digits_train_8px_1500.npz):
   # relative numbers only (Inception on 8x8 grey digits is not a paper metric).
   c.eval.fid_num_samples = 1_000
   c.eval.elbo_time_samples = 16  # s.e. of bpd_elbo 0.25 with one draw per image (VP, step 1,500)

@@ -238,8 +238,8 @@ def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, param
   """FID (and KID where ``stats`` hold features) of model samples against reference statistics.
 
   ``samples``: (N, H, W, C) floats in [-1, 1] (quantised with inception.to_uint8(x, rounding),
-  nearest level by default, as the reference images were) or uint8. The statistics must be of ``dataset`` at ``resolution``
-  and of the same Inception weights (:func:`check_compatible`), checked before any network
+  nearest level by default, as the reference images were) or uint8. The statistics must be of
+  ``dataset`` at ``resolution`` and of the same Inception weights (:func:`check_compatible`), checked before any network
   evaluation. ``progress(done)`` is called after each Inception batch. Returns {'fid', 'kid',
   'kid_std', 'num_samples'} ('kid*' only with features).
   """
