@@ -239,7 +239,10 @@ def build_sampler(sampler: str,
   (unknown names raise a ValueError listing the accepted ones) and values
   (``SamplerInfo.validate``). All checks run here, before anything is traced. With ``jit`` the
   returned function is one ``jax.jit`` (``denoise`` is a static argument: pass the same callable
-  to reuse the compilation).
+  to reuse the compilation), and the info of a transformed denoiser (``diffusion.guidance``:
+  batch multiplier, back-propagation through the network) is merged into the returned info;
+  without ``jit`` the function may run inside the caller's trace, so the caller reads it with
+  ``guidance.denoiser_info``.
   """
   info = sampler_info(sampler)
   if not isinstance(schedule, schedules_lib.Schedule):
@@ -271,6 +274,15 @@ def build_sampler(sampler: str,
   def run(denoise, key, x_T, cond=None, sample_offset=0):
     return fn(denoise, key=key, x_T=x_T, cond=cond, sample_offset=sample_offset)
 
-  if jit:
-    run = jax.jit(run, static_argnums=0)
-  return run
+  if not jit:
+    return run
+  jitted = jax.jit(run, static_argnums=0)
+
+  def run_jitted(denoise, key, x_T, cond=None, sample_offset=0):
+    x0, out = jitted(denoise, key, x_T, cond, sample_offset)
+    if getattr(denoise, "info", None):  # a transformed denoiser: report what a call costs
+      from diffusion.guidance import denoiser_info
+      out = dict(out, **denoiser_info(denoise))
+    return x0, out
+
+  return run_jitted
