@@ -78,6 +78,40 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.sampling = sampling_config.get_config()
 
+  # Conditional sampling (diffusion.guidance; docs/guidance.md). Read by sample, eval and sweep.
+  c.guidance = ml_collections.ConfigDict()
+  # Class of every sample of a conditional model: -1 cycles through the classes (sample i gets
+  # class i mod num_classes), 0..num_classes-1 one class, num_classes the NULL (unconditional)
+  # label. Unconditional models: -1 only.
+  c.guidance.label = -1
+  c.guidance.kind = "none"  # 'none' | 'cfg' (classifier-free) | 'classifier'
+  # cfg: x0 = x0_u + w (x0_c - x0_u) ('scale': w = 1 the plain conditional) or
+  # (1 + w) x0_c - w x0_u ('ho_salimans': w = 0 the plain conditional).
+  c.guidance.weight = 1.0
+  c.guidance.convention = "scale"
+  # Guidance only for t in [t_lo, t_hi] (Kynkaanniemi et al. 2024), the plain conditional
+  # elsewhere; None: the schedule's end.
+  c.guidance.t_lo = config_dict.placeholder(float)
+  c.guidance.t_hi = config_dict.placeholder(float)
+  # classifier: a noise-conditional classifier trained by this codebase (its config file and
+  # workdir); its log p(y | x_t) gradient, times classifier_scale, is added to the score.
+  c.guidance.classifier_config = config_dict.placeholder(str)
+  c.guidance.classifier_workdir = config_dict.placeholder(str)
+  c.guidance.classifier_scale = 1.0
+
+  # Linear inverse problems, --mode=sample only (diffusion.inverse; docs/inverse.md).
+  c.inverse = ml_collections.ConfigDict()
+  c.inverse.task = "none"  # 'none' | 'inpaint' | 'colorize' | 'super_resolution'
+  # An .npz written by `python -m experiments.observations` (or by hand: 'images' (N, ...) in
+  # [-1, 1], and 'mask' (N, ...) of 0/1 for inpaint; or the observation 'y' directly).
+  c.inverse.observations = config_dict.placeholder(str)
+  c.inverse.method = "replacement"  # 'replacement' (score SDE) | 'pigdm' (Song et al. 2023)
+  c.inverse.noise_std = 0.0  # std of the observation noise (pigdm; replacement needs 0)
+  c.inverse.factor = 2  # super_resolution: average-pooling factor
+  c.inverse.samples_per_observation = 4
+  c.inverse.pigdm_scale = 1.0  # multiplies Pi-GDM's guidance term
+  c.inverse.sigma_data = 1.0  # Pi-GDM's r_t^2 = sd^2 s^2 / (sd^2 + s^2), s = sigma / alpha
+
   c.eval = ml_collections.ConfigDict()
   # Which checkpoints --mode=eval evaluates: eval.step (None: the newest), or with
   # all_checkpoints=True every one in turn; steps with eval/step_<step>/metrics.json are skipped.

@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 
 from diffusion import checkpoint, parallel
-from experiments import build, plots, sample, shards, signals, writers
+from experiments import build, conditioning, plots, sample, shards, signals, writers
 from experiments.validate import validate
 from experiments.writers import say
 
@@ -292,8 +292,9 @@ def steps_to_evaluate(ecfg: Config, available: List[int], where: str) -> List[Op
   return [int(ecfg.step)]
 
 
-def step_dir(workdir: str, step: int) -> str:
-  return os.path.join(workdir, EVAL_DIR, f"step_{int(step)}")
+def step_dir(workdir: str, step: int, tag: str = "") -> str:
+  """eval/step_<step>, or eval/step_<step>_<tag> for conditional sampling (conditioning.tag)."""
+  return os.path.join(workdir, EVAL_DIR, f"step_{int(step)}" + (f"_{tag}" if tag else ""))
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -355,7 +356,7 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
   fid_stats = load_fid_stats(config) if config.eval.fid_stats is not None else None
   result: Dict[str, Any] = {}
   for step in steps:
-    done = None if step is None else evaluated(workdir, step)
+    done = None if step is None else evaluated(workdir, step, conditioning.tag(config, "eval"))
     if done is not None:
       result = done
       continue
@@ -368,9 +369,9 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
   return result
 
 
-def evaluated(workdir: str, step: int) -> Optional[Dict[str, Any]]:
+def evaluated(workdir: str, step: int, tag: str = "") -> Optional[Dict[str, Any]]:
   """The metrics of ``step`` if it was evaluated already (said in one line), else None."""
-  path = os.path.join(step_dir(workdir, step), METRICS_FILE)
+  path = os.path.join(step_dir(workdir, step, tag), METRICS_FILE)
   if not os.path.exists(path):
     return None
   say(f"eval: step {step} already evaluated ({path}); skipping it (move that file aside to "
@@ -379,16 +380,18 @@ def evaluated(workdir: str, step: int) -> Optional[Dict[str, Any]]:
     return json.load(f)
 
 
-def _sample_set(s, params, step: int, workdir: str, sig, n: int) -> Tuple[np.ndarray, int]:
-  """The first n samples of ``step``, from / into eval/step_<step>/samples/."""
+def _sample_set(s, params, step: int, workdir: str, sig, n: int,
+                plan: conditioning.Plan) -> Tuple[np.ndarray, int]:
+  """The first n samples of ``step``, from / into eval/step_<step>[_<tag>]/samples/."""
   cfg, e = s.config, s.config.eval
   shape = tuple(s.example["x"].shape[1:])
   bs, draw = sample.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
-                                    min(int(cfg.sampling.batch_size), int(e.shard_size)))
+                                    min(int(cfg.sampling.batch_size), int(e.shard_size)), plan)
   fprint = shards.fingerprint({"seed": int(cfg.seed), "key": "seed+2", "shape": list(shape),
                                "shard_size": int(e.shard_size),
-                               "sampling": build.sampler_kwargs(cfg)})
-  return shards.generate(os.path.join(step_dir(workdir, step), "samples"), n,
+                               "sampling": build.sampler_kwargs(cfg),
+                               "guidance": cfg.guidance.to_dict()})
+  return shards.generate(os.path.join(step_dir(workdir, step, plan.tag), "samples"), n,
                          int(e.shard_size), shape, draw, bs, fprint, write=writers.is_main(),
                          progress=lambda todo: writers.Progress("sampling", todo, "samples"),
                          guard=sig.deferred, say=say)
@@ -400,8 +403,9 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   (module docstring); FID / KID against ``fid_stats`` when given."""
   sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
   s, params, restored = sample.restore_params(config, workdir, step=step)
+  plan = conditioning.plan(config, s, "eval")
   if step is None:
-    done = evaluated(workdir, restored)
+    done = evaluated(workdir, restored, plan.tag)
     if done is not None:
       return done
   step = restored
@@ -457,10 +461,11 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
                       "elbo_time_sampling": e.elbo_time_sampling})
 
   sig.phase = f"sampling for step {step}"
-  sig.nothing_saved = (f"the finished sample shards are kept in {step_dir(workdir, step)}/samples "
-                       f"and --mode=eval resumes from them")
+  sig.nothing_saved = (f"the finished sample shards are kept in "
+                       f"{step_dir(workdir, step, plan.tag)}/samples and --mode=eval resumes "
+                       f"from them")
   n_samples = max(int(e.num_samples), int(e.fid_num_samples) if fid_stats is not None else 0)
-  x_all, nfe = _sample_set(s, params, step, workdir, sig, n_samples)
+  x_all, nfe = _sample_set(s, params, step, workdir, sig, n_samples, plan)
   if fid_stats is not None:
     from diffusion.metrics import inception
     sig.phase = f"FID of step {step}"
@@ -476,12 +481,21 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
       "mmd": float(mmd(flat(x[:m]), flat(held[:m]))),
       "num_samples": int(len(x)), "nfe": int(nfe), "sampler": config.sampling.sampler,
       "sampler_steps": int(config.sampling.num_steps)})
-  out, here = os.path.join(workdir, EVAL_DIR), step_dir(workdir, step)
+  if plan.tag:
+    metrics.update({"conditioning": plan.tag, **plan.cost_info()})
+  ref = conditioning.reference_classifier(config) if plan.conditional else None
+  if ref is not None:
+    from diffusion.metrics.class_accuracy import class_accuracy
+    metrics["class_accuracy"] = class_accuracy(ref[0], x, np.asarray(plan.labels(
+        np.arange(len(x)))))
+  out, here = os.path.join(workdir, EVAL_DIR), step_dir(workdir, step, plan.tag)
   sig.phase = "the plots"
   figures = []
   if writers.is_main():
     figures.append("samples.png")
-    plots.close(sample.plot(s, x, os.path.join(here, "samples.png"), f"step {step}"))
+    labels = (np.asarray(plan.labels(np.arange(len(x)))) if plan.conditional else None)
+    plots.close(sample.plot(s, x, os.path.join(here, "samples.png"), f"step {step}",
+                            labels=labels))
   if toy:  # collective: every process computes, process 0 draws
     fig = density_plot(s, params, os.path.join(here, "density.png"))
     if fig is not None:

@@ -46,7 +46,7 @@ def config_keys(config: ml_collections.ConfigDict, prefix: str = "") -> List[str
   return sorted(out)
 
 
-def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads ``path[:arg]`` the way config_flags does (get_config() or get_config(arg))."""
   path, _, arg = spec.partition(":")
   if not os.path.exists(path):
@@ -106,7 +106,7 @@ def check_config_file(spec: Optional[str], keys: Sequence[str]) -> None:
   if not spec:
     return
   try:
-    config = _load_config_file(spec)
+    config = load_config_file(spec)
   except FileNotFoundError as e:
     _usage_error(str(e))
   except Exception as e:  # noqa: BLE001 -- an error in the config file's own code: one line, exit 2

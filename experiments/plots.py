@@ -12,12 +12,19 @@ import numpy as np  # noqa: E402
 
 
 def scatter(data: np.ndarray, samples: np.ndarray, path: str, title: str = "",
-            extent: float = 4.5):
-  """Side-by-side scatter of data (n, 2) and samples (m, 2); saved to ``path``. Returns the figure."""
+            extent: float = 4.5, labels: Optional[np.ndarray] = None,
+            data_title: str = "data", samples_title: Optional[str] = None):
+  """Side-by-side scatter of data (n, 2) and samples (m, 2), the samples coloured by ``labels``
+  (m,) when given; saved to ``path``. Returns the figure."""
   fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-  for ax, pts, name in ((axes[0], data, "data"), (axes[1], samples, "samples")):
-    ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
-    ax.set_title(name)
+  axes[0].scatter(data[:, 0], data[:, 1], s=1, alpha=0.5)
+  axes[0].set_title(data_title)
+  if labels is None:
+    axes[1].scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.5)
+  else:
+    axes[1].scatter(samples[:, 0], samples[:, 1], s=1, alpha=0.5, c=labels, cmap="tab10")
+  axes[1].set_title(samples_title or ("samples" if labels is None else "samples (colour: class)"))
+  for ax in axes:
     ax.set_xlim(-extent, extent)
     ax.set_ylim(-extent, extent)
     ax.set_aspect("equal")

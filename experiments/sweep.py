@@ -129,7 +129,7 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
 def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
   from diffusion import checkpoint
   from diffusion.metrics import inception
-  from experiments import evaluate, sample
+  from experiments import conditioning, evaluate, sample
   e = config.eval
   samplers = parse_list("eval.sweep_samplers", e.sweep_samplers, str)
   budgets = parse_list("eval.sweep_nfe", e.sweep_nfe, int)
@@ -140,8 +140,10 @@ def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
   where = os.path.join(workdir, checkpoint.CKPT_DIR)
   step = evaluate.steps_to_evaluate(config.eval, evaluate.checkpoint_steps(workdir), where)[-1]
   setup, params, step = sample.restore_params(config, workdir, step=step)  # None: newest intact
+  cond_plan = conditioning.plan(config, setup, "eval")  # labels, guidance: as in eval
   out_dir = os.path.join(workdir, evaluate.EVAL_DIR)
-  json_path = os.path.join(out_dir, f"sweep_step_{step}.json")
+  suffix = f"_{cond_plan.tag}" if cond_plan.tag else ""
+  json_path = os.path.join(out_dir, f"sweep_step_{step}{suffix}.json")
   cells: List[Dict[str, Any]] = []
   if os.path.exists(json_path):
     with open(json_path) as f:
@@ -158,7 +160,7 @@ def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
     t0 = time.time()
     x, info = sample.generate(cell_setup, params, n, jax.random.PRNGKey(config.seed + 2),
                               progress=writers.Progress(f"sweep {name} NFE {used}", n,
-                                                        "samples"))
+                                                        "samples"), plan=cond_plan)
     t_sample = time.time() - t0
     nfe = int(np.asarray(info.get("nfe", -1)))
     if nfe != used:
@@ -181,7 +183,7 @@ def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
               f"reference statistics {os.path.basename(e.fid_stats)}; entries: metric (exact "
               f"NFE).\n\nFID:\n\n")
     kid = markdown_table(mine, budgets, samplers, "kid", 1e3)
-    with open(os.path.join(out_dir, f"sweep_step_{step}.md"), "w") as f:
+    with open(os.path.join(out_dir, f"sweep_step_{step}{suffix}.md"), "w") as f:
       f.write(header + table + "\n\nKID x 1000:\n\n" + kid + "\n")
   say(table)
   return {"step": step, "cells": cells}

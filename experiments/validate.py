@@ -288,6 +288,87 @@ def check_fid(config: Config, mode: str) -> None:
                      sweep.steps_for_nfe, name, b, sweep.sampler_hparams_for(config, name))
 
 
+def check_guidance(config: Config, schedule, mode: str) -> None:
+  """guidance.* and inverse.*: labels in the model's range, guidance only for a model that can be
+  guided (cfg: a conditional model; classifier: a classifier config of the same forward process
+  and data, and a workdir), an interval inside the schedule, an inverse problem only in
+  --mode=sample with an observation file and a method that fits its noise."""
+  from experiments import conditioning as cond_lib
+  g, inv = config.guidance, config.inverse
+  one_of("guidance.kind", g.kind, cond_lib.GUIDANCE_KINDS)
+  ncls = cond_lib.num_classes(config)
+  if g.kind == "cfg" and not ncls:
+    raise ConfigError(f"config.guidance.kind='cfg' needs a conditional model (model.conditional="
+                      f"True and model.net.num_classes > 0); this one is unconditional")
+  if g.kind == "cfg":
+    number_in("guidance.weight", g.weight, -math.inf)
+    one_of("guidance.convention", g.convention, ("scale", "ho_salimans"))
+  if g.kind == "classifier":
+    ncls = _check_classifier(config)
+    number_in("guidance.classifier_scale", g.classifier_scale, -math.inf)
+  for name in ("t_lo", "t_hi"):
+    v = g[name]
+    if v is not None:
+      number_in(f"guidance.{name}", v, float(schedule.t_min), float(schedule.t_max))
+  if g.t_lo is not None and g.t_hi is not None and not g.t_lo < g.t_hi:
+    raise ConfigError(f"config.guidance.t_lo={g.t_lo} must be < config.guidance.t_hi={g.t_hi}")
+  if (g.t_lo is not None or g.t_hi is not None) and g.kind == "none":
+    raise ConfigError(f"config.guidance.t_lo / t_hi ({g.t_lo}, {g.t_hi}) set a guidance interval "
+                      f"but config.guidance.kind='none'")
+  if isinstance(g.label, bool) or not isinstance(g.label, int):
+    raise ConfigError(f"config.guidance.label={g.label!r} must be an integer")
+  if not ncls and g.label != -1:
+    raise ConfigError(f"config.guidance.label={g.label} but the model is unconditional and no "
+                      f"classifier guides it; accepted: -1")
+  if ncls and not -1 <= g.label <= ncls:
+    raise ConfigError(f"config.guidance.label={g.label} is out of range; accepted: -1 (every "
+                      f"class in turn), 0..{ncls - 1} (one class) or {ncls} (the NULL label)")
+  if g.kind != "none" and g.label == ncls and ncls:
+    raise ConfigError(f"config.guidance.label={g.label} is the NULL label: there is no class to "
+                      f"guide towards with guidance.kind={g.kind!r}")
+  one_of("inverse.task", inv.task, cond_lib.INVERSE_TASKS)
+  if inv.task == "none":
+    return
+  if mode in ("eval", "sweep"):
+    raise ConfigError(f"config.inverse.task={inv.task!r}: inverse problems are solved by "
+                      f"--mode=sample, not --mode={mode} (set inverse.task='none')")
+  one_of("inverse.method", inv.method, cond_lib.INVERSE_METHODS)
+  number_in("inverse.noise_std", inv.noise_std, 0.0)
+  if inv.method == "replacement" and inv.noise_std != 0:
+    raise ConfigError(f"config.inverse.noise_std={inv.noise_std}: the replacement method assumes "
+                      f"noiseless observations; use inverse.method='pigdm' for noisy ones")
+  positive("inverse.pigdm_scale", inv.pigdm_scale)
+  positive("inverse.sigma_data", inv.sigma_data)
+  int_at_least("inverse.factor", inv.factor, 1)
+  int_at_least("inverse.samples_per_observation", inv.samples_per_observation, 1)
+  if mode == "sample":
+    if inv.observations is None:
+      raise ConfigError(f"config.inverse.task={inv.task!r} needs config.inverse.observations "
+                        f"(an .npz written by python -m experiments.observations)")
+    if not os.path.isfile(inv.observations):
+      raise ConfigError(f"config.inverse.observations={inv.observations!r} is not a file")
+
+
+def _check_classifier(config: Config) -> int:
+  """The classifier of config.guidance: its config loads, is a classifier of this forward process
+  and data, and its workdir is a directory. Returns its number of classes."""
+  from experiments import conditioning as cond_lib
+  from experiments import main
+  g = config.guidance
+  for name in ("classifier_config", "classifier_workdir"):
+    if not g[name]:
+      raise ConfigError(f"config.guidance.kind='classifier' needs config.guidance.{name}")
+  try:
+    clf = main.load_config_file(g.classifier_config)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.guidance.classifier_config: {e}") from None
+  cond_lib.check_classifier_config(config, clf)
+  if not os.path.isdir(g.classifier_workdir):
+    raise ConfigError(f"config.guidance.classifier_workdir={g.classifier_workdir!r} is not a "
+                      f"directory (train the classifier there first)")
+  return int(clf.model.net.get("num_classes", 0) or 0)
+
+
 def time_in_schedule(field: str, value: Any, schedule) -> None:
   """``value`` (None: the schedule's t_min) must lie in [schedule.t_min, schedule.t_max)."""
   if value is None:
@@ -394,6 +475,7 @@ def validate_config(config: Config, mode: str) -> None:
   check_sampling(config, schedule)
   check_eval(config)
   check_time_ranges(config, schedule)
+  check_guidance(config, schedule, mode)
   check_parallel(config)
   check_debug(config)
 

@@ -107,7 +107,7 @@ def test_literal_networks_equal_the_model_presets():
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES)
 def test_every_experiment_config_passes_validation(path):
-  from experiments.main import _load_config_file
+  from experiments.main import load_config_file
   from experiments.validate import validate
-  validate(_load_config_file(os.path.join(REPO, path)), "train", device_count=1,
+  validate(load_config_file(os.path.join(REPO, path)), "train", device_count=1,
            process_count=1)

@@ -56,8 +56,8 @@ EXPECTED_PARAMS = {
 
 
 def _load(path):
-  from experiments.main import _load_config_file
-  return _load_config_file(os.path.join(REPO, path))
+  from experiments.main import load_config_file
+  return load_config_file(os.path.join(REPO, path))
 
 
 def test_every_image_config_is_listed():

@@ -1,0 +1,308 @@
+"""What a sampling run conditions on: class labels, guidance, and an inverse problem's observations.
+
+Wiring only (the math is diffusion.guidance and diffusion.inverse). ``plan(config, s)`` reads
+config.guidance and config.inverse once, before anything is compiled, and returns a ``Plan``:
+
+  * ``aux``: arrays the jitted sampler takes as arguments next to the network's parameters (a
+    classifier's parameters, the observation set), replicated over the mesh;
+  * ``cond(aux, idx)``: the conditioning of samples ``idx`` (B,), computed inside the jitted
+    function from the sample indices, so sample i's labels and observation depend on i only
+    (labels: i mod num_classes when cycling; observation: i mod num_observations);
+  * ``transform(denoise, aux)``: the network's denoiser wrapped by the configured transformers
+    (classifier-free or classifier guidance, then the inverse problem's method);
+  * ``tag``: the folder under <workdir>/samples/ the results go to ('' for plain sampling).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Dict, Optional
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments.validate import ConfigError
+
+Config = ml_collections.ConfigDict
+INVERSE_TASKS = ("none", "inpaint", "colorize", "super_resolution")
+INVERSE_METHODS = ("replacement", "pigdm")
+GUIDANCE_KINDS = ("none", "cfg", "classifier")
+
+
+def num_classes(config: Config) -> int:
+  """Classes of a conditional model (its NULL label); 0 for an unconditional one."""
+  if not config.model.conditional:
+    return 0
+  return int(config.model.net.get("num_classes", 0) or 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """See the module docstring. ``num_classes`` is the label range of ``cond`` (0: no labels);
+  ``label`` -1 cycles through the classes."""
+  num_classes: int = 0
+  label: int = -1
+  tag: str = ""
+  aux: Any = None
+  transforms: tuple = ()
+  observations: Optional[Dict[str, np.ndarray]] = None
+
+  @property
+  def conditional(self) -> bool:
+    return self.num_classes > 0
+
+  def labels(self, idx):
+    """Class labels (B,) int32 of the samples ``idx`` (B,)."""
+    if self.label >= 0:
+      return jnp.full(idx.shape, self.label, jnp.int32)
+    return (idx % self.num_classes).astype(jnp.int32)
+
+  def cond(self, aux, idx):
+    """The sampler's ``cond`` for samples ``idx`` (B,): None, labels (B,), or a dict."""
+    labels = self.labels(idx) if self.conditional else None
+    if self.observations is None:
+      return labels
+    obs = aux["observations"]
+    n = next(iter(obs.values())).shape[0]
+    out = {k: jnp.take(v, idx % n, axis=0) for k, v in obs.items()}
+    if labels is not None:
+      out["label"] = labels
+    return out
+
+  def transform(self, denoise: Callable, aux) -> Callable:
+    for fn in self.transforms:
+      denoise = fn(denoise, aux)
+    return denoise
+
+  def cost_info(self) -> Dict[str, Any]:
+    """What one denoiser call of the sampler costs (``guidance.denoiser_info``): the network batch
+    per sample ('batch_multiplier') and whether it back-propagates through the network."""
+    from diffusion import guidance
+    info = guidance.denoiser_info(self.transform(lambda x, t, cond=None: x, self.aux))
+    return dict(info, transforms=list(info["transforms"]))
+
+
+def labels_plan(config: Config) -> Plan:
+  """Plain sampling: class labels of a conditional model (every class in turn, or
+  config.guidance.label), no guidance."""
+  return Plan(num_classes=num_classes(config), label=int(config.guidance.label))
+
+
+def _classifier(config: Config, schedule):
+  """(transform, aux params) of classifier guidance with the restored classifier of
+  config.guidance.classifier_config / classifier_workdir."""
+  from diffusion import guidance
+  from experiments import main, sample
+  g = config.guidance
+  clf_config = main.load_config_file(g.classifier_config)
+  check_classifier_config(config, clf_config)
+  s, params, step = sample.restore_params(clf_config, g.classifier_workdir)
+  net, param = s.net, s.param
+  scale = float(g.classifier_scale)
+  interval = _interval(config)
+
+  def transform(denoise, aux):
+    def apply_fn(x_in, c):
+      return net.apply({"params": aux["classifier"]}, x_in, c, train=False)
+    log_prob = guidance.network_log_prob(apply_fn, schedule, param)
+    return guidance.classifier_guidance(denoise, log_prob, schedule, scale=scale,
+                                        interval=interval)
+
+  return transform, params, int(clf_config.model.net.num_classes), step
+
+
+def check_classifier_config(config: Config, clf_config: Config) -> None:
+  """The classifier must be trained on the score model's forward process and data."""
+  g = config.guidance
+  if clf_config.training.get("objective", "dsm") != "classifier":
+    raise ConfigError(f"config.guidance.classifier_config={g.classifier_config!r} is not a "
+                      f"classifier config (training.objective="
+                      f"{clf_config.training.get('objective', 'dsm')!r}; accepted: 'classifier')")
+  mine, theirs = config.sde.to_dict(), clf_config.sde.to_dict()
+  if mine != theirs:
+    raise ConfigError(f"config.guidance.classifier_config={g.classifier_config!r} was trained on "
+                      f"another forward process: sde {theirs} there, {mine} here")
+  if clf_config.data.name != config.data.name:
+    raise ConfigError(f"config.guidance.classifier_config={g.classifier_config!r} classifies "
+                      f"{clf_config.data.name!r}, not this model's data {config.data.name!r}")
+
+
+def _interval(config: Config):
+  g = config.guidance
+  if g.t_lo is None and g.t_hi is None:
+    return None
+  from experiments import build
+  sched = build.schedule(config)
+  lo = float(sched.t_min) if g.t_lo is None else float(g.t_lo)
+  hi = float(sched.t_max) if g.t_hi is None else float(g.t_hi)
+  return (lo, hi)
+
+
+def _cfg(config: Config):
+  from diffusion import guidance
+  g = config.guidance
+  weight, convention = float(g.weight), g.convention
+  null, interval = num_classes(config), _interval(config)
+
+  def transform(denoise, aux):
+    del aux
+    return guidance.classifier_free(denoise, weight, null_label=null, convention=convention,
+                                    interval=interval)
+
+  return transform
+
+
+def inverse_operator(config: Config):
+  """The diffusion.inverse operator of config.inverse.task."""
+  from diffusion import inverse
+  task = config.inverse.task
+  if task == "inpaint":
+    return inverse.Inpainting()
+  if task == "colorize":
+    return inverse.Colorization()
+  if task == "super_resolution":
+    return inverse.SuperResolution(int(config.inverse.factor))
+  raise ConfigError(f"config.inverse.task={task!r}; accepted: {list(INVERSE_TASKS)}")
+
+
+def load_observations(config: Config, data_shape) -> Dict[str, np.ndarray]:
+  """The observation set of config.inverse.observations as float32 arrays with a leading
+  observation axis: 'y' (N, *y_shape), and 'mask' (N, *data_shape) for inpainting; 'images' (the
+  truth, if the file has it) is returned separately by ``observation_truth``.
+
+  The file holds 'y' (and 'mask'), or 'images' (N, *data_shape) in [-1, 1] from which y is
+  computed with the task's operator. Shapes are checked here, one error line naming the array.
+  """
+  path = config.inverse.observations
+  if path is None:
+    raise ConfigError(f"config.inverse.task={config.inverse.task!r} needs "
+                      f"config.inverse.observations (an .npz; see experiments/observations.py)")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config.inverse.observations={path!r} is not a file")
+  with np.load(path) as f:
+    arrays = {k: np.asarray(f[k]) for k in f.files}
+  op = inverse_operator(config)
+  shape = tuple(data_shape)
+  out: Dict[str, np.ndarray] = {}
+  if "mask" in arrays:
+    mask = arrays["mask"].astype(np.float32)
+    if mask.shape[1:] != shape:
+      raise ConfigError(f"config.inverse.observations={path!r}: 'mask' has shape {mask.shape}; "
+                        f"expected (N, {', '.join(map(str, shape))}) like the data")
+    if not np.all((mask == 0) | (mask == 1)):
+      raise ConfigError(f"config.inverse.observations={path!r}: 'mask' must hold 0 and 1 only")
+    out["mask"] = mask
+  elif config.inverse.task == "inpaint":
+    raise ConfigError(f"config.inverse.observations={path!r} has no 'mask' (inpaint needs one; "
+                      f"arrays there: {sorted(arrays)})")
+  if "y" in arrays:
+    out["y"] = arrays["y"].astype(np.float32)
+  elif "images" in arrays:
+    images = arrays["images"].astype(np.float32)
+    if images.shape[1:] != shape:
+      raise ConfigError(f"config.inverse.observations={path!r}: 'images' has shape "
+                        f"{images.shape}; expected (N, {', '.join(map(str, shape))})")
+    out["y"] = np.asarray(op.apply(jnp.asarray(images), _batch_cond(out)))
+  else:
+    raise ConfigError(f"config.inverse.observations={path!r} holds neither 'y' nor 'images' "
+                      f"(arrays there: {sorted(arrays)})")
+  n = out["y"].shape[0]
+  if any(v.shape[0] != n for v in out.values()) or n == 0:
+    raise ConfigError(f"config.inverse.observations={path!r}: the arrays disagree on the number "
+                      f"of observations: { {k: v.shape for k, v in out.items()} }")
+  try:
+    op.check((n,) + shape, _batch_cond(out))
+  except ValueError as e:
+    raise ConfigError(f"config.inverse.observations={path!r}: {e}") from None
+  return out
+
+
+def _batch_cond(obs: Dict[str, np.ndarray]) -> Dict[str, Any]:
+  return {k: jnp.asarray(v) for k, v in obs.items()}
+
+
+def observation_truth(config: Config) -> Optional[np.ndarray]:
+  """The ground-truth 'images' of the observation file, if it has them."""
+  with np.load(config.inverse.observations) as f:
+    return np.asarray(f["images"], np.float32) if "images" in f.files else None
+
+
+def _inverse(config: Config, schedule):
+  from diffusion import inverse
+  inv = config.inverse
+  op = inverse_operator(config)
+  if inv.method == "replacement":
+    return lambda denoise, aux: inverse.replacement(denoise, op)
+  if inv.method == "pigdm":
+    noise, sd, scale = float(inv.noise_std), float(inv.sigma_data), float(inv.pigdm_scale)
+    return lambda denoise, aux: inverse.pigdm(denoise, schedule, op, noise_std=noise,
+                                              sigma_data=sd, scale=scale)
+  raise ConfigError(f"config.inverse.method={inv.method!r}; accepted: {list(INVERSE_METHODS)}")
+
+
+def _fmt(v: float) -> str:
+  return f"{v:g}"
+
+
+def tag(config: Config, mode: str = "sample") -> str:
+  """The name of a run's conditioning, '' for plain (unconditional or label-cycling, unguided)
+  sampling: e.g. 'cfg_scale_w3', 'classifier_s2_class4', 'inpaint_replacement_obs'. Sample
+  results go to samples/<tag>/, eval results to eval/step_<step>_<tag>/."""
+  g, inv = config.guidance, config.inverse
+  parts = []
+  if g.kind == "cfg":
+    parts.append(f"cfg_{g.convention}_w{_fmt(g.weight)}")
+  elif g.kind == "classifier":
+    parts.append(f"classifier_s{_fmt(g.classifier_scale)}")
+  if g.kind != "none" and (g.t_lo is not None or g.t_hi is not None):
+    parts.append(f"t{_fmt(g.t_lo) if g.t_lo is not None else 'min'}-"
+                 f"{_fmt(g.t_hi) if g.t_hi is not None else 'max'}")
+  if g.label >= 0:
+    parts.append("null" if num_classes(config) and g.label == num_classes(config)
+                 else f"class{g.label}")
+  if mode == "sample" and inv.task != "none":
+    stem = os.path.splitext(os.path.basename(str(inv.observations)))[0]
+    parts.append(f"{inv.task}_{inv.method}_{stem}")
+  return "_".join(parts)
+
+
+def plan(config: Config, s, mode: str = "sample") -> Plan:
+  """The Plan of ``config`` for the set-up ``s`` (experiments.train.Setup); loads a classifier
+  and the observations if the config asks for them. Only ``mode`` 'sample' solves inverse
+  problems."""
+  g, inv = config.guidance, config.inverse
+  ncls = num_classes(config)
+  transforms, aux = [], {}
+  if g.kind == "cfg":
+    transforms.append(_cfg(config))
+  elif g.kind == "classifier":
+    fn, params, ncls, _ = _classifier(config, s.schedule)  # the classifier's classes label
+    transforms.append(fn)
+    aux["classifier"] = params
+  observations = None
+  if mode == "sample" and inv.task != "none":
+    observations = load_observations(config, tuple(s.example["x"].shape[1:]))
+    aux["observations"] = observations
+    transforms.append(_inverse(config, s.schedule))
+  return Plan(num_classes=ncls, label=int(g.label), tag=tag(config, mode), aux=aux or None,
+              transforms=tuple(transforms), observations=observations)
+
+
+def reference_classifier(config: Config):
+  """(predict, what) of the reference classifier of the config's data, or None: the exact Bayes
+  classifier of a labelled Gaussian-mixture toy density, the SVC of the digits
+  (diffusion.metrics.class_accuracy); ``what`` names it with its own accuracy on held-out data."""
+  from diffusion.data import toy2d
+  from diffusion.metrics import class_accuracy as ca
+  name = config.data.name
+  if name in toy2d.available():
+    try:
+      w, means, covs = toy2d.gaussian_mixture_params(name)
+    except ValueError:
+      return None
+    return ca.mixture_classifier(w, means, covs, range(len(w))), "the mixture's Bayes classifier"
+  if name == "digits":
+    predict, acc = ca.digits_classifier()
+    return predict, f"an SVC of the digits' train split ({acc:.1%} on the test split)"
+  return None
