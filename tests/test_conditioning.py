@@ -1,0 +1,144 @@
+"""The conditional-sampling driver's inputs: config.guidance / config.inverse validation (one line
+naming the field), observation files and masks, the reference classifiers."""
+import os
+
+import numpy as np
+import pytest
+
+from experiments import conditioning, observations
+from experiments.validate import ConfigError, validate
+from tests.conftest import REPO, tiny_config, with_overrides
+
+
+def _digits(**overrides):
+  from experiments.main import load_config_file
+  c = load_config_file(os.path.join(REPO, "configs", "digits", "vp.py"))
+  return with_overrides(c, overrides)
+
+
+COND = {"model.conditional": True, "model.net.num_classes": 10}
+
+
+def _refused(config, mode="sample") -> str:
+  with pytest.raises(ConfigError) as e:
+    validate(config, mode, device_count=1, process_count=1)
+  msg = str(e.value)
+  assert "\n" not in msg
+  return msg
+
+
+@pytest.mark.parametrize("overrides, mode, expected", [
+    ({"guidance.kind": "cfg"}, "sample", ["guidance.kind='cfg'", "unconditional"]),
+    ({"guidance.label": 3}, "sample", ["guidance.label=3", "unconditional", "-1"]),
+    ({**COND, "guidance.label": 11}, "sample", ["guidance.label=11", "out of range", "0..9"]),
+    ({**COND, "guidance.label": -2}, "eval", ["guidance.label=-2", "out of range"]),
+    ({**COND, "guidance.kind": "cfg", "guidance.label": 10}, "sample", ["NULL label"]),
+    ({**COND, "guidance.kind": "cfgg"}, "sample", ["guidance.kind='cfgg'", "'classifier'"]),
+    ({**COND, "guidance.kind": "cfg", "guidance.convention": "x"}, "sample",
+     ["guidance.convention='x'", "ho_salimans"]),
+    ({**COND, "guidance.kind": "cfg", "guidance.weight": float("nan")}, "sample",
+     ["guidance.weight=nan"]),
+    ({**COND, "guidance.kind": "cfg", "guidance.t_lo": 0.5, "guidance.t_hi": 0.2}, "sample",
+     ["t_lo=0.5", "t_hi=0.2"]),
+    ({**COND, "guidance.kind": "cfg", "guidance.t_hi": 3.0}, "sample", ["guidance.t_hi=3.0"]),
+    ({**COND, "guidance.t_lo": 0.1}, "sample", ["guidance.t_lo", "kind='none'"]),
+    ({"guidance.kind": "classifier"}, "sample", ["classifier_config"]),
+    ({"guidance.kind": "classifier", "guidance.classifier_config": "nope.py",
+      "guidance.classifier_workdir": "/tmp"}, "sample", ["classifier_config", "nope.py"]),
+    ({"inverse.task": "deblur"}, "sample", ["inverse.task='deblur'", "inpaint"]),
+    ({"inverse.task": "inpaint"}, "eval", ["inverse.task='inpaint'", "--mode=sample"]),
+    ({"inverse.task": "inpaint"}, "sweep", ["--mode=sample"]),
+    ({"inverse.task": "inpaint"}, "sample", ["inverse.observations", "experiments.observations"]),
+    ({"inverse.task": "inpaint", "inverse.observations": "/nonexistent.npz"}, "sample",
+     ["inverse.observations='/nonexistent.npz'", "not a file"]),
+    ({"inverse.task": "inpaint", "inverse.noise_std": 0.1}, "sample",
+     ["noise_std=0.1", "pigdm"]),
+    ({"inverse.task": "inpaint", "inverse.method": "dps"}, "sample",
+     ["inverse.method='dps'", "replacement"]),
+    ({"inverse.task": "super_resolution", "inverse.factor": 0}, "sample",
+     ["inverse.factor=0"]),
+])
+def test_bad_guidance_and_inverse_fields(overrides, mode, expected):
+  msg = _refused(_digits(**overrides), mode)
+  for e in expected:
+    assert e in msg, (e, msg)
+
+
+def test_good_guidance_configs_pass():
+  for o in ({**COND, "guidance.kind": "cfg", "guidance.weight": 3.0},
+            {**COND, "guidance.label": 10},  # the NULL label: unconditional samples
+            {**COND, "guidance.kind": "cfg", "guidance.t_lo": 0.1, "guidance.t_hi": 0.8},
+            {"inverse.task": "inpaint"}):  # inverse problems are only read by --mode=sample
+    validate(_digits(**o), "train", device_count=1, process_count=1)
+
+
+def test_tags_name_the_conditioning():
+  assert conditioning.tag(_digits()) == ""
+  assert conditioning.tag(_digits(**COND, **{"guidance.kind": "cfg", "guidance.weight": 3.0})) \
+      == "cfg_scale_w3"
+  t = conditioning.tag(_digits(**COND, **{"guidance.kind": "cfg", "guidance.label": 4,
+                                          "guidance.t_lo": 0.2}))
+  assert t == "cfg_scale_w1_t0.2-max_class4"
+  inv = _digits(**{"inverse.task": "inpaint", "inverse.observations": "/x/obs.npz"})
+  assert conditioning.tag(inv, "sample") == "inpaint_replacement_obs"
+  assert conditioning.tag(inv, "eval") == ""
+
+
+def test_masks():
+  m = observations.make_mask("right_half", (8, 8, 3), 2)
+  assert m.shape == (2, 8, 8, 3) and m[:, :, :4].min() == 1 and m[:, :, 4:].max() == 0
+  m = observations.make_mask("center", (8, 8, 1), 1)
+  assert m.sum() == 64 - 16 and m[0, 2:6, 2:6].max() == 0
+  m = observations.make_mask("random:0.5", (8, 8, 3), 200, seed=1)
+  assert abs(1 - m.mean() - 0.5) < 0.02
+  assert np.all(m[..., 0] == m[..., 2])  # channels together
+  assert np.array_equal(observations.make_mask("x", (2,), 3), np.tile([1.0, 0.0], (3, 1)))
+  with pytest.raises(ValueError, match="random:<p>"):
+    observations.make_mask("random:2", (8, 8, 1), 1)
+  with pytest.raises(ValueError, match="'x', 'y'"):
+    observations.make_mask("right_half", (2,), 1)
+  with pytest.raises(ValueError, match="unknown mask 'left'"):
+    observations.make_mask("left", (8, 8, 1), 1)
+
+
+def test_observation_file_round_trip_and_errors(tmp_path):
+  cfg = _digits()
+  path = observations.write(cfg, "inpaint", 3, str(tmp_path / "obs.npz"), "bottom_half")
+  with np.load(path) as f:
+    assert f["images"].shape == (3, 8, 8, 1) and f["mask"].shape == (3, 8, 8, 1)
+    assert -1 <= f["images"].min() and f["images"].max() <= 1
+  with pytest.raises(FileExistsError, match="nothing was overwritten"):
+    observations.write(cfg, "inpaint", 3, path)
+  bad = str(tmp_path / "bad.npz")
+  np.savez(bad, images=np.zeros((3, 8, 8, 1)), mask=np.ones((3, 8, 7, 1)))
+  cfg = _digits(**{"inverse.task": "inpaint", "inverse.observations": bad})
+  with pytest.raises(ConfigError, match=r"'mask' has shape \(3, 8, 7, 1\); expected \(N, 8, 8, 1"):
+    conditioning.load_observations(cfg, (8, 8, 1))
+  nomask = str(tmp_path / "nomask.npz")
+  np.savez(nomask, images=np.zeros((3, 8, 8, 1)))
+  cfg = _digits(**{"inverse.task": "inpaint", "inverse.observations": nomask})
+  with pytest.raises(ConfigError, match="has no 'mask'"):
+    conditioning.load_observations(cfg, (8, 8, 1))
+
+
+def test_observations_cli_errors_are_one_line(tmp_path, capsys):
+  rc = observations.main(["--config", os.path.join(REPO, "configs", "digits", "vp.py"),
+                          "--task", "inpaint", "--mask", "diagonal", "--out",
+                          str(tmp_path / "o.npz")])
+  assert rc == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "unknown mask 'diagonal'" in err[0]
+  assert not os.path.exists(tmp_path / "o.npz")
+
+
+def test_reference_classifiers():
+  from diffusion.data import toy2d
+  predict, what = conditioning.reference_classifier(tiny_config(**{"data.name": "8gaussians"}))
+  w, means, covs = toy2d.gaussian_mixture_params("8gaussians")
+  assert np.array_equal(predict(means), np.arange(8)) and "Bayes" in what
+  assert conditioning.reference_classifier(tiny_config()) is None  # checkerboard: no classes
+  predict, what = conditioning.reference_classifier(_digits())
+  from diffusion.data.digits import LEVELS, load_digits
+  x, y = load_digits("test")
+  acc = np.mean(predict((x + 0.5) / LEVELS * 2 - 1) == y)
+  assert acc > 0.93 and f"{acc:.1%}" in what
