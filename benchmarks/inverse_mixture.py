@@ -183,7 +183,8 @@ def write(rows, path: str, n: int, total: float):
       f"denoiser. 4-D, 3 components, prior weights {_floats(gm.weights, 2)}; coordinates "
       f"{OBSERVED} observed, y = {_floats(y, 2)}. Exact posterior weights: noiseless "
       f"{_floats(exact_posterior(0.0).weights)}, noise_std {NOISY_STD}: "
-      f"{_floats(exact_posterior(NOISY_STD).weights)}. Total {total:.0f} s.",
+      f"{_floats(exact_posterior(NOISY_STD).weights)}. Time: wall seconds of a row, compilation "
+      f"included (JAX's persistent cache makes reruns faster); total {total:.0f} s.",
       "",
       HEADER,
       "|" + "---|" * 11,
