@@ -173,3 +173,60 @@ def random_mixture(seed: int, dim: int, num_components: int = 4, scale: float = 
   else:
     covs = lam
   return GaussianMixture.create(w, mu, covs)
+
+
+def linear_gaussian_posterior(gm: GaussianMixture, A: Array, y: Array,
+                              noise_std: float = 0.0) -> GaussianMixture:
+  """The exact posterior p(x0 | y) of x0 ~ gm observed as y = A x0 + noise_std n, n ~ N(0, I).
+
+  A: (M, D), y: (M,). Each component k is conditioned in Kalman form (e.g. Bishop 2006, PRML
+  eq. 2.113-2.117; Saerkkae 2013, Bayesian Filtering and Smoothing, Thm. 4.2):
+
+    G_k   = A S_k A^T + s^2 I,      K_k = S_k A^T G_k^{-1},
+    mu_k' = mu_k + K_k (y - A mu_k),  S_k' = S_k - K_k A S_k   (symmetrised),
+    w_k'  propto w_k N(y; A mu_k, G_k)                           (normalised in log space).
+
+  noise_std = 0 (noiseless observation) needs every G_k = A S_k A^T invertible (ValueError
+  otherwise). Computed on the host in float64; returns a ``GaussianMixture``.
+  """
+  a = np.asarray(A, np.float64)
+  yy = np.asarray(y, np.float64)
+  d = gm.dim
+  if a.ndim != 2 or a.shape[1] != d:
+    raise ValueError(f"A must be (M, D) with D = the mixture's dimension {d}, got {a.shape}")
+  m = a.shape[0]
+  if yy.shape != (m,):
+    raise ValueError(f"y must be (M,) = ({m},) for A of shape {a.shape}, got {yy.shape}")
+  if isinstance(noise_std, (bool, np.bool_)) or not isinstance(
+      noise_std, (int, float, np.integer, np.floating)) or not (
+          np.isfinite(noise_std) and noise_std >= 0):
+    raise ValueError(f"noise_std must be a finite real >= 0, got {noise_std!r}")
+  s = float(noise_std)
+  covs = gm.covariances()
+  means, new_covs, logw = [], [], []
+  for k in range(gm.num_components):
+    sa = covs[k] @ a.T  # S A^T, (D, M)
+    g = a @ sa + s * s * np.eye(m)
+    g = 0.5 * (g + g.T)
+    lam = np.linalg.eigvalsh(g)
+    if not lam.min() > 1e-12 * max(1.0, lam.max()):
+      raise ValueError(f"A S_k A^T + noise_std^2 I is singular for component {k} (eigenvalues "
+                       f"{lam}); use noise_std > 0 or an A whose rows the covariance spans")
+    chol = np.linalg.cholesky(g)
+    r = yy - a @ gm.means[k]
+    gain = np.linalg.solve(g, sa.T).T  # K = S A^T G^{-1}, (D, M)
+    cov = covs[k] - gain @ sa.T
+    means.append(gm.means[k] + gain @ r)
+    new_covs.append(0.5 * (cov + cov.T))
+    z = np.linalg.solve(chol, r)
+    logn = -0.5 * z @ z - np.sum(np.log(np.diag(chol))) - 0.5 * m * math.log(2 * math.pi)
+    logw.append(math.log(gm.weights[k]) + logn if gm.weights[k] > 0 else -np.inf)
+  logw = np.asarray(logw)
+  w = np.exp(logw - logw.max())
+  w /= w.sum()
+  # Conditioning keeps covariances PSD, and noiseless observations make them singular: set the
+  # eigenvalues at round-off level (or below 0) to exactly 0, so samples satisfy A x = y exactly.
+  lam, u = np.linalg.eigh(np.stack(new_covs))
+  lam = np.where(lam > 1e-12 * max(float(np.max(np.abs(lam))), 1e-300), lam, 0.0)
+  covs_post = np.einsum("kij,kj,klj->kil", u, lam, u)
+  return GaussianMixture.create(w, np.stack(means), covs_post)
