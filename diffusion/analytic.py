@@ -199,7 +199,8 @@ class GaussianMixture:
     per_k = jnp.einsum("kdj,bkj->bkd", u, z / var)
     return -jnp.einsum("bk,bkd->bd", r, per_k)
 
-  def denoise(self, x: Array, t: Array, cond: Optional[Array] = None, *, schedule: Schedule) -> Array:
+  def denoise(self, x: Array, t: Array, cond: Optional[Array] = None, *,
+              schedule: Schedule) -> Array:
     """E[x0 | x_t = x, y] exactly: (B, D) -> (B, D).
 
     ``cond``: None, labels (B,) in [0, C] or a dict with 'label' (``guidance.label_of``); the

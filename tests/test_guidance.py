@@ -407,7 +407,7 @@ def conditional_x_T(gm, labels, key, sched=VP):
 SAMPLE_SETTINGS = {  # name: (num_steps, hyper-parameters)
     "heun": (24, {}), "dpmpp_2m": (32, {}), "unipc": (24, {}), "dpmpp_3m": (24, {}),
     "euler_maruyama": (200, {}), "ddpm": (200, {}), "sde_dpmpp_2m": (100, {}),
-    "euler_ancestral": (100, {}), "edm_stochastic": (48, {"S_churn": 20.0}),
+    "euler_ancestral": (400, {}), "edm_stochastic": (48, {"S_churn": 20.0}),
 }
 
 
