@@ -25,8 +25,8 @@ Transformers (docs/guidance.md):
   ``classifier_free``      x0 = x0_u + w (x0_c - x0_u)  (Ho & Salimans 2021; both weight
                            conventions, optionally only for t in an interval, Kynkaanniemi et al.
                            2024), conditional and unconditional from one batched call;
-  ``classifier_guidance``  score + scale * grad_x log p(y | x_t)  (Song et al. 2021, sec. 5 and
-                           eq. 48; Dhariwal & Nichol 2021, sec. 4), with ``network_log_prob`` for a
+  ``classifier_guidance``  score + scale * grad_x log p(y | x_t)  (Song et al. 2021, sec. 5,
+                           eq. 14; Dhariwal & Nichol 2021, sec. 4), with ``network_log_prob`` for a
                            trained noise-conditional classifier.
 """
 from __future__ import annotations
@@ -226,8 +226,8 @@ def classifier_guidance(denoise: Denoiser, log_prob_fn: LogProbFn, schedule, *,
                         null_label: Optional[int] = None) -> Denoiser:
   """Classifier guidance: the score of p(x_t) p(y | x_t)^scale, as a denoiser.
 
-  score_g = score + scale * grad_x log p(y | x_t) (Song et al. 2021, score SDE, sec. 5 and
-  eq. 48; Dhariwal & Nichol 2021, sec. 4.1, whose 'gradient scale' is ``scale``). As the
+  score_g = score + scale * grad_x log p(y | x_t) (Song et al. 2021, score SDE, sec. 5,
+  eq. 14, at scale 1; Dhariwal & Nichol 2021, sec. 4, whose 'gradient scale' is ``scale``). As the
   score is (alpha x0_hat - x) / sigma^2 (Tweedie), exactly
 
     x0_g = x0_hat + scale * sigma^2 / alpha * grad_x log p(y | x_t).
@@ -281,7 +281,7 @@ def classifier_guidance(denoise: Denoiser, log_prob_fn: LogProbFn, schedule, *,
 
 
 def network_log_prob(apply_fn: Callable[[Array, Array], Array], schedule, param) -> LogProbFn:
-  """log p(y | x_t) of a trained noise-conditional classifier (Dhariwal & Nichol 2021, sec. 4.1).
+  """log p(y | x_t) of a trained noise-conditional classifier (Dhariwal & Nichol 2021, sec. 4).
 
   ``apply_fn(x_in, c) -> logits (B, C)`` is fed what the score network is fed,
   ``param.net_inputs(x, t, schedule)`` (a ``diffusion.parameterization.Parameterization``).
