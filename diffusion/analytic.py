@@ -9,6 +9,16 @@ If x0 ~ sum_k w_k N(mu_k, S_k), then under x_t = alpha x0 + sigma eps
 
 With S_k = U_k diag(l_k) U_k^T precomputed on the host, C_k^{-1} = U_k diag(1/(alpha^2 l + sigma^2)) U_k^T,
 so every quantity costs O(K D^2) per point in any dimension, including alpha -> 0 and sigma -> 0.
+
+Class labels: each component may carry a class c_k in [0, C). Conditioning on a class y keeps the
+components with c_k = y (their weights renormalised), so the class-conditional p_t(x | y) is the
+same formulae with the responsibilities restricted to those components, and
+
+  log p(y | x_t) = logsumexp_{k: c_k = y} log(w_k N(x; alpha mu_k, C_k))
+                   - logsumexp_k log(w_k N(x; alpha mu_k, C_k))                (Bayes)
+
+The label C (NULL, the ``diffusion.guidance`` convention) or no label means the whole mixture, so
+``denoiser(schedule)`` is at once the exact conditional and unconditional denoiser.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.guidance import label_of
 from diffusion.schedules import Schedule
 
 Array = Any
@@ -30,16 +41,21 @@ class GaussianMixture:
   """A K-component mixture in D dimensions. Build with ``GaussianMixture.create``.
 
   Attributes (numpy, float64 on the host; cast to the input dtype when used):
-    weights: (K,), means: (K, D), eigvals: (K, D) and eigvecs: (K, D, D) of the covariances.
+    weights: (K,), means: (K, D), eigvals: (K, D) and eigvecs: (K, D, D) of the covariances;
+    classes: (K,) int64 class of each component, or None (unlabelled).
   """
   weights: np.ndarray
   means: np.ndarray
   eigvals: np.ndarray
   eigvecs: np.ndarray
+  classes: Optional[np.ndarray] = None
 
   @staticmethod
-  def create(weights: Sequence[float], means: Array, covs: Array) -> "GaussianMixture":
-    """covs: (K, D, D) full, (K, D) diagonal, or (K,) isotropic variances."""
+  def create(weights: Sequence[float], means: Array, covs: Array,
+             classes: Optional[Sequence[int]] = None) -> "GaussianMixture":
+    """covs: (K, D, D) full, (K, D) diagonal, or (K,) isotropic variances; classes: None or (K,)
+    ints in [0, C) with every class 0..C-1 holding a component of positive weight (C, the
+    number of classes, is max(classes) + 1)."""
     w = np.asarray(weights, np.float64)
     mu = np.asarray(means, np.float64)
     if mu.ndim != 2:
@@ -57,7 +73,7 @@ class GaussianMixture:
     lam, u = np.linalg.eigh(0.5 * (c + np.swapaxes(c, 1, 2)))
     if np.any(lam < -1e-12):
       raise ValueError(f"covariances must be positive semi-definite; smallest eigenvalue {lam.min()}")
-    return GaussianMixture(w, mu, np.maximum(lam, 0.0), u)
+    return GaussianMixture(w, mu, np.maximum(lam, 0.0), u, _check_classes(classes, w))
 
   @property
   def dim(self) -> int:
@@ -66,6 +82,29 @@ class GaussianMixture:
   @property
   def num_components(self) -> int:
     return self.means.shape[0]
+
+  @property
+  def num_classes(self) -> int:
+    """C, the number of classes (also the NULL label); 0 if the mixture is unlabelled."""
+    return 0 if self.classes is None else int(self.classes.max()) + 1
+
+  def class_weights(self) -> np.ndarray:
+    """p(y) = sum of the weights of class y's components, (C,)."""
+    if self.classes is None:
+      raise ValueError("class_weights: the mixture has no class labels (create(..., classes=))")
+    return np.bincount(self.classes, weights=self.weights, minlength=self.num_classes)
+
+  def conditional(self, label: int) -> "GaussianMixture":
+    """The class-``label`` mixture p_0(x | y = label): its components, weights renormalised
+    (unlabelled, so its denoiser ignores ``cond``)."""
+    c = self.num_classes
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or not (
+        0 <= label < c):
+      raise ValueError(f"conditional: label must be an int in [0, {c}) (the mixture's classes), "
+                       f"got {label!r}")
+    keep = self.classes == label
+    w = self.weights[keep]
+    return GaussianMixture(w / w.sum(), self.means[keep], self.eigvals[keep], self.eigvecs[keep])
 
   def covariances(self) -> np.ndarray:
     return np.einsum("kij,kj,klj->kil", self.eigvecs, self.eigvals, self.eigvecs)
@@ -100,6 +139,23 @@ class GaussianMixture:
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))[:, None]
     return schedule.alpha(t), schedule.sigma(t)
 
+  def _class_mask(self, labels, batch: int) -> Optional[Array]:
+    """(B, K) bool: component k is in sample b's class (every k for the NULL label C); None for
+    no labels or an unlabelled mixture. Concrete labels are checked on the host."""
+    if labels is None or self.classes is None:
+      return None
+    if not isinstance(labels, jax.core.Tracer):
+      from diffusion.guidance import check_labels
+      check_labels(np.asarray(labels), self.num_classes)
+    labels = jnp.broadcast_to(jnp.asarray(labels), (batch,))
+    classes = jnp.asarray(self.classes, labels.dtype)
+    return (classes[None, :] == labels[:, None]) | (labels[:, None] == self.num_classes)
+
+  def _masked(self, logc, cond):
+    """log w_k N_k restricted to the class of ``cond`` (others -inf), (B, K)."""
+    mask = self._class_mask(label_of(cond), logc.shape[0])
+    return logc if mask is None else jnp.where(mask, logc, -jnp.inf)
+
   def log_prob(self, x: Array, t: Array, schedule: Schedule) -> Array:
     """log p_t(x): x (B, D), t scalar or (B,) -> (B,)."""
     a, s = self._alpha_sigma(t, schedule, x)
@@ -112,21 +168,48 @@ class GaussianMixture:
     logc, _, _ = self._components(x, one, 0.0 * one)
     return jax.nn.logsumexp(logc, axis=-1)
 
-  def score(self, x: Array, t: Array, schedule: Schedule) -> Array:
-    """grad_x log p_t(x): (B, D) -> (B, D)."""
+  def class_log_probs(self, x: Array, t: Array, schedule: Schedule) -> Array:
+    """log p(y | x_t = x) for every class y (exact, Bayes' rule): x (B, D) -> (B, C)."""
+    if self.classes is None:
+      raise ValueError("class_log_probs: the mixture has no class labels (create(..., classes=))")
+    a, s = self._alpha_sigma(t, schedule, x)
+    logc, _, _ = self._components(x, a, s)
+    onehot = jnp.asarray(self.classes[:, None] == np.arange(self.num_classes)[None])  # (K, C)
+    per_class = jax.nn.logsumexp(jnp.where(onehot[None], logc[:, :, None], -jnp.inf), axis=1)
+    return per_class - jax.nn.logsumexp(logc, axis=-1, keepdims=True)
+
+  def class_log_prob(self, x: Array, t: Array, labels: Array, schedule: Schedule) -> Array:
+    """log p(y = labels | x_t = x) exactly: x (B, D), labels (B,) (or a ``cond`` dict) -> (B,);
+    0 for the NULL label C."""
+    if self.classes is None:
+      raise ValueError("class_log_prob: the mixture has no class labels (create(..., classes=))")
+    labels = label_of(labels)
+    if labels is None:
+      raise ValueError("class_log_prob needs labels (B,), got None")
+    a, s = self._alpha_sigma(t, schedule, x)
+    logc, _, _ = self._components(x, a, s)
+    return jax.nn.logsumexp(self._masked(logc, labels), axis=-1) - jax.nn.logsumexp(logc, -1)
+
+  def score(self, x: Array, t: Array, schedule: Schedule, cond=None) -> Array:
+    """grad_x log p_t(x | cond): (B, D) -> (B, D); ``cond`` as in ``denoise``."""
     a, s = self._alpha_sigma(t, schedule, x)
     logc, z, var = self._components(x, a, s)
-    r = jax.nn.softmax(logc, axis=-1)
+    r = jax.nn.softmax(self._masked(logc, cond), axis=-1)
     u = jnp.asarray(self.eigvecs, x.dtype)
     per_k = jnp.einsum("kdj,bkj->bkd", u, z / var)
     return -jnp.einsum("bk,bkd->bd", r, per_k)
 
-  def denoise(self, x: Array, t: Array, cond: Optional[Array] = None, *, schedule: Schedule) -> Array:
-    """E[x0 | x_t = x] exactly: (B, D) -> (B, D). ``cond`` is ignored (unconditional)."""
-    del cond
+  def denoise(self, x: Array, t: Array, cond: Optional[Array] = None, *,
+              schedule: Schedule) -> Array:
+    """E[x0 | x_t = x, y] exactly: (B, D) -> (B, D).
+
+    ``cond``: None, labels (B,) in [0, C] or a dict with 'label' (``guidance.label_of``); the
+    responsibilities are restricted to the class's components, and the NULL label C, no label, or
+    an unlabelled mixture (which ignores ``cond``) give the unconditional E[x0 | x_t = x].
+    """
     a, s = self._alpha_sigma(t, schedule, x)
     logc, z, var = self._components(x, a, s)
-    r = jax.nn.softmax(logc, axis=-1)
+    r = jax.nn.softmax(self._masked(logc, cond), axis=-1)
     dt = x.dtype
     lam, u = jnp.asarray(self.eigvals, dt), jnp.asarray(self.eigvecs, dt)
     gain = a[:, :, None] * lam[None] / var  # alpha S C^{-1} in each eigenbasis, (B, K, D)
@@ -134,17 +217,31 @@ class GaussianMixture:
     return jnp.einsum("bk,bkd->bd", r, post)
 
   def denoiser(self, schedule: Schedule):
-    """The exact denoiser as ``denoise(x, t, cond=None) -> x0_hat``, the interface samplers take."""
+    """The exact denoiser as ``denoise(x, t, cond=None) -> x0_hat``, the interface samplers take:
+    conditional on the labels in ``cond``, unconditional for None or the NULL label."""
     return lambda x, t, cond=None: self.denoise(x, t, cond, schedule=schedule)
 
-  def sample0(self, key, n: int, dtype=jnp.float32) -> Array:
-    """n exact samples of the data distribution, (n, D)."""
+  def _sample_components(self, key, n: int, dtype):
+    """(x (n, D), component index (n,)) of n exact samples."""
     kc, kz = jax.random.split(key)
     comp = jax.random.choice(kc, self.num_components, (n,), p=jnp.asarray(self.weights, dtype))
     z = jax.random.normal(kz, (n, self.dim), dtype)
     lam = jnp.asarray(self.eigvals, dtype)[comp]
     u = jnp.asarray(self.eigvecs, dtype)[comp]
-    return jnp.asarray(self.means, dtype)[comp] + jnp.einsum("bdj,bj->bd", u, jnp.sqrt(lam) * z)
+    x = jnp.asarray(self.means, dtype)[comp] + jnp.einsum("bdj,bj->bd", u, jnp.sqrt(lam) * z)
+    return x, comp
+
+  def sample0(self, key, n: int, dtype=jnp.float32) -> Array:
+    """n exact samples of the data distribution, (n, D)."""
+    return self._sample_components(key, n, dtype)[0]
+
+  def sample0_labelled(self, key, n: int, dtype=jnp.float32):
+    """n exact samples of the joint p(x_0, y): (x (n, D), labels (n,) int32); the x are those of
+    ``sample0(key, n)``."""
+    if self.classes is None:
+      raise ValueError("sample0_labelled: the mixture has no class labels (create(..., classes=))")
+    x, comp = self._sample_components(key, n, dtype)
+    return x, jnp.asarray(self.classes, jnp.int32)[comp]
 
   def sample(self, key, n: int, t: Array, schedule: Schedule, dtype=jnp.float32) -> Array:
     """n exact samples of p_t, (n, D)."""
@@ -157,6 +254,24 @@ class GaussianMixture:
     """Monte Carlo differential entropy -E log p_0 in nats (for mixtures without a closed form)."""
     x = self.sample0(key, n, jnp.float32)
     return float(-jnp.mean(self.log_prob0(x)))
+
+
+def _check_classes(classes, weights: np.ndarray) -> Optional[np.ndarray]:
+  """classes as an int64 (K,) array after checking it (see ``GaussianMixture.create``)."""
+  if classes is None:
+    return None
+  c = np.asarray(classes)
+  k = weights.shape[0]
+  if c.shape != (k,) or not (np.issubdtype(c.dtype, np.integer) and c.dtype != np.bool_):
+    raise ValueError(f"classes must be {k} ints (one per component), got {classes!r}")
+  if np.any(c < 0):
+    raise ValueError(f"classes must be ints >= 0, got {c.tolist()}")
+  per_class = np.bincount(c, weights=weights)
+  empty = np.flatnonzero(per_class <= 0)
+  if empty.size:
+    raise ValueError(f"every class 0..{c.max()} needs a component of positive weight; class "
+                     f"{int(empty[0])} has none (classes={c.tolist()}, weights={weights.tolist()})")
+  return c.astype(np.int64)
 
 
 def random_mixture(seed: int, dim: int, num_components: int = 4, scale: float = 1.5,
