@@ -101,13 +101,15 @@ def _classifier(config: Config, schedule):
   net, param = s.net, s.param
   scale = float(g.classifier_scale)
   interval = _interval(config)
+  # The classifier guides the unconditional model: a conditional network gets the NULL label.
+  null = num_classes(config) or None
 
   def transform(denoise, aux):
     def apply_fn(x_in, c):
       return net.apply({"params": aux["classifier"]}, x_in, c, train=False)
     log_prob = guidance.network_log_prob(apply_fn, schedule, param)
     return guidance.classifier_guidance(denoise, log_prob, schedule, scale=scale,
-                                        interval=interval)
+                                        interval=interval, null_label=null)
 
   return transform, params, int(clf_config.model.net.num_classes), step
 
