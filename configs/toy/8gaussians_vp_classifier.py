@@ -1,0 +1,29 @@
+"""Noise-conditional classifier p(k | x_t, t) of 8gaussians under the VP SDE (classifier guidance).
+
+Question: how accurately does a residual-MLP classifier of noisy points x_t = alpha x0 + sigma
+eps recover the mixture component k of 8gaussians at each noise level (Song et al. 2021, App. I;
+Dhariwal & Nichol 2021)? The Bayes classifier's accuracy falls from about 1 at t_min to chance
+(1/8) at t_max. The process (sde.*), the time input (model.time_input, scale_input, the
+sinusoidal embedding) and the training times (training.t_min) are exactly those of
+configs/toy/8gaussians_vp.py and 8gaussians_vp_cond.py, so its gradient can guide their
+samplers. The trunk is theirs (mlp_classifier: the mlp's trunk, 8 logits).
+
+Run (train, then held-out accuracy at 5 noise levels evenly spaced in logSNR):
+  python -m experiments.main --config=configs/toy/8gaussians_vp_classifier.py --workdir=workdirs/8gaussians_vp_classifier --mode=train
+  python -m experiments.main --config=configs/toy/8gaussians_vp_classifier.py --workdir=workdirs/8gaussians_vp_classifier --mode=eval
+
+Measured: (to fill)
+"""
+import ml_collections
+
+from configs.toy.common import toy_config
+
+
+def get_config():
+  c = toy_config("8gaussians", "vp")
+  c.experiment = "toy/8gaussians_vp_classifier"
+  c.model.name = "mlp_classifier"
+  net = c.model.net.to_dict()  # the score model's trunk: width, num_blocks, embed_dim
+  c.model.net = ml_collections.ConfigDict(dict(net, num_classes=8))
+  c.training.objective = "classifier"
+  return c
