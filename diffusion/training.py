@@ -3,8 +3,9 @@
 The step is a pure function ``(state, batch) -> (state, metrics)``: the loss is ``dsm_loss`` on
 the network wrapped by ``make_denoiser`` (objective 'dsm'), or ``classifier_loss`` of a
 noise-conditional classifier on the network's inputs ``param.net_inputs`` (objective
-'classifier', labels from batch['label']; Song et al. 2021, App. I); the update is optax (Adam/AdamW, linear warm-up,
-optional cosine decay, global-norm clipping), followed by an EMA of the parameters. Everything
+'classifier', labels from batch['label']; Song et al. 2021, App. I); the update is optax
+(Adam/AdamW, linear warm-up, optional cosine decay, global-norm clipping), followed by an EMA of
+the parameters. Everything
 random comes from ``fold_in(state.key, state.step)``, and the data of step i is batch i, so a
 run restored from a checkpoint continues bit for bit.
 

@@ -247,7 +247,7 @@ def test_classifier_log_prob_is_the_log_softmax_on_the_configs_net_inputs():
   c.model.name, c.training.objective = "mlp_classifier", "classifier"
   c.model.net = dict(num_classes=8, **TINY_MLP)
   c.model.scale_input, c.model.sigma_data = True, 2.0
-  net, sched, param = build.model(c), build.schedule(c), build.parameterization(c)
+  net, sched = build.model(c), build.schedule(c)
   params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
   log_prob = build.classifier_log_prob(c, params)
   x = jax.random.normal(jax.random.PRNGKey(1), (6, 2)) * 2

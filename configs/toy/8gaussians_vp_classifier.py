@@ -12,7 +12,15 @@ Run (train, then held-out accuracy at 5 noise levels evenly spaced in logSNR):
   python -m experiments.main --config=configs/toy/8gaussians_vp_classifier.py --workdir=workdirs/8gaussians_vp_classifier --mode=train
   python -m experiments.main --config=configs/toy/8gaussians_vp_classifier.py --workdir=workdirs/8gaussians_vp_classifier --mode=eval
 
-Measured: (to fill)
+Measured (2 CPU cores shared with other jobs; training 5,000 steps in 88 s wall, evaluation
+6 s; 10,000 held-out points, one x_t draw each): held-out accuracy / cross-entropy (nats) of the
+EMA classifier, and of the exact Bayes posterior of the mixture on the same draws,
+  t = 0.001   0.9982 / 0.0079   (Bayes 0.9978 / 0.0062)
+  t = 0.0317  0.9963 / 0.0123   (Bayes 0.9962 / 0.0108)
+  t = 0.305   0.5868 / 0.9605   (Bayes 0.5864 / 0.9592)
+  t = 0.722   0.1553 / 2.0568   (Bayes 0.1575 / 2.0566)
+  t = 1       0.1294 / 2.0797   (Bayes 0.1282 / 2.0793)
+Final training loss 1.389 nats against the Bayes minimum E_t H(K | X_t) = 1.3894 (quadrature).
 """
 import ml_collections
 

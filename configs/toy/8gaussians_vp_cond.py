@@ -11,7 +11,13 @@ Run (train, then evaluate):
   python -m experiments.main --config=configs/toy/8gaussians_vp_cond.py --workdir=workdirs/8gaussians_vp_cond --mode=train
   python -m experiments.main --config=configs/toy/8gaussians_vp_cond.py --workdir=workdirs/8gaussians_vp_cond --mode=eval
 
-Measured: (to fill)
+Measured (2 CPU cores shared with other jobs, load about 4; training 10,000 steps in 216 s wall,
+evaluation 40 s): the unconditional (NULL-label) model has excess NLL 0.041 nats (NLL 2.872 +-
+0.021 vs 2.830; 2,000 held-out points, PF-ODE, exact divergence), sliced Wasserstein 0.110, MMD
+0.0023 (Heun, NFE 37); the unconditional-only 8gaussians_vp.py reaches 0.001 / 0.073 / 0.0006:
+the NULL label sees 10% of the batches. Class-conditional samples (Heun, NFE 37, 4,000 samples,
+label i mod 8): 99.75% fall in the requested component (argmax of the exact posterior), with
+per-coordinate std 0.377 / 0.374 around its mean (data: 0.354).
 """
 from configs.toy.common import toy_config
 
