@@ -40,10 +40,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.time_input = "t"
   c.model.sigma_data = 0.5
   c.model.scale_input = False
-  c.model.conditional = False  # feed batch labels to the network
+  # Feed batch labels to the network (labelled data only; model.net.num_classes = the data's
+  # classes; model.net.label_dropout: the rate of NULL labels in training, for classifier-free
+  # guidance).
+  c.model.conditional = False
   c.model.net = ml_collections.ConfigDict(dict(width=128, num_blocks=3, embed_dim=64))
 
   c.training = ml_collections.ConfigDict()
+  # 'dsm': a score network by denoising score matching (training.weighting, time_sampling);
+  # 'classifier': a noise-conditional classifier p(y | x_t, t) of the labelled data (a model
+  # named '*_classifier', model.net.num_classes = the data's classes) by cross-entropy on x_t at
+  # times drawn by training.time_sampling (for classifier guidance; Song et al. 2021, App. I).
+  c.training.objective = "dsm"
   c.training.num_steps = 20_000
   c.training.log_every = 500
   c.training.ckpt_every = 5_000

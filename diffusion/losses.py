@@ -20,6 +20,11 @@ App. I.1), 'antithetic' (u and 1 - u), 'lognormal' (EDM: ln(sigma/alpha) ~ N(P_m
 'logsnr' (lambda uniform on [lambda(t_max), lambda(t_min)], stratified). With the 'eps' weighting,
 'logsnr' sampling is importance sampling of the likelihood weighting: g^2/sigma^2 = -dlambda/dt,
 so the loss is the continuous-time ELBO of VDM (Kingma et al. 2021, eq. 17) up to a constant.
+
+``classifier_loss`` trains a noise-conditional classifier p(y | x_t, t) (the classifier of
+classifier guidance; Song et al. 2021, App. I; Dhariwal & Nichol 2021): the cross-entropy of its
+logits on x_t = alpha x0 + sigma eps at times drawn by ``sample_times``. Its minimiser is the
+true posterior p(y | x_t), and its minimum the conditional entropy E_t H(Y | X_t).
 """
 from __future__ import annotations
 
@@ -131,3 +136,51 @@ def dsm_loss(denoise: Callable[..., Array],
   per_example = w * err
   return jnp.mean(per_example), {"per_example": per_example, "t": t}
 
+
+
+def classifier_loss(logits_fn: Callable[[Array, Array], Array],
+                    x0: Array,
+                    labels: Array,
+                    key,
+                    schedule: Schedule,
+                    *,
+                    time_sampling: str = "uniform",
+                    t_min: Optional[float] = None,
+                    t_max: Optional[float] = None,
+                    p_mean: float = -1.2,
+                    p_std: float = 1.2) -> Tuple[Array, Dict[str, Array]]:
+  """Cross-entropy of a noise-conditional classifier on noisy data (module docstring).
+
+  L = E_{t, (x0, y), eps} [ -log softmax(logits_fn(alpha_t x0 + sigma_t eps, t))_y ],
+  t ~ ``sample_times(time_sampling, t_min, t_max, p_mean, p_std)``.
+
+  Args:
+    logits_fn: (x_t (B, ...), t (B,)) -> logits (B, C); the caller maps x_t, t to the network's
+      inputs (``param.net_inputs``, as ``make_denoiser`` does).
+    x0: clean data (B, ...); labels: int (B,) in [0, C).
+  Returns:
+    (mean loss, aux) with aux['per_example'] (B,) the cross-entropy in nats, aux['t'] (B,),
+    aux['correct'] (B,) 1.0 where argmax logits == label, aux['accuracy'] () their mean.
+  """
+  if labels.shape != (x0.shape[0],):
+    raise ValueError(f"labels must have shape ({x0.shape[0]},) to match x0 {x0.shape}, got "
+                     f"{labels.shape}")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+  if time_sampling not in TIME_SAMPLINGS:
+    raise ValueError(f"unknown time sampling {time_sampling!r}; available: {TIME_SAMPLINGS}")
+  kt, ke = jax.random.split(key)
+  b = x0.shape[0]
+  t = sample_times(kt, b, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
+                   p_std=p_std).astype(x0.dtype)
+  eps = jax.random.normal(ke, x0.shape, x0.dtype)
+  logits = logits_fn(schedule.marginal(x0, eps, t), t)
+  if logits.ndim != 2 or logits.shape[0] != b:
+    raise ValueError(f"logits_fn must return logits of shape ({b}, num_classes), got "
+                     f"{logits.shape}")
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  labels = labels.astype(jnp.int32)
+  per_example = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+  correct = (jnp.argmax(log_p, axis=-1) == labels).astype(jnp.float32)
+  return jnp.mean(per_example), {"per_example": per_example, "t": t, "correct": correct,
+                                 "accuracy": jnp.mean(correct)}

@@ -1,8 +1,11 @@
 """Train state, optimizer, EMA and a pure train step for denoising score matching.
 
 The step is a pure function ``(state, batch) -> (state, metrics)``: the loss is ``dsm_loss`` on
-the network wrapped by ``make_denoiser``; the update is optax (Adam/AdamW, linear warm-up,
-optional cosine decay, global-norm clipping), followed by an EMA of the parameters. Everything
+the network wrapped by ``make_denoiser`` (objective 'dsm'), or ``classifier_loss`` of a
+noise-conditional classifier on the network's inputs ``param.net_inputs`` (objective
+'classifier', labels from batch['label']; Song et al. 2021, App. I); the update is optax
+(Adam/AdamW, linear warm-up, optional cosine decay, global-norm clipping), followed by an EMA of
+the parameters. Everything
 random comes from ``fold_in(state.key, state.step)``, and the data of step i is batch i, so a
 run restored from a checkpoint continues bit for bit.
 
@@ -36,6 +39,11 @@ NONFINITE_POLICIES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
 DECAYS = ("none", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# 'dsm': a score / denoiser network by denoising score matching; 'classifier': a noise-conditional
+# classifier p(y | x_t, t) by cross-entropy on noisy data (for classifier guidance).
+OBJECTIVES = ("dsm", "classifier")
+# Scalars of the loss's aux that the train step reports as metrics, per objective.
+AUX_METRICS = {"dsm": (), "classifier": ("accuracy",)}
 
 
 @flax.struct.dataclass
@@ -172,6 +180,8 @@ class StepConfig:
   compute_dtype: 'float32' or 'bfloat16' (params and inputs cast for the forward/backward pass;
     master params, loss and updates stay float32).
   conditional: pass batch['label'] to the network as ``cond``.
+  objective: 'dsm' (``dsm_loss``) or 'classifier' (``classifier_loss`` with batch['label'] as
+    targets; weighting and conditional do not apply); see OBJECTIVES.
   """
   weighting: str = "eps"
   time_sampling: str = "uniform"
@@ -182,8 +192,14 @@ class StepConfig:
   grad_accum_steps: int = 1
   compute_dtype: str = "float32"
   conditional: bool = False
+  objective: str = "dsm"
 
   def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"unknown objective {self.objective!r}; available: {OBJECTIVES}")
+    if self.objective == "classifier" and self.conditional:
+      raise ValueError("objective 'classifier' trains a classifier of x_t, which takes no labels "
+                       "as input: conditional must be False")
     if self.nonfinite not in NONFINITE_POLICIES:
       raise ValueError(f"unknown nonfinite policy {self.nonfinite!r}; "
                        f"available: {NONFINITE_POLICIES}")
@@ -196,9 +212,10 @@ class StepConfig:
       raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-def _default_loss():
-  from diffusion.losses import dsm_loss  # written alongside; imported late to keep this light
-  return dsm_loss
+def _default_loss(objective: str = "dsm"):
+  # Imported late to keep this module light.
+  from diffusion.losses import classifier_loss, dsm_loss
+  return classifier_loss if objective == "classifier" else dsm_loss
 
 
 def compute_model(model, dtype) -> Any:
@@ -216,10 +233,26 @@ def compute_model(model, dtype) -> Any:
   return model.clone(dtype=dtype)
 
 
+def make_logits_fn(apply_fn: Callable[..., jax.Array], schedule: Schedule,
+                   param: Parameterization) -> Callable:
+  """Wraps a classifier ``apply_fn(x_in, c) -> logits`` into ``logits(x_t, t) -> (B, C)``: the
+  network sees ``param.net_inputs(x_t, t, schedule)``, as a denoiser's network does
+  (``make_denoiser``). ``t`` may be a scalar or (B,)."""
+
+  def logits(x, t):
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+    x_in, c = param.net_inputs(x, t, schedule)
+    return apply_fn(x_in, c)
+
+  return logits
+
+
 def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfig,
               loss_fn: Optional[Callable] = None) -> Callable:
-  """``loss(params, batch, key) -> (scalar, aux)``: dsm_loss of the wrapped network."""
-  loss_fn = loss_fn or _default_loss()
+  """``loss(params, batch, key) -> (scalar, aux)``: dsm_loss of the wrapped network, or for
+  ``cfg.objective == 'classifier'`` classifier_loss of its logits on batch['label'] (required).
+  """
+  loss_fn = loss_fn or _default_loss(cfg.objective)
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
   model = compute_model(model, dtype)
 
@@ -227,10 +260,17 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
     noise_key, dropout_key = jax.random.split(key)
     p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
 
-    def apply_fn(x_in, c, cond):
+    def apply_fn(x_in, c, cond=None):
       return model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=True,
                          rngs={"dropout": dropout_key}).astype(jnp.float32)
 
+    if cfg.objective == "classifier":
+      if "label" not in batch:
+        raise ValueError("objective 'classifier' needs the class labels batch['label'] (B,); "
+                         f"the batch has only {sorted(batch)}")
+      return loss_fn(make_logits_fn(apply_fn, schedule, param), batch["x"], batch["label"],
+                     noise_key, schedule, time_sampling=cfg.time_sampling,
+                     **dict(cfg.loss_opts))
     denoise = make_denoiser(apply_fn, schedule, param)
     cond = batch.get("label") if cfg.conditional else None
     value, aux = loss_fn(denoise, batch["x"], noise_key, schedule, weighting=cfg.weighting,
@@ -245,12 +285,18 @@ def _tree_all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _accumulated_grads(loss, params, batch: Batch, key, k: int):
-  """Mean loss and gradient over k equal micro-batches of ``batch`` (lax.scan)."""
+def _accumulated_grads(loss, params, batch: Batch, key, k: int,
+                       aux_names: Tuple[str, ...] = ()):
+  """Mean loss, gradient and aux scalars ``aux_names`` (a dict) over k equal micro-batches of
+  ``batch`` (lax.scan)."""
   grad_fn = jax.value_and_grad(loss, has_aux=True)
+
+  def pick(aux):
+    return {n: jnp.asarray(aux[n], jnp.float32) for n in aux_names}
+
   if k == 1:
-    (value, _), grads = grad_fn(params, batch, key)
-    return value, grads
+    (value, aux), grads = grad_fn(params, batch, key)
+    return value, grads, pick(aux)
   b = batch["x"].shape[0]
   if b % k:
     raise ValueError(f"batch size {b} is not divisible by grad_accum_steps={k}")
@@ -258,14 +304,17 @@ def _accumulated_grads(loss, params, batch: Batch, key, k: int):
 
   def body(carry, inp):
     i, mb = inp
-    (value, _), g = grad_fn(params, mb, jax.random.fold_in(key, i))
-    tot_v, tot_g = carry
-    return (tot_v + value, jax.tree_util.tree_map(jnp.add, tot_g, g)), None
+    (value, aux), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+    tot_v, tot_g, tot_m = carry
+    return (tot_v + value, jax.tree_util.tree_map(jnp.add, tot_g, g),
+            jax.tree_util.tree_map(jnp.add, tot_m, pick(aux))), None
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-  (tot_v, tot_g), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
-                                   (jnp.arange(k), micro))
-  return tot_v / k, jax.tree_util.tree_map(lambda g: g / k, tot_g)
+  zero_m = {n: jnp.zeros((), jnp.float32) for n in aux_names}
+  (tot_v, tot_g, tot_m), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros, zero_m),
+                                          (jnp.arange(k), micro))
+  return (tot_v / k, jax.tree_util.tree_map(lambda g: g / k, tot_g),
+          {n: v / k for n, v in tot_m.items()})
 
 
 def make_train_step(model, schedule: Schedule, param: Parameterization,
@@ -275,13 +324,16 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
   """Returns the pure ``train_step(state, batch) -> (state, metrics)`` (not jitted).
 
   batch: {'x': (B, ...), 'label': (B,) optional}. metrics: scalars loss, grad_norm, finite,
-  ema_decay and lr (when ``lr_fn`` is given).
+  ema_decay, lr (when ``lr_fn`` is given) and the objective's AUX_METRICS (the classifier's
+  training-batch accuracy).
   """
   loss = make_loss(model, schedule, param, cfg, loss_fn)
+  aux_names = AUX_METRICS[cfg.objective]
 
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(state.key, state.step)
-    value, grads = _accumulated_grads(loss, state.params, batch, key, cfg.grad_accum_steps)
+    value, grads, aux = _accumulated_grads(loss, state.params, batch, key,
+                                           cfg.grad_accum_steps, aux_names)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _tree_all_finite(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -301,7 +353,7 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
       bad = jnp.where(stopped, state.bad_step, jnp.where(finite, -1, state.step))
       new = new.replace(step=jnp.where(apply, state.step + 1, state.step), bad_step=bad)
     metrics = {"loss": value, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32),
-               "ema_decay": decay}
+               "ema_decay": decay, **aux}
     if lr_fn is not None:
       metrics["lr"] = jnp.asarray(lr_fn(state.step - state.num_skipped), jnp.float32)
     return new, metrics

@@ -9,6 +9,7 @@ import importlib
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -21,8 +22,10 @@ from experiments.validate import ConfigError
 Config = ml_collections.ConfigDict
 
 # Fields that define an experiment: a workdir whose checkpoints differ in any of these is refused.
+# training.objective is recorded only when it is not 'dsm' (``identity_dict``), so workdirs written
+# before the field existed (all 'dsm') still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
-                   "resolved.data_shape", "resolved.param_count")
+                   "training.objective", "resolved.data_shape", "resolved.param_count")
 
 
 # -- the math objects -----------------------------------------------------------------------------
@@ -67,7 +70,13 @@ def step_config(config: Config) -> training.StepConfig:
       weighting=t.weighting, time_sampling=t.time_sampling,
       loss_opts=tuple(sorted(loss_options(config).items())), ema_decay=t.ema_decay,
       ema_warmup=t.ema_warmup, nonfinite=t.nonfinite, grad_accum_steps=t.grad_accum_steps,
-      compute_dtype=t.compute_dtype, conditional=config.model.conditional)
+      compute_dtype=t.compute_dtype, conditional=config.model.conditional,
+      objective=t.objective)
+
+
+def is_classifier(config: Config) -> bool:
+  """Whether the run trains a noise-conditional classifier (training.objective='classifier')."""
+  return config.training.objective == "classifier"
 
 
 def denoiser(net, params, sched: Schedule, param: Parameterization) -> Callable:
@@ -75,6 +84,33 @@ def denoiser(net, params, sched: Schedule, param: Parameterization) -> Callable:
   def apply_fn(x_in, c, cond):
     return net.apply({"params": params}, x_in, c, labels=cond, train=False)
   return make_denoiser(apply_fn, sched, param)
+
+
+def classifier_logits(net, params, sched: Schedule, param: Parameterization) -> Callable:
+  """logits(x_t (B, ...), t scalar or (B,)) -> (B, C) of a classifier for fixed ``params``
+  (evaluation mode): the network on ``param.net_inputs(x_t, t, sched)``."""
+  def apply_fn(x_in, c):
+    return net.apply({"params": params}, x_in, c, labels=None, train=False)
+  return training.make_logits_fn(apply_fn, sched, param)
+
+
+def classifier_log_prob(config: Config, params: Any) -> Callable:
+  """``log_prob(x_t (B, ...), t scalar or (B,), labels (B,) int) -> (B,)``: log p(y | x_t, t) of
+  the classifier of ``config`` (training.objective='classifier') with ``params`` (e.g. the EMA
+  params of ``sample.restore_params``), i.e. log_softmax of its logits on its own
+  ``param.net_inputs(x_t, t, schedule)``. Differentiable in x_t (classifier guidance: Song et al.
+  2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1). Labels must be in [0, num_classes): the NULL
+  label has no class probability (JAX fills an out-of-range index with NaN)."""
+  if not is_classifier(config):
+    raise ValueError(f"classifier_log_prob needs a classifier config (training.objective="
+                     f"'classifier'), got training.objective={config.training.objective!r}")
+  logits = classifier_logits(model(config), params, schedule(config), parameterization(config))
+
+  def log_prob(x, t, labels):
+    lp = jax.nn.log_softmax(logits(x, t).astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(lp, jnp.asarray(labels, jnp.int32)[:, None], axis=-1)[:, 0]
+
+  return log_prob
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -109,6 +145,25 @@ def check_dataset(config: Config) -> None:
                     f"'lsun/<category>'")
 
 
+def dataset_num_classes(config: Config) -> int:
+  """Number of label classes of config.data.name (0: unlabelled): toy2d's or images'."""
+  if is_toy(config):
+    return toy2d.num_classes(config.data.name)
+  return _images_module().num_classes(config.data.name)
+
+
+def labelled_datasets() -> Tuple[str, ...]:
+  """Names of the datasets with class labels (toy and image)."""
+  mod = _images_module()
+  images = tuple(n for n in _image_names() if mod.num_classes(n) > 0)
+  return toy2d.labelled() + images
+
+
+def needs_labels(config: Config) -> bool:
+  """Whether the train step reads batch['label']: a class-conditional network or a classifier."""
+  return bool(config.model.conditional) or is_classifier(config)
+
+
 def _per_process(batch_size: int, process_count: int) -> int:
   if batch_size % process_count:
     raise ValueError(f"data.batch_size={batch_size} must be divisible by the number of "
@@ -119,10 +174,17 @@ def _per_process(batch_size: int, process_count: int) -> int:
 def train_batches(config: Config, start_step: int, process_index: int,
                   process_count: int) -> Iterator[Dict[str, np.ndarray]]:
   """This process's rows of training batches start_step, start_step + 1, ...: dicts with 'x'
-  (B / process_count, ...) and, for labelled data, 'label'. Batch i depends on (seed, i) only."""
+  (B / process_count, ...) and, when the step reads labels (``needs_labels``), 'label' (B /
+  process_count,) int32. Batch i depends on (seed, i) only; a toy batch's 'x' is the same with
+  or without labels."""
   d = config.data
   nan_at, nan_n = int(config.debug.nan_at_step), int(config.debug.nan_num_steps)
-  if is_toy(config):
+  labels = needs_labels(config)
+  if is_toy(config) and labels:
+    it = ({"x": x, "label": y} for x, y in toy2d.iterator(
+        d.name, d.batch_size, config.seed, start_step, process_index=process_index,
+        process_count=process_count, with_labels=True))
+  elif is_toy(config):
     it = ({"x": x} for x in toy2d.iterator(d.name, d.batch_size, config.seed, start_step,
                                            process_index=process_index,
                                            process_count=process_count))
@@ -137,7 +199,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
     for step, b in enumerate(it, start=start_step):
       if nan_at >= 0 and nan_at <= step < nan_at + nan_n:  # fault injection (config.debug)
         b = dict(b, x=np.full_like(np.asarray(b["x"]), np.nan))
-      if not config.model.conditional:
+      if not labels:
         b.pop("label", None)
       yield b
 
@@ -173,6 +235,25 @@ def heldout(config: Config, n: int, levels: bool = False) -> np.ndarray:
   return mod.to_levels(x, mod.num_levels(d.name)) if levels else x
 
 
+def heldout_labelled(config: Config, n: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(x (n', ...), labels (n',) int32): the held-out data of ``heldout`` with their labels; n'
+  = n, or fewer when an image test split is smaller."""
+  d = config.data
+  if is_toy(config):
+    return toy2d.heldout(d.name, n, d.heldout_seed, with_labels=True)
+  mod = _images_module()
+  kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
+                shuffle=False, num_epochs=1, drop_remainder=False)
+  xs, ys, total = [], [], 0
+  for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
+    xs.append(np.asarray(b["image"]))
+    ys.append(np.asarray(b["label"], np.int32))
+    total += len(xs[-1])
+    if total >= n:
+      break
+  return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
 def true_entropy(config: Config) -> Optional[float]:
   return toy2d.true_entropy(config.data.name) if is_toy(config) else None
 
@@ -205,7 +286,13 @@ def resolved(config: Config, example: Dict[str, np.ndarray], params: Any) -> Dic
 
 
 def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
-  """The full config as a dict, with the resolved facts under 'resolved'."""
+  """The full config as a dict, with the resolved facts under 'resolved'.
+
+  training.objective is left out when it is 'dsm' (the default): workdirs written before the
+  field existed hold no such key, and must still match a 'dsm' run (a 'classifier' run's is kept,
+  so the two refuse each other's workdirs: check_identity compares IDENTITY_FIELDS)."""
   d = config.to_dict()
+  if d.get("training", {}).get("objective") == "dsm":
+    del d["training"]["objective"]
   d["resolved"] = dict(res)
   return d

@@ -36,6 +36,14 @@ Images (integer data with L levels, D dimensions; config.data):
                       (python -m experiments.reference_stats), pixels by ``fid_pixels``
 Both: sliced_wasserstein (SW_2) and mmd (unbiased MMD^2, first eval.mmd_points) between the
 samples and held-out data, nfe of the sampler, the settings used.
+Classifiers (training.objective='classifier'; no samples, no plots): on the first
+data.num_heldout held-out points (toy: toy2d.heldout; images: the test split), at
+CLASSIFIER_EVAL_LEVELS times evenly spaced in logSNR from the training range's t_min to t_max
+(``classifier_eval_times``), one draw x_t = alpha x0 + sigma eps per point (fixed seed):
+  accuracy_at_t=<t>       held-out accuracy of the EMA classifier (argmax of its logits)
+  cross_entropy_at_t=<t>  its mean cross-entropy in nats (the Bayes classifier's is H(Y | X_t))
+  accuracy_mean, cross_entropy_mean   their means over the levels
+  eval_times, eval_logsnrs, heldout_points, num_classes   the settings
 """
 from __future__ import annotations
 
@@ -59,6 +67,7 @@ Config = ml_collections.ConfigDict
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
+CLASSIFIER_EVAL_LEVELS = 5  # noise levels of a classifier's held-out accuracy
 
 
 _JIT_CACHE: Dict[Any, Any] = {}
@@ -261,6 +270,95 @@ def fid_metrics(config: Config, x: np.ndarray, stats, inception_params) -> Dict[
   return out
 
 
+# -- classifiers: held-out accuracy per noise level ---------------------------------------------
+
+
+def classifier_eval_times(schedule, t_min: float, t_max: float,
+                          num: int = CLASSIFIER_EVAL_LEVELS) -> np.ndarray:
+  """``num`` times (float64, increasing, the ends exactly t_min and t_max) evenly spaced in
+  logSNR lambda(t) = log(alpha^2 / sigma^2) between lambda(t_min) and lambda(t_max)."""
+  if num < 2 or not t_min < t_max:
+    raise ValueError(f"need num >= 2 and t_min < t_max, got num={num}, t_min={t_min}, "
+                     f"t_max={t_max}")
+  lam = np.linspace(float(schedule.logsnr(np.float64(t_min))),
+                    float(schedule.logsnr(np.float64(t_max))), num)
+  t = np.asarray(schedule.t_from_logsnr(lam), np.float64)
+  t[0], t[-1] = t_min, t_max
+  return t
+
+
+def classifier_accuracy(logits_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                        x0: np.ndarray, labels: np.ndarray, schedule, times: np.ndarray,
+                        key: jax.Array) -> Dict[str, Any]:
+  """Accuracy and cross-entropy of a classifier on noisy held-out data, per time.
+
+  For level i and time t_i: x_t = alpha(t_i) x0 + sigma(t_i) eps, eps ~ N(0, I) drawn for the
+  whole set (n, ...) from fold_in(key, i); ``logits_of(x_t (n, ...), t (n,)) -> (n, C)``.
+  Returns {'accuracy': (L,), 'cross_entropy': (L,)} (numpy float64; nats).
+  """
+  labels = np.asarray(labels, np.int64)
+  acc, ce = [], []
+  for i, t in enumerate(np.asarray(times, np.float64)):
+    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, i), x0.shape), np.float64)
+    xt = (float(schedule.alpha(t)) * x0 + float(schedule.sigma(t)) * eps).astype(np.float32)
+    logits = np.asarray(logits_of(xt, np.full((len(x0),), t, np.float32)), np.float64)
+    log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    ce.append(float(-np.mean(log_p[np.arange(len(labels)), labels])))
+    acc.append(float(np.mean(np.argmax(logits, axis=-1) == labels)))
+  return {"accuracy": np.asarray(acc), "cross_entropy": np.asarray(ce)}
+
+
+def _classifier_logits_of(s, params, batch_size: int):
+  """(x_t (n, ...), t (n,)) -> logits (n, C) numpy of the classifier with ``params``, jitted over
+  the mesh in batches padded to one shape (one compile)."""
+  rep, bsh = parallel.replicated(s.mesh), parallel.batch_sharding(s.mesh)
+
+  def fn(p, x, t):
+    return build.classifier_logits(s.net, p, s.schedule, s.param)(x, t)
+
+  key = ("classifier_logits", s.config.to_json(), s.mesh)
+  jitted = _cached(key, lambda: jax.jit(fn, in_shardings=(rep, bsh, bsh), out_shardings=bsh))
+  ndev = s.mesh.devices.size
+  bs = max(ndev, (batch_size // ndev) * ndev)
+
+  def logits_of(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(x), bs):
+      xb, tb = x[start:start + bs], t[start:start + bs]
+      pad = bs - len(xb)
+      if pad:
+        xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+        tb = np.concatenate([tb, np.repeat(tb[-1:], pad, axis=0)])
+      y = jitted(params, jax.device_put(xb, bsh), jax.device_put(tb, bsh))
+      out.append(parallel.to_host(y)[:bs - pad])
+    return np.concatenate(out)
+
+  return logits_of
+
+
+def classifier_metrics(s, params) -> Dict[str, Any]:
+  """The held-out metrics of a classifier (module docstring) with ``params``."""
+  cfg = s.config
+  x0, labels = build.heldout_labelled(cfg, int(cfg.data.num_heldout))
+  t_min = build.loss_options(cfg).get("t_min", s.schedule.t_min)
+  t_max = cfg.training.loss_opts.get("t_max", None) or s.schedule.t_max
+  times = classifier_eval_times(s.schedule, float(t_min), float(t_max))
+  out = classifier_accuracy(_classifier_logits_of(s, params, int(cfg.eval.nll_batch_size)),
+                            np.asarray(x0, np.float64), labels, s.schedule, times,
+                            jax.random.PRNGKey(cfg.seed + 3))
+  metrics: Dict[str, Any] = {}
+  for t, a, c in zip(times, out["accuracy"], out["cross_entropy"]):
+    metrics[f"accuracy_at_t={t:.4g}"] = float(a)
+    metrics[f"cross_entropy_at_t={t:.4g}"] = float(c)
+  metrics.update({
+      "accuracy_mean": float(np.mean(out["accuracy"])),
+      "cross_entropy_mean": float(np.mean(out["cross_entropy"])),
+      "eval_times": [float(t) for t in times],
+      "eval_logsnrs": [float(s.schedule.logsnr(np.float64(t))) for t in times],
+      "heldout_points": int(len(labels)), "num_classes": int(build.dataset_num_classes(cfg))})
+  return metrics
+
+
 # -- which checkpoints ---------------------------------------------------------------------------
 
 
@@ -414,6 +512,9 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   toy = build.is_toy(config)
   metrics: Dict[str, Any] = {"step": int(step)}
   sig.phase = f"evaluation of step {step}"
+  if build.is_classifier(config):
+    metrics.update(classifier_metrics(s, params))
+    return _write_metrics(workdir, step, metrics, [], sig)
   n_held = max(int(e.nll_points), int(e.num_samples), int(e.mmd_points))
   if toy:
     held = build.heldout(config, max(n_held, int(config.data.num_heldout)))
@@ -488,7 +589,7 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     from diffusion.metrics.class_accuracy import class_accuracy
     metrics["class_accuracy"] = class_accuracy(ref[0], x, np.asarray(plan.labels(
         np.arange(len(x)))))
-  out, here = os.path.join(workdir, EVAL_DIR), step_dir(workdir, step, plan.tag)
+  here = step_dir(workdir, step, plan.tag)
   sig.phase = "the plots"
   figures = []
   if writers.is_main():
@@ -501,6 +602,14 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     if fig is not None:
       figures.append("density.png")
       plots.close(fig)
+  return _write_metrics(workdir, step, metrics, figures, sig, plan.tag)
+
+
+def _write_metrics(workdir: str, step: int, metrics: Dict[str, Any], figures: List[str],
+                   sig: signals.RunSignals, tag: str = "") -> Dict[str, Any]:
+  """Copies the step's ``figures`` to eval/, writes its metrics.json (last: it marks the step as
+  evaluated) and eval/metrics.json, the TensorBoard scalars, and says them in one line."""
+  out, here = os.path.join(workdir, EVAL_DIR), step_dir(workdir, step, tag)
   if writers.is_main():  # the metrics last: their file marks the step as evaluated
     sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {here}"
     with sig.deferred():  # no half-written metrics

@@ -15,6 +15,9 @@ Signals (``experiments.signals``), handled from the very start of ``train``:
     on the next start. SIGINT (Ctrl-C, a person stopping the run) exits 130 after the save, as
     an interrupted command does, so a shell script running several steps stops too. Further signals while saving only print
     ``... received again: already stopping, please wait``.
+Classifier runs (training.objective='classifier'): the same loop trains a noise-conditional
+classifier; the log line and metrics.jsonl add its training-batch accuracy, and no samples are
+drawn (neither every training.sample_every steps nor at the end).
 Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
 the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.
 """
@@ -68,7 +71,7 @@ def setup(config: Config) -> Setup:
   optimizer = training.make_optimizer(optim)
   step_cfg = build.step_config(config)
   example = build.example_batch(config)
-  ex_label = example.get("label")
+  ex_label = example.get("label") if config.model.conditional else None  # the network's input
 
   def init(key):
     return training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
@@ -85,7 +88,7 @@ def setup(config: Config) -> Setup:
 
 
 def init_state(s: Setup) -> training.TrainState:
-  ex_label = s.example.get("label")
+  ex_label = s.example.get("label") if s.config.model.conditional else None
 
   def init(key):
     return training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
@@ -195,6 +198,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
   status = "done"
   num_steps = int(tcfg.num_steps)
   k_max = max(1, int(tcfg.steps_per_call))
+  draws_samples = not build.is_classifier(config)
 
   def fetch():
     """Moves the pending metrics to the host; the skip limit is checked on them."""
@@ -236,8 +240,9 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
         t_last, step_last = now, step
         last_loss = m["loss"]
         writer.scalars(step, m)
-        say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  grad_norm {m['grad_norm']:.3f}  "
-            f"{m['steps_per_sec']:.1f} steps/s  "
+        acc = f"accuracy {m['accuracy']:.4f}  " if "accuracy" in m else ""
+        say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  {acc}grad_norm "
+            f"{m['grad_norm']:.3f}  {m['steps_per_sec']:.1f} steps/s  "
             f"ETA {writers.eta(step, num_steps, m['steps_per_sec'])}")
       if _crossed(prev, step, tcfg.ckpt_every) and step < num_steps:
         save(step)
@@ -246,7 +251,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
           say(f"hanging at step {step}")
           while sig.received is None:  # until killed, or a signal: saved below
             time.sleep(0.1)
-      if (_crossed(prev, step, tcfg.sample_every) and step < num_steps
+      if (draws_samples and _crossed(prev, step, tcfg.sample_every) and step < num_steps
           and sig.received is None):
         _report_samples(s, workdir, state, step, writer)
       if sig.received is not None:  # the step boundary: save, then stop
@@ -268,7 +273,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
         sig.acknowledge()
     if skipping:
       say(f"skipped {int(jax.device_get(state.num_skipped))} of {step} steps (non-finite)")
-  if status == "done" and sig.received is None:
+  if status == "done" and sig.received is None and draws_samples:
     # Everything is saved: a signal now stops the sampling at once (immediate mode).
     sig.phase, sig.nothing_saved = "the final samples", f"the checkpoint at step {step} is saved"
     _report_samples(s, workdir, state, step, writer)

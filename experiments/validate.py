@@ -30,8 +30,12 @@ SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
                "logsnr_max")
-# dsm_loss keywords the train step sets itself (not config.training.loss_opts).
+# Loss keywords the train step sets itself (not config.training.loss_opts).
 _STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond")
+# Modes that draw samples from the trained network (a classifier has none to draw).
+SAMPLING_MODES = ("sample", "sweep")
+# Suffix of the registered names of the noise-conditional classifiers (diffusion.models.classifier).
+CLASSIFIER_SUFFIX = "_classifier"
 
 
 class ConfigError(ValueError):
@@ -114,33 +118,90 @@ def check_sde(config: Config):
   return from_library("sde.fields", get_schedule, config.sde.name, **config.sde.fields.to_dict())
 
 
+def _needs_labelled_data(config: Config, what: str) -> int:
+  """The number of classes of config.data.name; a ConfigError naming ``what`` (the field that
+  asks for labels) and the labelled datasets when it has none."""
+  from experiments import build
+  classes = build.dataset_num_classes(config)
+  if classes <= 0:
+    raise ConfigError(f"{what} needs labelled data; the dataset {config.data.name!r} has no "
+                      f"labels; datasets with labels: {list(build.labelled_datasets())}")
+  return classes
+
+
+def _num_classes_match(config: Config, net: Any, classes: int, what: str) -> None:
+  got = getattr(net, "num_classes", None)
+  if got != classes:
+    raise ConfigError(f"config.model.net.num_classes={got!r} must equal the number of classes "
+                      f"of config.data.name={config.data.name!r}, {classes} ({what})")
+
+
 def check_model(config: Config) -> None:
   """model.*: a registered network whose constructor accepts model.net, a parameterization and
-  a time input the library knows, labels only for labelled (image) data."""
+  a time input the library knows; labels only for labelled data, with net.num_classes = the
+  data's classes and model.net.label_dropout in [0, 1)."""
   from diffusion import parameterization
   from diffusion.models import get_model, registered_models
-  from experiments import build
   m = config.model
   one_of("model.name", m.name, registered_models())
+  if "label_dropout" in m.net:
+    number_in("model.net.label_dropout", m.net.label_dropout, 0.0, 1.0, hi_open=True)
   net = from_library("model.net", get_model, m.name, **m.net.to_dict())
   one_of("model.parameterization", m.parameterization, parameterization.PARAMETERIZATIONS)
   one_of("model.time_input", m.time_input, parameterization.TIME_INPUTS)
   positive("model.sigma_data", m.sigma_data)
   is_bool("model.scale_input", m.scale_input)
   is_bool("model.conditional", m.conditional)
-  if m.conditional and build.is_toy(config):
-    raise ConfigError(f"config.model.conditional=True needs labelled (image) data; the toy "
-                      f"dataset {config.data.name!r} has no labels")
-  if m.conditional and not getattr(net, "num_classes", 0) > 0:
+  if not m.conditional:
+    return
+  if str(m.name).endswith(CLASSIFIER_SUFFIX):
+    raise ConfigError(f"config.model.conditional=True: the classifier config.model.name="
+                      f"{m.name!r} takes no labels as input (it predicts them); set "
+                      f"config.model.conditional=False")
+  classes = _needs_labelled_data(config, "config.model.conditional=True")
+  if not getattr(net, "num_classes", 0) > 0:
     raise ConfigError(f"config.model.conditional=True needs config.model.net.num_classes > 0 "
                       f"(got {getattr(net, 'num_classes', None)!r}): the network has no class "
                       f"embedding")
+  _num_classes_match(config, net, classes, "config.model.conditional=True")
 
 
-def loss_option_names() -> Sequence[str]:
-  """The dsm_loss keywords config.training.loss_opts may set."""
-  from diffusion.losses import dsm_loss
-  params = inspect.signature(dsm_loss).parameters.values()
+def check_objective(config: Config, mode: str) -> None:
+  """training.objective: 'dsm' trains a score network (a model not named '*_classifier'),
+  'classifier' a noise-conditional classifier ('*_classifier', labelled data, net.num_classes
+  = the data's classes), which --mode=sample / sweep refuse (it draws no samples)."""
+  from diffusion import training
+  from diffusion.models import get_model
+  objective, name = config.training.objective, config.model.name
+  one_of("training.objective", objective, training.OBJECTIVES)
+  is_classifier_net = isinstance(name, str) and name.endswith(CLASSIFIER_SUFFIX)
+  if objective == "dsm":
+    if is_classifier_net:
+      raise ConfigError(f"config.model.name={name!r} is a classifier; config.training.objective="
+                        f"'dsm' trains a score network: set config.training.objective="
+                        f"'classifier', or a score network (a model not named "
+                        f"'*{CLASSIFIER_SUFFIX}')")
+    return
+  if not is_classifier_net:
+    raise ConfigError(f"config.training.objective='classifier' needs a classifier network, a "
+                      f"config.model.name ending in '{CLASSIFIER_SUFFIX}' (e.g. 'mlp_classifier', "
+                      f"'unet_classifier'), got config.model.name={name!r}")
+  if mode in SAMPLING_MODES:
+    raise ConfigError(f"--mode={mode}: config.training.objective='classifier' trains a "
+                      f"noise-conditional classifier, which draws no samples; use --mode=train "
+                      f"or --mode=eval (held-out accuracy), and give its workdir to a score "
+                      f"model's sampler for classifier guidance")
+  classes = _needs_labelled_data(config, "config.training.objective='classifier'")
+  net = from_library("model.net", get_model, name, **config.model.net.to_dict())
+  _num_classes_match(config, net, classes, "config.training.objective='classifier'")
+
+
+def loss_option_names(objective: str = "dsm") -> Sequence[str]:
+  """The keywords config.training.loss_opts may set: of dsm_loss, or of classifier_loss for
+  ``objective == 'classifier'``."""
+  from diffusion.losses import classifier_loss, dsm_loss
+  fn = classifier_loss if objective == "classifier" else dsm_loss
+  params = inspect.signature(fn).parameters.values()
   return sorted(p.name for p in params
                 if p.kind == p.KEYWORD_ONLY and p.name not in _STEP_SET_LOSS_ARGS)
 
@@ -157,10 +218,11 @@ def check_training(config: Config) -> None:
   is_bool("training.async_checkpoints", t.async_checkpoints)
   one_of("training.weighting", t.weighting, losses.WEIGHTINGS)
   one_of("training.time_sampling", t.time_sampling, losses.TIME_SAMPLINGS)
-  bad = sorted(set(t.loss_opts.keys()) - set(loss_option_names()))
+  accepted = loss_option_names(t.objective)
+  bad = sorted(set(t.loss_opts.keys()) - set(accepted))
   if bad:
-    raise ConfigError(f"config.training.loss_opts has unknown option(s) {bad}; accepted: "
-                      f"{list(loss_option_names())}")
+    raise ConfigError(f"config.training.loss_opts has unknown option(s) {bad}; accepted "
+                      f"(training.objective={t.objective!r}): {list(accepted)}")
   number_in("training.ema_decay", t.ema_decay, 0.0, 1.0, hi_open=True)
   is_bool("training.ema_warmup", t.ema_warmup)
   one_of("training.nonfinite", t.nonfinite, training.NONFINITE_POLICIES)
@@ -470,6 +532,7 @@ def validate_config(config: Config, mode: str) -> None:
   check_data(config)
   schedule = check_sde(config)
   check_model(config)
+  check_objective(config, mode)
   check_training(config)
   check_optim(config)
   check_sampling(config, schedule)

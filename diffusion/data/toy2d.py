@@ -34,6 +34,14 @@ from one fixed density:
 Exact densities (``log_prob``) exist for ``8gaussians``, ``checkerboard`` and
 ``rings``; the others return ``None`` from ``true_entropy``.
 
+Labels (for class-conditional models and classifiers): ``8gaussians`` labels
+each point with its mixture component k in 0..7 (the mean at angle k pi/4 of
+``gaussian_mixture_params``), drawn with the point itself: ``sample``,
+``batch``, ``iterator`` and ``heldout`` with ``with_labels=True`` return
+``(x, labels)`` where ``x`` is bit for bit what ``with_labels=False`` returns
+(the same draws from the same generator). ``has_labels`` / ``num_classes`` /
+``labelled`` say which datasets have them.
+
 Batches for training are a pure function of ``(seed, step)`` (``batch``,
 ``iterator``), and ``heldout`` draws from a separate seed stream, so a resumed
 run sees exactly the same data and evaluation never reuses training draws.
@@ -46,6 +54,8 @@ import numpy as np
 from scipy import special
 
 Sampler = Callable[[int, np.random.Generator], np.ndarray]
+# (n, rng) -> (x (n, 2), labels (n,) int): the same draws as the plain sampler, with labels.
+LabelledSampler = Callable[[int, np.random.Generator], Tuple[np.ndarray, np.ndarray]]
 LogProb = Callable[[np.ndarray], np.ndarray]
 
 # --- 8gaussians -------------------------------------------------------------
@@ -57,9 +67,15 @@ _GAUSS8_MEANS = _GAUSS8_RADIUS * np.stack(
     [np.cos(_GAUSS8_ANGLES), np.sin(_GAUSS8_ANGLES)], axis=-1)  # (8, 2)
 
 
-def _sample_8gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+def _sample_8gaussians_labelled(n: int, rng: np.random.Generator
+                                ) -> Tuple[np.ndarray, np.ndarray]:
+  """(x (n, 2), component k (n,)): k uniform on 0..7, x ~ N(mu_k, std^2 I)."""
   k = rng.integers(0, 8, size=n)
-  return _GAUSS8_MEANS[k] + _GAUSS8_STD * rng.standard_normal((n, 2))
+  return _GAUSS8_MEANS[k] + _GAUSS8_STD * rng.standard_normal((n, 2)), k
+
+
+def _sample_8gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
+  return _sample_8gaussians_labelled(n, rng)[0]
 
 
 def _log_prob_8gaussians(x: np.ndarray) -> np.ndarray:
@@ -172,15 +188,19 @@ def _log_prob_rings(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ToyDataset:
-  """A 2-D toy density: its sampler and, when known in closed form, log p."""
+  """A 2-D toy density: its sampler and, when known in closed form, log p; for labelled data a
+  sampler of (x, labels) drawing x exactly as ``sampler`` does, and the number of classes."""
   name: str
   sampler: Sampler
   log_prob: Optional[LogProb] = None
+  labelled_sampler: Optional[LabelledSampler] = None
+  num_classes: int = 0
 
 
 DATASETS: Dict[str, ToyDataset] = {
     d.name: d for d in [
-        ToyDataset("8gaussians", _sample_8gaussians, _log_prob_8gaussians),
+        ToyDataset("8gaussians", _sample_8gaussians, _log_prob_8gaussians,
+                   _sample_8gaussians_labelled, 8),
         ToyDataset("checkerboard", _sample_checkerboard, _log_prob_checkerboard),
         ToyDataset("moons", _sample_moons),
         ToyDataset("swissroll", _sample_swissroll),
@@ -212,14 +232,36 @@ def get(name: str) -> ToyDataset:
   return DATASETS[name]
 
 
+def has_labels(name: str) -> bool:
+  """Whether dataset ``name`` has class labels (``with_labels=True``)."""
+  return get(name).labelled_sampler is not None
+
+
+def num_classes(name: str) -> int:
+  """Number of label classes of ``name`` (0: unlabelled), as ``images.num_classes``."""
+  return get(name).num_classes
+
+
+def labelled() -> Tuple[str, ...]:
+  """Names of the toy datasets with labels, sorted."""
+  return tuple(k for k in available() if has_labels(k))
+
+
+def _check_labelled(name: str) -> None:
+  if not has_labels(name):
+    raise ValueError(f"toy dataset {name!r} has no labels; datasets with labels: "
+                     f"{list(labelled())}")
+
+
 def _check_count(n: int, what: str = "n") -> int:
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
     raise ValueError(f"{what} must be a non-negative int, got {n!r}")
   return int(n)
 
 
-def sample(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-  """Draws ``n`` i.i.d. points of dataset ``name``; returns (n, 2) float32.
+def sample(name: str, n: int, rng: np.random.Generator, *, with_labels: bool = False):
+  """Draws ``n`` i.i.d. points of dataset ``name``; returns (n, 2) float32, or with
+  ``with_labels`` the pair (x, labels (n,) int32) with the same x.
 
   The draw uses only ``rng`` (a ``numpy.random.Generator``), which it advances.
   """
@@ -227,6 +269,10 @@ def sample(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
   n = _check_count(n)
   if not isinstance(rng, np.random.Generator):
     raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+  if with_labels:
+    _check_labelled(name)
+    x, labels = dataset.labelled_sampler(n, rng)
+    return x.astype(np.float32), np.asarray(labels, np.int32)
   return dataset.sampler(n, rng).astype(np.float32)
 
 
@@ -333,28 +379,34 @@ def _check_processes(batch_size: int, process_index: int, process_count: int) ->
 
 
 def batch(name: str, batch_size: int, seed: int, step: int, *, process_index: int = 0,
-          process_count: int = 1) -> np.ndarray:
+          process_count: int = 1, with_labels: bool = False):
   """Training batch number ``step``: a pure function of (name, batch_size, seed, step).
 
   The global batch (batch_size, 2) is drawn from its own generator keyed by
   (seed, step); with several processes, process ``process_index`` gets rows
   ``[i * b, (i + 1) * b)``, ``b = batch_size // process_count``, so the union
-  over processes does not depend on how many there are. Returns (b, 2) float32.
+  over processes does not depend on how many there are. Returns (b, 2) float32,
+  or with ``with_labels`` (x, labels (b,) int32), x the same.
   """
   _check_processes(batch_size, process_index, process_count)
-  data = sample(name, batch_size, _rng_for(_TRAIN_STREAM, seed, step))
+  data = sample(name, batch_size, _rng_for(_TRAIN_STREAM, seed, step), with_labels=with_labels)
   per = batch_size // process_count
-  return data[process_index * per:(process_index + 1) * per]
+  rows = slice(process_index * per, (process_index + 1) * per)
+  return (data[0][rows], data[1][rows]) if with_labels else data[rows]
 
 
 def iterator(name: str, batch_size: int, seed: int, start_step: int = 0, *,
-             process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
-  """Infinite iterator of ``batch(name, batch_size, seed, step)``, step = start_step, ...
+             process_index: int = 0, process_count: int = 1,
+             with_labels: bool = False) -> Iterator:
+  """Infinite iterator of ``batch(name, batch_size, seed, step, with_labels=...)``, step =
+  start_step, ...
 
   Resuming at ``start_step`` yields exactly the batches an uninterrupted run
   would have seen from that step on.
   """
   get(name)
+  if with_labels:
+    _check_labelled(name)
   batch_size = _check_count(batch_size, "batch_size")
   _rng_for(_TRAIN_STREAM, seed, start_step)  # Validates seed and start_step now.
   _check_processes(batch_size, process_index, process_count)
@@ -363,11 +415,13 @@ def iterator(name: str, batch_size: int, seed: int, start_step: int = 0, *,
     step = int(start_step)
     while True:
       yield batch(name, batch_size, seed, step, process_index=process_index,
-                  process_count=process_count)
+                  process_count=process_count, with_labels=with_labels)
       step += 1
 
   return gen()
 
-def heldout(name: str, n: int, seed: int) -> np.ndarray:
-  """Fixed evaluation set (n, 2) float32 from a seed stream disjoint from training."""
-  return sample(name, n, _rng_for(_HELDOUT_STREAM, seed, 0))
+
+def heldout(name: str, n: int, seed: int, *, with_labels: bool = False):
+  """Fixed evaluation set (n, 2) float32 from a seed stream disjoint from training; with
+  ``with_labels`` (x, labels (n,) int32), x the same."""
+  return sample(name, n, _rng_for(_HELDOUT_STREAM, seed, 0), with_labels=with_labels)

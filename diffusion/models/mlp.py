@@ -1,13 +1,20 @@
-"""A residual MLP score network for low-dimensional (toy) data."""
+"""A residual MLP score network for low-dimensional (toy) data, and its trunk.
+
+``mlp_trunk`` (time embedding, optional class embedding, residual blocks) is shared with the
+noise-conditional classifier ``mlp_classifier`` (diffusion.models.classifier), which puts a
+logits head on it instead of the score head.
+"""
 from __future__ import annotations
 
 import math
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from diffusion.models import register_model
+from diffusion.models import layers, register_model
 
 
 def sinusoidal_embedding(c: jnp.ndarray, dim: int, scale: float = 1.0,
@@ -38,35 +45,95 @@ class ResidualBlock(nn.Module):
     return x + h
 
 
+def check_labels(labels, batch_size: int, num_classes: int) -> None:
+  """Labels (B,) of a network with ``num_classes`` classes (NULL label = num_classes).
+
+  Raises ValueError for labels given to a network without classes, a shape other than (B,), or
+  (when the values are concrete, i.e. not traced) values outside [0, num_classes]; TypeError for
+  non-integer labels. Traced values cannot be checked: an out-of-range label there reads the
+  embedding table out of bounds (JAX fills it), so the drivers check their data first.
+  """
+  if labels is None:
+    return
+  if num_classes <= 0:
+    raise ValueError("labels were given to a network built with num_classes=0; build it with "
+                     "num_classes > 0 or pass labels=None")
+  if tuple(labels.shape) != (batch_size,):
+    raise ValueError(f"labels must have shape ({batch_size},), got {tuple(labels.shape)}")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+  if isinstance(labels, jax.core.Tracer) or batch_size == 0:
+    return
+  values = np.asarray(labels)
+  lo, hi = int(values.min()), int(values.max())
+  if lo < 0 or hi > num_classes:
+    raise ValueError(f"labels must be in [0, {num_classes}] (classes 0..{num_classes - 1}, "
+                     f"{num_classes} = NULL), got values in [{lo}, {hi}]")
+
+
+def check_label_args(num_classes: int, label_dropout: float) -> None:
+  """num_classes >= 0 and label_dropout in [0, 1) (ValueError naming the value otherwise)."""
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+  if not 0.0 <= label_dropout < 1.0:
+    raise ValueError(f"label_dropout={label_dropout}: accepted range [0, 1)")
+
+
+def mlp_trunk(x, c, labels, *, train: bool, width: int, num_blocks: int, embed_dim: int,
+              embedding_scale: float, num_classes: int, label_dropout: float, dtype):
+  """The residual MLP's features: x (B, D), c (B,) -> (B, width).
+
+  c goes through sinusoidal features (times ``embedding_scale``) and a two-layer MLP; with
+  ``num_classes > 0`` a learned class embedding with a NULL class (``layers.ClassEmbedding``:
+  labels None = all NULL; with ``train`` each label is dropped to NULL with probability
+  ``label_dropout``, drawing from the 'dropout' rng; Ho & Salimans 2022) is added before the
+  activation. Must be called inside a compact module (the layers attach to it, auto-named in
+  this order).
+  """
+  if x.ndim != 2:
+    raise ValueError(f"mlp expects x of shape (B, D), got {x.shape}")
+  if c.shape != (x.shape[0],):
+    raise ValueError(f"c must have shape ({x.shape[0]},), got {c.shape}")
+  check_labels(labels, x.shape[0], num_classes)
+  emb = sinusoidal_embedding(c, embed_dim, embedding_scale)
+  emb = nn.Dense(width, dtype=dtype)(emb)
+  emb = nn.Dense(width, dtype=dtype)(nn.silu(emb))
+  if num_classes:
+    emb = emb + layers.ClassEmbedding(num_classes, width, label_dropout, dtype)(
+        labels, x.shape[0], train)
+  emb = nn.silu(emb)
+  h = nn.Dense(width, dtype=dtype)(x)
+  for _ in range(num_blocks):
+    h = ResidualBlock(width, dtype)(h, emb)
+  return nn.silu(nn.LayerNorm(dtype=dtype)(h))
+
+
 @register_model("mlp")
 class MLP(nn.Module):
-  """Residual MLP: x (B, D), c (B,) -> (B, D).
+  """Residual MLP: x (B, D), c (B,), labels (B,) int or None -> (B, D).
 
   The noise-conditioning scalar c goes through sinusoidal features (times ``embedding_scale``)
-  and a two-layer MLP; class labels (optional) add a learned embedding with a null class.
+  and a two-layer MLP; with ``num_classes > 0`` a learned class embedding with a NULL class
+  (index num_classes; labels None means NULL) is added, and with ``train=True`` each label is
+  replaced by NULL with probability ``label_dropout`` (classifier-free guidance training, Ho &
+  Salimans 2022; needs a 'dropout' rng).
   """
   width: int = 256
   num_blocks: int = 4
   embed_dim: int = 128
   embedding_scale: float = 1000.0
   num_classes: int = 0
+  label_dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+
+  def __post_init__(self):
+    check_label_args(self.num_classes, self.label_dropout)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, c, labels: Optional[jnp.ndarray] = None, train: bool = False):
-    del train
-    if x.ndim != 2:
-      raise ValueError(f"mlp expects x of shape (B, D), got {x.shape}")
-    emb = sinusoidal_embedding(c, self.embed_dim, self.embedding_scale)
-    emb = nn.Dense(self.width, dtype=self.dtype)(emb)
-    emb = nn.Dense(self.width, dtype=self.dtype)(nn.silu(emb))
-    if self.num_classes:
-      if labels is None:
-        labels = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
-      emb = emb + nn.Embed(self.num_classes + 1, self.width)(labels)
-    emb = nn.silu(emb)
-    h = nn.Dense(self.width, dtype=self.dtype)(x)
-    for _ in range(self.num_blocks):
-      h = ResidualBlock(self.width, self.dtype)(h, emb)
-    h = nn.silu(nn.LayerNorm(dtype=self.dtype)(h))
+    h = mlp_trunk(x, c, labels, train=train, width=self.width, num_blocks=self.num_blocks,
+                  embed_dim=self.embed_dim, embedding_scale=self.embedding_scale,
+                  num_classes=self.num_classes, label_dropout=self.label_dropout,
+                  dtype=self.dtype)
     return nn.Dense(x.shape[-1], dtype=self.dtype)(h).astype(x.dtype)
