@@ -119,6 +119,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.inverse.samples_per_observation = 4
   c.inverse.pigdm_scale = 1.0  # multiplies Pi-GDM's guidance term
   c.inverse.sigma_data = 1.0  # Pi-GDM's r_t^2 = sd^2 s^2 / (sd^2 + s^2), s = sigma / alpha
+  # Pi-GDM guides only for t <= pigdm_t_hi (None: every t, the paper). Near alpha = 0 a trained
+  # network's Jacobian error is amplified about 1/alpha^2 (diffusion.inverse.pigdm).
+  c.inverse.pigdm_t_hi = config_dict.placeholder(float)
 
   c.eval = ml_collections.ConfigDict()
   # Which checkpoints --mode=eval evaluates: eval.step (None: the newest), or with

@@ -138,7 +138,7 @@ def _labels_or_raise(cond, who: str):
   return labels
 
 
-def _in_interval(t, interval, x):
+def in_interval(t, interval, x):
   """(B, 1, ...) bool: t_lo <= t <= t_hi per sample, broadcastable against x."""
   lo, hi = interval
   inside = (t >= lo) & (t <= hi)
@@ -212,7 +212,7 @@ def classifier_free(denoise: Denoiser, weight: float, *, null_label: int,
     # = x0_u + w (x0_c - x0_u), written to be exactly x0_c at w = 1.
     x0 = x0_c + jnp.asarray(w_scale - 1.0, out.dtype) * (x0_c - x0_u)
     if interval is not None:
-      x0 = jnp.where(_in_interval(tb, interval, x0), x0, x0_c)
+      x0 = jnp.where(in_interval(tb, interval, x0), x0, x0_c)
     return x0
 
   return with_info(guided, denoise, "classifier_free", batch_multiplier=2)
@@ -274,7 +274,7 @@ def classifier_guidance(denoise: Denoiser, log_prob_fn: LogProbFn, schedule, *,
     a, s = schedule.alpha(tt), schedule.sigma(tt)
     x0_g = x0 + (jnp.asarray(c, x.dtype) * s * s / a) * grad.astype(x0.dtype)
     if interval is not None:
-      x0_g = jnp.where(_in_interval(tb, interval, x0_g), x0_g, x0)
+      x0_g = jnp.where(in_interval(tb, interval, x0_g), x0_g, x0)
     return x0_g.astype(x0.dtype)
 
   return with_info(guided, denoise, "classifier_guidance", network_vjp=False)

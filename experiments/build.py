@@ -97,20 +97,18 @@ def classifier_logits(net, params, sched: Schedule, param: Parameterization) -> 
 def classifier_log_prob(config: Config, params: Any) -> Callable:
   """``log_prob(x_t (B, ...), t scalar or (B,), labels (B,) int) -> (B,)``: log p(y | x_t, t) of
   the classifier of ``config`` (training.objective='classifier') with ``params`` (e.g. the EMA
-  params of ``sample.restore_params``), i.e. log_softmax of its logits on its own
-  ``param.net_inputs(x_t, t, schedule)``. Differentiable in x_t (classifier guidance: Song et al.
-  2021, eq. 14; Dhariwal & Nichol 2021, Alg. 1). Labels must be in [0, num_classes): the NULL
-  label has no class probability (JAX fills an out-of-range index with NaN)."""
+  params of ``sample.restore_params``): ``diffusion.guidance.network_log_prob`` of its network on
+  its own ``param.net_inputs(x_t, t, schedule)``, 0 for the NULL label. Differentiable in x_t."""
+  from diffusion import guidance
   if not is_classifier(config):
     raise ValueError(f"classifier_log_prob needs a classifier config (training.objective="
                      f"'classifier'), got training.objective={config.training.objective!r}")
-  logits = classifier_logits(model(config), params, schedule(config), parameterization(config))
+  net = model(config)
 
-  def log_prob(x, t, labels):
-    lp = jax.nn.log_softmax(logits(x, t).astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(lp, jnp.asarray(labels, jnp.int32)[:, None], axis=-1)[:, 0]
+  def apply_fn(x_in, c):
+    return net.apply({"params": params}, x_in, c, labels=None, train=False).astype(jnp.float32)
 
-  return log_prob
+  return guidance.network_log_prob(apply_fn, schedule(config), parameterization(config))
 
 
 # -- data -----------------------------------------------------------------------------------------

@@ -93,25 +93,48 @@ def _classifier(config: Config, schedule):
   """(transform, aux params) of classifier guidance with the restored classifier of
   config.guidance.classifier_config / classifier_workdir."""
   from diffusion import guidance
-  from experiments import main, sample
+  from experiments import build, main, sample
   g = config.guidance
-  clf_config = main.load_config_file(g.classifier_config)
+  clf_config = saved_config(main.load_config_file(g.classifier_config), g.classifier_workdir)
   check_classifier_config(config, clf_config)
-  s, params, step = sample.restore_params(clf_config, g.classifier_workdir)
-  net, param = s.net, s.param
+  _, params, step = sample.restore_params(clf_config, g.classifier_workdir)
   scale = float(g.classifier_scale)
   interval = _interval(config)
   # The classifier guides the unconditional model: a conditional network gets the NULL label.
   null = num_classes(config) or None
 
   def transform(denoise, aux):
-    def apply_fn(x_in, c):
-      return net.apply({"params": aux["classifier"]}, x_in, c, train=False)
-    log_prob = guidance.network_log_prob(apply_fn, schedule, param)
+    log_prob = build.classifier_log_prob(clf_config, aux["classifier"])
     return guidance.classifier_guidance(denoise, log_prob, schedule, scale=scale,
                                         interval=interval, null_label=null)
 
   return transform, params, int(clf_config.model.net.num_classes), step
+
+
+def saved_config(file_config: Config, workdir: str) -> Config:
+  """The config a run in ``workdir`` used: ``file_config`` (its config file, which gives the
+  fields and their types) with every value saved in <workdir>/config.json set on it, so command-
+  line overrides of that run (a smaller network, other steps) are reproduced. A field the file no
+  longer has is an error naming it; a workdir without config.json gives ``file_config``."""
+  from diffusion import checkpoint
+  saved = checkpoint.read_config(workdir)
+  if saved is None:
+    return file_config
+  saved = {k: v for k, v in saved.items() if k != "resolved"}
+  out = file_config.copy_and_resolve_references()
+
+  def overlay(node, values, prefix):
+    for k, v in values.items():
+      if k not in node:
+        raise ConfigError(f"{workdir}/config.json has the field {prefix}{k}, which its config "
+                          f"file no longer has; pass the config file the run was trained with")
+      if isinstance(node[k], ml_collections.ConfigDict) and isinstance(v, dict):
+        overlay(node[k], v, f"{prefix}{k}.")
+      else:
+        node[k] = tuple(v) if isinstance(v, list) else v
+
+  overlay(out, saved, "")
+  return out
 
 
 def check_classifier_config(config: Config, clf_config: Config) -> None:
@@ -238,8 +261,9 @@ def _inverse(config: Config, schedule):
     return lambda denoise, aux: inverse.replacement(denoise, op)
   if inv.method == "pigdm":
     noise, sd, scale = float(inv.noise_std), float(inv.sigma_data), float(inv.pigdm_scale)
+    interval = None if inv.pigdm_t_hi is None else (float(schedule.t_min), float(inv.pigdm_t_hi))
     return lambda denoise, aux: inverse.pigdm(denoise, schedule, op, noise_std=noise,
-                                              sigma_data=sd, scale=scale)
+                                              sigma_data=sd, scale=scale, interval=interval)
   raise ConfigError(f"config.inverse.method={inv.method!r}; accepted: {list(INVERSE_METHODS)}")
 
 

@@ -156,6 +156,12 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
     x, info = generate(s, params, n, jax.random.PRNGKey(config.seed + 2),
                        progress=writers.Progress("sampling", n, "samples"), plan=plan)
     nfe = int(np.asarray(info.get("nfe", -1)))
+    bad = int(np.sum(~np.all(np.isfinite(np.asarray(x).reshape(n, -1)), axis=1)))
+    if bad:
+      hint = (" (Pi-GDM near alpha = 0 amplifies the network's error: set "
+              "config.inverse.pigdm_t_hi, e.g. to 0.9 t_max)" if config.inverse.task != "none"
+              and config.inverse.method == "pigdm" else "")
+      say(f"warning: {bad} of {n} samples are not finite{hint}")
     idx = jnp.arange(n)
     extra: Dict[str, Any] = {"batch_multiplier": info["batch_multiplier"],
                              "network_vjp": info["network_vjp"],

@@ -401,6 +401,9 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
                       f"noiseless observations; use inverse.method='pigdm' for noisy ones")
   positive("inverse.pigdm_scale", inv.pigdm_scale)
   positive("inverse.sigma_data", inv.sigma_data)
+  if inv.pigdm_t_hi is not None:
+    number_in("inverse.pigdm_t_hi", inv.pigdm_t_hi, float(schedule.t_min), float(schedule.t_max),
+              lo_open=True)
   int_at_least("inverse.factor", inv.factor, 1)
   int_at_least("inverse.samples_per_observation", inv.samples_per_observation, 1)
   if mode == "sample":

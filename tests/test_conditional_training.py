@@ -22,8 +22,8 @@ CLF = os.path.join(REPO, "configs", "toy", "8gaussians_vp_classifier.py")
 
 
 def _config(path, **overrides):
-  from experiments.main import _load_config_file
-  return with_overrides(_load_config_file(path), {**TINY, **overrides})
+  from experiments.main import load_config_file
+  return with_overrides(load_config_file(path), {**TINY, **overrides})
 
 
 def _refused(config, mode="train") -> str:
@@ -235,9 +235,9 @@ def test_classifier_configs_match_their_score_models():
   network inputs, training times and time embedding (the sampling driver checks the schedule)."""
   from configs.digits import classifier, cond, vp
   from configs.toy import common
-  from experiments.main import _load_config_file
-  toy_clf = _load_config_file(CLF)
-  pairs = [(_load_config_file(COND), toy_clf), (common.toy_config("8gaussians", "vp"), toy_clf),
+  from experiments.main import load_config_file
+  toy_clf = load_config_file(CLF)
+  pairs = [(load_config_file(COND), toy_clf), (common.toy_config("8gaussians", "vp"), toy_clf),
            (vp.get_config(), classifier.get_config()), (cond.get_config(), classifier.get_config())]
   for score, clf in pairs:
     assert clf.sde.to_dict() == score.sde.to_dict()

@@ -461,3 +461,22 @@ def test_label_reaches_the_inner_denoiser(transform, x64):
   assert info["network_vjp"] == (transform == "pigdm")
   assert info["batch_multiplier"] == 1
   assert info["nfe"] == sampler_info("euler").nfe(3, {"final_denoise": False})
+
+
+def test_pigdm_interval_guides_only_inside():
+  """pigdm(interval=(lo, hi)): x0_hat outside [lo, hi] exactly, the full Pi-GDM output inside."""
+  sched = schedules.get_schedule("vp")
+  gm = analytic.random_mixture(3, 2, num_components=2)
+  den = gm.denoiser(sched)
+  op = inverse.MatrixOperator(np.array([[1.0, 0.0]]))
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+  cond = {"y": jnp.ones((4, 1))}
+  t = jnp.array([0.05, 0.3, 0.6, 0.95])
+  full = inverse.pigdm(den, sched, op)(x, t, cond)
+  part = inverse.pigdm(den, sched, op, interval=(0.2, 0.7))(x, t, cond)
+  inside = np.array([False, True, True, False])
+  np.testing.assert_array_equal(part[inside], full[inside])
+  np.testing.assert_array_equal(part[~inside], den(x, t)[~inside])
+  assert np.max(np.abs(full[~inside] - den(x, t)[~inside])) > 1e-3  # the guidance did act there
+  with pytest.raises(ValueError, match="interval"):
+    inverse.pigdm(den, sched, op, interval=(0.7, 0.2))
