@@ -41,23 +41,12 @@ from diffusion.data import toy2d  # noqa: E402
 from diffusion.metrics import sliced_wasserstein  # noqa: E402
 from diffusion.metrics.class_accuracy import class_accuracy  # noqa: E402
 from experiments import conditioning, sample  # noqa: E402
-from experiments.main import load_config_file  # noqa: E402
+from experiments.main import load_config_file, overridden  # noqa: E402
 
 
 def exact_mixture() -> analytic.GaussianMixture:
   w, means, covs = toy2d.gaussian_mixture_params("8gaussians")
   return analytic.GaussianMixture.create(w, means, covs, classes=np.arange(len(w)))
-
-
-def configured(config, overrides):
-  c = config.copy_and_resolve_references()
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
 
 
 def run_setting(s, params, config, n: int, seed: int):
@@ -126,7 +115,7 @@ def main(argv=None) -> int:
                  ("classifier, scale 3", dict(clf, **{"guidance.classifier_scale": 3.0}))]
   rows, shown = [], {}
   for name, over in settings:
-    cfg = configured(base, over)
+    cfg = overridden(base, over)
     x, labels, secs, info = run_setting(s, params, cfg, n, seed=base.seed + 2)
     rows.append((name, class_accuracy(ref, x, labels), class_sw(gm, x, labels, 0, args.per_class),
                  int(info["nfe"]), int(info["batch_multiplier"]), secs))
@@ -152,7 +141,7 @@ def main(argv=None) -> int:
          {"inverse.method": "pigdm", "inverse.sigma_data": 2.0, "inverse.pigdm_t_hi": t_hi})
         for t_hi in (None, 0.9, 0.7)]
     for method, extra in methods:
-      cfg = configured(base, {"inverse.task": "inpaint", "inverse.observations": obs,
+      cfg = overridden(base, {"inverse.task": "inpaint", "inverse.observations": obs,
                               "inverse.method": "replacement", "guidance.label": 8, **extra})
       x, _, secs, info = run_setting(s, params, cfg, len(heldout) * k, seed=base.seed + 2)
       comp = [x[j::len(heldout)] for j in range(len(heldout))]
@@ -181,7 +170,8 @@ def main(argv=None) -> int:
   lines += ["", f"Inpainting: x1 observed (noiseless) at {len(heldout)} held-out points, "
             f"{args.per_observation} completions each; W2 of the completions' x2 to the exact "
             f"posterior's, mean over observations; exact vs exact: {floor_inp:.4f}.", "",
-            "| method | W2 to exact posterior | max abs(x1 - y) | NFE | backprop per call | seconds |",
+            "| method | W2 to exact posterior | max abs(x1 - y) | NFE | backprop per call | "
+            "seconds |",
             "|---|---|---|---|---|---|"]
   lines += [f"| {r[0]} | {r[1]:.4f} | {r[2]:.1e} | {r[3]} | {'yes' if r[4] else 'no'} | "
             f"{r[5]:.1f} |" for r in inp_rows]

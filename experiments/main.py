@@ -11,7 +11,7 @@ import difflib
 import importlib.util
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app, flags, logging
 import ml_collections
@@ -57,6 +57,22 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   mod = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(mod)
   return mod.get_config(arg) if arg else mod.get_config()
+
+
+def overridden(config: ml_collections.ConfigDict,
+               overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted-key ``overrides`` ({'guidance.weight': 3.0}) set, as the
+  command line's --config.<key>=<value> would; an unknown key raises KeyError naming it."""
+  c = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    if last not in node:
+      raise KeyError(f"config has no field {key!r}")
+    node[last] = value
+  return c
 
 
 def override_keys(argv: Sequence[str]) -> List[str]:

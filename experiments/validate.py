@@ -360,8 +360,8 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   one_of("guidance.kind", g.kind, cond_lib.GUIDANCE_KINDS)
   ncls = cond_lib.num_classes(config)
   if g.kind == "cfg" and not ncls:
-    raise ConfigError(f"config.guidance.kind='cfg' needs a conditional model (model.conditional="
-                      f"True and model.net.num_classes > 0); this one is unconditional")
+    raise ConfigError("config.guidance.kind='cfg' needs a conditional model (model.conditional="
+                      "True and model.net.num_classes > 0); this one is unconditional")
   if g.kind == "cfg":
     number_in("guidance.weight", g.weight, -math.inf)
     one_of("guidance.convention", g.convention, ("scale", "ho_salimans"))

@@ -142,3 +142,21 @@ def test_reference_classifiers():
   x, y = load_digits("test")
   acc = np.mean(predict((x + 0.5) / LEVELS * 2 - 1) == y)
   assert acc > 0.93 and f"{acc:.1%}" in what
+
+
+def test_class_accuracy_counts_non_finite_samples_as_wrong():
+  from diffusion.metrics.class_accuracy import class_accuracy
+  predict = lambda x: (x[:, 0] > 0).astype(int)  # noqa: E731
+  x = np.array([[1.0], [-1.0], [np.nan], [np.inf]])
+  assert class_accuracy(predict, x, np.array([1, 0, 1, 1])) == 0.5
+  with pytest.raises(ValueError, match="as many labels"):
+    class_accuracy(predict, x, np.array([1]))
+
+
+def test_overridden_copies_and_refuses_unknown_keys():
+  from experiments.main import overridden
+  c = tiny_config()
+  d = overridden(c, {"guidance.weight": 3.0})
+  assert d.guidance.weight == 3.0 and c.guidance.weight == 1.0
+  with pytest.raises(KeyError, match="guidance.wieght"):
+    overridden(c, {"guidance.wieght": 3.0})

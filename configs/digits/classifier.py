@@ -14,7 +14,17 @@ Run (train, then held-out accuracy on the 297 test digits at 5 noise levels):
   python -m experiments.main --config=configs/digits/classifier.py --workdir=workdirs/digits_classifier --mode=train
   python -m experiments.main --config=configs/digits/classifier.py --workdir=workdirs/digits_classifier --mode=eval
 
-Measured: (to fill)
+Measured (2026-12-02, 2 CPU cores shared with a sampling job; training 1,000 steps in 106 s wall,
+evaluation 9 s): held-out accuracy / cross-entropy (nats) of the EMA classifier on the 297 test
+digits, one x_t draw each,
+  t = 0.001   0.956 / 0.160
+  t = 0.0317  0.953 / 0.181
+  t = 0.305   0.586 / 1.221
+  t = 0.722   0.125 / 2.297
+  t = 1       0.118 / 2.311
+(an SVC of clean digits: 0.953 on the same split). Guiding configs/digits/cond.py's NULL-label
+model with it: class accuracy 0.741 at scale 1, 0.993 at scale 3 (benchmarks/guidance_digits.py,
+docs/guidance.md).
 """
 import ml_collections
 

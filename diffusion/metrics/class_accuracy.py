@@ -22,12 +22,17 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def class_accuracy(predict: Predict, x: np.ndarray, labels: np.ndarray) -> float:
-  """Fraction of samples x (n, ...) that ``predict`` assigns to their ``labels`` (n,)."""
+  """Fraction of samples x (n, ...) that ``predict`` assigns to their ``labels`` (n,); a sample
+  with a non-finite value counts as wrong."""
   x, labels = np.asarray(x), np.asarray(labels)
   if len(x) != len(labels) or len(x) == 0:
     raise ValueError(f"need as many labels as samples (> 0), got {len(x)} samples and "
                      f"{len(labels)} labels")
-  return float(np.mean(np.asarray(predict(x)) == labels))
+  finite = np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
+  correct = np.zeros(len(x), bool)
+  if finite.any():
+    correct[finite] = np.asarray(predict(x[finite])) == labels[finite]
+  return float(np.mean(correct))
 
 
 def per_class_accuracy(predict: Predict, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
