@@ -1,7 +1,7 @@
 """Class-conditional digits: guidance weight against class accuracy, and inpainting.
 
 Samples a trained class-conditional digits model (configs/digits/cond.py) through the sampling
-driver's code path (experiments.conditioning plans, experiments.sample.generate) with
+driver's code path (experiments.conditioning plans, experiments.sample.generate_as) with
 classifier-free guidance at several weights and, if a noise-conditional classifier
 (configs/digits/classifier.py) is given, with classifier guidance; reports for each the class
 accuracy of the samples by an SVC trained on the digits' training split
@@ -19,13 +19,10 @@ class, one panel per guidance weight) and docs/img/inpainting_digits.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
-import time
 
-import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,18 +30,8 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from diffusion.metrics.class_accuracy import class_accuracy, digits_classifier  # noqa: E402
-from experiments import build, conditioning, observations, sample  # noqa: E402
+from experiments import build, observations, sample  # noqa: E402
 from experiments.main import load_config_file, overridden  # noqa: E402
-
-
-def generate(s, params, config, n: int):
-  st = dataclasses.replace(s, config=config)
-  plan = conditioning.plan(config, st, "sample")
-  t0 = time.time()
-  x, info = sample.generate(st, params, n, jax.random.PRNGKey(config.seed + 2), plan=plan)
-  secs = time.time() - t0
-  labels = np.asarray(plan.labels(np.arange(n))) if plan.conditional else None
-  return np.asarray(x), labels, info, secs
 
 
 def class_rows(x, labels, per_row: int = 10):
@@ -107,7 +94,7 @@ def main(argv=None) -> int:
   rows, panels = [], []
   for name, over in settings:
     cfg = overridden(base, over)
-    x, labels, info, secs = generate(s, params, cfg, n)
+    x, labels, info, secs = sample.generate_as(s, params, cfg, n)
     row = [name, class_accuracy(predict, x, labels), int(info["nfe"]),
            int(info["batch_multiplier"]), secs]
     if stats is not None:
@@ -136,7 +123,7 @@ def main(argv=None) -> int:
       cfg = overridden(base, {"inverse.task": "inpaint", "inverse.observations": obs,
                               "inverse.samples_per_observation": k, "guidance.label": 10,
                               **over})
-      x, _, info, secs = generate(s, params, cfg, args.num_observations * k)
+      x, _, info, secs = sample.generate_as(s, params, cfg, args.num_observations * k)
       j = np.arange(len(x)) % args.num_observations
       missing = 1 - mask[j]
       rmse = float(np.sqrt(np.sum(missing * (x - truth[j])**2) / np.sum(missing)))

@@ -5,7 +5,7 @@ quantity has an exact value: the class-conditional densities, the Bayes classifi
 posterior of one coordinate given the other (diffusion.analytic.linear_gaussian_posterior).
 This script samples a trained class-conditional model (configs/toy/8gaussians_vp_cond.py) and
 its noise-conditional classifier (configs/toy/8gaussians_vp_classifier.py) through the sampling
-driver's own code path (experiments.conditioning plans, experiments.sample.generate) and reports:
+driver's own code path (experiments.conditioning plans, experiments.sample.generate_as) and reports:
 
 * per guidance setting: the class accuracy of the samples by the exact Bayes classifier, and the
   sliced Wasserstein distance of each class's samples to exact samples of that class (mean over
@@ -23,11 +23,9 @@ docs/img/inpainting_toy.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -47,17 +45,6 @@ from experiments.main import load_config_file, overridden  # noqa: E402
 def exact_mixture() -> analytic.GaussianMixture:
   w, means, covs = toy2d.gaussian_mixture_params("8gaussians")
   return analytic.GaussianMixture.create(w, means, covs, classes=np.arange(len(w)))
-
-
-def run_setting(s, params, config, n: int, seed: int):
-  """(samples (n, 2), labels (n,) or None, seconds) of ``config``'s conditioning."""
-  st = dataclasses.replace(s, config=config)
-  plan = conditioning.plan(config, st, "sample")
-  t0 = time.time()
-  x, info = sample.generate(st, params, n, jax.random.PRNGKey(seed), plan=plan)
-  secs = time.time() - t0
-  labels = np.asarray(plan.labels(np.arange(n))) if plan.conditional else None
-  return np.asarray(x, np.float64), labels, secs, info
 
 
 def class_sw(gm, x, labels, key_seed: int, per_class: int) -> float:
@@ -116,7 +103,7 @@ def main(argv=None) -> int:
   rows, shown = [], {}
   for name, over in settings:
     cfg = overridden(base, over)
-    x, labels, secs, info = run_setting(s, params, cfg, n, seed=base.seed + 2)
+    x, labels, info, secs = sample.generate_as(s, params, cfg, n)
     rows.append((name, class_accuracy(ref, x, labels), class_sw(gm, x, labels, 0, args.per_class),
                  int(info["nfe"]), int(info["batch_multiplier"]), secs))
     shown[name] = (x, labels)
@@ -143,7 +130,7 @@ def main(argv=None) -> int:
     for method, extra in methods:
       cfg = overridden(base, {"inverse.task": "inpaint", "inverse.observations": obs,
                               "inverse.method": "replacement", "guidance.label": 8, **extra})
-      x, _, secs, info = run_setting(s, params, cfg, len(heldout) * k, seed=base.seed + 2)
+      x, _, info, secs = sample.generate_as(s, params, cfg, len(heldout) * k)
       comp = [x[j::len(heldout)] for j in range(len(heldout))]
       obs_err = max(float(np.max(np.abs(c[:, 0] - y))) for c, y in zip(comp, heldout[:, 0]))
       obs_err = obs_err if np.all(np.isfinite(x)) else float("nan")

@@ -97,6 +97,18 @@ def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *
   return lo + (hi - lo) * u
 
 
+def noisy_batch(key, x0: Array, schedule: Schedule, time_sampling: str, *,
+                t_min: Optional[float] = None, t_max: Optional[float] = None,
+                p_mean: float = -1.2, p_std: float = 1.2) -> Tuple[Array, Array]:
+  """(t (B,), x_t = alpha_t x0 + sigma_t eps (B, ...)): times drawn by ``sample_times`` and one
+  Gaussian draw per example, from the two halves of ``key``."""
+  kt, ke = jax.random.split(key)
+  t = sample_times(kt, x0.shape[0], schedule, time_sampling, t_min=t_min, t_max=t_max,
+                   p_mean=p_mean, p_std=p_std).astype(x0.dtype)
+  eps = jax.random.normal(ke, x0.shape, x0.dtype)
+  return t, schedule.marginal(x0, eps, t)
+
+
 def dsm_loss(denoise: Callable[..., Array],
              x0: Array,
              key,
@@ -121,12 +133,8 @@ def dsm_loss(denoise: Callable[..., Array],
     raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
   if weighting not in WEIGHTINGS:
     raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
-  kt, ke = jax.random.split(key)
-  b = x0.shape[0]
-  t = sample_times(kt, b, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                   p_std=p_std).astype(x0.dtype)
-  eps = jax.random.normal(ke, x0.shape, x0.dtype)
-  xt = schedule.marginal(x0, eps, t)
+  t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
+                      p_std=p_std)
   x0_hat = denoise(xt, t, cond)
   sq = jnp.square(x0_hat.astype(jnp.float32) - x0.astype(jnp.float32))
   axes = tuple(range(1, x0.ndim))
@@ -169,12 +177,10 @@ def classifier_loss(logits_fn: Callable[[Array, Array], Array],
     raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
   if time_sampling not in TIME_SAMPLINGS:
     raise ValueError(f"unknown time sampling {time_sampling!r}; available: {TIME_SAMPLINGS}")
-  kt, ke = jax.random.split(key)
   b = x0.shape[0]
-  t = sample_times(kt, b, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                   p_std=p_std).astype(x0.dtype)
-  eps = jax.random.normal(ke, x0.shape, x0.dtype)
-  logits = logits_fn(schedule.marginal(x0, eps, t), t)
+  t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
+                      p_std=p_std)
+  logits = logits_fn(xt, t)
   if logits.ndim != 2 or logits.shape[0] != b:
     raise ValueError(f"logits_fn must return logits of shape ({b}, num_classes), got "
                      f"{logits.shape}")

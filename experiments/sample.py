@@ -5,6 +5,7 @@ skipped with a warning line, never moved; nothing under checkpoints/ is written.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -57,6 +58,20 @@ def generate(s, params, n: int, key: jax.Array,
   x, info = parallel.sample_sharded(_sample_fn(s, plan), (params, plan.aux), key, s.schedule, n,
                                     shape, bs, s.mesh, progress=progress, start=start)
   return x, dict(jax.device_get(info), **plan.cost_info())
+
+
+def generate_as(s, params, config: Config, n: int):
+  """(x (n, ...), labels (n,) or None, info, seconds): n samples with the conditioning of
+  ``config`` (``conditioning.plan`` in 'sample' mode: labels, guidance, inverse problem) from the
+  set-up ``s`` of the same experiment, e.g. to compare guidance settings of one checkpoint."""
+  import time
+  st = dataclasses.replace(s, config=config)
+  plan = conditioning.plan(config, st, "sample")
+  t0 = time.time()
+  x, info = generate(st, params, n, jax.random.PRNGKey(config.seed + 2), plan=plan)
+  secs = time.time() - t0
+  labels = np.asarray(plan.labels(jnp.arange(n))) if plan.conditional else None
+  return np.asarray(x), labels, info, secs
 
 
 def batch_generator(s, params, key: jax.Array, batch_size: int,

@@ -128,3 +128,17 @@ def tiny():
 def main_cli():
   """Factory: run_main(workdir, mode, overrides, extra, env) -> CompletedProcess."""
   return run_main
+
+
+def counting_denoiser(den):
+  """(denoise with an io_callback counter of executed calls, counter list)."""
+  count = [0]
+
+  def bump():
+    count[0] += 1
+
+  def wrapped(x, t, cond=None):
+    jax.experimental.io_callback(bump, None, ordered=True)
+    return den(x, t, cond)
+
+  return wrapped, count

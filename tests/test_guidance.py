@@ -29,6 +29,7 @@ from scipy import integrate
 from diffusion import analytic, guidance, schedules
 from diffusion.parameterization import Parameterization
 from diffusion.samplers import build_sampler, sampler_info
+from tests.conftest import counting_denoiser
 
 slow = pytest.mark.slow
 
@@ -209,24 +210,13 @@ def test_cfg_interval():
   assert np.all(np.abs(out[inside] - cond[inside]).max(-1) > 1e-3)  # guidance does act there
 
 
-def counting(den):
-  count = [0]
-
-  def bump():
-    count[0] += 1
-
-  def wrapped(x, t, cond=None):
-    jax.experimental.io_callback(bump, None, ordered=True)
-    return den(x, t, cond)
-
-  return wrapped, count
 
 
 @pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "euler_maruyama"])
 def test_cfg_cost_info_through_build_sampler(name):
   gm = labelled_mixture()
   info = sampler_info(name)
-  inner, count = counting(gm.denoiser(VP))
+  inner, count = counting_denoiser(gm.denoiser(VP))
   inner, seen = spy(inner)
   g = guidance.classifier_free(inner, 2.0, null_label=NULL, interval=(0.1, 0.8))
   f = build_sampler(name, VP, 5)

@@ -38,6 +38,7 @@ import pytest
 
 from diffusion import analytic, schedules
 from diffusion.samplers import (build_sampler, get_sampler, registered_samplers, sampler_info)
+from tests.conftest import counting_denoiser
 
 # Exhaustive sweeps are marked ``slow`` (excluded by pytest.ini; run them with ``-m slow``).
 slow = pytest.mark.slow
@@ -55,18 +56,6 @@ def mixture(dim: int) -> analytic.GaussianMixture:
   return analytic.random_mixture(0, dim, num_components=4)
 
 
-def counting_denoiser(den):
-  """(denoise with an io_callback counter of executed calls, counter list)."""
-  count = [0]
-
-  def bump():
-    count[0] += 1
-
-  def wrapped(x, t, cond=None):
-    jax.experimental.io_callback(bump, None, ordered=True)
-    return den(x, t, cond)
-
-  return wrapped, count
 
 
 # ------------------------------------------------------------------------------------------------
