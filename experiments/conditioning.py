@@ -95,7 +95,8 @@ def _classifier(config: Config, schedule):
   from diffusion import guidance
   from experiments import build, main, sample
   g = config.guidance
-  clf_config = saved_config(main.load_config_file(g.classifier_config), g.classifier_workdir)
+  clf_config = sample.saved_config(main.load_config_file(g.classifier_config),
+                                   g.classifier_workdir)
   check_classifier_config(config, clf_config)
   _, params, step = sample.restore_params(clf_config, g.classifier_workdir)
   scale = float(g.classifier_scale)
@@ -109,32 +110,6 @@ def _classifier(config: Config, schedule):
                                         interval=interval, null_label=null)
 
   return transform, params, int(clf_config.model.net.num_classes), step
-
-
-def saved_config(file_config: Config, workdir: str) -> Config:
-  """The config a run in ``workdir`` used: ``file_config`` (its config file, which gives the
-  fields and their types) with every value saved in <workdir>/config.json set on it, so command-
-  line overrides of that run (a smaller network, other steps) are reproduced. A field the file no
-  longer has is an error naming it; a workdir without config.json gives ``file_config``."""
-  from diffusion import checkpoint
-  saved = checkpoint.read_config(workdir)
-  if saved is None:
-    return file_config
-  saved = {k: v for k, v in saved.items() if k != "resolved"}
-  out = file_config.copy_and_resolve_references()
-
-  def overlay(node, values, prefix):
-    for k, v in values.items():
-      if k not in node:
-        raise ConfigError(f"{workdir}/config.json has the field {prefix}{k}, which its config "
-                          f"file no longer has; pass the config file the run was trained with")
-      if isinstance(node[k], ml_collections.ConfigDict) and isinstance(v, dict):
-        overlay(node[k], v, f"{prefix}{k}.")
-      else:
-        node[k] = tuple(v) if isinstance(v, list) else v
-
-  overlay(out, saved, "")
-  return out
 
 
 def check_classifier_config(config: Config, clf_config: Config) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from diffusion import checkpoint, guidance, parallel
 from diffusion.metrics.class_accuracy import class_accuracy
 from experiments import build, conditioning, plots, signals, writers
-from experiments.validate import validate
+from experiments.validate import ConfigError, validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -147,6 +147,31 @@ def _write_npz(path: str, **arrays) -> None:
   tmp = os.path.join(os.path.dirname(path), ".samples.tmp.npz")  # np.savez keeps ".npz"
   np.savez(tmp, **arrays)
   os.replace(tmp, path)
+
+
+def saved_config(file_config: Config, workdir: str) -> Config:
+  """The config a run in ``workdir`` used: ``file_config`` (its config file, which gives the
+  fields and their types) with every value saved in <workdir>/config.json set on it, so command-
+  line overrides of that run (a smaller network, other steps) are reproduced. A field the file no
+  longer has is an error naming it; a workdir without config.json gives ``file_config``."""
+  saved = checkpoint.read_config(workdir)
+  if saved is None:
+    return file_config
+  saved = {k: v for k, v in saved.items() if k != "resolved"}
+  out = file_config.copy_and_resolve_references()
+
+  def overlay(node, values, prefix):
+    for k, v in values.items():
+      if k not in node:
+        raise ConfigError(f"{workdir}/config.json has the field {prefix}{k}, which its config "
+                          f"file no longer has; pass the config file the run was trained with")
+      if isinstance(node[k], ml_collections.ConfigDict) and isinstance(v, dict):
+        overlay(node[k], v, f"{prefix}{k}.")
+      else:
+        node[k] = tuple(v) if isinstance(v, list) else v
+
+  overlay(out, saved, "")
+  return out
 
 
 def run(config: Config, workdir: str) -> Dict[str, Any]:
