@@ -364,7 +364,8 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
                       "True and model.net.num_classes > 0); this one is unconditional")
   if g.kind == "cfg":
     number_in("guidance.weight", g.weight, -math.inf)
-    one_of("guidance.convention", g.convention, ("scale", "ho_salimans"))
+    from diffusion import guidance
+    one_of("guidance.convention", g.convention, guidance.CONVENTIONS)
   if g.kind == "classifier":
     ncls = _check_classifier(config)
     number_in("guidance.classifier_scale", g.classifier_scale, -math.inf)
