@@ -165,10 +165,12 @@ def distillation_target(teacher_denoise: Denoiser, x_t: Array, t: Array, t_mid: 
 def student_times(i: Array, num_student_steps: int, t_lo: float, t_hi: float
                   ) -> Tuple[Array, Array, Array]:
   """(t, t_mid, t_next) of grid index i in {1..N}: u = i/N mapped onto [t_lo, t_hi],
-  t = t_lo + u (t_hi - t_lo), t_mid = t - 0.5 h, t_next = t - h with h = (t_hi - t_lo)/N."""
-  h = (t_hi - t_lo) / num_student_steps
-  t = t_lo + (i / num_student_steps) * (t_hi - t_lo)
-  return t, t - 0.5 * h, t - h
+  t = t_lo + u (t_hi - t_lo), t_mid = t - 0.5 h, t_next = t - h with h = (t_hi - t_lo)/N (each
+  computed from its own u, so t_next = t_lo exactly at i = 1 and t = t_hi at i = N, up to the
+  clipping of round-off)."""
+  n = num_student_steps
+  t, t_mid, t_next = (t_lo + (j / n) * (t_hi - t_lo) for j in (i, i - 0.5, i - 1))
+  return jnp.minimum(t, t_hi), t_mid, jnp.maximum(t_next, t_lo)
 
 
 def distillation_weight(t: Array, schedule: Schedule, weighting: str) -> Array:
@@ -215,8 +217,6 @@ def progressive_distillation_loss(student_denoise: Denoiser,
   b = x0.shape[0]
   i = jax.random.randint(ki, (b,), 1, n + 1)
   t, t_mid, t_next = student_times(i.astype(dtype), n, t_lo, t_hi)
-  # Round-off must not push the grid outside [t_lo, t_hi] (t = t_hi at i = N, t'' = t_lo at 1).
-  t, t_next = jnp.minimum(t, t_hi), jnp.maximum(t_next, t_lo)
   eps = jax.random.normal(ke, x0.shape, dtype)
   x_t = schedule.marginal(x0, eps, t)
   target = jax.lax.stop_gradient(
@@ -276,16 +276,18 @@ def round_steps(initial_steps: int, rounds: int) -> List[int]:
 def ideal_student(teacher_denoise: Denoiser, schedule: Schedule, num_student_steps: int, *,
                   t_min: Optional[float] = None, t_max: Optional[float] = None) -> Denoiser:
   """The minimiser of the loss: the denoiser x~(x_t, t) of ``distillation_target`` at the
-  student's grid times (t, t - h/2, t - h), h = (t_max - t_min)/N. Its N-step DDIM map on the
-  'uniform' grid equals the teacher's 2N-step DDIM map. Defined only at grid times t > t_min."""
+  student's grid times (t, t - h/2, t - h), h = (t_max - t_min)/N (``student_times`` of the index
+  i = round((t - t_min)/h)). Its N-step DDIM map on the 'uniform' grid equals the teacher's
+  2N-step DDIM map. Meaningful only at the grid times t_min + i h, i = 1..N."""
   n = check_int("num_student_steps", num_student_steps)
   t_lo, t_hi = check_time_range(schedule, t_min, t_max)
   h = (t_hi - t_lo) / n
 
   def denoise(x, t, cond=None):
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-    t_next = jnp.maximum(t - h, t_lo)
-    return distillation_target(teacher_denoise, x, t, t - 0.5 * h, t_next, schedule, cond)
+    i = jnp.round((t - t_lo) / h)  # the grid index of t
+    _, t_mid, t_next = student_times(i, n, t_lo, t_hi)
+    return distillation_target(teacher_denoise, x, t, t_mid, t_next, schedule, cond)
 
   return denoise
 
@@ -299,7 +301,6 @@ def ddim_map(denoise: Denoiser, x: Array, schedule: Schedule, num_steps: int, *,
   b = x.shape[0]
   for k in range(n, 0, -1):
     t, _, s = student_times(jnp.full((b,), float(k), x.dtype), n, t_lo, t_hi)
-    t, s = jnp.minimum(t, t_hi), jnp.maximum(s, t_lo)
     x = ddim_step(denoise(x, t, cond), x, t, s, schedule)
   return x
 

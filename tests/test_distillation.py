@@ -67,6 +67,11 @@ def test_ddim_step_equals_registry_ddim(sch):
         tb = jnp.full((16,), t)
         y = D.ddim_step(den(y, tb), y, tb, jnp.full((16,), s), sch)
       np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(ref))))
+    # The student's grid (t = t_min + i/N (t_max - t_min)) is the registry's 'uniform' grid, so a
+    # distilled N-step student samples with build_sampler('ddim', sch, N, grid='uniform').
+    ref, _ = build_sampler("ddim", sch, 4, grid="uniform", jit=False)(den, jax.random.PRNGKey(0), x)
+    np.testing.assert_allclose(D.ddim_map(den, x, sch, 4), ref, rtol=0,
+                               atol=1e-12 * float(jnp.max(jnp.abs(ref))))
 
 
 def test_ddim_step_to_sigma_zero():
