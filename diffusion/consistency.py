@@ -39,7 +39,6 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erf
 
 from diffusion.schedules import Schedule, _bcast, check_int, check_real
 
