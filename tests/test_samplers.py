@@ -46,6 +46,10 @@ slow = pytest.mark.slow
 ALL = registered_samplers()
 DET = [n for n in ALL if sampler_info(n).kind == "deterministic"]
 STO = [n for n in ALL if sampler_info(n).kind == "stochastic"]
+# Kind 'consistency': ``denoise`` is a consistency function (diffusion.consistency). The exact NFE
+# and batch-invariance tests apply (run with the mixture's denoiser standing in for it), not the
+# PF-ODE order or the denoiser-distribution ones; their ground truth is tests/test_consistency.py.
+CONS = [n for n in ALL if sampler_info(n).kind == "consistency"]
 DET_FIXED = [n for n in DET if not sampler_info(n).adaptive]
 
 VP = schedules.VP()
@@ -67,7 +71,7 @@ def test_registry_metadata():
   assert len(ALL) >= 10
   for n in ALL:
     info = sampler_info(n)
-    assert info.kind in ("deterministic", "stochastic")
+    assert info.kind in ("deterministic", "stochastic", "consistency")
     assert info.paper and info.nfe_per_step
     for v in info.variants:
       hp = info.resolve(v)
@@ -139,7 +143,7 @@ def test_nfe_exact(name):
     assert np.all(np.isfinite(np.asarray(x)))
 
 
-@pytest.mark.parametrize("name", STO)
+@pytest.mark.parametrize("name", STO + CONS)
 def test_batch_split_invariance(name):
   info = sampler_info(name)
   variant = dict(info.variants[0])

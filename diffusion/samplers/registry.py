@@ -37,7 +37,9 @@ from diffusion import schedules as schedules_lib
 Array = Any
 SamplerFn = Callable[..., Tuple[Array, Dict[str, Any]]]
 
-KINDS = ("deterministic", "stochastic")
+# 'consistency': the sampler's ``denoise`` is a consistency function (diffusion.consistency), not
+# a denoiser; the registry-wide tests check its NFE and batch invariance only.
+KINDS = ("deterministic", "stochastic", "consistency")
 # Keyword arguments every sampler accepts; not hyper-parameters.
 COMMON_ARGS = ("cond", "sample_offset")
 
@@ -49,8 +51,10 @@ class SamplerInfo:
   Attributes:
     name: registry name.
     fn: the sampling function.
-    kind: 'deterministic' (a PF-ODE solver) or 'stochastic'.
-    order: hparams -> theoretical order (strong order for ODE solvers, weak for SDE samplers).
+    kind: 'deterministic' (a PF-ODE solver), 'stochastic', or 'consistency' (its ``denoise`` is
+      a consistency function f(x_t, t, cond) -> x at t_min, e.g. CM's multistep sampler).
+    order: hparams -> theoretical order (strong order for ODE solvers, weak for SDE samplers; not
+      measured for 'consistency' samplers, where it is nominal).
     nfe: (num_steps, hparams) -> exact number of denoiser calls; None for adaptive samplers, whose
       count is only known at run time (``info['nfe']``).
     nfe_per_step: human-readable NFE per step, for the documentation table.
@@ -174,7 +178,7 @@ def register_sampler(name: str,
 
 def _import_all():
   # Importing the family modules registers their samplers.
-  from diffusion.samplers import dpm_solver, multistep, ode, sde  # noqa: F401
+  from diffusion.samplers import consistency, dpm_solver, multistep, ode, sde  # noqa: F401
 
 
 def sampler_info(name: str) -> SamplerInfo:
