@@ -89,6 +89,8 @@ def quality(dim: int, quick: bool) -> List[Dict[str, Any]]:
   rows = []
   for name in registered_samplers():
     info = sampler_info(name)
+    if info.kind == "consistency":  # samples a consistency function, not a denoiser
+      continue
     det = info.kind == "deterministic"
     extra = {"final_denoise": False} if det and "final_denoise" in info.defaults() else {}
     hp = info.resolve(extra)
@@ -165,7 +167,8 @@ def overhead(quick: bool) -> List[Dict[str, Any]]:
 
   d1 = jax.jit(lambda xx, tt: den(xx, tt))
   tt = jnp.full((64,), 0.5)
-  names = ["euler", "heun", "dpmpp_2m", "unipc", "ddpm", "pc"] if quick else registered_samplers()
+  names = (["euler", "heun", "dpmpp_2m", "unipc", "ddpm", "pc"] if quick else
+           [n for n in registered_samplers() if sampler_info(n).kind != "consistency"])
   rounds = 4 if quick else 6
   rows = []
   for name in names:

@@ -265,6 +265,10 @@ def check_sampling(config: Config, schedule) -> None:
   from diffusion.samplers import grids, registry
   s = config.sampling
   info = from_library("sampling.sampler", registry.sampler_info, s.sampler)
+  if info.kind == "consistency":
+    raise ConfigError(f"config.sampling.sampler={s.sampler!r} samples a consistency model "
+                      f"(diffusion.consistency), not this config's denoiser; the driver does not "
+                      f"train consistency models yet")
   from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
   int_at_least("sampling.num_samples", s.num_samples, 1)
@@ -344,7 +348,9 @@ def check_fid(config: Config, mode: str) -> None:
     except ValueError as err:
       raise ConfigError(str(err)) from None
     for name in samplers:
-      from_library("eval.sweep_samplers", registry.sampler_info, name)
+      if from_library("eval.sweep_samplers", registry.sampler_info, name).kind == "consistency":
+        raise ConfigError(f"config.eval.sweep_samplers: {name!r} samples a consistency model, "
+                          f"not this config's denoiser")
       for b in budgets:
         from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
                      sweep.steps_for_nfe, name, b, sweep.sampler_hparams_for(config, name))

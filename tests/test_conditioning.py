@@ -180,3 +180,8 @@ def test_saved_config_reproduces_the_runs_overrides(tmp_path):
   with pytest.raises(ConfigError, match="model.net.chh"):
     sample.saved_config(c, str(tmp_path))
   assert sample.saved_config(c, str(tmp_path / "nowhere")) is c
+
+
+def test_the_consistency_sampler_is_refused_for_a_denoiser():
+  msg = _refused(_digits(**{"sampling.sampler": "consistency"}))
+  assert "sampling.sampler='consistency'" in msg and "consistency model" in msg
