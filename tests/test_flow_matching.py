@@ -211,7 +211,7 @@ def test_trained_mlp_learns_the_exact_velocity():
   assert after < 0.25 * before, (before, after)
 
 
-# -- 5. straightness --------------------------------------------------------------------------------
+# -- 5. straightness -------------------------------------------------------------------------------
 
 
 def test_straightness_of_a_point_mass_is_zero(x64):
