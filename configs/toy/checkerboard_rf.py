@@ -12,7 +12,9 @@ Run (train, then evaluate):
   python -m experiments.main --config=configs/toy/checkerboard_rf.py --workdir=workdirs/checkerboard_rf --mode=train
   python -m experiments.main --config=configs/toy/checkerboard_rf.py --workdir=workdirs/checkerboard_rf --mode=eval
 
-Measured: see docs/flow_matching.md.
+Measured (2026-12-02, 2-core CPU shared with other jobs): excess NLL 0.106 nats (NLL 3.572 +-
+0.007 vs ln 32 = 3.466; VP: 0.111), sliced Wasserstein 0.136, MMD 0.0039 (Heun 18 steps, NFE
+37); training 164 s, evaluation 51 s wall. Few-step Euler and straightness: docs/flow_matching.md.
 """
 import ml_collections
 
