@@ -13,11 +13,21 @@ and each weighting is the x0-space weight that reproduces the loss as the papers
                                                         eps units: the ELBO weighting (Song et al. 2021b)
   'edm'         w = (s^2 + sd^2) / (s sd)^2, s = sigma/alpha   (Karras et al. 2022, eq. 8, lambda(sigma))
   'min_snr'     w = min(SNR, gamma)                    (Hang et al. 2023, min-SNR-gamma in x0 units)
+  'flow'        w = (alpha' - sigma' alpha/sigma)^2     ||u_hat - u||^2, u = alpha' x0 + sigma' eps
+                                                        (conditional flow matching (CFM), Lipman
+                                                        et al. 2023; rectified flow, Liu et al.
+                                                        2023, eq. 1); rectified flow: w = 1/t^2
+
+'flow' follows from u_hat - u = alpha' (x0_hat - x0) + sigma' (eps_hat - eps) with eps_hat - eps
+= -(alpha/sigma) (x0_hat - x0) at the same x_t, so u_hat - u = (alpha' - sigma' alpha/sigma)
+(x0_hat - x0) exactly, per example and per coordinate.
 
 The exact denoiser E[x0 | x_t] minimises every one of them (it is the conditional mean).
 Time sampling: 'uniform' on [t_min, t_max], 'stratified' (low-discrepancy, Kingma et al. 2021
 App. I.1), 'antithetic' (u and 1 - u), 'lognormal' (EDM: ln(sigma/alpha) ~ N(P_mean, P_std^2)),
-'logsnr' (lambda uniform on [lambda(t_max), lambda(t_min)], stratified). With the 'eps' weighting,
+'logsnr' (lambda uniform on [lambda(t_max), lambda(t_min)], stratified), 'logit_normal'
+(t = sigmoid(logit_mean + logit_std n), n ~ N(0, 1): Esser et al. 2024, SD3, sec. 3.1;
+for schedules on t in [0, 1] such as rectified flow). With the 'eps' weighting,
 'logsnr' sampling is importance sampling of the likelihood weighting: g^2/sigma^2 = -dlambda/dt,
 so the loss is the continuous-time ELBO of VDM (Kingma et al. 2021, eq. 17) up to a constant.
 
@@ -37,8 +47,8 @@ from diffusion.schedules import Schedule
 
 Array = Any
 
-WEIGHTINGS = ("x0", "eps", "v", "likelihood", "edm", "min_snr")
-TIME_SAMPLINGS = ("uniform", "stratified", "antithetic", "lognormal", "logsnr")
+WEIGHTINGS = ("x0", "eps", "v", "likelihood", "edm", "min_snr", "flow")
+TIME_SAMPLINGS = ("uniform", "stratified", "antithetic", "lognormal", "logsnr", "logit_normal")
 
 
 def loss_weight(t: Array, schedule: Schedule, weighting: str, *, sigma_data: float = 0.5,
@@ -59,6 +69,8 @@ def loss_weight(t: Array, schedule: Schedule, weighting: str, *, sigma_data: flo
     return (es * es + sigma_data**2) / (es * sigma_data)**2
   if weighting == "min_snr":
     return jnp.minimum(snr, min_snr_gamma)
+  if weighting == "flow":
+    return jnp.square(schedule.dalpha_dt(t) - schedule.dsigma_dt(t) * a / s)
   raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
 
 
@@ -78,8 +90,13 @@ def unit_uniforms(key, batch: int, method: str) -> Array:
 
 def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *,
                  t_min: Optional[float] = None, t_max: Optional[float] = None,
-                 p_mean: float = -1.2, p_std: float = 1.2) -> Array:
-  """Training times t (batch,) in [t_min, t_max] drawn by ``method`` (module docstring)."""
+                 p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
+                 logit_std: float = 1.0) -> Array:
+  """Training times t (batch,) in [t_min, t_max] drawn by ``method`` (module docstring).
+
+  p_mean / p_std: 'lognormal' (EDM's P_mean, P_std); logit_mean / logit_std: 'logit_normal'
+  (SD3's m, s; its default m = 0, s = 1), which needs a time range inside [0, 1].
+  """
   lo = schedule.t_min if t_min is None else t_min
   hi = schedule.t_max if t_max is None else t_max
   if method in ("uniform", "stratified", "antithetic"):
@@ -92,6 +109,13 @@ def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *
     log_sigma = p_mean + p_std * jax.random.normal(key, (batch,))
     t = schedule.t_from_logsnr(-2.0 * log_sigma)
     return jnp.clip(t, lo, hi)
+  elif method == "logit_normal":
+    if not 0.0 <= float(lo) < float(hi) <= 1.0:
+      raise ValueError(f"time sampling 'logit_normal' draws t = sigmoid(...) in (0, 1) and needs "
+                       f"0 <= t_min < t_max <= 1, got t_min={lo}, t_max={hi} (schedule "
+                       f"{schedule.name!r}); use 'lognormal' or 'logsnr' for other time ranges")
+    t = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (batch,)))
+    return jnp.clip(t, lo, hi)
   else:
     raise ValueError(f"unknown time sampling {method!r}; available: {TIME_SAMPLINGS}")
   return lo + (hi - lo) * u
@@ -99,12 +123,14 @@ def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *
 
 def noisy_batch(key, x0: Array, schedule: Schedule, time_sampling: str, *,
                 t_min: Optional[float] = None, t_max: Optional[float] = None,
-                p_mean: float = -1.2, p_std: float = 1.2) -> Tuple[Array, Array]:
+                p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
+                logit_std: float = 1.0) -> Tuple[Array, Array]:
   """(t (B,), x_t = alpha_t x0 + sigma_t eps (B, ...)): times drawn by ``sample_times`` and one
   Gaussian draw per example, from the two halves of ``key``."""
   kt, ke = jax.random.split(key)
   t = sample_times(kt, x0.shape[0], schedule, time_sampling, t_min=t_min, t_max=t_max,
-                   p_mean=p_mean, p_std=p_std).astype(x0.dtype)
+                   p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
+                   logit_std=logit_std).astype(x0.dtype)
   eps = jax.random.normal(ke, x0.shape, x0.dtype)
   return t, schedule.marginal(x0, eps, t)
 
@@ -121,6 +147,8 @@ def dsm_loss(denoise: Callable[..., Array],
              t_max: Optional[float] = None,
              p_mean: float = -1.2,
              p_std: float = 1.2,
+             logit_mean: float = 0.0,
+             logit_std: float = 1.0,
              sigma_data: float = 0.5,
              min_snr_gamma: float = 5.0,
              reduce: str = "mean") -> Tuple[Array, Dict[str, Array]]:
@@ -134,7 +162,7 @@ def dsm_loss(denoise: Callable[..., Array],
   if weighting not in WEIGHTINGS:
     raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
   t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                      p_std=p_std)
+                      p_std=p_std, logit_mean=logit_mean, logit_std=logit_std)
   x0_hat = denoise(xt, t, cond)
   sq = jnp.square(x0_hat.astype(jnp.float32) - x0.astype(jnp.float32))
   axes = tuple(range(1, x0.ndim))
@@ -156,11 +184,13 @@ def classifier_loss(logits_fn: Callable[[Array, Array], Array],
                     t_min: Optional[float] = None,
                     t_max: Optional[float] = None,
                     p_mean: float = -1.2,
-                    p_std: float = 1.2) -> Tuple[Array, Dict[str, Array]]:
+                    p_std: float = 1.2,
+                    logit_mean: float = 0.0,
+                    logit_std: float = 1.0) -> Tuple[Array, Dict[str, Array]]:
   """Cross-entropy of a noise-conditional classifier on noisy data (module docstring).
 
   L = E_{t, (x0, y), eps} [ -log softmax(logits_fn(alpha_t x0 + sigma_t eps, t))_y ],
-  t ~ ``sample_times(time_sampling, t_min, t_max, p_mean, p_std)``.
+  t ~ ``sample_times(time_sampling, t_min, t_max, p_mean, p_std, logit_mean, logit_std)``.
 
   Args:
     logits_fn: (x_t (B, ...), t (B,)) -> logits (B, C); the caller maps x_t, t to the network's
@@ -179,7 +209,7 @@ def classifier_loss(logits_fn: Callable[[Array, Array], Array],
     raise ValueError(f"unknown time sampling {time_sampling!r}; available: {TIME_SAMPLINGS}")
   b = x0.shape[0]
   t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                      p_std=p_std)
+                      p_std=p_std, logit_mean=logit_mean, logit_std=logit_std)
   logits = logits_fn(xt, t)
   if logits.ndim != 2 or logits.shape[0] != b:
     raise ValueError(f"logits_fn must return logits of shape ({b}, num_classes), got "

@@ -18,6 +18,13 @@ A *parameterization* is the pair (network inputs, network output -> x0_hat):
          x0 = c_skip(s) x' + c_out(s) F(c_in(s) x', c_noise(s))   (Karras et al. 2022, eq. 7, Table 1)
          c_skip = sd^2/(s^2+sd^2), c_out = s sd / sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2),
          c_noise = log(s)/4.
+  flow   F = u_hat, the velocity dx_t/dt = alpha' x0 + sigma' eps of the interpolant
+         (flow matching, Lipman et al. 2023; rectified flow, Liu et al. 2023, eq. 1):
+         x0 = (sigma' x - sigma F) / (sigma' alpha - sigma alpha')
+         (from x = alpha x0 + sigma eps, F = alpha' x0 + sigma' eps: eliminate eps = (x - alpha x0)
+         / sigma, so sigma F = sigma alpha' x0 + sigma' x - sigma' alpha x0). The denominator is
+         -alpha sigma dlambda/dt / 2 > 0 for every schedule whose logSNR lambda decreases;
+         for rectified flow (alpha = 1 - t, sigma = t) it is 1 and x0 = x - t F.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from diffusion.schedules import Schedule, _bcast
 Array = Any
 Denoiser = Callable[..., Array]  # denoise(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
 
-PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm")
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow")
 TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise")
 
 
@@ -78,6 +85,15 @@ def velocity_from_x0(x0, x, t, schedule: Schedule):
   eps = eps_from_x0(x0, x, t, schedule)
   t = _bcast(t, x)
   return schedule.dalpha_dt(t) * x0 + schedule.dsigma_dt(t) * eps
+
+
+def x0_from_velocity(u, x, t, schedule: Schedule):
+  """Inverse of ``velocity_from_x0``: x0 = (sigma' x - sigma u) / (sigma' alpha - sigma alpha')
+  (module docstring); rectified flow: x0 = x - t u."""
+  t = _bcast(t, x)
+  a, s = schedule.alpha(t), schedule.sigma(t)
+  da, ds = schedule.dalpha_dt(t), schedule.dsigma_dt(t)
+  return (ds * x - s * u) / (ds * a - s * da)
 
 
 # -- network parameterizations -------------------------------------------------------------------
@@ -138,6 +154,8 @@ class Parameterization:
       return x0_from_v(out, x, t, schedule)
     if self.kind == "score":
       return x0_from_score(out, x, t, schedule)
+    if self.kind == "flow":
+      return x0_from_velocity(out, x, t, schedule)
     a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return c_skip * (x / a) + c_out * out
 
@@ -151,6 +169,8 @@ class Parameterization:
       return v_from_x0(x0, x, t, schedule)
     if self.kind == "score":
       return score_from_x0(x0, x, t, schedule)
+    if self.kind == "flow":
+      return velocity_from_x0(x0, x, t, schedule)
     a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return (x0 - c_skip * (x / a)) / c_out
 
