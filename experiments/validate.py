@@ -462,6 +462,11 @@ def check_time_ranges(config: Config, schedule) -> None:
     raise ConfigError(f"config.training.t_min={t.t_min} and config.training.loss_opts.t_min="
                       f"{t.loss_opts.t_min} both set the loss's t_min; set only training.t_min")
   time_in_schedule("eval.t_min", config.eval.t_min, schedule)
+  if t.time_sampling == "logit_normal":  # its t = sigmoid(.) needs a schedule inside [0, 1]
+    import jax
+    from diffusion import losses
+    from_library("training.time_sampling", losses.sample_times, jax.random.PRNGKey(0), 1,
+                 schedule, t.time_sampling, t_min=t.t_min)
 
 
 def check_parallel(config: Config) -> None:

@@ -279,3 +279,12 @@ def test_one_step_euler_is_one_velocity_step(variables, x64):
     expect = x_T + (RF.t_min - RF.t_max) * velocity_from_x0(den(x_T, t_T), x_T, t_T, RF)
     np.testing.assert_allclose(x, expect, atol=1e-10)
   np.testing.assert_allclose(x, mu + (RF.t_min / RF.t_max) * (x_T - mu), atol=1e-10)
+
+
+def test_logit_normal_outside_the_unit_interval_is_refused_at_start_up():
+  from experiments.validate import ConfigError, validate
+  from tests.conftest import tiny_config
+  c = tiny_config(**{"sde.name": "edm", "sde.fields": {}, "training.time_sampling": "logit_normal",
+                     "model.parameterization": "edm"})
+  with pytest.raises(ConfigError, match="config.training.time_sampling.*logit_normal"):
+    validate(c, "train", device_count=1, process_count=1)
