@@ -219,6 +219,7 @@ class ResidualStudent(nn.Module):
     return self.teacher(x, c) + nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros)(h)
 
 
+@pytest.mark.slow  # 26 s on 2 cores: a training run; the loss and target math are tested fast
 def test_student_training_run_beats_teacher_half_steps():
   """300 Adam steps of the distillation loss (truncated SNR) through make_train_step: the
   evaluation loss drops (measured 0.0302 -> 0.00144), and the student's 2-step DDIM map is
