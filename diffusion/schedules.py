@@ -219,6 +219,9 @@ class VPCosine(Schedule):
 
   alpha(t) = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s)),  sigma = sqrt(1 - alpha^2).
   alpha(1) = 0, so t_max defaults to 0.9946 (DPM-Solver's choice, logSNR about -9.2 there).
+  sigma is computed as sqrt(sin(p - p0) sin(p + p0)) / cos(p0) (p the phase, p0 = p(0);
+  cos^2 p0 - cos^2 p = sin(p - p0) sin(p + p0)), which is exactly 0 at t = 0 where 1 - alpha^2
+  cancels to a rounding error (sqrt of one ulp: 1.5e-8 in float64).
   """
   t_min: float = 1e-3
   t_max: float = 0.9946
@@ -236,8 +239,9 @@ class VPCosine(Schedule):
     return _xp(t).cos(self._phase(t)) / self._a0()
 
   def sigma(self, t):
-    a = self.alpha(t)
-    return _xp(t).sqrt(1.0 - a * a)
+    xp = _xp(t)
+    p, p0 = self._phase(t), self._phase(0.0)
+    return xp.sqrt(xp.sin(p - p0) * xp.sin(p + p0)) / self._a0()
 
   def dalpha_dt(self, t):
     return -_xp(t).sin(self._phase(t)) * 0.5 * math.pi / (1.0 + self.s) / self._a0()

@@ -103,3 +103,19 @@ def test_bad_inputs_are_named():
     S.time_grid(S.VP(), 5, "log")
   with pytest.raises(ValueError, match="t_min < t_max"):
     S.get_schedule("vp", t_min=1.0, t_max=0.5)
+
+
+def test_vp_cosine_sigma_is_exact_at_zero_and_stable():
+  """sigma = sqrt(sin(p - p0) sin(p + p0)) / cos(p0): exactly 0 at t = 0 (sqrt(1 - alpha^2)
+  gave 0 or 1.5e-8 in float64 jax depending on layout), alpha^2 + sigma^2 = 1 elsewhere."""
+  import jax
+  from diffusion.schedules import VPCosine
+  sch = VPCosine()
+  with jax.enable_x64(True):
+    t = jnp.asarray(np.linspace(0.0, 0.9946, 257), jnp.float64)
+    a, s = np.asarray(sch.alpha(t)), np.asarray(sch.sigma(t))
+    assert s[0] == 0.0 and float(sch.sigma(jnp.zeros((3,), jnp.float64))[1]) == 0.0
+    np.testing.assert_allclose(a * a + s * s, 1.0, atol=1e-14)
+    np.testing.assert_allclose(s[1:], np.sqrt(1 - a[1:] ** 2), rtol=1e-7)
+  assert float(sch.sigma(np.float64(0.5))) == pytest.approx(np.sqrt(1 - sch.alpha(0.5) ** 2),
+                                                             rel=1e-13)
