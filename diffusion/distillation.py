@@ -89,19 +89,6 @@ def check_weighting(weighting: str) -> str:
   return weighting
 
 
-def alpha_sigma(schedule: Schedule, t: Array) -> Tuple[Array, Array]:
-  """(alpha(t), sigma(t)), with the end t = 0 taken explicitly from the host float64 values
-  alpha(0.0), sigma(0.0) (sigma = 0 on VP-type schedules): on jax arrays VPCosine's
-  sigma = sqrt(1 - alpha^2) gives 0 or 1.5e-8 at t = 0 depending on the array's layout (alpha
-  one ulp below 1), which would make the sigma = 0 end inexact."""
-  a, s = schedule.alpha(t), schedule.sigma(t)
-  if isinstance(t, (np.ndarray, np.generic, float, int)) or schedule.t_min > 0.0:
-    return a, s  # numpy inputs are computed on the host already; t = 0 is outside the schedule
-  a0, s0 = float(schedule.alpha(np.float64(0.0))), float(schedule.sigma(np.float64(0.0)))
-  zero = t == 0
-  return jnp.where(zero, a0, a), jnp.where(zero, s0, s)
-
-
 # -- the DDIM step and the target -----------------------------------------------------------------
 
 
@@ -114,8 +101,10 @@ def ddim_step(x0_hat: Array, x_t: Array, t: Array, s: Array, schedule: Schedule)
   sigma_s = 0 (then x_s = alpha_s x0_hat). Concrete times outside the schedule raise ValueError.
   """
   _check_times(schedule, t=t, s=s)
-  a_t, s_t = alpha_sigma(schedule, _bcast(t, x_t))
-  a_s, s_s = alpha_sigma(schedule, _bcast(s, x_t))
+  tb = _bcast(t, x_t)
+  a_t, s_t = schedule.alpha(tb), schedule.sigma(tb)
+  sb = _bcast(s, x_t)
+  a_s, s_s = schedule.alpha(sb), schedule.sigma(sb)
   eps_hat = (x_t - a_t * x0_hat) / s_t
   return a_s * x0_hat + s_s * eps_hat
 
@@ -126,8 +115,10 @@ def x0_for_one_step(x_t: Array, x_s: Array, t: Array, s: Array, schedule: Schedu
 
   Needs sigma_t > 0 and SNR(s) > SNR(t) (s < t); sigma_s = 0 gives x_s / alpha_s.
   """
-  a_t, s_t = alpha_sigma(schedule, _bcast(t, x_t))
-  a_s, s_s = alpha_sigma(schedule, _bcast(s, x_t))
+  tb = _bcast(t, x_t)
+  a_t, s_t = schedule.alpha(tb), schedule.sigma(tb)
+  sb = _bcast(s, x_t)
+  a_s, s_s = schedule.alpha(sb), schedule.sigma(sb)
   r = s_s / s_t
   return (x_s - r * x_t) / (a_s - r * a_t)
 

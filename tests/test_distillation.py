@@ -28,8 +28,8 @@ from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.samplers import build_sampler, registered_samplers
 
 COSINE = schedules.VPCosine()
-# t_min = 0: the last step goes to the data itself (sigma = 0; for VPCosine on jax arrays only
-# thanks to distillation.alpha_sigma, see there).
+# t_min = 0: the last step goes to the data itself (sigma = 0 exactly, VPCosine included:
+# schedules.VPCosine.sigma is computed without the cancellation of sqrt(1 - alpha^2)).
 COSINE0 = schedules.VPCosine(t_min=0.0)
 VP0 = schedules.VP(t_min=0.0)
 SCHEDULES = (COSINE, schedules.VP(), schedules.EDM(), COSINE0, VP0)
