@@ -100,7 +100,7 @@ def _classifier(config: Config, schedule):
   check_classifier_config(config, clf_config)
   _, params, step = sample.restore_params(clf_config, g.classifier_workdir)
   scale = float(g.classifier_scale)
-  interval = _interval(config)
+  interval = _interval(config, schedule)
   # The classifier guides the unconditional model: a conditional network gets the NULL label.
   null = num_classes(config) or None
 
@@ -128,22 +128,21 @@ def check_classifier_config(config: Config, clf_config: Config) -> None:
                       f"{clf_config.data.name!r}, not this model's data {config.data.name!r}")
 
 
-def _interval(config: Config):
+def _interval(config: Config, sched):
+  """(t_lo, t_hi) of config.guidance (None ends: the schedule's), or None for no interval."""
   g = config.guidance
   if g.t_lo is None and g.t_hi is None:
     return None
-  from experiments import build
-  sched = build.schedule(config)
   lo = float(sched.t_min) if g.t_lo is None else float(g.t_lo)
   hi = float(sched.t_max) if g.t_hi is None else float(g.t_hi)
   return (lo, hi)
 
 
-def _cfg(config: Config):
+def _cfg(config: Config, schedule):
   from diffusion import guidance
   g = config.guidance
   weight, convention = float(g.weight), g.convention
-  null, interval = num_classes(config), _interval(config)
+  null, interval = num_classes(config), _interval(config, schedule)
 
   def transform(denoise, aux):
     del aux
@@ -276,7 +275,7 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
   ncls = num_classes(config)
   transforms, aux = [], {}
   if g.kind == "cfg":
-    transforms.append(_cfg(config))
+    transforms.append(_cfg(config, s.schedule))
   elif g.kind == "classifier":
     fn, params, ncls, _ = _classifier(config, s.schedule)  # the classifier's classes label
     transforms.append(fn)
