@@ -123,6 +123,37 @@ def get_base_config() -> ml_collections.ConfigDict:
   # network's Jacobian error is amplified about 1/alpha^2 (diffusion.inverse.pigdm).
   c.inverse.pigdm_t_hi = config_dict.placeholder(float)
 
+  # Few-step training (training.objective 'progressive_distillation', 'consistency_distillation',
+  # 'consistency_training', 'reflow'; experiments/distill.py, docs/few_step.md).
+  c.distill = ml_collections.ConfigDict()
+  # The teacher: a trained run's config file and workdir (its newest checkpoint, or teacher_step),
+  # EMA parameters. Progressive and consistency distillation need it; reflow reads it to start
+  # the new flow from the old one's parameters.
+  c.distill.teacher_config = config_dict.placeholder(str)
+  c.distill.teacher_workdir = config_dict.placeholder(str)
+  c.distill.teacher_step = config_dict.placeholder(int)
+  c.distill.init_from_teacher = True  # CD / reflow: start from the teacher's parameters (PD: always)
+  # Progressive distillation: the first student's DDIM steps (its teacher takes twice as many)
+  # and the rounds (each halves the steps; training.num_steps is split evenly among them).
+  c.distill.student_steps = 8
+  c.distill.rounds = 1
+  # Loss options; None: the objective's default (PD 'truncated_snr'; CD CM's 'uniform', 'l2',
+  # 'uniform'; CT iCT's 'ict', 'pseudo_huber', 'lognormal'). PD: 'truncated_snr' | 'snr' | 'v'.
+  c.distill.weighting = config_dict.placeholder(str)
+  c.distill.metric = config_dict.placeholder(str)  # 'l2' | 'pseudo_huber'
+  c.distill.index_distribution = config_dict.placeholder(str)  # 'uniform' | 'lognormal'
+  c.distill.teacher_solver = "heun"  # CD: one 'euler' or 'heun' PF-ODE step of the teacher
+  c.distill.num_scales = 18  # CD, and CT with curriculum 'none': Karras grid points N
+  c.distill.rho = 7.0
+  c.distill.curriculum = "ict"  # CT: 'ict' (iCT sec. 3.4) | 'cm' (CM App. C) | 'none'
+  c.distill.s0 = config_dict.placeholder(int)  # None: ict 10, cm 2
+  c.distill.s1 = config_dict.placeholder(int)  # None: ict 1280, cm 150
+  # Reflow: --mode=pairs writes (noise, sample) pairs of this run's sampler (a deterministic one)
+  # to <workdir>/pairs; a reflow run reads the folder named by distill.pairs.
+  c.distill.pairs = config_dict.placeholder(str)
+  c.distill.num_pairs = 50_000
+  c.distill.pairs_shard_size = 5_000
+
   c.eval = ml_collections.ConfigDict()
   # Which checkpoints --mode=eval evaluates: eval.step (None: the newest), or with
   # all_checkpoints=True every one in turn; steps with eval/step_<step>/metrics.json are skipped.

@@ -416,12 +416,13 @@ class Checkpointer:
   ``config``: the run's config dict, saved in each checkpoint's meta (and named in mismatch
   errors). ``read_only``: nothing under the workdir is created, moved or written (sample, eval).
   ``allow_fresh_start``: restore() may return no state when every checkpoint is proven corrupt
-  (otherwise NoUsableCheckpointError).
+  (otherwise NoUsableCheckpointError). ``keep_period``: checkpoints at multiples of it are never
+  deleted by ``max_to_keep`` (progressive distillation's rounds).
   """
 
   def __init__(self, workdir: str, max_to_keep: Optional[int] = 3, async_save: bool = True,
                config: Optional[Dict[str, Any]] = None, read_only: bool = False,
-               allow_fresh_start: bool = False):
+               allow_fresh_start: bool = False, keep_period: Optional[int] = None):
     self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, CKPT_DIR))
     self.config = (json.loads(json.dumps(config, default=str, sort_keys=True))
@@ -435,7 +436,8 @@ class Checkpointer:
             read_only=True, create=False, max_to_keep=None, enable_async_checkpointing=False)
       else:
         self._options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+            keep_period=keep_period)
     self._manifest_thread: Optional[threading.Thread] = None
     self._manifest_error: Optional[BaseException] = None
     self.manager = self._open()

@@ -161,6 +161,31 @@ def ict_num_scales(step: int, total_steps: int, s0: int = 10, s1: int = 1280) ->
   return int(min(s0 * 2**(k // k_prime), s1) + 1)
 
 
+def traced_num_scales(step: Array, total_steps: int, curriculum: str = "ict", s0: int = 10,
+                      s1: int = 1280) -> Array:
+  """``ict_num_scales`` / ``cm_num_scales`` of a traced ``step`` (int32 scalar), for a train step
+  compiled once; equal to the host functions at every step (tests/test_consistency.py)."""
+  big_k = check_int("total_steps", total_steps)
+  s0, s1 = check_int("s0", s0), check_int("s1", s1)
+  k = jnp.asarray(step, jnp.float32)
+  if curriculum == "ict":
+    ict_num_scales(0, big_k, s0, s1)  # checks K' >= 1
+    k_prime = math.floor(big_k / (math.log2(s1 // s0) + 1))
+    n = jnp.minimum(s0 * 2.0**jnp.floor(k / k_prime), s1) + 1
+  elif curriculum == "cm":
+    n = jnp.ceil(jnp.sqrt(k / big_k * ((s1 + 1)**2 - s0**2) + s0**2) - 1) + 1
+  else:
+    raise ValueError(f"unknown curriculum {curriculum!r}; accepted: ('ict', 'cm')")
+  return n.astype(jnp.int32)
+
+
+def max_num_scales(total_steps: int, curriculum: str = "ict", s0: int = 10, s1: int = 1280
+                   ) -> int:
+  """The largest N of the curriculum over steps 0 .. total_steps - 1."""
+  fn = ict_num_scales if curriculum == "ict" else cm_num_scales
+  return max(fn(total_steps - 1, total_steps, s0, s1), fn(0, total_steps, s0, s1))
+
+
 def cm_num_scales(step: int, total_steps: int, s0: int = 2, s1: int = 150) -> int:
   """CM's curriculum for CT (App. C, the function N(k)):
   N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1."""
@@ -305,6 +330,33 @@ def _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho, index_distribut
   return sig, probs, t_grid
 
 
+def traced_grid(schedule: Schedule, num_scales: Array, max_scales: int, *,
+                sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
+                rho: float = 7.0, index_distribution: str = "lognormal", p_mean: float = -1.1,
+                p_std: float = 2.0, dtype=jnp.float32) -> Tuple[Array, Array, Array]:
+  """The Karras grid and index distribution of ``karras_sigmas`` / ``index_probs`` for a traced
+  number of scales N <= ``max_scales`` (a curriculum inside one compiled step):
+  (sigmas (max_scales,), times (max_scales,), index logits (max_scales - 1,)); entries past N
+  are padding, and the logits of intervals i >= N - 1 are -inf (never drawn)."""
+  m = check_int("max_scales", max_scales, minimum=2)
+  _one_of("index distribution", index_distribution, INDEX_DISTRIBUTIONS)
+  lo, hi = sigma_range(schedule, sigma_min, sigma_max)
+  r = _positive("rho", rho)
+  n = jnp.asarray(num_scales, jnp.int32)
+  i = jnp.arange(m)
+  frac = i.astype(dtype) / (n - 1).astype(dtype)
+  s = (lo**(1 / r) + frac * (hi**(1 / r) - lo**(1 / r)))**r
+  s = jnp.where(i == 0, lo, jnp.where(i >= n - 1, hi, s)).astype(dtype)
+  t = schedule.t_from_edm_sigma(s)
+  t = jnp.where(i == 0, float(schedule.t_from_edm_sigma(np.float64(lo))), t).astype(dtype)
+  if index_distribution == "uniform":
+    logits = jnp.zeros((m - 1,), dtype)
+  else:
+    c = jax.scipy.special.erf((jnp.log(s) - p_mean) / (math.sqrt(2) * _positive("p_std", p_std)))
+    logits = jnp.log(jnp.maximum(c[1:] - c[:-1], 1e-30))
+  return s, t, jnp.where(i[:-1] < n - 1, logits, -jnp.inf)
+
+
 def _pair_loss(f_student, f_target, x0, z, x_hat_fn, i, sig, t_grid, schedule, weighting,
                metric, c, cond, fixed):
   """The shared part of CD and CT: (loss, aux)."""
@@ -394,22 +446,37 @@ def consistency_training_loss(f_student: ConsistencyFn,
                               index_distribution: str = "lognormal",
                               weighting: str = "ict",
                               metric: str = "pseudo_huber",
-                              c: Optional[float] = None) -> Tuple[Array, Dict[str, Array]]:
+                              c: Optional[float] = None,
+                              max_scales: Optional[int] = None) -> Tuple[Array, Dict[str, Array]]:
   """Consistency training, no teacher (CM eq. 9 / Alg. 3; iCT sec. 3): as
   ``consistency_distillation_loss`` with x_hat_i = alpha(t_i) (x0 + s_i z), the same z (the
   one-sample estimate of the score, CM Thm. 2). Defaults are iCT's (log-normal index, lambda =
   1/(s_{i+1} - s_i), pseudo-Huber, ``f_target=None`` = stop-gradient of the student); with
-  num_scales from ``ict_num_scales(step, total_steps)``."""
-  sig, probs, t_grid = _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho,
-                                   index_distribution, weighting, metric)
+  num_scales from ``ict_num_scales(step, total_steps)``, or traced (``traced_num_scales``, one
+  compiled step for the whole curriculum) with ``max_scales`` its largest value (``traced_grid``).
+  """
   k_i, k_z = jax.random.split(key)
   fixed = index is not None
-  if fixed:
-    i = check_int("index", index, minimum=0)
-    if i > len(sig) - 2:
-      raise ValueError(f"index={i} is out of range for num_scales={len(sig)} (0..{len(sig) - 2})")
+  if isinstance(num_scales, jax.Array) or max_scales is not None:  # a traced curriculum
+    if fixed or max_scales is None:
+      raise ValueError("a traced num_scales needs max_scales (the curriculum's largest N) and "
+                       "a drawn index (index=None)")
+    _one_of("weighting", weighting, WEIGHTINGS)
+    _one_of("metric", metric, METRICS)
+    sig, t_grid, logits = traced_grid(schedule, num_scales, max_scales, sigma_min=sigma_min,
+                                      sigma_max=sigma_max, rho=rho,
+                                      index_distribution=index_distribution, dtype=x0.dtype)
+    i = jax.random.categorical(k_i, logits, shape=(x0.shape[0],)).astype(jnp.int32)
   else:
-    i = sample_indices(k_i, x0.shape[0], probs)
+    sig, probs, t_grid = _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho,
+                                     index_distribution, weighting, metric)
+    if fixed:
+      i = check_int("index", index, minimum=0)
+      if i > len(sig) - 2:
+        raise ValueError(f"index={i} is out of range for num_scales={len(sig)} "
+                         f"(0..{len(sig) - 2})")
+    else:
+      i = sample_indices(k_i, x0.shape[0], probs)
   z = jax.random.normal(k_z, x0.shape, x0.dtype)
 
   def x_hat(x_hi, t_hi, t_lo, s_lo):

@@ -124,14 +124,20 @@ def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *
 def noisy_batch(key, x0: Array, schedule: Schedule, time_sampling: str, *,
                 t_min: Optional[float] = None, t_max: Optional[float] = None,
                 p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
-                logit_std: float = 1.0) -> Tuple[Array, Array]:
+                logit_std: float = 1.0, noise: Optional[Array] = None) -> Tuple[Array, Array]:
   """(t (B,), x_t = alpha_t x0 + sigma_t eps (B, ...)): times drawn by ``sample_times`` and one
-  Gaussian draw per example, from the two halves of ``key``."""
+  Gaussian draw per example, from the two halves of ``key``; ``noise`` (B, ...), if given, is
+  eps instead (a coupling of noise and data, as reflow's pairs)."""
   kt, ke = jax.random.split(key)
   t = sample_times(kt, x0.shape[0], schedule, time_sampling, t_min=t_min, t_max=t_max,
                    p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
                    logit_std=logit_std).astype(x0.dtype)
-  eps = jax.random.normal(ke, x0.shape, x0.dtype)
+  if noise is None:
+    eps = jax.random.normal(ke, x0.shape, x0.dtype)
+  elif noise.shape != x0.shape:
+    raise ValueError(f"noise must have the shape of x0 {x0.shape}, got {noise.shape}")
+  else:
+    eps = noise.astype(x0.dtype)
   return t, schedule.marginal(x0, eps, t)
 
 
@@ -151,18 +157,21 @@ def dsm_loss(denoise: Callable[..., Array],
              logit_std: float = 1.0,
              sigma_data: float = 0.5,
              min_snr_gamma: float = 5.0,
-             reduce: str = "mean") -> Tuple[Array, Dict[str, Array]]:
+             reduce: str = "mean",
+             noise: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
   """Monte Carlo estimate of the weighted denoising loss on a batch x0 (B, ...).
 
   Returns (scalar loss, aux) with aux['per_example'] (B,) and aux['t'] (B,). ``reduce`` picks the
-  mean or the sum of the squared error over the non-batch axes.
+  mean or the sum of the squared error over the non-batch axes. ``noise`` (B, ...): the eps paired
+  with each x0 instead of a fresh draw (reflow: (noise, sample) pairs of a trained flow, Liu et
+  al. 2023, eq. 6, train the next flow on x_t = alpha x0 + sigma noise).
   """
   if reduce not in ("mean", "sum"):
     raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
   if weighting not in WEIGHTINGS:
     raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
   t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                      p_std=p_std, logit_mean=logit_mean, logit_std=logit_std)
+                      p_std=p_std, logit_mean=logit_mean, logit_std=logit_std, noise=noise)
   x0_hat = denoise(xt, t, cond)
   sq = jnp.square(x0_hat.astype(jnp.float32) - x0.astype(jnp.float32))
   axes = tuple(range(1, x0.ndim))

@@ -25,6 +25,13 @@ A *parameterization* is the pair (network inputs, network output -> x0_hat):
          / sigma, so sigma F = sigma alpha' x0 + sigma' x - sigma' alpha x0). The denominator is
          -alpha sigma dlambda/dt / 2 > 0 for every schedule whose logSNR lambda decreases;
          for rectified flow (alpha = 1 - t, sigma = t) it is 1 and x0 = x - t F.
+  consistency  EDM's network inputs, with the boundary skip / out of consistency models (Song et
+         al. 2023, eq. 7 and App. C), s_min = sigma(t_min)/alpha(t_min):
+         x0 = c_skip(s) x' + c_out(s) F,  c_skip = sd^2/((s - s_min)^2 + sd^2),
+         c_out = (s - s_min) sd / sqrt(s^2 + sd^2), so x0 = x' exactly at t_min. The "denoiser"
+         is then the consistency function f(x_t, t) (diffusion.consistency), sampled by the
+         'consistency' sampler; a network trained with 'edm' has the same inputs, so its
+         parameters initialise it (consistency distillation from an EDM teacher).
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from diffusion.schedules import Schedule, _bcast
 Array = Any
 Denoiser = Callable[..., Array]  # denoise(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
 
-PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow")
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow", "consistency")
 TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise")
 
 
@@ -106,10 +113,11 @@ class Parameterization:
   Attributes:
     kind: one of PARAMETERIZATIONS.
     time_input: the scalar the network is conditioned on: 't', 'log_sigma' (log of sigma/alpha),
-      'logsnr', or 'c_noise' (= log(sigma/alpha)/4, EDM). 'edm' always uses c_noise.
+      'logsnr', or 'c_noise' (= log(sigma/alpha)/4, EDM). 'edm' and 'consistency' always use
+      c_noise.
     sigma_data: the data standard deviation assumed by EDM's preconditioning.
-    scale_input: feed x / sqrt(alpha^2 sd^2 + sigma^2) (unit variance) instead of x; 'edm' always
-      does (that is its c_in).
+    scale_input: feed x / sqrt(alpha^2 sd^2 + sigma^2) (unit variance) instead of x; 'edm' and
+      'consistency' always do (that is EDM's c_in).
   """
   kind: str = "eps"
   time_input: str = "t"
@@ -129,11 +137,12 @@ class Parameterization:
     """(x_in (B, ...), c (B,)): what the network sees for x_t at times t (B,)."""
     tb = _bcast(t, x)
     a, s = schedule.alpha(tb), schedule.sigma(tb)
-    if self.kind == "edm" or self.scale_input:
+    edm_inputs = self.kind in ("edm", "consistency")
+    if edm_inputs or self.scale_input:
       x_in = x / jnp.sqrt(a * a * self.sigma_data**2 + s * s)
     else:
       x_in = x
-    ti = "c_noise" if self.kind == "edm" else self.time_input
+    ti = "c_noise" if edm_inputs else self.time_input
     if ti == "t":
       c = t
     elif ti == "log_sigma":
@@ -175,10 +184,13 @@ class Parameterization:
     return (x0 - c_skip * (x / a)) / c_out
 
   def _edm_skip_out(self, x, t, schedule: Schedule):
-    """(alpha, c_skip, c_out) of EDM's preconditioning at s = sigma/alpha, broadcast against x."""
+    """(alpha, c_skip, c_out) at s = sigma/alpha, broadcast against x: EDM's preconditioning, or
+    for 'consistency' the boundary one (module docstring), with d = s - s_min in place of s in
+    c_skip and in c_out's numerator."""
     tb = _bcast(t, x)
     s, sd = schedule.edm_sigma(tb), self.sigma_data
-    return schedule.alpha(tb), sd * sd / (s * s + sd * sd), s * sd / jnp.sqrt(s * s + sd * sd)
+    d = s - schedule.edm_sigma(schedule.t_min) if self.kind == "consistency" else s
+    return schedule.alpha(tb), sd * sd / (d * d + sd * sd), d * sd / jnp.sqrt(s * s + sd * sd)
 
 
 def make_denoiser(apply_fn: Callable[..., Array],

@@ -21,6 +21,7 @@ Non-finite loss or gradients (policy ``nonfinite``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -40,10 +41,17 @@ OPTIMIZERS = ("adam", "adamw")
 DECAYS = ("none", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # 'dsm': a score / denoiser network by denoising score matching; 'classifier': a noise-conditional
-# classifier p(y | x_t, t) by cross-entropy on noisy data (for classifier guidance).
-OBJECTIVES = ("dsm", "classifier")
+# classifier p(y | x_t, t) by cross-entropy on noisy data (for classifier guidance); 'reflow':
+# dsm on given (noise, data) pairs (batch['noise']); the few-step objectives of STUDENT_OBJECTIVES
+# train a student with a loss the caller builds (experiments/distill.py), which gets the state's
+# step and teacher parameters (``DistillState``).
+STUDENT_OBJECTIVES = ("progressive_distillation", "consistency_distillation",
+                      "consistency_training")
+OBJECTIVES = ("dsm", "classifier", "reflow") + STUDENT_OBJECTIVES
 # Scalars of the loss's aux that the train step reports as metrics, per objective.
-AUX_METRICS = {"dsm": (), "classifier": ("accuracy",)}
+AUX_METRICS = {"dsm": (), "classifier": ("accuracy",), "reflow": (),
+               "progressive_distillation": (), "consistency_distillation": (),
+               "consistency_training": ("num_scales",)}
 
 
 @flax.struct.dataclass
@@ -64,6 +72,15 @@ class TrainState:
   key: jax.Array
   num_skipped: jax.Array
   bad_step: jax.Array
+
+
+@flax.struct.dataclass
+class DistillState(TrainState):
+  """A TrainState that also carries a teacher's parameters (the few-step objectives): a fixed
+  teacher (consistency distillation), the current round's teacher (progressive distillation:
+  the previous round's student), or an empty dict (consistency training). Checkpointed with the
+  rest, so a student's workdir holds everything its run needs."""
+  teacher: PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +197,9 @@ class StepConfig:
   compute_dtype: 'float32' or 'bfloat16' (params and inputs cast for the forward/backward pass;
     master params, loss and updates stay float32).
   conditional: pass batch['label'] to the network as ``cond``.
-  objective: 'dsm' (``dsm_loss``) or 'classifier' (``classifier_loss`` with batch['label'] as
-    targets; weighting and conditional do not apply); see OBJECTIVES.
+  objective: 'dsm' (``dsm_loss``), 'reflow' (``dsm_loss`` with batch['noise'] as eps),
+    'classifier' (``classifier_loss`` with batch['label'] as targets; weighting and conditional
+    do not apply), or one of STUDENT_OBJECTIVES (the caller's loss_fn); see OBJECTIVES.
   """
   weighting: str = "eps"
   time_sampling: str = "uniform"
@@ -249,14 +267,20 @@ def make_logits_fn(apply_fn: Callable[..., jax.Array], schedule: Schedule,
 
 def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfig,
               loss_fn: Optional[Callable] = None) -> Callable:
-  """``loss(params, batch, key) -> (scalar, aux)``: dsm_loss of the wrapped network, or for
-  ``cfg.objective == 'classifier'`` classifier_loss of its logits on batch['label'] (required).
+  """``loss(params, batch, key, context=None) -> (scalar, aux)``: dsm_loss of the wrapped network
+  (with batch['noise'] as eps when the batch has it: reflow), for ``cfg.objective ==
+  'classifier'`` classifier_loss of its logits on batch['label'] (required), and for the
+  STUDENT_OBJECTIVES ``loss_fn(denoise, x0, key, context)`` (required), ``context`` the dict
+  {'step': state.step, 'teacher': state.teacher} of the train step.
   """
+  if cfg.objective in STUDENT_OBJECTIVES and loss_fn is None:
+    raise ValueError(f"objective {cfg.objective!r} needs a loss_fn(denoise, x0, key, context) "
+                     f"(experiments.distill builds it from the config)")
   loss_fn = loss_fn or _default_loss(cfg.objective)
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
   model = compute_model(model, dtype)
 
-  def loss(params, batch: Batch, key):
+  def loss(params, batch: Batch, key, context=None):
     noise_key, dropout_key = jax.random.split(key)
     p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
 
@@ -272,9 +296,13 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
                      noise_key, schedule, time_sampling=cfg.time_sampling,
                      **dict(cfg.loss_opts))
     denoise = make_denoiser(apply_fn, schedule, param)
+    if cfg.objective in STUDENT_OBJECTIVES:
+      return loss_fn(denoise, batch["x"], noise_key, context)
     cond = batch.get("label") if cfg.conditional else None
+    extra = {"noise": batch["noise"]} if "noise" in batch else {}
     value, aux = loss_fn(denoise, batch["x"], noise_key, schedule, weighting=cfg.weighting,
-                         time_sampling=cfg.time_sampling, cond=cond, **dict(cfg.loss_opts))
+                         time_sampling=cfg.time_sampling, cond=cond, **dict(cfg.loss_opts),
+                         **extra)
     return value, aux
 
   return loss
@@ -286,10 +314,10 @@ def _tree_all_finite(tree) -> jax.Array:
 
 
 def _accumulated_grads(loss, params, batch: Batch, key, k: int,
-                       aux_names: Tuple[str, ...] = ()):
+                       aux_names: Tuple[str, ...] = (), context=None):
   """Mean loss, gradient and aux scalars ``aux_names`` (a dict) over k equal micro-batches of
   ``batch`` (lax.scan)."""
-  grad_fn = jax.value_and_grad(loss, has_aux=True)
+  grad_fn = jax.value_and_grad(functools.partial(loss, context=context), has_aux=True)
 
   def pick(aux):
     return {n: jnp.asarray(aux[n], jnp.float32) for n in aux_names}
@@ -321,7 +349,9 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
                     optimizer: optax.GradientTransformation, cfg: StepConfig,
                     loss_fn: Optional[Callable] = None,
                     lr_fn: Optional[optax.Schedule] = None) -> Callable:
-  """Returns the pure ``train_step(state, batch) -> (state, metrics)`` (not jitted).
+  """Returns the pure ``train_step(state, batch, teacher=None) -> (state, metrics)`` (not
+  jitted); ``teacher``: fixed teacher parameters for the loss's context (else the state's own,
+  ``DistillState.teacher``).
 
   batch: {'x': (B, ...), 'label': (B,) optional}. metrics: scalars loss, grad_norm, finite,
   ema_decay, lr (when ``lr_fn`` is given) and the objective's AUX_METRICS (the classifier's
@@ -330,10 +360,12 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
   loss = make_loss(model, schedule, param, cfg, loss_fn)
   aux_names = AUX_METRICS[cfg.objective]
 
-  def train_step(state: TrainState, batch: Batch):
+  def train_step(state: TrainState, batch: Batch, teacher: Optional[PyTree] = None):
     key = jax.random.fold_in(state.key, state.step)
+    context = {"step": state.step,
+               "teacher": getattr(state, "teacher", None) if teacher is None else teacher}
     value, grads, aux = _accumulated_grads(loss, state.params, batch, key,
-                                           cfg.grad_accum_steps, aux_names)
+                                           cfg.grad_accum_steps, aux_names, context)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _tree_all_finite(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -25,7 +25,11 @@ Config = ml_collections.ConfigDict
 # training.objective is recorded only when it is not 'dsm' (``identity_dict``), so workdirs written
 # before the field existed (all 'dsm') still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
-                   "training.objective", "resolved.data_shape", "resolved.param_count")
+                   "training.objective", "distill", "resolved.data_shape",
+                   "resolved.param_count")
+# Objectives without a teacher or pairs: their identity leaves config.distill out (workdirs
+# written before the section existed still resume).
+_NO_DISTILL = ("dsm", "classifier")
 
 
 # -- the math objects -----------------------------------------------------------------------------
@@ -51,7 +55,16 @@ def optim_config(config: Config) -> training.OptimConfig:
   return training.OptimConfig(
       name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, grad_clip=o.grad_clip,
       weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, decay=o.decay,
-      decay_steps=config.training.num_steps, end_lr_factor=o.end_lr_factor)
+      decay_steps=_decay_steps(config), end_lr_factor=o.end_lr_factor)
+
+
+def _decay_steps(config: Config) -> int:
+  """The steps of the lr schedule: the run's, or one round's for progressive distillation (each
+  round starts a fresh optimizer, whose schedule starts again)."""
+  t = config.training
+  if t.objective == "progressive_distillation":
+    return int(t.num_steps) // max(1, int(config.distill.rounds))
+  return int(t.num_steps)
 
 
 def loss_options(config: Config) -> Dict[str, Any]:
@@ -178,7 +191,10 @@ def train_batches(config: Config, start_step: int, process_index: int,
   d = config.data
   nan_at, nan_n = int(config.debug.nan_at_step), int(config.debug.nan_num_steps)
   labels = needs_labels(config)
-  if is_toy(config) and labels:
+  if config.training.objective == "reflow":  # (noise, sample) pairs instead of the data
+    from experiments import reflow
+    it = reflow.pair_batches(config, start_step, process_index, process_count)
+  elif is_toy(config) and labels:
     it = ({"x": x, "label": y} for x, y in toy2d.iterator(
         d.name, d.batch_size, config.seed, start_step, process_index=process_index,
         process_count=process_count, with_labels=True))
@@ -202,6 +218,13 @@ def train_batches(config: Config, start_step: int, process_index: int,
       yield b
 
   return gen()
+
+
+def data_shape(config: Config) -> Tuple[int, ...]:
+  """The shape of one example of config.data: (2,) for the toy densities, (H, W, C) for images."""
+  if is_toy(config):
+    return (2,)
+  return tuple(_images_module().image_shape(config.data.name, config.data.image_size))
 
 
 def example_batch(config: Config) -> Dict[str, np.ndarray]:
@@ -290,7 +313,10 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
   field existed hold no such key, and must still match a 'dsm' run (a 'classifier' run's is kept,
   so the two refuse each other's workdirs: check_identity compares IDENTITY_FIELDS)."""
   d = config.to_dict()
-  if d.get("training", {}).get("objective") == "dsm":
+  objective = d.get("training", {}).get("objective")
+  if objective in _NO_DISTILL:
+    d.pop("distill", None)
+  if objective == "dsm":
     del d["training"]["objective"]
   d["resolved"] = dict(res)
   return d

@@ -93,9 +93,9 @@ def _classifier(config: Config, schedule):
   """(transform, aux params) of classifier guidance with the restored classifier of
   config.guidance.classifier_config / classifier_workdir."""
   from diffusion import guidance
-  from experiments import build, main, sample
+  from experiments import build, config_files, sample
   g = config.guidance
-  clf_config = sample.saved_config(main.load_config_file(g.classifier_config),
+  clf_config = sample.saved_config(config_files.load_config_file(g.classifier_config),
                                    g.classifier_workdir)
   check_classifier_config(config, clf_config)
   _, params, step = sample.restore_params(clf_config, g.classifier_workdir)

@@ -516,8 +516,11 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     metrics.update(classifier_metrics(s, params))
     return _write_metrics(workdir, step, metrics, [], sig)
   n_held = max(int(e.nll_points), int(e.num_samples), int(e.mmd_points))
+  # A consistency function is not a denoiser: it has no PF-ODE, so no likelihood either.
+  likelihood = config.model.parameterization != "consistency"
   if toy:
     held = build.heldout(config, max(n_held, int(config.data.num_heldout)))
+  if toy and likelihood:
     n_nll = int(e.nll_points)
     logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
                                    rtol=e.rtol, atol=e.atol, divergence=e.divergence,
@@ -531,13 +534,13 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     if h is not None:
       metrics["true_entropy_nats"] = float(h)
       metrics["excess_nll_nats"] = metrics["nll_nats"] - float(h)
-  else:
+  if not toy:
     from diffusion.data.images import num_levels
     levels_count = num_levels(config.data.name)  # 256; 17 for digits
     levels = build.heldout(config, n_held, levels=True)
     held = dequantize(levels, levels_count, jax.random.PRNGKey(config.data.heldout_seed), 0)
     test = levels[:int(e.nll_points)]
-
+  if not toy and likelihood:
     def loglik(x, k, d):
       return log_likelihood(
           s, params, x, int(e.nll_batch_size), k, rtol=e.rtol, atol=e.atol,
@@ -597,7 +600,7 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     labels = (np.asarray(plan.labels(np.arange(len(x)))) if plan.conditional else None)
     plots.close(sample.plot(s, x, os.path.join(here, "samples.png"), f"step {step}",
                             labels=labels))
-  if toy:  # collective: every process computes, process 0 draws
+  if toy and likelihood:  # collective: every process computes, process 0 draws
     fig = density_plot(s, params, os.path.join(here, "density.png"))
     if fig is not None:
       figures.append("density.png")

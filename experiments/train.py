@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import checkpoint, parallel, training
-from experiments import build, signals, writers
+from experiments import build, distill, signals, writers
 from experiments.validate import validate
 from experiments.writers import say
 
@@ -79,6 +79,8 @@ def setup(config: Config) -> Setup:
 
   key = jax.random.PRNGKey(config.seed)
   shapes = jax.eval_shape(init, key)
+  if distill.holds_teacher(config):  # PD: the round's teacher is the student's network
+    shapes = _with_teacher(shapes, shapes.params)
   shardings = parallel.state_sharding(mesh, shapes, fsdp=config.parallel.fsdp,
                                      min_size=config.parallel.fsdp_min_size)
   abstract = checkpoint.abstract_like(shapes, shardings)
@@ -87,18 +89,36 @@ def setup(config: Config) -> Setup:
                shardings, identity)
 
 
-def init_state(s: Setup) -> training.TrainState:
+def _with_teacher(state: training.TrainState, teacher) -> training.DistillState:
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(training.TrainState)}
+  return training.DistillState(**fields, teacher=teacher)
+
+
+def init_state(s: Setup, teacher_params=None) -> training.TrainState:
+  """A fresh state; with ``teacher_params`` (the few-step objectives) the student starts from
+  them where the objective does (PD always, CD / reflow with distill.init_from_teacher), and PD's
+  state carries them as the first round's teacher."""
   ex_label = s.example.get("label") if s.config.model.conditional else None
+  copy = teacher_params is not None and (distill.holds_teacher(s.config)
+                                         or bool(s.config.distill.init_from_teacher))
 
-  def init(key):
-    return training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
-                               None if ex_label is None else jnp.asarray(ex_label))
+  def init(key, teacher):
+    state = training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
+                                None if ex_label is None else jnp.asarray(ex_label))
+    if copy:
+      state = state.replace(params=teacher, ema_params=jax.tree_util.tree_map(jnp.copy, teacher),
+                            opt_state=s.optimizer.init(teacher))
+    if distill.holds_teacher(s.config):
+      state = _with_teacher(state, jax.tree_util.tree_map(jnp.copy, teacher))
+    return state
 
-  return jax.jit(init, out_shardings=s.state_shardings)(jax.random.PRNGKey(s.config.seed))
+  return jax.jit(init, out_shardings=s.state_shardings)(jax.random.PRNGKey(s.config.seed),
+                                                        teacher_params)
 
 
-def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer):
-  """(state, restored step or None): the newest intact checkpoint, else a fresh state.
+def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, teacher=None):
+  """(state, restored step or None): the newest intact checkpoint, else a fresh state (from the
+  teacher of ``teacher()``, a callable giving its EMA params, for the few-step objectives).
 
   Checkpoints proven corrupt are set aside (see diffusion.checkpoint); a checkpoint of another
   state structure, or one that fails to read without proof of corruption, is an error and
@@ -110,19 +130,29 @@ def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer):
   if writers.is_main():
     checkpoint.write_config(ckpt.workdir, s.identity)
   if state is None:
-    return init_state(s), None
+    return init_state(s, None if teacher is None else teacher()), None
   return state, step
 
 
-def _compile_steps(s: Setup, k: int):
-  """The jitted function running k train steps per call, batches stacked (k, B, ...)."""
+def _compile_steps(s: Setup, k: int, round_index: int = 0, teacher=None):
+  """The jitted function running k train steps per call, batches stacked (k, B, ...):
+  ``fn(state, batches)``, or ``fn(state, batches, teacher_params)`` with a fixed teacher (CD;
+  ``teacher`` its Setup)."""
   lr_fn = training.lr_schedule(s.optim)
+  loss_fn = distill.loss_fn(s.config, s, teacher, round_index)
   step = training.make_train_step(s.net, s.schedule, s.param, s.optimizer, s.step_cfg,
-                                  lr_fn=lr_fn)
-  fn = training.multi_step(step, k)
+                                  loss_fn=loss_fn, lr_fn=lr_fn)
   data = NamedSharding(s.mesh, P(None, (parallel.DATA, parallel.MODEL)))
-  return parallel.jit_sharded(fn, in_shardings=(s.state_shardings, data),
-                              out_shardings=(s.state_shardings, parallel.replicated(s.mesh)),
+  rep = parallel.replicated(s.mesh)
+  if teacher is None:
+    fn, ins = training.multi_step(step, k), (s.state_shardings, data)
+  else:
+    def with_teacher(state, batches, teacher_params):
+      def one(st, b):
+        return step(st, b, teacher=teacher_params)
+      return training.multi_step(one, k)(state, batches)
+    fn, ins = with_teacher, (s.state_shardings, data, rep)
+  return parallel.jit_sharded(fn, in_shardings=ins, out_shardings=(s.state_shardings, rep),
                               donate_argnums=(0,)), data
 
 
@@ -162,8 +192,10 @@ def _train(config: Config, workdir: str, sig: signals.RunSignals,
     lock.acquire()
   try:
     checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # now under the lock
+    keep = distill.steps_per_round(config) if distill.holds_teacher(config) else None
     ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints,
-                                   config=s.identity, allow_fresh_start=allow_fresh_start)
+                                   config=s.identity, allow_fresh_start=allow_fresh_start,
+                                   keep_period=keep)
     try:
       return _loop(s, workdir, ckpt, sig)
     finally:
@@ -177,13 +209,24 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
           sig: Optional[signals.RunSignals] = None) -> Dict[str, Any]:
   config, tcfg = s.config, s.config.training
   sig = sig if sig is not None else signals.RunSignals()
-  state, restored = restore_or_init(s, ckpt)
+  teacher = _Teacher(config)
+  state, restored = restore_or_init(s, ckpt, teacher.params if teacher.needed else None)
   step = int(jax.device_get(state.step))
   if restored is not None:
     say(f"resumed from the checkpoint at step {restored} in {ckpt.directory}")
   else:
     say(f"starting {config.experiment!r}: {training.count_params(state.params):,} parameters, "
         f"{s.mesh.devices.size} device(s), {jax.process_count()} process(es)")
+  if distill.describe(config):
+    say(distill.describe(config) + (f"; teacher {teacher.where}" if teacher.needed else ""))
+  fixed_teacher = teacher.fixed()  # CD: (Setup, params) passed to every step; else None
+  boundaries = set(distill.round_boundaries(config)) if distill.holds_teacher(config) else set()
+  begin_round = (parallel.jit_sharded(lambda st: distill.begin_round(st, s.optimizer),
+                                      in_shardings=(s.state_shardings,),
+                                      out_shardings=s.state_shardings)
+                 if boundaries else None)
+  if step in boundaries:  # resumed at a round's first step (idempotent)
+    state = begin_round(state)
   writer = writers.MetricWriter(workdir, start_step=step)
   batches = build.train_batches(config, step, jax.process_index(), jax.process_count())
   compiled: Dict[int, Any] = {}
@@ -220,12 +263,14 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
   with sig.deferred():
     while step < num_steps:
       k = min(k_max, num_steps - step)
-      if k not in compiled:
-        compiled[k] = _compile_steps(s, k)
-      fn, data_sharding = compiled[k]
+      r = distill.round_of(config, step) if boundaries else 0
+      if (k, r) not in compiled:
+        compiled[(k, r)] = _compile_steps(s, k, r, fixed_teacher and fixed_teacher[0])
+      fn, data_sharding = compiled[(k, r)]
       local = [next(batches) for _ in range(k)]
       stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
-      state, metrics = fn(state, parallel.global_batch(stacked, data_sharding))
+      args = (fixed_teacher[1],) if fixed_teacher else ()
+      state, metrics = fn(state, parallel.global_batch(stacked, data_sharding), *args)
       pending.append(metrics)
       prev, step, calls = step, step + k, calls + 1
       if calls % 8 == 0:  # bound the queue of in-flight steps (simulated devices deadlock)
@@ -244,6 +289,13 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
         say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  {acc}grad_norm "
             f"{m['grad_norm']:.3f}  {m['steps_per_sec']:.1f} steps/s  "
             f"ETA {writers.eta(step, num_steps, m['steps_per_sec'])}")
+      if step in boundaries:  # round r's student is kept; round r + 1 starts from it
+        save(step)
+        done_round = distill.round_of(config, step - 1)
+        say(f"round {done_round + 1}/{config.distill.rounds} done at step {step}: its student "
+            f"({distill.round_student_steps(config, done_round)} DDIM steps) is the checkpoint "
+            f"at step {step}")
+        state = begin_round(state)
       if _crossed(prev, step, tcfg.ckpt_every) and step < num_steps:
         save(step)
         if step == config.debug.hang_at_step:  # fault injection for the kill/resume test
@@ -279,6 +331,33 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
     _report_samples(s, workdir, state, step, writer)
   writer.close()
   return {"step": step, "status": status, "loss": last_loss}
+
+
+class _Teacher:
+  """The teacher of a few-step run, restored from distill.teacher_workdir only when needed: at a
+  fresh start (the student's initial parameters; PD's first teacher) and, for consistency
+  distillation, at every start (the fixed teacher passed to each step)."""
+
+  def __init__(self, config: Config):
+    self.config = config
+    self.needed = distill.needs_teacher(config)
+    self.where = f"{config.distill.teacher_workdir}" if self.needed else ""
+    self._loaded = None
+
+  def _load(self):
+    if self._loaded is None:
+      t_setup, params, step = distill.load_teacher(self.config)
+      say(f"teacher: the checkpoint at step {step} of {self.where}")
+      self._loaded = (t_setup, params)
+    return self._loaded
+
+  def params(self):
+    return self._load()[1]
+
+  def fixed(self):
+    if distill.objective(self.config) != "consistency_distillation":
+      return None
+    return self._load()
 
 
 def _report_samples(s: Setup, workdir: str, state, step: int, writer) -> None:

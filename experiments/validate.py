@@ -20,9 +20,10 @@ import numpy as np
 
 Config = ml_collections.ConfigDict
 
-MODES = ("train", "sample", "eval", "sweep")
+MODES = ("train", "sample", "eval", "sweep", "pairs")
 # Output folder of each mode inside the workdir (train writes to the workdir itself).
-OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eval"}
+OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eval",
+                 "pairs": "pairs"}
 # How eval turns samples in [-1, 1] into pixels for Inception (experiments.evaluate.fid_pixels).
 FID_ROUNDINGS = ("levels", "nearest", "floor")
 # config.sampling fields that are not build_sampler arguments.
@@ -31,9 +32,9 @@ SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
                "logsnr_max")
 # Loss keywords the train step sets itself (not config.training.loss_opts).
-_STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond")
+_STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond", "noise")
 # Modes that draw samples from the trained network (a classifier has none to draw).
-SAMPLING_MODES = ("sample", "sweep")
+SAMPLING_MODES = ("sample", "sweep", "pairs")
 # Suffix of the registered names of the noise-conditional classifiers (diffusion.models.classifier).
 CLASSIFIER_SUFFIX = "_classifier"
 
@@ -175,10 +176,10 @@ def check_objective(config: Config, mode: str) -> None:
   objective, name = config.training.objective, config.model.name
   one_of("training.objective", objective, training.OBJECTIVES)
   is_classifier_net = isinstance(name, str) and name.endswith(CLASSIFIER_SUFFIX)
-  if objective == "dsm":
+  if objective != "classifier":
     if is_classifier_net:
       raise ConfigError(f"config.model.name={name!r} is a classifier; config.training.objective="
-                        f"'dsm' trains a score network: set config.training.objective="
+                        f"{objective!r} trains a score network: set config.training.objective="
                         f"'classifier', or a score network (a model not named "
                         f"'*{CLASSIFIER_SUFFIX}')")
     return
@@ -265,10 +266,7 @@ def check_sampling(config: Config, schedule) -> None:
   from diffusion.samplers import grids, registry
   s = config.sampling
   info = from_library("sampling.sampler", registry.sampler_info, s.sampler)
-  if info.kind == "consistency":
-    raise ConfigError(f"config.sampling.sampler={s.sampler!r} samples a consistency model "
-                      f"(diffusion.consistency), not this config's denoiser; the driver does not "
-                      f"train consistency models yet")
+  check_sampler_kind("sampling.sampler", s.sampler, info.kind, config)
   from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
   int_at_least("sampling.num_samples", s.num_samples, 1)
@@ -283,6 +281,20 @@ def check_sampling(config: Config, schedule) -> None:
     raise ConfigError(f"config.sampling.grid={s.grid!r} with num_steps={s.num_steps}, "
                       f"rho={s.rho} gives times that are not finite and strictly decreasing "
                       f"on [{t_min}, {t_max}]")
+
+
+def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
+  """A consistency model (model.parameterization 'consistency') is sampled by the samplers of
+  kind 'consistency' only, and a denoiser by every other kind."""
+  consistency_model = config.model.parameterization == "consistency"
+  if (kind == "consistency") != consistency_model:
+    from diffusion.samplers import registry
+    ours = sorted(n for n in registry.registered_samplers()
+                  if (registry.sampler_info(n).kind == "consistency") == consistency_model)
+    what = ("a consistency function (model.parameterization='consistency')" if consistency_model
+            else f"a denoiser (model.parameterization={config.model.parameterization!r})")
+    raise ConfigError(f"config.{field}={name!r} is a sampler of kind {kind!r}; this config's "
+                      f"network is {what}, sampled by: {ours}")
 
 
 def check_eval(config: Config) -> None:
@@ -348,9 +360,8 @@ def check_fid(config: Config, mode: str) -> None:
     except ValueError as err:
       raise ConfigError(str(err)) from None
     for name in samplers:
-      if from_library("eval.sweep_samplers", registry.sampler_info, name).kind == "consistency":
-        raise ConfigError(f"config.eval.sweep_samplers: {name!r} samples a consistency model, "
-                          f"not this config's denoiser")
+      kind = from_library("eval.sweep_samplers", registry.sampler_info, name).kind
+      check_sampler_kind("eval.sweep_samplers", name, kind, config)
       for b in budgets:
         from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
                      sweep.steps_for_nfe, name, b, sweep.sampler_hparams_for(config, name))
@@ -425,13 +436,13 @@ def _check_classifier(config: Config) -> int:
   """The classifier of config.guidance: its config loads, is a classifier of this forward process
   and data, and its workdir is a directory. Returns its number of classes."""
   from experiments import conditioning as cond_lib
-  from experiments import main
+  from experiments import config_files
   g = config.guidance
   for name in ("classifier_config", "classifier_workdir"):
     if not g[name]:
       raise ConfigError(f"config.guidance.kind='classifier' needs config.guidance.{name}")
   try:
-    clf = main.load_config_file(g.classifier_config)
+    clf = config_files.load_config_file(g.classifier_config)
   except FileNotFoundError as e:
     raise ConfigError(f"config.guidance.classifier_config: {e}") from None
   cond_lib.check_classifier_config(config, clf)
@@ -554,6 +565,8 @@ def validate_config(config: Config, mode: str) -> None:
   check_eval(config)
   check_time_ranges(config, schedule)
   check_guidance(config, schedule, mode)
+  from experiments import distill
+  distill.check_distill(config, mode)
   check_parallel(config)
   check_debug(config)
 

@@ -1,0 +1,18 @@
+"""checkerboard under EDM: the teacher of consistency distillation (configs/toy/checkerboard_cd.py).
+
+EDM's process sigma(t) = t in [0.002, 80] and preconditioning with sigma_data = 2, loss weight
+lambda(sigma) with ln sigma ~ N(0.2, 1.2^2) (EDM's -1.2 shifted by ln 4 for the 4x larger data
+scale); Heun, 17 steps on the Karras grid (35 NFE). The residual MLP, optimizer and steps of the
+other toy configs.
+
+Run:
+  python -m experiments.main --config=configs/toy/checkerboard_edm.py --workdir=workdirs/checkerboard_edm --mode=train
+  python -m experiments.main --config=configs/toy/checkerboard_edm.py --workdir=workdirs/checkerboard_edm --mode=eval
+
+Measured: docs/few_step.md.
+"""
+from configs.toy.few_step import teacher
+
+
+def get_config():
+  return teacher("edm")
