@@ -36,4 +36,6 @@ def get_config():
   c.model.time_input = "t"
   c.training.weighting = "flow"
   c.training.time_sampling = "uniform"
+  c.distill.num_pairs = 10_000  # --mode=pairs: reflow's pairs (configs/digits/reflow.py)
+  c.distill.pairs_shard_size = 2_000
   return c

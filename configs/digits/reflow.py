@@ -1,0 +1,28 @@
+"""8x8 digits: one reflow of configs/digits/rf.py (the 2-rectified flow).
+
+Liu et al. 2023, sec. 2.3: the 1-rectified flow's ODE (Heun, 35 NFE) maps 10,000 noise draws to
+samples (--mode=pairs); the 2-rectified flow starts from its parameters and is trained for 1,000
+steps by flow matching on those pairs (x_t = (1 - t) x_0 + t x_T with each sample's own noise).
+Euler, 1 step.
+
+Run (after training configs/digits/rf.py):
+  python -m experiments.main --config=configs/digits/rf.py --workdir=workdirs/digits_rf --mode=pairs
+  python -m experiments.main --config=configs/digits/reflow.py --workdir=workdirs/digits_reflow --mode=train
+
+Measured: docs/few_step.md.
+"""
+from configs.digits import rf
+from configs.digits.few_step import student
+
+
+def get_config():
+  c = student("reflow", rf.get_config(), "rf")
+  c.experiment = "digits/reflow"
+  c.distill.pairs = "workdirs/digits_rf/pairs"
+  c.training.num_steps = 1_000
+  c.training.ckpt_every = 500
+  c.optim.lr = 2e-4
+  c.sampling.sampler = "euler"
+  c.sampling.grid = "uniform"
+  c.sampling.num_steps = 1
+  return c
