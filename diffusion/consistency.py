@@ -454,6 +454,7 @@ def consistency_training_loss(f_student: ConsistencyFn,
   1/(s_{i+1} - s_i), pseudo-Huber, ``f_target=None`` = stop-gradient of the student); with
   num_scales from ``ict_num_scales(step, total_steps)``, or traced (``traced_num_scales``, one
   compiled step for the whole curriculum) with ``max_scales`` its largest value (``traced_grid``).
+  aux as ``consistency_distillation_loss``'s, plus num_scales () (float32).
   """
   k_i, k_z = jax.random.split(key)
   fixed = index is not None
@@ -482,8 +483,9 @@ def consistency_training_loss(f_student: ConsistencyFn,
   def x_hat(x_hi, t_hi, t_lo, s_lo):
     return _bcast(schedule.alpha(jnp.asarray(t_lo, x0.dtype)), x0) * (x0 + _bcast(s_lo, x0) * z)
 
-  return _pair_loss(f_student, f_target, x0, z, x_hat, i, sig, t_grid, schedule, weighting,
-                    metric, c, cond, fixed)
+  loss, aux = _pair_loss(f_student, f_target, x0, z, x_hat, i, sig, t_grid, schedule, weighting,
+                         metric, c, cond, fixed)
+  return loss, dict(aux, num_scales=jnp.asarray(num_scales, jnp.float32))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def holds_teacher(config: Config) -> bool:
   return objective(config) == "progressive_distillation"
 
 
-# -- progressive distillation rounds ----------------------------------------------------------------
+# -- progressive distillation rounds ---------------------------------------------------------------
 
 
 def steps_per_round(config: Config) -> int:
@@ -107,7 +107,7 @@ def begin_round(state: training.DistillState, optimizer) -> training.DistillStat
                        opt_state=optimizer.init(t))
 
 
-# -- validation (no JAX work: before anything is compiled) ------------------------------------------
+# -- validation (no JAX work: before anything is compiled) -----------------------------------------
 
 
 def teacher_config(config: Config) -> Config:
@@ -212,6 +212,10 @@ def check_distill(config: Config, mode: str) -> None:
       raise ConfigError(f"config.training.num_steps={config.training.num_steps} must be a "
                         f"positive multiple of config.distill.rounds={d.rounds} (each round "
                         f"trains num_steps / rounds steps)")
+    if int(config.optim.warmup_steps) >= k:
+      raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} must be smaller "
+                        f"than the steps per round {k} (each round starts a fresh optimizer, "
+                        f"warm-up included)")
     if k % int(config.training.steps_per_call):
       raise ConfigError(f"config.training.steps_per_call={config.training.steps_per_call} must "
                         f"divide the steps per round {k}")
@@ -321,17 +325,11 @@ def loss_fn(config: Config, s, teacher_setup=None, round_index: int = 0) -> Opti
       fixed, max_scales = None, consistency.max_num_scales(total, d.curriculum, s0, s1)
 
     def ct(denoise, x0, key, context):
-      if fixed is not None:
-        n = fixed
-        loss, aux = consistency.consistency_training_loss(
-            denoise, None, x0, key, sched, n, rho=rho, index_distribution=idx, weighting=w,
-            metric=m)
-      else:
-        n = consistency.traced_num_scales(context["step"], total, d.curriculum, s0, s1)
-        loss, aux = consistency.consistency_training_loss(
-            denoise, None, x0, key, sched, n, rho=rho, index_distribution=idx, weighting=w,
-            metric=m, max_scales=max_scales)
-      return loss, dict(aux, num_scales=jnp.asarray(n, jnp.float32))
+      n = fixed if fixed is not None else consistency.traced_num_scales(
+          context["step"], total, d.curriculum, s0, s1)
+      return consistency.consistency_training_loss(
+          denoise, None, x0, key, sched, n, rho=rho, index_distribution=idx, weighting=w,
+          metric=m, max_scales=max_scales)
 
     return ct
   return None

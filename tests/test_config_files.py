@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-HELPERS = ("common.py", "__init__.py")
+HELPERS = ("common.py", "few_step.py", "__init__.py")
 EXPERIMENT_FILES = sorted(
     os.path.relpath(f, REPO) for f in glob.glob(os.path.join(REPO, "configs", "*", "*.py"))
     if os.path.basename(f) not in HELPERS)
@@ -107,7 +107,13 @@ def test_literal_networks_equal_the_model_presets():
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES)
 def test_every_experiment_config_passes_validation(path):
+  """Every config validates for training; a student (one naming a teacher, whose workdir does not
+  exist here) validates for sampling, and its teacher's config file is a compatible teacher."""
+  from experiments import distill
   from experiments.main import load_config_file
   from experiments.validate import validate
-  validate(load_config_file(os.path.join(REPO, path)), "train", device_count=1,
-           process_count=1)
+  config = load_config_file(os.path.join(REPO, path))
+  teacher = config.distill.teacher_config
+  validate(config, "sample" if teacher else "train", device_count=1, process_count=1)
+  if teacher:
+    distill.check_teacher(config, load_config_file(os.path.join(REPO, teacher)))

@@ -282,6 +282,8 @@ def test_incompatible_teachers_and_settings_are_refused(teachers, tmp_path):
       (_student("pd", str(tmp_path / "none")), "teacher_workdir="),
       (_student("pd", vcos, **{"distill.rounds": 5}), "initial_steps=8 is not divisible"),
       (_student("pd", vcos, **{"distill.rounds": 4}), "multiple of config.distill.rounds=4"),
+      (_student("pd", vcos, **{"distill.rounds": 2, "training.num_steps": 20,
+                               "optim.warmup_steps": 10}), "steps per round 10"),
       (_student("cd", edm, **{"model.parameterization": "edm", "sampling.sampler": "heun"}),
        "parameterization='consistency'"),
       (_student("cd", edm, **{"distill.teacher_solver": "dpmpp_2m"}), "distill.teacher_solver"),
