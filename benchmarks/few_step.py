@@ -136,6 +136,17 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str]) 
   st_by = {s.name: s for s in stages(suite)}
   stats = inception_params = None
   results, cache = [], {}
+  if suite == "toy":  # the floor: two independent held-out sets of the same size
+    from diffusion.data import toy2d
+    from experiments import config_files as cf
+    cfg0 = cf.load_config_file(os.path.join(ROOT, TOY.format("rf")))
+    a = _heldout(cfg0, num_samples)[:num_samples]
+    b = toy2d.heldout(cfg0.data.name, num_samples, cfg0.data.heldout_seed + 1)
+    m = min(2000, num_samples)
+    results.append(dict(stage="", model="data vs data (the floor)", sampler="", steps=0,
+                        step=None, nfe=0, sample_seconds=0.0, num_samples=num_samples,
+                        sliced_wasserstein=float(sliced_wasserstein(a, b, 0)),
+                        mmd=float(mmd(a[:m], b[:m]))))
   for row in rows(suite, root):
     st = st_by[row["stage"]]
     wd = st.wd(root)
@@ -204,7 +215,7 @@ def table(results: List[Dict], times: Dict[str, float], suite: str) -> str:
          + " straightness | sampling s |"
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in results:
-    cells = [r["model"], r["sampler"], str(r["steps"]), str(r["nfe"]),
+    cells = [r["model"], r["sampler"], str(r["steps"] or ""), str(r["nfe"] or ""),
              f"{r['sliced_wasserstein']:.4f}", f"{r['mmd']:.4f}"]
     if fid:
       cells += [f"{r['fid']:.2f}" if "fid" in r else "", f"{1e3 * r['kid']:.2f}"

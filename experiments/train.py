@@ -13,11 +13,15 @@ Signals (``experiments.signals``), handled from the very start of ``train``:
     for it to be written and prints ``SIGTERM: saved a checkpoint at step N; exiting``.
     SIGTERM (a scheduler's preemption) then exits 0: the run did what it was asked and resumes
     on the next start. SIGINT (Ctrl-C, a person stopping the run) exits 130 after the save, as
-    an interrupted command does, so a shell script running several steps stops too. Further signals while saving only print
-    ``... received again: already stopping, please wait``.
+    an interrupted command does, so a shell script running several steps stops too. Further
+    signals while saving only print ``... received again: already stopping, please wait``.
 Classifier runs (training.objective='classifier'): the same loop trains a noise-conditional
 classifier; the log line and metrics.jsonl add its training-batch accuracy, and no samples are
 drawn (neither every training.sample_every steps nor at the end).
+Few-step objectives (experiments/distill.py, docs/few_step.md): the teacher's EMA parameters start
+the student at a fresh start; consistency distillation's teacher is passed to every step;
+progressive distillation's rounds end at steps r K, where the round's student is checkpointed
+(kept) and becomes the next round's teacher (``distill.begin_round``); reflow's batches are pairs.
 Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
 the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.
 """
@@ -99,6 +103,9 @@ def init_state(s: Setup, teacher_params=None) -> training.TrainState:
   them where the objective does (PD always, CD / reflow with distill.init_from_teacher), and PD's
   state carries them as the first round's teacher."""
   ex_label = s.example.get("label") if s.config.model.conditional else None
+  if distill.holds_teacher(s.config) and teacher_params is None:
+    raise ValueError(f"training.objective={s.config.training.objective!r} starts from the "
+                     f"teacher's parameters; init_state needs teacher_params")
   copy = teacher_params is not None and (distill.holds_teacher(s.config)
                                          or bool(s.config.distill.init_from_teacher))
 
@@ -229,7 +236,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
     state = begin_round(state)
   writer = writers.MetricWriter(workdir, start_step=step)
   batches = build.train_batches(config, step, jax.process_index(), jax.process_count())
-  compiled: Dict[int, Any] = {}
+  compiled: Dict[Any, Any] = {}  # (steps per call, PD round) -> (jitted fn, data sharding)
   pending: List[Dict[str, jax.Array]] = []  # metrics on device, not yet fetched
   fetched: List[Dict[str, np.ndarray]] = []  # fetched, not yet logged
   fetched_to = step  # metrics of steps before this one have been fetched
