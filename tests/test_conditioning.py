@@ -184,4 +184,4 @@ def test_saved_config_reproduces_the_runs_overrides(tmp_path):
 
 def test_the_consistency_sampler_is_refused_for_a_denoiser():
   msg = _refused(_digits(**{"sampling.sampler": "consistency"}))
-  assert "sampling.sampler='consistency'" in msg and "consistency model" in msg
+  assert "sampling.sampler='consistency'" in msg and "network is a denoiser" in msg

@@ -26,7 +26,7 @@ from diffusion.samplers.registry import sampler_info
 from tests.conftest import REPO, with_overrides
 
 CONFIG_DIRS = ("digits", "cifar10", "mnist", "celeba")
-HELPERS = ("common.py", "__init__.py")
+HELPERS = ("common.py", "few_step.py", "__init__.py")
 
 
 def _config_files():
@@ -178,10 +178,17 @@ def test_paper_config_trains_and_samples_on_mock_data(path, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   from experiments import sample, train
   c = with_overrides(_load(path), SMALL)
+  if c.training.objective == "consistency_training":  # a curriculum that fits in 2 steps
+    c.distill.s0, c.distill.s1 = 2, 4
   n = _param_count(c)
   if path in EXPECTED_PARAMS:
     assert n == EXPECTED_PARAMS[path]
   with tfds.testing.mock_data(num_examples=8):
+    if c.distill.teacher_config:  # a student: train its teacher (2 steps) first
+      teacher = with_overrides(_load(c.distill.teacher_config), SMALL)
+      c.distill.teacher_workdir = str(tmp_path / "teacher")
+      train.train(teacher, c.distill.teacher_workdir)
+      tmp_path = tmp_path / "student"
     out = train.train(c, str(tmp_path))
     assert out["status"] == "done" and out["step"] == 2 and np.isfinite(out["loss"])
     res = sample.run(c, str(tmp_path))
