@@ -16,9 +16,11 @@ Stages (suite 'toy': configs/toy/checkerboard_*.py; 'digits': configs/digits/*.p
   pd         progressive distillation, 4 rounds (students of 8, 4, 2, 1 DDIM steps);
   cd / ct    consistency distillation of the EDM teacher / consistency training (iCT).
 
-Quality: sliced Wasserstein and MMD to held-out data (toy: 10,000 samples against 10,000 held-out
-points; digits: against the 297 test images, in pixel space), and on digits FID / KID against the
-train split's statistics (``experiments.reference_stats``); each row with its exact NFE and the
+Rows already measured (<root>/rows_<num_samples>.json) are read back, not measured again: delete
+the file to measure anew. Quality: sliced Wasserstein and MMD to held-out data (toy: 10,000 samples against 10,000 held-out
+points; digits: against the 297 test images, in pixel space), and on digits FID / KID of the first
+--fid_samples samples against the train split's statistics (``experiments.reference_stats``; in
+the rows that ask for it, since Inception takes about 0.3 s per image on 2 CPU cores); each row with its exact NFE and the
 sampling time. For the rectified flows, also Liu et al.'s straightness of the learned ODE
 (``diffusion.flow.straightness``, 100 Euler steps, 2,000 paths). Writes
 benchmarks/results/few_step_<suite>.md and .json.
@@ -108,28 +110,32 @@ def rows(suite: str, root: str) -> List[Dict[str, Any]]:
   from experiments import config_files, distill
   out = []
 
-  def add(stage, label, sampler, steps_list, step=None):
+  def add(stage, label, sampler, steps_list, step=None, fid=()):
     for n in steps_list:
-      out.append(dict(stage=stage, model=label, sampler=sampler, steps=n, step=step))
+      out.append(dict(stage=stage, model=label, sampler=sampler, steps=n, step=step,
+                      fid=n in fid))
 
-  add("edm", "EDM teacher", "heun", [3, 5, 10, 25])
+  # fid: the rows whose FID is computed (Inception costs about 0.3 s per image on 2 CPU cores)
+  add("edm", "EDM teacher", "heun", [3, 5, 10, 25], fid=(10,))
   add("edm", "EDM teacher", "euler", [1, 2, 4, 8])
-  add("vcos", "v-pred. cosine teacher (PD's)", "ddim", [1, 2, 4, 8, 16, 32])
-  add("rf", "rectified flow (1-RF)", "euler", [1, 2, 4, 8, 16])
-  add("rf", "rectified flow (1-RF)", "heun", [5, 10, 25])
-  add("reflow", "2-rectified flow (1 reflow)", "euler", [1, 2, 4, 8])
+  add("vcos", "v-pred. cosine teacher (PD's)", "ddim", [1, 2, 4, 8, 16, 32], fid=(1, 16))
+  add("rf", "rectified flow (1-RF)", "euler", [1, 2, 4, 8, 16], fid=(1,))
+  add("rf", "rectified flow (1-RF)", "heun", [5, 10, 25], fid=(10,))
+  add("reflow", "2-rectified flow (1 reflow)", "euler", [1, 2, 4, 8], fid=(1, 2))
   pd_file = (TOY if suite == "toy" else DIGITS).format("pd")
   pd_cfg = config_files.load_config_file(os.path.join(ROOT, pd_file))
   k = distill.steps_per_round(pd_cfg)
   for r in range(int(pd_cfg.distill.rounds)):
-    add("pd", f"PD round {r + 1}", "ddim", [distill.round_student_steps(pd_cfg, r)],
-        step=(r + 1) * k)
-  add("cd", "consistency distillation", "consistency", [1, 2])
-  add("ct", "consistency training (iCT)", "consistency", [1, 2])
+    n = distill.round_student_steps(pd_cfg, r)
+    add("pd", f"PD round {r + 1}", "ddim", [n], step=(r + 1) * k, fid=(n,))
+  add("cd", "consistency distillation", "consistency", [1, 2], fid=(1, 2))
+  add("ct", "consistency training (iCT)", "consistency", [1, 2], fid=(1, 2))
   return out
 
 
-def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str]) -> List[Dict]:
+def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
+             finished=(), fid_samples: int = 500) -> List[Dict]:
+  """The rows of ``rows`` whose stage is in ``finished`` (see the module docstring)."""
   import jax
   from diffusion.metrics import mmd, sliced_wasserstein
   from experiments import config_files, evaluate as ev, sample, sweep
@@ -147,11 +153,21 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str]) 
                         step=None, nfe=0, sample_seconds=0.0, num_samples=num_samples,
                         sliced_wasserstein=float(sliced_wasserstein(a, b, 0)),
                         mmd=float(mmd(a[:m], b[:m]))))
+  done_path = os.path.join(root, f"rows_{num_samples}.json")  # finished rows: a rerun skips them
+  done = json.load(open(done_path)) if os.path.exists(done_path) else {}
   for row in rows(suite, root):
     st = st_by[row["stage"]]
     wd = st.wd(root)
     if not os.path.isdir(os.path.join(wd, "checkpoints")):
       print(f"skipping {row['model']}: no checkpoints in {wd}")
+      continue
+    if row["stage"] not in finished:
+      print(f"skipping {row['model']}: its stage has not finished")
+      continue
+    ckpts = [int(n) for n in os.listdir(os.path.join(wd, "checkpoints")) if n.isdigit()]
+    row_key = f"{row['stage']}/{row['sampler']}/{row['steps']}/{row['step'] or max(ckpts)}"
+    if row_key in done:
+      results.append(done[row_key])
       continue
     key = (wd, row["step"])
     if key not in cache:
@@ -176,12 +192,17 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str]) 
                finite=float(np.mean(np.all(np.isfinite(flat(x)), axis=1))),
                sliced_wasserstein=float(sliced_wasserstein(flat(x), flat(held), 0)),
                mmd=float(mmd(flat(x[:m]), flat(held[:m]))))
-    if stats is not None:
-      res.update({k: v for k, v in ev.fid_metrics(cfg, x, stats, inception_params).items()
+    if stats is not None and row["fid"]:
+      res.update({k: v for k, v in ev.fid_metrics(cfg, x[:fid_samples], stats,
+                                                  inception_params).items()
                   if k in ("fid", "kid")})
     if cfg.model.parameterization == "flow" and row["steps"] == 1:
       res["straightness"] = _straightness(s, params)
     results.append(res)
+    done[row_key] = res
+    with open(done_path + ".tmp", "w") as f:
+      json.dump(done, f, indent=1)
+    os.replace(done_path + ".tmp", done_path)
     print(json.dumps({k: v for k, v in res.items() if k != "stage"}), flush=True)
   return results
 
@@ -239,6 +260,8 @@ def main():
   p.add_argument("--num_samples", type=int, default=None,
                  help="samples per row (default: toy 10,000, digits 1,000)")
   p.add_argument("--fid_stats", default=None, help="digits: FID reference statistics (.npz)")
+  p.add_argument("--fid_samples", type=int, default=500,
+                 help="samples scored by FID / KID in the rows that have it (default 500)")
   p.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
   p.add_argument("--skip_eval", action="store_true")
   a = p.parse_args()
@@ -246,13 +269,17 @@ def main():
   if a.skip_eval:
     return
   n = a.num_samples or (10_000 if a.suite == "toy" else 1_000)
-  results = evaluate(a.suite, a.root, n, a.fid_stats)
+  results = evaluate(a.suite, a.root, n, a.fid_stats, finished=set(times),
+                     fid_samples=a.fid_samples)
   text = table(results, times, a.suite)
   print(text)
   out = os.path.join(ROOT, "benchmarks", "results", f"few_step_{a.suite}")
   with open(out + ".md", "w") as f:
+    fid = (f"; FID / KID of the first {a.fid_samples} in the rows that show them, against the "
+           f"train split's statistics (biased upwards at this size: compare rows, not papers)"
+           if a.fid_stats else "")
     f.write(f"Written by `python benchmarks/few_step.py --suite={a.suite}` ({n} samples per "
-            f"row).\n\n" + text)
+            f"row{fid}).\n\n" + text)
   with open(out + ".json", "w") as f:
     json.dump({"results": results, "times": times}, f, indent=2)
 

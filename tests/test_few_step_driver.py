@@ -320,3 +320,26 @@ def test_a_student_refuses_a_workdir_of_other_distill_settings(teachers):
   with pytest.raises(checkpoint.WorkdirMismatchError, match="distill.student_steps"):
     train.train(_student("pd", teachers["vcos"], **{**PD, "distill.student_steps": 8}), wd)
   assert build.IDENTITY_FIELDS.count("distill") == 1
+
+
+def test_cli_trains_a_student_and_writes_pairs(teachers, tmp_path):
+  """Through ``python -m experiments.main``: a student loads its teacher's config file (once a
+  DuplicateFlagError: library code imported the entry point), and --mode=pairs writes pairs."""
+  from tests.conftest import run_main
+  r = run_main(str(tmp_path / "cd"), "train",
+               {"training.num_steps": 8, "training.ckpt_every": 8, "sampling.num_steps": 1,
+                "distill.teacher_workdir": teachers["edm"]},
+               config=os.path.join(TOY, "checkerboard_cd.py"), timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "teacher: the checkpoint at step 30" in r.stdout
+  wd = str(tmp_path / "rf")
+  shutil.copytree(teachers["rf"], wd, ignore=shutil.ignore_patterns("pairs"))
+  r = run_main(wd, "pairs", {"distill.num_pairs": 64, "distill.pairs_shard_size": 32,
+                             "sampling.num_steps": 2},
+               config=os.path.join(TOY, "checkerboard_rf.py"), timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(wd, "pairs"))) == ["pairs.json", "shard_00000.npz",
+                                                           "shard_00001.npz"]
+  r = run_main(wd, "pairs", {"sampling.sampler": "euler_maruyama"},
+               config=os.path.join(TOY, "checkerboard_rf.py"), timeout=300)
+  assert r.returncode == 1 and "deterministic sampler" in r.stderr.strip().splitlines()[-1]
