@@ -36,6 +36,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+import ml_collections
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,7 +114,7 @@ def rows(suite: str, root: str) -> List[Dict[str, Any]]:
   def add(stage, label, sampler, steps_list, step=None, fid=()):
     for n in steps_list:
       out.append(dict(stage=stage, model=label, sampler=sampler, steps=n, step=step,
-                      fid=n in fid))
+                      with_fid=n in fid))
 
   # fid: the rows whose FID is computed (Inception costs about 0.3 s per image on 2 CPU cores)
   add("edm", "EDM teacher", "heun", [3, 5, 10, 25], fid=(10,))
@@ -155,6 +156,31 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
                         mmd=float(mmd(a[:m], b[:m]))))
   done_path = os.path.join(root, f"rows_{num_samples}.json")  # finished rows: a rerun skips them
   done = json.load(open(done_path)) if os.path.exists(done_path) else {}
+  if suite == "digits" and os.path.isdir(os.path.join(root, "rf", "checkpoints")):
+    # the floor: training images scored like samples (SW / MMD to the test split; FID)
+    cfg0 = sample.saved_config(config_files.load_config_file(
+        os.path.join(ROOT, DIGITS.format("rf"))), os.path.join(root, "rf"))
+    cfg0.eval.fid_stats = fid_stats
+    train_cfg = ml_collections.ConfigDict(cfg0.to_dict())
+    train_cfg.data.eval_split = train_cfg.data.split
+    x = _heldout(train_cfg, num_samples)
+    held = _heldout(cfg0, num_samples)
+    flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
+    m = min(2000, len(held), len(x))
+    res = dict(stage="", model="training images (the floor)", sampler="", steps=0, step=None,
+               nfe=0, sample_seconds=0.0, num_samples=len(x),
+               sliced_wasserstein=float(sliced_wasserstein(flat(x), flat(held), 0)),
+               mmd=float(mmd(flat(x[:m]), flat(held[:m]))))
+    if fid_stats:
+      from diffusion.metrics import inception
+      stats, inception_params = ev.load_fid_stats(cfg0), inception.load_params()
+      key = f"floor/{fid_samples}"
+      if key not in done:
+        done[key] = {k: v for k, v in ev.fid_metrics(cfg0, x[:fid_samples], stats,
+                                                     inception_params).items()
+                     if k in ("fid", "kid")}
+      res.update(done[key])
+    results.append(res)
   for row in rows(suite, root):
     st = st_by[row["stage"]]
     wd = st.wd(root)
@@ -192,7 +218,7 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
                finite=float(np.mean(np.all(np.isfinite(flat(x)), axis=1))),
                sliced_wasserstein=float(sliced_wasserstein(flat(x), flat(held), 0)),
                mmd=float(mmd(flat(x[:m]), flat(held[:m]))))
-    if stats is not None and row["fid"]:
+    if stats is not None and row["with_fid"]:
       res.update({k: v for k, v in ev.fid_metrics(cfg, x[:fid_samples], stats,
                                                   inception_params).items()
                   if k in ("fid", "kid")})
@@ -231,7 +257,8 @@ def _straightness(s, params, n: int = 2000, steps: int = 100) -> float:
 
 
 def table(results: List[Dict], times: Dict[str, float], suite: str) -> str:
-  fid = any("fid" in r for r in results)
+  has = lambda r, k: isinstance(r.get(k), float)
+  fid = any(has(r, "fid") for r in results)
   head = "| model | sampler | steps | NFE | SW | MMD |" + (" FID | KID x 1e3 |" if fid else "") \
          + " straightness | sampling s |"
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -239,8 +266,8 @@ def table(results: List[Dict], times: Dict[str, float], suite: str) -> str:
     cells = [r["model"], r["sampler"], str(r["steps"] or ""), str(r["nfe"] or ""),
              f"{r['sliced_wasserstein']:.4f}", f"{r['mmd']:.4f}"]
     if fid:
-      cells += [f"{r['fid']:.2f}" if "fid" in r else "", f"{1e3 * r['kid']:.2f}"
-                if "kid" in r else ""]
+      cells += [f"{r['fid']:.2f}" if has(r, "fid") else "",
+                f"{1e3 * r['kid']:.2f}" if has(r, "kid") else ""]
     cells += [f"{r['straightness']:.4f}" if "straightness" in r else "",
               f"{r['sample_seconds']:.2f}"]
     if r.get("finite", 1.0) < 1.0:
