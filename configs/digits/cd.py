@@ -9,7 +9,9 @@ sampler, 1 step (--config.sampling.num_steps=2 for two).
 Run (after training the teacher):
   python -m experiments.main --config=configs/digits/cd.py --workdir=workdirs/digits_cd --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): FID of 500 samples against the
+training split (500 training images: 8.38) 21.70 at 1 step, 27.57 at 2 (the EDM teacher with Heun
+at 21 NFE: 14.10); 1,018 s.
 """
 from configs.digits.common import digits_config
 from configs.digits.few_step import student

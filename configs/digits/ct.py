@@ -9,7 +9,9 @@ sampler, 1 step.
 Run:
   python -m experiments.main --config=configs/digits/ct.py --workdir=workdirs/digits_ct --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): FID of 500 samples against the
+training split (500 training images: 8.38) 77.79 at 1 step, 22.75 at 2 (far from converged in
+1,500 steps); 1,003 s.
 """
 from configs.digits.common import digits_config
 from configs.digits.few_step import student

@@ -10,7 +10,9 @@ the students of 8, 4, 2 and 1 steps (sample round r's with --config.eval.step=<2
 Run (after training the teacher):
   python -m experiments.main --config=configs/digits/pd.py --workdir=workdirs/digits_pd --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): FID of 500 samples against the
+training split (500 training images: 8.38) 14.50 / 15.78 / 18.35 / 25.29 at 8 / 4 / 2 / 1 steps
+(the teacher: 13.94 at 16 DDIM steps, 109.9 at 1); 1,028 s for the four rounds.
 """
 from configs.digits.few_step import student, vcos
 

@@ -9,7 +9,9 @@ Run (after training configs/digits/rf.py):
   python -m experiments.main --config=configs/digits/rf.py --workdir=workdirs/digits_rf --mode=pairs
   python -m experiments.main --config=configs/digits/reflow.py --workdir=workdirs/digits_reflow --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): FID of 500 samples against the
+training split (500 training images: 8.38) 19.69 / 17.70 with 1 / 2 Euler steps (the 1-RF: 101.5
+at 1 step, 20.06 with Heun at 21 NFE), straightness 8.51 -> 0.32; pairs 355 s, training 633 s.
 """
 from configs.digits import rf
 from configs.digits.few_step import student

@@ -8,7 +8,8 @@ uniform steps. configs/digits/pd.py distils it.
 Run:
   python -m experiments.main --config=configs/digits/vcos.py --workdir=workdirs/digits_vcos --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): FID of 500 samples against the
+training split (500 training images: 8.38) 13.94 with DDIM at 16 steps, 109.9 at 1; 1,108 s.
 """
 from configs.digits.few_step import vcos
 

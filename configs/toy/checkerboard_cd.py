@@ -9,7 +9,9 @@ CIFAR-10 choice); uniform indices, squared L2, lambda = 1. Sampled by CM's multi
 Run (after training the teacher):
   python -m experiments.main --config=configs/toy/checkerboard_cd.py --workdir=workdirs/checkerboard_cd --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): sliced Wasserstein to held-out data
+(floor 0.059) 0.064 at 1 step (the teacher with Heun at 51 NFE: 0.048), 0.329 at 2 (the 2-step
+Karras grid's intermediate sigma of 2.5 is this student's worst); training 183 s.
 """
 from configs.toy.few_step import student
 

@@ -9,7 +9,8 @@ from scratch; sampled by CM's multistep sampler, 1 step.
 Run:
   python -m experiments.main --config=configs/toy/checkerboard_ct.py --workdir=workdirs/checkerboard_ct --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): sliced Wasserstein to held-out data
+(floor 0.059) 0.120 at 1 step, 0.083 at 2; training 745 s.
 """
 from configs.toy.few_step import student
 

@@ -9,7 +9,8 @@ Run:
   python -m experiments.main --config=configs/toy/checkerboard_edm.py --workdir=workdirs/checkerboard_edm --mode=train
   python -m experiments.main --config=configs/toy/checkerboard_edm.py --workdir=workdirs/checkerboard_edm --mode=eval
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): sliced Wasserstein to held-out data
+(floor 0.059) 0.832 / 0.183 / 0.048 with Heun at 11 / 21 / 51 NFE; training 149 s.
 """
 from configs.toy.few_step import teacher
 

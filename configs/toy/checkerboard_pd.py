@@ -10,7 +10,9 @@ the students of 8, 4, 2 and 1 steps (sample round r's with --config.eval.step=<2
 Run (after training the teacher):
   python -m experiments.main --config=configs/toy/checkerboard_pd.py --workdir=workdirs/checkerboard_pd --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): sliced Wasserstein to held-out data
+(floor 0.059) 0.197 / 0.218 / 0.259 / 0.312 at 8 / 4 / 2 / 1 steps (the teacher at 16: 0.186, at
+1: 2.218); 272 s for the four rounds.
 """
 from configs.toy.few_step import student
 

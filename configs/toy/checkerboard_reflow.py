@@ -9,7 +9,9 @@ Run (after training checkerboard_rf):
   python -m experiments.main --config=configs/toy/checkerboard_rf.py --workdir=workdirs/checkerboard_rf --mode=pairs
   python -m experiments.main --config=configs/toy/checkerboard_reflow.py --workdir=workdirs/checkerboard_reflow --mode=train
 
-Measured: docs/few_step.md.
+Measured (2026-12-02, 2 shared CPU cores; docs/few_step.md): sliced Wasserstein to held-out data
+(floor 0.059) 0.128 / 0.128 with 1 / 2 Euler steps (the 1-RF: 2.258 / 2.031), straightness 2.08 ->
+0.0004; pairs 10 s, training 55 s.
 """
 from configs.toy.few_step import student
 
