@@ -60,9 +60,9 @@ def objective(config: Config) -> str:
 
 
 def needs_teacher(config: Config) -> bool:
+  """Whether the run reads a teacher: PD and CD always, reflow to start from the old flow."""
   return objective(config) in TEACHER_OBJECTIVES or (
-      objective(config) == "reflow" and bool(config.distill.init_from_teacher)
-      and config.distill.teacher_config is not None)
+      objective(config) == "reflow" and bool(config.distill.init_from_teacher))
 
 
 def is_consistency(config: Config) -> bool:
@@ -122,11 +122,6 @@ def teacher_config(config: Config) -> Config:
   return sample.saved_config(file_config, d.teacher_workdir)
 
 
-def _same(a, b) -> bool:
-  to = lambda v: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
-  return to(a) == to(b)
-
-
 def check_teacher(config: Config, teacher: Config) -> None:
   """The teacher must be a denoiser of this forward process and data; a student that starts from
   its parameters needs its network. ConfigError naming the differing field."""
@@ -149,7 +144,7 @@ def check_teacher(config: Config, teacher: Config) -> None:
     raise ConfigError(f"{where} is class-conditional; the few-step objectives distil "
                       f"unconditional models")
   for name, t_val, s_val in fields:
-    if not _same(t_val, s_val):
+    if _plain(t_val) != _plain(s_val):
       why = ("the student starts from the teacher's parameters (set config.distill."
              "init_from_teacher=False to train it from scratch)"
              if name.startswith("model") and obj != "progressive_distillation" else
@@ -187,7 +182,7 @@ def check_distill(config: Config, mode: str) -> None:
   if mode == "pairs":
     v.int_at_least("distill.num_pairs", d.num_pairs, 1)
     v.int_at_least("distill.pairs_shard_size", d.pairs_shard_size, 1)
-  if obj in TEACHER_OBJECTIVES or (obj == "reflow" and d.init_from_teacher):
+  if needs_teacher(config):
     for name in ("teacher_config", "teacher_workdir"):
       if not d[name]:
         raise ConfigError(f"config.training.objective={obj!r} needs config.distill.{name}"
@@ -268,18 +263,14 @@ def load_teacher(config: Config):
 
 
 def _denoiser_of(net, param, schedule, dtype):
-  """params -> denoise(x, t, cond) of ``net`` (evaluation mode, no dropout) computing in dtype."""
-  from diffusion.parameterization import make_denoiser
+  """params -> ``build.denoiser`` of ``net`` (evaluation mode, no dropout) computing in dtype,
+  with no gradient into the params (a teacher)."""
+  from experiments import build
   model = training.compute_model(net, dtype)
 
   def of(params):
     p = jax.tree_util.tree_map(lambda a: jax.lax.stop_gradient(a).astype(dtype), params)
-
-    def apply_fn(x_in, c, cond=None):
-      return model.apply({"params": p}, x_in.astype(dtype), c, labels=None,
-                         train=False).astype(jnp.float32)
-
-    return make_denoiser(apply_fn, schedule, param)
+    return build.denoiser(model, p, schedule, param)
 
   return of
 

@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 
 from diffusion import checkpoint, parallel
-from experiments import build, conditioning, plots, sample, shards, signals, writers
+from experiments import build, conditioning, distill, plots, sample, shards, signals, writers
 from experiments.validate import validate
 from experiments.writers import say
 
@@ -517,7 +517,7 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     return _write_metrics(workdir, step, metrics, [], sig)
   n_held = max(int(e.nll_points), int(e.num_samples), int(e.mmd_points))
   # A consistency function is not a denoiser: it has no PF-ODE, so no likelihood either.
-  likelihood = config.model.parameterization != "consistency"
+  likelihood = not distill.is_consistency(config)
   if toy:
     held = build.heldout(config, max(n_held, int(config.data.num_heldout)))
   if toy and likelihood:

@@ -286,7 +286,8 @@ def check_sampling(config: Config, schedule) -> None:
 def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
   """A consistency model (model.parameterization 'consistency') is sampled by the samplers of
   kind 'consistency' only, and a denoiser by every other kind."""
-  consistency_model = config.model.parameterization == "consistency"
+  from experiments import distill
+  consistency_model = distill.is_consistency(config)
   if (kind == "consistency") != consistency_model:
     from diffusion.samplers import registry
     ours = sorted(n for n in registry.registered_samplers()
