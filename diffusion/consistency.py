@@ -357,6 +357,33 @@ def traced_grid(schedule: Schedule, num_scales: Array, max_scales: int, *,
   return s, t, jnp.where(i[:-1] < n - 1, logits, -jnp.inf)
 
 
+def _grid_and_index(key, x0, schedule, num_scales, max_scales, index, sigma_min, sigma_max, rho,
+                    index_distribution, weighting, metric):
+  """(sigmas, times, i, fixed): the Karras grid of the loss (host arrays; or traced, padded to
+  ``max_scales``, when num_scales is traced) and the interval index, ``index`` for the whole
+  batch (fixed) or drawn per sample (B,) from the index distribution."""
+  fixed = index is not None
+  if isinstance(num_scales, jax.Array) or max_scales is not None:  # a traced curriculum
+    if fixed or max_scales is None:
+      raise ValueError("a traced num_scales needs max_scales (the curriculum's largest N) and "
+                       "a drawn index (index=None)")
+    _one_of("weighting", weighting, WEIGHTINGS)
+    _one_of("metric", metric, METRICS)
+    sig, t_grid, logits = traced_grid(schedule, num_scales, max_scales, sigma_min=sigma_min,
+                                      sigma_max=sigma_max, rho=rho,
+                                      index_distribution=index_distribution, dtype=x0.dtype)
+    i = jax.random.categorical(key, logits, shape=(x0.shape[0],)).astype(jnp.int32)
+    return sig, t_grid, i, False
+  sig, probs, t_grid = _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho,
+                                   index_distribution, weighting, metric)
+  if not fixed:
+    return sig, t_grid, sample_indices(key, x0.shape[0], probs), False
+  i = check_int("index", index, minimum=0)
+  if i > len(sig) - 2:
+    raise ValueError(f"index={i} is out of range for num_scales={len(sig)} (0..{len(sig) - 2})")
+  return sig, t_grid, i, True
+
+
 def _pair_loss(f_student, f_target, x0, z, x_hat_fn, i, sig, t_grid, schedule, weighting,
                metric, c, cond, fixed):
   """The shared part of CD and CT: (loss, aux)."""
@@ -412,19 +439,13 @@ def consistency_distillation_loss(f_student: ConsistencyFn,
   default s_min / s_max from the schedule's ends. aux: index (B,), sigma s_{i+1} (B,), per-sample
   distance (B,) and weight (B,).
   """
-  sig, probs, t_grid = _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho,
-                                   index_distribution, weighting, metric)
   if not callable(teacher_step):
     raise TypeError(f"teacher_step must be callable (x, t_from, t_to, cond) -> x, "
                     f"got {teacher_step!r}")
   k_i, k_z = jax.random.split(key)
-  fixed = index is not None
-  if fixed:
-    i = check_int("index", index, minimum=0)
-    if i > len(sig) - 2:
-      raise ValueError(f"index={i} is out of range for num_scales={len(sig)} (0..{len(sig) - 2})")
-  else:
-    i = sample_indices(k_i, x0.shape[0], probs)
+  sig, t_grid, i, fixed = _grid_and_index(
+      k_i, x0, schedule, num_scales, None, index, sigma_min, sigma_max, rho, index_distribution,
+      weighting, metric)
   z = jax.random.normal(k_z, x0.shape, x0.dtype)
   x_hat = lambda x_hi, t_hi, t_lo, s_lo: teacher_step(x_hi, t_hi, t_lo, cond)
   return _pair_loss(f_student, f_target, x0, z, x_hat, i, sig, t_grid, schedule, weighting,
@@ -457,27 +478,9 @@ def consistency_training_loss(f_student: ConsistencyFn,
   aux as ``consistency_distillation_loss``'s, plus num_scales () (float32).
   """
   k_i, k_z = jax.random.split(key)
-  fixed = index is not None
-  if isinstance(num_scales, jax.Array) or max_scales is not None:  # a traced curriculum
-    if fixed or max_scales is None:
-      raise ValueError("a traced num_scales needs max_scales (the curriculum's largest N) and "
-                       "a drawn index (index=None)")
-    _one_of("weighting", weighting, WEIGHTINGS)
-    _one_of("metric", metric, METRICS)
-    sig, t_grid, logits = traced_grid(schedule, num_scales, max_scales, sigma_min=sigma_min,
-                                      sigma_max=sigma_max, rho=rho,
-                                      index_distribution=index_distribution, dtype=x0.dtype)
-    i = jax.random.categorical(k_i, logits, shape=(x0.shape[0],)).astype(jnp.int32)
-  else:
-    sig, probs, t_grid = _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho,
-                                     index_distribution, weighting, metric)
-    if fixed:
-      i = check_int("index", index, minimum=0)
-      if i > len(sig) - 2:
-        raise ValueError(f"index={i} is out of range for num_scales={len(sig)} "
-                         f"(0..{len(sig) - 2})")
-    else:
-      i = sample_indices(k_i, x0.shape[0], probs)
+  sig, t_grid, i, fixed = _grid_and_index(
+      k_i, x0, schedule, num_scales, max_scales, index, sigma_min, sigma_max, rho,
+      index_distribution, weighting, metric)
   z = jax.random.normal(k_z, x0.shape, x0.dtype)
 
   def x_hat(x_hi, t_hi, t_lo, s_lo):
