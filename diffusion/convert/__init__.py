@@ -1,0 +1,11 @@
+"""Converters of released checkpoints into this codebase's parameter trees.
+
+* :mod:`diffusion.convert.common`: the name-by-name mapping with its completeness checks, and
+  the readers of safetensors / PyTorch ``.bin`` / flax msgpack files (no torch needed).
+* :mod:`diffusion.convert.diffusers_unet`: diffusers ``UNet2DModel`` (the DDPM family, Ho et al.
+  2020) onto ``ddpm_unet``.
+* :mod:`diffusion.convert.score_sde`: score SDE's flax checkpoints (Song et al. 2021) onto
+  ``ncsnpp`` / ``ddpmpp``.
+
+The command line is ``python -m experiments.convert`` (docs/convert.md).
+"""
