@@ -46,7 +46,7 @@ Array = Any
 Denoiser = Callable[..., Array]  # denoise(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow", "consistency")
-TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise")
+TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise", "index")
 
 
 # -- exact conversions from the denoiser's x0_hat ------------------------------------------------
@@ -113,8 +113,9 @@ class Parameterization:
   Attributes:
     kind: one of PARAMETERIZATIONS.
     time_input: the scalar the network is conditioned on: 't', 'log_sigma' (log of sigma/alpha),
-      'logsnr', or 'c_noise' (= log(sigma/alpha)/4, EDM). 'edm' and 'consistency' always use
-      c_noise.
+      'logsnr', 'c_noise' (= log(sigma/alpha)/4, EDM), or 'index' (a discrete-time schedule's
+      step index N t - 1: DDPM networks on ``vp_discrete``). 'edm' and 'consistency' always
+      use c_noise.
     sigma_data: the data standard deviation assumed by EDM's preconditioning.
     scale_input: feed x / sqrt(alpha^2 sd^2 + sigma^2) (unit variance) instead of x; 'edm' and
       'consistency' always do (that is EDM's c_in).
@@ -149,6 +150,11 @@ class Parameterization:
       c = jnp.log(self._noise_level(t, schedule))
     elif ti == "logsnr":
       c = schedule.logsnr(t)
+    elif ti == "index":
+      if not hasattr(schedule, "discrete_index"):
+        raise ValueError(f"time_input='index' needs a discrete-time schedule (vp_discrete); "
+                         f"the {schedule.name!r} schedule has no step index")
+      c = schedule.discrete_index(t)
     else:
       c = 0.25 * jnp.log(self._noise_level(t, schedule))
     return x_in, jnp.broadcast_to(jnp.asarray(c, jnp.float32), (x.shape[0],))

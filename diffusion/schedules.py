@@ -16,6 +16,7 @@ and on jax arrays (traced inside ``jit``): the array namespace follows the input
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Dict, Type
 
@@ -353,8 +354,124 @@ class RectifiedFlow(Schedule):
     return 1.0 / (1.0 + xp.exp(0.5 * lam))
 
 
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@functools.lru_cache(maxsize=16)
+def discrete_betas(num_timesteps: int, beta_start: float, beta_end: float,
+                   beta_schedule: str) -> np.ndarray:
+  """The N betas of a discrete-time diffusion (float64), by diffusers' schedule names:
+
+  * 'linear': linspace(beta_start, beta_end, N) (DDPM, Ho et al. 2020: 1e-4..0.02, N = 1000);
+  * 'scaled_linear': linspace(sqrt(beta_start), sqrt(beta_end), N)^2 (latent diffusion);
+  * 'squaredcos_cap_v2': 1 - abar(i+1)/abar(i) capped at 0.999, abar(t) = cos^2(pi/2 (t/N +
+    0.008)/1.008) (Nichol & Dhariwal 2021, eq. 17); beta_start / beta_end unused.
+  """
+  n = check_int("num_timesteps", num_timesteps, 2)
+  if beta_schedule == "linear":
+    betas = np.linspace(beta_start, beta_end, n, dtype=np.float64)
+  elif beta_schedule == "scaled_linear":
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float64)**2
+  elif beta_schedule == "squaredcos_cap_v2":
+    abar = np.cos(0.5 * np.pi * (np.arange(n + 1) / n + 0.008) / 1.008)**2
+    betas = np.minimum(1.0 - abar[1:] / abar[:-1], 0.999)
+  else:
+    raise ValueError(f"beta_schedule={beta_schedule!r}; accepted: {BETA_SCHEDULES}")
+  if not (np.all(betas > 0) and np.all(betas < 1)):
+    raise ValueError(f"betas must lie in (0, 1); beta_start={beta_start}, beta_end={beta_end} "
+                     f"give [{betas.min()}, {betas.max()}]")
+  return betas
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscreteVP(Schedule):
+  """A discrete-time DDPM schedule (N betas) as a VP SDE with piecewise-constant beta(t).
+
+  Step n = 0..N-1 of the discrete process sits at t_n = (n + 1) / N, where the marginal is
+  exactly DDPM's: alpha(t_n)^2 = prod_{i <= n} (1 - beta_i). Between the knots
+  B(t) = -2 log alpha(t) is linear (B(0) = 0), i.e. beta(t) = -N log(1 - beta_n) on
+  ((n) / N, (n + 1) / N]. So a network trained at DDPM's integer steps is fed its step index
+  ``discrete_index(t) = N t - 1`` (time_input 'index'), exact at every t_n and interpolated in
+  between, and every continuous-time sampler and the PF-ODE likelihood run on it unchanged.
+  Defaults: DDPM's 1000 linear betas 1e-4..0.02 (Ho et al. 2020), t in [t_0, t_{N-1}] = [1e-3, 1].
+  Compare :class:`VP` (beta in [0.1, 20]), its continuous limit: their logSNRs differ by up to
+  0.095 at the same t (at t_0), and at equal logSNR the VP's network input c = 999 t is off
+  DDPM's step index by up to 3.4 steps (at t = 1) (docs/convert.md).
+  """
+  t_min: float = 1e-3
+  t_max: float = 1.0
+  num_timesteps: int = 1000
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  beta_schedule: str = "linear"
+
+  name = "vp_discrete"
+
+  def __post_init__(self):
+    self._knots()  # validates the betas
+    if self.t_max > 1.0:
+      raise ValueError(f"vp_discrete: t_max={self.t_max} is past the last step t = 1")
+
+  def _knots(self):
+    """(t knots (N+1,), B at the knots (N+1,), beta(t) per segment (N,)), float64."""
+    return _discrete_vp_knots(self.num_timesteps, self.beta_start, self.beta_end,
+                              self.beta_schedule)
+
+  def _int_beta(self, t):
+    tk, bk, _ = self._knots()
+    xp = _xp(t)
+    return xp.interp(t, xp.asarray(tk), xp.asarray(bk))
+
+  def beta(self, t):
+    _, _, seg = self._knots()
+    xp = _xp(t)
+    n = self.num_timesteps
+    k = xp.clip(xp.ceil(t * n) - 1, 0, n - 1).astype(np.int32)
+    return xp.asarray(seg)[k]
+
+  def discrete_index(self, t):
+    """The DDPM step index n = N t - 1 (fractional between steps) that a network trained at
+    discrete steps is conditioned on."""
+    return self.num_timesteps * t - 1.0
+
+  def alpha(self, t):
+    return _xp(t).exp(-0.5 * self._int_beta(t))
+
+  def sigma(self, t):
+    xp = _xp(t)
+    return xp.sqrt(-xp.expm1(-self._int_beta(t)))
+
+  def dalpha_dt(self, t):
+    return -0.5 * self.beta(t) * self.alpha(t)
+
+  def dsigma_dt(self, t):
+    xp = _xp(t)
+    return 0.5 * self.beta(t) * xp.exp(-self._int_beta(t)) / self.sigma(t)
+
+  def logsnr(self, t):
+    xp = _xp(t)
+    return -xp.log(xp.expm1(self._int_beta(t)))
+
+  def t_from_logsnr(self, lam):
+    tk, bk, _ = self._knots()
+    xp = _xp(lam)
+    return xp.interp(_softplus(xp, -lam), xp.asarray(bk), xp.asarray(tk))
+
+  def diffusion_sq(self, t):
+    return self.beta(t)
+
+
+@functools.lru_cache(maxsize=16)
+def _discrete_vp_knots(num_timesteps, beta_start, beta_end, beta_schedule):
+  betas = discrete_betas(num_timesteps, beta_start, beta_end, beta_schedule)
+  n = len(betas)
+  seg = -np.log1p(-betas)  # B(t_n) - B(t_{n-1})
+  bk = np.concatenate([[0.0], np.cumsum(seg)])
+  return np.arange(n + 1, dtype=np.float64) / n, bk, seg * n
+
+
 SCHEDULES: Dict[str, Type[Schedule]] = {
-    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow)
+    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow, DiscreteVP)
 }
 
 

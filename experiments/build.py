@@ -228,9 +228,13 @@ def data_shape(config: Config) -> Tuple[int, ...]:
 
 
 def example_batch(config: Config) -> Dict[str, np.ndarray]:
-  """One small batch with the data's shapes and dtypes (for initialization)."""
-  b = next(train_batches(config, 0, 0, 1))
-  return {k: np.asarray(v)[:1] for k, v in b.items()}
+  """One batch of zeros with the data's shapes and dtypes (for initialization): 'x' (1, ...)
+  float32 and, when the step reads labels, 'label' (1,) int32. Reads no data, so a model can
+  be built, sampled and converted without its dataset prepared."""
+  b = {"x": np.zeros((1,) + data_shape(config), np.float32)}
+  if needs_labels(config):
+    b["label"] = np.zeros((1,), np.int32)
+  return b
 
 
 def heldout(config: Config, n: int, levels: bool = False) -> np.ndarray:

@@ -167,6 +167,14 @@ def check_model(config: Config) -> None:
   _num_classes_match(config, net, classes, "config.model.conditional=True")
 
 
+def check_time_input(config: Config, schedule) -> None:
+  """model.time_input='index' (a DDPM network's step index) needs a discrete-time schedule."""
+  if config.model.time_input == "index" and not hasattr(schedule, "discrete_index"):
+    raise ConfigError(f"config.model.time_input='index' feeds the network a discrete step "
+                      f"index; config.sde.name={config.sde.name!r} has none (accepted: "
+                      f"'vp_discrete')")
+
+
 def check_objective(config: Config, mode: str) -> None:
   """training.objective: 'dsm' trains a score network (a model not named '*_classifier'),
   'classifier' a noise-conditional classifier ('*_classifier', labelled data, net.num_classes
@@ -559,6 +567,7 @@ def validate_config(config: Config, mode: str) -> None:
   check_data(config)
   schedule = check_sde(config)
   check_model(config)
+  check_time_input(config, schedule)
   check_objective(config, mode)
   check_training(config)
   check_optim(config)

@@ -7,7 +7,9 @@ import pytest
 from diffusion import schedules as S
 
 ALL = [S.VP(), S.SubVP(), S.VPCosine(), S.VE(), S.EDM(), S.RectifiedFlow(),
-       S.VE(sigma_min=0.002, sigma_max=80.0), S.VP(beta_min=0.5, beta_max=10.0)]
+       S.VE(sigma_min=0.002, sigma_max=80.0), S.VP(beta_min=0.5, beta_max=10.0),
+       S.DiscreteVP(t_min=1.37e-3), S.DiscreteVP(t_min=2.3e-3, beta_schedule="squaredcos_cap_v2",
+                                                t_max=0.9986)]
 IDS = [f"{s.name}-{i}" for i, s in enumerate(ALL)]
 
 
@@ -119,3 +121,39 @@ def test_vp_cosine_sigma_is_exact_at_zero_and_stable():
     np.testing.assert_allclose(s[1:], np.sqrt(1 - a[1:] ** 2), rtol=1e-7)
   assert float(sch.sigma(np.float64(0.5))) == pytest.approx(np.sqrt(1 - sch.alpha(0.5) ** 2),
                                                              rel=1e-13)
+
+
+def test_discrete_vp_is_ddpm_at_its_steps():
+  # alpha(t_n)^2 = prod_{i<=n} (1 - beta_i) at t_n = (n + 1) / N, DDPM's betas 1e-4..0.02; the
+  # network is fed the step index n there.
+  s = S.DiscreteVP()
+  n = np.arange(1000)
+  t = (n + 1) / 1000
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  np.testing.assert_allclose(s.alpha(t)**2, abar, rtol=1e-13)
+  np.testing.assert_allclose(s.alpha(t)**2 + s.sigma(t)**2, 1.0, rtol=1e-13)
+  np.testing.assert_allclose(s.discrete_index(t), n, atol=1e-9)
+  # beta(t) is piecewise constant: -N log(1 - beta_n) on (n/N, (n+1)/N].
+  np.testing.assert_allclose(s.beta(t - 0.5e-3), -1000 * np.log1p(-np.linspace(1e-4, 0.02, 1000)))
+  # The continuous VP (beta in [0.1, 20]) differs from it: the documented 0.095 logSNR at most.
+  gap = np.abs(s.logsnr(t) - S.VP().logsnr(t)).max()
+  assert 0.09 < gap < 0.1, gap
+
+
+def test_discrete_vp_rejects_bad_betas():
+  with pytest.raises(ValueError, match="beta_schedule='quadratic'"):
+    S.DiscreteVP(beta_schedule="quadratic")
+  with pytest.raises(ValueError, match="betas must lie in"):
+    S.DiscreteVP(beta_start=0.5, beta_end=1.5)
+  with pytest.raises(ValueError, match="t_max=1.5"):
+    S.DiscreteVP(t_max=1.5)
+
+
+def test_index_time_input_needs_a_discrete_schedule():
+  from diffusion.parameterization import Parameterization
+  p = Parameterization("eps", time_input="index")
+  x = jnp.zeros((2, 3))
+  _, c = p.net_inputs(x, jnp.asarray([0.001, 1.0]), S.DiscreteVP())
+  np.testing.assert_allclose(c, [0.0, 999.0], atol=1e-4)
+  with pytest.raises(ValueError, match="needs a discrete-time schedule"):
+    p.net_inputs(x, jnp.asarray([0.5, 0.5]), S.VP())

@@ -73,11 +73,16 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
   return g
 
 
-def group_norm(channels: int, *, dtype: Dtype = jnp.float32,
+def group_norm(channels: int, *, groups: Optional[int] = None, dtype: Dtype = jnp.float32,
                name: Optional[str] = None) -> nn.GroupNorm:
-  """GroupNorm (Wu & He 2018) over the channel axis with :func:`num_groups` groups, eps 1e-6."""
-  return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
-                      param_dtype=jnp.float32, name=name)
+  """GroupNorm (Wu & He 2018) over the channel axis, eps 1e-6, with ``groups`` groups (None:
+  :func:`num_groups`; an explicit count must divide ``channels``)."""
+  if groups is None:
+    groups = num_groups(channels)
+  elif groups < 1 or channels % groups:
+    raise ValueError(f"norm_groups={groups} must be >= 1 and divide the {channels} channels")
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -234,13 +239,14 @@ class AttentionBlock(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   dtype: Dtype = jnp.float32
+  norm_groups: Optional[int] = None  # GroupNorm groups (None: num_groups(C))
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     b, hgt, wid, ch = x.shape
     if ch % self.num_heads:
       raise ValueError(f"channels {ch} are not divisible by num_heads={self.num_heads}")
-    h = group_norm(ch, dtype=self.dtype, name="norm")(x)
+    h = group_norm(ch, groups=self.norm_groups, dtype=self.dtype, name="norm")(x)
     q = dense(ch, dtype=self.dtype, name="q")(h)
     k = dense(ch, dtype=self.dtype, name="k")(h)
     v = dense(ch, dtype=self.dtype, name="v")(h)
@@ -411,16 +417,18 @@ class ResnetBlockDDPM(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   dtype: Dtype = jnp.float32
+  norm_groups: Optional[int] = None  # GroupNorm groups (None: num_groups(C))
 
   @nn.compact
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
     in_ch = x.shape[-1]
     out_ch = self.out_ch or in_ch
-    h = nn.swish(group_norm(in_ch, dtype=self.dtype, name="norm0")(x))
+    g = self.norm_groups
+    h = nn.swish(group_norm(in_ch, groups=g, dtype=self.dtype, name="norm0")(x))
     h = conv(out_ch, 3, dtype=self.dtype, name="conv0")(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None]
-    h = nn.swish(group_norm(out_ch, dtype=self.dtype, name="norm1")(h))
+    h = nn.swish(group_norm(out_ch, groups=g, dtype=self.dtype, name="norm1")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(out_ch, 3, init_scale=self.init_scale, dtype=self.dtype, name="conv1")(h)
     if in_ch != out_ch:

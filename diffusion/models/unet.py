@@ -60,6 +60,8 @@ class DDPMUNet(nn.Module):
     embedding_type: 'positional' (DDPM) or 'fourier' (Gaussian Fourier features).
     embedding_scale: c is multiplied by this before embedding (1000 for DDPM's t index).
     fourier_scale: std of the Fourier frequencies (fourier embedding only).
+    norm_groups: GroupNorm groups of every norm layer (None: ``min(32, C // 4)``, DDPM's 32 at
+      its widths; diffusers' ``norm_num_groups`` for converted checkpoints).
     dtype: compute dtype; parameters stay float32.
   """
   ch: int = 128
@@ -75,6 +77,7 @@ class DDPMUNet(nn.Module):
   embedding_type: str = "positional"
   embedding_scale: float = 1.0
   fourier_scale: float = 16.0
+  norm_groups: Optional[int] = None
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -83,6 +86,9 @@ class DDPMUNet(nn.Module):
                        f"accepted: {layers.EMBEDDING_TYPES}")
     layers.check_unet_args("ch", self.ch, self.ch_mult, self.num_res_blocks, self.dropout,
                            self.label_dropout, self.num_classes)
+    if self.norm_groups is not None and not (isinstance(self.norm_groups, int)
+                                             and self.norm_groups >= 1):
+      raise ValueError(f"norm_groups must be None or an int >= 1, got {self.norm_groups!r}")
     super().__post_init__()
 
   @nn.compact
@@ -99,10 +105,12 @@ class DDPMUNet(nn.Module):
         label_dropout=self.label_dropout, dtype=dt)
 
     def block(h, out_ch, name):
-      return layers.ResnetBlockDDPM(out_ch, self.dropout, dtype=dt, name=name)(h, temb, train)
+      return layers.ResnetBlockDDPM(out_ch, self.dropout, dtype=dt, norm_groups=self.norm_groups,
+                                    name=name)(h, temb, train)
 
     def attn(h, name):
-      return layers.AttentionBlock(self.num_heads, dtype=dt, name=name)(h)
+      return layers.AttentionBlock(self.num_heads, dtype=dt, norm_groups=self.norm_groups,
+                                   name=name)(h)
 
     # Encoder.
     hs = [layers.conv(self.ch, 3, dtype=dt, name="conv_in")(x.astype(dt))]
@@ -130,7 +138,8 @@ class DDPMUNet(nn.Module):
         h = layers.Upsample(with_conv=self.resamp_with_conv, dtype=dt,
                             name=f"up{i}_upsample")(h)
     assert not hs
-    h = nn.swish(layers.group_norm(h.shape[-1], dtype=dt, name="norm_out")(h))
+    h = nn.swish(layers.group_norm(h.shape[-1], groups=self.norm_groups, dtype=dt,
+                                   name="norm_out")(h))
     h = layers.conv(self.out_ch or x.shape[-1], 3, init_scale=0.0, dtype=dt,
                     name="conv_out")(h)
     return h.astype(x.dtype)

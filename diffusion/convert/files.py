@@ -1,0 +1,162 @@
+"""Readers of released weight files into {name: numpy array}, without torch or safetensors.
+
+* ``.safetensors``: an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
+  data_offsets}}, then the raw little-endian tensor bytes (huggingface/safetensors' format).
+* PyTorch ``.bin`` / ``.pt`` (``torch.save`` since torch 1.6): a zip archive holding
+  ``<prefix>/data.pkl`` (the pickled state dict, whose tensors refer to storages by key) and
+  ``<prefix>/data/<key>`` (each storage's raw bytes). The pickle is read by a restricted
+  unpickler that builds only dicts and tensors: any other global in the file is refused, so a
+  ``.bin`` cannot run code here. The pre-1.6 (non-zip) format is not read.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pickle
+import struct
+import zipfile
+from typing import Any, Dict
+
+import ml_dtypes
+import numpy as np
+
+from diffusion.convert.common import ConversionError
+
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                      "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
+                      "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+TORCH_STORAGES = {"DoubleStorage": np.float64, "FloatStorage": np.float32,
+                  "HalfStorage": np.float16, "BFloat16Storage": ml_dtypes.bfloat16,
+                  "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+                  "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+def read_weights(path: str) -> Dict[str, np.ndarray]:
+  """{name: array} of a ``.safetensors`` file or a torch zip ``.bin`` / ``.pt`` / ``.pth``."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"weights file {path!r} does not exist")
+  if path.endswith(".safetensors"):
+    return read_safetensors(path)
+  if zipfile.is_zipfile(path):
+    return read_torch_zip(path)
+  raise ConversionError(f"{path!r} is neither a .safetensors file nor a torch zip checkpoint "
+                        f"(torch.save since torch 1.6); re-save it with a current torch or as "
+                        f"safetensors")
+
+
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """{name: array} of a safetensors file (every dtype numpy or ml_dtypes has)."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(8)
+    if len(head) != 8:
+      raise ConversionError(f"{path!r}: too short for a safetensors file ({size} bytes)")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+      raise ConversionError(f"{path!r}: header length {n} exceeds the file size {size}: not a "
+                            f"safetensors file, or truncated")
+    try:
+      header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ConversionError(f"{path!r}: unreadable safetensors header ({e})") from e
+    data = f.read()
+  out = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    if info.get("dtype") not in SAFETENSORS_DTYPES:
+      raise ConversionError(f"{path!r}: tensor {name!r} has dtype {info.get('dtype')!r}; "
+                            f"accepted: {sorted(SAFETENSORS_DTYPES)}")
+    dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end > len(data) or end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+      raise ConversionError(f"{path!r}: tensor {name!r} of shape {shape} and dtype "
+                            f"{info['dtype']} does not fit its bytes [{begin}, {end}) of "
+                            f"{len(data)}: truncated or corrupt file")
+    out[name] = np.frombuffer(data[begin:end], dtype.newbyteorder("<")).reshape(shape).copy()
+  return out
+
+
+class _StorageType:
+  def __init__(self, name: str):
+    self.name, self.dtype = name, np.dtype(TORCH_STORAGES[name])
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None,
+                    metadata=None):
+  """torch._utils._rebuild_tensor_v2 on a numpy storage: a strided view, copied."""
+  del requires_grad, hooks, metadata
+  size, stride = tuple(size), tuple(stride)
+  if not size:
+    return storage[offset:offset + 1].reshape(()).copy()
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if min(size) > 0 and last >= storage.size:
+    raise ConversionError(f"a tensor of size {size} / stride {stride} at offset {offset} "
+                          f"reads past its storage of {storage.size} elements")
+  return np.lib.stride_tricks.as_strided(
+      storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride]).copy()
+
+
+def _rebuild_parameter(data, requires_grad=False, hooks=None, *_):
+  del requires_grad, hooks
+  return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+  """Builds OrderedDicts and numpy tensors; refuses every other global."""
+
+  def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: str):
+    super().__init__(file)
+    self.archive, self.prefix, self.path = archive, prefix, path
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) == ("collections", "OrderedDict"):
+      return collections.OrderedDict
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return _rebuild_tensor
+    if (module, name) == ("torch._utils", "_rebuild_parameter"):
+      return _rebuild_parameter
+    if module == "torch" and name in TORCH_STORAGES:
+      return _StorageType(name)
+    raise ConversionError(f"{self.path!r}: the pickle asks for {module}.{name}, which a plain "
+                          f"state dict of tensors never does; refused (only dicts of tensors "
+                          f"are read)")
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)):
+      raise ConversionError(f"{self.path!r}: unknown storage reference {pid!r}")
+    _, stype, key, _location, numel = pid
+    try:
+      raw = self.archive.read(f"{self.prefix}/data/{key}")
+    except KeyError as e:
+      raise ConversionError(f"{self.path!r}: storage {key!r} is missing from the archive") from e
+    if len(raw) != numel * stype.dtype.itemsize:
+      raise ConversionError(f"{self.path!r}: storage {key!r} holds {len(raw)} bytes, "
+                            f"{numel} x {stype.name} need {numel * stype.dtype.itemsize}")
+    return np.frombuffer(raw, stype.dtype.newbyteorder("<"))
+
+
+def read_torch_zip(path: str) -> Dict[str, np.ndarray]:
+  """{name: array} of a state dict saved by ``torch.save`` (zip format)."""
+  with zipfile.ZipFile(path) as archive:
+    pkls = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if len(pkls) != 1:
+      raise ConversionError(f"{path!r}: a torch zip checkpoint holds one '<prefix>/data.pkl', "
+                            f"found {pkls or 'none'}")
+    prefix = pkls[0][:-len("/data.pkl")]
+    order = f"{prefix}/byteorder"
+    if order in archive.namelist() and archive.read(order).strip() != b"little":
+      raise ConversionError(f"{path!r}: big-endian torch checkpoints are not supported")
+    with archive.open(pkls[0]) as f:
+      obj = _TorchUnpickler(f, archive, prefix, path).load()
+  if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    obj = obj["state_dict"]
+  if not isinstance(obj, dict):
+    raise ConversionError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+  bad = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
+  if bad:
+    raise ConversionError(f"{path!r}: entries that are not tensors: {bad[:5]}")
+  return dict(obj)

@@ -1,0 +1,212 @@
+"""Converts a released checkpoint into a workdir of this codebase, ready for --mode=sample,
+eval, sweep and for fine-tuning (--mode=train continues from the converted weights).
+
+  python -m experiments.convert --format=diffusers --source=DIR --workdir=W [--dataset=cifar10]
+      [--schedule=discrete|continuous] [--weights=FILE] [--scheduler_config=FILE]
+  python -m experiments.convert --format=score_sde --source=CHECKPOINT --score_sde_config=JSON
+      --workdir=W [--params=ema|raw] [--dataset=cifar10]
+
+W receives: config.py (the experiment config: pass it as --config=W/config.py), config.json
+(the workdir's identity), checkpoints/0 (params = ema_params = the converted weights, a fresh
+optimizer state), and conversion.json (the source file and its sha256, the notes of what the
+conversion changed, the module table). Nothing is downloaded: the source must be on disk
+(docs/convert.md). A workdir that already holds checkpoints or a config.py is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pprint
+import sys
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app, flags, logging
+
+from diffusion.convert.common import ConversionError, Converted
+
+FORMATS = ("diffusers", "score_sde")
+# Datasets inferred from the image shape when --dataset is not given (unique shapes only).
+DATASET_BY_SHAPE = {(32, 32, 3): "cifar10", (8, 8, 1): "digits", (28, 28, 1): "mnist",
+                    (64, 64, 3): "celeb_a"}
+
+def infer_dataset(image_shape: Sequence[int], dataset: Optional[str]) -> str:
+  """``dataset``, or the one dataset of this image shape; ConversionError when ambiguous."""
+  if dataset:
+    return dataset
+  shape = tuple(int(v) for v in image_shape)
+  if shape in DATASET_BY_SHAPE:
+    return DATASET_BY_SHAPE[shape]
+  raise ConversionError(f"images of shape {shape} fit no single dataset; pass --dataset "
+                        f"(e.g. 'lsun/church_outdoor', 'lsun/bedroom', 'celeb_a', 'cifar10'; "
+                        f"the dataset is read only to train or evaluate, and image_size is "
+                        f"set to {shape[0]})")
+
+
+def config_text(conv: Converted, dataset: str, experiment: str) -> str:
+  """A config file (``get_config()``) for the converted model, on configs/images.py."""
+  net = pprint.pformat(conv.net, indent=2, width=90, sort_dicts=True)
+  fields = pprint.pformat(dict(conv.sde[1]), indent=2, width=90, sort_dicts=True)
+  size = int(conv.image_shape[0])
+  notes = "\n".join(f"  * {n}" for n in conv.notes) or "  (none)"
+  src = conv.source.get("weights") or conv.source.get("checkpoint") or "?"
+  return f'''"""Converted by experiments.convert from {conv.source.get("format")}:
+{src}
+sha256 {conv.source.get("sha256")}
+
+What the conversion changed:
+{notes}
+
+Sample:   python -m experiments.main --config=<this file> --workdir=<this folder> --mode=sample
+Evaluate: python -m experiments.main --config=<this file> --workdir=<this folder> --mode=eval
+Fine-tune (continues from the converted weights): --mode=train
+"""
+import ml_collections
+
+from configs.images import image_config
+
+
+def get_config():
+  c = image_config({dataset!r}, "vp", model={conv.model!r}, net={net})
+  c.experiment = {experiment!r}
+  c.data.image_size = {size}
+  c.sde.name = {conv.sde[0]!r}
+  c.sde.fields = ml_collections.ConfigDict({fields})
+  c.training.t_min = None
+  c.sampling.t_min = None
+  c.eval.t_min = None
+  c.model.parameterization = {conv.parameterization!r}
+  c.model.time_input = {conv.time_input!r}
+  c.model.scale_input = False
+  return c
+'''
+
+
+def _convert(fmt: str, source: str, **kw) -> Converted:
+  if fmt == "diffusers":
+    from diffusion.convert import diffusers_unet
+    return diffusers_unet.convert(source, schedule=kw.get("schedule", "discrete"),
+                                  weights=kw.get("weights"),
+                                  scheduler_config=kw.get("scheduler_config"))
+  if fmt == "score_sde":
+    from diffusion.convert import score_sde
+    cfg_path = kw.get("score_sde_config")
+    if not cfg_path:
+      raise ConversionError("--format=score_sde needs --score_sde_config (the released "
+                            "config's fields as JSON; docs/convert.md)")
+    return score_sde.convert_checkpoint(source, score_sde.load_score_sde_config(cfg_path),
+                                        params=kw.get("params", "ema"))
+  raise ConversionError(f"format={fmt!r}; accepted: {FORMATS}")
+
+
+def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
+                  experiment: Optional[str] = None) -> Dict[str, Any]:
+  """Writes the converted model into a new ``workdir`` (module docstring); returns the summary
+  written to conversion.json. Everything is checked before the first file is written."""
+  import jax
+  import numpy as np
+  from diffusion import checkpoint, training
+  from diffusion.convert.common import flatten
+  from experiments import build, train
+  from experiments.config_files import load_config_file
+  from experiments.validate import validate_config
+
+  if os.path.exists(os.path.join(workdir, "config.py")) or checkpoint.has_checkpoints(workdir):
+    raise ConversionError(f"--workdir={workdir!r} already holds a converted model or "
+                          f"checkpoints; choose a new workdir (nothing was changed)")
+  dataset = infer_dataset(conv.image_shape, dataset)
+  origin = conv.source.get("folder") or conv.source.get("checkpoint") or "model"
+  experiment = experiment or f"converted/{os.path.basename(os.path.normpath(origin))}"
+  text = config_text(conv, dataset, experiment)
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "config.py")
+    with open(path, "w") as f:
+      f.write(text)
+    config = load_config_file(path)
+  validate_config(config, "sample")
+  shape = build.data_shape(config)
+  if tuple(shape) != tuple(conv.image_shape):
+    raise ConversionError(f"--dataset={dataset!r} gives images of shape {tuple(shape)}, the "
+                          f"checkpoint's are {tuple(conv.image_shape)}")
+  s = train.setup(config)
+  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
+  state = train.init_state(s)
+  want = {k: v.shape for k, v in flatten(jax.device_get(state.params)).items()}
+  got = {k: v.shape for k, v in flatten(conv.params).items()}
+  if want != got:  # the converter checked against the same network; this guards the config
+    raise ConversionError(f"the converted tree does not match the config's network: "
+                          f"{sorted(set(want) ^ set(got))[:5]} differ")
+  params = jax.device_put(jax.tree_util.tree_map(np.asarray, conv.params),
+                          s.state_shardings.params)
+  state = state.replace(params=params, ema_params=jax.tree_util.tree_map(lambda a: a + 0,
+                                                                         params),
+                        opt_state=s.optimizer.init(params))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.py"), "w") as f:
+    f.write(text)
+  checkpoint.write_config(workdir, s.identity)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False,
+                                 config=s.identity)
+  try:
+    ckpt.save(0, state, {"step": 0, "experiment": experiment, "converted_from": conv.source})
+  finally:
+    ckpt.close()
+  summary = dict(source=conv.source, notes=conv.notes, dataset=dataset, experiment=experiment,
+                 model=conv.model, net=conv.net, sde=dict(name=conv.sde[0], fields=conv.sde[1]),
+                 parameterization=conv.parameterization, time_input=conv.time_input,
+                 num_params=training.count_params(state.params))
+  with open(os.path.join(workdir, "conversion.json"), "w") as f:
+    json.dump(summary, f, indent=1, sort_keys=True, default=str)
+  return summary
+
+
+def define_flags() -> None:
+  """The command line's flags; defined only when run as a program, so that importing this
+  module (tests, notebooks) next to experiments.main defines no flag twice."""
+  flags.DEFINE_enum("format", None, list(FORMATS), "The released checkpoint's format.")
+  flags.DEFINE_string("source", None, "diffusers: the model folder (config.json + weights); "
+                      "score_sde: the checkpoint file (checkpoint_N).")
+  flags.DEFINE_string("workdir", None, "New workdir for the converted model.")
+  flags.DEFINE_string("dataset", None, "config.data.name of the converted experiment "
+                      "(default: inferred from the image shape where unique).")
+  flags.DEFINE_string("experiment", None, "config.experiment (default: "
+                      "converted/<source name>).")
+  flags.DEFINE_enum("schedule", "discrete", ["discrete", "continuous"],
+                    "diffusers: DDPM's discrete betas exactly (vp_discrete), or the continuous "
+                    "VP limit with c = (N - 1) t (the reference convention).")
+  flags.DEFINE_string("weights", None, "diffusers: the weights file (default: the folder's "
+                      ".safetensors, else .bin).")
+  flags.DEFINE_string("scheduler_config", None, "diffusers: scheduler_config.json (default: "
+                      "next to the model or in ../scheduler/).")
+  flags.DEFINE_string("score_sde_config", None, "score_sde: JSON of the released config's "
+                      "fields (docs/convert.md).")
+  flags.DEFINE_enum("params", "ema", ["ema", "raw"], "score_sde: the EMA parameters (what the "
+                    "paper sampled) or the raw ones.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+  f = flags.FLAGS
+  if not (f.format and f.source and f.workdir):
+    raise app.UsageError("--format, --source and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    conv = _convert(f.format, f.source, schedule=f.schedule, weights=f.weights,
+                    scheduler_config=f.scheduler_config, score_sde_config=f.score_sde_config,
+                    params=f.params)
+    summary = write_workdir(conv, f.workdir, f.dataset, f.experiment)
+  except (ConversionError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  lines: List[str] = [f"converted {summary['num_params']:,} parameters into {f.workdir}"]
+  lines += [f"  {n}" for n in summary["notes"]]
+  lines.append(f"sample with: python -m experiments.main --config={f.workdir}/config.py "
+               f"--workdir={f.workdir} --mode=sample")
+  print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
