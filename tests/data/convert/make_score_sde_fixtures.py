@@ -161,12 +161,15 @@ FIXTURES = {
     "ncsnpp_ve_skip": ("ve/ffhq_256_ncsnpp_continuous",
                        SMALL,
                        dict(image_size=8)),
-    # (d) DDPM residual blocks with separate FIR conv resampling, output 'residual', input
-    # 'input_skip' combined by 'cat', sub-VP (not a released combination; covers the rest).
+    # (d) DDPM residual blocks with separate conv resampling, output 'residual', input
+    # 'input_skip' combined by 'cat', no FIR, sub-VP (not a released combination; covers the
+    # rest). With FIR, their fused upsampling conv adds its bias after the FIR filter, ours
+    # before it: the converter rejects FIR with conv upsampling (no released config has it).
     "ncsnpp_subvp_ddpmblocks": ("subvp/cifar10_ncsnpp_continuous",
                                 dict(SMALL, resblock_type="ddpm",
                                      progressive="residual", progressive_input="input_skip",
-                                     progressive_combine="cat", skip_rescale=False),
+                                     progressive_combine="cat", skip_rescale=False,
+                                     fir=False),
                                 dict(image_size=8)),
 }
 BATCH = 3
