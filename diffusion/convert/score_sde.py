@@ -381,7 +381,7 @@ def net_kwargs(config: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
              progressive_input=config["progressive_input"].lower(),
              progressive_combine=config["progressive_combine"].lower(),
              embedding_type=config["embedding_type"].lower(), embedding_scale=emb_scale,
-             fourier_scale=float(config["fourier_scale"]),
+             fourier_scale=float(config.get("fourier_scale") or 16.0),
              init_scale=float(config["init_scale"]))
   plain = (not net["fir"] and net["progressive"] == "none"
            and net["progressive_input"] == "none" and net["embedding_type"] == "positional")

@@ -7,7 +7,8 @@ this script imports it at run time from a checkout you point it at:
   git clone https://github.com/yang-song/score_sde /tmp/score_sde
   python tests/data/convert/make_score_sde_fixtures.py --score_sde=/tmp/score_sde
 
-It writes, under tests/data/convert/score_sde/:
+Run it with this repository off PYTHONPATH: our regular package ``configs`` would shadow their
+namespace package of the same name. It writes, under tests/data/convert/score_sde/:
   layouts.json: for every released config that uses their 'ncsnpp' or 'ddpm' model
     (configs/{ve,vp,subvp}/*.py, configs/vp/ddpm/*.py) the config fields a converter needs, the
     parameter tree (names and shapes, from ``jax.eval_shape`` of ``model.init``: nothing is
