@@ -148,14 +148,6 @@ def check_architecture(config: Mapping[str, Any]) -> str:
     _accept(config, "progressive_input", ("none", "input_skip", "residual"))
     _accept(config, "progressive_combine", ("sum", "cat"))
     _accept(config, "embedding_type", ("fourier", "positional"))
-    conv_up = (config["progressive"].lower() == "residual"
-               or (config["resblock_type"].lower() == "ddpm" and config["resamp_with_conv"]))
-    if config["fir"] and conv_up:
-      raise ConversionError(
-          "score SDE config: fir=True with a learned upsampling conv (progressive='residual' "
-          "or resblock_type='ddpm' with resamp_with_conv) is not supported; accepted: fir=False "
-          "there: their fused FIR upsampling conv adds its bias after the FIR filter, our "
-          "layers.Upsample before it (no released config has this combination)")
     if config.get("conv_size") not in (None, 3):
       raise ConversionError(f"score SDE config: conv_size={config['conv_size']!r}; accepted: "
                             f"[3] (their model always uses 3x3 convolutions)")

@@ -334,7 +334,7 @@ class Upsample(nn.Module):
 
   * plain: nearest neighbour, then a 3x3 conv if ``with_conv`` ([DDPM]);
   * ``fir``: FIR upsampling; with ``with_conv`` a stride-2 transposed 3x3 conv followed by the
-    FIR filter, as in [SG2]'s fused ``upsample_conv_2d`` ([SDE] NCSN++).
+    FIR filter and the bias, [SG2]'s fused ``upsample_conv_2d`` ([SDE] NCSN++; :class:`FIRUpConv`).
 
   x: (B, H, W, C) -> (B, 2H, 2W, out_ch or C).
   """
@@ -354,14 +354,34 @@ class Upsample(nn.Module):
       return conv(out_ch, 3, dtype=self.dtype, name="conv")(h) if self.with_conv else h
     if not self.with_conv:
       return upsample_fir(x, self.fir_kernel)
+    return FIRUpConv(out_ch, tuple(self.fir_kernel), self.dtype, name="conv")(x)
+
+
+class FIRUpConv(nn.Module):
+  """[SG2]'s fused ``upsample_conv_2d`` with its bias: a stride-2 transposed 3x3 conv (no
+  bias), the gain-4 FIR filter, then the bias, added after the filter as in [SG2] and [SDE]'s
+  ``Conv2d(up=True)`` (adding it before would scale it by the filter's gain 4 inside the image
+  and less at the borders).
+
+  Parameters 'kernel' (3, 3, C, features) and 'bias' (features,), the layout of nn.ConvTranspose.
+  x: (B, H, W, C) -> (B, 2H, 2W, features).
+  """
+  features: int
+  fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", default_init(), (3, 3, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     # Transposed conv: (H - 1) * 2 + 3 = 2H + 1 samples; then the gain-4 FIR filter with
     # padding (p + 1) // 2 + 1 and p // 2 + 1 where p = (k - 2) - (3 - 1), back to 2H.
-    h = nn.ConvTranspose(out_ch, (3, 3), strides=(2, 2), padding="VALID",
-                         kernel_init=default_init(), dtype=self.dtype,
-                         param_dtype=jnp.float32, name="conv")(x)
+    h = jax.lax.conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), (2, 2),
+                               "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     k = fir_kernel_2d(self.fir_kernel) * 4
     p = (k.shape[0] - 2) - 2
-    return upfirdn2d(h, k, pad=((p + 1) // 2 + 1, p // 2 + 1))
+    return upfirdn2d(h, k, pad=((p + 1) // 2 + 1, p // 2 + 1)) + bias.astype(self.dtype)
 
 
 class Downsample(nn.Module):

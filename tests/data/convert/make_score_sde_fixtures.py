@@ -164,14 +164,20 @@ FIXTURES = {
                        dict(image_size=8)),
     # (d) DDPM residual blocks with separate conv resampling, output 'residual', input
     # 'input_skip' combined by 'cat', no FIR, sub-VP (not a released combination; covers the
-    # rest). With FIR, their fused upsampling conv adds its bias after the FIR filter, ours
-    # before it: the converter rejects FIR with conv upsampling (no released config has it).
+    # rest).
     "ncsnpp_subvp_ddpmblocks": ("subvp/cifar10_ncsnpp_continuous",
                                 dict(SMALL, resblock_type="ddpm",
                                      progressive="residual", progressive_input="input_skip",
                                      progressive_combine="cat", skip_rescale=False,
                                      fir=False),
                                 dict(image_size=8)),
+    # (e) FIR resampling layers with learned convs: DDPM blocks with FIR Downsample / Upsample
+    # convs, output and input 'residual' (their fused upsampling conv adds its bias after the
+    # FIR filter; not a released combination).
+    "ncsnpp_ve_fir_convs": ("ve/cifar10_ncsnpp_continuous",
+                            dict(SMALL, resblock_type="ddpm", progressive="residual",
+                                 progressive_input="residual", fir=True),
+                            dict(image_size=8)),
 }
 BATCH = 3
 
@@ -294,13 +300,15 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--score_sde", required=True, help="path of a score_sde checkout")
   p.add_argument("--skip_layouts", action="store_true")
+  p.add_argument("--only", default=None, help="write only this fixture")
   args = p.parse_args()
   os.makedirs(OUT, exist_ok=True)
   mutils, get_config = import_theirs(args.score_sde)
   if not args.skip_layouts:
     write_layouts(args.score_sde, mutils, get_config)
   for i, name in enumerate(FIXTURES):
-    write_fixture(name, mutils, get_config, seed=10 * i)
+    if args.only in (None, name):
+      write_fixture(name, mutils, get_config, seed=10 * i)
 
 
 if __name__ == "__main__":
