@@ -73,7 +73,7 @@ def get_config():
   c.sde.name = {conv.sde[0]!r}
   c.sde.fields = ml_collections.ConfigDict({fields})
   c.training.t_min = None
-  c.sampling.t_min = None
+  c.sampling.t_min = {conv.sampling_t_min!r}
   c.eval.t_min = None
   c.model.parameterization = {conv.parameterization!r}
   c.model.time_input = {conv.time_input!r}

@@ -134,7 +134,8 @@ def test_ve_converted_fields():
   assert len(conv.source["sha256"]) == 64 and len(conv.notes) == 3
   vp = S.convert_checkpoint(os.path.join(DATA, "ddpmpp_vp", "checkpoint_1"),
                             S.load_config(os.path.join(DATA, "ddpmpp_vp", "config.json")))
-  assert vp.sde == ("vp", dict(t_min=1e-3, t_max=1.0, beta_min=0.1, beta_max=20.0))
+  assert vp.sde == ("vp", dict(t_min=1e-5, t_max=1.0, beta_min=0.1, beta_max=20.0))
+  assert (conv.sampling_t_min, vp.sampling_t_min) == (None, 1e-3)
   assert (vp.time_input, vp.net["embedding_scale"], vp.model) == ("t", 999.0, "ddpmpp")
 
 

@@ -159,6 +159,8 @@ class Converted:
     image_shape: (H, W, C) of the data.
     source: provenance, written into the converted workdir (format, file, sha256, ...).
     notes: what the conversion changed on the way (one line each), for the report.
+    sampling_t_min: where the source's samplers stop, when above the schedule's t_min (score
+      SDE's VP / sub-VP: 1e-3 on a schedule, training and likelihood range from 1e-5).
   """
   params: Dict[str, Any]
   model: str
@@ -169,3 +171,4 @@ class Converted:
   image_shape: Tuple[int, int, int]
   source: Dict[str, Any]
   notes: List[str] = dataclasses.field(default_factory=list)
+  sampling_t_min: Optional[float] = None

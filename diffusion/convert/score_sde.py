@@ -41,8 +41,10 @@ from diffusion.convert.common import (ConversionError, Converted, ParamMap, flat
 WHAT = "score SDE checkpoint"
 ARCHITECTURES = ("ncsnpp", "ddpm")
 SDES = {"vesde": "ve", "vpsde": "vp", "subvpsde": "subvp"}
-# Their sampling_eps (run_lib.py): the smallest time the samplers reach.
-T_MIN = {"vesde": 1e-5, "vpsde": 1e-3, "subvpsde": 1e-3}
+# Their time ranges (losses.py eps = 1e-5 for training, likelihood.py eps = 1e-5, run_lib.py
+# sampling_eps): the schedule spans [1e-5, 1]; the VP / sub-VP samplers stop at 1e-3.
+T_MIN = 1e-5
+SAMPLING_T_MIN = {"vesde": None, "vpsde": 1e-3, "subvpsde": 1e-3}
 PARAMS = ("ema", "raw")
 # The fields of their ml_collections config the conversion reads (model.*, then data / training).
 CONFIG_FIELDS = (
@@ -383,7 +385,7 @@ def net_kwargs(config: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
 def sde_fields(config: Mapping[str, Any]) -> Tuple[str, Dict[str, Any]]:
   """Our schedule (name, fields) for their SDE; VE noise levels scaled with the data."""
   sde = config["sde"]
-  fields: Dict[str, Any] = dict(t_min=T_MIN[sde], t_max=1.0)
+  fields: Dict[str, Any] = dict(t_min=T_MIN, t_max=1.0)
   if sde == "vesde":
     k = _data_scale(config)
     fields.update(sigma_min=k * float(_need(config, "sigma_min")),
@@ -477,7 +479,7 @@ def convert(tree: Mapping[str, Any], config: Mapping[str, Any],
                    parameterization="eps",
                    time_input="log_sigma" if config["sde"] == "vesde" else "t",
                    image_shape=image_shape, source={"format": "score_sde", "params": params},
-                   notes=notes)
+                   notes=notes, sampling_t_min=SAMPLING_T_MIN[config["sde"]])
 
 
 def convert_checkpoint(path: str, config: Mapping[str, Any], params: str = "ema") -> Converted:
