@@ -53,6 +53,7 @@ HYPERPARAMETER_TYPES: Dict[str, type] = {
     "step_size": str,
     "theta": float,
     "variables": str,
+    "variance": str,
     "variant": str,
     "warmup": bool,
 }
@@ -73,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.t_max = config_dict.placeholder(float)  # None: the schedule's t_max
   c.logsnr_min = config_dict.placeholder(float)  # None: no clipping of the grid's noisy end
   c.logsnr_max = config_dict.placeholder(float)  # None: no clipping of the grid's clean end
+  # Clip every x0_hat to the data range [-1, 1] before the sampler uses it (DDPM's and DDIM's
+  # released samplers do, clip_denoised=True); images only. Not a sampler hyper-parameter.
+  c.clip_denoised = False
   c.num_samples = 10_000
   c.batch_size = 1_000
   for name, tp in sorted(hyperparameter_types().items()):
@@ -80,8 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Fields of config.sampling that are not build_sampler arguments.
+RUN_FIELDS = ("num_samples", "batch_size", "clip_denoised")
+
+
 def non_default_fields(c: ml_collections.ConfigDict) -> Dict[str, object]:
-  """The fields to pass to build_sampler: all but num_samples / batch_size, None ones dropped."""
+  """The fields to pass to build_sampler: all but RUN_FIELDS, None ones dropped."""
   return {k: v for k, v in c.to_dict().items()
-          if k not in ("num_samples", "batch_size") and v is not None
+          if k not in RUN_FIELDS and v is not None
           and not (isinstance(v, float) and math.isnan(v))}

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs.sampling import RUN_FIELDS as _SAMPLING_RUN_FIELDS
 from diffusion import training
 from diffusion.data import toy2d
 from diffusion.parameterization import Parameterization, make_denoiser
@@ -285,12 +286,12 @@ def true_entropy(config: Config) -> Optional[float]:
 
 # -- sampling -------------------------------------------------------------------------------------
 
-_SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
 
 
 def sampler_kwargs(config: Config) -> Dict[str, Any]:
-  """The config.sampling fields passed to build_sampler: all but the run-size ones, and only
-  hyper-parameters that are set (None means the sampler's default)."""
+  """The config.sampling fields passed to build_sampler: all but the run-size ones and the
+  denoiser's clipping, and only hyper-parameters that are set (None means the sampler's
+  default)."""
   s = config.sampling.to_dict()
   return {k: v for k, v in s.items() if k not in _SAMPLING_RUN_FIELDS and v is not None}
 

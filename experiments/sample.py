@@ -30,13 +30,15 @@ def _sample_fn(s, plan: conditioning.Plan) -> Callable:
   samples offset .. offset + B - 1."""
   sampler = build.sampler(s.config, s.schedule)
   net_takes_labels = bool(s.config.model.conditional)
+  clip = bool(s.config.sampling.clip_denoised)
 
   def run(p, k, x_t, offset):
     params, aux = p
     base = build.denoiser(s.net, params, s.schedule, s.param)
 
     def net_denoise(x, t, cond=None):  # the network sees only labels, and only if conditional
-      return base(x, t, guidance.label_of(cond) if net_takes_labels else None)
+      x0 = base(x, t, guidance.label_of(cond) if net_takes_labels else None)
+      return jnp.clip(x0, -1.0, 1.0) if clip else x0
 
     idx = offset + jnp.arange(x_t.shape[0])
     return sampler(plan.transform(net_denoise, aux), k, x_t, cond=plan.cond(aux, idx),

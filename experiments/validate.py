@@ -277,6 +277,11 @@ def check_sampling(config: Config, schedule) -> None:
   check_sampler_kind("sampling.sampler", s.sampler, info.kind, config)
   from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
+  is_bool("sampling.clip_denoised", s.clip_denoised)
+  from experiments import build
+  if s.clip_denoised and build.is_toy(config):
+    raise ConfigError(f"config.sampling.clip_denoised=True clips x0_hat to the image range "
+                      f"[-1, 1]; config.data.name={config.data.name!r} is a 2-D toy density")
   int_at_least("sampling.num_samples", s.num_samples, 1)
   int_at_least("sampling.batch_size", s.batch_size, 1)
   positive("sampling.rho", s.rho)

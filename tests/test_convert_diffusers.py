@@ -284,3 +284,28 @@ def test_converted_workdir_fine_tunes(converted_workdir, tmp_path):
   train.train(config, w2)
   assert sorted(int(d) for d in os.listdir(os.path.join(w2, "checkpoints"))
                 if d.isdigit()) == [0, 2]
+
+
+def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
+  # The random converted network predicts x0 far outside [-1, 1]; with sampling.clip_denoised
+  # (DDPM's clip_denoised) every x0_hat, so the final sample, is clipped.
+  from experiments import sample
+  from experiments.config_files import load_config_file
+  from experiments.main import overridden
+  from experiments.validate import ConfigError, validate_config
+  _, w, _ = converted_workdir
+  base = overridden(load_config_file(os.path.join(w, "config.py")),
+                    {"sampling.sampler": "ddpm", "sampling.num_steps": 3,
+                     "sampling.grid": "uniform", "sampling.variance": "beta"})
+  ranges = {}
+  for clip in (False, True):
+    config = overridden(base, {"sampling.clip_denoised": clip})
+    validate_config(config, "sample")
+    s, params, _ = sample.restore_params(config, w)
+    x, _ = sample.generate(s, params, 4, jax.random.PRNGKey(0))
+    ranges[clip] = float(np.abs(np.asarray(x)).max())
+  assert ranges[False] > 1.5 and ranges[True] <= 1.0, ranges
+  from configs.toy.checkerboard_vp import get_config
+  toy = overridden(get_config(), {"sampling.clip_denoised": True})
+  with pytest.raises(ConfigError, match="clip_denoised=True clips"):
+    validate_config(toy, "sample")

@@ -157,3 +157,23 @@ def test_index_time_input_needs_a_discrete_schedule():
   np.testing.assert_allclose(c, [0.0, 999.0], atol=1e-4)
   with pytest.raises(ValueError, match="needs a discrete-time schedule"):
     p.net_inputs(x, jnp.asarray([0.5, 0.5]), S.VP())
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_sampler_on_vp_discrete_takes_ddpms_own_steps(variance):
+  # On vp_discrete, the step from t_n = (n+1)/N to t_{n-1} is Ho et al.'s eq. 7: mean
+  # sqrt(abar_{n-1}) beta_n / (1 - abar_n) x0 + sqrt(alpha_n) (1 - abar_{n-1}) / (1 - abar_n) x_n,
+  # variance beta~_n = (1 - abar_{n-1}) / (1 - abar_n) beta_n ('posterior') or beta_n ('beta').
+  from diffusion.samplers.sde import ddpm_coefs
+  s = S.DiscreteVP()
+  betas = np.linspace(1e-4, 0.02, 1000)
+  abar = np.cumprod(1 - betas)
+  for n in (1, 17, 500, 999):
+    a, d, c = ddpm_coefs(s, (n + 1) / 1000, n / 1000, variance)
+    np.testing.assert_allclose(a, np.sqrt(1 - betas[n]) * (1 - abar[n - 1]) / (1 - abar[n]),
+                               rtol=1e-10)
+    np.testing.assert_allclose(d, np.sqrt(abar[n - 1]) * betas[n] / (1 - abar[n]), rtol=1e-10)
+    var = betas[n] * (1 - abar[n - 1]) / (1 - abar[n]) if variance == "posterior" else betas[n]
+    np.testing.assert_allclose(c**2, var, rtol=1e-10)
+  with pytest.raises(ValueError, match="variance='large'"):
+    ddpm_coefs(s, 0.5, 0.4, "large")

@@ -6,6 +6,8 @@ final denoise x <- denoise(x, t_min) unless ``final_denoise=False``.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Tuple
 
 import jax
@@ -51,18 +53,32 @@ def reverse_diffusion_coefs(schedule: Schedule, t: float, s: float) -> Tuple[flo
   return (float(2.0 - a_ts - v / st**2), float(v * at / st**2), float(np.sqrt(v)))
 
 
-def ddpm_coefs(schedule: Schedule, t: float, s: float) -> Tuple[float, float, float]:
-  """Ancestral step with the exact posterior q(x_s | x_t, x0 = m) (Ho et al. 2020, eq. 6-7;
-  Kingma et al. 2021, eq. 32-33 for any alpha, sigma):
+DDPM_VARIANCES = ("posterior", "beta")
+
+
+def ddpm_coefs(schedule: Schedule, t: float, s: float,
+               variance: str = "posterior") -> Tuple[float, float, float]:
+  """Ancestral step with the mean of the exact posterior q(x_s | x_t, x0 = m) (Ho et al. 2020,
+  eq. 6-7; Kingma et al. 2021, eq. 32-33 for any alpha, sigma):
 
     mean = a_ts sigma_s^2/sigma_t^2 x_t + alpha_s s_ts^2/sigma_t^2 m,
-    var  = s_ts^2 sigma_s^2 / sigma_t^2.
+    var  = s_ts^2 sigma_s^2 / sigma_t^2      ('posterior': DDPM's sigma_t^2 = beta~_t), or
+    var  = s_ts^2 = sigma_t^2 - a_ts^2 sigma_s^2   ('beta': sigma_t^2 = beta_t, the "fixedlarge"
+           of DDPM's CIFAR-10 samples; 1 - alpha_t^2/alpha_s^2 for VP).
   Returns (A, D, C).
   """
+  if variance not in DDPM_VARIANCES:
+    raise ValueError(f"variance={variance!r}; accepted: {DDPM_VARIANCES}")
   (at, st), (as_, ss) = alpha_sigma(schedule, t), alpha_sigma(schedule, s)
   a_ts = at / as_
   v = max(float(st**2 - a_ts**2 * ss**2), 0.0)
-  return (float(a_ts * ss**2 / st**2), float(as_ * v / st**2), float(np.sqrt(v * ss**2 / st**2)))
+  var = v * ss**2 / st**2 if variance == "posterior" else v
+  return (float(a_ts * ss**2 / st**2), float(as_ * v / st**2), float(np.sqrt(var)))
+
+
+def _check_ddpm(hp):
+  if hp["variance"] not in DDPM_VARIANCES:
+    raise ValueError(f"sampler 'ddpm': variance={hp['variance']!r}; accepted: {DDPM_VARIANCES}")
 
 
 def _linear_sde_program(coefs_fn, schedule, time_grid, final_denoise: bool) -> Program:
@@ -102,14 +118,18 @@ def reverse_diffusion(denoise, schedule, key, x_T, time_grid, *, cond=None, samp
 
 @register_sampler("ddpm", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
-                  paper="Ho et al. 2020, DDPM, Alg. 2 / eq. 6-7 (ancestral sampling)")
+                  paper="Ho et al. 2020, DDPM, Alg. 2 / eq. 6-7 (ancestral sampling)",
+                  variants=({}, {"variance": "beta"}), check=_check_ddpm)
 def ddpm(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-         final_denoise: bool = True):
-  """DDPM ancestral sampling x_s ~ q(x_s | x_t, x0_hat) on any grid (see ``ddpm_coefs``).
+         final_denoise: bool = True, variance: str = "posterior"):
+  """DDPM ancestral sampling x_s ~ q(x_s | x_t, x0_hat) on any grid (see ``ddpm_coefs``);
+  ``variance='beta'`` draws with DDPM's larger sigma_t^2 = beta_t instead (its CIFAR-10 FID).
 
-  Equal in law to DDIM with eta = 1 and to Euler ancestral with eta = 1. NFE = N (+1).
+  With 'posterior': equal in law to DDIM with eta = 1 and to Euler ancestral with eta = 1.
+  NFE = N (+1). On ``vp_discrete`` with a uniform grid of N - 1 steps the steps are DDPM's own.
   """
-  prog = _linear_sde_program(ddpm_coefs, schedule, time_grid, final_denoise)
+  prog = _linear_sde_program(functools.partial(ddpm_coefs, variance=variance), schedule,
+                             time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 
