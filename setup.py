@@ -8,6 +8,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["diffusion", "diffusion.*", "experiments", "configs",
                                     "configs.*"]),
+    # score SDE's released configs, by name (python -m experiments.convert --format=score_sde).
+    package_data={"diffusion.convert": ["*.json"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
@@ -22,6 +24,8 @@ setup(
         "diffrax>=0.7.2,<0.8",
         "chex>=0.1.92",
         "numpy>=2.0",
+        "ml_dtypes>=0.5",  # bfloat16 tensors of released checkpoints (diffusion.convert)
+        "msgpack>=1.0",  # score SDE's flax checkpoints (diffusion.convert)
         "scipy>=1.13",
         "scikit-learn>=1.5",
         "matplotlib>=3.9",

@@ -3,8 +3,8 @@ eval, sweep and for fine-tuning (--mode=train continues from the converted weigh
 
   python -m experiments.convert --format=diffusers --source=DIR --workdir=W [--dataset=cifar10]
       [--schedule=discrete|continuous] [--weights=FILE] [--scheduler_config=FILE]
-  python -m experiments.convert --format=score_sde --source=CHECKPOINT --score_sde_config=JSON
-      --workdir=W [--params=ema|raw] [--dataset=cifar10]
+  python -m experiments.convert --format=score_sde --source=CHECKPOINT
+      --score_sde_config=NAME_OR_JSON --workdir=W [--params=ema|raw] [--dataset=cifar10]
 
 W receives: config.py (the experiment config: pass it as --config=W/config.py), config.json
 (the workdir's identity), checkpoints/0 (params = ema_params = the converted weights, a fresh
@@ -92,9 +92,10 @@ def _convert(fmt: str, source: str, **kw) -> Converted:
     from diffusion.convert import score_sde
     cfg_path = kw.get("score_sde_config")
     if not cfg_path:
-      raise ConversionError("--format=score_sde needs --score_sde_config (the released "
-                            "config's fields as JSON; docs/convert.md)")
-    return score_sde.convert_checkpoint(source, score_sde.load_score_sde_config(cfg_path),
+      raise ConversionError("--format=score_sde needs --score_sde_config: a released config's "
+                            "name such as 've/cifar10_ncsnpp_deep_continuous', or a JSON file "
+                            "of its fields (docs/convert.md)")
+    return score_sde.convert_checkpoint(source, score_sde.load_config(cfg_path),
                                         params=kw.get("params", "ema"))
   raise ConversionError(f"format={fmt!r}; accepted: {FORMATS}")
 
@@ -178,8 +179,8 @@ def define_flags() -> None:
                       ".safetensors, else .bin).")
   flags.DEFINE_string("scheduler_config", None, "diffusers: scheduler_config.json (default: "
                       "next to the model or in ../scheduler/).")
-  flags.DEFINE_string("score_sde_config", None, "score_sde: JSON of the released config's "
-                      "fields (docs/convert.md).")
+  flags.DEFINE_string("score_sde_config", None, "score_sde: the released config's name, e.g. "
+                      "'ve/cifar10_ncsnpp_deep_continuous', or a JSON file of its fields.")
   flags.DEFINE_enum("params", "ema", ["ema", "raw"], "score_sde: the EMA parameters (what the "
                     "paper sampled) or the raw ones.")
 

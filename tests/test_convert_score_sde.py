@@ -187,3 +187,15 @@ def test_errors_name_the_problem(tmp_path):
     S.convert({"params_ema": unflatten(flat)}, dict(config, progressive="residual"))
   with pytest.raises(ConversionError, match="embedding_type='positional' with sde='vesde'"):
     S.convert({"params_ema": unflatten(flat)}, dict(config, embedding_type="positional"))
+
+
+def test_released_configs_by_name():
+  # The package's table of their configs equals what their config files say (layouts.json).
+  with open(os.path.join(DATA, "layouts.json")) as f:
+    layouts = json.load(f)
+  released = S.released_configs()
+  assert sorted(released) == sorted(layouts)
+  for name in layouts:
+    assert S.load_config(name) == layouts[name]["config"], name
+  with pytest.raises(ConversionError, match="neither a released config nor a JSON file"):
+    S.load_config("ve/cifar10_ncsnpp_continous")

@@ -99,18 +99,35 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
   return tree
 
 
-def load_config(path: str) -> Dict[str, Any]:
-  """Their config fields from a JSON file {field: value} (the "config" entries of
-  tests/data/convert/score_sde/layouts.json have this form)."""
-  with open(path) as f:
+RELEASED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "score_sde_released.json")
+
+
+def released_configs() -> Dict[str, Dict[str, Any]]:
+  """{name: config fields} of every config of theirs that uses 'ncsnpp' or 'ddpm'
+  ('ve/cifar10_ncsnpp_continuous', 'vp/ddpm/church', ...), read from their configs/ by
+  tests/data/convert/make_score_sde_fixtures.py; :func:`check_config` says which convert."""
+  with open(RELEASED_CONFIGS) as f:
+    return json.load(f)
+
+
+def load_config(spec: str) -> Dict[str, Any]:
+  """Their config fields: a released config by name (:func:`released_configs`, e.g.
+  've/cifar10_ncsnpp_deep_continuous', the path of their config file without 'configs/' and
+  '.py'), or a JSON file {field: value} of :data:`CONFIG_FIELDS` for a config of one's own."""
+  released = released_configs()
+  if spec in released:
+    return dict(released[spec])
+  if not os.path.isfile(spec):
+    raise ConversionError(f"score SDE config {spec!r} is neither a released config nor a JSON "
+                          f"file; released: {sorted(released)}")
+  with open(spec) as f:
     config = json.load(f)
   if not isinstance(config, dict):
-    raise ConversionError(f"{path!r}: expected a JSON object of config fields, got "
+    raise ConversionError(f"{spec!r}: expected a JSON object of config fields, got "
                           f"{type(config).__name__}")
   return config
 
-
-load_score_sde_config = load_config
 
 
 # ----------------------------------------------------------------------------- validation
