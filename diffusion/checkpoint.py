@@ -280,7 +280,8 @@ def signature_diff(saved: Sequence[Sequence[Any]], current: Sequence[Sequence[An
   return len(out), out[:limit]
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -305,7 +306,7 @@ def write_integrity(step_dir: str) -> Dict[str, Any]:
   files = {}
   for rel in _step_files(step_dir):
     p = os.path.join(step_dir, rel)
-    files[rel] = {"size": os.path.getsize(p), "sha256": _sha256(p)}
+    files[rel] = {"size": os.path.getsize(p), "sha256": sha256_file(p)}
   manifest = {"version": 1, "files": files}
   path = os.path.join(step_dir, INTEGRITY_FILE)
   tmp = f"{path}.tmp{os.getpid()}"
@@ -337,7 +338,7 @@ def check_integrity(step_dir: str) -> Tuple[Optional[bool], str]:
     actual = os.path.getsize(p)
     if actual != size:
       return False, f"file {rel} has {actual} bytes, {size} were written"
-    if _sha256(p) != digest:
+    if sha256_file(p) != digest:
       return False, f"file {rel} differs from what was written (sha256)"
   return True, ""
 

@@ -130,24 +130,15 @@ def _bcast(t, x):
 
 
 @dataclasses.dataclass(frozen=True)
-class VP(Schedule):
-  """VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (DDPM / score SDE, eq. 11).
-
-  log alpha(t) = -1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min,  sigma = sqrt(1 - alpha^2).
-  """
-  t_min: float = 1e-3
-  t_max: float = 1.0
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-
-  name = "vp"
+class _BetaVP(Schedule):
+  """A VP process given by its beta(t) and B(t) = int_0^t beta = -2 log alpha (subclasses
+  define ``beta`` and ``_int_beta``): alpha = e^{-B/2}, sigma = sqrt(1 - e^{-B}), g^2 = beta."""
 
   def _int_beta(self, t):
-    """B(t) = int_0^t beta = -2 log alpha."""
-    return 0.5 * t * t * (self.beta_max - self.beta_min) + t * self.beta_min
+    raise NotImplementedError
 
   def beta(self, t):
-    return self.beta_min + t * (self.beta_max - self.beta_min)
+    raise NotImplementedError
 
   def alpha(self, t):
     return _xp(t).exp(-0.5 * self._int_beta(t))
@@ -169,15 +160,36 @@ class VP(Schedule):
     xp = _xp(t)
     return -xp.log(xp.expm1(self._int_beta(t)))
 
+  def diffusion_sq(self, t):
+    return self.beta(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class VP(_BetaVP):
+  """VP SDE with linear beta(t) = beta_min + t (beta_max - beta_min) (DDPM / score SDE, eq. 11).
+
+  log alpha(t) = -1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min,  sigma = sqrt(1 - alpha^2).
+  """
+  t_min: float = 1e-3
+  t_max: float = 1.0
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+
+  name = "vp"
+
+  def _int_beta(self, t):
+    """B(t) = int_0^t beta = -2 log alpha."""
+    return 0.5 * t * t * (self.beta_max - self.beta_min) + t * self.beta_min
+
+  def beta(self, t):
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
   def t_from_logsnr(self, lam):
     # B(t) = log(1 + e^{-lambda}) = softplus(-lambda); solve the quadratic for t >= 0.
     xp = _xp(lam)
     b = _softplus(xp, -lam)
     d = self.beta_max - self.beta_min
     return 2.0 * b / (self.beta_min + xp.sqrt(self.beta_min**2 + 2.0 * d * b))
-
-  def diffusion_sq(self, t):
-    return self.beta(t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,7 +396,7 @@ def discrete_betas(num_timesteps: int, beta_start: float, beta_end: float,
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscreteVP(Schedule):
+class DiscreteVP(_BetaVP):
   """A discrete-time DDPM schedule (N betas) as a VP SDE with piecewise-constant beta(t).
 
   Step n = 0..N-1 of the discrete process sits at t_n = (n + 1) / N, where the marginal is
@@ -434,31 +446,10 @@ class DiscreteVP(Schedule):
     discrete steps is conditioned on."""
     return self.num_timesteps * t - 1.0
 
-  def alpha(self, t):
-    return _xp(t).exp(-0.5 * self._int_beta(t))
-
-  def sigma(self, t):
-    xp = _xp(t)
-    return xp.sqrt(-xp.expm1(-self._int_beta(t)))
-
-  def dalpha_dt(self, t):
-    return -0.5 * self.beta(t) * self.alpha(t)
-
-  def dsigma_dt(self, t):
-    xp = _xp(t)
-    return 0.5 * self.beta(t) * xp.exp(-self._int_beta(t)) / self.sigma(t)
-
-  def logsnr(self, t):
-    xp = _xp(t)
-    return -xp.log(xp.expm1(self._int_beta(t)))
-
   def t_from_logsnr(self, lam):
     tk, bk, _ = self._knots()
     xp = _xp(lam)
     return xp.interp(_softplus(xp, -lam), xp.asarray(bk), xp.asarray(tk))
-
-  def diffusion_sq(self, t):
-    return self.beta(t)
 
 
 @functools.lru_cache(maxsize=16)

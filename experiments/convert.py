@@ -49,7 +49,7 @@ def config_text(conv: Converted, dataset: str, experiment: str) -> str:
   fields = pprint.pformat(dict(conv.sde[1]), indent=2, width=90, sort_dicts=True)
   size = int(conv.image_shape[0])
   notes = "\n".join(f"  * {n}" for n in conv.notes) or "  (none)"
-  src = conv.source.get("weights") or conv.source.get("checkpoint") or "?"
+  src = conv.source.get("weights") or conv.source.get("file") or "?"
   return f'''"""Converted by experiments.convert from {conv.source.get("format")}:
 {src}
 sha256 {conv.source.get("sha256")}
@@ -95,8 +95,10 @@ def _convert(fmt: str, source: str, **kw) -> Converted:
       raise ConversionError("--format=score_sde needs --score_sde_config: a released config's "
                             "name such as 've/cifar10_ncsnpp_deep_continuous', or a JSON file "
                             "of its fields (docs/convert.md)")
-    return score_sde.convert_checkpoint(source, score_sde.load_config(cfg_path),
+    conv = score_sde.convert_checkpoint(source, score_sde.load_config(cfg_path),
                                         params=kw.get("params", "ema"))
+    conv.source["score_sde_config"] = cfg_path
+    return conv
   raise ConversionError(f"format={fmt!r}; accepted: {FORMATS}")
 
 
@@ -116,8 +118,9 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
     raise ConversionError(f"--workdir={workdir!r} already holds a converted model or "
                           f"checkpoints; choose a new workdir (nothing was changed)")
   dataset = infer_dataset(conv.image_shape, dataset)
-  origin = conv.source.get("folder") or conv.source.get("checkpoint") or "model"
-  experiment = experiment or f"converted/{os.path.basename(os.path.normpath(origin))}"
+  origin = (conv.source.get("score_sde_config")
+             or os.path.basename(os.path.normpath(conv.source.get("folder") or "model")))
+  experiment = experiment or f"converted/{origin}"
   text = config_text(conv, dataset, experiment)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "config.py")

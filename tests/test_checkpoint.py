@@ -263,7 +263,7 @@ def test_io_errors_propagate_and_move_nothing(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="Input/output error"):
     ck.restore(_abstract(states[1]))
   monkeypatch.undo()
-  monkeypatch.setattr(checkpoint, "_sha256", eio)  # while verifying integrity.json
+  monkeypatch.setattr(checkpoint, "sha256_file", eio)  # while verifying integrity.json
   with pytest.raises(OSError, match="Input/output error"):
     ck.restore(_abstract(states[1]))
   ck.close()

@@ -309,3 +309,37 @@ def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   toy = overridden(get_config(), {"sampling.clip_denoised": True})
   with pytest.raises(ConfigError, match="clip_denoised=True clips"):
     validate_config(toy, "sample")
+
+
+RELEASED_CIFAR10 = dict(  # google/ddpm-cifar10-32's config.json (diffusers 0.16 copy)
+    _class_name="UNet2DModel", act_fn="silu", attention_head_dim=None,
+    block_out_channels=[128, 256, 256, 256], center_input_sample=False,
+    down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, in_channels=3,
+    layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-06, norm_num_groups=32,
+    out_channels=3, resnet_time_scale_shift="default", sample_size=32,
+    time_embedding_type="positional",
+    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
+
+
+@pytest.mark.parametrize("size,chans,attn_level,count", [
+    (32, [128, 256, 256, 256], 1, 35_746_307),  # Ho et al. 2020, CIFAR-10
+    (256, [128, 128, 256, 256, 512, 512], 4, 113_673_219),  # LSUN / CelebA-HQ 256
+])
+def test_released_configs_give_the_papers_networks(size, chans, attn_level, count):
+  # The DDPM configs map onto ddpm_unet's presets with the released parameter counts.
+  from diffusion.models import layers, unet
+  n = len(chans)
+  down = ["AttnDownBlock2D" if i == attn_level else "DownBlock2D" for i in range(n)]
+  up = ["AttnUpBlock2D" if n - 1 - k == attn_level else "UpBlock2D" for k in range(n)]
+  cfg = du.unet_config(dict(RELEASED_CIFAR10, sample_size=size, block_out_channels=chans,
+                            down_block_types=down, up_block_types=up))
+  kw = du.net_kwargs(cfg)
+  preset = unet.preset("cifar10" if size == 32 else "lsun256", dropout=0.0)
+  assert {k: kw[k] for k in preset} == {**preset, "ch_mult": tuple(preset["ch_mult"])}
+  net = get_model("ddpm_unet", **kw)
+  shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
+                                           jnp.zeros((1,))))
+  assert layers.count_params(shapes["params"]) == count
+  rows = du.module_table(cfg)
+  assert len({r[1] for r in rows}) == len(rows)  # each of our modules filled once

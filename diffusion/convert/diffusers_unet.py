@@ -21,7 +21,6 @@ embeddings, learned variances, class embeddings, ...) is a ConversionError namin
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -281,14 +280,6 @@ def find_scheduler_config(folder: str) -> Optional[str]:
   return None
 
 
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def convert(folder: str, schedule: str = "discrete", weights: Optional[str] = None,
             scheduler_config: Optional[str] = None) -> Converted:
   """Converts a diffusers UNet2DModel folder (config.json + weights) and its scheduler config.
@@ -304,6 +295,7 @@ def convert(folder: str, schedule: str = "discrete", weights: Optional[str] = No
   from diffusion.models import get_model  # heavy imports only when converting
   import jax
   import jax.numpy as jnp
+  from diffusion.checkpoint import sha256_file
   from diffusion.convert.common import flatten
   from diffusion.convert.files import read_weights
 
@@ -326,7 +318,7 @@ def convert(folder: str, schedule: str = "discrete", weights: Optional[str] = No
   wpath = weights or find_weights(folder)
   params = map_parameters(read_weights(wpath), cfg, target)
   source = dict(format="diffusers UNet2DModel", folder=os.path.abspath(folder),
-                weights=os.path.abspath(wpath), sha256=sha256(wpath),
+                weights=os.path.abspath(wpath), sha256=sha256_file(wpath),
                 scheduler_config=os.path.abspath(sched_path), schedule=schedule,
                 config=cfg)
   return Converted(params=params, model="ddpm_unet", net=kw, sde=sde, parameterization=param,

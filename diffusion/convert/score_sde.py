@@ -27,7 +27,6 @@ What changes on the way (paper equation numbers of Song et al. 2021):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -503,8 +502,8 @@ def convert_checkpoint(path: str, config: Mapping[str, Any], params: str = "ema"
   """:func:`read_checkpoint` + :func:`convert`, with the file and its sha256 in ``source``."""
   tree = read_checkpoint(path)
   conv = convert(tree, config, params)
-  with open(path, "rb") as f:
-    sha = hashlib.sha256(f.read()).hexdigest()
+  from diffusion.checkpoint import sha256_file
+  sha = sha256_file(path)
   step = tree.get("step")
   conv.source.update(file=os.path.abspath(path), sha256=sha,
                      step=None if step is None else int(np.asarray(step)))
