@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pprint
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
@@ -45,8 +44,9 @@ def infer_dataset(image_shape: Sequence[int], dataset: Optional[str]) -> str:
 
 def config_text(conv: Converted, dataset: str, experiment: str) -> str:
   """A config file (``get_config()``) for the converted model, on configs/images.py."""
-  net = pprint.pformat(conv.net, indent=2, width=90, sort_dicts=True)
-  fields = pprint.pformat(dict(conv.sde[1]), indent=2, width=90, sort_dicts=True)
+  def literal(d):
+    return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(d.items())) + "}"
+
   size = int(conv.image_shape[0])
   notes = "\n".join(f"  * {n}" for n in conv.notes) or "  (none)"
   src = conv.source.get("weights") or conv.source.get("file") or "?"
@@ -65,15 +65,19 @@ import ml_collections
 
 from configs.images import image_config
 
+NET = {literal(conv.net)}
+SDE_FIELDS = {literal(dict(conv.sde[1]))}
+
 
 def get_config():
-  c = image_config({dataset!r}, "vp", model={conv.model!r}, net={net})
+  c = image_config({dataset!r}, "vp", model={conv.model!r}, net=NET)
   c.experiment = {experiment!r}
   c.data.image_size = {size}
   c.sde.name = {conv.sde[0]!r}
-  c.sde.fields = ml_collections.ConfigDict({fields})
+  c.sde.fields = ml_collections.ConfigDict(SDE_FIELDS)
   c.training.t_min = None
   c.sampling.t_min = {conv.sampling_t_min!r}
+  c.sampling.clip_denoised = {conv.clip_denoised!r}
   c.eval.t_min = None
   c.model.parameterization = {conv.parameterization!r}
   c.model.time_input = {conv.time_input!r}

@@ -197,6 +197,18 @@ def test_missing_scheduler_config_is_an_error(tmp_path):
     du.convert(folder)
   with pytest.raises(ConversionError, match="schedule='exact'"):
     du.convert(os.path.join(ROOT, "ddpm_small"), schedule="exact")
+  folder = _copy(tmp_path, "ddpm_cifar_layout")
+  path = os.path.join(folder, "scheduler_config.json")
+  with open(path) as f:
+    sched = json.load(f)
+  for changes, match in ((dict(clip_sample_range=2.0), "clip_sample_range=2.0"),
+                         (dict(prediction_type="flow"), "prediction_type='flow'"),
+                         (dict(trained_betas=[0.1] * 1000), "trained_betas"),
+                         (dict(beta_schedule="sigmoid"), "beta_schedule='sigmoid'")):
+    with open(path, "w") as f:
+      json.dump({**sched, **changes}, f)
+    with pytest.raises(ConversionError, match=match):
+      du.convert(folder)
 
 
 # -- the converted workdir --------------------------------------------------------------------
@@ -221,6 +233,7 @@ def test_workdir_restores_the_converted_weights_exactly(converted_workdir):
   assert set(os.listdir(w)) >= {"config.py", "config.json", "conversion.json", "checkpoints"}
   config = load_config_file(os.path.join(w, "config.py"))
   assert (config.sde.name, config.model.time_input) == ("vp_discrete", "index")
+  assert config.sampling.clip_denoised  # the scheduler's clip_sample
   s, params, step = sample.restore_params(config, w)
   assert step == 0
   same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), params,

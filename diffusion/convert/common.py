@@ -161,6 +161,8 @@ class Converted:
     notes: what the conversion changed on the way (one line each), for the report.
     sampling_t_min: where the source's samplers stop, when above the schedule's t_min (score
       SDE's VP / sub-VP: 1e-3 on a schedule, training and likelihood range from 1e-5).
+    clip_denoised: whether the source's samplers clip x0_hat to [-1, 1] (diffusers'
+      ``clip_sample``), for config.sampling.clip_denoised.
   """
   params: Dict[str, Any]
   model: str
@@ -172,3 +174,4 @@ class Converted:
   source: Dict[str, Any]
   notes: List[str] = dataclasses.field(default_factory=list)
   sampling_t_min: Optional[float] = None
+  clip_denoised: bool = False

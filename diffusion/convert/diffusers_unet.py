@@ -307,7 +307,16 @@ def convert(folder: str, schedule: str = "discrete", weights: Optional[str] = No
     raise ConversionError(f"no scheduler_config.json next to {folder!r} (or in "
                           f"'../scheduler/'): it defines the betas and the prediction type; "
                           f"pass its path")
-  sde, param, time_input, emb_scale, notes = schedule_and_time(read_json(sched_path), schedule)
+  sched_cfg = read_json(sched_path)
+  sde, param, time_input, emb_scale, notes = schedule_and_time(sched_cfg, schedule)
+  clip = bool(sched_cfg.get("clip_sample", True))  # DDPMScheduler's default
+  if clip and float(sched_cfg.get("clip_sample_range", 1.0)) != 1.0:
+    raise ConversionError(f"scheduler_config.json: clip_sample_range="
+                          f"{sched_cfg['clip_sample_range']!r}; sampling.clip_denoised clips "
+                          f"to the data range [-1, 1] only (accepted: 1.0)")
+  if clip:
+    notes.append("sampling.clip_denoised=True: the scheduler clips x0_hat to [-1, 1] "
+                 "(clip_sample)")
   kw = net_kwargs(cfg)
   kw["embedding_scale"] = emb_scale
   size, ch = cfg["sample_size"], int(cfg["in_channels"])
@@ -323,4 +332,4 @@ def convert(folder: str, schedule: str = "discrete", weights: Optional[str] = No
                 config=cfg)
   return Converted(params=params, model="ddpm_unet", net=kw, sde=sde, parameterization=param,
                    time_input=time_input, image_shape=(size, size, ch), source=source,
-                   notes=notes)
+                   notes=notes, clip_denoised=clip)
