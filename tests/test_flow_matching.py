@@ -64,7 +64,7 @@ def test_rectified_flow_denoiser_is_x_minus_t_u(x64):
   np.testing.assert_allclose(FLOW.to_x0(u, x, t, RF), x - t[:, None] * u, rtol=1e-14)
 
 
-@pytest.mark.parametrize("time_input", TIME_INPUTS)
+@pytest.mark.parametrize("time_input", [t for t in TIME_INPUTS if t != "index"])
 def test_flow_denoiser_wraps_a_network_with_every_time_input(time_input, x64):
   """make_denoiser with kind='flow': a network that outputs the exact velocity gives the exact
   x0, whatever scalar it is conditioned on."""
@@ -78,6 +78,13 @@ def test_flow_denoiser_wraps_a_network_with_every_time_input(time_input, x64):
   assert c.shape == (32,) and bool(jnp.all(jnp.isfinite(c)))
   denoise = make_denoiser(lambda x_in, c, cond: u_star, RF, param)
   np.testing.assert_allclose(denoise(x, t), exact, atol=1e-12)
+
+
+def test_index_time_input_is_refused_on_a_continuous_schedule():
+  # 'index' is a discrete schedule's step (vp_discrete); the flow's schedule has none.
+  with pytest.raises(ValueError, match="needs a discrete-time schedule"):
+    Parameterization(kind="flow", time_input="index").net_inputs(jnp.zeros((2, 2)),
+                                                                  jnp.full((2,), 0.4), RF)
 
 
 # -- 2. the 'flow' weighting -----------------------------------------------------------------------
