@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Type
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -461,13 +462,184 @@ def _discrete_vp_knots(num_timesteps, beta_start, beta_end, beta_schedule):
   return np.arange(n + 1, dtype=np.float64) / n, bk, seg * n
 
 
+# ------------------------------------------------------------------------------------------------
+# Learned (VDM)
+# ------------------------------------------------------------------------------------------------
+
+Params = Dict[str, Any]
+
+
+def _is_host(tree) -> bool:
+  return all(isinstance(a, (np.ndarray, np.generic, float, int))
+             for a in jax.tree_util.tree_leaves(tree))
+
+
+def init_gamma_params(key, hidden: int, learn_endpoints: bool, gamma_min: float,
+                      gamma_max: float) -> Params:
+  """Initial NoiseNet parameters: gamma~ close to linear in t (so gamma starts near VDM's linear
+  logSNR schedule), small random hidden features."""
+  k2, k3 = jax.random.split(key)
+  p = {"v1": jnp.asarray([1.0], jnp.float32), "b1": jnp.zeros((1,), jnp.float32),
+       "v2": 0.1 * jax.random.normal(k2, (hidden,), jnp.float32),
+       "b2": jnp.zeros((hidden,), jnp.float32),
+       "v3": 0.1 * jax.random.normal(k3, (hidden,), jnp.float32),
+       "b3": jnp.zeros((1,), jnp.float32)}
+  if learn_endpoints:
+    p["gamma_min"] = jnp.asarray(gamma_min, jnp.float32)
+    p["gamma_max"] = jnp.asarray(gamma_max, jnp.float32)
+  return p
+
+
+def _gamma_tilde(p: Params, t, xp):
+  """(gamma~(t), d gamma~/dt) of the unnormalised monotone network, for t of any shape."""
+  w1 = _softplus(xp, p["v1"][0])
+  w2, w3 = xp.abs(p["v2"]), xp.abs(p["v3"])
+  hidden = w2.shape[0]
+  u = 2.0 * t - 1.0
+  s = 1.0 / (1.0 + xp.exp(-(u[..., None] * w2 + p["b2"])))  # (..., H)
+  g = w1 * t + p["b1"][0] + xp.sum(w3 * (2.0 * s - 1.0), axis=-1) / hidden + p["b3"][0]
+  dg = w1 + xp.sum(w3 * 4.0 * s * (1.0 - s) * w2, axis=-1) / hidden
+  return g, dg
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LearnedVP(Schedule):
+  """VP schedule with VDM's learned gamma(t) (Kingma et al. 2021; the network and its training:
+  diffusion/vdm.py's docstring), t in [0, 1]: gamma = gamma_0 + (gamma_1 - gamma_0)
+  (g(t) - g(0)) / (g(1) - g(0)), g VDM's monotone three-layer network, alpha^2 = sigmoid(-gamma),
+  sigma^2 = sigmoid(gamma).
+
+  Fields are the config's (``sde.name='vdm_learned'``); ``params`` is set by :meth:`bind` (a
+  dict of arrays: 'v1', 'b1', 'v2', 'b2', 'v3', 'b3', and with ``learn_endpoints``
+  'gamma_min', 'gamma_max'). Compared and hashed by identity (its parameters are arrays).
+  """
+  t_min: float = 0.0
+  t_max: float = 1.0
+  gamma_min: float = -13.3
+  gamma_max: float = 5.0
+  learn_endpoints: bool = False
+  hidden: int = 1024
+  params: Optional[Params] = None
+
+  name = "vdm_learned"
+  learned = True
+
+  __eq__ = object.__eq__
+  __hash__ = object.__hash__
+
+  def __post_init__(self):
+    if not self.gamma_min < self.gamma_max:
+      raise ValueError(f"vdm_learned: need gamma_min < gamma_max, got gamma_min="
+                       f"{self.gamma_min}, gamma_max={self.gamma_max}")
+    if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
+      raise ValueError(f"vdm_learned: hidden must be an int >= 1, got {self.hidden!r}")
+    if not isinstance(self.learn_endpoints, bool):
+      raise ValueError(f"vdm_learned: learn_endpoints must be a bool, got "
+                       f"{self.learn_endpoints!r}")
+    if self.t_max > 1.0:
+      raise ValueError(f"vdm_learned: t_max={self.t_max} is past t = 1, where gamma = gamma_max")
+
+  def prior_std(self) -> float:
+    return 1.0  # alpha^2 + sigma^2 = 1 at every t
+
+  def init_params(self, key) -> Params:
+    return init_gamma_params(key, self.hidden, self.learn_endpoints, self.gamma_min,
+                             self.gamma_max)
+
+  def bind(self, params: Params) -> "LearnedVP":
+    """This schedule with ``params`` (host numpy arrays: a frozen schedule for sampling and the
+    likelihood, computed in float64; traced arrays: differentiable, inside the train step)."""
+    want = set(init_gamma_params(jax.random.PRNGKey(0), 1, self.learn_endpoints, 0.0, 1.0))
+    if not isinstance(params, dict) or set(params) != want:
+      got = sorted(params) if isinstance(params, dict) else type(params).__name__
+      raise ValueError(f"vdm_learned parameters must have the keys {sorted(want)}, got {got}")
+    if _is_host(params):
+      params = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    return dataclasses.replace(self, params=params)
+
+  def _p(self) -> Params:
+    if self.params is None:
+      raise ValueError("the vdm_learned schedule is not bound to its parameters: "
+                       "schedule.bind(params['schedule']) first")
+    return self.params
+
+  def _xp(self, t):
+    traced = not (_is_host(self._p()) and isinstance(t, (np.ndarray, np.generic, float, int)))
+    return jnp if traced else np
+
+  def endpoints(self, xp=np):
+    """(gamma_0, gamma_1): the fixed ones or the learned parameters."""
+    p = self._p()
+    if self.learn_endpoints:
+      return p["gamma_min"], p["gamma_max"]
+    return xp.asarray(self.gamma_min), xp.asarray(self.gamma_max)
+
+  def gamma_and_derivative(self, t):
+    """(gamma(t), gamma'(t)), both of t's shape."""
+    xp = self._xp(t)
+    p = self._p()
+    t = xp.asarray(t)
+    g, dg = _gamma_tilde(p, t, xp)
+    g0, _ = _gamma_tilde(p, xp.zeros(()), xp)
+    g1, _ = _gamma_tilde(p, xp.ones(()), xp)
+    lo, hi = self.endpoints(xp)
+    scale = (hi - lo) / (g1 - g0)
+    return lo + scale * (g - g0), scale * dg
+
+  def gamma(self, t):
+    return self.gamma_and_derivative(t)[0]
+
+  def logsnr(self, t):
+    return -self.gamma(t)
+
+  def dlogsnr_dt(self, t):
+    return -self.gamma_and_derivative(t)[1]
+
+  def alpha(self, t):
+    xp = self._xp(t)
+    return xp.sqrt(1.0 / (1.0 + xp.exp(self.gamma(t))))  # sqrt(sigmoid(-gamma))
+
+  def sigma(self, t):
+    xp = self._xp(t)
+    return xp.sqrt(1.0 / (1.0 + xp.exp(-self.gamma(t))))  # sqrt(sigmoid(gamma))
+
+  def dalpha_dt(self, t):
+    g, dg = self.gamma_and_derivative(t)
+    return -0.5 * self.alpha(t) * self.sigma(t)**2 * dg  # d sqrt(sigmoid(-g)) / dt
+
+  def dsigma_dt(self, t):
+    g, dg = self.gamma_and_derivative(t)
+    return 0.5 * self.sigma(t) * self.alpha(t)**2 * dg
+
+  def drift(self, t):
+    g, dg = self.gamma_and_derivative(t)
+    return -0.5 * self.sigma(t)**2 * dg  # d log alpha / dt
+
+  def diffusion_sq(self, t):
+    g, dg = self.gamma_and_derivative(t)
+    return self.sigma(t)**2 * dg  # d sigma^2/dt - 2 f sigma^2 = beta(t) for VP
+
+  def t_from_logsnr(self, lam):
+    """Bisection of the increasing gamma on [0, 1]: gamma(t) = -lam (clipped to the ends)."""
+    xp = self._xp(lam)
+    target = -xp.asarray(lam)
+    lo, hi = xp.zeros_like(target), xp.ones_like(target)
+    iters = 60 if xp is np else 32
+    for _ in range(iters):
+      mid = 0.5 * (lo + hi)
+      below = self.gamma(mid) < target
+      lo, hi = xp.where(below, mid, lo), xp.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
 SCHEDULES: Dict[str, Type[Schedule]] = {
-    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow, DiscreteVP)
+    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow, DiscreteVP, LearnedVP)
 }
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
-  """Builds a schedule by name; unknown names or fields are errors listing what is accepted."""
+  """Builds a schedule by name; unknown names or fields are errors listing what is accepted.
+  'vdm_learned' (diffusion.vdm.LearnedVP) comes unbound: its parameters are the run's."""
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; available: {sorted(SCHEDULES)}")
   cls = SCHEDULES[name]

@@ -295,6 +295,18 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
       return loss_fn(make_logits_fn(apply_fn, schedule, param), batch["x"], batch["label"],
                      noise_key, schedule, time_sampling=cfg.time_sampling,
                      **dict(cfg.loss_opts))
+    if getattr(schedule, "learned", False):  # VDM: the schedule's parameters are trained too
+      from diffusion.vdm import vdm_loss
+
+      def net_fn(net_params, x_in, c, cond_):
+        tree = {"net": net_params, "schedule": params["schedule"]}
+        return model.apply({"params": tree}, x_in.astype(dtype), c, labels=cond_, train=True,
+                           rngs={"dropout": dropout_key}).astype(jnp.float32)
+
+      return vdm_loss(net_fn, {"net": p["net"], "schedule": params["schedule"]}, schedule,
+                      param, batch["x"], noise_key,
+                      cond=batch.get("label") if cfg.conditional else None,
+                      time_sampling=cfg.time_sampling, **dict(cfg.loss_opts))
     denoise = make_denoiser(apply_fn, schedule, param)
     if cfg.objective in STUDENT_OBJECTIVES:
       return loss_fn(denoise, batch["x"], noise_key, context)

@@ -47,8 +47,27 @@ def parameterization(config: Config) -> Parameterization:
 
 
 def model(config: Config):
+  """The network of config.model; with a learned schedule (sde 'vdm_learned') wrapped so that
+  the schedule's parameters are in its parameter tree ({'net': ..., 'schedule': ...})."""
   from diffusion.models import get_model
+  if is_learned_schedule(config):
+    from diffusion.vdm import WithLearnedSchedule
+    get_model(config.model.name, **config.model.net.to_dict())  # validates the arguments
+    return WithLearnedSchedule(config.model.name, config.model.net.to_dict(), schedule(config))
   return get_model(config.model.name, **config.model.net.to_dict())
+
+
+def is_learned_schedule(config: Config) -> bool:
+  """Whether the schedule's parameters are trained with the network (VDM, diffusion.vdm)."""
+  return config.sde.name == "vdm_learned"
+
+
+def bind_schedule(sched: Schedule, params) -> Schedule:
+  """A learned schedule bound to the 'schedule' parameters of ``params`` (host arrays: a frozen
+  schedule for samplers and the likelihood); any other schedule unchanged."""
+  if getattr(sched, "learned", False):
+    return sched.bind(jax.tree_util.tree_map(np.asarray, jax.device_get(params["schedule"])))
+  return sched
 
 
 def optim_config(config: Config) -> training.OptimConfig:
@@ -75,6 +94,8 @@ def loss_options(config: Config) -> Dict[str, Any]:
   opts = t.loss_opts.to_dict()
   if t.t_min is not None:
     opts["t_min"] = float(t.t_min)
+  if is_learned_schedule(config) and config.sde.fields.get("learn_endpoints", False):
+    opts["num_levels"] = int(_images_module().num_levels(config.data.name))  # the decoder's
   return opts
 
 
@@ -94,7 +115,11 @@ def is_classifier(config: Config) -> bool:
 
 
 def denoiser(net, params, sched: Schedule, param: Parameterization) -> Callable:
-  """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout)."""
+  """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout); a
+  learned schedule not yet bound is bound to ``params['schedule']``."""
+  if getattr(sched, "learned", False) and sched.params is None:
+    sched = sched.bind(params["schedule"])
+
   def apply_fn(x_in, c, cond):
     return net.apply({"params": params}, x_in, c, labels=cond, train=False)
   return make_denoiser(apply_fn, sched, param)

@@ -47,6 +47,14 @@ def _sample_fn(s, plan: conditioning.Plan) -> Callable:
   return run
 
 
+def with_schedule_of(s, params):
+  """The set-up ``s`` with its learned schedule (sde 'vdm_learned') bound to ``params``' (host
+  copy: samplers build their coefficients from it in float64); ``s`` itself otherwise."""
+  if getattr(s.schedule, "learned", False) and s.schedule.params is None:
+    return dataclasses.replace(s, schedule=build.bind_schedule(s.schedule, params))
+  return s
+
+
 def generate(s, params, n: int, key: jax.Array,
              progress: Optional[Callable[[int], None]] = None, start: int = 0,
              plan: Optional[conditioning.Plan] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
@@ -54,6 +62,7 @@ def generate(s, params, n: int, key: jax.Array,
   config's sampler with ``params``, over the mesh; sample i depends on (key, i) only.
   ``plan`` (default: class labels only, ``conditioning.labels_plan``) says what they are
   conditioned on. ``progress(done)`` is called after each batch (e.g. a ``writers.Progress``)."""
+  s = with_schedule_of(s, params)
   plan = plan or conditioning.labels_plan(s.config)
   shape = tuple(s.example["x"].shape[1:])
   bs = int(s.config.sampling.batch_size or n)
@@ -80,6 +89,7 @@ def batch_generator(s, params, key: jax.Array, batch_size: int,
                     plan: Optional[conditioning.Plan] = None):
   """(bs, draw): ``draw(start) -> (x (bs, *data_shape) numpy, info)``, samples start ..
   start + bs - 1 of the sequence of ``key`` (as ``generate``), compiled once for many calls."""
+  s = with_schedule_of(s, params)
   plan = plan or conditioning.labels_plan(s.config)
   shape = tuple(s.example["x"].shape[1:])
   return parallel.batch_sampler(_sample_fn(s, plan), (params, plan.aux), key, s.schedule, shape,
@@ -142,7 +152,8 @@ def restore_params(config: Config, workdir: str, step: Optional[int] = None):
     ckpt.close()
   if state is None:
     raise FileNotFoundError(f"no readable checkpoint in {ckpt.directory}")
-  return s, state.ema_params, step
+  # A learned schedule is the restored one: samplers and the likelihood use it unchanged.
+  return with_schedule_of(s, state.ema_params), state.ema_params, step
 
 
 def _write_npz(path: str, **arrays) -> None:

@@ -113,10 +113,21 @@ def check_data(config: Config) -> None:
 
 
 def check_sde(config: Config):
-  """sde.*: a registered schedule and its fields. Returns the schedule (host-side object)."""
+  """sde.*: a registered schedule and its fields. Returns the schedule (host-side object); a
+  learned one bound to its initial parameters, on which the time grids are checked."""
   from diffusion.schedules import SCHEDULES, get_schedule
   one_of("sde.name", config.sde.name, sorted(SCHEDULES))
-  return from_library("sde.fields", get_schedule, config.sde.name, **config.sde.fields.to_dict())
+  if "params" in config.sde.fields:
+    raise ConfigError("config.sde.fields.params: a learned schedule's parameters are trained, "
+                      "not configured")
+  sched = from_library("sde.fields", get_schedule, config.sde.name,
+                       **config.sde.fields.to_dict())
+  if getattr(sched, "learned", False):
+    import jax
+    import numpy as np
+    sched = sched.bind(jax.tree_util.tree_map(np.asarray,
+                                              sched.init_params(jax.random.PRNGKey(0))))
+  return sched
 
 
 def _needs_labelled_data(config: Config, what: str) -> int:
@@ -173,6 +184,31 @@ def check_time_input(config: Config, schedule) -> None:
     raise ConfigError(f"config.model.time_input='index' feeds the network a discrete step "
                       f"index; config.sde.name={config.sde.name!r} has none (accepted: "
                       f"'vp_discrete')")
+
+
+def check_learned_schedule(config: Config) -> None:
+  """sde 'vdm_learned' (VDM's learned schedule, diffusion.vdm): the network is conditioned on
+  the logSNR (so the loss does not depend on gamma's shape in expectation), the loss is VDM's
+  (training.weighting='likelihood', the ELBO's), objective 'dsm'; learned endpoints train on
+  the whole bound, whose decoder needs an image dataset's levels."""
+  from experiments import build
+  if config.sde.name != "vdm_learned":
+    return
+  if config.model.time_input != "logsnr":
+    raise ConfigError(f"config.sde.name='vdm_learned' needs config.model.time_input='logsnr' "
+                      f"(got {config.model.time_input!r}): VDM conditions the network on the "
+                      f"logSNR, which makes its loss independent of the learned schedule's shape")
+  if config.training.weighting != "likelihood":
+    raise ConfigError(f"config.sde.name='vdm_learned' trains VDM's continuous-time ELBO: set "
+                      f"config.training.weighting='likelihood' (got "
+                      f"{config.training.weighting!r})")
+  if config.training.objective != "dsm":
+    raise ConfigError(f"config.sde.name='vdm_learned' supports config.training.objective='dsm' "
+                      f"only, got {config.training.objective!r}")
+  if config.sde.fields.get("learn_endpoints", False) and build.is_toy(config):
+    raise ConfigError("config.sde.fields.learn_endpoints=True trains the bound's discrete "
+                      "decoder, which needs image data (levels); config.data.name="
+                      f"{config.data.name!r} is a 2-D toy density")
 
 
 def check_objective(config: Config, mode: str) -> None:
@@ -573,6 +609,7 @@ def validate_config(config: Config, mode: str) -> None:
   schedule = check_sde(config)
   check_model(config)
   check_time_input(config, schedule)
+  check_learned_schedule(config)
   check_objective(config, mode)
   check_training(config)
   check_optim(config)
