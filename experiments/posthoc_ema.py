@@ -56,7 +56,8 @@ class Snapshot(NamedTuple):
 
 
 def snapshot_name(step: int, sigma_rel: float) -> str:
-  return f"step_{int(step):08d}_sigma_rel_{float(sigma_rel):.6g}.npz"
+  """step_<step:08d>_sigma_rel_<repr(sigma_rel)>.npz (repr: distinct values, distinct names)."""
+  return f"step_{int(step):08d}_sigma_rel_{float(sigma_rel)!r}.npz"
 
 
 def _leaf_names(tree: PyTree) -> List[str]:
