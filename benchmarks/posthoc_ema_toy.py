@@ -3,7 +3,7 @@
 Trains a toy config through the driver with three power EMAs, sigma_rel 0.05, 0.07 and 0.10,
 snapshots every --every steps. The 0.07 EMA is then reconstructed from the 0.05 and 0.10
 snapshots only (the 0.07 files left out) and compared, at several snapshot steps, with the 0.07
-EMA the run tracked: relative error ||recon - tracked|| / ||tracked - params_0.05|| ... reported as
+EMA the run tracked, reported as
 
   rel_err   ||recon - tracked||_2 / ||tracked||_2 over all parameters
   gap       ||recon - tracked||_2 / ||nearest stored (0.05 or 0.10) - tracked||_2
