@@ -63,6 +63,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.training.loss_opts = ml_collections.ConfigDict()  # extra dsm_loss options (p_mean, ...)
   c.training.ema_decay = 0.999
   c.training.ema_warmup = False
+  # EDM2's power-function EMAs (docs/posthoc_ema.md): the sigma_rel of each EMA kept in the train
+  # state, e.g. (0.05, 0.1) as EDM2; () for none. Each is written to <workdir>/ema_snapshots/
+  # every ema_snapshot_every steps (>= 1 when profiles are set), for experiments.posthoc_ema.
+  c.training.ema_profiles = ()
+  c.training.ema_snapshot_every = 0
   c.training.nonfinite = "stop"  # 'stop' | 'skip'
   c.training.max_consecutive_skips = 20  # 'skip': stop after more skipped in a row; 0: no limit
   c.training.grad_accum_steps = 1

@@ -5,7 +5,8 @@ the network wrapped by ``make_denoiser`` (objective 'dsm'), or ``classifier_loss
 noise-conditional classifier on the network's inputs ``param.net_inputs`` (objective
 'classifier', labels from batch['label']; Song et al. 2021, App. I); the update is optax
 (Adam/AdamW, linear warm-up, optional cosine decay, global-norm clipping), followed by an EMA of
-the parameters. Everything
+the parameters (and, with ``StepConfig.ema_profiles``, EDM2's power-function EMAs in a
+``PowerEMAState``; diffusion/posthoc_ema.py). Everything
 random comes from ``fold_in(state.key, state.step)``, and the data of step i is batch i, so a
 run restored from a checkpoint continues bit for bit.
 
@@ -30,6 +31,7 @@ import numpy as np
 import jax.numpy as jnp
 import optax
 
+from diffusion import posthoc_ema
 from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.schedules import Schedule
 
@@ -81,6 +83,25 @@ class DistillState(TrainState):
   the previous round's student), or an empty dict (consistency training). Checkpointed with the
   rest, so a student's workdir holds everything its run needs."""
   teacher: PyTree
+
+
+@flax.struct.dataclass
+class PowerEMAState(TrainState):
+  """A TrainState that also carries EDM2's power-function EMAs of the parameters (Karras et al.
+  2024, Sec. 3; ``diffusion.posthoc_ema``): ``power_ema`` is a tuple of parameter pytrees, one
+  per sigma_rel of ``StepConfig.ema_profiles`` in that order. Runs without profiles keep the
+  plain TrainState, so their checkpoints (and older ones) restore unchanged."""
+  power_ema: Tuple[PyTree, ...]
+
+
+def with_power_ema(state: TrainState, num_profiles: int) -> TrainState:
+  """``state`` as a PowerEMAState whose ``num_profiles`` EMAs start as copies of the parameters
+  (their value is never used: beta(1) = 0); ``state`` itself when ``num_profiles`` is 0."""
+  if num_profiles == 0:
+    return state
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}
+  copies = tuple(jax.tree_util.tree_map(jnp.copy, state.params) for _ in range(num_profiles))
+  return PowerEMAState(**fields, power_ema=copies)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +217,8 @@ class StepConfig:
     (one optimizer update per step).
   compute_dtype: 'float32' or 'bfloat16' (params and inputs cast for the forward/backward pass;
     master params, loss and updates stay float32).
+  ema_profiles: sigma_rel of each power-function EMA kept in ``PowerEMAState.power_ema``
+    (EDM2; () for none), updated with beta(t) = (1 - 1/t)^(gamma + 1), t the updates applied.
   conditional: pass batch['label'] to the network as ``cond``.
   objective: 'dsm' (``dsm_loss``), 'reflow' (``dsm_loss`` with batch['noise'] as eps),
     'classifier' (``classifier_loss`` with batch['label'] as targets; weighting and conditional
@@ -206,6 +229,7 @@ class StepConfig:
   loss_opts: Tuple[Tuple[str, Any], ...] = ()
   ema_decay: float = 0.999
   ema_warmup: bool = False
+  ema_profiles: Tuple[float, ...] = ()
   nonfinite: str = "stop"
   grad_accum_steps: int = 1
   compute_dtype: str = "float32"
@@ -228,6 +252,8 @@ class StepConfig:
       raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+    if self.ema_profiles:
+      posthoc_ema.gamma_of_sigma_rel(self.ema_profiles)  # ValueError naming a bad sigma_rel
 
 
 def _default_loss(objective: str = "dsm"):
@@ -371,6 +397,8 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
   """
   loss = make_loss(model, schedule, param, cfg, loss_fn)
   aux_names = AUX_METRICS[cfg.objective]
+  gammas = ([float(g) for g in posthoc_ema.gamma_of_sigma_rel(cfg.ema_profiles)]
+            if cfg.ema_profiles else [])
 
   def train_step(state: TrainState, batch: Batch, teacher: Optional[PyTree] = None):
     key = jax.random.fold_in(state.key, state.step)
@@ -390,6 +418,15 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
     new = state.replace(
         params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
         opt_state=keep(opt_state, state.opt_state))
+    if gammas:  # EDM2's power EMAs; t counts the updates applied, this one included
+      if len(getattr(state, "power_ema", ())) != len(gammas):
+        raise ValueError(f"StepConfig.ema_profiles={cfg.ema_profiles} needs a PowerEMAState "
+                         f"with {len(gammas)} EMAs (training.with_power_ema), got "
+                         f"{type(state).__name__}")
+      t = (state.step - state.num_skipped + 1).astype(jnp.float32)
+      power = tuple(posthoc_ema.power_ema_update(e, params, t, g)
+                    for e, g in zip(state.power_ema, gammas))
+      new = new.replace(power_ema=keep(power, state.power_ema))
     if cfg.nonfinite == "skip":
       new = new.replace(step=state.step + 1,
                         num_skipped=state.num_skipped + (~finite).astype(jnp.int32))

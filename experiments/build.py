@@ -26,8 +26,8 @@ Config = ml_collections.ConfigDict
 # training.objective is recorded only when it is not 'dsm' (``identity_dict``), so workdirs written
 # before the field existed (all 'dsm') still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
-                   "training.objective", "distill", "resolved.data_shape",
-                   "resolved.param_count")
+                   "training.objective", "training.ema_profiles", "distill",
+                   "resolved.data_shape", "resolved.param_count")
 # Objectives without a teacher or pairs: their identity leaves config.distill out (workdirs
 # written before the section existed still resume).
 _NO_DISTILL = ("dsm", "classifier")
@@ -104,7 +104,8 @@ def step_config(config: Config) -> training.StepConfig:
   return training.StepConfig(
       weighting=t.weighting, time_sampling=t.time_sampling,
       loss_opts=tuple(sorted(loss_options(config).items())), ema_decay=t.ema_decay,
-      ema_warmup=t.ema_warmup, nonfinite=t.nonfinite, grad_accum_steps=t.grad_accum_steps,
+      ema_warmup=t.ema_warmup, ema_profiles=tuple(t.ema_profiles), nonfinite=t.nonfinite,
+      grad_accum_steps=t.grad_accum_steps,
       compute_dtype=t.compute_dtype, conditional=config.model.conditional,
       objective=t.objective)
 
@@ -341,12 +342,16 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
 
   training.objective is left out when it is 'dsm' (the default): workdirs written before the
   field existed hold no such key, and must still match a 'dsm' run (a 'classifier' run's is kept,
-  so the two refuse each other's workdirs: check_identity compares IDENTITY_FIELDS)."""
+  so the two refuse each other's workdirs: check_identity compares IDENTITY_FIELDS). Likewise
+  training.ema_profiles when empty (its power EMAs are in the state: a workdir of other profiles
+  is refused)."""
   d = config.to_dict()
   objective = d.get("training", {}).get("objective")
   if objective in _NO_DISTILL:
     d.pop("distill", None)
   if objective == "dsm":
     del d["training"]["objective"]
+  if not d["training"].get("ema_profiles"):  # as objective: absent from older workdirs
+    d["training"].pop("ema_profiles", None)
   d["resolved"] = dict(res)
   return d

@@ -22,6 +22,9 @@ Few-step objectives (experiments/distill.py, docs/few_step.md): the teacher's EM
 the student at a fresh start; consistency distillation's teacher is passed to every step;
 progressive distillation's rounds end at steps r K, where the round's student is checkpointed
 (kept) and becomes the next round's teacher (``distill.begin_round``); reflow's batches are pairs.
+EDM2's power-function EMAs (training.ema_profiles, experiments/posthoc_ema.py): kept in the state
+(training.PowerEMAState) and written to <workdir>/ema_snapshots/ whenever
+training.ema_snapshot_every steps are crossed (never overwriting a snapshot).
 Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
 the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.
 """
@@ -39,7 +42,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import checkpoint, parallel, training
-from experiments import build, distill, signals, writers
+from experiments import build, distill, posthoc_ema, signals, writers
 from experiments.validate import validate
 from experiments.writers import say
 
@@ -78,8 +81,9 @@ def setup(config: Config) -> Setup:
   ex_label = example.get("label") if config.model.conditional else None  # the network's input
 
   def init(key):
-    return training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
-                               None if ex_label is None else jnp.asarray(ex_label))
+    state = training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
+                                None if ex_label is None else jnp.asarray(ex_label))
+    return training.with_power_ema(state, len(config.training.ema_profiles))
 
   key = jax.random.PRNGKey(config.seed)
   shapes = jax.eval_shape(init, key)
@@ -115,6 +119,7 @@ def init_state(s: Setup, teacher_params=None) -> training.TrainState:
     if copy:
       state = state.replace(params=teacher, ema_params=jax.tree_util.tree_map(jnp.copy, teacher),
                             opt_state=s.optimizer.init(teacher))
+    state = training.with_power_ema(state, len(s.config.training.ema_profiles))
     if distill.holds_teacher(s.config):
       state = _with_teacher(state, jax.tree_util.tree_map(jnp.copy, teacher))
     return state
@@ -249,6 +254,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
   num_steps = int(tcfg.num_steps)
   k_max = max(1, int(tcfg.steps_per_call))
   draws_samples = not build.is_classifier(config)
+  profiles = tuple(tcfg.ema_profiles)  # power EMAs in the state, snapshots every ema_snapshot_every
 
   def fetch():
     """Moves the pending metrics to the host; the skip limit is checked on them."""
@@ -296,6 +302,10 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
         say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  {acc}grad_norm "
             f"{m['grad_norm']:.3f}  {m['steps_per_sec']:.1f} steps/s  "
             f"ETA {writers.eta(step, num_steps, m['steps_per_sec'])}")
+      if profiles and _crossed(prev, step, tcfg.ema_snapshot_every):  # EDM2's post-hoc EMA
+        training.check_finite(state)  # no snapshot past a non-finite step or too many skips
+        fetch()
+        posthoc_ema.write_snapshots(workdir, state, profiles, step, writers.is_main())
       if step in boundaries:  # round r's student is kept; round r + 1 starts from it
         save(step)
         done_round = distill.round_of(config, step - 1)

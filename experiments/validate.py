@@ -275,6 +275,40 @@ def check_training(config: Config) -> None:
   int_at_least("training.grad_accum_steps", t.grad_accum_steps, 1)
   int_at_least("training.steps_per_call", t.steps_per_call, 1)
   one_of("training.compute_dtype", t.compute_dtype, training.COMPUTE_DTYPES)
+  check_ema_profiles(config)
+
+
+def check_ema_profiles(config: Config) -> None:
+  """training.ema_profiles: () or increasing sigma_rel values in (0, SIGMA_REL_MAX] (EDM2's
+  power-function EMAs); training.ema_snapshot_every: steps between their snapshots, >= 1 when
+  profiles are set. Progressive distillation (whose rounds restart the student) keeps none."""
+  from diffusion import posthoc_ema
+  t = config.training
+  profiles = t.ema_profiles
+  int_at_least("training.ema_snapshot_every", t.ema_snapshot_every, 0)
+  numbers = isinstance(profiles, (tuple, list)) and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in profiles)
+  if not numbers:
+    raise ConfigError(f"config.training.ema_profiles={profiles!r} must be a tuple of sigma_rel "
+                      f"values, e.g. (0.05, 0.1), or () for none")
+  if not profiles:
+    return
+  try:
+    posthoc_ema.check_sigma_rel(profiles, "config.training.ema_profiles")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if any(b <= a for a, b in zip(profiles, profiles[1:])):
+    raise ConfigError(f"config.training.ema_profiles={tuple(profiles)!r} must be increasing "
+                      f"(distinct sigma_rel values, in a fixed order: the state keeps one EMA "
+                      f"per position)")
+  if t.ema_snapshot_every < 1:
+    raise ConfigError(f"config.training.ema_snapshot_every={t.ema_snapshot_every!r} must be >= 1 "
+                      f"when config.training.ema_profiles={tuple(profiles)!r} is set (snapshots "
+                      f"are what experiments.posthoc_ema reconstructs from)")
+  if t.objective == "progressive_distillation":
+    raise ConfigError("config.training.ema_profiles is not supported with "
+                      "config.training.objective='progressive_distillation' (each round restarts "
+                      "the student from the previous one's EMA); set it to ()")
 
 
 def check_optim(config: Config) -> None:
