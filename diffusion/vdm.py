@@ -66,6 +66,28 @@ class WithLearnedSchedule(nn.Module):
     return self.net(x, c, labels=labels, train=train)
 
 
+def draws(key, x0: Array, t0: float, t1: float, time_sampling: str):
+  """(t (B,) in [t0, t1], eps like x0, the decoder's key): the random draws of :func:`vdm_loss`."""
+  from diffusion.losses import unit_uniforms
+  k_t, k_eps, k_rec = jax.random.split(key, 3)
+  t = t0 + (t1 - t0) * unit_uniforms(k_t, x0.shape[0], time_sampling)
+  return t, jax.random.normal(k_eps, x0.shape, jnp.float32), k_rec
+
+
+def diffusion_loss(apply_fn: Callable, net_params, sched: LearnedVP, param, x0: Array, t: Array,
+                   eps: Array, cond=None) -> Array:
+  """VDM's continuous-time diffusion loss per example in nats (B,), VDM eq. 17 in t:
+  1/2 gamma'(t) e^{-gamma} ||x0 - x0_hat(z_t)||^2 = 1/2 gamma'(t) ||eps - eps_hat||^2, with
+  z_t = alpha_t x0 + sigma_t eps on the bound schedule ``sched``."""
+  from diffusion.parameterization import make_denoiser
+  g, dg = sched.gamma_and_derivative(t)
+  denoise = make_denoiser(lambda x_in, c, cond_: apply_fn(net_params, x_in, c, cond_), sched,
+                          param)
+  x0_hat = denoise(sched.marginal(x0, eps, t), t, cond)
+  err = jnp.sum(jnp.square(x0_hat - x0).reshape(x0.shape[0], -1), axis=-1)
+  return 0.5 * dg * jnp.exp(-g) * err
+
+
 def vdm_loss(apply_fn: Callable, params: Params, schedule: LearnedVP, param, x0: Array, key, *,
              cond=None, time_sampling: str = "stratified", num_levels: Optional[int] = None,
              t_min: Optional[float] = None, t_max: Optional[float] = None
@@ -85,26 +107,16 @@ def vdm_loss(apply_fn: Callable, params: Params, schedule: LearnedVP, param, x0:
   'prior' and 'recon' (B,) when the endpoints are learned.
   """
   from diffusion import elbo
-  from diffusion.losses import unit_uniforms
-  from diffusion.parameterization import make_denoiser
   b = x0.shape[0]
   t0 = schedule.t_min if t_min is None else t_min
   t1 = schedule.t_max if t_max is None else t_max
-  k_t, k_eps, k_rec = jax.random.split(key, 3)
-  t = t0 + (t1 - t0) * unit_uniforms(k_t, b, time_sampling)
-  eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+  t, eps, k_rec = draws(key, x0, t0, t1, time_sampling)
   sg = jax.lax.stop_gradient
   shape_keys = ("v1", "b1", "v2", "b2", "v3", "b3")
 
   def per_example(net_params, sched_params):
-    sched = schedule.bind(sched_params)
-    g, dg = sched.gamma_and_derivative(t)
-    denoise = make_denoiser(lambda x_in, c, cond_: apply_fn(net_params, x_in, c, cond_), sched,
-                            param)
-    xt = sched.marginal(x0, eps, t)
-    x0_hat = denoise(xt, t, cond)
-    err = jnp.sum(jnp.square(x0_hat - x0).reshape(b, -1), axis=-1)
-    return 0.5 * dg * jnp.exp(-g) * err  # = 1/2 gamma' ||eps - eps_hat||^2
+    return diffusion_loss(apply_fn, net_params, schedule.bind(sched_params), param, x0, t, eps,
+                          cond)
 
   sp = params["schedule"]
   frozen_shape = {k: (sg(v) if k in shape_keys else v) for k, v in sp.items()}
@@ -129,4 +141,4 @@ def vdm_loss(apply_fn: Callable, params: Params, schedule: LearnedVP, param, x0:
     aux.update(prior=prior, recon=recon)
     objective = objective + jnp.mean(prior + recon)
     value = value + sg(jnp.mean(prior + recon))
-  return objective - sg(objective) + value, aux
+  return objective - sg(objective) + sg(value), aux  # value of the loss, gradient of the objective
