@@ -54,6 +54,24 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return with_overrides(get_config(), {**TINY, **overrides})
 
 
+DIT_CONFIG = os.path.join(REPO, "configs", "digits", "dit.py")
+# Overrides that make configs/digits/dit.py a tiny DiT (1 block, width 16) run in seconds.
+DIT_TINY: Dict[str, object] = {
+    "model.net.depth": 1, "model.net.hidden_size": 16, "model.net.num_heads": 2,
+    "data.batch_size": 16, "training.num_steps": 20, "training.log_every": 5,
+    "training.ckpt_every": 10, "training.sample_every": 0, "optim.warmup_steps": 2,
+    "optim.decay": "none",
+    "training.async_checkpoints": False, "sampling.num_steps": 4, "sampling.num_samples": 16,
+    "sampling.batch_size": 16, "eval.plot_samples": 16,
+}
+
+
+def dit_config(**overrides) -> ml_collections.ConfigDict:
+  """The digits DiT config with DIT_TINY (and ``overrides``, dotted keys) applied."""
+  from configs.digits.dit import get_config
+  return with_overrides(get_config(), {**DIT_TINY, **overrides})
+
+
 def cli_args(overrides: Optional[Dict[str, object]] = None) -> List[str]:
   return [f"--config.{k}={v}" for k, v in {**TINY, **(overrides or {})}.items()]
 

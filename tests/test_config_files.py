@@ -97,12 +97,16 @@ def test_sampling_config_has_a_typed_placeholder_per_hyperparameter():
 
 def test_literal_networks_equal_the_model_presets():
   from configs.cifar10 import common as cifar
+  from configs.cifar10 import dit as cifar_dit
   from configs.digits import common as digits
-  from diffusion.models import ncsnpp, unet
+  from configs.digits import dit as digits_dit
+  from diffusion.models import dit, ncsnpp, unet
   assert cifar.DDPM_UNET == unet.preset("cifar10")
   assert cifar.NCSNPP == ncsnpp.preset("cifar10")
   assert cifar.NCSNPP_DEEP == ncsnpp.preset("cifar10_deep")
   assert digits.NET == unet.preset("digits", num_res_blocks=1)
+  assert cifar_dit.NET == dit.preset("S/2")
+  assert digits_dit.NET == dit.preset("digits")
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES)

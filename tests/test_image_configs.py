@@ -162,6 +162,23 @@ def test_ddpm_config_has_the_papers_settings():
   assert c.optim.warmup_steps == 5000 and c.model.parameterization == "eps"
 
 
+def test_dit_configs_use_the_papers_settings():
+  """DiT (Peebles & Xie 2023, Sec. 4): AdamW 1e-4 without weight decay, warm-up or clipping,
+  batch 256, EMA 0.9999, the linear DDPM schedule with eps prediction, 250 DDPM steps."""
+  c = _load("configs/cifar10/dit.py")
+  assert c.model.name == "dit" and c.model.net.patch_size == 2
+  assert (c.optim.name, c.optim.lr, c.optim.weight_decay) == ("adamw", 1e-4, 0.0)
+  assert (c.optim.warmup_steps, c.optim.grad_clip, c.data.batch_size) == (0, 0.0, 256)
+  assert c.training.ema_decay == 0.9999 and c.model.parameterization == "eps"
+  assert c.sde.name == "vp" and (c.sde.fields.beta_min, c.sde.fields.beta_max) == (0.1, 20.0)
+  assert (c.sampling.sampler, c.sampling.num_steps) == ("ddpm", 250)
+  d, vp = _load("configs/digits/dit.py"), _load("configs/digits/vp.py")
+  assert d.model.name == "dit" and d.model.net.to_dict() == dict(
+      depth=6, hidden_size=128, num_heads=4, patch_size=2, embedding_scale=999.0)
+  for key in ("optim", "training", "sampling", "sde", "data"):
+    assert d[key].to_dict() == vp[key].to_dict(), key
+
+
 # -- slow: a few real training steps and samples of every paper config on mock data ------------
 
 SMALL = {

@@ -95,6 +95,55 @@ def test_eight_devices_match_one(tmp_path):
     np.testing.assert_allclose(s8, s1, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
+DIT_SCRIPT = """
+import json, sys, jax
+from tests.conftest import dit_config
+from experiments import sample, train
+assert jax.device_count() == 8, jax.devices()
+wd, overrides = json.loads(sys.argv[1])
+cfg = dit_config(**overrides)
+train.train(cfg, wd)
+sample.run(cfg, wd)
+"""
+
+
+@pytest.mark.slow
+def test_dit_fsdp_on_eight_devices_matches_one(tmp_path):
+  """A tiny DiT (configs/digits/dit.py) with 4-way data x 2-way FSDP, gradient accumulation and
+  two steps per call on 8 simulated devices: the losses, final state and samples of 1 device."""
+  from tests.conftest import dit_config
+  fsdp = {"parallel.model_axis": 2, "parallel.fsdp": True, "parallel.fsdp_min_size": 0,
+          "training.grad_accum_steps": 2, "training.steps_per_call": 2}
+  wd8, wd1 = str(tmp_path / "dit_8"), str(tmp_path / "dit_1")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DIT_SCRIPT),
+                           json.dumps([wd8, fsdp])], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  one = {**fsdp, "parallel.model_axis": 1}
+  cfg = dit_config(**one)
+  train.train(cfg, wd1)
+  sample.run(cfg, wd1)
+  out, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0, err[-4000:]
+  np.testing.assert_allclose(_losses(wd8), _losses(wd1), rtol=1e-4)
+
+  def state(wd):
+    s = train.setup(dit_config(**one))
+    ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
+    st, _, step = ck.restore(s.abstract_state)
+    ck.close()
+    assert step == 20
+    return jax.device_get(st)
+
+  for x, y in zip(jax.tree_util.tree_leaves(state(wd8)), jax.tree_util.tree_leaves(state(wd1))):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+  s8 = np.load(os.path.join(wd8, "samples", "samples.npz"))["x"]
+  s1 = np.load(os.path.join(wd1, "samples", "samples.npz"))["x"]
+  assert s8.shape == s1.shape == (16, 8, 8, 1)
+  np.testing.assert_allclose(s8, s1, rtol=1e-3, atol=1e-4)
+
+
 def _free_port():
   import socket
   with socket.socket() as s:

@@ -13,14 +13,25 @@ from diffusion.schedules import get_schedule
 SCHED = get_schedule("vp")
 PARAM = Parameterization("eps")
 NET = get_model("mlp", width=32, num_blocks=1, embed_dim=16)
+# A tiny DiT (Peebles & Xie 2023) on the 8x8x1 digits: every image network runs through the
+# train-step tests parametrized by NETS.
+DIT = get_model("dit", patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                embedding_scale=999.0)
+NETS = {"mlp": NET, "dit": DIT}
 
 
-def _state(optimizer, seed=0):
-  return training.init_state(NET, optimizer, jax.random.PRNGKey(seed), jnp.zeros((1, 2)))
+def _state(optimizer, seed=0, net=NET):
+  example = jnp.zeros((1, 2)) if net is NET else jnp.zeros((1, 8, 8, 1))
+  return training.init_state(net, optimizer, jax.random.PRNGKey(seed), example)
 
 
-def _batch(i, n=128, name="8gaussians"):
-  return {"x": jnp.asarray(toy2d.batch(name, n, 0, i))}
+def _batch(i, n=128, name="8gaussians", net=NET):
+  if net is NET:
+    return {"x": jnp.asarray(toy2d.batch(name, n, 0, i))}
+  from diffusion.data.digits import load_digits
+  images = load_digits("train")[0]
+  idx = np.random.default_rng(i).choice(len(images), min(n, 32), replace=False)
+  return {"x": jnp.asarray(images[idx] / 8.0 - 1.0, jnp.float32)}
 
 
 def _det_loss(denoise, x0, key, schedule, **kw):
@@ -30,17 +41,20 @@ def _det_loss(denoise, x0, key, schedule, **kw):
   return jnp.mean(err**2), {}
 
 
-def test_train_step_decreases_loss():
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_train_step_decreases_loss(name):
+  net = NETS[name]
   oc = training.OptimConfig(lr=3e-3, warmup_steps=10)
   opt = training.make_optimizer(oc)
-  step = jax.jit(training.make_train_step(NET, SCHED, PARAM, opt, training.StepConfig()))
-  state = _state(opt)
+  step = jax.jit(training.make_train_step(net, SCHED, PARAM, opt, training.StepConfig()))
+  state = _state(opt, net=net)
   losses = []
-  for i in range(200):
-    state, m = step(state, _batch(i))
+  n = 200 if net is NET else 100
+  for i in range(n):
+    state, m = step(state, _batch(i, net=net))
     losses.append(m["loss"])
   losses = np.asarray(jax.device_get(losses))
-  assert int(state.step) == 200
+  assert int(state.step) == n
   assert np.all(np.isfinite(losses))
   assert losses[-40:].mean() < 0.75 * losses[:20].mean(), (losses[:20].mean(), losses[-40:].mean())
 
@@ -114,26 +128,30 @@ def test_nonfinite_policy(policy):
       training.check_finite(s_next)
 
 
-def test_grad_accumulation_matches_full_batch():
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_grad_accumulation_matches_full_batch(name):
+  net = NETS[name]
   opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
   mk = lambda k: jax.jit(training.make_train_step(
-      NET, SCHED, PARAM, opt, training.StepConfig(grad_accum_steps=k), loss_fn=_det_loss))
-  s = _state(opt)
-  a, ma = mk(1)(s, _batch(0))
-  b, mb = mk(4)(s, _batch(0))
+      net, SCHED, PARAM, opt, training.StepConfig(grad_accum_steps=k), loss_fn=_det_loss))
+  s = _state(opt, net=net)
+  a, ma = mk(1)(s, _batch(0, net=net))
+  b, mb = mk(4)(s, _batch(0, net=net))
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
   np.testing.assert_allclose(ma["grad_norm"], mb["grad_norm"], rtol=1e-4)
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-def test_scan_of_steps_matches_single_steps():
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_scan_of_steps_matches_single_steps(name):
+  net = NETS[name]
   opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
-  one = training.make_train_step(NET, SCHED, PARAM, opt, training.StepConfig())
+  one = training.make_train_step(net, SCHED, PARAM, opt, training.StepConfig())
   many = jax.jit(training.multi_step(one, 3))
   one = jax.jit(one)
-  s = _state(opt)
-  batches = [_batch(i) for i in range(3)]
+  s = _state(opt, net=net)
+  batches = [_batch(i, net=net) for i in range(3)]
   a = s
   for b in batches:
     a, _ = one(a, b)
@@ -158,19 +176,26 @@ def _operand_types(net, compute_dtype, x, op):
   assert ops, f"no {op} found"
   types = set()
   for l in ops:
+    if "lhs_precision_type = bf16, rhs_precision_type = bf16" in l:
+      # An explicit bf16 x bf16 (-> f32) algorithm: bfloat16 compute whatever the operands'
+      # storage type (dot_product_attention's backward pass gets float32 logit cotangents).
+      types.add("bf16")
+      continue
     operands = l.rsplit(":", 1)[1].split("->")[0]  # "(tensor<AxBxbf16>, tensor<...>)"
     types |= set(re.findall(r"x(bf16|f32|f16)>", operands))
   return types, state
 
 
 # The MLP: every matmul. The U-Net: every convolution (its attention logits are float32 by
-# design, diffusion.models.layers).
+# design, diffusion.models.layers). DiT: every matmul (jax.nn.dot_product_attention multiplies
+# bfloat16 operands with float32 accumulation and logits).
 @pytest.mark.parametrize("name,x,op", [
     ("mlp", jnp.zeros((8, 2)), "dot_general"),
     ("ddpm_unet", jnp.zeros((2, 8, 8, 1)), "convolution"),
+    ("dit", jnp.zeros((2, 8, 8, 1)), "dot_general"),
 ])
 def test_bfloat16_compute_runs_in_bfloat16(name, x, op):
-  net = NET if name == "mlp" else get_model(
+  net = NETS.get(name) or get_model(
       "ddpm_unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
   types, state = _operand_types(net, "bfloat16", x, op)
   assert types == {"bf16"}, types
