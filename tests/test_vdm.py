@@ -150,3 +150,53 @@ def test_diffusion_loss_expectation_does_not_depend_on_the_shape():
   other_ends = mean_loss(s.bind(dict(s.params, gamma_min=np.float64(-13.3),
                                      gamma_max=np.float64(-2.0))))
   assert abs(other_ends - shapes[0]) > 0.1 * shapes[0], (shapes, other_ends)
+
+
+def _toy_vdm(**overrides):
+  """checkerboard with the learned schedule (fixed endpoints), the tiny MLP of conftest."""
+  from tests.conftest import tiny_config
+  return tiny_config(**{"sde.name": "vdm_learned",
+                        "sde.fields": {"gamma_min": -10.0, "gamma_max": 6.0, "hidden": 16,
+                                       "learn_endpoints": False, "t_min": 0.0, "t_max": 1.0},
+                        "model.time_input": "logsnr", "training.weighting": "likelihood",
+                        "training.time_sampling": "stratified", **overrides})
+
+
+def test_driver_trains_resumes_exactly_and_samples_with_the_learned_schedule(tmp_path):
+  """The schedule's parameters are in the checkpoint (params['schedule']) and trained (they
+  move); a run resumed at step 10 equals the straight one bit for bit; sample / eval bind the
+  restored (EMA) schedule, and the sampler runs on it."""
+  import jax.tree_util as jtu
+  from diffusion import checkpoint
+  from experiments import sample, train
+  from experiments.validate import ConfigError, validate_config
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  n = {"training.num_steps": 20, "training.ckpt_every": 10}
+  assert train.train(_toy_vdm(**n), straight)["step"] == 20
+  assert train.train(_toy_vdm(**{**n, "training.num_steps": 10}), resumed)["step"] == 10
+  assert train.train(_toy_vdm(**n), resumed)["step"] == 20
+
+  def final(wd):
+    s = train.setup(_toy_vdm(**n))
+    ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
+    state, _, step = ck.restore(s.abstract_state)
+    ck.close()
+    return s, jax.device_get(state)
+
+  s, a = final(straight)
+  _, b = final(resumed)
+  assert all(jtu.tree_leaves(jtu.tree_map(lambda u, v: bool(np.array_equal(u, v)), a, b)))
+  init = s.schedule.init_params(jax.random.PRNGKey(0))
+  assert set(a.params) == {"net", "schedule"}
+  assert not np.allclose(a.params["schedule"]["v2"], init["v2"])  # the shape was trained
+  st, ema, _ = sample.restore_params(_toy_vdm(**n), straight)
+  np.testing.assert_array_equal(st.schedule.params["v2"], np.asarray(ema["schedule"]["v2"],
+                                                                     np.float64))
+  x, info = sample.generate(st, ema, 8, jax.random.PRNGKey(0))
+  assert x.shape == (8, 2) and np.all(np.isfinite(x)) and int(info["nfe"]) > 0
+  with pytest.raises(ConfigError, match="time_input='logsnr'"):
+    validate_config(_toy_vdm(**{"model.time_input": "t"}), "train")
+  with pytest.raises(ConfigError, match="weighting='likelihood'"):
+    validate_config(_toy_vdm(**{"training.weighting": "eps"}), "train")
+  with pytest.raises(ConfigError, match="learn_endpoints=True trains the bound's discrete"):
+    validate_config(_toy_vdm(**{"sde.fields.learn_endpoints": True}), "train")
