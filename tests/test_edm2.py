@@ -416,3 +416,45 @@ def test_configs_use_the_presets():
   from configs.digits import edm2 as digits_cfg
   assert cifar_cfg.EDM2_UNET == {k: v for k, v in edm2.preset("cifar10").items()}
   assert digits_cfg.NET == edm2.preset("digits", num_blocks=1)
+
+
+# ----------------------------------------------------------------------------- the drivers
+
+DRIVER = {"model.net.model_channels": 8, "model.net.channel_mult": (1, 2),
+          "model.net.channels_per_head": 8, "data.batch_size": 16, "training.ckpt_every": 2,
+          "training.log_every": 2, "training.sample_every": 0,
+          "training.async_checkpoints": False, "optim.warmup_steps": 1,
+          "sampling.num_steps": 2, "eval.plot_samples": 4}
+
+
+def _digits_edm2(**overrides):
+  from configs.digits.edm2 import get_config
+  from tests.conftest import with_overrides
+  return with_overrides(get_config(), {**DRIVER, **overrides})
+
+
+@pytest.mark.slow
+def test_digits_edm2_exact_resume(tmp_path):
+  """configs/digits/edm2.py (shrunk) through the train driver: 4 steps straight equal 2 steps,
+  then a resume to 4, bit for bit (params, EMA, optimizer state), and the stored MP weights are
+  on the sphere. The 'rsqrt' schedule does not depend on num_steps, so the two runs share it."""
+  from diffusion import checkpoint
+  from experiments import train
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train.train(_digits_edm2(**{"training.num_steps": 4}), straight)
+  train.train(_digits_edm2(**{"training.num_steps": 2}), resumed)
+  train.train(_digits_edm2(**{"training.num_steps": 4}), resumed)
+  states = []
+  for wd in (straight, resumed):
+    s = train.setup(_digits_edm2(**{"training.num_steps": 4}))
+    ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
+    state, _, step = ck.restore(s.abstract_state)
+    ck.close()
+    assert step == 4
+    states.append(jax.device_get(state))
+  la, lb = jax.tree_util.tree_leaves(states[0]), jax.tree_util.tree_leaves(states[1])
+  assert len(la) == len(lb)
+  for a, b in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for v in _channel_rms(states[0].params).values():
+    np.testing.assert_allclose(v, 1.0, atol=5e-4)

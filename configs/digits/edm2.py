@@ -7,7 +7,7 @@ weighting 'edm2'), EDM2's pixel-space noise distribution ln sigma ~ N(-0.8, 1.6^
 ImageNet-64 setting), Adam with b2 = 0.99, no gradient clipping, no weight decay, and the
 inverse square-root lr decay lr / sqrt(max(step / ref, 1)) after a linear warm-up. The reference
 step (500), lr (1e-2, EDM2 uses 1e-2..1.2e-2 at batch 2048) and the network size (levels 8/4,
-one block per level, 32/64 channels, attention at 4x4 with 32-channel heads: 0.6M parameters)
+one block per level, 32/64 channels, attention at 4x4 with 32-channel heads: 721,899 parameters)
 are this codebase's choices for 1,500 CPU steps, not the paper's. Sampler: EDM's Heun, 35 NFE,
 as configs/digits/edm.py. EDM2's post-hoc EMA is not used here (a plain EMA, as the other
 digits configs).

@@ -37,7 +37,7 @@ Table 2 (ImageNet-512, latents 64x64x4): XS 125M, S 280M, M 498M, L 777M, XL 1.1
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
