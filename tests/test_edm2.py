@@ -458,3 +458,46 @@ def test_digits_edm2_exact_resume(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for v in _channel_rms(states[0].params).values():
     np.testing.assert_allclose(v, 1.0, atol=5e-4)
+
+
+_SHARDED = """
+import json, sys, jax
+from tests.test_edm2 import _digits_edm2
+from experiments import train
+assert jax.device_count() == 2, jax.devices()
+train.train(_digits_edm2(**json.loads(sys.argv[2])), sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_digits_edm2_fsdp_on_two_devices_matches_one(tmp_path):
+  """2 simulated CPU devices with the parameters FSDP-sharded (the projection then normalises
+  sharded weights) give the 1-device run's parameters (float tolerance: reductions are ordered
+  differently)."""
+  import json
+  import os
+  import subprocess
+  import sys
+  from diffusion import checkpoint
+  from experiments import train
+  from tests.conftest import REPO
+  steps = {"training.num_steps": 2}
+  fsdp = {**steps, "parallel.model_axis": 2, "parallel.fsdp": True, "parallel.fsdp_min_size": 0}
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-c", _SHARDED, two, json.dumps(fsdp)], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  train.train(_digits_edm2(**steps), one)
+  states = []
+  for wd in (two, one):
+    s = train.setup(_digits_edm2(**steps))
+    ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
+    state, _, step = ck.restore(s.abstract_state)
+    ck.close()
+    assert step == 2
+    states.append(jax.device_get(state))
+  for a, b in zip(jax.tree_util.tree_leaves(states[0].params),
+                  jax.tree_util.tree_leaves(states[1].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
