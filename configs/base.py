@@ -86,7 +86,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
-  c.optim.decay = "none"  # 'none' | 'cosine' (over training.num_steps)
+  c.optim.decay = "none"  # 'none' | 'cosine' (over training.num_steps) | 'rsqrt' (EDM2)
+  c.optim.rsqrt_ref_steps = 0  # 'rsqrt': lr / sqrt(max(step / rsqrt_ref_steps, 1))
   c.optim.end_lr_factor = 0.0
 
   c.sampling = sampling_config.get_config()

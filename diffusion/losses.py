@@ -13,6 +13,8 @@ and each weighting is the x0-space weight that reproduces the loss as the papers
                                                         eps units: the ELBO weighting (Song et al. 2021b)
   'edm'         w = (s^2 + sd^2) / (s sd)^2, s = sigma/alpha   (Karras et al. 2022, eq. 8, lambda(sigma))
   'min_snr'     w = min(SNR, gamma)                    (Hang et al. 2023, min-SNR-gamma in x0 units)
+  'edm2'        w = EDM's lambda(sigma), and a learned uncertainty u(sigma) of the network:
+                per example w / e^u * err + u          (Karras et al. 2024, EDM2, eq. 21)
   'flow'        w = (alpha' - sigma' alpha/sigma)^2     ||u_hat - u||^2, u = alpha' x0 + sigma' eps
                                                         (conditional flow matching (CFM), Lipman
                                                         et al. 2023; rectified flow, Liu et al.
@@ -22,7 +24,12 @@ and each weighting is the x0-space weight that reproduces the loss as the papers
 = -(alpha/sigma) (x0_hat - x0) at the same x_t, so u_hat - u = (alpha' - sigma' alpha/sigma)
 (x0_hat - x0) exactly, per example and per coordinate.
 
-The exact denoiser E[x0 | x_t] minimises every one of them (it is the conditional mean).
+The exact denoiser E[x0 | x_t] minimises every one of them (it is the conditional mean). With
+'edm2' the denoiser returns (x0_hat, u) (``make_uncertainty_denoiser``); for a fixed sigma the
+minimiser of E[w err] / e^u + u over u is u* = log E[w err] (d/du: -L e^{-u} + 1 = 0), so the
+weight w / e^{u*} normalises the expected loss at every noise level to 1. The released code sums
+w / e^u sq + u over the N elements: N times this loss with reduce='mean', the same minimisers
+(reduce='sum' shifts u* by log N).
 Time sampling: 'uniform' on [t_min, t_max], 'stratified' (low-discrepancy, Kingma et al. 2021
 App. I.1), 'antithetic' (u and 1 - u), 'lognormal' (EDM: ln(sigma/alpha) ~ N(P_mean, P_std^2)),
 'logsnr' (lambda uniform on [lambda(t_max), lambda(t_min)], stratified), 'logit_normal'
@@ -47,7 +54,9 @@ from diffusion.schedules import Schedule
 
 Array = Any
 
-WEIGHTINGS = ("x0", "eps", "v", "likelihood", "edm", "min_snr", "flow")
+WEIGHTINGS = ("x0", "eps", "v", "likelihood", "edm", "min_snr", "flow", "edm2")
+# Weightings whose denoiser also returns the learned log-variance u (make_uncertainty_denoiser).
+UNCERTAINTY_WEIGHTINGS = ("edm2",)
 TIME_SAMPLINGS = ("uniform", "stratified", "antithetic", "lognormal", "logsnr", "logit_normal")
 
 
@@ -64,7 +73,7 @@ def loss_weight(t: Array, schedule: Schedule, weighting: str, *, sigma_data: flo
     return (a * a + s * s)**2 / (s * s)
   if weighting == "likelihood":
     return schedule.diffusion_sq(t) * a * a / s**4
-  if weighting == "edm":
+  if weighting in ("edm", "edm2"):
     es = s / a
     return (es * es + sigma_data**2) / (es * sigma_data)**2
   if weighting == "min_snr":
@@ -173,13 +182,43 @@ def dsm_loss(denoise: Callable[..., Array],
   t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
                       p_std=p_std, logit_mean=logit_mean, logit_std=logit_std, noise=noise)
   x0_hat = denoise(xt, t, cond)
+  logvar = None
+  if weighting in UNCERTAINTY_WEIGHTINGS:
+    if not (isinstance(x0_hat, tuple) and len(x0_hat) == 2):
+      raise ValueError(f"weighting {weighting!r} needs a denoiser returning (x0_hat, logvar) "
+                       f"(losses.make_uncertainty_denoiser), got {type(x0_hat).__name__}")
+    x0_hat, logvar = x0_hat
   sq = jnp.square(x0_hat.astype(jnp.float32) - x0.astype(jnp.float32))
   axes = tuple(range(1, x0.ndim))
   err = jnp.mean(sq, axis=axes) if reduce == "mean" else jnp.sum(sq, axis=axes)
   w = loss_weight(t.astype(jnp.float32), schedule, weighting, sigma_data=sigma_data,
                   min_snr_gamma=min_snr_gamma)
-  per_example = w * err
-  return jnp.mean(per_example), {"per_example": per_example, "t": t}
+  if logvar is None:
+    per_example = w * err
+    return jnp.mean(per_example), {"per_example": per_example, "t": t}
+  per_example = uncertainty_weighted(w * err, logvar)
+  return jnp.mean(per_example), {"per_example": per_example, "t": t, "logvar": logvar}
+
+
+def uncertainty_weighted(weighted_err: Array, logvar: Array) -> Array:
+  """EDM2's uncertainty-weighted loss (Karras et al. 2024, eq. 21): L / e^u + u, (B,) each.
+  Minimised over u at u = log L."""
+  logvar = logvar.astype(jnp.float32)
+  return weighted_err * jnp.exp(-logvar) + logvar
+
+
+def make_uncertainty_denoiser(apply_fn: Callable[..., Tuple[Array, Array]], schedule: Schedule,
+                              param: Any) -> Callable[..., Tuple[Array, Array]]:
+  """``make_denoiser`` for a network returning (F, u): ``apply_fn(x_in, c, cond) -> (F (B, ...),
+  u (B,))`` becomes ``denoise(x_t, t, cond=None) -> (x0_hat, u)`` (the 'edm2' weighting)."""
+
+  def denoise(x, t, cond=None):
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+    x_in, c = param.net_inputs(x, t, schedule)
+    out, logvar = apply_fn(x_in, c, cond)
+    return param.to_x0(out.astype(x.dtype), x, t, schedule), logvar
+
+  return denoise
 
 
 

@@ -4,11 +4,12 @@ The step is a pure function ``(state, batch) -> (state, metrics)``: the loss is 
 the network wrapped by ``make_denoiser`` (objective 'dsm'), or ``classifier_loss`` of a
 noise-conditional classifier on the network's inputs ``param.net_inputs`` (objective
 'classifier', labels from batch['label']; Song et al. 2021, App. I); the update is optax
-(Adam/AdamW, linear warm-up, optional cosine decay, global-norm clipping), followed by an EMA of
-the parameters (and, with ``StepConfig.ema_profiles``, EDM2's power-function EMAs in a
-``PowerEMAState``; diffusion/posthoc_ema.py). Everything
-random comes from ``fold_in(state.key, state.step)``, and the data of step i is batch i, so a
-run restored from a checkpoint continues bit for bit.
+(Adam/AdamW, linear warm-up, optional cosine or inverse square-root decay, global-norm
+clipping), optionally the model's ``project_params`` (EDM2's forced weight normalisation),
+followed by an EMA of the parameters (and, with ``StepConfig.ema_profiles``, EDM2's
+power-function EMAs in a ``PowerEMAState``; diffusion/posthoc_ema.py). Everything random comes
+from ``fold_in(state.key, state.step)``, and the data of step i is batch i, so a run restored
+from a checkpoint continues bit for bit.
 
 Non-finite loss or gradients (policy ``nonfinite``):
   'skip': the update is dropped (params, EMA and optimizer state unchanged), the step counter
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -40,7 +42,7 @@ Batch = Dict[str, jax.Array]  # {'x': (B, ...) float, optionally 'label': (B,) i
 
 NONFINITE_POLICIES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
-DECAYS = ("none", "cosine")
+DECAYS = ("none", "cosine", "rsqrt")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # 'dsm': a score / denoiser network by denoising score matching; 'classifier': a noise-conditional
 # classifier p(y | x_t, t) by cross-entropy on noisy data (for classifier guidance); 'reflow':
@@ -118,6 +120,7 @@ class OptimConfig:
   decay: str = "none"  # 'none' | 'cosine'
   decay_steps: int = 0  # total steps of the cosine schedule (including warm-up)
   end_lr_factor: float = 0.0  # cosine decays to lr * end_lr_factor
+  rsqrt_ref_steps: int = 0  # 'rsqrt': lr / sqrt(max(step / rsqrt_ref_steps, 1)) (EDM2)
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -127,13 +130,23 @@ class OptimConfig:
     if self.decay == "cosine" and self.decay_steps <= self.warmup_steps:
       raise ValueError(f"cosine decay needs decay_steps > warmup_steps, got decay_steps="
                        f"{self.decay_steps}, warmup_steps={self.warmup_steps}")
+    if self.decay == "rsqrt" and self.rsqrt_ref_steps < 1:
+      raise ValueError(f"rsqrt decay needs rsqrt_ref_steps >= 1, got {self.rsqrt_ref_steps}")
     if self.lr <= 0 or self.warmup_steps < 0:
       raise ValueError(f"need lr > 0 and warmup_steps >= 0, got lr={self.lr}, "
                        f"warmup_steps={self.warmup_steps}")
 
 
 def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
-  """Linear warm-up from 0 over ``warmup_steps``, then constant or cosine to lr*end_lr_factor."""
+  """Linear warm-up from 0 over ``warmup_steps``, then constant or cosine to lr*end_lr_factor;
+  'rsqrt': lr min(step / warmup_steps, 1) / sqrt(max(step / rsqrt_ref_steps, 1)) (EDM2's inverse
+  square-root decay, Karras et al. 2024, alpha_ref / sqrt(max(t / t_ref, 1)), t_ref in steps)."""
+  if cfg.decay == "rsqrt":
+    def rsqrt(step):
+      s = jnp.asarray(step, jnp.float32)
+      lr = cfg.lr / jnp.sqrt(jnp.maximum(s / cfg.rsqrt_ref_steps, 1.0))
+      return lr * jnp.minimum(s / cfg.warmup_steps, 1.0) if cfg.warmup_steps > 0 else lr
+    return rsqrt
   if cfg.decay == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1),
                                               cfg.decay_steps, cfg.lr * cfg.end_lr_factor)
@@ -303,6 +316,12 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
     raise ValueError(f"objective {cfg.objective!r} needs a loss_fn(denoise, x0, key, context) "
                      f"(experiments.distill builds it from the config)")
   loss_fn = loss_fn or _default_loss(cfg.objective)
+  from diffusion.losses import UNCERTAINTY_WEIGHTINGS, make_uncertainty_denoiser
+  uncertainty = cfg.weighting in UNCERTAINTY_WEIGHTINGS and cfg.objective in ("dsm", "reflow")
+  if uncertainty and "return_logvar" not in inspect.signature(type(model).__call__).parameters:
+    raise ValueError(f"weighting {cfg.weighting!r} learns u(sigma) with the network, which "
+                     f"must accept return_logvar=True (edm2_unet); {type(model).__name__} "
+                     f"does not")
   dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
   model = compute_model(model, dtype)
 
@@ -333,7 +352,14 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
                       param, batch["x"], noise_key,
                       cond=batch.get("label") if cfg.conditional else None,
                       time_sampling=cfg.time_sampling, **dict(cfg.loss_opts))
-    denoise = make_denoiser(apply_fn, schedule, param)
+    if uncertainty:  # 'edm2': the network also returns u(sigma)
+      def apply_lv(x_in, c, cond=None):
+        out, logvar = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=True,
+                                  rngs={"dropout": dropout_key}, return_logvar=True)
+        return out.astype(jnp.float32), logvar.astype(jnp.float32)
+      denoise = make_uncertainty_denoiser(apply_lv, schedule, param)
+    else:
+      denoise = make_denoiser(apply_fn, schedule, param)
     if cfg.objective in STUDENT_OBJECTIVES:
       return loss_fn(denoise, batch["x"], noise_key, context)
     cond = batch.get("label") if cfg.conditional else None
@@ -393,12 +419,15 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
 
   batch: {'x': (B, ...), 'label': (B,) optional}. metrics: scalars loss, grad_norm, finite,
   ema_decay, lr (when ``lr_fn`` is given) and the objective's AUX_METRICS (the classifier's
-  training-batch accuracy).
+  training-batch accuracy). A model with a ``project_params(params) -> params`` method gets its
+  updated parameters projected with it (EDM2's forced weight normalisation); the EMA averages
+  the projected parameters.
   """
   loss = make_loss(model, schedule, param, cfg, loss_fn)
   aux_names = AUX_METRICS[cfg.objective]
   gammas = ([float(g) for g in posthoc_ema.gamma_of_sigma_rel(cfg.ema_profiles)]
             if cfg.ema_profiles else [])
+  project = getattr(model, "project_params", None)  # params -> params after every update
 
   def train_step(state: TrainState, batch: Batch, teacher: Optional[PyTree] = None):
     key = jax.random.fold_in(state.key, state.step)
@@ -410,6 +439,8 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & _tree_all_finite(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if project is not None:  # e.g. EDM2's forced weight normalisation
+      params = project(params)
     decay = ema_decay_at(state.step - state.num_skipped, cfg.ema_decay, cfg.ema_warmup)
     ema = ema_update(state.ema_params, params, decay)
     stopped = state.bad_step >= 0

@@ -75,7 +75,8 @@ def optim_config(config: Config) -> training.OptimConfig:
   return training.OptimConfig(
       name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, grad_clip=o.grad_clip,
       weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, decay=o.decay,
-      decay_steps=_decay_steps(config), end_lr_factor=o.end_lr_factor)
+      decay_steps=_decay_steps(config), end_lr_factor=o.end_lr_factor,
+      rsqrt_ref_steps=o.rsqrt_ref_steps)
 
 
 def _decay_steps(config: Config) -> int:

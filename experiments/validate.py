@@ -329,6 +329,8 @@ def check_optim(config: Config) -> None:
   number_in("optim.b2", o.b2, 0.0, 1.0, hi_open=True)
   positive("optim.eps", o.eps)
   number_in("optim.end_lr_factor", o.end_lr_factor, 0.0, 1.0)
+  if o.decay == "rsqrt":
+    int_at_least("optim.rsqrt_ref_steps", o.rsqrt_ref_steps, 1)
 
 
 def sampler_hparams(config: Config) -> dict:

@@ -52,6 +52,7 @@ EXPECTED_PARAMS = {
     "configs/cifar10/ddpmpp_cont_subvp.py": 61_804_419,
     "configs/cifar10/ddpmpp_cont_deep_vp.py": 106_632_579,
     "configs/cifar10/ddpmpp_cont_deep_subvp.py": 106_632_579,
+    "configs/cifar10/edm2.py": 36_610_076,  # edm2_unet's cifar10 preset (not a paper's network)
 }
 
 

@@ -21,6 +21,9 @@ def test_exact_denoiser_minimises_the_loss(weighting, sched):
   @jax.jit
   def loss_at(delta):  # perturbed denoisers: shrink / shift the exact posterior mean
     den = lambda x, t, c=None: (1 + delta) * exact(x, t) + 0.3 * delta
+    if weighting in L.UNCERTAINTY_WEIGHTINGS:  # (x0_hat, u) with a fixed u = 0.5
+      plain = den
+      den = lambda x, t, c=None: (plain(x, t), jnp.full((x.shape[0],), 0.5, x.dtype))
     return L.dsm_loss(den, x0, jax.random.PRNGKey(1), sched, weighting=weighting,
                       time_sampling=ts, t_min=sched.t_min * 5)[0]
 

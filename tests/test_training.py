@@ -193,10 +193,14 @@ def _operand_types(net, compute_dtype, x, op):
     ("mlp", jnp.zeros((8, 2)), "dot_general"),
     ("ddpm_unet", jnp.zeros((2, 8, 8, 1)), "convolution"),
     ("dit", jnp.zeros((2, 8, 8, 1)), "dot_general"),
+    ("edm2_unet", jnp.zeros((2, 8, 8, 1)), "convolution"),
 ])
 def test_bfloat16_compute_runs_in_bfloat16(name, x, op):
-  net = NETS.get(name) or get_model(
-      "ddpm_unet", ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+  net = {**NETS,
+         "ddpm_unet": get_model("ddpm_unet", ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                                attn_resolutions=(), dropout=0.0),
+         "edm2_unet": get_model("edm2_unet", model_channels=8, channel_mult=(1,), num_blocks=1,
+                                attn_resolutions=(), channels_per_head=8)}[name]
   types, state = _operand_types(net, "bfloat16", x, op)
   assert types == {"bf16"}, types
   assert {p.dtype for p in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
