@@ -42,6 +42,13 @@ class Case:
   kwargs: Dict[str, Any]
   shape: Tuple[int, ...]  # one example
   batch: Dict[str, int]  # per (platform, quick): 'cpu', 'cpu_quick', 'accel', 'accel_quick'
+  # The train step: schedule, parameterization, StepConfig and OptimConfig keywords (default:
+  # VP, eps prediction, the eps loss, Adam 1e-4 with warm-up).
+  sde: str = "vp"
+  param: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "eps"})
+  step: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"ema_decay": 0.999})
+  optim: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"lr": 1e-4,
+                                                                     "warmup_steps": 10})
 
 
 def cases() -> List[Case]:
@@ -90,10 +97,9 @@ def _device_peak_bytes() -> Optional[int]:
 def bench_case(case: Case, batch: int, steps: int) -> Dict[str, Any]:
   """Compiles and times the train step of ``case`` at ``batch``; returns a row of results."""
   net = get_model(case.model, **case.kwargs)
-  sched, param = get_schedule("vp"), Parameterization("eps")
-  optim = training.OptimConfig(lr=1e-4, warmup_steps=10)
-  opt = training.make_optimizer(optim)
-  step_fn = training.make_train_step(net, sched, param, opt, training.StepConfig(ema_decay=0.999))
+  sched, param = get_schedule(case.sde), Parameterization(**case.param)
+  opt = training.make_optimizer(training.OptimConfig(**case.optim))
+  step_fn = training.make_train_step(net, sched, param, opt, training.StepConfig(**case.step))
   key = jax.random.PRNGKey(0)
   x = jax.random.normal(key, (batch,) + case.shape, jnp.float32)
   state = jax.jit(lambda k: training.init_state(net, opt, k, x[:1]))(key)
