@@ -262,6 +262,13 @@ def check_training(config: Config) -> None:
   int_at_least("training.max_to_keep", t.max_to_keep, 1)
   is_bool("training.async_checkpoints", t.async_checkpoints)
   one_of("training.weighting", t.weighting, losses.WEIGHTINGS)
+  if t.weighting in losses.UNCERTAINTY_WEIGHTINGS:
+    from diffusion.models import get_model
+    net = get_model(config.model.name, **config.model.net.to_dict())
+    if "return_logvar" not in inspect.signature(type(net).__call__).parameters:
+      raise ConfigError(f"config.training.weighting={t.weighting!r} learns the uncertainty "
+                        f"u(sigma) with the network; config.model.name={config.model.name!r} "
+                        f"has no such output (accepted: 'edm2_unet')")
   one_of("training.time_sampling", t.time_sampling, losses.TIME_SAMPLINGS)
   accepted = loss_option_names(t.objective)
   bad = sorted(set(t.loss_opts.keys()) - set(accepted))

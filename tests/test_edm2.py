@@ -501,3 +501,12 @@ def test_digits_edm2_fsdp_on_two_devices_matches_one(tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(states[0].params),
                   jax.tree_util.tree_leaves(states[1].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_edm2_weighting_is_refused_at_start_up_for_a_network_without_u():
+  from experiments.config_files import load_config_file
+  from experiments.main import overridden
+  from experiments.validate import ConfigError, validate_config
+  config = overridden(load_config_file("configs/digits/edm.py"), {"training.weighting": "edm2"})
+  with pytest.raises(ConfigError, match="model.name='ddpm_unet' has no such output"):
+    validate_config(config, "train")
