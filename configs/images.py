@@ -141,3 +141,25 @@ def set_edm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sampling.grid = "karras"
   c.sampling.rho = 7.0
   return c
+
+
+def set_edm2(c: ml_collections.ConfigDict, *, lr: float, rsqrt_ref_steps: int,
+             warmup_steps: int) -> ml_collections.ConfigDict:
+  """EDM2's loss and optimizer on an EDM config (Karras et al. 2024, its ImageNet-64 recipe):
+  the learned uncertainty weighting u(sigma) ('edm2'), ln sigma ~ N(-0.8, 1.6^2), Adam with
+  b2 = 0.99, no gradient clipping or weight decay, and the inverse square-root decay
+  lr / sqrt(max(step / rsqrt_ref_steps, 1)) after a linear warm-up. The network
+  (``edm2_unet``) is the experiment's."""
+  c.training.weighting = "edm2"
+  c.training.loss_opts.p_mean = -0.8
+  c.training.loss_opts.p_std = 1.6
+  c.optim.name = "adam"
+  c.optim.lr = lr
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 0.0
+  c.optim.decay = "rsqrt"
+  c.optim.rsqrt_ref_steps = rsqrt_ref_steps
+  c.optim.warmup_steps = warmup_steps
+  return c

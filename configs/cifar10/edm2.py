@@ -25,7 +25,7 @@ Run (needs a prepared tfds cifar10 and an accelerator; see docs/images.md):
 """
 import ml_collections
 
-from configs.images import image_config, set_edm
+from configs.images import image_config, set_edm, set_edm2
 
 # edm2_unet's 'cifar10' preset (diffusion.models.edm2.PRESETS['cifar10']).
 EDM2_UNET = dict(model_channels=128, channel_mult=(1, 2, 2), num_blocks=3,
@@ -37,21 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment = "cifar10/edm2"
   c.data.random_flip = True
   c.data.batch_size = 2048
-  c.training.weighting = "edm2"
-  c.training.loss_opts.p_mean = -0.8
-  c.training.loss_opts.p_std = 1.6
+  set_edm2(c, lr=0.012, rsqrt_ref_steps=35_000, warmup_steps=4_883)  # 10 Mimg warm-up
+  c.optim.eps = 1e-8
   c.training.num_steps = 97_656
   c.training.ckpt_every = 5_000
   c.training.ema_decay = 0.99716
-  c.optim.name = "adam"
-  c.optim.lr = 0.012
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.99
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.0
-  c.optim.grad_clip = 0.0
-  c.optim.decay = "rsqrt"
-  c.optim.rsqrt_ref_steps = 35_000
-  c.optim.warmup_steps = 4_883
   c.sampling.num_steps = 31  # 32 noise levels: 31 Heun intervals + the step to 0, 63 NFE
   return c

@@ -19,6 +19,7 @@ Run:
 import ml_collections
 
 from configs.digits.common import digits_config
+from configs.images import set_edm2
 
 # edm2_unet's 'digits' preset with one block per level (diffusion.models.edm2.PRESETS).
 NET = dict(model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
@@ -30,13 +31,4 @@ def get_config():
   c.experiment = "digits/edm2"
   c.model.name = "edm2_unet"
   c.model.net = ml_collections.ConfigDict(NET)
-  c.training.weighting = "edm2"
-  c.training.loss_opts.p_mean = -0.8
-  c.training.loss_opts.p_std = 1.6
-  c.optim.lr = 1e-2
-  c.optim.b2 = 0.99
-  c.optim.grad_clip = 0.0
-  c.optim.decay = "rsqrt"
-  c.optim.rsqrt_ref_steps = 500
-  c.optim.warmup_steps = 100
-  return c
+  return set_edm2(c, lr=1e-2, rsqrt_ref_steps=500, warmup_steps=100)
