@@ -35,8 +35,9 @@ def test_command_line_converts_once_and_refuses_a_used_workdir(tmp_path):
   assert not os.path.exists(tmp_path / "x")  # nothing written on a refusal
 
 
-@pytest.mark.parametrize("name,sde,sampling_t_min", [("ncsnpp_ve", "ve", None),
-                                                     ("ddpmpp_vp", "vp", 1e-3)])
+@pytest.mark.parametrize("name,sde,sampling_t_min", [
+    ("ncsnpp_ve", "ve", None),
+    pytest.param("ddpmpp_vp", "vp", 1e-3, marks=pytest.mark.slow)])
 def test_score_sde_workdir_restores_and_samples(tmp_path, name, sde, sampling_t_min):
   from diffusion.samplers.registry import build_sampler
   from experiments import build, convert, sample

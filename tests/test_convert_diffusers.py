@@ -225,6 +225,7 @@ def converted_workdir(tmp_path_factory):
   return conv, w, summary
 
 
+@pytest.mark.slow  # builds the converted workdir, 36 s cold; tests/test_convert_cli.py restores one in the fast suite
 def test_workdir_restores_the_converted_weights_exactly(converted_workdir):
   from experiments import convert, sample
   from experiments.config_files import load_config_file
@@ -266,6 +267,7 @@ def _run_samplers(converted_workdir, names):
   return ran
 
 
+@pytest.mark.slow  # driver-level, 12-133 s cold
 def test_converted_model_samples(converted_workdir):
   # One ODE solver, one multistep solver, one ancestral sampler, on the vp_discrete schedule.
   assert len(_run_samplers(converted_workdir, ["heun", "dpmpp_2m", "ddpm"])) == 3
@@ -281,6 +283,7 @@ def test_converted_model_runs_every_registered_sampler(converted_workdir):
   assert len(_run_samplers(converted_workdir, names)) >= 20
 
 
+@pytest.mark.slow  # driver-level, 12-133 s cold
 def test_converted_workdir_fine_tunes(converted_workdir, tmp_path):
   # --mode=train on a copy continues from the converted step 0 (digits are shipped by sklearn).
   from experiments import train
@@ -299,6 +302,7 @@ def test_converted_workdir_fine_tunes(converted_workdir, tmp_path):
                 if d.isdigit()) == [0, 2]
 
 
+@pytest.mark.slow  # driver-level, 12-133 s cold
 def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   # The random converted network predicts x0 far outside [-1, 1]; with sampling.clip_denoised
   # (DDPM's clip_denoised) every x0_hat, so the final sample, is clipped.

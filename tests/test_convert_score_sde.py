@@ -114,7 +114,8 @@ def _rel(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("name", FIXTURES[:2] + tuple(pytest.param(n, marks=pytest.mark.slow)
+                                                     for n in FIXTURES[2:]))
 def test_fixture_matches_their_model(name):
   """float64: <= 1e-5 relative (measured 4.5e-8 .. 8.3e-7); float32: <= 1e-4 (measured
   2.1e-6 .. 6.1e-5; the sub-VP one at sigma(t) = 3e-4 loses digits in x0 -> eps)."""

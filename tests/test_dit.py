@@ -216,6 +216,7 @@ def test_fsdp_shards_every_large_leaf_of_dit_xl2():
 # ----------------------------------------------------------------------------- dtype, refusals
 
 
+@pytest.mark.slow  # 7 s cold; tests/test_training.py checks DiT in bfloat16
 def test_bfloat16_compute_with_float32_params():
   x = _x((2, 8, 8, 3))
   m32 = get_model("dit", num_classes=4, **TINY)

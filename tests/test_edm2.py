@@ -168,6 +168,7 @@ def test_forced_weight_normalisation_after_an_update():
   assert float(flat[("out_gain",)]) != 0.0  # trained away from its zero init
 
 
+@pytest.mark.slow  # 11 s cold
 def test_mlp_train_step_is_unchanged_bit_for_bit():
   """Networks without project_params take exactly the step they took before the hook: the step
   equals one computed by hand from make_loss, the optimizer and ema_update."""
@@ -201,6 +202,7 @@ def test_mlp_train_step_is_unchanged_bit_for_bit():
 # ----------------------------------------------------------------------------- the network
 
 
+@pytest.mark.slow  # 16 s cold
 def test_forward_shapes_labels_and_logvar():
   model = get_model("edm2_unet", num_classes=10, label_dropout=0.5, **MICRO)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 2))

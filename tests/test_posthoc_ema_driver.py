@@ -184,6 +184,7 @@ def test_posthoc_command_writes_a_checkpoint_sample_restores(run_a, tmp_path):
     posthoc_ema.run(cfg, run_a, 0.5, out_workdir=str(tmp_path / "x"))
 
 
+@pytest.mark.slow  # a subprocess
 def test_posthoc_cli(run_a, tmp_path):
   """The command line, with the run's overrides (the profiles as a tuple literal): exit 0 and
   the default out workdir W/posthoc_ema/sigma_rel_0.12_step_200; a run without profiles is

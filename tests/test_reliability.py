@@ -69,6 +69,7 @@ def test_sigkill_and_resume_is_exact_and_lock_refuses_second_run(tmp_path):
   _assert_bitwise_equal(a, b)
 
 
+@pytest.mark.slow  # 24 s cold
 def test_resume_of_an_image_transformer_is_exact(tmp_path):
   """In process: a tiny DiT (configs/digits/dit.py) trained 20 steps straight equals 10 steps,
   a fresh train() resuming from the step-10 checkpoint, then 10 more: params, EMA and optimizer

@@ -128,7 +128,7 @@ def test_nonfinite_policy(policy):
       training.check_finite(s_next)
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", ["mlp", pytest.param("dit", marks=pytest.mark.slow)])
 def test_grad_accumulation_matches_full_batch(name):
   net = NETS[name]
   opt = training.make_optimizer(training.OptimConfig(lr=1e-2))
@@ -143,7 +143,7 @@ def test_grad_accumulation_matches_full_batch(name):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", ["mlp", pytest.param("dit", marks=pytest.mark.slow)])
 def test_scan_of_steps_matches_single_steps(name):
   net = NETS[name]
   opt = training.make_optimizer(training.OptimConfig(lr=1e-2))

@@ -75,7 +75,7 @@ def test_unbound_and_bad_parameters_are_refused():
     schedules.LearnedVP(gamma_min=5.0, gamma_max=-13.3)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_elbo_of_the_exact_denoiser_is_the_exact_nll_for_any_learned_schedule(seed):
   # A discrete distribution on a grid is a mixture with zero covariances (tests/test_elbo.py):
   # with its exact denoiser, the ELBO under any learned gamma equals -log P(x) on average and is
@@ -162,6 +162,7 @@ def _toy_vdm(**overrides):
                         "training.time_sampling": "stratified", **overrides})
 
 
+@pytest.mark.slow  # driver-level, 30 s cold
 def test_driver_trains_resumes_exactly_and_samples_with_the_learned_schedule(tmp_path):
   """The schedule's parameters are in the checkpoint (params['schedule']) and trained (they
   move); a run resumed at step 10 equals the straight one bit for bit; sample / eval bind the
