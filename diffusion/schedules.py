@@ -474,6 +474,11 @@ def _is_host(tree) -> bool:
              for a in jax.tree_util.tree_leaves(tree))
 
 
+# The gamma network's parameters (its shape), and the learned endpoints' (learn_endpoints).
+GAMMA_SHAPE_KEYS = ("v1", "b1", "v2", "b2", "v3", "b3")
+GAMMA_END_KEYS = ("gamma_min", "gamma_max")
+
+
 def init_gamma_params(key, hidden: int, learn_endpoints: bool, gamma_min: float,
                       gamma_max: float) -> Params:
   """Initial NoiseNet parameters: gamma~ close to linear in t (so gamma starts near VDM's linear
@@ -549,7 +554,7 @@ class LearnedVP(Schedule):
   def bind(self, params: Params) -> "LearnedVP":
     """This schedule with ``params`` (host numpy arrays: a frozen schedule for sampling and the
     likelihood, computed in float64; traced arrays: differentiable, inside the train step)."""
-    want = set(init_gamma_params(jax.random.PRNGKey(0), 1, self.learn_endpoints, 0.0, 1.0))
+    want = set(GAMMA_SHAPE_KEYS + (GAMMA_END_KEYS if self.learn_endpoints else ()))
     if not isinstance(params, dict) or set(params) != want:
       got = sorted(params) if isinstance(params, dict) else type(params).__name__
       raise ValueError(f"vdm_learned parameters must have the keys {sorted(want)}, got {got}")
@@ -595,29 +600,34 @@ class LearnedVP(Schedule):
   def dlogsnr_dt(self, t):
     return -self.gamma_and_derivative(t)[1]
 
-  def alpha(self, t):
+  def _alpha_sigma_dgamma(self, t):
+    """(alpha, sigma, gamma') at t from one evaluation of the gamma network:
+    alpha = sqrt(sigmoid(-gamma)), sigma = sqrt(sigmoid(gamma))."""
     xp = self._xp(t)
-    return xp.sqrt(1.0 / (1.0 + xp.exp(self.gamma(t))))  # sqrt(sigmoid(-gamma))
+    g, dg = self.gamma_and_derivative(t)
+    return xp.sqrt(1.0 / (1.0 + xp.exp(g))), xp.sqrt(1.0 / (1.0 + xp.exp(-g))), dg
+
+  def alpha(self, t):
+    return self._alpha_sigma_dgamma(t)[0]
 
   def sigma(self, t):
-    xp = self._xp(t)
-    return xp.sqrt(1.0 / (1.0 + xp.exp(-self.gamma(t))))  # sqrt(sigmoid(gamma))
+    return self._alpha_sigma_dgamma(t)[1]
 
   def dalpha_dt(self, t):
-    g, dg = self.gamma_and_derivative(t)
-    return -0.5 * self.alpha(t) * self.sigma(t)**2 * dg  # d sqrt(sigmoid(-g)) / dt
+    a, s, dg = self._alpha_sigma_dgamma(t)
+    return -0.5 * a * s**2 * dg  # d sqrt(sigmoid(-g)) / dt
 
   def dsigma_dt(self, t):
-    g, dg = self.gamma_and_derivative(t)
-    return 0.5 * self.sigma(t) * self.alpha(t)**2 * dg
+    a, s, dg = self._alpha_sigma_dgamma(t)
+    return 0.5 * s * a**2 * dg
 
   def drift(self, t):
-    g, dg = self.gamma_and_derivative(t)
-    return -0.5 * self.sigma(t)**2 * dg  # d log alpha / dt
+    _, s, dg = self._alpha_sigma_dgamma(t)
+    return -0.5 * s**2 * dg  # d log alpha / dt
 
   def diffusion_sq(self, t):
-    g, dg = self.gamma_and_derivative(t)
-    return self.sigma(t)**2 * dg  # d sigma^2/dt - 2 f sigma^2 = beta(t) for VP
+    _, s, dg = self._alpha_sigma_dgamma(t)
+    return s**2 * dg  # d sigma^2/dt - 2 f sigma^2 = beta(t) for VP
 
   def t_from_logsnr(self, lam):
     """Bisection of the increasing gamma on [0, 1]: gamma(t) = -lam (clipped to the ends)."""

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion.schedules import LearnedVP
+from diffusion.schedules import GAMMA_SHAPE_KEYS, LearnedVP
 
 Array = Any
 Params = Dict[str, Any]
@@ -112,16 +112,15 @@ def vdm_loss(apply_fn: Callable, params: Params, schedule: LearnedVP, param, x0:
   t1 = schedule.t_max if t_max is None else t_max
   t, eps, k_rec = draws(key, x0, t0, t1, time_sampling)
   sg = jax.lax.stop_gradient
-  shape_keys = ("v1", "b1", "v2", "b2", "v3", "b3")
 
   def per_example(net_params, sched_params):
     return diffusion_loss(apply_fn, net_params, schedule.bind(sched_params), param, x0, t, eps,
                           cond)
 
   sp = params["schedule"]
-  frozen_shape = {k: (sg(v) if k in shape_keys else v) for k, v in sp.items()}
+  frozen_shape = {k: (sg(v) if k in GAMMA_SHAPE_KEYS else v) for k, v in sp.items()}
   loss_mean = per_example(params["net"], frozen_shape)  # network (and endpoints)
-  loss_var = per_example(sg(params["net"]), {k: (v if k in shape_keys else sg(v))
+  loss_var = per_example(sg(params["net"]), {k: (v if k in GAMMA_SHAPE_KEYS else sg(v))
                                              for k, v in sp.items()})  # gamma's shape
   value = jnp.mean(loss_mean)
   objective = value + jnp.mean(loss_var**2) - sg(jnp.mean(loss_var**2))

@@ -111,6 +111,7 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
   """Writes the converted model into a new ``workdir`` (module docstring); returns the summary
   written to conversion.json. Everything is checked before the first file is written."""
   import jax
+  import jax.numpy as jnp
   import numpy as np
   from diffusion import checkpoint, training
   from diffusion.convert.common import flatten
@@ -146,8 +147,7 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
                           f"{sorted(set(want) ^ set(got))[:5]} differ")
   params = jax.device_put(jax.tree_util.tree_map(np.asarray, conv.params),
                           s.state_shardings.params)
-  state = state.replace(params=params, ema_params=jax.tree_util.tree_map(lambda a: a + 0,
-                                                                         params),
+  state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params),
                         opt_state=s.optimizer.init(params))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.py"), "w") as f:
