@@ -29,6 +29,10 @@ _ALLOW_FRESH_START = flags.DEFINE_bool(
     "allow_fresh_start", False, "train: when every checkpoint of the workdir is proven corrupt, "
     "set them aside in corrupt_checkpoints/ and start from step 0 (refused otherwise).")
 
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Persistent XLA compilation cache folder, or 'off' (default: "
+    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/diffusion_jax/xla; experiments/compile_cache.py).")
+
 MODES = ("train", "sample", "eval", "sweep", "pairs")
 
 
@@ -146,6 +150,12 @@ def main(argv: Sequence[str]) -> None:
   try:
     validate_config(config, mode)  # the device-independent checks, before JAX starts
   except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  from experiments import compile_cache
+  try:
+    compile_cache.enable(_COMPILATION_CACHE.value)
+  except ValueError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   if config.parallel.distributed:
