@@ -243,3 +243,11 @@ def test_default_config_prefetches():
   c = tiny_config()
   assert 1 <= c.data.workers <= 4 and c.data.prefetch == 2
   validate(tiny_config(**{"data.workers": 0}), "train", device_count=1, process_count=1)
+
+
+@pytest.mark.slow  # about 20 s: compiles a tiny DiT
+def test_train_driver_leaves_no_prefetch_threads(tmp_path):
+  from experiments import train
+  config = dit_config(**{"training.num_steps": 4, "training.ckpt_every": 2, "data.workers": 2})
+  assert train.train(config, str(tmp_path))["step"] == 4
+  assert not _prefetch_threads()
