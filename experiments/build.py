@@ -215,10 +215,12 @@ def train_batches(config: Config, start_step: int, process_index: int,
   """This process's rows of training batches start_step, start_step + 1, ...: dicts with 'x'
   (B / process_count, ...) and, when the step reads labels (``needs_labels``), 'label' (B /
   process_count,) int32. Batch i depends on (seed, i) only; a toy batch's 'x' is the same with
-  or without labels."""
+  or without labels. Image batches are prefetched on config.data.workers threads; ``close()``
+  the returned generator to stop them."""
   d = config.data
   nan_at, nan_n = int(config.debug.nan_at_step), int(config.debug.nan_num_steps)
   labels = needs_labels(config)
+  closer: Optional[Callable[[], None]] = None
   if config.training.objective == "reflow":  # (noise, sample) pairs instead of the data
     from experiments import reflow
     it = reflow.pair_batches(config, start_step, process_index, process_count)
@@ -233,17 +235,23 @@ def train_batches(config: Config, start_step: int, process_index: int,
   else:
     kwargs = dict(batch_size=_per_process(d.batch_size, process_count), seed=config.seed,
                   process_index=process_index, process_count=process_count,
-                  start_step=start_step, image_size=d.image_size, random_flip=d.random_flip)
+                  start_step=start_step, image_size=d.image_size, random_flip=d.random_flip,
+                  workers=d.workers, prefetch=d.prefetch)
     raw = _images_module().make_image_dataset(d.name, d.split, **kwargs)
+    closer = raw.close  # stops the prefetch threads
     it = ({"x": b["image"], "label": b["label"]} for b in raw)
 
   def gen():
-    for step, b in enumerate(it, start=start_step):
-      if nan_at >= 0 and nan_at <= step < nan_at + nan_n:  # fault injection (config.debug)
-        b = dict(b, x=np.full_like(np.asarray(b["x"]), np.nan))
-      if not labels:
-        b.pop("label", None)
-      yield b
+    try:
+      for step, b in enumerate(it, start=start_step):
+        if nan_at >= 0 and nan_at <= step < nan_at + nan_n:  # fault injection (config.debug)
+          b = dict(b, x=np.full_like(np.asarray(b["x"]), np.nan))
+        if not labels:
+          b.pop("label", None)
+        yield b
+    finally:
+      if closer is not None:
+        closer()
 
   return gen()
 

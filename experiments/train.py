@@ -30,6 +30,7 @@ the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-fi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -273,7 +274,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
     ckpt.save(at, state, {"step": at, "experiment": config.experiment})
 
   sig.phase = "training"
-  with sig.deferred():
+  with sig.deferred(), contextlib.closing(batches):  # closing: stops the prefetch threads
     while step < num_steps:
       k = min(k_max, num_steps - step)
       r = distill.round_of(config, step) if boundaries else 0

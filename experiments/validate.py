@@ -95,7 +95,8 @@ def from_library(field: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
 
 
 def check_data(config: Config) -> None:
-  """data.*: a known dataset, a positive batch, an image size the dataset supports."""
+  """data.*: a known dataset, a positive batch, an image size the dataset supports, prefetch
+  threads >= 0 and batches ahead >= 1."""
   from experiments import build
   d = config.data
   build.check_dataset(config)
@@ -103,6 +104,8 @@ def check_data(config: Config) -> None:
   int_at_least("data.num_heldout", d.num_heldout, 1)
   int_at_least("data.heldout_seed", d.heldout_seed, 0)
   is_bool("data.random_flip", d.random_flip)
+  int_at_least("data.workers", d.workers, 0)  # 0: no background prefetch
+  int_at_least("data.prefetch", d.prefetch, 1)
   if not build.is_toy(config):
     from diffusion.data import images
     from_library("data.image_size", images.image_shape, d.name, d.image_size)

@@ -25,6 +25,14 @@ process p comes from ``default_rng([seed, 1, i, p])``. So batch i is a function 
 (seed, i, process_index) only (for fixed sizes), and an iterator made with ``start_step=k``
 yields exactly batches k, k+1, ... of a fresh run.
 
+Background prefetch. With ``workers > 0`` the iterator computes ``batch(step)`` for the next
+``workers * prefetch`` steps on a pool of ``workers`` threads while the caller trains on the
+current one, and returns them in step order (:class:`Prefetcher`). Each batch is still
+``batch(step)``, so the batches are bit-identical to the synchronous ones and resuming at
+``start_step=k`` starts the prefetch at k. Threads, not processes: the decoding (PIL, numpy)
+mostly releases the GIL (``benchmarks/input_pipeline.py`` measures it). A worker's exception is
+re-raised by ``next()`` with its original traceback; ``close()`` (or ``with``) stops the threads.
+
 Pixel values. ``L`` grey levels (256; 17 for digits) map to [-1, 1] by uniform
 dequantization ``v = (x + u) / L``, ``u ~ U[0, 1)``, then ``2 v - 1`` (Theis et al. 2016; so
 that the continuous model's likelihood bounds the discrete one), or without dequantization by
@@ -36,9 +44,12 @@ and resized to ``image_size`` (default 256). A resize (bilinear, antialiased: PI
 when ``image_size`` differs from the (cropped) native size; the result is rounded back to uint8
 before dequantization.
 """
+import collections
 import concurrent.futures
 import dataclasses
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+import threading
+import weakref
+from typing import Any, Callable, Deque, Dict, Generic, Iterator, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -209,11 +220,110 @@ def _load_example(source: Any, index: int, spec: _Spec,
   return img, label
 
 
+# ----------------------------------------------------------------------------- prefetch
+
+T = TypeVar("T")
+
+
+class Prefetcher(Iterator[T], Generic[T]):
+  """``fn(start), fn(start + 1), ...`` (up to ``stop``, exclusive; None: endless) computed on
+  ``workers`` threads, at most ``workers * prefetch`` steps ahead of the consumer, returned in
+  step order.
+
+  ``next()`` re-raises an exception of ``fn`` (with its traceback from the worker thread) and
+  closes the prefetcher. ``close()`` cancels the steps not started and joins the threads (it
+  waits for the steps running, at most ``workers`` calls of ``fn``); after it ``next()`` raises
+  StopIteration. Also a context manager.
+
+  Attributes:
+    next_step: the step the next ``next()`` returns.
+  """
+
+  def __init__(self, fn: Callable[[int], T], start: int, stop: Optional[int], *, workers: int,
+               prefetch: int):
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+      raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
+      raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+    self._fn = fn
+    self.next_step = int(start)
+    self._submitted = int(start)  # the first step not yet submitted
+    self._stop = stop
+    self._depth = int(workers) * int(prefetch)
+    self._queue: Deque[concurrent.futures.Future] = collections.deque()
+    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = (
+        concurrent.futures.ThreadPoolExecutor(int(workers), thread_name_prefix="prefetch"))
+
+  @property
+  def closed(self) -> bool:
+    return self._pool is None
+
+  def _fill(self) -> None:
+    while (len(self._queue) < self._depth
+           and (self._stop is None or self._submitted < self._stop)):
+      self._queue.append(self._pool.submit(self._fn, self._submitted))
+      self._submitted += 1
+
+  def __iter__(self) -> "Prefetcher[T]":
+    return self
+
+  def __next__(self) -> T:
+    if self._pool is None:
+      raise StopIteration
+    self._fill()
+    if not self._queue:
+      raise StopIteration
+    future = self._queue.popleft()
+    try:
+      out = future.result()  # a worker's exception is raised here, traceback and all
+    except BaseException:
+      self.close()
+      raise
+    self.next_step += 1
+    self._fill()  # keep the workers busy while the caller uses ``out``
+    return out
+
+  def close(self, wait: bool = True) -> None:
+    """Cancels pending steps and shuts the threads down (joins them unless ``wait=False``)."""
+    pool, self._pool = self._pool, None
+    self._queue.clear()
+    if pool is not None:
+      pool.shutdown(wait=wait, cancel_futures=True)
+
+  def __enter__(self) -> "Prefetcher[T]":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self) -> None:
+    if getattr(self, "_pool", None) is not None:
+      self.close(wait=False)  # never join from the garbage collector (maybe a worker thread)
+
+
 # ----------------------------------------------------------------------------- iterator
+
+
+def _weak_batch(it: "ImageIterator") -> Callable[[int], Batch]:
+  """``it.batch`` without a strong reference to ``it``: the prefetcher then forms no cycle with
+  its iterator, so dropping the iterator frees it (and its ``__del__`` stops the threads) at
+  once instead of at the next cyclic garbage collection."""
+  ref = weakref.ref(it)
+
+  def batch(step: int) -> Batch:
+    target = ref()
+    if target is None:
+      raise ReferenceError("the ImageIterator was garbage-collected")
+    return target.batch(step)
+
+  return batch
 
 
 class ImageIterator(Iterator[Batch]):
   """Iterator of batches; ``batch(step)`` is the pure per-step function behind ``next``.
+
+  With ``workers > 0``, ``next`` reads from a :class:`Prefetcher` of ``batch`` started (lazily,
+  at the first ``next``) at ``step``; ``close()`` (or ``with``) stops its threads.
 
   Attributes:
     step: the step of the batch the next ``next()`` returns.
@@ -225,7 +335,8 @@ class ImageIterator(Iterator[Batch]):
   def __init__(self, source: Any, spec: _Spec, *, batch_size: int, seed: int,
                process_index: int, process_count: int, size: Optional[int],
                random_flip: bool, dequantize: bool, start_step: int, shuffle: bool,
-               num_epochs: Optional[int], drop_remainder: bool, num_threads: int):
+               num_epochs: Optional[int], drop_remainder: bool, num_threads: int,
+               workers: int = 0, prefetch: int = 2):
     self._source = source
     self._spec = spec
     self._size = size
@@ -245,33 +356,84 @@ class ImageIterator(Iterator[Batch]):
     self.steps_per_epoch = self.num_examples / (batch_size * process_count)
     h, w, c = spec.native_shape
     self.image_shape = (size, size, c) if size is not None else (h, w, c)
+    self.workers = workers
+    self.prefetch = prefetch
     self._perms: Dict[int, np.ndarray] = {}
+    self._perms_lock = threading.Lock()  # batch() runs on the prefetch threads
     self._pool = (concurrent.futures.ThreadPoolExecutor(num_threads)
                   if num_threads > 1 else None)
+    self._prefetcher: Optional[Prefetcher[Batch]] = None
+
+  @property
+  def num_steps(self) -> Optional[int]:
+    """Number of batches of a finite stream (``num_epochs``); None when endless."""
+    if self.num_epochs is None:
+      return None
+    global_batch = self.batch_size * self.process_count
+    total = self.num_epochs * self.num_examples
+    return total // global_batch if self.drop_remainder else -(-total // global_batch)
 
   def __iter__(self) -> "ImageIterator":
     return self
 
   def __next__(self) -> Batch:
-    if self.num_epochs is not None:
-      global_batch = self.batch_size * self.process_count
-      start, total = self.step * global_batch, self.num_epochs * self.num_examples
-      if start >= total or (self.drop_remainder and start + global_batch > total):
-        raise StopIteration
-    out = self.batch(self.step)
+    stop = self.num_steps
+    if stop is not None and self.step >= stop:
+      raise StopIteration
+    if self.workers > 0:
+      out = self._prefetched()
+    else:
+      out = self.batch(self.step)
     self.step += 1
     return out
 
+  def _prefetched(self) -> Batch:
+    """batch(self.step) from the prefetcher, (re)started at self.step when needed (first call,
+    ``step`` set by hand, or after a worker's exception closed it)."""
+    p = self._prefetcher
+    if p is None or p.closed or p.next_step != self.step:
+      if p is not None:
+        p.close()
+      p = self._prefetcher = Prefetcher(_weak_batch(self), self.step, self.num_steps,
+                                        workers=self.workers, prefetch=self.prefetch)
+    return next(p)
+
+  def close(self) -> None:
+    """Stops the prefetch and decoding threads (joins them). Idempotent; ``next()`` after it
+    restarts the prefetch at ``step``."""
+    p, self._prefetcher = self._prefetcher, None
+    if p is not None:
+      p.close()
+    pool, self._pool = self._pool, None
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+  def __enter__(self) -> "ImageIterator":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def __del__(self) -> None:
+    p = getattr(self, "_prefetcher", None)
+    if p is not None:
+      p.close(wait=False)
+    pool = getattr(self, "_pool", None)
+    if pool is not None:
+      pool.shutdown(wait=False, cancel_futures=True)
+
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      if len(self._perms) >= 2:
-        self._perms.pop(min(self._perms))
-      if self.shuffle:
-        self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(
-            self.num_examples)
-      else:
-        self._perms[epoch] = np.arange(self.num_examples)
-    return self._perms[epoch]
+    with self._perms_lock:
+      perm = self._perms.get(epoch)
+      if perm is None:
+        if len(self._perms) >= 2:
+          self._perms.pop(min(self._perms))
+        if self.shuffle:
+          perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        else:
+          perm = np.arange(self.num_examples)
+        self._perms[epoch] = perm
+      return perm
 
   def indices(self, step: int) -> np.ndarray:
     """(B,) int64 indices into the split of this process's examples at ``step`` (fewer, maybe
@@ -317,7 +479,8 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
                        dequantize: bool = True, start_step: int = 0,
                        data_dir: Optional[str] = None, shuffle: bool = True,
                        num_epochs: Optional[int] = None, drop_remainder: bool = True,
-                       num_threads: int = 1) -> ImageIterator:
+                       num_threads: int = 1, workers: int = 0,
+                       prefetch: int = 2) -> ImageIterator:
   """Deterministic iterator over batches of ``name``/``split`` for this process.
 
   Args:
@@ -339,6 +502,10 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
       yielded, each process getting its (possibly smaller, possibly empty) part of it, so
       every process sees the same number of batches and the union is the whole split.
     num_threads: threads decoding the examples of a batch (order is kept).
+    workers: threads computing whole batches ahead of ``next()`` (0: none, each batch is
+      computed by ``next()``; the batches are the same either way). Call ``close()`` (or use
+      ``with``) when done, to stop them before the iterator is garbage-collected.
+    prefetch: batches computed ahead per worker (the queue holds ``workers * prefetch``).
   Returns:
     An :class:`ImageIterator` of ``{'image': float32 (B, H, W, C) in [-1, 1],
     'label': int32 (B,)}`` (labels are 0 for unlabelled datasets).
@@ -358,9 +525,14 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
     raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs}")
   if num_threads < 1:
     raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+  if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+    raise ValueError(f"workers must be an int >= 0 (0: no prefetch), got {workers!r}")
+  if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
+    raise ValueError(f"prefetch must be an int >= 1 (batches ahead per worker), got "
+                     f"{prefetch!r}")
   source = _open_source(name, split, data_dir)
   return ImageIterator(source, spec, batch_size=int(batch_size), seed=int(seed),
                        process_index=process_index, process_count=process_count, size=size,
                        random_flip=random_flip, dequantize=dequantize, start_step=start_step,
                        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-                       num_threads=num_threads)
+                       num_threads=num_threads, workers=int(workers), prefetch=int(prefetch))
