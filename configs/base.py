@@ -5,8 +5,6 @@ differs. Every field can be overridden on the command line, e.g.
 ``--config.training.num_steps=2000``; an unknown key is an error listing the valid keys.
 Optional values use ``placeholder`` types so they too can be set from the command line.
 """
-import os
-
 import ml_collections
 from ml_collections import config_dict
 
@@ -31,7 +29,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.random_flip = False  # image datasets: random horizontal flips
   # Image datasets: threads computing training batches ahead of the step (0: none, synchronous)
   # and batches ahead per thread. The batches are identical for every value (docs/images.md).
-  c.data.workers = min(4, os.cpu_count() or 1)
+  c.data.workers = 2
   c.data.prefetch = 2
 
   # The forward process: a diffusion.schedules name and its fields.
