@@ -77,6 +77,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Clip every x0_hat to the data range [-1, 1] before the sampler uses it (DDPM's and DDIM's
   # released samplers do, clip_denoised=True); images only. Not a sampler hyper-parameter.
   c.clip_denoised = False
+  # The dtype the network computes in while sampling: 'float32' | 'bfloat16' (parameters cast
+  # once, inputs cast, output cast back to float32; the sampler's state and arithmetic stay
+  # float32). Read by sample, eval and sweep (the likelihood and ELBO of eval stay float32).
+  c.compute_dtype = "float32"
   c.num_samples = 10_000
   c.batch_size = 1_000
   for name, tp in sorted(hyperparameter_types().items()):
@@ -85,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 # Fields of config.sampling that are not build_sampler arguments.
-RUN_FIELDS = ("num_samples", "batch_size", "clip_denoised")
+RUN_FIELDS = ("num_samples", "batch_size", "clip_denoised", "compute_dtype")
 
 
 def non_default_fields(c: ml_collections.ConfigDict) -> Dict[str, object]:

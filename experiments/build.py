@@ -116,15 +116,38 @@ def is_classifier(config: Config) -> bool:
   return config.training.objective == "classifier"
 
 
-def denoiser(net, params, sched: Schedule, param: Parameterization) -> Callable:
+def jnp_compute_dtype(name: str) -> jnp.dtype:
+  """The jnp dtype of a compute-dtype name ('float32' | 'bfloat16', training.COMPUTE_DTYPES)."""
+  if name not in training.COMPUTE_DTYPES:
+    raise ValueError(f"unknown compute_dtype {name!r}; accepted: {list(training.COMPUTE_DTYPES)}")
+  return jnp.dtype(jnp.bfloat16 if name == "bfloat16" else jnp.float32)
+
+
+def denoiser(net, params, sched: Schedule, param: Parameterization,
+             compute_dtype: str = "float32") -> Callable:
   """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout); a
-  learned schedule not yet bound is bound to ``params['schedule']``."""
+  learned schedule not yet bound is bound to ``params['schedule']`` (float32).
+
+  ``compute_dtype`` 'bfloat16': the network runs in bfloat16 (``training.compute_model``; the
+  params cast once here, the network input x_in cast), its output F is cast back to float32 and
+  the parameterization's x0_hat = to_x0(F, x_t, t) and everything after it stay in x_t's dtype.
+  'float32' leaves the network untouched.
+  """
+  dtype = jnp_compute_dtype(compute_dtype)
   if getattr(sched, "learned", False) and sched.params is None:
     sched = sched.bind(params["schedule"])
+  if dtype == jnp.float32:
+    def apply_fn(x_in, c, cond):
+      return net.apply({"params": params}, x_in, c, labels=cond, train=False)
+    return make_denoiser(apply_fn, sched, param)
 
-  def apply_fn(x_in, c, cond):
-    return net.apply({"params": params}, x_in, c, labels=cond, train=False)
-  return make_denoiser(apply_fn, sched, param)
+  model = training.compute_model(net, dtype)
+  p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+
+  def apply_low(x_in, c, cond):
+    out = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=False)
+    return out.astype(jnp.float32)
+  return make_denoiser(apply_low, sched, param)
 
 
 def classifier_logits(net, params, sched: Schedule, param: Parameterization) -> Callable:

@@ -247,7 +247,8 @@ def _fmt(v: float) -> str:
 
 def tag(config: Config, mode: str = "sample") -> str:
   """The name of a run's conditioning, '' for plain (unconditional or label-cycling, unguided)
-  sampling: e.g. 'cfg_scale_w3', 'classifier_s2_class4', 'inpaint_replacement_obs'. Sample
+  sampling: e.g. 'cfg_scale_w3', 'classifier_s2_class4', 'bfloat16' (sampling.compute_dtype),
+  'inpaint_replacement_obs'. Sample
   results go to samples/<tag>/, eval results to eval/step_<step>_<tag>/."""
   g, inv = config.guidance, config.inverse
   parts = []
@@ -261,6 +262,8 @@ def tag(config: Config, mode: str = "sample") -> str:
   if g.label >= 0:
     parts.append("null" if num_classes(config) and g.label == num_classes(config)
                  else f"class{g.label}")
+  if config.sampling.compute_dtype != "float32":  # bf16 samples go to their own folder
+    parts.append(str(config.sampling.compute_dtype))
   if mode == "sample" and inv.task != "none":
     stem = os.path.splitext(os.path.basename(str(inv.observations)))[0]
     parts.append(f"{inv.task}_{inv.method}_{stem}")

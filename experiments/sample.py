@@ -26,15 +26,17 @@ close = plots.close
 
 def _sample_fn(s, plan: conditioning.Plan) -> Callable:
   """((params, aux), key, x_T, offset) -> (x0, info): the config's sampler on the network's
-  denoiser wrapped by the plan's transformers, conditioned on the plan's cond of the batch's
-  samples offset .. offset + B - 1."""
+  denoiser (computing in sampling.compute_dtype, ``build.denoiser``) wrapped by the plan's
+  transformers, conditioned on the plan's cond of the batch's samples offset .. offset + B - 1.
+  The one place sample, eval, sweep and pairs build their sampling denoiser."""
   sampler = build.sampler(s.config, s.schedule)
   net_takes_labels = bool(s.config.model.conditional)
   clip = bool(s.config.sampling.clip_denoised)
+  dtype = str(s.config.sampling.compute_dtype)  # the network's; the sampler's stays float32
 
   def run(p, k, x_t, offset):
     params, aux = p
-    base = build.denoiser(s.net, params, s.schedule, s.param)
+    base = build.denoiser(s.net, params, s.schedule, s.param, compute_dtype=dtype)
 
     def net_denoise(x, t, cond=None):  # the network sees only labels, and only if conditional
       x0 = base(x, t, guidance.label_of(cond) if net_takes_labels else None)

@@ -27,7 +27,7 @@ OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eva
 # How eval turns samples in [-1, 1] into pixels for Inception (experiments.evaluate.fid_pixels).
 FID_ROUNDINGS = ("levels", "nearest", "floor")
 # config.sampling fields that are not build_sampler arguments.
-SAMPLING_RUN_FIELDS = ("num_samples", "batch_size")
+SAMPLING_RUN_FIELDS = ("num_samples", "batch_size", "compute_dtype")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
                "logsnr_max")
@@ -360,6 +360,12 @@ def check_sampling(config: Config, schedule) -> None:
   from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
   is_bool("sampling.clip_denoised", s.clip_denoised)
+  from diffusion import training
+  one_of("sampling.compute_dtype", s.compute_dtype, training.COMPUTE_DTYPES)
+  if s.compute_dtype != "float32":  # the network must take a compute dtype (a 'dtype' field)
+    from diffusion.models import get_model
+    from_library("sampling.compute_dtype", training.compute_model,
+                 get_model(config.model.name, **config.model.net.to_dict()), s.compute_dtype)
   from experiments import build
   if s.clip_denoised and build.is_toy(config):
     raise ConfigError(f"config.sampling.clip_denoised=True clips x0_hat to the image range "
