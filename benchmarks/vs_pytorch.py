@@ -22,8 +22,8 @@ interpreter::
   python benchmarks/vs_pytorch.py --torch_python=/tmp/torch-env/bin/python
 
 Without ``--torch_python`` (and without torch importable here) the PyTorch column is skipped.
-``--xla_flags`` runs the JAX worker under other XLA flags (e.g. to compare the CPU backend's
-options; the table names them). Writes ``benchmarks/results/vs_pytorch_<platform>.md``.
+``--xla_flags=F`` (repeatable) adds a JAX worker running under XLA_FLAGS=F, to compare the CPU
+backend's options in the same alternation (each row names its flags; '' = none). Writes ``benchmarks/results/vs_pytorch_<platform>.md``.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -208,19 +209,19 @@ def table(workers: List[Worker], batch: int, rounds: int, steps: int, cmd: str,
     med = statistics.median(w.times)
     ips = batch / med
     base = base or ips
-    rows.append(f"| {w.info['framework']} | {w.info['params']:,} | {w.info['threads']} | "
+    name = w.info["framework"]
+    if "xla_flags" in w.info:
+      name += f", XLA_FLAGS=`{w.info['xla_flags']}`" if w.info["xla_flags"] else ""
+    rows.append(f"| {name} | {w.info['params']:,} | {w.info['threads']} | "
                 f"{w.info['compile_s']:.1f} | {med:.2f} | {min(w.times):.2f} | {ips:.2f} | "
                 f"{ips / base:.2f}x |")
-  jax_w = workers[0]
-  flags = jax_w.info.get("xla_flags") or "none"
   lines = [
       "# DDPM CIFAR-10 U-Net train step: this codebase (JAX) vs PyTorch + diffusers",
       "",
       f"Measured by `{cmd}` on {pf.processor() or pf.machine()}, {os.cpu_count()} CPU cores. "
       f"Batch {batch}, float32, the full step (module docstring of benchmarks/vs_pytorch.py); "
       f"{rounds} alternating rounds of {steps} steps per framework after a warm-up; median and "
-      f"best step time over the {rounds * steps} timed steps. XLA flags of the JAX worker: "
-      f"`{flags}`. Host load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}.",
+      f"best step time over the {rounds * steps} timed steps; ratios against the first row. Host load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}.",
       "",
       "| framework | parameters | threads | compile / warm-up s | median s/step | best s/step "
       "| images/s | throughput vs JAX |",
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=2, help="timed steps per framework per round")
   p.add_argument("--torch_python", default=None, help="interpreter with torch and diffusers")
   p.add_argument("--channels_last", action="store_true", help="PyTorch in channels_last")
-  p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for the JAX worker")
+  p.add_argument("--xla_flags", action="append", default=None,
+                 help="XLA_FLAGS of a JAX worker (repeat for several workers)")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   for name in ("batch", "rounds", "steps"):
@@ -248,14 +250,16 @@ def main(argv=None) -> int:
     return worker_main(args.worker, args.batch, args.channels_last)
 
   load0 = os.getloadavg()
-  env = dict(os.environ)
-  if args.xla_flags is not None:
-    env["XLA_FLAGS"] = args.xla_flags
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of the table
-  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   common = ["--batch", str(args.batch)]
-  workers = [Worker("jax", sys.executable, ["--worker", "jax", *common], env)]
-  print(f"jax worker ready: {workers[0].info}", flush=True)
+  workers = []
+  for i, xla_flags in enumerate(args.xla_flags or [None]):
+    env = dict(os.environ)
+    if xla_flags is not None:
+      env["XLA_FLAGS"] = xla_flags
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of the table
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    workers.append(Worker(f"jax{i}", sys.executable, ["--worker", "jax", *common], env))
+    print(f"jax worker {i} ready: {workers[-1].info}", flush=True)
   tpy = torch_interpreter(args.torch_python)
   if tpy is None:
     print("PyTorch column skipped: torch/diffusers not importable here and no --torch_python "
@@ -263,7 +267,7 @@ def main(argv=None) -> int:
   else:
     extra = ["--channels_last"] if args.channels_last else []
     workers.append(Worker("torch", tpy, ["--worker", "torch", *common, *extra], dict(os.environ)))
-    print(f"torch worker ready: {workers[1].info}", flush=True)
+    print(f"torch worker ready: {workers[-1].info}", flush=True)
   try:
     for w in workers:
       if w.info["params"] != PARAMS:
@@ -275,8 +279,8 @@ def main(argv=None) -> int:
   finally:
     for w in workers:
       w.close()
-  cmd = "python benchmarks/vs_pytorch.py" + "".join(
-      f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+  cmd = " ".join(["python benchmarks/vs_pytorch.py",
+                  shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
   md = table(workers, args.batch, args.rounds, args.steps, cmd, (load0[0], os.getloadavg()[0]))
   import jax  # the platform suffix of the results file
   out = args.out or os.path.join(RESULTS, f"vs_pytorch_{jax.devices()[0].platform}.md")
