@@ -409,6 +409,7 @@ class ImageIterator(Iterator[Batch]):
     steps_per_epoch: ``num_examples / (batch_size * process_count)`` (a float).
     image_shape: (H, W, C) of the images.
     cached: whether the decoded split is kept in memory.
+    cache_bytes: its size in memory (:func:`decoded_bytes`; whether or not cached).
     cache_seconds: seconds the decoding of the cache took (None until done).
   """
 
@@ -452,6 +453,7 @@ class ImageIterator(Iterator[Batch]):
     self.workers = workers
     self.prefetch = prefetch
     self.cached = bool(cache)
+    self.cache_bytes = decoded_bytes(self.num_examples, self.image_shape)
     self.cache_seconds: Optional[float] = None
     self._cache: Optional[Tuple[np.ndarray, np.ndarray]] = None
     self._cache_lock = threading.Lock()
@@ -600,13 +602,14 @@ class ImageIterator(Iterator[Batch]):
     with self._cache_lock:
       if self._cache is None:
         t0 = time.perf_counter()
-        first, _ = self._load(np.zeros(1, np.int64))
-        images = np.empty((self.num_examples,) + first.shape[1:], first.dtype)
-        labels = np.empty((self.num_examples,), np.int32)
-        chunk = 1024
-        for lo in range(0, self.num_examples, chunk):
-          idx = np.arange(lo, min(lo + chunk, self.num_examples))
-          images[idx], labels[idx] = self._load(idx)
+        n, chunk = self.num_examples, 1024
+        images = labels = None
+        for lo in range(0, n, chunk):  # each example read once
+          part, part_labels = self._load(np.arange(lo, min(lo + chunk, n)))
+          if images is None:
+            images = np.empty((n,) + part.shape[1:], part.dtype)
+            labels = np.empty((n,), np.int32)
+          images[lo:lo + len(part)], labels[lo:lo + len(part)] = part, part_labels
         images.setflags(write=False)
         labels.setflags(write=False)
         self._cache = (images, labels)
