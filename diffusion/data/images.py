@@ -142,10 +142,14 @@ def to_float(x: np.ndarray, levels: int, noise: Optional[np.ndarray] = None) -> 
   With ``noise`` (same shape, U[0, 1)): ``2 (x + noise) / levels - 1`` in [-1, 1)
   (uniform dequantization); without: ``2 x / (levels - 1) - 1`` in [-1, 1].
   """
-  x = x.astype(np.float32)
+  out = x.astype(np.float32)  # a new array: the arithmetic below is in place, no temporaries
   if noise is None:
-    return x * (2.0 / (levels - 1)) - 1.0
-  return (x + noise.astype(np.float32)) * (2.0 / levels) - 1.0
+    out *= 2.0 / (levels - 1)
+  else:
+    out += noise.astype(np.float32, copy=False)
+    out *= 2.0 / levels
+  out -= 1.0
+  return out
 
 
 def to_levels(x: np.ndarray, levels: int) -> np.ndarray:
@@ -635,7 +639,7 @@ class ImageIterator(Iterator[Batch]):
     x = to_float(images, self._spec.levels, noise)
     if self.random_flip:
       flip = rng.random(len(idx)) < 0.5
-      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+      x[flip] = x[flip][:, :, ::-1]  # horizontal flips of the chosen rows, in place
     return {"image": np.ascontiguousarray(x, dtype=np.float32), "label": labels}
 
 
