@@ -34,9 +34,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'thread' | 'process' (spawned processes, for decoding that holds the GIL on big datasets).
   c.data.worker_type = "thread"
   # Image datasets: keep the decoded training split in memory ('auto': when it fits in 4 GiB,
-  # e.g. CIFAR-10's 154 MB; True / False to force). Batches are identical either way. Untyped
-  # (a str or a bool): `--config.data.cache_decoded=False` works.
-  c.data.cache_decoded = config_dict.FieldReference("auto", field_type=object)
+  # e.g. CIFAR-10's 154 MB; 'true' / 'false' to force; a str field, so the command line's
+  # `--config.data.cache_decoded=False` gives 'False', accepted too). Batches are identical.
+  c.data.cache_decoded = "auto"
 
   # The forward process: a diffusion.schedules name and its fields.
   c.sde = ml_collections.ConfigDict()

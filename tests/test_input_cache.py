@@ -137,7 +137,7 @@ def test_cached_split_prefetches_on_threads_not_processes():
 
 
 @pytest.mark.parametrize("kw,words", [
-    (dict(cache_decoded="yes"), ["cache_decoded='yes'", "'auto', True, False"]),
+    (dict(cache_decoded="yes"), ["cache_decoded='yes'", "'auto', True, False", "'true'"]),
     (dict(cache_decoded=1), ["cache_decoded=1", "'auto', True, False"]),
     (dict(cache_decoded=None), ["cache_decoded=None"]),
     (dict(worker_type="fork"), ["worker_type='fork'", "['thread', 'process']"]),
@@ -161,5 +161,14 @@ def test_validation_rejects_bad_worker_type_and_cache(overrides, words):
   with pytest.raises(ConfigError) as e:
     validate(tiny_config(**overrides), "train", device_count=1, process_count=1)
   assert all(w in str(e.value) for w in words), str(e.value)
-  for ok in ({"data.worker_type": "process"}, {"data.cache_decoded": False}):
+  for ok in ({"data.worker_type": "process"}, {"data.cache_decoded": "false"},
+             {"data.cache_decoded": "True"}):
     validate(tiny_config(**ok), "train", device_count=1, process_count=1)
+
+
+def test_cache_decoded_strings_from_the_command_line():
+  assert images.parse_cache_decoded("False") is False and images.parse_cache_decoded("true")
+  assert images.parse_cache_decoded("AUTO") == "auto" and images.parse_cache_decoded(True)
+  assert not _digits(cache_decoded="false").cached and _digits(cache_decoded="True").cached
+  c = tiny_config().copy_and_resolve_references()  # as experiments.sample / main copy it
+  c.data.cache_decoded = "false"  # a str field: a saved run's value overlays it

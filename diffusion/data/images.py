@@ -26,12 +26,20 @@ process p comes from ``default_rng([seed, 1, i, p])``. So batch i is a function 
 yields exactly batches k, k+1, ... of a fresh run.
 
 Background prefetch. With ``workers > 0`` the iterator computes ``batch(step)`` for the next
-``workers * prefetch`` steps on a pool of ``workers`` threads while the caller trains on the
-current one, and returns them in step order (:class:`Prefetcher`). Each batch is still
-``batch(step)``, so the batches are bit-identical to the synchronous ones and resuming at
-``start_step=k`` starts the prefetch at k. Threads, not processes: the decoding (PIL, numpy)
-mostly releases the GIL (``benchmarks/input_pipeline.py`` measures it). A worker's exception is
-re-raised by ``next()`` with its original traceback; ``close()`` (or ``with``) stops the threads.
+``workers * prefetch`` steps on a pool of ``workers`` threads (or, with
+``worker_type='process'``, spawned processes that each reopen the source from picklable
+arguments) while the caller trains on the current one, and returns them in step order
+(:class:`Prefetcher`). Each batch is still ``batch(step)``, so the batches are bit-identical to
+the synchronous ones and resuming at ``start_step=k`` starts the prefetch at k. A worker's
+exception is re-raised by ``next()`` with its traceback (a process's as the text of its
+``__cause__``); ``close()`` (or ``with``) stops the workers.
+
+Decoded cache. With ``cache_decoded`` (by default 'auto': a split read more than once whose
+decoded uint8 images fit in ``cache_limit_bytes``, 4 GiB: digits, MNIST, CIFAR-10) the split is
+decoded once into one uint8 array and ``batch(step)`` gathers its rows from it; the conversion,
+noise and flips are unchanged, so the batches are bit-identical to the uncached ones.
+``benchmarks/input_pipeline.py`` measures both (PIL's PNG decode holds the GIL: threads overlap
+the data with the step but do not add decoding cores; the cache removes the decoding).
 
 Pixel values. ``L`` grey levels (256; 17 for digits) map to [-1, 1] by uniform
 dequantization ``v = (x + u) / L``, ``u ~ U[0, 1)``, then ``2 v - 1`` (Theis et al. 2016; so
@@ -56,7 +64,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Deque, Dict, Generic, Iterator, Optional, Tuple, TypeVar
+from typing import (Any, Callable, Deque, Dict, Generic, Iterator, Optional, Tuple, TypeVar,
+                    Union)
 
 import numpy as np
 
@@ -331,10 +340,20 @@ CACHE_OPTIONS = ("auto", True, False)
 WORKER_TYPES = ("thread", "process")
 
 
+def parse_cache_decoded(value: Any) -> Union[str, bool]:
+  """'auto', True or False; also the strings 'true' / 'false' (any case: a config's str field
+  set from the command line). Anything else (0 / 1 included) is a ValueError."""
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+    return {"auto": "auto", "true": True, "false": False}[value.lower()]
+  raise ValueError(f"cache_decoded={value!r} is not accepted; accepted: 'auto', True, False "
+                   f"(or the strings 'true', 'false')")
+
+
 def check_cache_decoded(value: Any) -> None:
-  """``value`` must be 'auto', True or False (not 0 / 1)."""
-  if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
-    raise ValueError(f"cache_decoded={value!r} is not accepted; accepted: 'auto', True, False")
+  """Raises ValueError unless :func:`parse_cache_decoded` accepts ``value``."""
+  parse_cache_decoded(value)
 
 
 def check_worker_type(value: Any) -> None:
@@ -350,11 +369,11 @@ def decoded_bytes(num_examples: int, image_shape: Tuple[int, int, int]) -> int:
 
 def resolve_cache(cache_decoded: Any, num_examples: int, image_shape: Tuple[int, int, int],
                   num_epochs: Optional[int], limit_bytes: int = CACHE_LIMIT_BYTES) -> bool:
-  """Whether to keep the decoded split in memory. True / False as given; 'auto': when the
-  stream reads examples more than once (``num_epochs`` None or > 1: a single pass gains
-  nothing) and :func:`decoded_bytes` is at most ``limit_bytes`` (CIFAR-10 train: 50,000 x
-  32 x 32 x 3 = 154 MB; LSUN or CelebA-HQ at 256^2: tens of GB, not cached)."""
-  check_cache_decoded(cache_decoded)
+  """Whether to keep the decoded split in memory. True / False (or 'true' / 'false') as given;
+  'auto': when the stream reads examples more than once (``num_epochs`` None or > 1: a single
+  pass gains nothing) and :func:`decoded_bytes` is at most ``limit_bytes`` (CIFAR-10 train:
+  50,000 x 32 x 32 x 3 = 154 MB; LSUN or CelebA-HQ at 256^2: tens of GB, not cached)."""
+  cache_decoded = parse_cache_decoded(cache_decoded)
   if isinstance(cache_decoded, bool):
     return cache_decoded
   if num_epochs is not None and num_epochs <= 1:
