@@ -259,9 +259,14 @@ def train_batches(config: Config, start_step: int, process_index: int,
     kwargs = dict(batch_size=_per_process(d.batch_size, process_count), seed=config.seed,
                   process_index=process_index, process_count=process_count,
                   start_step=start_step, image_size=d.image_size, random_flip=d.random_flip,
-                  workers=d.workers, prefetch=d.prefetch)
+                  workers=d.workers, prefetch=d.prefetch, worker_type=d.worker_type,
+                  cache_decoded=d.cache_decoded)
     raw = _images_module().make_image_dataset(d.name, d.split, **kwargs)
-    closer = raw.close  # stops the prefetch threads
+    closer = raw.close  # stops the prefetch threads / processes
+    if raw.cached:
+      seconds = raw.decode_cache()
+      print(f"data: decoded {d.name} {d.split!r} into memory ({raw.num_examples} images, "
+            f"{raw.cache_bytes / 1e6:.0f} MB) in {seconds:.1f} s", flush=True)
     it = ({"x": b["image"], "label": b["label"]} for b in raw)
 
   def gen():

@@ -96,7 +96,8 @@ def from_library(field: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
 
 def check_data(config: Config) -> None:
   """data.*: a known dataset, a positive batch, an image size the dataset supports, prefetch
-  threads >= 0 and batches ahead >= 1."""
+  workers >= 0, batches ahead >= 1, worker_type 'thread' | 'process', cache_decoded 'auto' |
+  True | False."""
   from experiments import build
   d = config.data
   build.check_dataset(config)
@@ -106,6 +107,9 @@ def check_data(config: Config) -> None:
   is_bool("data.random_flip", d.random_flip)
   int_at_least("data.workers", d.workers, 0)  # 0: no background prefetch
   int_at_least("data.prefetch", d.prefetch, 1)
+  from diffusion.data import images as images_lib  # light: numpy only
+  from_library("data.worker_type", images_lib.check_worker_type, d.worker_type)
+  from_library("data.cache_decoded", images_lib.check_cache_decoded, d.cache_decoded)
   if not build.is_toy(config):
     from diffusion.data import images
     from_library("data.image_size", images.image_shape, d.name, d.image_size)

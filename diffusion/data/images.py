@@ -26,12 +26,20 @@ process p comes from ``default_rng([seed, 1, i, p])``. So batch i is a function 
 yields exactly batches k, k+1, ... of a fresh run.
 
 Background prefetch. With ``workers > 0`` the iterator computes ``batch(step)`` for the next
-``workers * prefetch`` steps on a pool of ``workers`` threads while the caller trains on the
-current one, and returns them in step order (:class:`Prefetcher`). Each batch is still
-``batch(step)``, so the batches are bit-identical to the synchronous ones and resuming at
-``start_step=k`` starts the prefetch at k. Threads, not processes: the decoding (PIL, numpy)
-mostly releases the GIL (``benchmarks/input_pipeline.py`` measures it). A worker's exception is
-re-raised by ``next()`` with its original traceback; ``close()`` (or ``with``) stops the threads.
+``workers * prefetch`` steps on a pool of ``workers`` threads (or, with
+``worker_type='process'``, spawned processes that each reopen the source from picklable
+arguments) while the caller trains on the current one, and returns them in step order
+(:class:`Prefetcher`). Each batch is still ``batch(step)``, so the batches are bit-identical to
+the synchronous ones and resuming at ``start_step=k`` starts the prefetch at k. A worker's
+exception is re-raised by ``next()`` with its traceback (a process's as the text of its
+``__cause__``); ``close()`` (or ``with``) stops the workers.
+
+Decoded cache. With ``cache_decoded`` (by default 'auto': a split read more than once whose
+decoded uint8 images fit in ``cache_limit_bytes``, 4 GiB: digits, MNIST, CIFAR-10) the split is
+decoded once into one uint8 array and ``batch(step)`` gathers its rows from it; the conversion,
+noise and flips are unchanged, so the batches are bit-identical to the uncached ones.
+``benchmarks/input_pipeline.py`` measures both (PIL's PNG decode holds the GIL: threads overlap
+the data with the step but do not add decoding cores; the cache removes the decoding).
 
 Pixel values. ``L`` grey levels (256; 17 for digits) map to [-1, 1] by uniform
 dequantization ``v = (x + u) / L``, ``u ~ U[0, 1)``, then ``2 v - 1`` (Theis et al. 2016; so
@@ -46,16 +54,25 @@ before dequantization.
 """
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import dataclasses
+import functools
+import logging
+import multiprocessing
+import pickle
 import threading
+import time
+import uuid
 import weakref
-from typing import Any, Callable, Deque, Dict, Generic, Iterator, Optional, Tuple, TypeVar
+from typing import (Any, Callable, Deque, Dict, Generic, Iterator, Optional, Tuple, TypeVar,
+                    Union)
 
 import numpy as np
 
 from diffusion.data import digits as digits_lib
 
 Batch = Dict[str, np.ndarray]
+log = logging.getLogger(__name__)
 
 _NOISE_TAG = 1  # separates the per-batch noise seeds [seed, 1, step, p] from [seed, epoch]
 
@@ -134,10 +151,14 @@ def to_float(x: np.ndarray, levels: int, noise: Optional[np.ndarray] = None) -> 
   With ``noise`` (same shape, U[0, 1)): ``2 (x + noise) / levels - 1`` in [-1, 1)
   (uniform dequantization); without: ``2 x / (levels - 1) - 1`` in [-1, 1].
   """
-  x = x.astype(np.float32)
+  out = x.astype(np.float32)  # a new array: the arithmetic below is in place, no temporaries
   if noise is None:
-    return x * (2.0 / (levels - 1)) - 1.0
-  return (x + noise.astype(np.float32)) * (2.0 / levels) - 1.0
+    out *= 2.0 / (levels - 1)
+  else:
+    out += noise.astype(np.float32, copy=False)
+    out *= 2.0 / levels
+  out -= 1.0
+  return out
 
 
 def to_levels(x: np.ndarray, levels: int) -> np.ndarray:
@@ -240,7 +261,7 @@ class Prefetcher(Iterator[T], Generic[T]):
   """
 
   def __init__(self, fn: Callable[[int], T], start: int, stop: Optional[int], *, workers: int,
-               prefetch: int):
+               prefetch: int, executor: Optional[concurrent.futures.Executor] = None):
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
       raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
@@ -251,8 +272,10 @@ class Prefetcher(Iterator[T], Generic[T]):
     self._stop = stop
     self._depth = int(workers) * int(prefetch)
     self._queue: Deque[concurrent.futures.Future] = collections.deque()
-    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = (
-        concurrent.futures.ThreadPoolExecutor(int(workers), thread_name_prefix="prefetch"))
+    self._owned = executor is None  # our own threads, shut down by close()
+    self._pool: Optional[concurrent.futures.Executor] = (
+        executor if executor is not None
+        else concurrent.futures.ThreadPoolExecutor(int(workers), thread_name_prefix="prefetch"))
 
   @property
   def closed(self) -> bool:
@@ -284,11 +307,19 @@ class Prefetcher(Iterator[T], Generic[T]):
     return out
 
   def close(self, wait: bool = True) -> None:
-    """Cancels pending steps and shuts the threads down (joins them unless ``wait=False``)."""
+    """Cancels pending steps and shuts the threads down (joins them unless ``wait=False``). A
+    given ``executor`` is not shut down: its steps not started are cancelled and (``wait``) the
+    running ones awaited, their results dropped."""
     pool, self._pool = self._pool, None
-    self._queue.clear()
-    if pool is not None:
+    queue, self._queue = list(self._queue), collections.deque()
+    if pool is None:
+      return
+    if self._owned:
       pool.shutdown(wait=wait, cancel_futures=True)
+      return
+    running = [f for f in queue if not f.cancel()]
+    if wait and running:
+      concurrent.futures.wait(running)
 
   def __enter__(self) -> "Prefetcher[T]":
     return self
@@ -299,6 +330,72 @@ class Prefetcher(Iterator[T], Generic[T]):
   def __del__(self) -> None:
     if getattr(self, "_pool", None) is not None:
       self.close(wait=False)  # never join from the garbage collector (maybe a worker thread)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+CACHE_LIMIT_BYTES = 4 << 30  # 'auto' caches a decoded split up to this size (4 GiB)
+CACHE_OPTIONS = ("auto", True, False)
+WORKER_TYPES = ("thread", "process")
+
+
+def parse_cache_decoded(value: Any) -> Union[str, bool]:
+  """'auto', True or False; also the strings 'true' / 'false' (any case: a config's str field
+  set from the command line). Anything else (0 / 1 included) is a ValueError."""
+  if isinstance(value, bool):
+    return value
+  if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+    return {"auto": "auto", "true": True, "false": False}[value.lower()]
+  raise ValueError(f"cache_decoded={value!r} is not accepted; accepted: 'auto', True, False "
+                   f"(or the strings 'true', 'false')")
+
+
+def check_cache_decoded(value: Any) -> None:
+  """Raises ValueError unless :func:`parse_cache_decoded` accepts ``value``."""
+  parse_cache_decoded(value)
+
+
+def check_worker_type(value: Any) -> None:
+  """``value`` must be 'thread' or 'process'."""
+  if not (isinstance(value, str) and value in WORKER_TYPES):
+    raise ValueError(f"worker_type={value!r} is not accepted; accepted: {list(WORKER_TYPES)}")
+
+
+def decoded_bytes(num_examples: int, image_shape: Tuple[int, int, int]) -> int:
+  """Bytes of a decoded split in memory: N uint8 images of ``image_shape`` + N int32 labels."""
+  return int(num_examples) * (int(np.prod(image_shape)) + 4)
+
+
+def resolve_cache(cache_decoded: Any, num_examples: int, image_shape: Tuple[int, int, int],
+                  num_epochs: Optional[int], limit_bytes: int = CACHE_LIMIT_BYTES) -> bool:
+  """Whether to keep the decoded split in memory. True / False (or 'true' / 'false') as given;
+  'auto': when the stream reads examples more than once (``num_epochs`` None or > 1: a single
+  pass gains nothing) and :func:`decoded_bytes` is at most ``limit_bytes`` (CIFAR-10 train:
+  50,000 x 32 x 32 x 3 = 154 MB; LSUN or CelebA-HQ at 256^2: tens of GB, not cached)."""
+  cache_decoded = parse_cache_decoded(cache_decoded)
+  if isinstance(cache_decoded, bool):
+    return cache_decoded
+  if num_epochs is not None and num_epochs <= 1:
+    return False
+  return decoded_bytes(num_examples, image_shape) <= limit_bytes
+
+
+# ----------------------------------------------------------------------------- process workers
+
+# Each worker process's iterator (one: the latest token), rebuilt from picklable arguments.
+_WORKER_ITERATORS: Dict[str, "ImageIterator"] = {}
+
+
+def _process_batch(token: str, factory: Callable[[], Any], kwargs: Dict[str, Any],
+                   step: int) -> Batch:
+  """``batch(step)`` in a worker process: the source is reopened there by ``factory()`` (at the
+  first step of this ``token``), never pickled open from the parent."""
+  it = _WORKER_ITERATORS.get(token)
+  if it is None:
+    _WORKER_ITERATORS.clear()
+    it = _WORKER_ITERATORS[token] = ImageIterator(factory(), **kwargs)
+  return it.batch(step)
 
 
 # ----------------------------------------------------------------------------- iterator
@@ -323,20 +420,40 @@ class ImageIterator(Iterator[Batch]):
   """Iterator of batches; ``batch(step)`` is the pure per-step function behind ``next``.
 
   With ``workers > 0``, ``next`` reads from a :class:`Prefetcher` of ``batch`` started (lazily,
-  at the first ``next``) at ``step``; ``close()`` (or ``with``) stops its threads.
+  at the first ``next``) at ``step``, on threads or (``worker_type='process'``) on spawned
+  processes that each reopen the source with ``source_factory()``; ``close()`` (or ``with``)
+  stops them. With ``cache``, the first ``batch`` (or ``decode_cache()``) decodes the whole
+  split into one uint8 array, and every batch is then gathered from it (prefetch then uses
+  threads whatever ``worker_type``: there is no decoding left to spread).
 
   Attributes:
     step: the step of the batch the next ``next()`` returns.
     num_examples: size of the split.
     steps_per_epoch: ``num_examples / (batch_size * process_count)`` (a float).
     image_shape: (H, W, C) of the images.
+    cached: whether the decoded split is kept in memory.
+    cache_bytes: its size in memory (:func:`decoded_bytes`; whether or not cached).
+    cache_seconds: seconds the decoding of the cache took (None until done).
   """
 
   def __init__(self, source: Any, spec: _Spec, *, batch_size: int, seed: int,
                process_index: int, process_count: int, size: Optional[int],
                random_flip: bool, dequantize: bool, start_step: int, shuffle: bool,
                num_epochs: Optional[int], drop_remainder: bool, num_threads: int,
-               workers: int = 0, prefetch: int = 2):
+               workers: int = 0, prefetch: int = 2, cache: bool = False,
+               worker_type: str = "thread",
+               source_factory: Optional[Callable[[], Any]] = None):
+    check_worker_type(worker_type)
+    if worker_type == "process" and workers > 0 and not cache:
+      if source_factory is None:
+        raise ValueError("worker_type='process' needs source_factory: a picklable callable "
+                         "that reopens the source in each worker process")
+      try:
+        pickle.dumps(source_factory)
+      except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise ValueError(f"worker_type='process': source_factory={source_factory!r} is not "
+                         f"picklable ({e}); use a module-level function or "
+                         f"functools.partial of one") from e
     self._source = source
     self._spec = spec
     self._size = size
@@ -358,6 +475,21 @@ class ImageIterator(Iterator[Batch]):
     self.image_shape = (size, size, c) if size is not None else (h, w, c)
     self.workers = workers
     self.prefetch = prefetch
+    self.cached = bool(cache)
+    self.cache_bytes = decoded_bytes(self.num_examples, self.image_shape)
+    self.cache_seconds: Optional[float] = None
+    self._cache: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    self._cache_lock = threading.Lock()
+    self.worker_type = "thread" if self.cached else worker_type
+    self._source_factory = source_factory
+    # What a worker process needs to rebuild this iterator (its own source, no threads).
+    self._rebuild = dict(spec=spec, batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count, size=size,
+                         random_flip=random_flip, dequantize=dequantize, start_step=0,
+                         shuffle=shuffle, num_epochs=num_epochs,
+                         drop_remainder=drop_remainder, num_threads=1)
+    self._token = uuid.uuid4().hex
+    self._procs: Optional[concurrent.futures.ProcessPoolExecutor] = None
     self._perms: Dict[int, np.ndarray] = {}
     self._perms_lock = threading.Lock()  # batch() runs on the prefetch threads
     self._pool = (concurrent.futures.ThreadPoolExecutor(num_threads)
@@ -387,6 +519,16 @@ class ImageIterator(Iterator[Batch]):
     self.step += 1
     return out
 
+  def _step_fn(self) -> Tuple[Callable[[int], Batch], Optional[concurrent.futures.Executor]]:
+    """The per-step function the prefetcher runs and its executor (None: its own threads)."""
+    if self.worker_type == "thread":
+      return _weak_batch(self), None
+    if self._procs is None:
+      ctx = multiprocessing.get_context("spawn")  # never fork: JAX's threads make it unsafe
+      self._procs = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx)
+    fn = functools.partial(_process_batch, self._token, self._source_factory, self._rebuild)
+    return fn, self._procs
+
   def _prefetched(self) -> Batch:
     """batch(self.step) from the prefetcher, (re)started at self.step when needed (first call,
     ``step`` set by hand, or after a worker's exception closed it)."""
@@ -394,16 +536,27 @@ class ImageIterator(Iterator[Batch]):
     if p is None or p.closed or p.next_step != self.step:
       if p is not None:
         p.close()
-      p = self._prefetcher = Prefetcher(_weak_batch(self), self.step, self.num_steps,
-                                        workers=self.workers, prefetch=self.prefetch)
-    return next(p)
+      fn, executor = self._step_fn()
+      p = self._prefetcher = Prefetcher(fn, self.step, self.num_steps, workers=self.workers,
+                                        prefetch=self.prefetch, executor=executor)
+    try:
+      return next(p)
+    except concurrent.futures.process.BrokenProcessPool:
+      self._shutdown_procs(wait=True)  # a worker died: the next call starts a fresh pool
+      raise
+
+  def _shutdown_procs(self, wait: bool) -> None:
+    procs, self._procs = self._procs, None
+    if procs is not None:
+      procs.shutdown(wait=wait, cancel_futures=True)
 
   def close(self) -> None:
-    """Stops the prefetch and decoding threads (joins them). Idempotent; ``next()`` after it
-    restarts the prefetch at ``step``."""
+    """Stops the prefetch and decoding threads and processes (joins them). Idempotent;
+    ``next()`` after it restarts the prefetch at ``step``."""
     p, self._prefetcher = self._prefetcher, None
     if p is not None:
       p.close()
+    self._shutdown_procs(wait=True)
     pool, self._pool = self._pool, None
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)
@@ -418,6 +571,8 @@ class ImageIterator(Iterator[Batch]):
     p = getattr(self, "_prefetcher", None)
     if p is not None:
       p.close(wait=False)
+    if getattr(self, "_procs", None) is not None:
+      self._shutdown_procs(wait=False)
     pool = getattr(self, "_pool", None)
     if pool is not None:
       pool.shutdown(wait=False, cancel_futures=True)
@@ -452,24 +607,58 @@ class ImageIterator(Iterator[Batch]):
       out[sel] = self._permutation(int(e))[offsets[sel]]
     return out
 
-  def batch(self, step: int) -> Batch:
-    """The batch of ``step`` on this process: ``{'image': float32 (B, H, W, C) in [-1, 1],
-    'label': int32 (B,)}``."""
-    idx = self.indices(step)
+  def _load(self, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Decodes the examples ``idx``: (uint8 (n, H, W, C), int32 (n,)), n >= 1."""
     load: Callable[[int], Tuple[np.ndarray, int]] = (
         lambda i: _load_example(self._source, i, self._spec, self._size))
     examples = list(self._pool.map(load, idx)) if self._pool else [load(i) for i in idx]
-    if not examples:
+    return (np.stack([im for im, _ in examples]),
+            np.asarray([lb for _, lb in examples], np.int32))
+
+  def decode_cache(self) -> Optional[float]:
+    """With ``cached``: decodes the whole split into memory once (later calls return at once;
+    thread-safe) and returns the seconds it took; without: None. Every process decodes the
+    whole split: its share of each epoch is a different part of the split (see the module
+    docstring), so over epochs it reads every example."""
+    if not self.cached:
+      return None
+    with self._cache_lock:
+      if self._cache is None:
+        t0 = time.perf_counter()
+        n, chunk = self.num_examples, 1024
+        images = labels = None
+        for lo in range(0, n, chunk):  # each example read once
+          part, part_labels = self._load(np.arange(lo, min(lo + chunk, n)))
+          if images is None:
+            images = np.empty((n,) + part.shape[1:], part.dtype)
+            labels = np.empty((n,), np.int32)
+          images[lo:lo + len(part)], labels[lo:lo + len(part)] = part, part_labels
+        images.setflags(write=False)
+        labels.setflags(write=False)
+        self._cache = (images, labels)
+        self.cache_seconds = time.perf_counter() - t0
+        log.info("decoded %d images (%.0f MB) into memory in %.1f s", self.num_examples,
+                 (images.nbytes + labels.nbytes) / 1e6, self.cache_seconds)
+    return self.cache_seconds
+
+  def batch(self, step: int) -> Batch:
+    """The batch of ``step`` on this process: ``{'image': float32 (B, H, W, C) in [-1, 1],
+    'label': int32 (B,)}``. The same with or without the cache."""
+    idx = self.indices(step)
+    if not len(idx):
       h, w, c = self.image_shape
       return {"image": np.zeros((0, h, w, c), np.float32), "label": np.zeros((0,), np.int32)}
-    images = np.stack([im for im, _ in examples])
-    labels = np.asarray([lb for _, lb in examples], np.int32)
+    if self.cached:
+      self.decode_cache()
+      images, labels = self._cache[0][idx], self._cache[1][idx]
+    else:
+      images, labels = self._load(idx)
     rng = np.random.default_rng([self.seed, _NOISE_TAG, step, self.process_index])
     noise = rng.random(images.shape, dtype=np.float32) if self.dequantize else None
     x = to_float(images, self._spec.levels, noise)
     if self.random_flip:
       flip = rng.random(len(idx)) < 0.5
-      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+      x[flip] = x[flip][:, :, ::-1]  # horizontal flips of the chosen rows, in place
     return {"image": np.ascontiguousarray(x, dtype=np.float32), "label": labels}
 
 
@@ -480,7 +669,10 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
                        data_dir: Optional[str] = None, shuffle: bool = True,
                        num_epochs: Optional[int] = None, drop_remainder: bool = True,
                        num_threads: int = 1, workers: int = 0,
-                       prefetch: int = 2) -> ImageIterator:
+                       prefetch: int = 2, worker_type: str = "thread",
+                       cache_decoded: Any = "auto",
+                       cache_limit_bytes: int = CACHE_LIMIT_BYTES,
+                       source_factory: Optional[Callable[[], Any]] = None) -> ImageIterator:
   """Deterministic iterator over batches of ``name``/``split`` for this process.
 
   Args:
@@ -502,10 +694,19 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
       yielded, each process getting its (possibly smaller, possibly empty) part of it, so
       every process sees the same number of batches and the union is the whole split.
     num_threads: threads decoding the examples of a batch (order is kept).
-    workers: threads computing whole batches ahead of ``next()`` (0: none, each batch is
-      computed by ``next()``; the batches are the same either way). Call ``close()`` (or use
-      ``with``) when done, to stop them before the iterator is garbage-collected.
+    workers: threads (or processes) computing whole batches ahead of ``next()`` (0: none, each
+      batch is computed by ``next()``; the batches are the same either way). Call ``close()``
+      (or use ``with``) when done, to stop them before the iterator is garbage-collected.
     prefetch: batches computed ahead per worker (the queue holds ``workers * prefetch``).
+    worker_type: 'thread' or 'process' (spawned processes, each reopening the source: for
+      decoding that holds the GIL; not used when the split is cached).
+    cache_decoded: 'auto', True or False: keep the decoded split in memory (uint8), decoded once
+      at the first batch (or ``decode_cache()``); see :func:`resolve_cache` for 'auto'.
+    cache_limit_bytes: 'auto' caches a split of at most this many decoded bytes.
+    source_factory: a zero-argument callable returning the random-access source to read
+      (``len``, ``[i] -> {'image', 'label'}``) instead of the named dataset's (e.g. offline data;
+      ``name`` still fixes the shapes and levels); picklable for process workers. Default:
+      reopen ``name``/``split`` (tfds ``data_source`` or digits).
   Returns:
     An :class:`ImageIterator` of ``{'image': float32 (B, H, W, C) in [-1, 1],
     'label': int32 (B,)}`` (labels are 0 for unlabelled datasets).
@@ -530,9 +731,21 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
   if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
     raise ValueError(f"prefetch must be an int >= 1 (batches ahead per worker), got "
                      f"{prefetch!r}")
-  source = _open_source(name, split, data_dir)
+  check_worker_type(worker_type)
+  check_cache_decoded(cache_decoded)
+  if (isinstance(cache_limit_bytes, bool) or not isinstance(cache_limit_bytes, (int, np.integer))
+      or cache_limit_bytes < 0):
+    raise ValueError(f"cache_limit_bytes must be an int >= 0, got {cache_limit_bytes!r}")
+  if source_factory is not None and not callable(source_factory):
+    raise TypeError(f"source_factory must be a zero-argument callable, got {source_factory!r}")
+  factory = source_factory or functools.partial(_open_source, name, split, data_dir)
+  source = factory()
+  h, w, c = spec.native_shape
+  shape = (size, size, c) if size is not None else (h, w, c)
+  cache = resolve_cache(cache_decoded, len(source), shape, num_epochs, int(cache_limit_bytes))
   return ImageIterator(source, spec, batch_size=int(batch_size), seed=int(seed),
                        process_index=process_index, process_count=process_count, size=size,
                        random_flip=random_flip, dequantize=dequantize, start_step=start_step,
                        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-                       num_threads=num_threads, workers=int(workers), prefetch=int(prefetch))
+                       num_threads=num_threads, workers=int(workers), prefetch=int(prefetch),
+                       cache=cache, worker_type=worker_type, source_factory=factory)
