@@ -26,7 +26,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,6 +101,10 @@ def measured_matmul(dtypes: Sequence[str]) -> Dict[str, float]:
   return {dt: peak_matmul(jnp.dtype(dt), n, 5) for dt in dtypes}
 
 
+def _gflop(g: float) -> str:
+  return f"{g:.0f}" if g >= 10 else f"{g:.2f}"
+
+
 def rows_markdown(rows: List[Dict[str, Any]], nominal: Dict[str, hardware.Peak],
                   measured: Dict[str, float]) -> List[str]:
   """The result table: one line per (network, dtype, batch)."""
@@ -124,7 +128,7 @@ def rows_markdown(rows: List[Dict[str, Any]], nominal: Dict[str, hardware.Peak],
     lines.append(f"| {r['label']} | {r['dtype']} | {r['params']:,} | {where} | {b} | "
                  f"{r['trace_s'] + r['compile_s']:.1f} | {1 / r['steps_per_s']:.2f} | "
                  f"{r['steps_per_s']:.3f} | {r['examples_per_s']:.2f} | "
-                 f"{r['gflop_per_step']:.0f} | {nom} | {meas} | {mem} |")
+                 f"{_gflop(r['gflop_per_step'])} | {nom} | {meas} | {mem} |")
   return lines
 
 

@@ -201,3 +201,19 @@ def test_quick_mode_end_to_end(tmp_path):
     assert head in text
   assert text.count("[reduced: --quick]") == 3 and "skipped" not in text
   assert "finite (plumbing check, no threshold)" in text
+
+
+def test_part_sampling_copies_the_scripts_table(tmp_path, monkeypatch):
+  script = tmp_path / "sampling_throughput.py"
+  table = "| sampler | images/s |\\n|---|---:|\\n| heun | 7 |\\n"
+  script.write_text("import sys\nout = sys.argv[sys.argv.index('--out') + 1]\n"
+                    f"open(out, 'w').write('{table}')\n")
+  monkeypatch.setattr(bench_accel, "SAMPLING_SCRIPT", str(script))
+  out = tmp_path / "s.md"
+  lines, status = bench_accel.part_sampling(bench_accel.settings(True), ["heun"], ["float32"],
+                                            str(out))
+  assert status == "ok" and "| heun | 7 |" in "\n".join(lines)
+  script.write_text("import sys\nsys.exit(3)\n")
+  lines, status = bench_accel.part_sampling(bench_accel.settings(True), ["heun"], ["float32"],
+                                            str(tmp_path / "t.md"))
+  assert status == "failed" and "exit 3" in "\n".join(lines)
