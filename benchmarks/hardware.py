@@ -184,7 +184,7 @@ def parse_cpuinfo(text: str) -> List[Dict[str, str]]:
   return procs
 
 
-def _first_float(procs: Sequence[Dict[str, str]], field: str) -> Optional[float]:
+def _max_field(procs: Sequence[Dict[str, str]], field: str) -> Optional[float]:
   vals = [float(p[field]) for p in procs if field in p]
   return max(vals) if vals else None
 
@@ -237,10 +237,10 @@ def cpu_peak(cpuinfo: str, available: Optional[Iterable[int]] = None, dtype: str
     units, lanes, isa = 1, 4, "sse (add + mul, no fma)"
   if max_freq_khz:
     ghz, clock_src = max_freq_khz / 1e6, "cpufreq cpuinfo_max_freq"
-  elif _first_float(procs, "cpu MHz"):
-    ghz, clock_src = _first_float(procs, "cpu MHz") / 1e3, "'cpu MHz'"
-  elif _first_float(procs, "bogomips"):
-    ghz, clock_src = _first_float(procs, "bogomips") / 2e3, "bogomips / 2"
+  elif _max_field(procs, "cpu MHz"):
+    ghz, clock_src = _max_field(procs, "cpu MHz") / 1e3, "'cpu MHz'"
+  elif _max_field(procs, "bogomips"):
+    ghz, clock_src = _max_field(procs, "bogomips") / 2e3, "bogomips / 2"
   else:
     return Peak(None, dtype, "", "/proc/cpuinfo", "no clock in /proc/cpuinfo or cpufreq")
   per_cycle = units * lanes * 2
