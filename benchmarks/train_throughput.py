@@ -3,8 +3,11 @@
 For the toy MLP, the digits U-Net and the DDPM CIFAR-10 U-Net, the full train step of
 ``diffusion.training`` (DSM loss, Adam, EMA, clipping; one device) is compiled and timed on
 synthetic data. Model FLOPs utilisation (MFU) = (FLOPs of the compiled step, from XLA's
-``cost_analysis``) x steps/s / (peak matmul rate measured on the same device in the same run, a
-large float32 matmul; bfloat16 peak reported alongside). Peak memory: the device's
+``cost_analysis``) x steps/s / (the device's nominal dense peak for the compute dtype,
+benchmarks/hardware.py: a datasheet table for GPUs / TPUs, cores x FMA units x lanes x 2 x clock
+on a CPU). Beside it, the same rate against the peak matmul rate measured on the same device in
+the same run (a large matmul of the compute dtype): how close the step comes to what this
+software stack reaches on a plain matmul. Peak memory: the device's
 ``peak_bytes_in_use`` where it reports one (GPU/TPU), else XLA's ``memory_analysis`` of the step
 (arguments + outputs + temporaries - aliased) and the process's peak RSS.
 
@@ -25,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import hardware  # noqa: E402
 from diffusion import training  # noqa: E402
 from diffusion.models import get_model, registered_models  # noqa: E402
 from diffusion.parameterization import Parameterization  # noqa: E402
@@ -49,6 +54,7 @@ class Case:
   step: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"ema_decay": 0.999})
   optim: Dict[str, Any] = dataclasses.field(default_factory=lambda: {"lr": 1e-4,
                                                                      "warmup_steps": 10})
+  sde_fields: Dict[str, Any] = dataclasses.field(default_factory=dict)  # get_schedule kwargs
 
 
 def cases() -> List[Case]:
@@ -94,12 +100,29 @@ def _device_peak_bytes() -> Optional[int]:
   return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def bench_case(case: Case, batch: int, steps: int) -> Dict[str, Any]:
-  """Compiles and times the train step of ``case`` at ``batch``; returns a row of results."""
+def is_resource_exhausted(err: BaseException) -> bool:
+  """Whether ``err`` is XLA's out-of-memory error (a JaxRuntimeError whose status is
+  RESOURCE_EXHAUSTED; JAX has no narrower type for it)."""
+  return isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(err)
+
+
+def bench_case(case: Case, batch: int, steps: int, dtype: Optional[str] = None
+               ) -> Dict[str, Any]:
+  """Compiles and times the train step of ``case`` at ``batch``; returns a row of results.
+
+  dtype: the step's ``compute_dtype`` ('float32' / 'bfloat16'; None: the case's, else float32).
+  """
+  step_kw = dict(case.step)
+  if dtype is not None:
+    if dtype not in training.COMPUTE_DTYPES:
+      raise ValueError(f"unknown compute dtype {dtype!r}; accepted: {training.COMPUTE_DTYPES}")
+    step_kw["compute_dtype"] = dtype
+  dtype = step_kw.get("compute_dtype", "float32")
   net = get_model(case.model, **case.kwargs)
-  sched, param = get_schedule(case.sde), Parameterization(**case.param)
+  sched = get_schedule(case.sde, **case.sde_fields)
+  param = Parameterization(**case.param)
   opt = training.make_optimizer(training.OptimConfig(**case.optim))
-  step_fn = training.make_train_step(net, sched, param, opt, training.StepConfig(**case.step))
+  step_fn = training.make_train_step(net, sched, param, opt, training.StepConfig(**step_kw))
   key = jax.random.PRNGKey(0)
   x = jax.random.normal(key, (batch,) + case.shape, jnp.float32)
   state = jax.jit(lambda k: training.init_state(net, opt, k, x[:1]))(key)
@@ -131,7 +154,7 @@ def bench_case(case: Case, batch: int, steps: int) -> Dict[str, Any]:
   dt = time.perf_counter() - t
   assert np.isfinite(float(m["loss"])), f"{case.label}: non-finite loss"
   sps = steps / dt
-  return dict(label=case.label, params=n_params, batch=batch, trace_s=t1 - t0,
+  return dict(label=case.label, dtype=dtype, params=n_params, batch=batch, trace_s=t1 - t0,
               compile_s=t2 - t1, steps_per_s=sps, examples_per_s=sps * batch,
               gflop_per_step=flops / 1e9, tflops=flops * sps / 1e12, xla_bytes=xla_bytes,
               device_peak=_device_peak_bytes(),
@@ -148,9 +171,33 @@ def _fmt_bytes(b: Optional[float]) -> str:
   return f"{b:.1f} GiB"
 
 
+def utilisation(row: Dict[str, Any], nominal: Dict[str, hardware.Peak],
+                measured: Dict[str, float]) -> Tuple[str, str]:
+  """The row's achieved FLOP/s as "MFU (nominal)" and "vs measured matmul" table cells, both
+  against the peak of the row's compute dtype ("unknown peak" without a nominal one)."""
+  rate = row["tflops"] * 1e12
+  m = hardware.mfu(row["gflop_per_step"] * 1e9, row["steps_per_s"], nominal[row["dtype"]])
+  meas = measured.get(row["dtype"])
+  return ("unknown peak" if m is None else f"{100 * m:.1f}%",
+          "n/a" if not meas else f"{100 * rate / meas:.1f}%")
+
+
+def peak_lines(nominal: Dict[str, hardware.Peak], measured: Dict[str, float]) -> List[str]:
+  """Header lines stating the nominal peaks (formula and source) and the measured matmul
+  rates."""
+  out = ["Nominal dense peak (benchmarks/hardware.py; MFU (nominal) = step FLOPs from XLA's "
+         "cost_analysis x steps/s / this peak for the step's compute dtype):", ""]
+  out += [f"- {dt}: {p.describe()}" for dt, p in nominal.items()]
+  out += ["", "Peak matmul rate measured in the same run (the 'vs measured matmul' column): " +
+          ", ".join(f"{dt} {r / 1e12:.3f} TFLOP/s" for dt, r in measured.items()) + "."]
+  return out
+
+
 def to_markdown(rows: List[Dict[str, Any]], peak32: float, peak16: float, quick: bool,
                 cmd: str) -> str:
   dev = jax.devices()[0]
+  nominal = {dt: hardware.nominal_peak(dt) for dt in ("float32", "bfloat16")}
+  measured = {"float32": peak32, "bfloat16": peak16}
   lines = [
       f"# Training throughput on {dev.platform} ({dev.device_kind})",
       "",
@@ -158,20 +205,20 @@ def to_markdown(rows: List[Dict[str, Any]], peak32: float, peak16: float, quick:
       f"), jax {jax.__version__}, {jax.device_count()} device(s), one device used. Synthetic "
       f"data; the full train step (DSM loss, Adam, grad clipping, EMA).",
       "",
-      f"Peak matmul rate measured in the same run: float32 {peak32 / 1e12:.3f} TFLOP/s, "
-      f"bfloat16 {peak16 / 1e12:.3f} TFLOP/s. MFU = step FLOPs (XLA cost_analysis) x steps/s / "
-      f"float32 peak.",
+  ] + peak_lines(nominal, measured) + [
       "",
-      "| model | params | batch | compile s | steps/s | examples/s | GFLOP/step | TFLOP/s | "
-      "MFU | peak memory (XLA step) | device peak | process RSS |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| model | dtype | params | batch | compile s | steps/s | examples/s | GFLOP/step | "
+      "TFLOP/s | MFU (nominal) | vs measured matmul | peak memory (XLA step) | device peak | "
+      "process RSS |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
-    mfu = r["tflops"] * 1e12 / peak32
+    mfu_nom, mfu_meas = utilisation(r, nominal, measured)
     lines.append(
-        f"| {r['label']} | {r['params']:,} | {r['batch']} | {r['trace_s'] + r['compile_s']:.1f} "
+        f"| {r['label']} | {r['dtype']} | {r['params']:,} | {r['batch']} | "
+        f"{r['trace_s'] + r['compile_s']:.1f} "
         f"| {r['steps_per_s']:.2f} | {r['examples_per_s']:.0f} | {r['gflop_per_step']:.2f} | "
-        f"{r['tflops']:.3f} | {100 * mfu:.1f}% | {_fmt_bytes(r['xla_bytes'])} | "
+        f"{r['tflops']:.3f} | {mfu_nom} | {mfu_meas} | {_fmt_bytes(r['xla_bytes'])} | "
         f"{_fmt_bytes(r['device_peak'])} | {_fmt_bytes(r['rss'])} |")
   lines += ["", "compile s = tracing + XLA compilation of the step (persistent cache off)."]
   return "\n".join(lines) + "\n"
@@ -205,8 +252,8 @@ def main(argv=None) -> int:
     r = bench_case(case, batch, steps)
     print(f"{r['label']}: compile {r['trace_s'] + r['compile_s']:.1f} s, "
           f"{r['steps_per_s']:.2f} steps/s, {r['examples_per_s']:.0f} examples/s, "
-          f"{r['gflop_per_step']:.2f} GFLOP/step, MFU {100 * r['tflops'] * 1e12 / peak32:.1f}%",
-          flush=True)
+          f"{r['gflop_per_step']:.2f} GFLOP/step, {100 * r['tflops'] * 1e12 / peak32:.1f}% of "
+          f"the measured float32 matmul", flush=True)
     rows.append(r)
   cmd = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
   md = to_markdown(rows, peak32, peak16, args.quick, cmd)
