@@ -21,6 +21,9 @@ interpreter::
       --extra-index-url https://pypi.org/simple
   python benchmarks/vs_pytorch.py --torch_python=/tmp/torch-env/bin/python
 
+``--baseline_root=DIR`` adds a JAX worker running another checkout of this codebase (first row),
+for before / after numbers of a change measured in the same alternation.
+
 Without ``--torch_python`` (and without torch importable here) the PyTorch column is skipped.
 ``--xla_flags=F`` (repeatable) adds a JAX worker running under XLA_FLAGS=F, to compare the CPU
 backend's options in the same alternation (each row names its flags; '' = none). Writes ``benchmarks/results/vs_pytorch_<platform>.md``.
@@ -54,15 +57,18 @@ DIFFUSERS_CONFIG = dict(
 
 
 # ------------------------------------------------------------------------------------ workers
-def _jax_worker(batch: int):
-  """Builds the jitted step; returns (run(n) -> [seconds per step], info)."""
-  sys.path.insert(0, ROOT)
+def _jax_worker(batch: int, root: str = ROOT):
+  """Builds the jitted step of the checkout at ``root``; returns (run(n) -> [seconds per step],
+  info)."""
+  sys.path.insert(0, root)
   import jax
   import jax.numpy as jnp
   from diffusion import training
   from diffusion.models import get_model, unet
   from diffusion.parameterization import Parameterization
   from diffusion.schedules import get_schedule
+  if not os.path.realpath(training.__file__).startswith(os.path.realpath(root) + os.sep):
+    raise SystemExit(f"imported {training.__file__}, not the checkout at {root}")
 
   net = get_model("ddpm_unet", **unet.preset("cifar10"))
   opt = training.make_optimizer(training.OptimConfig(lr=LR, warmup_steps=WARMUP, grad_clip=CLIP))
@@ -93,6 +99,10 @@ def _jax_worker(batch: int):
   info = dict(framework=f"jax {jax.__version__}", params=training.count_params(state.params),
               compile_s=compile_s, xla_flags=os.environ.get("XLA_FLAGS", ""),
               threads=os.cpu_count())
+  if os.path.realpath(root) != os.path.realpath(ROOT):
+    rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    info["framework"] += f", checkout {rev or root}"
   return run, info
 
 
@@ -128,7 +138,7 @@ def _torch_worker(batch: int, channels_last: bool):
     sched.step()
     with torch.no_grad():
       torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - EMA)
-    return loss
+    return loss.detach()
 
   def run(n: int) -> List[float]:
     out = []
@@ -148,10 +158,11 @@ def _torch_worker(batch: int, channels_last: bool):
   return run, info
 
 
-def worker_main(kind: str, batch: int, channels_last: bool) -> int:
+def worker_main(kind: str, batch: int, channels_last: bool, root: str) -> int:
   """Line protocol: prints one JSON line of info, then answers each stdin line 'N' with the
   N step times as one JSON line; 'quit' ends."""
-  run, info = (_jax_worker(batch) if kind == "jax" else _torch_worker(batch, channels_last))
+  run, info = (_jax_worker(batch, root) if kind == "jax" else
+               _torch_worker(batch, channels_last))
   print(json.dumps(info), flush=True)
   for line in sys.stdin:
     if line.strip() == "quit":
@@ -201,30 +212,40 @@ def torch_interpreter(arg: Optional[str]) -> Optional[str]:
   return None
 
 
+def paired_ratio(w: "Worker", ref: "Worker", steps: int) -> float:
+  """Throughput of ``w`` over ``ref``: the median over rounds of ref's mean step time in the
+  round over w's in the same round (adjacent in time, so a drifting host load cancels)."""
+  def per_round(x: "Worker") -> List[float]:
+    return [statistics.mean(x.times[i:i + steps]) for i in range(0, len(x.times), steps)]
+  return statistics.median(r / t for r, t in zip(per_round(ref), per_round(w)))
+
+
 def table(workers: List[Worker], batch: int, rounds: int, steps: int, cmd: str,
           load: tuple) -> str:
   import platform as pf
-  rows, base = [], None
+  ref = next((w for w in workers if w.name == "torch"), workers[0])
+  rows = []
   for w in workers:
     med = statistics.median(w.times)
-    ips = batch / med
-    base = base or ips
     name = w.info["framework"]
-    if "xla_flags" in w.info:
-      name += f", XLA_FLAGS=`{w.info['xla_flags']}`" if w.info["xla_flags"] else ""
+    if w.info.get("xla_flags"):
+      name += f", XLA_FLAGS=`{w.info['xla_flags']}`"
     rows.append(f"| {name} | {w.info['params']:,} | {w.info['threads']} | "
-                f"{w.info['compile_s']:.1f} | {med:.2f} | {min(w.times):.2f} | {ips:.2f} | "
-                f"{ips / base:.2f}x |")
+                f"{w.info['compile_s']:.1f} | {med:.2f} | {min(w.times):.2f} | "
+                f"{batch / med:.2f} | {paired_ratio(w, ref, steps):.2f}x |")
   lines = [
       "# DDPM CIFAR-10 U-Net train step: this codebase (JAX) vs PyTorch + diffusers",
       "",
       f"Measured by `{cmd}` on {pf.processor() or pf.machine()}, {os.cpu_count()} CPU cores. "
       f"Batch {batch}, float32, the full step (module docstring of benchmarks/vs_pytorch.py); "
-      f"{rounds} alternating rounds of {steps} steps per framework after a warm-up; median and "
-      f"best step time over the {rounds * steps} timed steps; ratios against the first row. Host load average (1 min) at start / end: {load[0]:.1f} / {load[1]:.1f}.",
+      f"{rounds} alternating rounds of {steps} steps per worker after a warm-up; median and "
+      f"best step time over the {rounds * steps} timed steps. Throughput ratio: the median over "
+      f"rounds of (the {ref.name} worker's step time / this worker's) within each round, "
+      f"robust to a drifting host load. Host load average (1 min) at start / end: "
+      f"{load[0]:.1f} / {load[1]:.1f}.",
       "",
-      "| framework | parameters | threads | compile / warm-up s | median s/step | best s/step "
-      "| images/s | throughput vs JAX |",
+      f"| framework | parameters | threads | compile / warm-up s | median s/step | best s/step "
+      f"| images/s (median) | throughput vs {ref.name} |",
       "|---|---:|---:|---:|---:|---:|---:|---:|",
       *rows,
   ]
@@ -241,24 +262,35 @@ def main(argv=None) -> int:
   p.add_argument("--channels_last", action="store_true", help="PyTorch in channels_last")
   p.add_argument("--xla_flags", action="append", default=None,
                  help="XLA_FLAGS of a JAX worker (repeat for several workers)")
+  p.add_argument("--baseline_root", default=None,
+                 help="another checkout of this codebase (e.g. `git worktree add /tmp/old REV`):"
+                      " adds a JAX worker running its code, for before / after comparisons")
+  p.add_argument("--root", default=ROOT, help=argparse.SUPPRESS)  # the worker's checkout
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
   for name in ("batch", "rounds", "steps"):
     if getattr(args, name) < 1:
       raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.worker:
-    return worker_main(args.worker, args.batch, args.channels_last)
+    return worker_main(args.worker, args.batch, args.channels_last, args.root)
+  if args.baseline_root and not os.path.isdir(os.path.join(args.baseline_root, "diffusion")):
+    raise SystemExit(f"--baseline_root={args.baseline_root!r} is not a checkout of this "
+                     "codebase (no diffusion/ folder)")
 
   load0 = os.getloadavg()
   common = ["--batch", str(args.batch)]
   workers = []
-  for i, xla_flags in enumerate(args.xla_flags or [None]):
+  jobs = [(ROOT, f) for f in args.xla_flags or [None]]
+  if args.baseline_root:
+    jobs.insert(0, (os.path.abspath(args.baseline_root), (args.xla_flags or [None])[0]))
+  for i, (root, xla_flags) in enumerate(jobs):
     env = dict(os.environ)
     if xla_flags is not None:
       env["XLA_FLAGS"] = xla_flags
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of the table
     env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    workers.append(Worker(f"jax{i}", sys.executable, ["--worker", "jax", *common], env))
+    workers.append(Worker(f"jax{i}", sys.executable,
+                          ["--worker", "jax", "--root", root, *common], env))
     print(f"jax worker {i} ready: {workers[-1].info}", flush=True)
   tpy = torch_interpreter(args.torch_python)
   if tpy is None:
