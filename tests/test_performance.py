@@ -67,3 +67,19 @@ def test_table_rows_name_flags_and_ratio_against_torch():
 def test_torch_interpreter_refuses_a_missing_path(tmp_path):
   with pytest.raises(SystemExit, match="does not exist"):
     vs_pytorch.torch_interpreter(str(tmp_path / "nope" / "python"))
+
+
+def test_step_profile_attributes_the_time_of_a_real_step():
+  """benchmarks/step_profile.py on a tiny MLP step: the executed operations are found in the
+  optimized HLO and land in the matmul and optimizer categories."""
+  import step_profile
+  from train_throughput import Case
+  case = Case("tiny MLP", "mlp", dict(width=16, num_blocks=1, embed_dim=8), (2,), {})
+  r = step_profile.profile(case, batch=8, steps=2)
+  cats = r["per_cat"]
+  assert r["wall"] > 0 and set(cats) <= set(step_profile.CATEGORIES)
+  assert cats[step_profile.CATEGORIES[0]] > 0, cats  # the Dense layers' dots
+  assert cats["optimizer, EMA, loss, other"] > 0, cats
+  md = step_profile.to_markdown(case.label, 8, 2, r, "python x")
+  rows = [ln for ln in md.splitlines() if ln.startswith("| convolutions / matmuls |")]
+  assert len(rows) == 1, md
