@@ -39,7 +39,8 @@ def resolve(flag: Optional[str], environ: Mapping[str, str] = os.environ) -> Opt
 
 def enable(flag: Optional[str], min_compile_secs: float = 1.0) -> Optional[str]:
   """Turns the persistent cache on at ``resolve(flag)`` for programs that took at least
-  ``min_compile_secs`` to compile; returns the folder (None: off)."""
+  ``min_compile_secs`` to compile (unless $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS sets it);
+  returns the folder (None: off)."""
   import jax
   path = resolve(flag)
   if path is None:
@@ -48,5 +49,6 @@ def enable(flag: Optional[str], min_compile_secs: float = 1.0) -> Optional[str]:
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
   return path

@@ -22,3 +22,31 @@ def test_resolve_flag_and_off(tmp_path):
   f.write_text("x")
   with pytest.raises(ValueError, match="is not a folder"):
     compile_cache.resolve(str(f))
+
+
+def test_enable_sets_the_folder_and_off_disables(tmp_path, monkeypatch):
+  import jax
+  keys = ("jax_enable_compilation_cache", "jax_compilation_cache_dir")
+  saved = {k: getattr(jax.config, k) for k in keys}
+  try:
+    path = compile_cache.enable(str(tmp_path / "xla"))
+    assert path == str(tmp_path / "xla") and os.path.isdir(path)
+    assert jax.config.jax_compilation_cache_dir == path and jax.config.jax_enable_compilation_cache
+    assert compile_cache.enable("off") is None and not jax.config.jax_enable_compilation_cache
+  finally:
+    for k, v in saved.items():
+      jax.config.update(k, v)
+
+
+def test_main_fills_the_given_cache_and_refuses_a_file(tmp_path):
+  from tests.conftest import run_main
+  bad = tmp_path / "a_file"
+  bad.write_text("x")
+  r = run_main(str(tmp_path / "wd_bad"), "train", extra=[f"--compilation_cache={bad}"])
+  assert r.returncode == 1 and "is not a folder" in r.stderr, r.stderr[-2000:]
+  cache = tmp_path / "cache"
+  r = run_main(str(tmp_path / "wd"), "train", overrides={"training.num_steps": 10},
+               extra=[f"--compilation_cache={cache}"],
+               env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert len(os.listdir(cache)) > 0  # the compiled programs were written there
