@@ -241,11 +241,8 @@ def main(argv=None) -> int:
               "CIFAR-10 U-Net step's images/s on the training device) for the ratio."]
   md = "\n".join(lines) + "\n"
   out = args.out or os.path.join(RESULTS, f"input_pipeline_{platform}.md")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    f.write(md)
-  print(md)
-  print(f"wrote {out}")
+  from train_throughput import write_table  # this script's folder is on sys.path
+  write_table(md, out)
   return 0
 
 

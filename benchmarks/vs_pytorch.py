@@ -316,11 +316,8 @@ def main(argv=None) -> int:
   md = table(workers, args.batch, args.rounds, args.steps, cmd, (load0[0], os.getloadavg()[0]))
   import jax  # the platform suffix of the results file
   out = args.out or os.path.join(RESULTS, f"vs_pytorch_{jax.devices()[0].platform}.md")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    f.write(md)
-  print(md)
-  print(f"wrote {out}")
+  from train_throughput import write_table  # this script's folder is on sys.path
+  write_table(md, out)
   return 0
 
 
