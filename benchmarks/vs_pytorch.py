@@ -11,7 +11,8 @@ Each framework runs in its own worker process that builds and warms up (compiles
 waits. The parent asks the workers in turn (jax, torch, jax, torch, ...) for ``--steps`` steps
 each, so the two never compete for the cores and slow drift of a shared machine hits both alike;
 the table gives the median step time over the rounds and the ratio of throughputs measured in this
-one invocation.
+one invocation. Both run on the CPU (``--device=cuda``: both on the GPU, PyTorch synchronised
+after each step).
 
 PyTorch is never a dependency of this package. Install it in a separate environment and pass its
 interpreter::
@@ -26,7 +27,8 @@ for before / after numbers of a change measured in the same alternation.
 
 Without ``--torch_python`` (and without torch importable here) the PyTorch column is skipped.
 ``--xla_flags=F`` (repeatable) adds a JAX worker running under XLA_FLAGS=F, to compare the CPU
-backend's options in the same alternation (each row names its flags; '' = none). Writes ``benchmarks/results/vs_pytorch_<platform>.md``.
+backend's options in the same alternation (each row names its flags; '' = none). Writes
+``benchmarks/results/vs_pytorch_<device>.md``.
 """
 from __future__ import annotations
 
@@ -106,8 +108,8 @@ def _jax_worker(batch: int, root: str = ROOT):
   return run, info
 
 
-def _torch_worker(batch: int, channels_last: bool):
-  """The same step in PyTorch eager with diffusers' UNet2DModel."""
+def _torch_worker(batch: int, channels_last: bool, device: str = "cpu"):
+  """The same step in PyTorch eager with diffusers' UNet2DModel on ``device`` ('cpu' | 'cuda')."""
   import math
 
   import diffusers
@@ -116,15 +118,17 @@ def _torch_worker(batch: int, channels_last: bool):
   torch.manual_seed(0)
   model = diffusers.UNet2DModel(**DIFFUSERS_CONFIG).train()
   fmt = torch.channels_last if channels_last else torch.contiguous_format
-  model = model.to(memory_format=fmt)
+  dev = torch.device(device)
+  model = model.to(device=dev, memory_format=fmt)
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   params = [p for p in model.parameters()]
   ema = [p.detach().clone() for p in params]
   opt = torch.optim.Adam(params, lr=LR, betas=(0.9, 0.999), eps=1e-8)
   sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / WARMUP, 1.0))
-  x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
+  x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
 
   def step():
-    t = T_MIN + (1 - T_MIN) * torch.rand(batch)
+    t = T_MIN + (1 - T_MIN) * torch.rand(batch, device=dev)
     log_alpha = -0.25 * t**2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
     alpha = log_alpha.exp().view(-1, 1, 1, 1)
     sigma = (1 - alpha**2).sqrt()
@@ -145,6 +149,7 @@ def _torch_worker(batch: int, channels_last: bool):
     for _ in range(n):
       t0 = time.perf_counter()
       loss = step()
+      sync()
       out.append(time.perf_counter() - t0)
     assert math.isfinite(float(loss)), "non-finite loss"
     return out
@@ -158,11 +163,11 @@ def _torch_worker(batch: int, channels_last: bool):
   return run, info
 
 
-def worker_main(kind: str, batch: int, channels_last: bool, root: str) -> int:
+def worker_main(kind: str, batch: int, channels_last: bool, root: str, device: str) -> int:
   """Line protocol: prints one JSON line of info, then answers each stdin line 'N' with the
   N step times as one JSON line; 'quit' ends."""
   run, info = (_jax_worker(batch, root) if kind == "jax" else
-               _torch_worker(batch, channels_last))
+               _torch_worker(batch, channels_last, device))
   print(json.dumps(info), flush=True)
   for line in sys.stdin:
     if line.strip() == "quit":
@@ -260,6 +265,8 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=2, help="timed steps per framework per round")
   p.add_argument("--torch_python", default=None, help="interpreter with torch and diffusers")
   p.add_argument("--channels_last", action="store_true", help="PyTorch in channels_last")
+  p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                 help="where both frameworks run (JAX_PLATFORMS for the JAX workers)")
   p.add_argument("--xla_flags", action="append", default=None,
                  help="XLA_FLAGS of a JAX worker (repeat for several workers)")
   p.add_argument("--baseline_root", default=None,
@@ -272,13 +279,13 @@ def main(argv=None) -> int:
     if getattr(args, name) < 1:
       raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
   if args.worker:
-    return worker_main(args.worker, args.batch, args.channels_last, args.root)
+    return worker_main(args.worker, args.batch, args.channels_last, args.root, args.device)
   if args.baseline_root and not os.path.isdir(os.path.join(args.baseline_root, "diffusion")):
     raise SystemExit(f"--baseline_root={args.baseline_root!r} is not a checkout of this "
                      "codebase (no diffusion/ folder)")
 
   load0 = os.getloadavg()
-  common = ["--batch", str(args.batch)]
+  common = ["--batch", str(args.batch), "--device", args.device]
   workers = []
   jobs = [(ROOT, f) for f in args.xla_flags or [None]]
   if args.baseline_root:
@@ -287,6 +294,7 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     if xla_flags is not None:
       env["XLA_FLAGS"] = xla_flags
+    env["JAX_PLATFORMS"] = args.device
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile time is part of the table
     env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     workers.append(Worker(f"jax{i}", sys.executable,
@@ -314,8 +322,7 @@ def main(argv=None) -> int:
   cmd = " ".join(["python benchmarks/vs_pytorch.py",
                   shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
   md = table(workers, args.batch, args.rounds, args.steps, cmd, (load0[0], os.getloadavg()[0]))
-  import jax  # the platform suffix of the results file
-  out = args.out or os.path.join(RESULTS, f"vs_pytorch_{jax.devices()[0].platform}.md")
+  out = args.out or os.path.join(RESULTS, f"vs_pytorch_{args.device}.md")
   from train_throughput import write_table  # this script's folder is on sys.path
   write_table(md, out)
   return 0
