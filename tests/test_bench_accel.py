@@ -176,7 +176,7 @@ def test_orchestrator_helpers(tmp_path, monkeypatch):
   assert status == "missing" and "NOT RUN" in "\n".join(lines)
   cmd = bench_accel.sampling_command(bench_accel.settings(False), ["heun"], ["float32"], "o")
   assert cmd[2:] == ["--nets", "ddpm", "ddpmpp", "ncsnpp", "--samplers", "heun", "--batch",
-                     "128", "--dtypes", "float32", "--nfe_scale", "1.0", "--out", "o"]
+                     "128", "--dtypes", "float32", "--nfe_scale", "0.1", "--out", "o"]
 
 
 def test_refuses_on_cpu_without_allow_cpu_quick(tmp_path, capsys):
