@@ -22,7 +22,7 @@ input, its output rounded (``rounded_network_denoiser``). Each sampler runs from
 The time input c of the network is not rounded (a real network embeds it; its rounding is part
 of its own bf16 error, not simulated here).
 
-  /work/main/.venv/bin/python benchmarks/bf16_sampling_mixture.py [--n 2000] [--dims 2 64]
+  python benchmarks/bf16_sampling_mixture.py [--n 2000] [--dims 2 64]
 
 Writes benchmarks/results/bf16_sampling_mixture.md and .json.
 """

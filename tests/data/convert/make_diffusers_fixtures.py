@@ -4,8 +4,8 @@
 Run ONLY in a scratch environment that has torch and diffusers (the project never needs either;
 nothing imports this file, and pytest does not collect it):
 
-    /work/scratch-torch/bin/pip install diffusers safetensors      # keeps torch 2.13.0+cpu
-    /work/scratch-torch/bin/python tests/data/convert/make_diffusers_fixtures.py \
+    TORCH_ENV/bin/pip install diffusers safetensors      # keeps torch 2.13.0+cpu
+    TORCH_ENV/bin/python tests/data/convert/make_diffusers_fixtures.py \
         --out=tests/data/convert/diffusers
 
 Made with torch 2.13.0+cpu, diffusers 0.42.1, safetensors 0.8.0, numpy 2.4.6. Models are built
