@@ -38,9 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
-from train_throughput import RESULTS, write_table  # noqa: E402
+from train_throughput import RESULTS, build_step, write_table  # noqa: E402
 
 CATEGORIES = ("convolutions / matmuls", "layout copies", "network: group norm",
               "network: attention softmax", "network: other elementwise", "rng",
@@ -95,19 +94,8 @@ def category(name: str, inst: Dict[str, Tuple[str, str]], comps: Dict[str, List[
 def profile(case, batch: int, steps: int) -> Dict[str, object]:
   """Runs the case's compiled train step under the profiler; per-category thread-seconds per
   step and the wall time per step."""
-  from diffusion import training
-  from diffusion.models import get_model
-  from diffusion.parameterization import Parameterization
-  from diffusion.schedules import get_schedule
-  net = get_model(case.model, **case.kwargs)
-  sched = get_schedule(case.sde, **case.sde_fields)
-  opt = training.make_optimizer(training.OptimConfig(**case.optim))
-  step_fn = training.make_train_step(net, sched, Parameterization(**case.param), opt,
-                                     training.StepConfig(**case.step))
-  key = jax.random.PRNGKey(0)
-  x = jax.random.normal(key, (batch,) + case.shape, jnp.float32)
-  state = jax.jit(lambda k: training.init_state(net, opt, k, x[:1]))(key)
-  compiled = jax.jit(step_fn, donate_argnums=(0,)).lower(state, {"x": x}).compile()
+  jitted, state, x, _ = build_step(case, batch)
+  compiled = jitted.lower(state, {"x": x}).compile()
   inst, comps = hlo_index(compiled.as_text())
   for _ in range(2):  # warm-up
     state, _ = compiled(state, {"x": x})

@@ -106,16 +106,12 @@ def is_resource_exhausted(err: BaseException) -> bool:
   return isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(err)
 
 
-def bench_case(case: Case, batch: int, steps: int, dtype: Optional[str] = None
-               ) -> Dict[str, Any]:
-  """Compiles and times the train step of ``case`` at ``batch``; returns a row of results.
-
-  dtype: the step's ``compute_dtype`` ('float32' / 'bfloat16'; None: the case's, else float32).
-  """
+def build_step(case: Case, batch: int, dtype: Optional[str] = None):
+  """The jitted (donating) train step of ``case``, its initial state and a synthetic batch x
+  (batch, *case.shape); dtype: the step's ``compute_dtype`` ('float32' / 'bfloat16'; None: the
+  case's, else float32). Returns (jitted, state, x, dtype)."""
   step_kw = dict(case.step)
-  if dtype is not None:
-    if dtype not in training.COMPUTE_DTYPES:
-      raise ValueError(f"unknown compute dtype {dtype!r}; accepted: {training.COMPUTE_DTYPES}")
+  if dtype is not None:  # StepConfig refuses an unknown one
     step_kw["compute_dtype"] = dtype
   dtype = step_kw.get("compute_dtype", "float32")
   net = get_model(case.model, **case.kwargs)
@@ -126,8 +122,15 @@ def bench_case(case: Case, batch: int, steps: int, dtype: Optional[str] = None
   key = jax.random.PRNGKey(0)
   x = jax.random.normal(key, (batch,) + case.shape, jnp.float32)
   state = jax.jit(lambda k: training.init_state(net, opt, k, x[:1]))(key)
+  return jax.jit(step_fn, donate_argnums=(0,)), state, x, dtype
+
+
+def bench_case(case: Case, batch: int, steps: int, dtype: Optional[str] = None
+               ) -> Dict[str, Any]:
+  """Compiles and times the train step of ``case`` at ``batch`` (``build_step``); returns a row
+  of results."""
+  jitted, state, x, dtype = build_step(case, batch, dtype)
   n_params = training.count_params(state.params)
-  jitted = jax.jit(step_fn, donate_argnums=(0,))
 
   t0 = time.perf_counter()
   lowered = jitted.lower(state, {"x": x})

@@ -61,7 +61,8 @@ DIFFUSERS_CONFIG = dict(
 # ------------------------------------------------------------------------------------ workers
 def _jax_worker(batch: int, root: str = ROOT):
   """Builds the jitted step of the checkout at ``root``; returns (run(n) -> [seconds per step],
-  info)."""
+  info). Only the library's public API is used (not train_throughput.build_step), so that a
+  --baseline_root checkout older than these benchmarks builds the same step."""
   sys.path.insert(0, root)
   import jax
   import jax.numpy as jnp
