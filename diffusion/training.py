@@ -275,6 +275,13 @@ def _default_loss(objective: str = "dsm"):
   return classifier_loss if objective == "classifier" else dsm_loss
 
 
+def jnp_compute_dtype(name: str) -> jnp.dtype:
+  """The jnp dtype of a compute-dtype name ('float32' | 'bfloat16', COMPUTE_DTYPES)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"unknown compute_dtype {name!r}; accepted: {list(COMPUTE_DTYPES)}")
+  return jnp.dtype(jnp.bfloat16 if name == "bfloat16" else jnp.float32)
+
+
 def compute_model(model, dtype) -> Any:
   """The network computing in ``dtype``: a flax module with a ``dtype`` field is cloned with it.
 
@@ -322,7 +329,7 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
     raise ValueError(f"weighting {cfg.weighting!r} learns u(sigma) with the network, which "
                      f"must accept return_logvar=True (edm2_unet); {type(model).__name__} "
                      f"does not")
-  dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+  dtype = jnp_compute_dtype(cfg.compute_dtype)
   model = compute_model(model, dtype)
 
   def loss(params, batch: Batch, key, context=None):

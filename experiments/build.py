@@ -116,13 +116,6 @@ def is_classifier(config: Config) -> bool:
   return config.training.objective == "classifier"
 
 
-def jnp_compute_dtype(name: str) -> jnp.dtype:
-  """The jnp dtype of a compute-dtype name ('float32' | 'bfloat16', training.COMPUTE_DTYPES)."""
-  if name not in training.COMPUTE_DTYPES:
-    raise ValueError(f"unknown compute_dtype {name!r}; accepted: {list(training.COMPUTE_DTYPES)}")
-  return jnp.dtype(jnp.bfloat16 if name == "bfloat16" else jnp.float32)
-
-
 def denoiser(net, params, sched: Schedule, param: Parameterization,
              compute_dtype: str = "float32") -> Callable:
   """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout); a
@@ -133,7 +126,7 @@ def denoiser(net, params, sched: Schedule, param: Parameterization,
   the parameterization's x0_hat = to_x0(F, x_t, t) and everything after it stay in x_t's dtype.
   'float32' leaves the network untouched.
   """
-  dtype = jnp_compute_dtype(compute_dtype)
+  dtype = training.jnp_compute_dtype(compute_dtype)
   if getattr(sched, "learned", False) and sched.params is None:
     sched = sched.bind(params["schedule"])
   if dtype == jnp.float32:
