@@ -26,8 +26,6 @@ OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eva
                  "pairs": "pairs"}
 # How eval turns samples in [-1, 1] into pixels for Inception (experiments.evaluate.fid_pixels).
 FID_ROUNDINGS = ("levels", "nearest", "floor")
-# config.sampling fields that are not build_sampler arguments.
-SAMPLING_RUN_FIELDS = ("num_samples", "batch_size", "compute_dtype")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
                "logsnr_max")
