@@ -130,11 +130,6 @@ def read_npz(path: str, keys: Optional[Sequence[str]] = None) -> Dict[str, np.nd
   return {k: v for k, v in out.items() if v.dtype.kind not in "USO"}
 
 
-def samples_path(workdir: str, tag: str = "") -> str:
-  return os.path.join(workdir, "samples", tag, "samples.npz") if tag else os.path.join(
-      workdir, "samples", "samples.npz")
-
-
 # == fingerprints ==================================================================================
 
 
@@ -377,21 +372,27 @@ def train_record(run: str, steps: Optional[Sequence[int]] = None,
   return record
 
 
-def sample_record(run: str, overrides: Dict[str, Any], tag: str = "",
+def sample_record(run: str, overrides: Dict[str, Any],
                   extra: Optional[Callable[[Runs], Dict[str, Any]]] = None
                   ) -> Callable[[Runs], Dict[str, Any]]:
   """A sampling case: --mode=sample on run ``run``'s workdir with ``overrides`` (and
-  ``extra(runs)``, overrides naming other workdirs); records samples.npz's x, nfe, labels."""
+  ``extra(runs)``, overrides naming other workdirs); records samples.npz's x, nfe, labels and
+  where it was written (samples/ or samples/<tag>/, part of the workdir layout)."""
 
   def record(runs: Runs) -> Dict[str, Any]:
     wd = runs.workdir(run)
     cfg = with_overrides(runs.config(run), {**overrides, **(extra(runs) if extra else {})})
-    path = samples_path(wd, tag)
-    if os.path.exists(path):
-      os.remove(path)
+    shutil.rmtree(os.path.join(wd, "samples"), ignore_errors=True)
     run_mode(cfg, wd, "sample")
+    found = sorted(os.path.relpath(os.path.join(d, "samples.npz"), wd)
+                   for d, _, files in os.walk(os.path.join(wd, "samples"))
+                   if "samples.npz" in files)
+    if len(found) != 1:
+      raise AssertionError(f"--mode=sample wrote {found} under {wd}/samples, expected one "
+                           f"samples.npz")
+    path = os.path.join(wd, found[0])
     arrays = {f"samples/{k}": v for k, v in read_npz(path, ("x", "nfe", "labels")).items()}
-    return {"arrays": arrays}
+    return {"arrays": arrays, "info": {"written": {"path": found[0]}}}
 
   return record
 
@@ -467,8 +468,7 @@ CASES: List[Case] = [
     _vp_sampler("euler_ancestral"),
     _vp_sampler("pc", steps=4, grid="uniform"),
     Case("sample_cond_cfg", "--mode=sample of dsm_cond, classifier-free guidance w = 3",
-         sample_record("cond", {**SAMPLE, "guidance.kind": "cfg", "guidance.weight": 3.0},
-                       tag="cfg_scale_w3")),
+         sample_record("cond", {**SAMPLE, "guidance.kind": "cfg", "guidance.weight": 3.0})),
     Case("sample_cd_consistency", "--mode=sample of cd, consistency sampler, 2 steps",
          sample_record("cd", SAMPLE)),
     Case("sample_ct_consistency", "--mode=sample of ct, consistency sampler, 2 steps",
@@ -493,7 +493,7 @@ CASES: List[Case] = [
          "--mode=sample of dsm_cond, classifier guidance (scale 2) by the classifier case",
          sample_record("cond", {**SAMPLE, "guidance.kind": "classifier",
                                 "guidance.classifier_scale": 2.0},
-                       tag="classifier_scale_2", extra=_classifier_guidance), slow=True),
+                       extra=_classifier_guidance), slow=True),
     Case("digits_vp", "configs/digits/vp.py, DDPM U-Net (8 ch, 2 levels), 8 steps",
          train_record("digits_vp"), slow=True),
     Case("sample_digits_vp_heun", "--mode=sample of digits_vp, Heun 3 steps",
