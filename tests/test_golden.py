@@ -38,9 +38,9 @@ def test_golden(name, runs):
   assert cmp.ok, cmp.summary()
 
 
-def test_every_objective_and_golden_file_has_a_case():
-  """Each training objective of the driver is recorded by some case, and every golden file
-  belongs to a case (a renamed case leaves no stale file behind)."""
+def test_every_objective_sampler_and_golden_file_has_a_case():
+  """Each training objective and each registered sampler of the driver is recorded by some case,
+  and every golden file belongs to a case (a renamed case leaves no stale file behind)."""
   import os
   seen = set()
   for c in golden.CASES:
@@ -48,6 +48,10 @@ def test_every_objective_and_golden_file_has_a_case():
     for ident in (rec or {}).get("identity", {}).values():
       seen.add(ident["training"].get("objective", "dsm"))  # 'dsm' is left out of identities
   assert set(golden.driver_objectives()) <= seen, sorted(set(golden.driver_objectives()) - seen)
+  sampled = {c.name[len("sample_vp_"):] for c in golden.CASES if c.name.startswith("sample_vp_")}
+  sampled.add("consistency")  # sample_cd_consistency, sample_ct_consistency
+  missing = sorted(set(golden.driver_samplers()) - sampled)
+  assert not missing, f"registered samplers without a sample_vp_<name> case: {missing}"
   files = {n[:-len(".json")] for n in os.listdir(golden.GOLDEN_DIR) if n.endswith(".json")}
   assert files <= set(golden.CASE_BY_NAME), sorted(files - set(golden.CASE_BY_NAME))
 
