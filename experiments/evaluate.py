@@ -395,15 +395,6 @@ def step_dir(workdir: str, step: int, tag: str = "") -> str:
   return os.path.join(workdir, EVAL_DIR, f"step_{int(step)}" + (f"_{tag}" if tag else ""))
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Atomically (temporary file + rename)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:
   """The finite numbers of ``metrics`` (not the step, not strings), for TensorBoard."""
   return {k: float(v) for k, v in metrics.items()
@@ -618,8 +609,8 @@ def _write_metrics(workdir: str, step: int, metrics: Dict[str, Any], figures: Li
     with sig.deferred():  # no half-written metrics
       for name in figures:  # eval/<plot>: the most recent evaluation's
         shutil.copyfile(os.path.join(here, name), os.path.join(out, name))
-      write_json(os.path.join(here, METRICS_FILE), metrics)
-      write_json(os.path.join(out, METRICS_FILE), metrics)
+      writers.write_json(os.path.join(here, METRICS_FILE), metrics)
+      writers.write_json(os.path.join(out, METRICS_FILE), metrics)
       tb = writers.TBEvents(os.path.join(workdir, "tb", EVAL_DIR), suffix=f".step_{step}")
       try:
         tb.scalars(step, {f"eval/{k}": v for k, v in scalar_metrics(metrics).items()})

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from diffusion import checkpoint, posthoc_ema
+from diffusion import checkpoint, parallel, posthoc_ema
 
 PyTree = Any
 SNAPSHOT_DIR = "ema_snapshots"
@@ -62,16 +62,6 @@ def snapshot_name(step: int, sigma_rel: float) -> str:
 
 def _leaf_names(tree: PyTree) -> List[str]:
   return [p for p, _, _ in checkpoint.tree_signature(tree)]
-
-
-def _to_host(tree: PyTree) -> PyTree:
-  """Numpy copies of a (possibly sharded, multi-process) tree's leaves, on every process."""
-  def one(x):
-    if getattr(x, "is_fully_addressable", True):
-      return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return jax.tree_util.tree_map(one, tree)
 
 
 def _write_new(path: str, arrays: Dict[str, np.ndarray]) -> bool:
@@ -98,7 +88,7 @@ def write_snapshots(workdir: str, state, profiles: Sequence[float], step: int,
   """Writes each power EMA of ``state`` (a training.PowerEMAState, one EMA per sigma_rel of
   ``profiles``) to <workdir>/ema_snapshots/; returns the paths written (existing snapshots are
   kept). Every process must call it (sharded EMAs are gathered); ``is_main`` writes."""
-  host = _to_host((state.power_ema, state.step, state.num_skipped))
+  host = parallel.to_host((state.power_ema, state.step, state.num_skipped))
   emas, at, skipped = host
   if int(at) != int(step):
     raise ValueError(f"the state is at step {int(at)}, not {step}")

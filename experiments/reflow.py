@@ -15,7 +15,6 @@ the pair's noise as eps: x_t = alpha_t x_0 + sigma_t x_T (``losses.dsm_loss(nois
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Dict, Iterator
 
@@ -89,10 +88,7 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
                    workdir=os.path.abspath(workdir))
     if writers.is_main():
       with sig.deferred():
-        tmp = os.path.join(out, f".{INFO_FILE}.tmp")
-        with open(tmp, "w") as f:
-          json.dump(summary, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(out, INFO_FILE))
+        writers.write_json(os.path.join(out, INFO_FILE), summary)
   say(f"wrote {n:,} (noise, sample) pairs ({config.sampling.sampler}, NFE {nfe}) of the "
       f"checkpoint at step {step} to {out}")
   return summary

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from diffusion import checkpoint, guidance, parallel
+from diffusion.io_utils import atomic_write
 from diffusion.metrics.class_accuracy import class_accuracy
 from experiments import build, conditioning, plots, signals, writers
 from experiments.validate import ConfigError, validate
@@ -159,9 +160,8 @@ def restore_params(config: Config, workdir: str, step: Optional[int] = None):
 
 
 def _write_npz(path: str, **arrays) -> None:
-  tmp = os.path.join(os.path.dirname(path), ".samples.tmp.npz")  # np.savez keeps ".npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with atomic_write(path, "wb", tmp=os.path.join(os.path.dirname(path), ".samples.tmp.npz")) as f:
+    np.savez(f, **arrays)
 
 
 def saved_config(file_config: Config, workdir: str) -> Config:

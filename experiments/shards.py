@@ -28,6 +28,8 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from diffusion.io_utils import atomic_write
+
 _NAME = re.compile(r"^shard_(\d{5,})\.npz$")
 
 
@@ -57,9 +59,9 @@ def write_shard(path: str, x: np.ndarray, start: int, fprint: str, nfe: int) -> 
   """Writes one shard atomically (a temporary file, then a rename)."""
   d, name = os.path.split(path)
   os.makedirs(d, exist_ok=True)
-  tmp = os.path.join(d, "." + name[:-len(".npz")] + ".tmp.npz")  # np.savez keeps '.npz'
-  np.savez(tmp, x=x, start=np.int64(start), nfe=np.int64(nfe), fingerprint=np.str_(fprint))
-  os.replace(tmp, path)
+  tmp = os.path.join(d, "." + name[:-len(".npz")] + ".tmp.npz")
+  with atomic_write(path, "wb", tmp=tmp) as f:
+    np.savez(f, x=x, start=np.int64(start), nfe=np.int64(nfe), fingerprint=np.str_(fprint))
 
 
 def read_shard(path: str, start: Optional[int] = None, count: Optional[int] = None,

@@ -173,7 +173,7 @@ def _run(config: Config, workdir: str, sig) -> Dict[str, Any]:
     if writers.is_main():
       with sig.deferred():
         os.makedirs(out_dir, exist_ok=True)
-        evaluate.write_json(json_path, {"step": step, "fid_stats": e.fid_stats, "cells": cells})
+        writers.write_json(json_path, {"step": step, "fid_stats": e.fid_stats, "cells": cells})
     say(f"sweep: {name} NFE {nfe} ({steps} steps): FID {m['fid']:.3f}"
         + (f", KID {m['kid']:.5f}" if "kid" in m else ""))
   mine = [c for c in cells if c["num_samples"] == n]

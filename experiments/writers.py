@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional
 
 import jax
 
+from diffusion.io_utils import atomic_write
+
 
 def is_main() -> bool:
   return jax.process_index() == 0
@@ -83,13 +85,17 @@ def truncate_jsonl(path: str, max_step: int) -> int:
     keep.append(line)
   dropped = len(lines) - len(keep)
   if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, tmp=path + ".tmp", fsync=True) as f:
       f.writelines(keep)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
   return dropped
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON with sorted keys atomically (temporary file + rename),
+  creating the folder if needed."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with atomic_write(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
 
 
 class TBEvents:
