@@ -238,7 +238,7 @@ def _heldout(cfg, n: int) -> np.ndarray:
   if build.is_toy(cfg):
     return build.heldout(cfg, max(n, int(cfg.data.num_heldout)))
   from diffusion.data.images import num_levels
-  from experiments.evaluate import dequantize
+  from diffusion.metrics.bits_per_dim import dequantize
   import jax
   levels = build.heldout(cfg, n, levels=True)
   return dequantize(levels, num_levels(cfg.data.name), jax.random.PRNGKey(cfg.data.heldout_seed),

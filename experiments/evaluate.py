@@ -26,7 +26,8 @@ Images (integer data with L levels, D dimensions; config.data):
                       with Hutchinson's estimator (one fixed eval.probe per solve) or the exact
                       divergence, an adaptive diffrax solve (eval.solver, eval.rtol / eval.atol),
                       bpd = -(log p(x) / D + log(2 / L)) / ln 2; averaged over the draws of each
-                      image, then over images (``_stderr``: over images), ``_nfe`` the mean NFE.
+                      image, then over images (``_stderr``: over images), ``_nfe`` the mean NFE
+                      (diffusion.metrics.bits_per_dim.bpd_pf_ode).
   bpd_elbo            VDM's continuous-time ELBO (diffusion.elbo; Kingma et al. 2021) in bits/dim,
                       with its terms bpd_elbo_prior / _diffusion / _recon, from eval.t_min
                       (eval.elbo_time_samples Monte Carlo draws per image, eval.elbo_time_sampling)
@@ -39,7 +40,7 @@ samples and held-out data, nfe of the sampler, the settings used.
 Classifiers (training.objective='classifier'; no samples, no plots): on the first
 data.num_heldout held-out points (toy: toy2d.heldout; images: the test split), at
 CLASSIFIER_EVAL_LEVELS times evenly spaced in logSNR from the training range's t_min to t_max
-(``classifier_eval_times``), one draw x_t = alpha x0 + sigma eps per point (fixed seed):
+(diffusion.metrics.classifier_eval), one draw x_t = alpha x0 + sigma eps per point (fixed seed):
   accuracy_at_t=<t>       held-out accuracy of the EMA classifier (argmax of its logits)
   cross_entropy_at_t=<t>  its mean cross-entropy in nats (the Bayes classifier's is H(Y | X_t))
   accuracy_mean, cross_entropy_mean   their means over the levels
@@ -59,6 +60,8 @@ import ml_collections
 import numpy as np
 
 from diffusion import checkpoint, parallel
+from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
+from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
 from experiments import build, conditioning, distill, plots, sample, shards, signals, writers
 from experiments.validate import validate
 from experiments.writers import say
@@ -67,7 +70,6 @@ Config = ml_collections.ConfigDict
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
-CLASSIFIER_EVAL_LEVELS = 5  # noise levels of a classifier's held-out accuracy
 
 
 _JIT_CACHE: Dict[Any, Any] = {}
@@ -152,76 +154,6 @@ def log_likelihood(s, params, x: np.ndarray, batch_size: int, key: jax.Array, *,
   return logp, float(np.mean(nfes))
 
 
-# -- images: bits/dim ------------------------------------------------------------------------------
-
-
-def dequantize(levels: np.ndarray, num_levels: int, key: jax.Array, draw: int) -> np.ndarray:
-  """Uniform dequantization of integer data k (n, ...) in 0..L-1 to [-1, 1):
-  x = 2 (k + u) / L - 1 with u ~ U[0, 1) from fold_in(fold_in(key, draw), i) for image i, so
-  draw d of image i does not depend on n, the batch or the device count. float32 (n, ...)."""
-  kd = jax.random.fold_in(key, draw)
-  shape = levels.shape[1:]
-  u = jax.jit(jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(kd, i), shape)))(
-      jnp.arange(len(levels)))
-  return ((levels.astype(np.float32) + np.asarray(u, np.float32)) * (2.0 / num_levels)
-          - 1.0).astype(np.float32)
-
-
-def mean_and_stderr(per_draw: np.ndarray) -> Tuple[float, float]:
-  """per_draw (draws, n): estimates for n items, several draws each. Averages each item's draws
-  first, then returns the mean over items and its standard error std(ddof=1) / sqrt(n)
-  (0 for n = 1): the draws of an item are not independent items."""
-  per_item = np.mean(np.asarray(per_draw, np.float64), axis=0)
-  n = len(per_item)
-  se = float(np.std(per_item, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-  return float(np.mean(per_item)), se
-
-
-def bpd_pf_ode(loglik: Callable[[np.ndarray, jax.Array, int], Tuple[np.ndarray, float]],
-               levels: np.ndarray, num_levels: int, key: jax.Array,
-               draws: int) -> Dict[str, Any]:
-  """PF-ODE bits/dim of integer data ``levels`` (n, ...) in 0..L-1 (score SDE's protocol).
-
-  For each draw d < ``draws``: x = ``dequantize(levels, L, k1, d)``, log p(x) (n,) nats and its
-  mean NFE from ``loglik(x, fold_in(k2, d), d)`` (the model density on [-1, 1]^D), and
-  bpd = -(log p(x) / D + log(2 / L)) / ln 2 (``diffusion.likelihood.bits_per_dim``: the change of
-  variables from [0, L)^D, where the discrete data's dequantized density lives, to [-1, 1]^D).
-  Returns bpd_pf_ode (mean over images of the mean over draws), its standard error over images,
-  the mean NFE and the counts.
-  """
-  from diffusion.likelihood import bits_per_dim
-  dim = int(np.prod(levels.shape[1:]))
-  k_deq, k_probe = jax.random.split(key)
-  per_draw, nfes = [], []
-  for d in range(int(draws)):
-    x = dequantize(levels, num_levels, k_deq, d)
-    logp, nfe = loglik(x, jax.random.fold_in(k_probe, d), d)
-    per_draw.append(bits_per_dim(np.asarray(logp, np.float64), dim, num_levels=num_levels))
-    nfes.append(nfe)
-  mean, se = mean_and_stderr(np.stack(per_draw))
-  return {"bpd_pf_ode": mean, "bpd_pf_ode_stderr": se, "bpd_pf_ode_nfe": float(np.mean(nfes)),
-          "bpd_pf_ode_draws": int(draws), "bpd_points": int(len(levels)),
-          "num_levels": int(num_levels), "bits_per_dim": mean}
-
-
-def bpd_elbo(elbo_fn: Callable[[np.ndarray, jax.Array], Dict[str, np.ndarray]],
-             levels: np.ndarray, key: jax.Array) -> Dict[str, Any]:
-  """VDM's ELBO in bits/dim of integer data ``levels`` (n, ...): ``elbo_fn(levels, key)`` gives
-  the per-image terms in nats ('prior', 'diffusion', 'recon', 'total', each (n,)); each is
-  divided by D ln 2. Returns bpd_elbo (the mean of 'total'), its standard error over images and
-  the mean of each term."""
-  from diffusion.elbo import to_bits_per_dim
-  dim = int(np.prod(levels.shape[1:]))
-  out = elbo_fn(levels, key)
-  bpd = {k: np.asarray(to_bits_per_dim(np.asarray(out[k], np.float64), dim))
-         for k in ("prior", "diffusion", "recon", "total")}
-  mean, se = mean_and_stderr(bpd["total"][None])
-  return {"bpd_elbo": mean, "bpd_elbo_stderr": se,
-          "bpd_elbo_prior": float(np.mean(bpd["prior"])),
-          "bpd_elbo_diffusion": float(np.mean(bpd["diffusion"])),
-          "bpd_elbo_recon": float(np.mean(bpd["recon"]))}
-
-
 # -- images: FID / KID ----------------------------------------------------------------------------
 
 
@@ -271,41 +203,6 @@ def fid_metrics(config: Config, x: np.ndarray, stats, inception_params) -> Dict[
 
 
 # -- classifiers: held-out accuracy per noise level ---------------------------------------------
-
-
-def classifier_eval_times(schedule, t_min: float, t_max: float,
-                          num: int = CLASSIFIER_EVAL_LEVELS) -> np.ndarray:
-  """``num`` times (float64, increasing, the ends exactly t_min and t_max) evenly spaced in
-  logSNR lambda(t) = log(alpha^2 / sigma^2) between lambda(t_min) and lambda(t_max)."""
-  if num < 2 or not t_min < t_max:
-    raise ValueError(f"need num >= 2 and t_min < t_max, got num={num}, t_min={t_min}, "
-                     f"t_max={t_max}")
-  lam = np.linspace(float(schedule.logsnr(np.float64(t_min))),
-                    float(schedule.logsnr(np.float64(t_max))), num)
-  t = np.asarray(schedule.t_from_logsnr(lam), np.float64)
-  t[0], t[-1] = t_min, t_max
-  return t
-
-
-def classifier_accuracy(logits_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                        x0: np.ndarray, labels: np.ndarray, schedule, times: np.ndarray,
-                        key: jax.Array) -> Dict[str, Any]:
-  """Accuracy and cross-entropy of a classifier on noisy held-out data, per time.
-
-  For level i and time t_i: x_t = alpha(t_i) x0 + sigma(t_i) eps, eps ~ N(0, I) drawn for the
-  whole set (n, ...) from fold_in(key, i); ``logits_of(x_t (n, ...), t (n,)) -> (n, C)``.
-  Returns {'accuracy': (L,), 'cross_entropy': (L,)} (numpy float64; nats).
-  """
-  labels = np.asarray(labels, np.int64)
-  acc, ce = [], []
-  for i, t in enumerate(np.asarray(times, np.float64)):
-    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, i), x0.shape), np.float64)
-    xt = (float(schedule.alpha(t)) * x0 + float(schedule.sigma(t)) * eps).astype(np.float32)
-    logits = np.asarray(logits_of(xt, np.full((len(x0),), t, np.float32)), np.float64)
-    log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-    ce.append(float(-np.mean(log_p[np.arange(len(labels)), labels])))
-    acc.append(float(np.mean(np.argmax(logits, axis=-1) == labels)))
-  return {"accuracy": np.asarray(acc), "cross_entropy": np.asarray(ce)}
 
 
 def _classifier_logits_of(s, params, batch_size: int):

@@ -307,20 +307,3 @@ def test_classifier_run_trains_resumes_evaluates_and_refuses_sampling(tmp_path, 
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and len(lines) == 1, r.stderr[-2000:]
   assert "--mode=sample" in lines[0] and "training.objective='classifier'" in lines[0]
-
-
-def test_classifier_accuracy_of_the_bayes_classifier():
-  """evaluate.classifier_accuracy with the exact posterior: the cross-entropy at each level is
-  H(K | X_t) (quadrature) within Monte Carlo error; the accuracy falls from ~1 to ~1/8."""
-  from diffusion.schedules import get_schedule
-  from tests.test_classifier import conditional_entropy, exact_logits
-  sched = get_schedule("vp", beta_min=0.1, beta_max=20.0, t_min=1e-3, t_max=1.0)
-  times = evaluate.classifier_eval_times(sched, 1e-3, 1.0)
-  assert times[0] == 1e-3 and times[-1] == 1.0
-  np.testing.assert_allclose(np.diff(sched.logsnr(times)), np.diff(sched.logsnr(times))[0])
-  x0, y = toy2d.heldout("8gaussians", 20_000, 0, with_labels=True)
-  out = evaluate.classifier_accuracy(lambda x, t: exact_logits(x, t, np), x0.astype(np.float64),
-                                     y, sched, times, jax.random.PRNGKey(0))
-  for t, ce in zip(times, out["cross_entropy"]):
-    assert ce == pytest.approx(conditional_entropy(t), abs=0.03), t
-  assert out["accuracy"][0] > 0.99 and abs(out["accuracy"][-1] - 1 / 8) < 0.02
