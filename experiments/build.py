@@ -18,7 +18,7 @@ from diffusion import training
 from diffusion.data import toy2d
 from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.schedules import Schedule, get_schedule
-from experiments.validate import ConfigError
+from experiments.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 

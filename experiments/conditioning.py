@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.validate import ConfigError
+from experiments.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 INVERSE_TASKS = ("none", "inpaint", "colorize", "super_resolution")

@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffusion import consistency, distillation, training
-from experiments.validate import ConfigError
+from experiments import checks
+from experiments.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 
@@ -160,9 +161,8 @@ def _plain(v):
 
 def check_distill(config: Config, mode: str) -> None:
   """config.distill for the run's objective (called by validate.validate_config)."""
-  from experiments import validate as v
   obj, d = objective(config), config.distill
-  v.is_bool("distill.init_from_teacher", d.init_from_teacher)
+  checks.is_bool("distill.init_from_teacher", d.init_from_teacher)
   consistency_param = is_consistency(config)
   if obj in ("consistency_distillation", "consistency_training") and not consistency_param:
     raise ConfigError(f"config.training.objective={obj!r} trains a consistency function: set "
@@ -180,8 +180,8 @@ def check_distill(config: Config, mode: str) -> None:
       raise ConfigError("config.training.objective='reflow' needs config.distill.pairs, the "
                         "folder --mode=pairs wrote with the previous flow's config and workdir")
   if mode == "pairs":
-    v.int_at_least("distill.num_pairs", d.num_pairs, 1)
-    v.int_at_least("distill.pairs_shard_size", d.pairs_shard_size, 1)
+    checks.int_at_least("distill.num_pairs", d.num_pairs, 1)
+    checks.int_at_least("distill.pairs_shard_size", d.pairs_shard_size, 1)
   if needs_teacher(config):
     for name in ("teacher_config", "teacher_workdir"):
       if not d[name]:
@@ -189,7 +189,7 @@ def check_distill(config: Config, mode: str) -> None:
                           + (" (or config.distill.init_from_teacher=False)"
                              if obj == "reflow" else ""))
     if d.teacher_step is not None:
-      v.int_at_least("distill.teacher_step", d.teacher_step, 0)
+      checks.int_at_least("distill.teacher_step", d.teacher_step, 0)
     if mode == "train":  # sample / eval of a student read only its own workdir
       import os
       if not os.path.isdir(d.teacher_workdir):
@@ -197,11 +197,11 @@ def check_distill(config: Config, mode: str) -> None:
                           f"directory (train the teacher there first)")
       check_teacher(config, teacher_config(config))
   if obj == "progressive_distillation":
-    v.int_at_least("distill.rounds", d.rounds, 1)
-    v.int_at_least("distill.student_steps", d.student_steps, 1)
-    v.from_library("distill.student_steps / rounds", distillation.round_steps,
-                   int(d.student_steps), int(d.rounds) - 1)
-    v.one_of("distill.weighting", d.weighting or "truncated_snr", distillation.WEIGHTINGS)
+    checks.int_at_least("distill.rounds", d.rounds, 1)
+    checks.int_at_least("distill.student_steps", d.student_steps, 1)
+    checks.from_library("distill.student_steps / rounds", distillation.round_steps,
+                        int(d.student_steps), int(d.rounds) - 1)
+    checks.one_of("distill.weighting", d.weighting or "truncated_snr", distillation.WEIGHTINGS)
     k = steps_per_round(config)
     if k < 1 or int(config.training.num_steps) % int(d.rounds):
       raise ConfigError(f"config.training.num_steps={config.training.num_steps} must be a "
@@ -216,21 +216,21 @@ def check_distill(config: Config, mode: str) -> None:
                         f"divide the steps per round {k}")
   if obj in CONSISTENCY_DEFAULTS:
     w, m, idx = consistency_options(config)
-    v.one_of("distill.weighting", w, consistency.WEIGHTINGS)
-    v.one_of("distill.metric", m, consistency.METRICS)
-    v.one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
-    v.positive("distill.rho", d.rho)
+    checks.one_of("distill.weighting", w, consistency.WEIGHTINGS)
+    checks.one_of("distill.metric", m, consistency.METRICS)
+    checks.one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
+    checks.positive("distill.rho", d.rho)
     if obj == "consistency_distillation":
-      v.one_of("distill.teacher_solver", d.teacher_solver, consistency.TRACED_TEACHERS)
-      v.int_at_least("distill.num_scales", d.num_scales, 2)
+      checks.one_of("distill.teacher_solver", d.teacher_solver, consistency.TRACED_TEACHERS)
+      checks.int_at_least("distill.num_scales", d.num_scales, 2)
     else:
-      v.one_of("distill.curriculum", d.curriculum, CURRICULA)
+      checks.one_of("distill.curriculum", d.curriculum, CURRICULA)
       if d.curriculum == "none":
-        v.int_at_least("distill.num_scales", d.num_scales, 2)
+        checks.int_at_least("distill.num_scales", d.num_scales, 2)
       else:
         s0, s1 = curriculum_bounds(config)
-        v.from_library("distill.s0 / s1", consistency.max_num_scales,
-                       int(config.training.num_steps), d.curriculum, s0, s1)
+        checks.from_library("distill.s0 / s1", consistency.max_num_scales,
+                            int(config.training.num_steps), d.curriculum, s0, s1)
 
 
 def consistency_options(config: Config) -> Tuple[str, str, str]:

@@ -146,7 +146,8 @@ def main(argv: Sequence[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   from diffusion import checkpoint, parallel, training
-  from experiments.validate import ConfigError, validate_config
+  from experiments.errors import ConfigError
+  from experiments.validate import validate_config
   try:
     validate_config(config, mode)  # the device-independent checks, before JAX starts
   except ConfigError as e:

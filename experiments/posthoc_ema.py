@@ -148,7 +148,8 @@ def run(config, workdir: str, sigma_rel: float, step: Optional[int] = None,
   the snapshots of ``workdir`` and writes it as a new workdir (module doc). Returns a summary:
   out_workdir, step, t, sigma_rel, gamma, coefficients, residuals, snapshots used."""
   from experiments import build, train
-  from experiments.validate import ConfigError, validate_config
+  from experiments.errors import ConfigError
+  from experiments.validate import validate_config
   from experiments.writers import say
   validate_config(config, "train")
   if not config.training.ema_profiles:
@@ -216,7 +217,7 @@ def main(argv: Sequence[str]) -> None:
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from diffusion import checkpoint as ck
-  from experiments.validate import ConfigError
+  from experiments.errors import ConfigError
   try:
     summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir)
   except (ConfigError, ValueError, FileNotFoundError, ck.WorkdirMismatchError,

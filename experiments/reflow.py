@@ -24,7 +24,8 @@ import numpy as np
 
 from diffusion import parallel
 from experiments import build, shards, signals, writers
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict

@@ -18,7 +18,8 @@ from diffusion import checkpoint, guidance, parallel
 from diffusion.io_utils import atomic_write
 from diffusion.metrics.class_accuracy import class_accuracy
 from experiments import build, conditioning, plots, signals, writers
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict

@@ -14,7 +14,8 @@ from diffusion import checkpoint
 from diffusion.data import toy2d
 from diffusion.models import get_model
 from experiments import build, evaluate, train
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import REPO, TINY, run_main, with_overrides
 
 COND = os.path.join(REPO, "configs", "toy", "8gaussians_vp_cond.py")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from experiments import conditioning, observations
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import REPO, tiny_config, with_overrides
 
 

@@ -309,7 +309,8 @@ def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   from experiments import sample
   from experiments.config_files import load_config_file
   from experiments.main import overridden
-  from experiments.validate import ConfigError, validate_config
+  from experiments.errors import ConfigError
+  from experiments.validate import validate_config
   _, w, _ = converted_workdir
   base = overridden(load_config_file(os.path.join(w, "config.py")),
                     {"sampling.sampler": "ddpm", "sampling.num_steps": 3,

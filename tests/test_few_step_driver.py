@@ -17,7 +17,8 @@ from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.schedules import get_schedule
 from experiments import build, distill, evaluate, reflow, sample, train
 from experiments.config_files import load_config_file
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import REPO, TINY, with_overrides
 
 TOY = os.path.join(REPO, "configs", "toy")

@@ -17,7 +17,8 @@ from diffusion.models import get_model
 from diffusion.parameterization import Parameterization
 from diffusion.samplers import build_sampler
 from experiments import build
-from experiments.validate import ConfigError, validate_config
+from experiments.errors import ConfigError
+from experiments.validate import validate_config
 from tests.conftest import TINY, TOY_CONFIG, with_overrides
 
 

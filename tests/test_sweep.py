@@ -18,7 +18,8 @@ from diffusion.data import images
 from diffusion.metrics import fid, inception
 from diffusion.samplers import sampler_info
 from experiments import evaluate, sweep, train
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.test_eval_driver import digits_config
 
 
