@@ -31,7 +31,8 @@ if ROOT not in sys.path:
 
 from diffusion.metrics.class_accuracy import class_accuracy, digits_classifier  # noqa: E402
 from experiments import build, observations, sample  # noqa: E402
-from experiments.main import load_config_file, overridden  # noqa: E402
+from experiments.cli import overridden  # noqa: E402
+from experiments.config_files import load_config_file  # noqa: E402
 
 
 def class_rows(x, labels, per_row: int = 10):

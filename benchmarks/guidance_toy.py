@@ -39,7 +39,8 @@ from diffusion.data import toy2d  # noqa: E402
 from diffusion.metrics import sliced_wasserstein  # noqa: E402
 from diffusion.metrics.class_accuracy import class_accuracy  # noqa: E402
 from experiments import conditioning, sample  # noqa: E402
-from experiments.main import load_config_file, overridden  # noqa: E402
+from experiments.cli import overridden  # noqa: E402
+from experiments.config_files import load_config_file  # noqa: E402
 
 
 def exact_mixture() -> analytic.GaussianMixture:

@@ -80,7 +80,7 @@ def write(config, task: str, num: int, out: str, mask: str = "right_half",
 
 def main(argv: Sequence[str]) -> int:
   import argparse
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", required=True, help="the experiment's config file")
   ap.add_argument("--task", required=True, choices=TASKS)

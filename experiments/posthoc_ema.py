@@ -230,9 +230,10 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   from absl import app, flags
-  from experiments import main as _cli  # defines --config (with overrides) and --workdir
+  from experiments import cli
+  cli.define_flags()  # --config (with overrides) and --workdir, as experiments.main has them
   flags.DEFINE_float("sigma_rel", None, "The EMA length to reconstruct (0 < sigma_rel <= 0.3).")
   flags.DEFINE_integer("step", None, "The snapshot step the EMA ends at (default: the latest).")
   flags.DEFINE_string("out_workdir", None, "The new workdir (default: "
                       "W/posthoc_ema/sigma_rel_<s>_step_<N>).")
-  app.run(main, flags_parser=_cli.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -18,12 +18,12 @@ from typing import Any, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from experiments.cli import MODES
 from experiments.checks import from_library, int_at_least, is_bool, number_in, one_of, positive
 from experiments.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 
-MODES = ("train", "sample", "eval", "sweep", "pairs")
 # Output folder of each mode inside the workdir (train writes to the workdir itself).
 OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eval",
                  "pairs": "pairs"}

@@ -23,7 +23,7 @@ CLF = os.path.join(REPO, "configs", "toy", "8gaussians_vp_classifier.py")
 
 
 def _config(path, **overrides):
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   return with_overrides(load_config_file(path), {**TINY, **overrides})
 
 
@@ -236,7 +236,7 @@ def test_classifier_configs_match_their_score_models():
   network inputs, training times and time embedding (the sampling driver checks the schedule)."""
   from configs.digits import classifier, cond, vp
   from configs.toy import common
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   toy_clf = load_config_file(CLF)
   pairs = [(load_config_file(COND), toy_clf), (common.toy_config("8gaussians", "vp"), toy_clf),
            (vp.get_config(), classifier.get_config()), (cond.get_config(), classifier.get_config())]

@@ -12,7 +12,7 @@ from tests.conftest import REPO, tiny_config, with_overrides
 
 
 def _digits(**overrides):
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   c = load_config_file(os.path.join(REPO, "configs", "digits", "vp.py"))
   return with_overrides(c, overrides)
 
@@ -155,7 +155,7 @@ def test_class_accuracy_counts_non_finite_samples_as_wrong():
 
 
 def test_overridden_copies_and_refuses_unknown_keys():
-  from experiments.main import overridden
+  from experiments.cli import overridden
   c = tiny_config()
   d = overridden(c, {"guidance.weight": 3.0})
   assert d.guidance.weight == 3.0 and c.guidance.weight == 1.0

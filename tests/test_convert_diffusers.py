@@ -288,7 +288,7 @@ def test_converted_workdir_fine_tunes(converted_workdir, tmp_path):
   # --mode=train on a copy continues from the converted step 0 (digits are shipped by sklearn).
   from experiments import train
   from experiments.config_files import load_config_file
-  from experiments.main import overridden
+  from experiments.cli import overridden
   _, w, _ = converted_workdir
   w2 = str(tmp_path / "w2")
   shutil.copytree(w, w2)
@@ -308,7 +308,7 @@ def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   # (DDPM's clip_denoised) every x0_hat, so the final sample, is clipped.
   from experiments import sample
   from experiments.config_files import load_config_file
-  from experiments.main import overridden
+  from experiments.cli import overridden
   from experiments.errors import ConfigError
   from experiments.validate import validate_config
   _, w, _ = converted_workdir
