@@ -154,7 +154,8 @@ def usage_error(message: str) -> None:
 
 def check_config_file(spec: Optional[str], keys: Sequence[str]) -> None:
   """Before absl parses the flags (whose config loader fails with a traceback): the --config file
-  exists and loads, and every override key names one of its fields; else a one-line error, exit 2."""
+  exists and loads, and every override key names one of its fields; else a one-line error and
+  exit status 2."""
   if not spec:
     return
   try:

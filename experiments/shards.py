@@ -127,7 +127,7 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
   shards in ``directory`` and, for the others, ``draw``.
 
   ``draw(start) -> (x (batch_size, *shape), info)``: samples start .. start + batch_size - 1
-  (``experiments.sample.batch_generator``). Missing shards are generated batch by batch from
+  (``experiments.generate.batch_generator``). Missing shards are generated batch by batch from
   their first index and written (``write``: process 0 only; every process draws, the draws are
   collective) inside ``guard()`` (e.g. a signal deferral, so no write is cut short).
   ``progress(total)``, if given, makes the callback ``report(done)`` called after each batch,

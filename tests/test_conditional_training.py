@@ -276,8 +276,8 @@ def test_conditional_toy_run_trains_and_resumes(tmp_path, capsys):
   assert [r["step"] for r in rows] == [10, 20, 30] and all(np.isfinite(r["loss"]) for r in rows)
   saved = json.load(open(os.path.join(wd, "config.json")))
   assert saved["model"]["conditional"] and saved["model"]["net"]["label_dropout"] == 0.1
-  from experiments import sample
-  _, params, step = sample.restore_params(_config(COND), wd)
+  from experiments import setup
+  _, params, step = setup.restore_params(_config(COND), wd)
   assert step == 30 and params["ClassEmbedding_0"]["embed"]["embedding"].shape == (9, 32)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion import parallel, schedules
-from experiments import evaluate, shards
+from experiments import eval_common, evaluate, shards
 
 
 # -- which checkpoints ----------------------------------------------------------------------------
@@ -20,15 +20,15 @@ def _ecfg(step=None, all_checkpoints=False):
 
 
 def test_steps_to_evaluate():
-  assert evaluate.steps_to_evaluate(_ecfg(), [10, 20, 30], "W") == [None]  # newest intact
-  assert evaluate.steps_to_evaluate(_ecfg(20), [10, 20, 30], "W") == [20]
-  assert evaluate.steps_to_evaluate(_ecfg(all_checkpoints=True), [10, 20], "W") == [10, 20]
+  assert eval_common.steps_to_evaluate(_ecfg(), [10, 20, 30], "W") == [None]  # newest intact
+  assert eval_common.steps_to_evaluate(_ecfg(20), [10, 20, 30], "W") == [20]
+  assert eval_common.steps_to_evaluate(_ecfg(all_checkpoints=True), [10, 20], "W") == [10, 20]
   with pytest.raises(FileNotFoundError) as e:
-    evaluate.steps_to_evaluate(_ecfg(15), [10, 20, 30], "W/checkpoints")
+    eval_common.steps_to_evaluate(_ecfg(15), [10, 20, 30], "W/checkpoints")
   msg = str(e.value)
   assert "config.eval.step=15" in msg and "[10, 20, 30]" in msg and "\n" not in msg
   with pytest.raises(FileNotFoundError, match="train first"):
-    evaluate.steps_to_evaluate(_ecfg(), [], "W")
+    eval_common.steps_to_evaluate(_ecfg(), [], "W")
 
 
 def test_scalar_metrics_keep_finite_numbers_only():
