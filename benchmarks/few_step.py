@@ -2,7 +2,7 @@
 
 One command runs every stage that is not done yet (each a plain ``python -m experiments.main``
 call, so each is resumable, and its wall time is recorded in <root>/times.json), then samples
-every model at its step counts through the driver's own code (``experiments.sample.generate``)
+every model at its step counts through the driver's own code (``experiments.generate.generate``)
 and writes a table of quality against NFE:
 
   python benchmarks/few_step.py --suite=toy --root=workdirs/few_step_toy
@@ -42,6 +42,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+from diffusion.io_utils import atomic_write  # noqa: E402
 
 TOY = "configs/toy/checkerboard_{}.py"
 DIGITS = "configs/digits/{}.py"
@@ -139,7 +141,7 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
   """The rows of ``rows`` whose stage is in ``finished`` (see the module docstring)."""
   import jax
   from diffusion.metrics import mmd, sliced_wasserstein
-  from experiments import config_files, evaluate as ev, sample, sweep
+  from experiments import config_files, eval_common, generate, setup, sweep_grid
   st_by = {s.name: s for s in stages(suite)}
   stats = inception_params = None
   results, cache = [], {}
@@ -158,7 +160,7 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
   done = json.load(open(done_path)) if os.path.exists(done_path) else {}
   if suite == "digits" and os.path.isdir(os.path.join(root, "rf", "checkpoints")):
     # the floor: training images scored like samples (SW / MMD to the test split; FID)
-    cfg0 = sample.saved_config(config_files.load_config_file(
+    cfg0 = setup.saved_config(config_files.load_config_file(
         os.path.join(ROOT, DIGITS.format("rf"))), os.path.join(root, "rf"))
     cfg0.eval.fid_stats = fid_stats
     train_cfg = ml_collections.ConfigDict(cfg0.to_dict())
@@ -173,11 +175,11 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
                mmd=float(mmd(flat(x[:m]), flat(held[:m]))))
     if fid_stats:
       from diffusion.metrics import inception
-      stats, inception_params = ev.load_fid_stats(cfg0), inception.load_params()
+      stats, inception_params = eval_common.load_fid_stats(cfg0), inception.load_params()
       key = f"floor/{fid_samples}"
       if key not in done:
-        done[key] = {k: v for k, v in ev.fid_metrics(cfg0, x[:fid_samples], stats,
-                                                     inception_params).items()
+        done[key] = {k: v for k, v in eval_common.fid_metrics(cfg0, x[:fid_samples], stats,
+                                                              inception_params).items()
                      if k in ("fid", "kid")}
       res.update(done[key])
     results.append(res)
@@ -197,18 +199,19 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
       continue
     key = (wd, row["step"])
     if key not in cache:
-      cfg = sample.saved_config(config_files.load_config_file(os.path.join(ROOT, st.config)), wd)
+      cfg = setup.saved_config(config_files.load_config_file(os.path.join(ROOT, st.config)), wd)
       cfg.eval.fid_stats = fid_stats
-      s, params, step = sample.restore_params(cfg, wd, step=row["step"])
+      s, params, step = setup.restore_params(cfg, wd, step=row["step"])
       if fid_stats and stats is None:
         from diffusion.metrics import inception
-        stats, inception_params = ev.load_fid_stats(cfg), inception.load_params()
+        stats, inception_params = eval_common.load_fid_stats(cfg), inception.load_params()
       cache[key] = (cfg, s, params, step)
     cfg, s, params, step = cache[key]
-    cell = dataclasses.replace(s, config=sweep.cell_config(cfg, row["sampler"], row["steps"]))
+    cell = dataclasses.replace(s, config=sweep_grid.cell_config(cfg, row["sampler"],
+                                                                row["steps"]))
     cell.config.sampling.batch_size = min(num_samples, 5000)
     t0 = time.time()
-    x, info = sample.generate(cell, params, num_samples, jax.random.PRNGKey(cfg.seed + 2))
+    x, info = generate.generate(cell, params, num_samples, jax.random.PRNGKey(cfg.seed + 2))
     secs = time.time() - t0
     held = _heldout(cfg, num_samples)
     flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
@@ -219,16 +222,15 @@ def evaluate(suite: str, root: str, num_samples: int, fid_stats: Optional[str],
                sliced_wasserstein=float(sliced_wasserstein(flat(x), flat(held), 0)),
                mmd=float(mmd(flat(x[:m]), flat(held[:m]))))
     if stats is not None and row["with_fid"]:
-      res.update({k: v for k, v in ev.fid_metrics(cfg, x[:fid_samples], stats,
-                                                  inception_params).items()
+      res.update({k: v for k, v in eval_common.fid_metrics(cfg, x[:fid_samples], stats,
+                                                           inception_params).items()
                   if k in ("fid", "kid")})
     if cfg.model.parameterization == "flow" and row["steps"] == 1:
       res["straightness"] = _straightness(s, params)
     results.append(res)
     done[row_key] = res
-    with open(done_path + ".tmp", "w") as f:
+    with atomic_write(done_path, tmp=done_path + ".tmp") as f:
       json.dump(done, f, indent=1)
-    os.replace(done_path + ".tmp", done_path)
     print(json.dumps({k: v for k, v in res.items() if k != "stage"}), flush=True)
   return results
 
@@ -238,7 +240,7 @@ def _heldout(cfg, n: int) -> np.ndarray:
   if build.is_toy(cfg):
     return build.heldout(cfg, max(n, int(cfg.data.num_heldout)))
   from diffusion.data.images import num_levels
-  from experiments.evaluate import dequantize
+  from diffusion.metrics.bits_per_dim import dequantize
   import jax
   levels = build.heldout(cfg, n, levels=True)
   return dequantize(levels, num_levels(cfg.data.name), jax.random.PRNGKey(cfg.data.heldout_seed),

@@ -1,7 +1,7 @@
 """Class-conditional digits: guidance weight against class accuracy, and inpainting.
 
 Samples a trained class-conditional digits model (configs/digits/cond.py) through the sampling
-driver's code path (experiments.conditioning plans, experiments.sample.generate_as) with
+driver's code path (experiments.conditioning plans, experiments.generate.generate_as) with
 classifier-free guidance at several weights and, if a noise-conditional classifier
 (configs/digits/classifier.py) is given, with classifier guidance; reports for each the class
 accuracy of the samples by an SVC trained on the digits' training split
@@ -30,8 +30,9 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from diffusion.metrics.class_accuracy import class_accuracy, digits_classifier  # noqa: E402
-from experiments import build, observations, sample  # noqa: E402
-from experiments.main import load_config_file, overridden  # noqa: E402
+from experiments import build, generate, observations, setup  # noqa: E402
+from experiments.cli import overridden  # noqa: E402
+from experiments.config_files import load_config_file  # noqa: E402
 
 
 def class_rows(x, labels, per_row: int = 10):
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
   import matplotlib.pyplot as plt
 
   base = load_config_file(args.config)
-  s, params, step = sample.restore_params(base, args.workdir)
+  s, params, step = setup.restore_params(base, args.workdir)
   predict, ceiling = digits_classifier()
   n = args.num_samples
   settings = [("conditional, no guidance", {})]
@@ -88,18 +89,18 @@ def main(argv=None) -> int:
   stats = inception_params = None
   if args.fid_stats:
     from diffusion.metrics import inception
-    from experiments import evaluate
-    stats = evaluate.load_fid_stats(overridden(base, {"eval.fid_stats": args.fid_stats}))
+    from experiments import eval_common
+    stats = eval_common.load_fid_stats(overridden(base, {"eval.fid_stats": args.fid_stats}))
     inception_params = inception.load_params()
   rows, panels = [], []
   for name, over in settings:
     cfg = overridden(base, over)
-    x, labels, info, secs = sample.generate_as(s, params, cfg, n)
+    x, labels, info, secs = generate.generate_as(s, params, cfg, n)
     row = [name, class_accuracy(predict, x, labels), int(info["nfe"]),
            int(info["batch_multiplier"]), secs]
     if stats is not None:
-      from experiments import evaluate
-      m = evaluate.fid_metrics(overridden(cfg, {"eval.fid_stats": args.fid_stats}), x, stats,
+      from experiments import eval_common
+      m = eval_common.fid_metrics(overridden(cfg, {"eval.fid_stats": args.fid_stats}), x, stats,
                                inception_params)
       row += [m["fid"], m["kid"]]
     rows.append(row)
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
       cfg = overridden(base, {"inverse.task": "inpaint", "inverse.observations": obs,
                               "inverse.samples_per_observation": k, "guidance.label": 10,
                               **over})
-      x, _, info, secs = sample.generate_as(s, params, cfg, args.num_observations * k)
+      x, _, info, secs = generate.generate_as(s, params, cfg, args.num_observations * k)
       j = np.arange(len(x)) % args.num_observations
       missing = 1 - mask[j]
       rmse = float(np.sqrt(np.sum(missing * (x - truth[j])**2) / np.sum(missing)))

@@ -5,7 +5,8 @@ quantity has an exact value: the class-conditional densities, the Bayes classifi
 posterior of one coordinate given the other (diffusion.analytic.linear_gaussian_posterior).
 This script samples a trained class-conditional model (configs/toy/8gaussians_vp_cond.py) and
 its noise-conditional classifier (configs/toy/8gaussians_vp_classifier.py) through the sampling
-driver's own code path (experiments.conditioning plans, experiments.sample.generate_as) and reports:
+driver's own code path (experiments.conditioning plans, experiments.generate.generate_as) and
+reports:
 
 * per guidance setting: the class accuracy of the samples by the exact Bayes classifier, and the
   sliced Wasserstein distance of each class's samples to exact samples of that class (mean over
@@ -38,8 +39,9 @@ from diffusion import analytic  # noqa: E402
 from diffusion.data import toy2d  # noqa: E402
 from diffusion.metrics import sliced_wasserstein  # noqa: E402
 from diffusion.metrics.class_accuracy import class_accuracy  # noqa: E402
-from experiments import conditioning, sample  # noqa: E402
-from experiments.main import load_config_file, overridden  # noqa: E402
+from experiments import conditioning, generate, setup  # noqa: E402
+from experiments.cli import overridden  # noqa: E402
+from experiments.config_files import load_config_file  # noqa: E402
 
 
 def exact_mixture() -> analytic.GaussianMixture:
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
   import matplotlib.pyplot as plt
 
   base = load_config_file(args.config)
-  s, params, step = sample.restore_params(base, args.workdir)
+  s, params, step = setup.restore_params(base, args.workdir)
   gm = exact_mixture()
   ref = conditioning.reference_classifier(base)[0]
   n = 8 * args.per_class
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
   rows, shown = [], {}
   for name, over in settings:
     cfg = overridden(base, over)
-    x, labels, info, secs = sample.generate_as(s, params, cfg, n)
+    x, labels, info, secs = generate.generate_as(s, params, cfg, n)
     rows.append((name, class_accuracy(ref, x, labels), class_sw(gm, x, labels, 0, args.per_class),
                  int(info["nfe"]), int(info["batch_multiplier"]), secs))
     shown[name] = (x, labels)
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
     for method, extra in methods:
       cfg = overridden(base, {"inverse.task": "inpaint", "inverse.observations": obs,
                               "inverse.method": "replacement", "guidance.label": 8, **extra})
-      x, _, info, secs = sample.generate_as(s, params, cfg, len(heldout) * k)
+      x, _, info, secs = generate.generate_as(s, params, cfg, len(heldout) * k)
       comp = [x[j::len(heldout)] for j in range(len(heldout))]
       obs_err = max(float(np.max(np.abs(c[:, 0] - y))) for c, y in zip(comp, heldout[:, 0]))
       obs_err = obs_err if np.all(np.isfinite(x)) else float("nan")

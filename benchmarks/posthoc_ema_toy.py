@@ -44,7 +44,7 @@ def main() -> None:
   ap.add_argument("--workdir", default="/tmp/phema_bench")
   args = ap.parse_args()
   from diffusion import posthoc_ema as pe
-  from experiments import posthoc_ema, train
+  from experiments import setup, snapshots, train
   from experiments.config_files import load_config_file
   cfg = load_config_file(args.config)
   cfg.training.num_steps = args.steps
@@ -55,8 +55,8 @@ def main() -> None:
   cfg.training.sample_every = 0
   cfg.eval.plot_samples = 256
   train.train(cfg, args.workdir)
-  s = train.setup(cfg)
-  snaps = posthoc_ema.read_snapshots(args.workdir, s.abstract_state.params)
+  s = setup.setup(cfg)
+  snaps = snapshots.read_snapshots(args.workdir, s.abstract_state.params)
   rows = []
   for end in sorted({sn.step for sn in snaps}):
     if end < 4 * args.every:

@@ -46,6 +46,8 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from diffusion.io_utils import atomic_write
+
 PyTree = Any
 CONFIG_FILE = "config.json"
 LOCK_FILE = "run.lock"
@@ -131,10 +133,8 @@ def write_config(workdir: str, config: Dict[str, Any]) -> None:
   """Writes the resolved config atomically to <workdir>/config.json."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + f".tmp{os.getpid()}"
-  with open(tmp, "w") as f:
+  with atomic_write(path, tmp=path + f".tmp{os.getpid()}") as f:
     json.dump(config, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -309,12 +309,8 @@ def write_integrity(step_dir: str) -> Dict[str, Any]:
     files[rel] = {"size": os.path.getsize(p), "sha256": sha256_file(p)}
   manifest = {"version": 1, "files": files}
   path = os.path.join(step_dir, INTEGRITY_FILE)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
+  with atomic_write(path, tmp=f"{path}.tmp{os.getpid()}", fsync=True) as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
   return manifest
 
 

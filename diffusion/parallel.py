@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
@@ -98,10 +99,11 @@ def jit_sharded(fn: Callable, in_shardings, out_shardings, donate_argnums=(),
 
 
 def to_host(tree: PyTree) -> PyTree:
-  """Fully replicated or fully addressable arrays -> numpy on every process."""
+  """Numpy copies of a tree's leaves on every process: fully addressable (or replicated) arrays
+  copied to the host, arrays sharded over several processes gathered (every process must call
+  it then); numpy values and Python scalars as np.asarray makes them."""
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      from jax.experimental import multihost_utils
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
   return jax.tree_util.tree_map(one, tree)

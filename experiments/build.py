@@ -14,11 +14,15 @@ import ml_collections
 import numpy as np
 
 from configs.sampling import RUN_FIELDS as _SAMPLING_RUN_FIELDS
-from diffusion import training
+from diffusion import guidance, training
 from diffusion.data import toy2d
+from diffusion.models import get_model
 from diffusion.parameterization import Parameterization, make_denoiser
+from diffusion.samplers import build_sampler
 from diffusion.schedules import Schedule, get_schedule
-from experiments.validate import ConfigError
+from diffusion.vdm import WithLearnedSchedule
+from experiments import shards
+from experiments.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 
@@ -49,9 +53,7 @@ def parameterization(config: Config) -> Parameterization:
 def model(config: Config):
   """The network of config.model; with a learned schedule (sde 'vdm_learned') wrapped so that
   the schedule's parameters are in its parameter tree ({'net': ..., 'schedule': ...})."""
-  from diffusion.models import get_model
   if is_learned_schedule(config):
-    from diffusion.vdm import WithLearnedSchedule
     get_model(config.model.name, **config.model.net.to_dict())  # validates the arguments
     return WithLearnedSchedule(config.model.name, config.model.net.to_dict(), schedule(config))
   return get_model(config.model.name, **config.model.net.to_dict())
@@ -116,6 +118,11 @@ def is_classifier(config: Config) -> bool:
   return config.training.objective == "classifier"
 
 
+def holds_teacher(config: Config) -> bool:
+  """Whether the train state carries the teacher (``training.DistillState``): PD's rounds."""
+  return config.training.objective == "progressive_distillation"
+
+
 def denoiser(net, params, sched: Schedule, param: Parameterization,
              compute_dtype: str = "float32") -> Callable:
   """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout); a
@@ -154,9 +161,8 @@ def classifier_logits(net, params, sched: Schedule, param: Parameterization) -> 
 def classifier_log_prob(config: Config, params: Any) -> Callable:
   """``log_prob(x_t (B, ...), t scalar or (B,), labels (B,) int) -> (B,)``: log p(y | x_t, t) of
   the classifier of ``config`` (training.objective='classifier') with ``params`` (e.g. the EMA
-  params of ``sample.restore_params``): ``diffusion.guidance.network_log_prob`` of its network on
+  params of ``setup.restore_params``): ``diffusion.guidance.network_log_prob`` of its network on
   its own ``param.net_inputs(x_t, t, schedule)``, 0 for the NULL label. Differentiable in x_t."""
-  from diffusion import guidance
   if not is_classifier(config):
     raise ValueError(f"classifier_log_prob needs a classifier config (training.objective="
                      f"'classifier'), got training.objective={config.training.objective!r}")
@@ -238,8 +244,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
   labels = needs_labels(config)
   closer: Optional[Callable[[], None]] = None
   if config.training.objective == "reflow":  # (noise, sample) pairs instead of the data
-    from experiments import reflow
-    it = reflow.pair_batches(config, start_step, process_index, process_count)
+    it = pair_batches(config, start_step, process_index, process_count)
   elif is_toy(config) and labels:
     it = ({"x": x, "label": y} for x, y in toy2d.iterator(
         d.name, d.batch_size, config.seed, start_step, process_index=process_index,
@@ -275,6 +280,40 @@ def train_batches(config: Config, start_step: int, process_index: int,
         closer()
 
   return gen()
+
+
+def load_pairs(config: Config) -> np.ndarray:
+  """(N, 2, *data_shape) float32: the pairs of distill.pairs; an error naming the folder when it
+  has none or their shape is not the config's data shape."""
+  d = config.distill.pairs
+  if not shards.finished_shards(d):
+    raise FileNotFoundError(f"config.distill.pairs={d!r} holds no pair shards; write them with "
+                            f"--mode=pairs on the previous flow's config and workdir")
+  pairs = shards.read_samples(d)
+  example = data_shape(config)
+  if pairs.ndim < 2 or pairs.shape[1] != 2 or tuple(pairs.shape[2:]) != example:
+    raise ValueError(f"the pairs in {d} have shape {pairs.shape[1:]}, expected (2, *data "
+                     f"shape) = {(2,) + example} for config.data.name={config.data.name!r}")
+  return pairs.astype(np.float32)
+
+
+def pair_batches(config: Config, start_step: int, process_index: int,
+                 process_count: int) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's rows of reflow batches start_step, start_step + 1, ...: {'x': samples,
+  'noise': their noise} (B / process_count, ...), batch i drawn uniformly with replacement from
+  (seed, i) alone."""
+  pairs = load_pairs(config)
+  b = int(config.data.batch_size)
+  if b % process_count:
+    raise ValueError(f"data.batch_size={b} must be divisible by the number of processes "
+                     f"{process_count}")
+  per = b // process_count
+  step = int(start_step)
+  while True:
+    rng = np.random.default_rng([int(config.seed), step, 0x5EF10])
+    idx = rng.integers(0, len(pairs), b)[process_index * per:(process_index + 1) * per]
+    yield {"x": pairs[idx, 1], "noise": pairs[idx, 0]}
+    step += 1
 
 
 def data_shape(config: Config) -> Tuple[int, ...]:
@@ -354,7 +393,6 @@ def sampler_kwargs(config: Config) -> Dict[str, Any]:
 
 def sampler(config: Config, sched: Schedule) -> Callable:
   """fn(denoise, key, x_T, cond=None, sample_offset=0) -> (x0, info with 'nfe'), not jitted."""
-  from diffusion.samplers import build_sampler
   kw = sampler_kwargs(config)
   name = kw.pop("sampler")
   return build_sampler(name, sched, jit=False, **kw)

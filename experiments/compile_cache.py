@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
+import jax
+
 OFF = "off"
 
 
@@ -41,7 +43,6 @@ def enable(flag: Optional[str], min_compile_secs: float = 1.0) -> Optional[str]:
   """Turns the persistent cache on at ``resolve(flag)`` for programs that took at least
   ``min_compile_secs`` to compile (unless $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS sets it);
   returns the folder (None: off)."""
-  import jax
   path = resolve(flag)
   if path is None:
     jax.config.update("jax_enable_compilation_cache", False)

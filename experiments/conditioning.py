@@ -22,7 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.validate import ConfigError
+from diffusion import guidance, inverse
+from diffusion.data import toy2d
+from diffusion.metrics import class_accuracy as ca
+from experiments import build, config_files
+from experiments.errors import ConfigError
+from experiments.setup import restore_params, saved_config
 
 Config = ml_collections.ConfigDict
 INVERSE_TASKS = ("none", "inpaint", "colorize", "super_resolution")
@@ -78,7 +83,6 @@ class Plan:
   def cost_info(self) -> Dict[str, Any]:
     """What one denoiser call of the sampler costs (``guidance.denoiser_info``): the network batch
     per sample ('batch_multiplier') and whether it back-propagates through the network."""
-    from diffusion import guidance
     info = guidance.denoiser_info(self.transform(lambda x, t, cond=None: x, self.aux))
     return dict(info, transforms=list(info["transforms"]))
 
@@ -92,13 +96,11 @@ def labels_plan(config: Config) -> Plan:
 def _classifier(config: Config, schedule):
   """(transform, aux params) of classifier guidance with the restored classifier of
   config.guidance.classifier_config / classifier_workdir."""
-  from diffusion import guidance
-  from experiments import build, config_files, sample
   g = config.guidance
-  clf_config = sample.saved_config(config_files.load_config_file(g.classifier_config),
-                                   g.classifier_workdir)
+  clf_config = saved_config(config_files.load_config_file(g.classifier_config),
+                            g.classifier_workdir)
   check_classifier_config(config, clf_config)
-  _, params, step = sample.restore_params(clf_config, g.classifier_workdir)
+  _, params, step = restore_params(clf_config, g.classifier_workdir)
   scale = float(g.classifier_scale)
   interval = _interval(config, schedule)
   # The classifier guides the unconditional model: a conditional network gets the NULL label.
@@ -139,7 +141,6 @@ def _interval(config: Config, sched):
 
 
 def _cfg(config: Config, schedule):
-  from diffusion import guidance
   g = config.guidance
   weight, convention = float(g.weight), g.convention
   null, interval = num_classes(config), _interval(config, schedule)
@@ -154,7 +155,6 @@ def _cfg(config: Config, schedule):
 
 def inverse_operator(config: Config):
   """The diffusion.inverse operator of config.inverse.task."""
-  from diffusion import inverse
   task = config.inverse.task
   if task == "inpaint":
     return inverse.Inpainting()
@@ -228,7 +228,6 @@ def observation_truth(config: Config) -> Optional[np.ndarray]:
 
 
 def _inverse(config: Config, schedule):
-  from diffusion import inverse
   inv = config.inverse
   op = inverse_operator(config)
   if inv.method == "replacement":
@@ -271,7 +270,7 @@ def tag(config: Config, mode: str = "sample") -> str:
 
 
 def plan(config: Config, s, mode: str = "sample") -> Plan:
-  """The Plan of ``config`` for the set-up ``s`` (experiments.train.Setup); loads a classifier
+  """The Plan of ``config`` for the set-up ``s`` (experiments.setup.Setup); loads a classifier
   and the observations if the config asks for them. Only ``mode`` 'sample' solves inverse
   problems."""
   g, inv = config.guidance, config.inverse
@@ -296,8 +295,6 @@ def reference_classifier(config: Config):
   """(predict, what) of the reference classifier of the config's data, or None: the exact Bayes
   classifier of a labelled Gaussian-mixture toy density, the SVC of the digits
   (diffusion.metrics.class_accuracy); ``what`` names it with its own accuracy on held-out data."""
-  from diffusion.data import toy2d
-  from diffusion.metrics import class_accuracy as ca
   name = config.data.name
   if name in toy2d.available():
     try:

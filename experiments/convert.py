@@ -21,8 +21,17 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from diffusion.convert.common import ConversionError, Converted
+from diffusion import checkpoint, training
+from diffusion.convert import diffusers_unet, score_sde
+from diffusion.convert.common import ConversionError, Converted, flatten
+from experiments import build
+from experiments.config_files import load_config_file
+from experiments.setup import init_state, setup
+from experiments.validate import validate_config
 
 FORMATS = ("diffusers", "score_sde")
 # Datasets inferred from the image shape when --dataset is not given (unique shapes only).
@@ -88,12 +97,10 @@ def get_config():
 
 def _convert(fmt: str, source: str, **kw) -> Converted:
   if fmt == "diffusers":
-    from diffusion.convert import diffusers_unet
     return diffusers_unet.convert(source, schedule=kw.get("schedule", "discrete"),
                                   weights=kw.get("weights"),
                                   scheduler_config=kw.get("scheduler_config"))
   if fmt == "score_sde":
-    from diffusion.convert import score_sde
     cfg_path = kw.get("score_sde_config")
     if not cfg_path:
       raise ConversionError("--format=score_sde needs --score_sde_config: a released config's "
@@ -110,15 +117,6 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
                   experiment: Optional[str] = None) -> Dict[str, Any]:
   """Writes the converted model into a new ``workdir`` (module docstring); returns the summary
   written to conversion.json. Everything is checked before the first file is written."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from diffusion import checkpoint, training
-  from diffusion.convert.common import flatten
-  from experiments import build, train
-  from experiments.config_files import load_config_file
-  from experiments.validate import validate_config
-
   if os.path.exists(os.path.join(workdir, "config.py")) or checkpoint.has_checkpoints(workdir):
     raise ConversionError(f"--workdir={workdir!r} already holds a converted model or "
                           f"checkpoints; choose a new workdir (nothing was changed)")
@@ -137,9 +135,9 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
   if tuple(shape) != tuple(conv.image_shape):
     raise ConversionError(f"--dataset={dataset!r} gives images of shape {tuple(shape)}, the "
                           f"checkpoint's are {tuple(conv.image_shape)}")
-  s = train.setup(config)
+  s = setup(config)
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
-  state = train.init_state(s)
+  state = init_state(s)
   want = {k: v.shape for k, v in flatten(jax.device_get(state.params)).items()}
   got = {k: v.shape for k, v in flatten(conv.params).items()}
   if want != got:  # the converter checked against the same network; this guards the config

@@ -26,13 +26,14 @@ Wiring only (the math is diffusion.distillation and diffusion.consistency). The 
       the config's dsm_loss with the pair's noise as eps.
 
 A student's config names its teacher's config file and workdir; the teacher's config is that file
-with the workdir's config.json values set on it (``sample.saved_config``), and anything that makes
+with the workdir's config.json values set on it (``setup.saved_config``), and anything that makes
 the pair incompatible (another forward process or data, another network where the student starts
 from the teacher's parameters, a teacher that is not a denoiser) is a ConfigError before anything
 is compiled.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -40,7 +41,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffusion import consistency, distillation, training
-from experiments.validate import ConfigError
+from experiments import build, checks, config_files
+from experiments.errors import ConfigError
+from experiments.setup import restore_params, saved_config
 
 Config = ml_collections.ConfigDict
 
@@ -68,11 +71,6 @@ def needs_teacher(config: Config) -> bool:
 def is_consistency(config: Config) -> bool:
   """Whether the run's "denoiser" is a consistency function (sampled by 'consistency' only)."""
   return config.model.parameterization == "consistency"
-
-
-def holds_teacher(config: Config) -> bool:
-  """Whether the train state carries the teacher (``training.DistillState``): PD's rounds."""
-  return objective(config) == "progressive_distillation"
 
 
 # -- progressive distillation rounds ---------------------------------------------------------------
@@ -113,13 +111,12 @@ def begin_round(state: training.DistillState, optimizer) -> training.DistillStat
 def teacher_config(config: Config) -> Config:
   """The teacher's config: distill.teacher_config (a file) with the values of
   distill.teacher_workdir/config.json set on it."""
-  from experiments import config_files, sample
   d = config.distill
   try:
     file_config = config_files.load_config_file(d.teacher_config)
   except FileNotFoundError as e:
     raise ConfigError(f"config.distill.teacher_config: {e}") from None
-  return sample.saved_config(file_config, d.teacher_workdir)
+  return saved_config(file_config, d.teacher_workdir)
 
 
 def check_teacher(config: Config, teacher: Config) -> None:
@@ -160,9 +157,8 @@ def _plain(v):
 
 def check_distill(config: Config, mode: str) -> None:
   """config.distill for the run's objective (called by validate.validate_config)."""
-  from experiments import validate as v
   obj, d = objective(config), config.distill
-  v.is_bool("distill.init_from_teacher", d.init_from_teacher)
+  checks.is_bool("distill.init_from_teacher", d.init_from_teacher)
   consistency_param = is_consistency(config)
   if obj in ("consistency_distillation", "consistency_training") and not consistency_param:
     raise ConfigError(f"config.training.objective={obj!r} trains a consistency function: set "
@@ -180,8 +176,8 @@ def check_distill(config: Config, mode: str) -> None:
       raise ConfigError("config.training.objective='reflow' needs config.distill.pairs, the "
                         "folder --mode=pairs wrote with the previous flow's config and workdir")
   if mode == "pairs":
-    v.int_at_least("distill.num_pairs", d.num_pairs, 1)
-    v.int_at_least("distill.pairs_shard_size", d.pairs_shard_size, 1)
+    checks.int_at_least("distill.num_pairs", d.num_pairs, 1)
+    checks.int_at_least("distill.pairs_shard_size", d.pairs_shard_size, 1)
   if needs_teacher(config):
     for name in ("teacher_config", "teacher_workdir"):
       if not d[name]:
@@ -189,19 +185,18 @@ def check_distill(config: Config, mode: str) -> None:
                           + (" (or config.distill.init_from_teacher=False)"
                              if obj == "reflow" else ""))
     if d.teacher_step is not None:
-      v.int_at_least("distill.teacher_step", d.teacher_step, 0)
+      checks.int_at_least("distill.teacher_step", d.teacher_step, 0)
     if mode == "train":  # sample / eval of a student read only its own workdir
-      import os
       if not os.path.isdir(d.teacher_workdir):
         raise ConfigError(f"config.distill.teacher_workdir={d.teacher_workdir!r} is not a "
                           f"directory (train the teacher there first)")
       check_teacher(config, teacher_config(config))
   if obj == "progressive_distillation":
-    v.int_at_least("distill.rounds", d.rounds, 1)
-    v.int_at_least("distill.student_steps", d.student_steps, 1)
-    v.from_library("distill.student_steps / rounds", distillation.round_steps,
-                   int(d.student_steps), int(d.rounds) - 1)
-    v.one_of("distill.weighting", d.weighting or "truncated_snr", distillation.WEIGHTINGS)
+    checks.int_at_least("distill.rounds", d.rounds, 1)
+    checks.int_at_least("distill.student_steps", d.student_steps, 1)
+    checks.from_library("distill.student_steps / rounds", distillation.round_steps,
+                        int(d.student_steps), int(d.rounds) - 1)
+    checks.one_of("distill.weighting", d.weighting or "truncated_snr", distillation.WEIGHTINGS)
     k = steps_per_round(config)
     if k < 1 or int(config.training.num_steps) % int(d.rounds):
       raise ConfigError(f"config.training.num_steps={config.training.num_steps} must be a "
@@ -216,21 +211,21 @@ def check_distill(config: Config, mode: str) -> None:
                         f"divide the steps per round {k}")
   if obj in CONSISTENCY_DEFAULTS:
     w, m, idx = consistency_options(config)
-    v.one_of("distill.weighting", w, consistency.WEIGHTINGS)
-    v.one_of("distill.metric", m, consistency.METRICS)
-    v.one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
-    v.positive("distill.rho", d.rho)
+    checks.one_of("distill.weighting", w, consistency.WEIGHTINGS)
+    checks.one_of("distill.metric", m, consistency.METRICS)
+    checks.one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
+    checks.positive("distill.rho", d.rho)
     if obj == "consistency_distillation":
-      v.one_of("distill.teacher_solver", d.teacher_solver, consistency.TRACED_TEACHERS)
-      v.int_at_least("distill.num_scales", d.num_scales, 2)
+      checks.one_of("distill.teacher_solver", d.teacher_solver, consistency.TRACED_TEACHERS)
+      checks.int_at_least("distill.num_scales", d.num_scales, 2)
     else:
-      v.one_of("distill.curriculum", d.curriculum, CURRICULA)
+      checks.one_of("distill.curriculum", d.curriculum, CURRICULA)
       if d.curriculum == "none":
-        v.int_at_least("distill.num_scales", d.num_scales, 2)
+        checks.int_at_least("distill.num_scales", d.num_scales, 2)
       else:
         s0, s1 = curriculum_bounds(config)
-        v.from_library("distill.s0 / s1", consistency.max_num_scales,
-                       int(config.training.num_steps), d.curriculum, s0, s1)
+        checks.from_library("distill.s0 / s1", consistency.max_num_scales,
+                            int(config.training.num_steps), d.curriculum, s0, s1)
 
 
 def consistency_options(config: Config) -> Tuple[str, str, str]:
@@ -252,11 +247,10 @@ def curriculum_bounds(config: Config) -> Tuple[int, int]:
 
 def load_teacher(config: Config):
   """(teacher Setup, its EMA params, step) of distill.teacher_workdir (read-only)."""
-  from experiments import sample
   d = config.distill
   t_cfg = teacher_config(config)
   check_teacher(config, t_cfg)
-  return sample.restore_params(t_cfg, d.teacher_workdir, step=d.teacher_step)
+  return restore_params(t_cfg, d.teacher_workdir, step=d.teacher_step)
 
 
 # -- the losses ------------------------------------------------------------------------------------
@@ -265,7 +259,6 @@ def load_teacher(config: Config):
 def _denoiser_of(net, param, schedule, dtype):
   """params -> ``build.denoiser`` of ``net`` (evaluation mode, no dropout) computing in dtype,
   with no gradient into the params (a teacher)."""
-  from experiments import build
   model = training.compute_model(net, dtype)
 
   def of(params):
@@ -278,7 +271,7 @@ def _denoiser_of(net, param, schedule, dtype):
 def loss_fn(config: Config, s, teacher_setup=None, round_index: int = 0) -> Optional[Callable]:
   """The train step's ``loss_fn(denoise, x0, key, context)`` of the run's objective (None for
   dsm, classifier and reflow, whose losses the step builds itself). ``s``: the student's
-  ``train.Setup``; ``teacher_setup``: the teacher's (consistency distillation); PD's loss is
+  ``setup.Setup``; ``teacher_setup``: the teacher's (consistency distillation); PD's loss is
   compiled per round (its step count is static)."""
   obj, d = objective(config), config.distill
   dtype = jnp.bfloat16 if config.training.compute_dtype == "bfloat16" else jnp.float32

@@ -26,7 +26,8 @@ Images (integer data with L levels, D dimensions; config.data):
                       with Hutchinson's estimator (one fixed eval.probe per solve) or the exact
                       divergence, an adaptive diffrax solve (eval.solver, eval.rtol / eval.atol),
                       bpd = -(log p(x) / D + log(2 / L)) / ln 2; averaged over the draws of each
-                      image, then over images (``_stderr``: over images), ``_nfe`` the mean NFE.
+                      image, then over images (``_stderr``: over images), ``_nfe`` the mean NFE
+                      (diffusion.metrics.bits_per_dim.bpd_pf_ode).
   bpd_elbo            VDM's continuous-time ELBO (diffusion.elbo; Kingma et al. 2021) in bits/dim,
                       with its terms bpd_elbo_prior / _diffusion / _recon, from eval.t_min
                       (eval.elbo_time_samples Monte Carlo draws per image, eval.elbo_time_sampling)
@@ -39,7 +40,7 @@ samples and held-out data, nfe of the sampler, the settings used.
 Classifiers (training.objective='classifier'; no samples, no plots): on the first
 data.num_heldout held-out points (toy: toy2d.heldout; images: the test split), at
 CLASSIFIER_EVAL_LEVELS times evenly spaced in logSNR from the training range's t_min to t_max
-(``classifier_eval_times``), one draw x_t = alpha x0 + sigma eps per point (fixed seed):
+(diffusion.metrics.classifier_eval), one draw x_t = alpha x0 + sigma eps per point (fixed seed):
   accuracy_at_t=<t>       held-out accuracy of the EMA classifier (argmax of its logits)
   cross_entropy_at_t=<t>  its mean cross-entropy in nats (the Bayes classifier's is H(Y | X_t))
   accuracy_mean, cross_entropy_mean   their means over the levels
@@ -58,16 +59,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import checkpoint, parallel
-from experiments import build, conditioning, distill, plots, sample, shards, signals, writers
+from diffusion import checkpoint, elbo, parallel
+from diffusion.data import images
+from diffusion.likelihood import log_likelihood as pf_ode_loglik
+from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
+from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
+from diffusion.metrics.class_accuracy import class_accuracy
+from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
+from experiments import (build, conditioning, distill, eval_common, generate, plots, shards,
+                         signals, writers)
+from experiments.setup import Setup, restore_params, setup
 from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
 
-EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
-CLASSIFIER_EVAL_LEVELS = 5  # noise levels of a classifier's held-out accuracy
 
 
 _JIT_CACHE: Dict[Any, Any] = {}
@@ -91,7 +98,6 @@ def _sharded(s, fn):
 def _loglik_fn(s, rtol: float, atol: float, divergence: str, probe: str = "rademacher",
                t_min: Optional[float] = None, solver: str = "tsit5"):
   """The jitted (params, x, key) -> (log p(x) (B,), nfe), cached per config and settings."""
-  from diffusion.likelihood import log_likelihood as pf_ode_loglik
 
   def fn(params, x, key):
     out = pf_ode_loglik(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x, key,
@@ -107,7 +113,6 @@ def _loglik_fn(s, rtol: float, atol: float, divergence: str, probe: str = "radem
 def _elbo_fn(s, num_levels: int, t_min: Optional[float], num_time_samples: int,
              time_sampling: str):
   """The jitted (params, x_int, key) -> (dict of (B,) ELBO terms in nats, 0), cached."""
-  from diffusion import elbo
 
   def fn(params, x_int, key):
     out = elbo.elbo(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x_int, key,
@@ -152,160 +157,7 @@ def log_likelihood(s, params, x: np.ndarray, batch_size: int, key: jax.Array, *,
   return logp, float(np.mean(nfes))
 
 
-# -- images: bits/dim ------------------------------------------------------------------------------
-
-
-def dequantize(levels: np.ndarray, num_levels: int, key: jax.Array, draw: int) -> np.ndarray:
-  """Uniform dequantization of integer data k (n, ...) in 0..L-1 to [-1, 1):
-  x = 2 (k + u) / L - 1 with u ~ U[0, 1) from fold_in(fold_in(key, draw), i) for image i, so
-  draw d of image i does not depend on n, the batch or the device count. float32 (n, ...)."""
-  kd = jax.random.fold_in(key, draw)
-  shape = levels.shape[1:]
-  u = jax.jit(jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(kd, i), shape)))(
-      jnp.arange(len(levels)))
-  return ((levels.astype(np.float32) + np.asarray(u, np.float32)) * (2.0 / num_levels)
-          - 1.0).astype(np.float32)
-
-
-def mean_and_stderr(per_draw: np.ndarray) -> Tuple[float, float]:
-  """per_draw (draws, n): estimates for n items, several draws each. Averages each item's draws
-  first, then returns the mean over items and its standard error std(ddof=1) / sqrt(n)
-  (0 for n = 1): the draws of an item are not independent items."""
-  per_item = np.mean(np.asarray(per_draw, np.float64), axis=0)
-  n = len(per_item)
-  se = float(np.std(per_item, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-  return float(np.mean(per_item)), se
-
-
-def bpd_pf_ode(loglik: Callable[[np.ndarray, jax.Array, int], Tuple[np.ndarray, float]],
-               levels: np.ndarray, num_levels: int, key: jax.Array,
-               draws: int) -> Dict[str, Any]:
-  """PF-ODE bits/dim of integer data ``levels`` (n, ...) in 0..L-1 (score SDE's protocol).
-
-  For each draw d < ``draws``: x = ``dequantize(levels, L, k1, d)``, log p(x) (n,) nats and its
-  mean NFE from ``loglik(x, fold_in(k2, d), d)`` (the model density on [-1, 1]^D), and
-  bpd = -(log p(x) / D + log(2 / L)) / ln 2 (``diffusion.likelihood.bits_per_dim``: the change of
-  variables from [0, L)^D, where the discrete data's dequantized density lives, to [-1, 1]^D).
-  Returns bpd_pf_ode (mean over images of the mean over draws), its standard error over images,
-  the mean NFE and the counts.
-  """
-  from diffusion.likelihood import bits_per_dim
-  dim = int(np.prod(levels.shape[1:]))
-  k_deq, k_probe = jax.random.split(key)
-  per_draw, nfes = [], []
-  for d in range(int(draws)):
-    x = dequantize(levels, num_levels, k_deq, d)
-    logp, nfe = loglik(x, jax.random.fold_in(k_probe, d), d)
-    per_draw.append(bits_per_dim(np.asarray(logp, np.float64), dim, num_levels=num_levels))
-    nfes.append(nfe)
-  mean, se = mean_and_stderr(np.stack(per_draw))
-  return {"bpd_pf_ode": mean, "bpd_pf_ode_stderr": se, "bpd_pf_ode_nfe": float(np.mean(nfes)),
-          "bpd_pf_ode_draws": int(draws), "bpd_points": int(len(levels)),
-          "num_levels": int(num_levels), "bits_per_dim": mean}
-
-
-def bpd_elbo(elbo_fn: Callable[[np.ndarray, jax.Array], Dict[str, np.ndarray]],
-             levels: np.ndarray, key: jax.Array) -> Dict[str, Any]:
-  """VDM's ELBO in bits/dim of integer data ``levels`` (n, ...): ``elbo_fn(levels, key)`` gives
-  the per-image terms in nats ('prior', 'diffusion', 'recon', 'total', each (n,)); each is
-  divided by D ln 2. Returns bpd_elbo (the mean of 'total'), its standard error over images and
-  the mean of each term."""
-  from diffusion.elbo import to_bits_per_dim
-  dim = int(np.prod(levels.shape[1:]))
-  out = elbo_fn(levels, key)
-  bpd = {k: np.asarray(to_bits_per_dim(np.asarray(out[k], np.float64), dim))
-         for k in ("prior", "diffusion", "recon", "total")}
-  mean, se = mean_and_stderr(bpd["total"][None])
-  return {"bpd_elbo": mean, "bpd_elbo_stderr": se,
-          "bpd_elbo_prior": float(np.mean(bpd["prior"])),
-          "bpd_elbo_diffusion": float(np.mean(bpd["diffusion"])),
-          "bpd_elbo_recon": float(np.mean(bpd["recon"]))}
-
-
-# -- images: FID / KID ----------------------------------------------------------------------------
-
-
-def fid_pixels(x: np.ndarray, dataset: str, rounding: str = "levels") -> np.ndarray:
-  """Model samples (n, H, W, C) in [-1, 1] -> uint8 pixels for Inception.
-
-  'levels' (default): each sample is snapped to the dataset's L levels by the inverse of the
-  training data's dequantization (``images.quantize``), then mapped to pixels exactly as the
-  reference statistics map the data (``to_uint8(to_float(k, L))``: k itself for 256 levels,
-  round(k 255 / 16) for the 17-level digits). 'nearest': ``to_uint8(x)`` (EDM's
-  ``x * 127.5 + 128`` truncated); 'floor': score SDE's ``clip((x + 1) / 2 * 255)`` truncated.
-  """
-  from diffusion.data import images
-  from diffusion.metrics import inception
-  if rounding != "levels":
-    return inception.to_uint8(x, rounding)
-  levels = images.num_levels(dataset)
-  return inception.to_uint8(images.to_float(images.quantize(x, levels), levels))
-
-
-def load_fid_stats(config: Config):
-  """The reference statistics of config.eval.fid_stats, refused (one line) unless they are of
-  config.data.name at the run's resolution and of the installed Inception weights."""
-  from diffusion.data import images
-  from diffusion.metrics import fid, inception
-  stats = fid.load_stats(config.eval.fid_stats)
-  resolution = images.image_shape(config.data.name, config.data.image_size)[0]
-  fid.check_compatible(stats, config.data.name, resolution,
-                       weights_sha256=inception.weights_sha256())
-  return stats
-
-
-def fid_metrics(config: Config, x: np.ndarray, stats, inception_params) -> Dict[str, Any]:
-  """FID, KID (with its std over subsets) and the settings, of samples x (n, H, W, C)."""
-  from diffusion.metrics import fid
-  e = config.eval
-  out = fid.image_metrics(fid_pixels(x, config.data.name, e.fid_rounding), stats,
-                          dataset=config.data.name, resolution=int(x.shape[1]),
-                          params=inception_params, batch_size=int(e.inception_batch_size),
-                          kid_subsets=int(e.kid_subsets), kid_subset_size=int(e.kid_subset_size),
-                          seed=int(config.seed),
-                          progress=writers.Progress("Inception features", len(x), "images"))
-  out["fid_num_samples"] = out.pop("num_samples")
-  out["fid_rounding"] = e.fid_rounding
-  out["fid_stats"] = os.path.basename(e.fid_stats)
-  return out
-
-
 # -- classifiers: held-out accuracy per noise level ---------------------------------------------
-
-
-def classifier_eval_times(schedule, t_min: float, t_max: float,
-                          num: int = CLASSIFIER_EVAL_LEVELS) -> np.ndarray:
-  """``num`` times (float64, increasing, the ends exactly t_min and t_max) evenly spaced in
-  logSNR lambda(t) = log(alpha^2 / sigma^2) between lambda(t_min) and lambda(t_max)."""
-  if num < 2 or not t_min < t_max:
-    raise ValueError(f"need num >= 2 and t_min < t_max, got num={num}, t_min={t_min}, "
-                     f"t_max={t_max}")
-  lam = np.linspace(float(schedule.logsnr(np.float64(t_min))),
-                    float(schedule.logsnr(np.float64(t_max))), num)
-  t = np.asarray(schedule.t_from_logsnr(lam), np.float64)
-  t[0], t[-1] = t_min, t_max
-  return t
-
-
-def classifier_accuracy(logits_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                        x0: np.ndarray, labels: np.ndarray, schedule, times: np.ndarray,
-                        key: jax.Array) -> Dict[str, Any]:
-  """Accuracy and cross-entropy of a classifier on noisy held-out data, per time.
-
-  For level i and time t_i: x_t = alpha(t_i) x0 + sigma(t_i) eps, eps ~ N(0, I) drawn for the
-  whole set (n, ...) from fold_in(key, i); ``logits_of(x_t (n, ...), t (n,)) -> (n, C)``.
-  Returns {'accuracy': (L,), 'cross_entropy': (L,)} (numpy float64; nats).
-  """
-  labels = np.asarray(labels, np.int64)
-  acc, ce = [], []
-  for i, t in enumerate(np.asarray(times, np.float64)):
-    eps = np.asarray(jax.random.normal(jax.random.fold_in(key, i), x0.shape), np.float64)
-    xt = (float(schedule.alpha(t)) * x0 + float(schedule.sigma(t)) * eps).astype(np.float32)
-    logits = np.asarray(logits_of(xt, np.full((len(x0),), t, np.float32)), np.float64)
-    log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-    ce.append(float(-np.mean(log_p[np.arange(len(labels)), labels])))
-    acc.append(float(np.mean(np.argmax(logits, axis=-1) == labels)))
-  return {"accuracy": np.asarray(acc), "cross_entropy": np.asarray(ce)}
 
 
 def _classifier_logits_of(s, params, batch_size: int):
@@ -362,46 +214,10 @@ def classifier_metrics(s, params) -> Dict[str, Any]:
 # -- which checkpoints ---------------------------------------------------------------------------
 
 
-def checkpoint_steps(workdir: str) -> List[int]:
-  """The steps of the checkpoints in ``workdir`` (sorted; [] if none)."""
-  if not checkpoint.has_checkpoints(workdir):
-    return []
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  try:
-    return ckpt.all_steps()
-  finally:
-    ckpt.close()
-
-
-def steps_to_evaluate(ecfg: Config, available: List[int], where: str) -> List[Optional[int]]:
-  """eval.all_checkpoints: all of ``available``; else [eval.step], where None stands for the
-  newest checkpoint that passes its integrity check (found when restoring). Raises
-  FileNotFoundError (one line, listing the available steps) for a step without a checkpoint."""
-  if not available:
-    raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
-  if ecfg.all_checkpoints:
-    return list(available)
-  if ecfg.step is None:
-    return [None]
-  if ecfg.step not in available:
-    raise FileNotFoundError(f"config.eval.step={ecfg.step}: no checkpoint at that step in "
-                            f"{where}; available steps: {available} (omit --config.eval.step "
-                            f"for the newest, or set --config.eval.all_checkpoints=True)")
-  return [int(ecfg.step)]
-
-
 def step_dir(workdir: str, step: int, tag: str = "") -> str:
   """eval/step_<step>, or eval/step_<step>_<tag> for conditional sampling (conditioning.tag)."""
-  return os.path.join(workdir, EVAL_DIR, f"step_{int(step)}" + (f"_{tag}" if tag else ""))
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Atomically (temporary file + rename)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  return os.path.join(workdir, eval_common.EVAL_DIR,
+                      f"step_{int(step)}" + (f"_{tag}" if tag else ""))
 
 
 def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:
@@ -444,14 +260,13 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
 
 
 def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any]:
-  from experiments import train
   where = os.path.join(workdir, checkpoint.CKPT_DIR)
-  s = train.setup(config)
+  s = setup(config)
   if not checkpoint.has_checkpoints(workdir):
     raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
   checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
-  steps = steps_to_evaluate(config.eval, checkpoint_steps(workdir), where)
-  fid_stats = load_fid_stats(config) if config.eval.fid_stats is not None else None
+  steps = eval_common.steps_to_evaluate(config.eval, eval_common.checkpoint_steps(workdir), where)
+  fid_stats = eval_common.load_fid_stats(config) if config.eval.fid_stats is not None else None
   result: Dict[str, Any] = {}
   for step in steps:
     done = None if step is None else evaluated(workdir, step, conditioning.tag(config, "eval"))
@@ -483,8 +298,8 @@ def _sample_set(s, params, step: int, workdir: str, sig, n: int,
   """The first n samples of ``step``, from / into eval/step_<step>[_<tag>]/samples/."""
   cfg, e = s.config, s.config.eval
   shape = tuple(s.example["x"].shape[1:])
-  bs, draw = sample.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
-                                    min(int(cfg.sampling.batch_size), int(e.shard_size)), plan)
+  bs, draw = generate.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
+                                      min(int(cfg.sampling.batch_size), int(e.shard_size)), plan)
   fprint = shards.fingerprint({"seed": int(cfg.seed), "key": "seed+2", "shape": list(shape),
                                "shard_size": int(e.shard_size),
                                "sampling": build.sampler_kwargs(cfg),
@@ -496,88 +311,121 @@ def _sample_set(s, params, step: int, workdir: str, sig, n: int,
 
 
 def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signals.RunSignals,
-                  fid_stats=None) -> Dict[str, Any]:
+                  fid_stats: Optional[fid.Stats] = None) -> Dict[str, Any]:
   """Evaluates the checkpoint at ``step`` (None: the newest intact one) and writes its metrics
   (module docstring); FID / KID against ``fid_stats`` when given."""
   sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
-  s, params, restored = sample.restore_params(config, workdir, step=step)
+  s, params, restored = restore_params(config, workdir, step=step)
   plan = conditioning.plan(config, s, "eval")
   if step is None:
     done = evaluated(workdir, restored, plan.tag)
     if done is not None:
       return done
   step = restored
-  e = config.eval
-  key = jax.random.PRNGKey(config.seed + 3)
-  toy = build.is_toy(config)
   metrics: Dict[str, Any] = {"step": int(step)}
   sig.phase = f"evaluation of step {step}"
   if build.is_classifier(config):
     metrics.update(classifier_metrics(s, params))
     return _write_metrics(workdir, step, metrics, [], sig)
-  n_held = max(int(e.nll_points), int(e.num_samples), int(e.mmd_points))
   # A consistency function is not a denoiser: it has no PF-ODE, so no likelihood either.
   likelihood = not distill.is_consistency(config)
-  if toy:
-    held = build.heldout(config, max(n_held, int(config.data.num_heldout)))
-  if toy and likelihood:
-    n_nll = int(e.nll_points)
-    logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
-                                   rtol=e.rtol, atol=e.atol, divergence=e.divergence,
-                                   probe=e.probe, t_min=e.t_min, solver=e.solver,
-                                   progress=writers.Progress("likelihood", n_nll, "points"))
-    metrics.update({
-        "nll_nats": float(-np.mean(logp)),
-        "nll_nats_stderr": float(np.std(logp) / np.sqrt(len(logp))),
-        "nll_points": int(len(logp)), "nll_nfe": nll_nfe, "divergence": e.divergence})
-    h = build.true_entropy(config)
-    if h is not None:
-      metrics["true_entropy_nats"] = float(h)
-      metrics["excess_nll_nats"] = metrics["nll_nats"] - float(h)
-  if not toy:
-    from diffusion.data.images import num_levels
-    levels_count = num_levels(config.data.name)  # 256; 17 for digits
-    levels = build.heldout(config, n_held, levels=True)
-    held = dequantize(levels, levels_count, jax.random.PRNGKey(config.data.heldout_seed), 0)
-    test = levels[:int(e.nll_points)]
-  if not toy and likelihood:
-    def loglik(x, k, d):
-      return log_likelihood(
-          s, params, x, int(e.nll_batch_size), k, rtol=e.rtol, atol=e.atol,
-          divergence=e.divergence, probe=e.probe, t_min=e.t_min, solver=e.solver,
-          progress=writers.Progress(f"PF-ODE bits/dim, draw {d + 1}/{e.dequantization_draws}",
-                                    len(x), "images"))
-
-    metrics.update(bpd_pf_ode(loglik, test, levels_count, key, int(e.dequantization_draws)))
-    metrics.update({"divergence": e.divergence, "probe": e.probe, "solver": e.solver,
-                    "rtol": float(e.rtol), "atol": float(e.atol),
-                    "likelihood_t_min": float(s.schedule.t_min if e.t_min is None
-                                              else e.t_min)})
-    if e.elbo:
-      fn = _elbo_fn(s, levels_count, e.t_min, int(e.elbo_time_samples), e.elbo_time_sampling)
-
-      def elbo_fn(x_int, k):
-        return _batched(s, fn, params, x_int.astype(np.int32), int(e.nll_batch_size), k,
-                        writers.Progress("ELBO", len(x_int), "images"))[0]
-
-      metrics.update(bpd_elbo(elbo_fn, test, jax.random.fold_in(key, 1)))
-      metrics.update({"elbo_time_samples": int(e.elbo_time_samples),
-                      "elbo_time_sampling": e.elbo_time_sampling})
-
+  held, test, num_levels = _heldout(config)
+  key = jax.random.PRNGKey(config.seed + 3)
+  if likelihood and test is None:  # toy data: nats
+    metrics.update(_nll_metrics(s, params, held, key))
+  if likelihood and test is not None:  # images: bits/dim
+    metrics.update(_bpd_metrics(s, params, test, num_levels, key))
   sig.phase = f"sampling for step {step}"
   sig.nothing_saved = (f"the finished sample shards are kept in "
                        f"{step_dir(workdir, step, plan.tag)}/samples and --mode=eval resumes "
                        f"from them")
+  x, sample_metrics = _sample_metrics(s, params, step, workdir, sig, plan, fid_stats, held)
+  metrics.update(sample_metrics)
+  sig.phase = "the plots"
+  figures = _plots(s, params, x, step_dir(workdir, step, plan.tag), f"step {step}", plan,
+                   density=likelihood and test is None)
+  return _write_metrics(workdir, step, metrics, figures, sig, plan.tag)
+
+
+def _heldout(config: Config) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
+  """(held-out data for the sample metrics; the integer test images of bits/dim; their number
+  of levels L): toy data: held-out points, None, None; images: the first test images
+  dequantized (draw 0 of data.heldout_seed), the first eval.nll_points of them as levels k in
+  0..L-1, L."""
+  e = config.eval
+  n_held = max(int(e.nll_points), int(e.num_samples), int(e.mmd_points))
+  if build.is_toy(config):
+    return build.heldout(config, max(n_held, int(config.data.num_heldout))), None, None
+  levels_count = images.num_levels(config.data.name)  # 256; 17 for digits
+  levels = build.heldout(config, n_held, levels=True)
+  held = dequantize(levels, levels_count, jax.random.PRNGKey(config.data.heldout_seed), 0)
+  return held, levels[:int(e.nll_points)], levels_count
+
+
+def _nll_metrics(s: Setup, params, held: np.ndarray, key: jax.Array) -> Dict[str, Any]:
+  """Toy data: the PF-ODE NLL in nats of the first eval.nll_points held-out points, and its
+  excess over the data's entropy where known."""
+  config, e = s.config, s.config.eval
+  n_nll = int(e.nll_points)
+  logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
+                                 rtol=e.rtol, atol=e.atol, divergence=e.divergence,
+                                 probe=e.probe, t_min=e.t_min, solver=e.solver,
+                                 progress=writers.Progress("likelihood", n_nll, "points"))
+  metrics = {"nll_nats": float(-np.mean(logp)),
+             "nll_nats_stderr": float(np.std(logp) / np.sqrt(len(logp))),
+             "nll_points": int(len(logp)), "nll_nfe": nll_nfe, "divergence": e.divergence}
+  h = build.true_entropy(config)
+  if h is not None:
+    metrics["true_entropy_nats"] = float(h)
+    metrics["excess_nll_nats"] = metrics["nll_nats"] - float(h)
+  return metrics
+
+
+def _bpd_metrics(s: Setup, params, test: np.ndarray, num_levels: int,
+                 key: jax.Array) -> Dict[str, Any]:
+  """Images: bits/dim of the integer test images by the PF-ODE and, with eval.elbo, VDM's ELBO
+  (diffusion.metrics.bits_per_dim), with the settings used."""
+  e = s.config.eval
+
+  def loglik(x, k, d):
+    return log_likelihood(
+        s, params, x, int(e.nll_batch_size), k, rtol=e.rtol, atol=e.atol,
+        divergence=e.divergence, probe=e.probe, t_min=e.t_min, solver=e.solver,
+        progress=writers.Progress(f"PF-ODE bits/dim, draw {d + 1}/{e.dequantization_draws}",
+                                  len(x), "images"))
+
+  metrics = bpd_pf_ode(loglik, test, num_levels, key, int(e.dequantization_draws))
+  metrics.update({"divergence": e.divergence, "probe": e.probe, "solver": e.solver,
+                  "rtol": float(e.rtol), "atol": float(e.atol),
+                  "likelihood_t_min": float(s.schedule.t_min if e.t_min is None else e.t_min)})
+  if e.elbo:
+    fn = _elbo_fn(s, num_levels, e.t_min, int(e.elbo_time_samples), e.elbo_time_sampling)
+
+    def elbo_fn(x_int, k):
+      return _batched(s, fn, params, x_int.astype(np.int32), int(e.nll_batch_size), k,
+                      writers.Progress("ELBO", len(x_int), "images"))[0]
+
+    metrics.update(bpd_elbo(elbo_fn, test, jax.random.fold_in(key, 1)))
+    metrics.update({"elbo_time_samples": int(e.elbo_time_samples),
+                    "elbo_time_sampling": e.elbo_time_sampling})
+  return metrics
+
+
+def _sample_metrics(s: Setup, params, step: int, workdir: str, sig: signals.RunSignals,
+                    plan: conditioning.Plan, fid_stats: Optional[fid.Stats],
+                    held: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
+  """(the first eval.num_samples samples; their metrics): FID / KID with ``fid_stats``, sliced
+  Wasserstein and MMD against ``held``, NFE, the conditioning and the class accuracy."""
+  config, e = s.config, s.config.eval
+  metrics: Dict[str, Any] = {}
   n_samples = max(int(e.num_samples), int(e.fid_num_samples) if fid_stats is not None else 0)
   x_all, nfe = _sample_set(s, params, step, workdir, sig, n_samples, plan)
   if fid_stats is not None:
-    from diffusion.metrics import inception
     sig.phase = f"FID of step {step}"
-    metrics.update(fid_metrics(config, x_all[:int(e.fid_num_samples)], fid_stats,
-                               inception.load_params()))
+    metrics.update(eval_common.fid_metrics(config, x_all[:int(e.fid_num_samples)], fid_stats,
+                                           inception.load_params()))
   x = x_all[:int(e.num_samples)]
-  from diffusion.metrics import mmd, sliced_wasserstein
-  flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)
+  flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
   m = int(e.mmd_points)
   metrics.update({
       "sliced_wasserstein": float(sliced_wasserstein(flat(x), flat(held), config.seed,
@@ -589,38 +437,42 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     metrics.update({"conditioning": plan.tag, **plan.cost_info()})
   ref = conditioning.reference_classifier(config) if plan.conditional else None
   if ref is not None:
-    from diffusion.metrics.class_accuracy import class_accuracy
     metrics["class_accuracy"] = class_accuracy(ref[0], x, np.asarray(plan.labels(
         np.arange(len(x)))))
-  here = step_dir(workdir, step, plan.tag)
-  sig.phase = "the plots"
+  return x, metrics
+
+
+def _plots(s: Setup, params, x: np.ndarray, here: str, title: str, plan: conditioning.Plan,
+           density: bool) -> List[str]:
+  """samples.png (process 0) and, with ``density`` (toy data with a likelihood), density.png in
+  ``here``; returns the names of the figures written."""
   figures = []
   if writers.is_main():
     figures.append("samples.png")
     labels = (np.asarray(plan.labels(np.arange(len(x)))) if plan.conditional else None)
-    plots.close(sample.plot(s, x, os.path.join(here, "samples.png"), f"step {step}",
-                            labels=labels))
-  if toy and likelihood:  # collective: every process computes, process 0 draws
+    plots.close(generate.plot(s, x, os.path.join(here, "samples.png"), title, labels=labels))
+  if density:  # collective: every process computes, process 0 draws
     fig = density_plot(s, params, os.path.join(here, "density.png"))
     if fig is not None:
       figures.append("density.png")
       plots.close(fig)
-  return _write_metrics(workdir, step, metrics, figures, sig, plan.tag)
+  return figures
 
 
 def _write_metrics(workdir: str, step: int, metrics: Dict[str, Any], figures: List[str],
                    sig: signals.RunSignals, tag: str = "") -> Dict[str, Any]:
   """Copies the step's ``figures`` to eval/, writes its metrics.json (last: it marks the step as
   evaluated) and eval/metrics.json, the TensorBoard scalars, and says them in one line."""
-  out, here = os.path.join(workdir, EVAL_DIR), step_dir(workdir, step, tag)
+  out, here = os.path.join(workdir, eval_common.EVAL_DIR), step_dir(workdir, step, tag)
   if writers.is_main():  # the metrics last: their file marks the step as evaluated
     sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {here}"
     with sig.deferred():  # no half-written metrics
       for name in figures:  # eval/<plot>: the most recent evaluation's
         shutil.copyfile(os.path.join(here, name), os.path.join(out, name))
-      write_json(os.path.join(here, METRICS_FILE), metrics)
-      write_json(os.path.join(out, METRICS_FILE), metrics)
-      tb = writers.TBEvents(os.path.join(workdir, "tb", EVAL_DIR), suffix=f".step_{step}")
+      writers.write_json(os.path.join(here, METRICS_FILE), metrics)
+      writers.write_json(os.path.join(out, METRICS_FILE), metrics)
+      tb = writers.TBEvents(os.path.join(workdir, "tb", eval_common.EVAL_DIR),
+                            suffix=f".step_{step}")
       try:
         tb.scalars(step, {f"eval/{k}": v for k, v in scalar_metrics(metrics).items()})
       finally:

@@ -15,11 +15,15 @@ missing), 'random:<p>' (each pixel missing with probability p, channels together
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Sequence, Tuple
 
 import numpy as np
+
+from experiments import build
+from experiments.config_files import load_config_file
 
 IMAGE_MASKS = ("right_half", "bottom_half", "center", "random:<p>")
 VECTOR_MASKS = ("x", "y")
@@ -61,7 +65,6 @@ def make_mask(kind: str, shape: Tuple[int, ...], n: int, seed: int = 0) -> np.nd
 def write(config, task: str, num: int, out: str, mask: str = "right_half",
           seed: int = 0) -> str:
   """Writes the observation file ``out`` (see the module docstring) and returns its path."""
-  from experiments import build
   if task not in TASKS:
     raise ValueError(f"unknown task {task!r}; accepted: {list(TASKS)}")
   if num < 1:
@@ -79,8 +82,6 @@ def write(config, task: str, num: int, out: str, mask: str = "right_half",
 
 
 def main(argv: Sequence[str]) -> int:
-  import argparse
-  from experiments.main import load_config_file
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", required=True, help="the experiment's config file")
   ap.add_argument("--task", required=True, choices=TASKS)

@@ -21,15 +21,17 @@ import sys
 import time
 from typing import Optional, Tuple
 
+from absl import app, flags
 import numpy as np
+
+from diffusion.data import images as images_lib
+from diffusion.metrics import fid, inception
 
 
 def read_split_uint8(dataset: str, split: str, resolution: Optional[int] = None,
                      num_images: Optional[int] = None, batch_size: int = 256,
                      data_dir: Optional[str] = None):
   """Yields uint8 (B, H, W, C) batches of the split in file order (at most num_images)."""
-  from diffusion.data import images as images_lib
-  from diffusion.metrics import inception
   it = images_lib.make_image_dataset(
       dataset, split, batch_size=batch_size, seed=0, image_size=resolution, dequantize=False,
       data_dir=data_dir, shuffle=False, num_epochs=1, drop_remainder=False)
@@ -48,10 +50,8 @@ def read_split_uint8(dataset: str, split: str, resolution: Optional[int] = None,
 def compute_reference_stats(dataset: str, split: str, out: str, resolution: Optional[int] = None,
                             num_images: Optional[int] = None, batch_size: int = 64,
                             keep_features: bool = True, data_dir: Optional[str] = None,
-                            weights: Optional[str] = None) -> Tuple[str, "fid.Stats"]:
+                            weights: Optional[str] = None) -> Tuple[str, fid.Stats]:
   """Computes and writes the statistics; returns (path, Stats)."""
-  from diffusion.data import images as images_lib
-  from diffusion.metrics import fid, inception
   if num_images is not None and num_images < 2:
     raise ValueError(f"num_images must be >= 2 (a covariance needs two), got {num_images}")
   res = images_lib.image_shape(dataset, resolution)[0]
@@ -73,7 +73,6 @@ def compute_reference_stats(dataset: str, split: str, out: str, resolution: Opti
 
 
 def main(argv=None):
-  from absl import app, flags
   flags.DEFINE_string("dataset", None, "Dataset name (digits, mnist, cifar10, celeb_a, lsun/...).")
   flags.DEFINE_string("split", "train", "Split to read (tfds slicing works for tfds datasets).")
   flags.DEFINE_string("out", None, "Output directory.")

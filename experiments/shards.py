@@ -28,6 +28,8 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from diffusion.io_utils import atomic_write
+
 _NAME = re.compile(r"^shard_(\d{5,})\.npz$")
 
 
@@ -57,9 +59,9 @@ def write_shard(path: str, x: np.ndarray, start: int, fprint: str, nfe: int) -> 
   """Writes one shard atomically (a temporary file, then a rename)."""
   d, name = os.path.split(path)
   os.makedirs(d, exist_ok=True)
-  tmp = os.path.join(d, "." + name[:-len(".npz")] + ".tmp.npz")  # np.savez keeps '.npz'
-  np.savez(tmp, x=x, start=np.int64(start), nfe=np.int64(nfe), fingerprint=np.str_(fprint))
-  os.replace(tmp, path)
+  tmp = os.path.join(d, "." + name[:-len(".npz")] + ".tmp.npz")
+  with atomic_write(path, "wb", tmp=tmp) as f:
+    np.savez(f, x=x, start=np.int64(start), nfe=np.int64(nfe), fingerprint=np.str_(fprint))
 
 
 def read_shard(path: str, start: Optional[int] = None, count: Optional[int] = None,
@@ -125,7 +127,7 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
   shards in ``directory`` and, for the others, ``draw``.
 
   ``draw(start) -> (x (batch_size, *shape), info)``: samples start .. start + batch_size - 1
-  (``experiments.sample.batch_generator``). Missing shards are generated batch by batch from
+  (``experiments.generate.batch_generator``). Missing shards are generated batch by batch from
   their first index and written (``write``: process 0 only; every process draws, the draws are
   collective) inside ``guard()`` (e.g. a signal deferral, so no write is cut short).
   ``progress(total)``, if given, makes the callback ``report(done)`` called after each batch,

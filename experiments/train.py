@@ -23,110 +23,31 @@ the student at a fresh start; consistency distillation's teacher is passed to ev
 progressive distillation's rounds end at steps r K, where the round's student is checkpointed
 (kept) and becomes the next round's teacher (``distill.begin_round``); reflow's batches are pairs.
 EDM2's power-function EMAs (training.ema_profiles, experiments/posthoc_ema.py): kept in the state
-(training.PowerEMAState) and written to <workdir>/ema_snapshots/ whenever
-training.ema_snapshot_every steps are crossed (never overwriting a snapshot).
+(training.PowerEMAState) and written to <workdir>/ema_snapshots/ (experiments/snapshots.py)
+whenever training.ema_snapshot_every steps are crossed (never overwriting a snapshot).
 Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
 the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.
 """
+
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import checkpoint, parallel, training
-from experiments import build, distill, posthoc_ema, signals, writers
+from experiments import build, distill, generate, plots, signals, snapshots, writers
+from experiments.setup import Setup, init_state, setup
 from experiments.validate import validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything built from the config that train, sample and eval share."""
-  config: Config
-  mesh: Any
-  schedule: Any
-  param: Any
-  net: Any
-  optim: training.OptimConfig
-  optimizer: Any
-  step_cfg: training.StepConfig
-  example: Dict[str, np.ndarray]
-  abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings
-  state_shardings: Any
-  identity: Dict[str, Any]  # the full config + resolved facts, as saved in config.json
-
-
-def setup(config: Config) -> Setup:
-  """Builds and validates everything; no files are touched."""
-  if config.debug.setup_delay_s > 0:  # fault injection: a slow set-up for the signal tests
-    say("setting up (debug.setup_delay_s)")
-    time.sleep(float(config.debug.setup_delay_s))
-  build.check_dataset(config)
-  mesh = parallel.make_mesh(config.parallel.model_axis)
-  sched, param, net = build.schedule(config), build.parameterization(config), build.model(config)
-  optim = build.optim_config(config)
-  optimizer = training.make_optimizer(optim)
-  step_cfg = build.step_config(config)
-  example = build.example_batch(config)
-  ex_label = example.get("label") if config.model.conditional else None  # the network's input
-
-  def init(key):
-    state = training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
-                                None if ex_label is None else jnp.asarray(ex_label))
-    return training.with_power_ema(state, len(config.training.ema_profiles))
-
-  key = jax.random.PRNGKey(config.seed)
-  shapes = jax.eval_shape(init, key)
-  if distill.holds_teacher(config):  # PD: the round's teacher is the student's network
-    shapes = _with_teacher(shapes, shapes.params)
-  shardings = parallel.state_sharding(mesh, shapes, fsdp=config.parallel.fsdp,
-                                     min_size=config.parallel.fsdp_min_size)
-  abstract = checkpoint.abstract_like(shapes, shardings)
-  identity = build.identity_dict(config, build.resolved(config, example, shapes.params))
-  return Setup(config, mesh, sched, param, net, optim, optimizer, step_cfg, example, abstract,
-               shardings, identity)
-
-
-def _with_teacher(state: training.TrainState, teacher) -> training.DistillState:
-  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(training.TrainState)}
-  return training.DistillState(**fields, teacher=teacher)
-
-
-def init_state(s: Setup, teacher_params=None) -> training.TrainState:
-  """A fresh state; with ``teacher_params`` (the few-step objectives) the student starts from
-  them where the objective does (PD always, CD / reflow with distill.init_from_teacher), and PD's
-  state carries them as the first round's teacher."""
-  ex_label = s.example.get("label") if s.config.model.conditional else None
-  if distill.holds_teacher(s.config) and teacher_params is None:
-    raise ValueError(f"training.objective={s.config.training.objective!r} starts from the "
-                     f"teacher's parameters; init_state needs teacher_params")
-  copy = teacher_params is not None and (distill.holds_teacher(s.config)
-                                         or bool(s.config.distill.init_from_teacher))
-
-  def init(key, teacher):
-    state = training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
-                                None if ex_label is None else jnp.asarray(ex_label))
-    if copy:
-      state = state.replace(params=teacher, ema_params=jax.tree_util.tree_map(jnp.copy, teacher),
-                            opt_state=s.optimizer.init(teacher))
-    state = training.with_power_ema(state, len(s.config.training.ema_profiles))
-    if distill.holds_teacher(s.config):
-      state = _with_teacher(state, jax.tree_util.tree_map(jnp.copy, teacher))
-    return state
-
-  return jax.jit(init, out_shardings=s.state_shardings)(jax.random.PRNGKey(s.config.seed),
-                                                        teacher_params)
 
 
 def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, teacher=None):
@@ -205,7 +126,7 @@ def _train(config: Config, workdir: str, sig: signals.RunSignals,
     lock.acquire()
   try:
     checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # now under the lock
-    keep = distill.steps_per_round(config) if distill.holds_teacher(config) else None
+    keep = distill.steps_per_round(config) if build.holds_teacher(config) else None
     ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints,
                                    config=s.identity, allow_fresh_start=allow_fresh_start,
                                    keep_period=keep)
@@ -220,8 +141,192 @@ def _train(config: Config, workdir: str, sig: signals.RunSignals,
 
 def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
           sig: Optional[signals.RunSignals] = None) -> Dict[str, Any]:
-  config, tcfg = s.config, s.config.training
-  sig = sig if sig is not None else signals.RunSignals()
+  """The train loop from the restored (or fresh) state to training.num_steps: each call of k
+  steps is followed by the step boundary's duties, in this order."""
+  loop = _Loop(s, workdir, ckpt, sig if sig is not None else signals.RunSignals())
+  loop.sig.phase = "training"
+  with loop.sig.deferred(), contextlib.closing(loop.batches):  # closing: stops prefetch threads
+    while loop.step < loop.num_steps:
+      prev = loop.train_call()
+      loop.log(prev)
+      loop.snapshot(prev)
+      loop.end_round()
+      loop.periodic_checkpoint(prev)
+      loop.periodic_samples(prev)
+      if loop.stop_on_signal():
+        break
+    loop.end()
+  loop.final_samples()
+  loop.writer.close()
+  return {"step": loop.step, "status": loop.status, "loss": loop.last_loss}
+
+
+class _Loop:
+  """The train loop's state between step boundaries, and one method per duty of a boundary."""
+
+  def __init__(self, s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
+               sig: signals.RunSignals):
+    self.s, self.workdir, self.ckpt, self.sig = s, workdir, ckpt, sig
+    config, tcfg = s.config, s.config.training
+    self.config, self.tcfg = config, tcfg
+    self.state, self.step, self.fixed_teacher = _restore_with_teacher(s, ckpt)
+    self.boundaries, self.begin_round = _round_boundaries(s)
+    if self.step in self.boundaries:  # resumed at a round's first step (idempotent)
+      self.state = self.begin_round(self.state)
+    self.writer = writers.MetricWriter(workdir, start_step=self.step)
+    self.batches = build.train_batches(config, self.step, jax.process_index(),
+                                       jax.process_count())
+    self.compiled: Dict[Any, Any] = {}  # (steps per call, PD round) -> (jitted fn, sharding)
+    self.pending: List[Dict[str, jax.Array]] = []  # metrics on device, not yet fetched
+    self.fetched: List[Dict[str, np.ndarray]] = []  # fetched, not yet logged
+    self.fetched_to = self.step  # metrics of steps before this one have been fetched
+    self.skipping = s.step_cfg.nonfinite == "skip"
+    self.monitor = training.SkipMonitor(int(tcfg.max_consecutive_skips),
+                                        "training.max_consecutive_skips")
+    self.last_loss = float("nan")
+    self.t_last, self.step_last, self.calls = time.time(), self.step, 0
+    self.status = "done"
+    self.num_steps = int(tcfg.num_steps)
+    self.k_max = max(1, int(tcfg.steps_per_call))
+    self.draws_samples = not build.is_classifier(config)
+    self.profiles = tuple(tcfg.ema_profiles)  # power EMAs, snapshots every ema_snapshot_every
+
+  # -- the step boundary's duties, in order --------------------------------------------------
+
+  def train_call(self) -> int:
+    """Runs the next call of k steps (compiled once per (k, PD round)); returns the step
+    before it."""
+    k = min(self.k_max, self.num_steps - self.step)
+    r = distill.round_of(self.config, self.step) if self.boundaries else 0
+    if (k, r) not in self.compiled:
+      self.compiled[(k, r)] = _compile_steps(self.s, k, r,
+                                             self.fixed_teacher and self.fixed_teacher[0])
+    fn, data_sharding = self.compiled[(k, r)]
+    local = [next(self.batches) for _ in range(k)]
+    stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
+    args = (self.fixed_teacher[1],) if self.fixed_teacher else ()
+    self.state, metrics = fn(self.state, parallel.global_batch(stacked, data_sharding), *args)
+    self.pending.append(metrics)
+    prev, self.step, self.calls = self.step, self.step + k, self.calls + 1
+    if self.calls % 8 == 0:  # bound the queue of in-flight steps (simulated devices deadlock)
+      jax.block_until_ready(self.state.step)
+    return prev
+
+  def log(self, prev: int) -> None:
+    """Every training.log_every steps and at the end: the mean metrics since the last line, to
+    metrics.jsonl, TensorBoard and one progress line."""
+    if not (_crossed(prev, self.step, self.tcfg.log_every) or self.step == self.num_steps):
+      return
+    training.check_finite(self.state)
+    self.fetch()
+    m = _mean_metrics(self.fetched)
+    self.fetched.clear()
+    now = time.time()
+    m["steps_per_sec"] = (self.step - self.step_last) / max(now - self.t_last, 1e-9)
+    self.t_last, self.step_last = now, self.step
+    self.last_loss = m["loss"]
+    self.writer.scalars(self.step, m)
+    acc = f"accuracy {m['accuracy']:.4f}  " if "accuracy" in m else ""
+    say(f"step {self.step}/{self.num_steps}  loss {m['loss']:.5f}  {acc}grad_norm "
+        f"{m['grad_norm']:.3f}  {m['steps_per_sec']:.1f} steps/s  "
+        f"ETA {writers.eta(self.step, self.num_steps, m['steps_per_sec'])}")
+
+  def snapshot(self, prev: int) -> None:
+    """EDM2's post-hoc EMA: the power EMAs' snapshots every training.ema_snapshot_every steps."""
+    if self.profiles and _crossed(prev, self.step, self.tcfg.ema_snapshot_every):
+      training.check_finite(self.state)  # no snapshot past a non-finite step or too many skips
+      self.fetch()
+      snapshots.write_snapshots(self.workdir, self.state, self.profiles, self.step,
+                                writers.is_main())
+
+  def end_round(self) -> None:
+    """Progressive distillation: round r's student is kept; round r + 1 starts from it."""
+    if self.step not in self.boundaries:
+      return
+    self.save(self.step)
+    done_round = distill.round_of(self.config, self.step - 1)
+    say(f"round {done_round + 1}/{self.config.distill.rounds} done at step {self.step}: its "
+        f"student ({distill.round_student_steps(self.config, done_round)} DDIM steps) is the "
+        f"checkpoint at step {self.step}")
+    self.state = self.begin_round(self.state)
+
+  def periodic_checkpoint(self, prev: int) -> None:
+    """A checkpoint every training.ckpt_every steps (the last one is saved by ``end``)."""
+    if not (_crossed(prev, self.step, self.tcfg.ckpt_every) and self.step < self.num_steps):
+      return
+    self.save(self.step)
+    if self.step == self.config.debug.hang_at_step:  # fault injection for the kill/resume test
+      self.ckpt.wait()
+      say(f"hanging at step {self.step}")
+      while self.sig.received is None:  # until killed, or a signal: saved below
+        time.sleep(0.1)
+
+  def periodic_samples(self, prev: int) -> None:
+    """Samples and their plot every training.sample_every steps (not at the end: ``end``)."""
+    if (self.draws_samples and _crossed(prev, self.step, self.tcfg.sample_every)
+        and self.step < self.num_steps and self.sig.received is None):
+      _report_samples(self.s, self.workdir, self.state, self.step, self.writer)
+
+  def stop_on_signal(self) -> bool:
+    """At a step boundary after SIGTERM / SIGINT: save, say so and stop (True)."""
+    sig = self.sig
+    if sig.received is None:
+      return False
+    self.save(self.step)
+    self.ckpt.wait()
+    say(f"{signals.signal_name(sig.received)}: saved a checkpoint at step {self.step}; exiting")
+    self.status = "preempted" if sig.received == signal.SIGTERM else "interrupted"
+    sig.acknowledge()
+    return True
+
+  def end(self) -> None:
+    """After the loop: the final checkpoint of a finished run, and the count of skipped steps."""
+    training.check_finite(self.state)
+    sig = self.sig
+    if self.status == "done":
+      self.save(self.step)
+      self.ckpt.wait()
+      say(f"training done at step {self.step}; checkpoints in {self.ckpt.directory}")
+      if sig.received is not None:  # came during the final save: it is written; no samples
+        say(f"{signals.signal_name(sig.received)}: skipping the final samples; exiting")
+        self.status = "interrupted" if sig.received == signal.SIGINT else "done"
+        sig.acknowledge()
+    if self.skipping:
+      say(f"skipped {int(jax.device_get(self.state.num_skipped))} of {self.step} steps "
+          f"(non-finite)")
+
+  def final_samples(self) -> None:
+    """A finished run's samples (not a classifier's), outside the deferred-signal block."""
+    sig = self.sig
+    if self.status == "done" and sig.received is None and self.draws_samples:
+      # Everything is saved: a signal now stops the sampling at once (immediate mode).
+      sig.phase = "the final samples"
+      sig.nothing_saved = f"the checkpoint at step {self.step} is saved"
+      _report_samples(self.s, self.workdir, self.state, self.step, self.writer)
+
+  # -- helpers -------------------------------------------------------------------------------
+
+  def fetch(self) -> None:
+    """Moves the pending metrics to the host; the skip limit is checked on them."""
+    host = jax.device_get(self.pending)
+    self.pending = []
+    for m in host:
+      if self.skipping:
+        self.monitor.update(self.fetched_to, m["finite"])
+      self.fetched_to += int(np.size(m["finite"]))
+      self.fetched.append(m)
+
+  def save(self, at: int) -> None:
+    training.check_finite(self.state)  # never checkpoint past a non-finite step
+    self.fetch()  # nor past more consecutive skips than allowed
+    self.ckpt.save(at, self.state, {"step": at, "experiment": self.config.experiment})
+
+
+def _restore_with_teacher(s: Setup, ckpt: checkpoint.Checkpointer):
+  """(state, step, fixed teacher): the restored or fresh state (a few-step run's teacher
+  restored when needed) and the start-up lines; the fixed teacher of consistency distillation
+  ((its Setup, its params), passed to every step) or None."""
+  config = s.config
   teacher = _Teacher(config)
   state, restored = restore_or_init(s, ckpt, teacher.params if teacher.needed else None)
   step = int(jax.device_get(state.step))
@@ -232,123 +337,20 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
         f"{s.mesh.devices.size} device(s), {jax.process_count()} process(es)")
   if distill.describe(config):
     say(distill.describe(config) + (f"; teacher {teacher.where}" if teacher.needed else ""))
-  fixed_teacher = teacher.fixed()  # CD: (Setup, params) passed to every step; else None
-  boundaries = set(distill.round_boundaries(config)) if distill.holds_teacher(config) else set()
+  return state, step, teacher.fixed()
+
+
+def _round_boundaries(s: Setup) -> Tuple[set, Optional[Callable]]:
+  """(the steps where a progressive-distillation round starts, the jitted ``begin_round``); an
+  empty set and None for the other objectives."""
+  if not build.holds_teacher(s.config):
+    return set(), None
+  boundaries = set(distill.round_boundaries(s.config))
   begin_round = (parallel.jit_sharded(lambda st: distill.begin_round(st, s.optimizer),
                                       in_shardings=(s.state_shardings,),
                                       out_shardings=s.state_shardings)
                  if boundaries else None)
-  if step in boundaries:  # resumed at a round's first step (idempotent)
-    state = begin_round(state)
-  writer = writers.MetricWriter(workdir, start_step=step)
-  batches = build.train_batches(config, step, jax.process_index(), jax.process_count())
-  compiled: Dict[Any, Any] = {}  # (steps per call, PD round) -> (jitted fn, data sharding)
-  pending: List[Dict[str, jax.Array]] = []  # metrics on device, not yet fetched
-  fetched: List[Dict[str, np.ndarray]] = []  # fetched, not yet logged
-  fetched_to = step  # metrics of steps before this one have been fetched
-  skipping = s.step_cfg.nonfinite == "skip"
-  monitor = training.SkipMonitor(int(tcfg.max_consecutive_skips),
-                                 "training.max_consecutive_skips")
-  last_loss = float("nan")
-  t_last, step_last, calls = time.time(), step, 0
-  status = "done"
-  num_steps = int(tcfg.num_steps)
-  k_max = max(1, int(tcfg.steps_per_call))
-  draws_samples = not build.is_classifier(config)
-  profiles = tuple(tcfg.ema_profiles)  # power EMAs in the state, snapshots every ema_snapshot_every
-
-  def fetch():
-    """Moves the pending metrics to the host; the skip limit is checked on them."""
-    nonlocal pending, fetched_to
-    host = jax.device_get(pending)
-    pending = []
-    for m in host:
-      if skipping:
-        monitor.update(fetched_to, m["finite"])
-      fetched_to += int(np.size(m["finite"]))
-      fetched.append(m)
-
-  def save(at: int):
-    training.check_finite(state)  # never checkpoint past a non-finite step
-    fetch()  # nor past more consecutive skips than allowed
-    ckpt.save(at, state, {"step": at, "experiment": config.experiment})
-
-  sig.phase = "training"
-  with sig.deferred(), contextlib.closing(batches):  # closing: stops the prefetch threads
-    while step < num_steps:
-      k = min(k_max, num_steps - step)
-      r = distill.round_of(config, step) if boundaries else 0
-      if (k, r) not in compiled:
-        compiled[(k, r)] = _compile_steps(s, k, r, fixed_teacher and fixed_teacher[0])
-      fn, data_sharding = compiled[(k, r)]
-      local = [next(batches) for _ in range(k)]
-      stacked = {key: np.stack([b[key] for b in local]) for key in local[0]}
-      args = (fixed_teacher[1],) if fixed_teacher else ()
-      state, metrics = fn(state, parallel.global_batch(stacked, data_sharding), *args)
-      pending.append(metrics)
-      prev, step, calls = step, step + k, calls + 1
-      if calls % 8 == 0:  # bound the queue of in-flight steps (simulated devices deadlock)
-        jax.block_until_ready(state.step)
-      if _crossed(prev, step, tcfg.log_every) or step == num_steps:
-        training.check_finite(state)
-        fetch()
-        m = _mean_metrics(fetched)
-        fetched.clear()
-        now = time.time()
-        m["steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        last_loss = m["loss"]
-        writer.scalars(step, m)
-        acc = f"accuracy {m['accuracy']:.4f}  " if "accuracy" in m else ""
-        say(f"step {step}/{num_steps}  loss {m['loss']:.5f}  {acc}grad_norm "
-            f"{m['grad_norm']:.3f}  {m['steps_per_sec']:.1f} steps/s  "
-            f"ETA {writers.eta(step, num_steps, m['steps_per_sec'])}")
-      if profiles and _crossed(prev, step, tcfg.ema_snapshot_every):  # EDM2's post-hoc EMA
-        training.check_finite(state)  # no snapshot past a non-finite step or too many skips
-        fetch()
-        posthoc_ema.write_snapshots(workdir, state, profiles, step, writers.is_main())
-      if step in boundaries:  # round r's student is kept; round r + 1 starts from it
-        save(step)
-        done_round = distill.round_of(config, step - 1)
-        say(f"round {done_round + 1}/{config.distill.rounds} done at step {step}: its student "
-            f"({distill.round_student_steps(config, done_round)} DDIM steps) is the checkpoint "
-            f"at step {step}")
-        state = begin_round(state)
-      if _crossed(prev, step, tcfg.ckpt_every) and step < num_steps:
-        save(step)
-        if step == config.debug.hang_at_step:  # fault injection for the kill/resume test
-          ckpt.wait()
-          say(f"hanging at step {step}")
-          while sig.received is None:  # until killed, or a signal: saved below
-            time.sleep(0.1)
-      if (draws_samples and _crossed(prev, step, tcfg.sample_every) and step < num_steps
-          and sig.received is None):
-        _report_samples(s, workdir, state, step, writer)
-      if sig.received is not None:  # the step boundary: save, then stop
-        save(step)
-        ckpt.wait()
-        name = signals.signal_name(sig.received)
-        say(f"{name}: saved a checkpoint at step {step}; exiting")
-        status = "preempted" if sig.received == signal.SIGTERM else "interrupted"
-        sig.acknowledge()
-        break
-    training.check_finite(state)
-    if status == "done":
-      save(step)
-      ckpt.wait()
-      say(f"training done at step {step}; checkpoints in {ckpt.directory}")
-      if sig.received is not None:  # came during the final save: it is written; no samples
-        say(f"{signals.signal_name(sig.received)}: skipping the final samples; exiting")
-        status = "interrupted" if sig.received == signal.SIGINT else "done"
-        sig.acknowledge()
-    if skipping:
-      say(f"skipped {int(jax.device_get(state.num_skipped))} of {step} steps (non-finite)")
-  if status == "done" and sig.received is None and draws_samples:
-    # Everything is saved: a signal now stops the sampling at once (immediate mode).
-    sig.phase, sig.nothing_saved = "the final samples", f"the checkpoint at step {step} is saved"
-    _report_samples(s, workdir, state, step, writer)
-  writer.close()
-  return {"step": step, "status": status, "loss": last_loss}
+  return boundaries, begin_round
 
 
 class _Teacher:
@@ -383,12 +385,11 @@ def _report_samples(s: Setup, workdir: str, state, step: int, writer) -> None:
 
   The learned-density heat map costs an ODE solve per grid point: --mode=eval draws it.
   """
-  from experiments import sample  # late: plotting pulls in matplotlib
   cfg = s.config
   n = int(cfg.eval.plot_samples) if build.is_toy(cfg) else min(int(cfg.eval.plot_samples), 64)
-  x = sample.generate(s, state.ema_params, n, jax.random.PRNGKey(cfg.seed + 1))[0]
+  x = generate.generate(s, state.ema_params, n, jax.random.PRNGKey(cfg.seed + 1))[0]
   if writers.is_main():
-    fig = sample.plot(s, x, f"{workdir}/plots/samples_{step:08d}.png", f"step {step}")
+    fig = generate.plot(s, x, f"{workdir}/plots/samples_{step:08d}.png", f"step {step}")
     writer.image("samples", step, fig)
-    sample.close(fig)
+    plots.close(fig)
   writer.flush()

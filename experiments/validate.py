@@ -13,18 +13,31 @@ import inspect
 import math
 import os
 import tempfile
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
+from diffusion import elbo, guidance, likelihood, losses, parameterization, posthoc_ema, training
+from diffusion.data import images, toy2d
+from diffusion.losses import classifier_loss, dsm_loss
+from diffusion.metrics import inception
+from diffusion.models import get_model, registered_models
+from diffusion.samplers import grids, registry
+from diffusion.schedules import SCHEDULES, get_schedule
+from experiments import build, config_files, distill, sweep_grid
+from experiments import conditioning as cond_lib
+from experiments.checks import from_library, int_at_least, is_bool, number_in, one_of, positive
+from experiments.cli import MODES
+from experiments.errors import ConfigError
+
 Config = ml_collections.ConfigDict
 
-MODES = ("train", "sample", "eval", "sweep", "pairs")
 # Output folder of each mode inside the workdir (train writes to the workdir itself).
 OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eval",
                  "pairs": "pairs"}
-# How eval turns samples in [-1, 1] into pixels for Inception (experiments.evaluate.fid_pixels).
+# How eval turns samples in [-1, 1] into pixels for Inception (experiments.eval_common.fid_pixels).
 FID_ROUNDINGS = ("levels", "nearest", "floor")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
@@ -37,58 +50,6 @@ SAMPLING_MODES = ("sample", "sweep", "pairs")
 CLASSIFIER_SUFFIX = "_classifier"
 
 
-class ConfigError(ValueError):
-  """A config field or the workdir is unusable; the message is one line naming it."""
-
-  def __init__(self, message: str):
-    super().__init__(" ".join(str(message).split()))
-
-
-# -- generic field checks ------------------------------------------------------------------------
-
-
-def one_of(field: str, value: Any, accepted: Sequence[Any]) -> None:
-  """``value`` must be one of ``accepted``."""
-  if value not in tuple(accepted):
-    raise ConfigError(f"config.{field}={value!r} is not accepted; accepted: {list(accepted)}")
-
-
-def is_bool(field: str, value: Any) -> None:
-  """``value`` must be True or False."""
-  if not isinstance(value, bool):
-    raise ConfigError(f"config.{field}={value!r} must be True or False")
-
-
-def int_at_least(field: str, value: Any, lo: int) -> None:
-  """``value`` must be an int (not a bool) >= ``lo``."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-    raise ConfigError(f"config.{field}={value!r} must be an integer >= {lo}")
-
-
-def number_in(field: str, value: Any, lo: float, hi: float = math.inf, *,
-              lo_open: bool = False, hi_open: bool = False) -> None:
-  """``value`` must be a finite real number in the interval [lo, hi] (ends open as asked)."""
-  ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi))
-  if not ok:
-    interval = (("(" if lo_open else "[") + f"{lo}, {hi}" + (")" if hi_open else "]"))
-    raise ConfigError(f"config.{field}={value!r} must be a finite number in {interval}")
-
-
-def positive(field: str, value: Any) -> None:
-  """``value`` must be a finite number > 0."""
-  number_in(field, value, 0.0, lo_open=True)
-
-
-def from_library(field: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
-  """Calls a library constructor or checker; its ValueError / TypeError (a refused argument)
-  becomes a ConfigError naming ``field``."""
-  try:
-    return fn(*args, **kwargs)
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.{field}: {e}") from None
-
-
 # -- the sections of the config ------------------------------------------------------------------
 
 
@@ -96,7 +57,6 @@ def check_data(config: Config) -> None:
   """data.*: a known dataset, a positive batch, an image size the dataset supports, prefetch
   workers >= 0, batches ahead >= 1, worker_type 'thread' | 'process', cache_decoded 'auto' |
   True | False."""
-  from experiments import build
   d = config.data
   build.check_dataset(config)
   int_at_least("data.batch_size", d.batch_size, 1)
@@ -105,11 +65,9 @@ def check_data(config: Config) -> None:
   is_bool("data.random_flip", d.random_flip)
   int_at_least("data.workers", d.workers, 0)  # 0: no background prefetch
   int_at_least("data.prefetch", d.prefetch, 1)
-  from diffusion.data import images as images_lib  # light: numpy only
-  from_library("data.worker_type", images_lib.check_worker_type, d.worker_type)
-  from_library("data.cache_decoded", images_lib.check_cache_decoded, d.cache_decoded)
+  from_library("data.worker_type", images.check_worker_type, d.worker_type)
+  from_library("data.cache_decoded", images.check_cache_decoded, d.cache_decoded)
   if not build.is_toy(config):
-    from diffusion.data import images
     from_library("data.image_size", images.image_shape, d.name, d.image_size)
     for field in ("split", "eval_split"):
       if not isinstance(d[field], str) or not d[field]:
@@ -120,7 +78,6 @@ def check_data(config: Config) -> None:
 def check_sde(config: Config):
   """sde.*: a registered schedule and its fields. Returns the schedule (host-side object); a
   learned one bound to its initial parameters, on which the time grids are checked."""
-  from diffusion.schedules import SCHEDULES, get_schedule
   one_of("sde.name", config.sde.name, sorted(SCHEDULES))
   if "params" in config.sde.fields:
     raise ConfigError("config.sde.fields.params: a learned schedule's parameters are trained, "
@@ -128,8 +85,6 @@ def check_sde(config: Config):
   sched = from_library("sde.fields", get_schedule, config.sde.name,
                        **config.sde.fields.to_dict())
   if getattr(sched, "learned", False):
-    import jax
-    import numpy as np
     sched = sched.bind(jax.tree_util.tree_map(np.asarray,
                                               sched.init_params(jax.random.PRNGKey(0))))
   return sched
@@ -138,7 +93,6 @@ def check_sde(config: Config):
 def _needs_labelled_data(config: Config, what: str) -> int:
   """The number of classes of config.data.name; a ConfigError naming ``what`` (the field that
   asks for labels) and the labelled datasets when it has none."""
-  from experiments import build
   classes = build.dataset_num_classes(config)
   if classes <= 0:
     raise ConfigError(f"{what} needs labelled data; the dataset {config.data.name!r} has no "
@@ -157,8 +111,6 @@ def check_model(config: Config) -> None:
   """model.*: a registered network whose constructor accepts model.net, a parameterization and
   a time input the library knows; labels only for labelled data, with net.num_classes = the
   data's classes and model.net.label_dropout in [0, 1)."""
-  from diffusion import parameterization
-  from diffusion.models import get_model, registered_models
   m = config.model
   one_of("model.name", m.name, registered_models())
   if "label_dropout" in m.net:
@@ -196,7 +148,6 @@ def check_learned_schedule(config: Config) -> None:
   the logSNR (so the loss does not depend on gamma's shape in expectation), the loss is VDM's
   (training.weighting='likelihood', the ELBO's), objective 'dsm'; learned endpoints train on
   the whole bound, whose decoder needs an image dataset's levels."""
-  from experiments import build
   if config.sde.name != "vdm_learned":
     return
   if config.model.time_input != "logsnr":
@@ -220,8 +171,6 @@ def check_objective(config: Config, mode: str) -> None:
   """training.objective: 'dsm' trains a score network (a model not named '*_classifier'),
   'classifier' a noise-conditional classifier ('*_classifier', labelled data, net.num_classes
   = the data's classes), which --mode=sample / sweep refuse (it draws no samples)."""
-  from diffusion import training
-  from diffusion.models import get_model
   objective, name = config.training.objective, config.model.name
   one_of("training.objective", objective, training.OBJECTIVES)
   is_classifier_net = isinstance(name, str) and name.endswith(CLASSIFIER_SUFFIX)
@@ -249,7 +198,6 @@ def check_objective(config: Config, mode: str) -> None:
 def loss_option_names(objective: str = "dsm") -> Sequence[str]:
   """The keywords config.training.loss_opts may set: of dsm_loss, or of classifier_loss for
   ``objective == 'classifier'``."""
-  from diffusion.losses import classifier_loss, dsm_loss
   fn = classifier_loss if objective == "classifier" else dsm_loss
   params = inspect.signature(fn).parameters.values()
   return sorted(p.name for p in params
@@ -258,7 +206,6 @@ def loss_option_names(objective: str = "dsm") -> Sequence[str]:
 
 def check_training(config: Config) -> None:
   """training.*: step counts and intervals, loss, EMA, non-finite policy, dtype."""
-  from diffusion import losses, training
   t = config.training
   int_at_least("training.num_steps", t.num_steps, 1)
   int_at_least("training.log_every", t.log_every, 1)
@@ -268,7 +215,6 @@ def check_training(config: Config) -> None:
   is_bool("training.async_checkpoints", t.async_checkpoints)
   one_of("training.weighting", t.weighting, losses.WEIGHTINGS)
   if t.weighting in losses.UNCERTAINTY_WEIGHTINGS:
-    from diffusion.models import get_model
     net = get_model(config.model.name, **config.model.net.to_dict())
     if "return_logvar" not in inspect.signature(type(net).__call__).parameters:
       raise ConfigError(f"config.training.weighting={t.weighting!r} learns the uncertainty "
@@ -294,7 +240,6 @@ def check_ema_profiles(config: Config) -> None:
   """training.ema_profiles: () or increasing sigma_rel values in (0, SIGMA_REL_MAX] (EDM2's
   power-function EMAs); training.ema_snapshot_every: steps between their snapshots, >= 1 when
   profiles are set. Progressive distillation (whose rounds restart the student) keeps none."""
-  from diffusion import posthoc_ema
   t = config.training
   profiles = t.ema_profiles
   int_at_least("training.ema_snapshot_every", t.ema_snapshot_every, 0)
@@ -325,7 +270,6 @@ def check_ema_profiles(config: Config) -> None:
 
 def check_optim(config: Config) -> None:
   """optim.*: a known optimizer and decay, a positive lr, a warm-up shorter than the run."""
-  from diffusion import training
   o, num_steps = config.optim, config.training.num_steps
   one_of("optim.name", o.name, training.OPTIMIZERS)
   one_of("optim.decay", o.decay, training.DECAYS)
@@ -347,7 +291,6 @@ def check_optim(config: Config) -> None:
 
 def sampler_hparams(config: Config) -> dict:
   """The config.sampling fields that are the sampler's hyper-parameters (set ones only)."""
-  from experiments import build
   kw = build.sampler_kwargs(config)
   return {k: v for k, v in kw.items() if k not in GRID_FIELDS}
 
@@ -355,20 +298,16 @@ def sampler_hparams(config: Config) -> dict:
 def check_sampling(config: Config, schedule) -> None:
   """sampling.*: a registered sampler accepting the set hyper-parameters, and a time grid that
   builds on the host for this schedule."""
-  from diffusion.samplers import grids, registry
   s = config.sampling
   info = from_library("sampling.sampler", registry.sampler_info, s.sampler)
   check_sampler_kind("sampling.sampler", s.sampler, info.kind, config)
   from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
   is_bool("sampling.clip_denoised", s.clip_denoised)
-  from diffusion import training
   one_of("sampling.compute_dtype", s.compute_dtype, training.COMPUTE_DTYPES)
   if s.compute_dtype != "float32":  # the network must take a compute dtype (a 'dtype' field)
-    from diffusion.models import get_model
     from_library("sampling.compute_dtype", training.compute_model,
                  get_model(config.model.name, **config.model.net.to_dict()), s.compute_dtype)
-  from experiments import build
   if s.clip_denoised and build.is_toy(config):
     raise ConfigError(f"config.sampling.clip_denoised=True clips x0_hat to the image range "
                       f"[-1, 1]; config.data.name={config.data.name!r} is a 2-D toy density")
@@ -389,10 +328,8 @@ def check_sampling(config: Config, schedule) -> None:
 def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
   """A consistency model (model.parameterization 'consistency') is sampled by the samplers of
   kind 'consistency' only, and a denoiser by every other kind."""
-  from experiments import distill
   consistency_model = distill.is_consistency(config)
   if (kind == "consistency") != consistency_model:
-    from diffusion.samplers import registry
     ours = sorted(n for n in registry.registered_samplers()
                   if (registry.sampler_info(n).kind == "consistency") == consistency_model)
     what = ("a consistency function (model.parameterization='consistency')" if consistency_model
@@ -403,7 +340,6 @@ def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None
 
 def check_eval(config: Config) -> None:
   """eval.*: positive sizes and tolerances, known estimators, which checkpoint(s)."""
-  from diffusion import elbo, likelihood
   e = config.eval
   for field in ("num_samples", "nll_points", "nll_batch_size", "sw_projections",
                 "plot_samples", "shard_size", "dequantization_draws", "elbo_time_samples"):
@@ -438,7 +374,6 @@ def check_fid(config: Config, mode: str) -> None:
   e = config.eval
   if mode not in ("eval", "sweep") or (mode == "eval" and e.fid_stats is None):
     return
-  from diffusion.data import toy2d
   if config.data.name in toy2d.available():
     raise ConfigError(f"config.eval.fid_stats / --mode={mode}: FID scores images, and "
                       f"config.data.name={config.data.name!r} is 2-D toy data")
@@ -450,17 +385,14 @@ def check_fid(config: Config, mode: str) -> None:
     raise ConfigError(f"config.eval.fid_stats={e.fid_stats!r} does not exist; write it with "
                       f"python -m experiments.reference_stats --dataset={config.data.name} "
                       f"--split=train --out=DIR")
-  from diffusion.metrics import inception
   try:
     inception.weights_path()
   except FileNotFoundError as e:
     raise ConfigError(f"config.eval.fid_stats is set, but {e}") from None
   if mode == "sweep":
-    from diffusion.samplers import registry
-    from experiments import sweep
     try:
-      samplers = sweep.parse_list("eval.sweep_samplers", e.sweep_samplers, str)
-      budgets = sweep.parse_list("eval.sweep_nfe", e.sweep_nfe, int)
+      samplers = sweep_grid.parse_list("eval.sweep_samplers", e.sweep_samplers, str)
+      budgets = sweep_grid.parse_list("eval.sweep_nfe", e.sweep_nfe, int)
     except ValueError as err:
       raise ConfigError(str(err)) from None
     for name in samplers:
@@ -468,7 +400,8 @@ def check_fid(config: Config, mode: str) -> None:
       check_sampler_kind("eval.sweep_samplers", name, kind, config)
       for b in budgets:
         from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
-                     sweep.steps_for_nfe, name, b, sweep.sampler_hparams_for(config, name))
+                     sweep_grid.steps_for_nfe, name, b,
+                     sweep_grid.sampler_hparams_for(config, name))
 
 
 def check_guidance(config: Config, schedule, mode: str) -> None:
@@ -476,7 +409,6 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   guided (cfg: a conditional model; classifier: a classifier config of the same forward process
   and data, and a workdir), an interval inside the schedule, an inverse problem only in
   --mode=sample with an observation file and a method that fits its noise."""
-  from experiments import conditioning as cond_lib
   g, inv = config.guidance, config.inverse
   one_of("guidance.kind", g.kind, cond_lib.GUIDANCE_KINDS)
   ncls = cond_lib.num_classes(config)
@@ -485,7 +417,6 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
                       "True and model.net.num_classes > 0); this one is unconditional")
   if g.kind == "cfg":
     number_in("guidance.weight", g.weight, -math.inf)
-    from diffusion import guidance
     one_of("guidance.convention", g.convention, guidance.CONVENTIONS)
   if g.kind == "classifier":
     ncls = _check_classifier(config)
@@ -539,8 +470,6 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
 def _check_classifier(config: Config) -> int:
   """The classifier of config.guidance: its config loads, is a classifier of this forward process
   and data, and its workdir is a directory. Returns its number of classes."""
-  from experiments import conditioning as cond_lib
-  from experiments import config_files
   g = config.guidance
   for name in ("classifier_config", "classifier_workdir"):
     if not g[name]:
@@ -578,8 +507,6 @@ def check_time_ranges(config: Config, schedule) -> None:
                       f"{t.loss_opts.t_min} both set the loss's t_min; set only training.t_min")
   time_in_schedule("eval.t_min", config.eval.t_min, schedule)
   if t.time_sampling == "logit_normal":  # its t = sigmoid(.) needs a schedule inside [0, 1]
-    import jax
-    from diffusion import losses
     from_library("training.time_sampling", losses.sample_times, jax.random.PRNGKey(0), 1,
                  schedule, t.time_sampling, t_min=t.t_min)
 
@@ -671,7 +598,6 @@ def validate_config(config: Config, mode: str) -> None:
   check_eval(config)
   check_time_ranges(config, schedule)
   check_guidance(config, schedule, mode)
-  from experiments import distill
   distill.check_distill(config, mode)
   check_parallel(config)
   check_debug(config)
@@ -688,7 +614,6 @@ def validate(config: Config, mode: str, workdir: Optional[str] = None, *,
   validate_config(config, mode)
   check_fid(config, mode)
   if device_count is None or process_count is None:
-    import jax
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
   check_devices(config, device_count, process_count)

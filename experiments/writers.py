@@ -8,6 +8,12 @@ import time
 from typing import Any, Dict, Optional
 
 import jax
+from tensorboardX import summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.utils import figure_to_image
+
+from diffusion.io_utils import atomic_write
 
 
 def is_main() -> bool:
@@ -83,13 +89,17 @@ def truncate_jsonl(path: str, max_step: int) -> int:
     keep.append(line)
   dropped = len(lines) - len(keep)
   if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, tmp=path + ".tmp", fsync=True) as f:
       f.writelines(keep)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
   return dropped
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON with sorted keys atomically (temporary file + rename),
+  creating the folder if needed."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with atomic_write(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
 
 
 class TBEvents:
@@ -100,9 +110,6 @@ class TBEvents:
   >= purge_step (a resumed run)."""
 
   def __init__(self, logdir: str, purge_step: Optional[int] = None, suffix: str = ""):
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
-    self._Event = Event
     os.makedirs(logdir, exist_ok=True)
     # The pid keeps two runs started within one second from sharing a file name; ``suffix``
     # two writers of one process (the file name has the time in seconds).
@@ -117,17 +124,14 @@ class TBEvents:
     self._w.flush()
 
   def scalars(self, step: int, values: Dict[str, float]) -> None:
-    from tensorboardX import summary
     for k, v in values.items():
-      self._write(self._Event(step=int(step), wall_time=time.time(),
-                              summary=summary.scalar(k, float(v))))
+      self._write(Event(step=int(step), wall_time=time.time(),
+                        summary=summary.scalar(k, float(v))))
 
   def figure(self, tag: str, step: int, figure) -> None:
-    from tensorboardX import summary
-    from tensorboardX.utils import figure_to_image
-    self._write(self._Event(step=int(step), wall_time=time.time(),
-                            summary=summary.image(tag, figure_to_image(figure, close=False),
-                                                  dataformats="CHW")))
+    self._write(Event(step=int(step), wall_time=time.time(),
+                      summary=summary.image(tag, figure_to_image(figure, close=False),
+                                            dataformats="CHW")))
 
   def close(self) -> None:
     self._w.close()

@@ -1,6 +1,7 @@
 """Noise-conditional classifiers: the networks (shapes, registry, refusals), classifier_loss
-against the exact class posterior of the 8gaussians mixture under VP, the train step, and
-build.classifier_log_prob."""
+against the exact class posterior of the 8gaussians mixture under VP, the train step,
+build.classifier_log_prob, and the held-out accuracy per noise level
+(diffusion.metrics.classifier_eval)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from diffusion import losses as L
 from diffusion import training
 from diffusion.data import toy2d
+from diffusion.metrics import classifier_eval
 from diffusion.models import get_model, registered_models
 from diffusion.parameterization import Parameterization
 from diffusion.schedules import get_schedule
@@ -264,3 +266,19 @@ def test_classifier_log_prob_is_the_log_softmax_on_the_configs_net_inputs():
   c.training.objective = "dsm"
   with pytest.raises(ValueError, match="needs a classifier config"):
     build.classifier_log_prob(c, params)
+
+
+def test_classifier_accuracy_of_the_bayes_classifier():
+  """classifier_eval.classifier_accuracy with the exact posterior: the cross-entropy at each
+  level is H(K | X_t) (quadrature) within Monte Carlo error; the accuracy falls from ~1 to ~1/8."""
+  sched = VP
+  times = classifier_eval.classifier_eval_times(sched, 1e-3, 1.0)
+  assert times[0] == 1e-3 and times[-1] == 1.0
+  np.testing.assert_allclose(np.diff(sched.logsnr(times)), np.diff(sched.logsnr(times))[0])
+  x0, y = toy2d.heldout("8gaussians", 20_000, 0, with_labels=True)
+  out = classifier_eval.classifier_accuracy(lambda x, t: exact_logits(x, t, np),
+                                            x0.astype(np.float64), y, sched, times,
+                                            jax.random.PRNGKey(0))
+  for t, ce in zip(times, out["cross_entropy"]):
+    assert ce == pytest.approx(conditional_entropy(t), abs=0.03), t
+  assert out["accuracy"][0] > 0.99 and abs(out["accuracy"][-1] - 1 / 8) < 0.02

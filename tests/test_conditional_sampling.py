@@ -16,7 +16,7 @@ STEPS = {"training.num_steps": 20, "training.ckpt_every": 20}
 
 
 def _config(path, **overrides):
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   return with_overrides(load_config_file(path), {**TINY, **STEPS, **overrides})
 
 

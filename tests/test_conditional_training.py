@@ -14,7 +14,8 @@ from diffusion import checkpoint
 from diffusion.data import toy2d
 from diffusion.models import get_model
 from experiments import build, evaluate, train
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import REPO, TINY, run_main, with_overrides
 
 COND = os.path.join(REPO, "configs", "toy", "8gaussians_vp_cond.py")
@@ -22,7 +23,7 @@ CLF = os.path.join(REPO, "configs", "toy", "8gaussians_vp_classifier.py")
 
 
 def _config(path, **overrides):
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   return with_overrides(load_config_file(path), {**TINY, **overrides})
 
 
@@ -235,7 +236,7 @@ def test_classifier_configs_match_their_score_models():
   network inputs, training times and time embedding (the sampling driver checks the schedule)."""
   from configs.digits import classifier, cond, vp
   from configs.toy import common
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   toy_clf = load_config_file(CLF)
   pairs = [(load_config_file(COND), toy_clf), (common.toy_config("8gaussians", "vp"), toy_clf),
            (vp.get_config(), classifier.get_config()), (cond.get_config(), classifier.get_config())]
@@ -275,8 +276,8 @@ def test_conditional_toy_run_trains_and_resumes(tmp_path, capsys):
   assert [r["step"] for r in rows] == [10, 20, 30] and all(np.isfinite(r["loss"]) for r in rows)
   saved = json.load(open(os.path.join(wd, "config.json")))
   assert saved["model"]["conditional"] and saved["model"]["net"]["label_dropout"] == 0.1
-  from experiments import sample
-  _, params, step = sample.restore_params(_config(COND), wd)
+  from experiments import setup
+  _, params, step = setup.restore_params(_config(COND), wd)
   assert step == 30 and params["ClassEmbedding_0"]["embed"]["embedding"].shape == (9, 32)
 
 
@@ -307,20 +308,3 @@ def test_classifier_run_trains_resumes_evaluates_and_refuses_sampling(tmp_path, 
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 1 and len(lines) == 1, r.stderr[-2000:]
   assert "--mode=sample" in lines[0] and "training.objective='classifier'" in lines[0]
-
-
-def test_classifier_accuracy_of_the_bayes_classifier():
-  """evaluate.classifier_accuracy with the exact posterior: the cross-entropy at each level is
-  H(K | X_t) (quadrature) within Monte Carlo error; the accuracy falls from ~1 to ~1/8."""
-  from diffusion.schedules import get_schedule
-  from tests.test_classifier import conditional_entropy, exact_logits
-  sched = get_schedule("vp", beta_min=0.1, beta_max=20.0, t_min=1e-3, t_max=1.0)
-  times = evaluate.classifier_eval_times(sched, 1e-3, 1.0)
-  assert times[0] == 1e-3 and times[-1] == 1.0
-  np.testing.assert_allclose(np.diff(sched.logsnr(times)), np.diff(sched.logsnr(times))[0])
-  x0, y = toy2d.heldout("8gaussians", 20_000, 0, with_labels=True)
-  out = evaluate.classifier_accuracy(lambda x, t: exact_logits(x, t, np), x0.astype(np.float64),
-                                     y, sched, times, jax.random.PRNGKey(0))
-  for t, ce in zip(times, out["cross_entropy"]):
-    assert ce == pytest.approx(conditional_entropy(t), abs=0.03), t
-  assert out["accuracy"][0] > 0.99 and abs(out["accuracy"][-1] - 1 / 8) < 0.02

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from experiments import conditioning, observations
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import REPO, tiny_config, with_overrides
 
 
 def _digits(**overrides):
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   c = load_config_file(os.path.join(REPO, "configs", "digits", "vp.py"))
   return with_overrides(c, overrides)
 
@@ -154,7 +155,7 @@ def test_class_accuracy_counts_non_finite_samples_as_wrong():
 
 
 def test_overridden_copies_and_refuses_unknown_keys():
-  from experiments.main import overridden
+  from experiments.cli import overridden
   c = tiny_config()
   d = overridden(c, {"guidance.weight": 3.0})
   assert d.guidance.weight == 3.0 and c.guidance.weight == 1.0
@@ -163,23 +164,23 @@ def test_overridden_copies_and_refuses_unknown_keys():
 
 
 def test_saved_config_reproduces_the_runs_overrides(tmp_path):
-  """sample.saved_config: the config file's fields with the values of the workdir's config.json
+  """setup.saved_config: the config file's fields with the values of the workdir's config.json
   (lists back to tuples); a field the file lacks is an error naming it."""
   import json
-  from experiments import sample
+  from experiments import setup
   c = _digits()
   saved = c.to_dict()
   saved["model"]["net"]["ch"] = 16
   saved["model"]["net"]["ch_mult"] = [1, 2]
   saved["resolved"] = {"param_count": 1}
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  out = sample.saved_config(c, str(tmp_path))
+  out = setup.saved_config(c, str(tmp_path))
   assert out.model.net.ch == 16 and out.model.net.ch_mult == (1, 2) and c.model.net.ch == 32
   saved["model"]["net"]["chh"] = 3
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ConfigError, match="model.net.chh"):
-    sample.saved_config(c, str(tmp_path))
-  assert sample.saved_config(c, str(tmp_path / "nowhere")) is c
+    setup.saved_config(c, str(tmp_path))
+  assert setup.saved_config(c, str(tmp_path / "nowhere")) is c
 
 
 def test_the_consistency_sampler_is_refused_for_a_denoiser():

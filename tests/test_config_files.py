@@ -114,7 +114,7 @@ def test_every_experiment_config_passes_validation(path):
   """Every config validates for training; a student (one naming a teacher, whose workdir does not
   exist here) validates for sampling, and its teacher's config file is a compatible teacher."""
   from experiments import distill
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   from experiments.validate import validate
   config = load_config_file(os.path.join(REPO, path))
   teacher = config.distill.teacher_config

@@ -40,7 +40,7 @@ def test_command_line_converts_once_and_refuses_a_used_workdir(tmp_path):
     pytest.param("ddpmpp_vp", "vp", 1e-3, marks=pytest.mark.slow)])
 def test_score_sde_workdir_restores_and_samples(tmp_path, name, sde, sampling_t_min):
   from diffusion.samplers.registry import build_sampler
-  from experiments import build, convert, sample
+  from experiments import build, convert, setup
   from experiments.config_files import load_config_file
   folder = os.path.join(DATA, "score_sde", name)
   conv = score_sde.convert_checkpoint(os.path.join(folder, "checkpoint_1"),
@@ -52,7 +52,7 @@ def test_score_sde_workdir_restores_and_samples(tmp_path, name, sde, sampling_t_
   config = load_config_file(os.path.join(w, "config.py"))
   assert (config.sde.name, config.sde.fields.t_min, config.sampling.t_min) == (
       sde, 1e-5, sampling_t_min)
-  s, params, _ = sample.restore_params(config, w)
+  s, params, _ = setup.restore_params(config, w)
   for path, v in flatten(jax.device_get(params)).items():
     np.testing.assert_array_equal(v, flatten(conv.params)[path])
   denoise = build.denoiser(s.net, params, s.schedule, s.param)

@@ -227,7 +227,7 @@ def converted_workdir(tmp_path_factory):
 
 @pytest.mark.slow  # builds the converted workdir, 36 s cold; tests/test_convert_cli.py restores one in the fast suite
 def test_workdir_restores_the_converted_weights_exactly(converted_workdir):
-  from experiments import convert, sample
+  from experiments import convert, setup
   from experiments.config_files import load_config_file
   conv, w, summary = converted_workdir
   assert summary["dataset"] == "digits" and summary["num_params"] > 0
@@ -235,7 +235,7 @@ def test_workdir_restores_the_converted_weights_exactly(converted_workdir):
   config = load_config_file(os.path.join(w, "config.py"))
   assert (config.sde.name, config.model.time_input) == ("vp_discrete", "index")
   assert config.sampling.clip_denoised  # the scheduler's clip_sample
-  s, params, step = sample.restore_params(config, w)
+  s, params, step = setup.restore_params(config, w)
   assert step == 0
   same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(np.asarray(a), b)), params,
                                 conv.params)
@@ -248,11 +248,11 @@ def _run_samplers(converted_workdir, names):
   """Each sampler with the converted denoiser (2 steps): finite samples of the data's shape
   and, where it is known in advance, the registered NFE."""
   from diffusion.samplers import registry
-  from experiments import build, sample
+  from experiments import build, setup
   from experiments.config_files import load_config_file
   _, w, _ = converted_workdir
   config = load_config_file(os.path.join(w, "config.py"))
-  s, params, _ = sample.restore_params(config, w)
+  s, params, _ = setup.restore_params(config, w)
   denoise = build.denoiser(s.net, params, s.schedule, s.param)
   x_T = s.schedule.prior_sample(jax.random.PRNGKey(0), (2, 8, 8, 1))
   ran = []
@@ -288,7 +288,7 @@ def test_converted_workdir_fine_tunes(converted_workdir, tmp_path):
   # --mode=train on a copy continues from the converted step 0 (digits are shipped by sklearn).
   from experiments import train
   from experiments.config_files import load_config_file
-  from experiments.main import overridden
+  from experiments.cli import overridden
   _, w, _ = converted_workdir
   w2 = str(tmp_path / "w2")
   shutil.copytree(w, w2)
@@ -306,10 +306,11 @@ def test_converted_workdir_fine_tunes(converted_workdir, tmp_path):
 def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   # The random converted network predicts x0 far outside [-1, 1]; with sampling.clip_denoised
   # (DDPM's clip_denoised) every x0_hat, so the final sample, is clipped.
-  from experiments import sample
+  from experiments import generate, setup
   from experiments.config_files import load_config_file
-  from experiments.main import overridden
-  from experiments.validate import ConfigError, validate_config
+  from experiments.cli import overridden
+  from experiments.errors import ConfigError
+  from experiments.validate import validate_config
   _, w, _ = converted_workdir
   base = overridden(load_config_file(os.path.join(w, "config.py")),
                     {"sampling.sampler": "ddpm", "sampling.num_steps": 3,
@@ -318,8 +319,8 @@ def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   for clip in (False, True):
     config = overridden(base, {"sampling.clip_denoised": clip})
     validate_config(config, "sample")
-    s, params, _ = sample.restore_params(config, w)
-    x, _ = sample.generate(s, params, 4, jax.random.PRNGKey(0))
+    s, params, _ = setup.restore_params(config, w)
+    x, _ = generate.generate(s, params, 4, jax.random.PRNGKey(0))
     ranges[clip] = float(np.abs(np.asarray(x)).max())
   assert ranges[False] > 1.5 and ranges[True] <= 1.0, ranges
   from configs.toy.checkerboard_vp import get_config

@@ -441,14 +441,14 @@ def test_digits_edm2_exact_resume(tmp_path):
   then a resume to 4, bit for bit (params, EMA, optimizer state), and the stored MP weights are
   on the sphere. The 'rsqrt' schedule does not depend on num_steps, so the two runs share it."""
   from diffusion import checkpoint
-  from experiments import train
+  from experiments import setup, train
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train.train(_digits_edm2(**{"training.num_steps": 4}), straight)
   train.train(_digits_edm2(**{"training.num_steps": 2}), resumed)
   train.train(_digits_edm2(**{"training.num_steps": 4}), resumed)
   states = []
   for wd in (straight, resumed):
-    s = train.setup(_digits_edm2(**{"training.num_steps": 4}))
+    s = setup.setup(_digits_edm2(**{"training.num_steps": 4}))
     ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
     state, _, step = ck.restore(s.abstract_state)
     ck.close()
@@ -465,7 +465,7 @@ def test_digits_edm2_exact_resume(tmp_path):
 _SHARDED = """
 import json, sys, jax
 from tests.test_edm2 import _digits_edm2
-from experiments import train
+from experiments import setup, train
 assert jax.device_count() == 2, jax.devices()
 train.train(_digits_edm2(**json.loads(sys.argv[2])), sys.argv[1])
 """
@@ -481,7 +481,7 @@ def test_digits_edm2_fsdp_on_two_devices_matches_one(tmp_path):
   import subprocess
   import sys
   from diffusion import checkpoint
-  from experiments import train
+  from experiments import setup, train
   from tests.conftest import REPO
   steps = {"training.num_steps": 2}
   fsdp = {**steps, "parallel.model_axis": 2, "parallel.fsdp": True, "parallel.fsdp_min_size": 0}
@@ -494,7 +494,7 @@ def test_digits_edm2_fsdp_on_two_devices_matches_one(tmp_path):
   train.train(_digits_edm2(**steps), one)
   states = []
   for wd in (two, one):
-    s = train.setup(_digits_edm2(**steps))
+    s = setup.setup(_digits_edm2(**steps))
     ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
     state, _, step = ck.restore(s.abstract_state)
     ck.close()
@@ -507,8 +507,9 @@ def test_digits_edm2_fsdp_on_two_devices_matches_one(tmp_path):
 
 def test_edm2_weighting_is_refused_at_start_up_for_a_network_without_u():
   from experiments.config_files import load_config_file
-  from experiments.main import overridden
-  from experiments.validate import ConfigError, validate_config
+  from experiments.cli import overridden
+  from experiments.errors import ConfigError
+  from experiments.validate import validate_config
   config = overridden(load_config_file("configs/digits/edm.py"), {"training.weighting": "edm2"})
   with pytest.raises(ConfigError, match="model.name='ddpm_unet' has no such output"):
     validate_config(config, "train")

@@ -15,9 +15,10 @@ from diffusion import checkpoint, consistency, parallel, training
 from diffusion.losses import dsm_loss
 from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.schedules import get_schedule
-from experiments import build, distill, evaluate, reflow, sample, train
+from experiments import build, distill, evaluate, generate, reflow, sample, setup, train
 from experiments.config_files import load_config_file
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import REPO, TINY, with_overrides
 
 TOY = os.path.join(REPO, "configs", "toy")
@@ -59,7 +60,7 @@ def _leaves_equal(a, b):
 
 
 def _restore_state(config, wd, step):
-  s = train.setup(config)
+  s = setup.setup(config)
   ckpt = checkpoint.Checkpointer(wd, config=s.identity, read_only=True)
   try:
     state, _, got = ckpt.restore(s.abstract_state, step=step)
@@ -86,7 +87,7 @@ def test_pd_rounds_keep_students_and_carry_their_teachers(teachers, capsys):
   # max_to_keep=1 deletes step 10 and 30, never a round's end (keep_period = 20).
   assert sorted(int(n) for n in os.listdir(os.path.join(wd, "checkpoints"))
                 if n.isdigit()) == [20, 40]
-  _, teacher_ema, _ = sample.restore_params(_config("vcos"), teachers["vcos"])
+  _, teacher_ema, _ = setup.restore_params(_config("vcos"), teachers["vcos"])
   s20, s40 = _restore_state(cfg, wd, 20), _restore_state(cfg, wd, 40)
   assert isinstance(s20, training.DistillState)
   assert _leaves_equal(s20.teacher, teacher_ema)  # round 0's teacher: the trained run
@@ -113,8 +114,8 @@ def test_pd_resumes_exactly_mid_round_and_at_a_round_start(teachers):
 
 def test_begin_round_is_idempotent(teachers):
   cfg = _student("pd", teachers["vcos"], **PD)
-  s = train.setup(cfg)
-  state = train.init_state(s, sample.restore_params(_config("vcos"), teachers["vcos"])[1])
+  s = setup.setup(cfg)
+  state = setup.init_state(s, setup.restore_params(_config("vcos"), teachers["vcos"])[1])
   state = state.replace(ema_params=jax.tree_util.tree_map(lambda a: a + 1.0, state.ema_params))
   once = distill.begin_round(state, s.optimizer)
   twice = distill.begin_round(once, s.optimizer)
@@ -129,9 +130,9 @@ def test_begin_round_is_idempotent(teachers):
 def test_cd_starts_from_the_teacher_trains_samples_and_evaluates(teachers, capsys):
   wd = os.path.join(os.path.dirname(teachers["edm"]), "cd")
   cfg = _student("cd", teachers["edm"], **{"training.num_steps": 20, "sampling.num_steps": 2})
-  s = train.setup(cfg)
-  _, t_params, _ = sample.restore_params(_config("edm"), teachers["edm"])
-  assert _leaves_equal(train.init_state(s, t_params).params, t_params)
+  s = setup.setup(cfg)
+  _, t_params, _ = setup.restore_params(_config("edm"), teachers["edm"])
+  assert _leaves_equal(setup.init_state(s, t_params).params, t_params)
   out = train.train(cfg, wd)
   assert out["status"] == "done" and np.isfinite(out["loss"])
   assert "teacher: the checkpoint at step 30" in capsys.readouterr().out
@@ -206,12 +207,12 @@ def test_pairs_are_the_flows_own_noise_and_samples_and_resume(teachers, capsys):
   pairs = np.concatenate([np.load(os.path.join(out, f"shard_0000{k}.npz"))["x"]
                           for k in range(3)])
   assert pairs.shape == (300, 2, 2) and info["nfe"] == 9  # Heun: 4 steps, 2 calls each, + 1
-  s, params, _ = sample.restore_params(cfg, wd)
+  s, params, _ = setup.restore_params(cfg, wd)
   key = jax.random.PRNGKey(cfg.seed + 4)
   prior_key, _ = parallel.sampling_streams(key)
   noise = parallel.per_sample_prior(s.schedule, prior_key, 0, 300, (2,))
   np.testing.assert_allclose(pairs[:, 0], np.asarray(noise), rtol=1e-6, atol=1e-6)
-  x, _ = sample.generate(s, params, 300, key)  # the driver's samples of the same key
+  x, _ = generate.generate(s, params, 300, key)  # the driver's samples of the same key
   np.testing.assert_allclose(pairs[:, 1], x, rtol=1e-4, atol=1e-4)  # other batch shapes
   os.remove(os.path.join(out, "shard_00002.npz"))
   capsys.readouterr()
@@ -226,12 +227,12 @@ def test_pair_batches_are_a_function_of_the_step_split_over_processes(teachers):
   if not os.path.isdir(cfg.distill.pairs):
     reflow.run(with_overrides(_config("rf"), {"distill.num_pairs": 300,
                                               "distill.pairs_shard_size": 100}), teachers["rf"])
-  pairs = reflow.load_pairs(cfg)
-  whole = next(reflow.pair_batches(cfg, 7, 0, 1))
-  halves = [next(reflow.pair_batches(cfg, 7, p, 2)) for p in range(2)]
+  pairs = build.load_pairs(cfg)
+  whole = next(build.pair_batches(cfg, 7, 0, 1))
+  halves = [next(build.pair_batches(cfg, 7, p, 2)) for p in range(2)]
   for k in ("x", "noise"):
     np.testing.assert_array_equal(whole[k], np.concatenate([h[k] for h in halves]))
-  it = reflow.pair_batches(cfg, 5, 0, 1)
+  it = build.pair_batches(cfg, 5, 0, 1)
   next(it), next(it)
   np.testing.assert_array_equal(next(it)["x"], whole["x"])  # batch 7 from a start at 5
   rows = {tuple(p) for p in np.concatenate([pairs[:, 1], pairs[:, 0]], 1).tolist()}
@@ -244,9 +245,9 @@ def test_reflow_trains_on_the_pairs_from_the_flows_parameters(teachers):
   if not os.path.isdir(cfg.distill.pairs):
     reflow.run(with_overrides(_config("rf"), {"distill.num_pairs": 300,
                                               "distill.pairs_shard_size": 100}), teachers["rf"])
-  s = train.setup(cfg)
-  _, t_params, _ = sample.restore_params(_config("rf"), teachers["rf"])
-  assert _leaves_equal(train.init_state(s, t_params).params, t_params)
+  s = setup.setup(cfg)
+  _, t_params, _ = setup.restore_params(_config("rf"), teachers["rf"])
+  assert _leaves_equal(setup.init_state(s, t_params).params, t_params)
   wd = os.path.join(os.path.dirname(teachers["rf"]), "reflow")
   out = train.train(cfg, wd)
   assert out["status"] == "done" and np.isfinite(out["loss"])

@@ -292,7 +292,8 @@ def test_one_step_euler_is_one_velocity_step(variables, x64):
 
 
 def test_logit_normal_outside_the_unit_interval_is_refused_at_start_up():
-  from experiments.validate import ConfigError, validate
+  from experiments.errors import ConfigError
+  from experiments.validate import validate
   from tests.conftest import tiny_config
   c = tiny_config(**{"sde.name": "edm", "sde.fields": {}, "training.time_sampling": "logit_normal",
                      "model.parameterization": "edm"})

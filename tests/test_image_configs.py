@@ -57,7 +57,7 @@ EXPECTED_PARAMS = {
 
 
 def _load(path):
-  from experiments.main import load_config_file
+  from experiments.config_files import load_config_file
   return load_config_file(os.path.join(REPO, path))
 
 
@@ -69,7 +69,7 @@ def test_every_image_config_is_listed():
 
 
 def _leaf_keys(config, skip=()):
-  from experiments.main import config_keys
+  from experiments.cli import config_keys
   return {k for k in config_keys(config) if not k.startswith(skip)}
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from diffusion.data import digits, images
 from experiments import build
-from experiments.validate import ConfigError, validate
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.conftest import dit_config, tiny_config
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from diffusion import checkpoint, parallel
-from experiments import sample, train
+from experiments import sample, setup, train
 from tests.conftest import REPO, tiny_config
 
 STEPS = {"training.num_steps": 20, "training.ckpt_every": 10, "training.log_every": 5,
@@ -30,7 +30,7 @@ VARIANTS = {
 SCRIPT = """
 import json, sys, jax
 from tests.conftest import tiny_config
-from experiments import sample, train
+from experiments import sample, setup, train
 assert jax.device_count() == 8, jax.devices()
 for wd, overrides in json.loads(sys.argv[1]):
   cfg = tiny_config(**overrides)
@@ -40,7 +40,7 @@ for wd, overrides in json.loads(sys.argv[1]):
 
 
 def _state(workdir, overrides):
-  s = train.setup(tiny_config(**{**overrides, "parallel.model_axis": 1}))
+  s = setup.setup(tiny_config(**{**overrides, "parallel.model_axis": 1}))
   ck = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
   state, _, step = ck.restore(s.abstract_state)
   ck.close()
@@ -98,7 +98,7 @@ def test_eight_devices_match_one(tmp_path):
 DIT_SCRIPT = """
 import json, sys, jax
 from tests.conftest import dit_config
-from experiments import sample, train
+from experiments import sample, setup, train
 assert jax.device_count() == 8, jax.devices()
 wd, overrides = json.loads(sys.argv[1])
 cfg = dit_config(**overrides)
@@ -129,7 +129,7 @@ def test_dit_fsdp_on_eight_devices_matches_one(tmp_path):
   np.testing.assert_allclose(_losses(wd8), _losses(wd1), rtol=1e-4)
 
   def state(wd):
-    s = train.setup(dit_config(**one))
+    s = setup.setup(dit_config(**one))
     ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
     st, _, step = ck.restore(s.abstract_state)
     ck.close()

@@ -16,8 +16,9 @@ from diffusion import checkpoint, posthoc_ema as pe, training
 from diffusion.models import get_model
 from diffusion.parameterization import Parameterization
 from diffusion.schedules import get_schedule
-from experiments import posthoc_ema, sample, train
-from experiments.validate import ConfigError, validate_config
+from experiments import posthoc_ema, sample, setup, snapshots, train
+from experiments.errors import ConfigError
+from experiments.validate import validate_config
 from tests.conftest import REPO, TOY_CONFIG, cli_args, tiny_config, tree_hashes, \
     workdir_fingerprint
 
@@ -35,7 +36,7 @@ def _leaves_equal(a, b) -> bool:
 
 
 def _restore(wd, step=None):
-  s = train.setup(tiny_config(**RUN))
+  s = setup.setup(tiny_config(**RUN))
   ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False, read_only=True)
   try:
     return jax.device_get(ck.restore(s.abstract_state, step=step)[0])
@@ -87,19 +88,19 @@ def test_train_step_power_ema_is_the_exact_profile_average():
 def test_snapshots_are_the_states_emas(run_a):
   """A file per (step, sigma_rel) every 50 steps; the step-200 snapshots are bitwise the final
   checkpoint's power EMAs, with t = step (no skips) and gamma of their sigma_rel."""
-  names = sorted(os.listdir(os.path.join(run_a, posthoc_ema.SNAPSHOT_DIR)))
-  assert names == [posthoc_ema.snapshot_name(s, sr) for s in (50, 100, 150, 200)
+  names = sorted(os.listdir(os.path.join(run_a, snapshots.SNAPSHOT_DIR)))
+  assert names == [snapshots.snapshot_name(s, sr) for s in (50, 100, 150, 200)
                    for sr in RUN_PROFILES]
   final = _restore(run_a, 200)
   assert isinstance(final, training.PowerEMAState) and len(final.power_ema) == 3
-  snaps = posthoc_ema.read_snapshots(run_a, final.params)
+  snaps = snapshots.read_snapshots(run_a, final.params)
   assert [(s.step, s.t, s.sigma_rel) for s in snaps] == [
       (s, s, sr) for s in (50, 100, 150, 200) for sr in RUN_PROFILES]
   for k in range(3):
     assert _leaves_equal(snaps[k - 3].params, final.power_ema[k])
   assert not _leaves_equal(final.power_ema[0], final.power_ema[2])
   assert not _leaves_equal(final.power_ema[0], final.params)
-  with np.load(os.path.join(run_a, posthoc_ema.SNAPSHOT_DIR, names[0])) as z:
+  with np.load(os.path.join(run_a, snapshots.SNAPSHOT_DIR, names[0])) as z:
     assert float(z["__gamma__"]) == pytest.approx(float(pe.gamma_of_sigma_rel(0.05)))
 
 
@@ -112,15 +113,15 @@ def test_resume_gives_bit_identical_emas_and_snapshots(run_a, tmp_path):
   shutil.copytree(run_a, wd)
   for s in ("150", "200"):
     shutil.rmtree(os.path.join(wd, "checkpoints", s))
-  snap_dir = os.path.join(wd, posthoc_ema.SNAPSHOT_DIR)
+  snap_dir = os.path.join(wd, snapshots.SNAPSHOT_DIR)
   for sr in RUN_PROFILES:
-    os.remove(os.path.join(snap_dir, posthoc_ema.snapshot_name(200, sr)))
-  kept = os.path.join(snap_dir, posthoc_ema.snapshot_name(150, 0.05))
+    os.remove(os.path.join(snap_dir, snapshots.snapshot_name(200, sr)))
+  kept = os.path.join(snap_dir, snapshots.snapshot_name(150, 0.05))
   before = os.stat(kept)
   train.train(tiny_config(**RUN), wd)
   assert _leaves_equal(_restore(wd, 200), _restore(run_a, 200))
   template = _restore(run_a, 200).params
-  a, b = posthoc_ema.read_snapshots(run_a, template), posthoc_ema.read_snapshots(wd, template)
+  a, b = snapshots.read_snapshots(run_a, template), snapshots.read_snapshots(wd, template)
   assert [(s.step, s.sigma_rel) for s in a] == [(s.step, s.sigma_rel) for s in b]
   assert all(_leaves_equal(x.params, y.params) for x, y in zip(a, b))
   after = os.stat(kept)
@@ -134,7 +135,7 @@ def test_reconstruction_matches_an_ema_tracked_during_training(run_a, capsys):
   step 200, 0.18 at 150 on this short noisy run; benchmarks/posthoc_ema_toy.py: 0.064 with 4
   snapshots per profile, 0.003 with 20) -- a reconstruction that got the snapshot times or
   profiles wrong lands near 1 or above."""
-  snaps = posthoc_ema.read_snapshots(run_a, _restore(run_a, 200).params)
+  snaps = snapshots.read_snapshots(run_a, _restore(run_a, 200).params)
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])  # noqa
   for end in (200, 150):
     stored = [s for s in snaps if s.sigma_rel in PROFILES and s.step <= end]
@@ -153,7 +154,7 @@ def test_reconstruction_matches_an_ema_tracked_during_training(run_a, capsys):
 
 def test_posthoc_command_writes_a_checkpoint_sample_restores(run_a, tmp_path):
   """sigma_rel 0.08 at step 150 (snapshots <= 150 only): the new workdir's checkpoint restores
-  via sample.restore_params, its EMA equals the combination of the snapshot files with the
+  via setup.restore_params, its EMA equals the combination of the snapshot files with the
   solved coefficients, the source workdir is unchanged, and sample.run draws from it. A second
   write to the same workdir is refused."""
   src_before = {**workdir_fingerprint(run_a), **tree_hashes(run_a)}
@@ -165,10 +166,10 @@ def test_posthoc_command_writes_a_checkpoint_sample_restores(run_a, tmp_path):
   rec = pe.solve_coefficients([50] * 3 + [100] * 3 + [150] * 3, list(RUN_PROFILES) * 3, 0.08,
                               150)
   np.testing.assert_allclose(summary["coefficients"], rec.coefficients, rtol=0, atol=0)
-  snaps = [s for s in posthoc_ema.read_snapshots(run_a, _restore(run_a, 200).params)
+  snaps = [s for s in snapshots.read_snapshots(run_a, _restore(run_a, 200).params)
            if s.step <= 150]
   want = pe.combine(rec.coefficients, [s.params for s in snaps])
-  s, params, step = sample.restore_params(cfg, out)
+  s, params, step = setup.restore_params(cfg, out)
   assert step == 150 and _leaves_equal(params, want)
   assert {**workdir_fingerprint(run_a), **tree_hashes(run_a)} == src_before
   assert os.path.exists(os.path.join(out, posthoc_ema.INFO_FILE))
@@ -211,7 +212,7 @@ def test_runs_without_profiles_keep_their_state_and_checkpoints(tmp_path):
   (no power_ema leaf), and a checkpoint of such a state restores into it; a run with profiles
   refuses that workdir naming training.ema_profiles, nothing changed."""
   cfg = tiny_config()
-  s = train.setup(cfg)
+  s = setup.setup(cfg)
   assert type(s.abstract_state) is training.TrainState
   opt = s.optimizer
   plain = jax.eval_shape(lambda k: training.init_state(s.net, opt, k, jnp.zeros((1, 2))),
@@ -220,7 +221,7 @@ def test_runs_without_profiles_keep_their_state_and_checkpoints(tmp_path):
   assert not any("power_ema" in p for p, _, _ in checkpoint.tree_signature(s.abstract_state))
   assert "ema_profiles" not in s.identity["training"]
   wd = str(tmp_path / "plain")
-  state = train.init_state(s)
+  state = setup.init_state(s)
   checkpoint.write_config(wd, s.identity)
   ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False, config=s.identity)
   ck.save(0, state, {"step": 0})

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from diffusion import checkpoint
-from experiments import train
+from experiments import setup, train
 from tests.conftest import (dit_config, popen_main, run_main, tiny_config, wait_for,
                             workdir_fingerprint)
 
@@ -25,7 +25,7 @@ RUN = {"training.num_steps": 40, "training.ckpt_every": 20, "training.log_every"
 
 def _final_state(workdir, overrides):
   cfg = tiny_config(**{**RUN, **overrides})
-  s = train.setup(cfg)
+  s = setup.setup(cfg)
   ck = checkpoint.Checkpointer(workdir, max_to_keep=None, async_save=False)
   state, _, step = ck.restore(s.abstract_state)
   ck.close()
@@ -80,7 +80,7 @@ def test_resume_of_an_image_transformer_is_exact(tmp_path):
   assert train.train(dit_config(), resumed)["step"] == 20
 
   def final(wd):
-    s = train.setup(dit_config())
+    s = setup.setup(dit_config())
     ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
     state, _, step = ck.restore(s.abstract_state)
     ck.close()

@@ -3,7 +3,7 @@
 The denoiser of ``experiments.build.denoiser`` casts the params once and the network input to
 bfloat16 and its output back to float32; the sampler's state stays float32. Checked here: the
 output dtype, a bounded nonzero difference to the float32 network, the driver path
-(``sample.generate``), the start-up validation, and the bf16 error on the exact Gaussian mixture
+(``generate.generate``), the start-up validation, and the bf16 error on the exact Gaussian mixture
 against a stated bound (benchmarks/bf16_sampling_mixture.py is the full measurement)."""
 import dataclasses
 
@@ -17,7 +17,8 @@ from diffusion.models import get_model
 from diffusion.parameterization import Parameterization
 from diffusion.samplers import build_sampler
 from experiments import build
-from experiments.validate import ConfigError, validate_config
+from experiments.errors import ConfigError
+from experiments.validate import validate_config
 from tests.conftest import TINY, TOY_CONFIG, with_overrides
 
 
@@ -70,16 +71,16 @@ def test_bf16_samples_get_their_own_folder_tag():
 
 
 def test_driver_generate_samples_in_bf16(mlp):
-  # The path of sample / eval / sweep: sample.generate on a set-up whose config asks for bf16.
-  from experiments import sample, train
+  # The path of sample / eval / sweep: generate.generate on a set-up whose config asks for bf16.
+  from experiments import generate, setup
   over = {"sampling.sampler": "euler", "sampling.num_steps": 8}
-  s = train.setup(_toy_config(**over))
+  s = setup.setup(_toy_config(**over))
   params = s.net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
   key = jax.random.PRNGKey(3)
-  x32, _ = sample.generate(s, params, 32, key)
+  x32, _ = generate.generate(s, params, 32, key)
   s16 = dataclasses.replace(s, config=_toy_config(**over, **{"sampling.compute_dtype":
                                                                "bfloat16"}))
-  x16, info = sample.generate(s16, params, 32, key)
+  x16, info = generate.generate(s16, params, 32, key)
   x32, x16 = np.asarray(x32), np.asarray(x16)
   assert x16.dtype == np.float32 and np.all(np.isfinite(x16)) and int(info["nfe"]) == 8
   err = _rel(x16, x32)

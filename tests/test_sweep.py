@@ -17,8 +17,9 @@ import pytest
 from diffusion.data import images
 from diffusion.metrics import fid, inception
 from diffusion.samplers import sampler_info
-from experiments import evaluate, sweep, train
-from experiments.validate import ConfigError, validate
+from experiments import eval_common, evaluate, shards, sweep, sweep_grid, train
+from experiments.errors import ConfigError
+from experiments.validate import validate
 from tests.test_eval_driver import digits_config
 
 
@@ -45,17 +46,17 @@ def test_fid_pixels_of_samples_match_the_reference_statistics_pixels():
   np.testing.assert_array_equal(np.rint(k * 255 / 16), ref)  # digits: round(k 255 / 16)
   u = np.random.default_rng(0).random(k.shape)
   samples = (2 * (k + u) / 17 - 1).astype(np.float32)
-  np.testing.assert_array_equal(evaluate.fid_pixels(samples, "digits"), ref)
+  np.testing.assert_array_equal(eval_common.fid_pixels(samples, "digits"), ref)
   # The other roundings do not snap to the 17 levels.
-  assert not np.array_equal(evaluate.fid_pixels(samples, "digits", "nearest"), ref)
-  np.testing.assert_array_equal(evaluate.fid_pixels(samples, "digits", "floor"),
+  assert not np.array_equal(eval_common.fid_pixels(samples, "digits", "nearest"), ref)
+  np.testing.assert_array_equal(eval_common.fid_pixels(samples, "digits", "floor"),
                                 inception.to_uint8(samples, "floor"))
 
 
 def test_fid_pixels_on_256_levels_are_the_levels():
   k = np.arange(256).reshape(1, 16, 16, 1)
   x = (2 * (k + 0.5) / 256 - 1).astype(np.float32)
-  np.testing.assert_array_equal(evaluate.fid_pixels(x, "cifar10"), k.astype(np.uint8))
+  np.testing.assert_array_equal(eval_common.fid_pixels(x, "cifar10"), k.astype(np.uint8))
 
 
 # -- NFE budgets ---------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def test_steps_for_nfe_is_the_largest_step_count_within_the_budget(name, budget)
   info = sampler_info(name)
   hp = info.resolve({})
   try:
-    steps, used = sweep.steps_for_nfe(name, budget, {})
+    steps, used = sweep_grid.steps_for_nfe(name, budget, {})
   except ValueError as e:  # a budget below one step's NFE
     assert info.nfe(1, hp) > budget and "needs" in str(e)
     return
@@ -76,34 +77,34 @@ def test_steps_for_nfe_is_the_largest_step_count_within_the_budget(name, budget)
 
 
 def test_steps_for_nfe_examples_and_refusals():
-  assert sweep.steps_for_nfe("euler", 10, {}) == (10, 10)
+  assert sweep_grid.steps_for_nfe("euler", 10, {}) == (10, 10)
   heun = sampler_info("heun")
-  steps, used = sweep.steps_for_nfe("heun", 10, {})
+  steps, used = sweep_grid.steps_for_nfe("heun", 10, {})
   assert used == heun.nfe(steps, heun.resolve({})) <= 10
   with pytest.raises(ValueError, match="adaptive"):
-    sweep.steps_for_nfe("ode_adaptive", 10, {})
+    sweep_grid.steps_for_nfe("ode_adaptive", 10, {})
   with pytest.raises(ValueError, match="positive int"):
-    sweep.steps_for_nfe("euler", 0, {})
+    sweep_grid.steps_for_nfe("euler", 0, {})
 
 
 def test_parse_list_names_the_field():
-  assert sweep.parse_list("eval.sweep_nfe", "5, 10,20", int) == [5, 10, 20]
+  assert sweep_grid.parse_list("eval.sweep_nfe", "5, 10,20", int) == [5, 10, 20]
   for bad in ("", "5,,10", "5,ten"):
     with pytest.raises(ValueError, match=r"config\.eval\.sweep_nfe"):
-      sweep.parse_list("eval.sweep_nfe", bad, int)
+      sweep_grid.parse_list("eval.sweep_nfe", bad, int)
 
 
 def test_markdown_table_rows_samplers_columns_budgets():
   cells = [{"sampler": "euler", "nfe_budget": 5, "nfe": 5, "fid": 12.345},
            {"sampler": "heun", "nfe_budget": 10, "nfe": 9, "fid": 3.2}]
-  t = sweep.markdown_table(cells, [5, 10], ["euler", "heun"]).splitlines()
+  t = sweep_grid.markdown_table(cells, [5, 10], ["euler", "heun"]).splitlines()
   assert t[0] == "| sampler | NFE 5 | NFE 10 |"
   assert t[2] == "| `euler` | 12.35 (5) | - |" and t[3] == "| `heun` | - | 3.20 (9) |"
 
 
 def test_cell_config_keeps_only_the_hyperparameters_the_sampler_accepts():
   c = digits_config(**{"sampling.S_churn": 5.0, "sampling.order": 3})
-  cell = sweep.cell_config(c, "unipc", 7)
+  cell = sweep_grid.cell_config(c, "unipc", 7)
   assert cell.sampling.sampler == "unipc" and cell.sampling.num_steps == 7
   assert cell.sampling.order == 3 and cell.sampling.S_churn is None
   assert c.sampling.S_churn == 5.0  # the original is not changed
@@ -185,9 +186,9 @@ def test_eval_writes_fid_and_kid_against_the_statistics(tmp_path, cheap_inceptio
        "eval.kid_subset_size": 6, "eval.elbo": False, "eval.dequantization_draws": 1}
   cfg, wd = _trained(tmp_path, **o)
   m = evaluate.run(cfg, wd)
-  x = evaluate.shards.read_samples(os.path.join(wd, "eval", "step_4", "samples"))
+  x = shards.read_samples(os.path.join(wd, "eval", "step_4", "samples"))
   assert len(x) == 12 and m["num_samples"] == 8  # the larger set; SW / MMD on the first 8
-  feats = _pooled_features(None, evaluate.fid_pixels(x, "digits"))
+  feats = _pooled_features(None, eval_common.fid_pixels(x, "digits"))
   stats = fid.load_stats(stats_path)
   assert m["fid"] == pytest.approx(fid.fid_to_stats(feats, stats), rel=1e-9)
   want_kid, want_std = fid.kid(feats, stats.features, num_subsets=4, subset_size=6, seed=0)

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from experiments.validate import ConfigError, check_writable, validate
+from experiments.errors import ConfigError
+from experiments.validate import check_writable, validate
 from tests.conftest import run_main, tiny_config
 
 

@@ -169,8 +169,9 @@ def test_driver_trains_resumes_exactly_and_samples_with_the_learned_schedule(tmp
   restored (EMA) schedule, and the sampler runs on it."""
   import jax.tree_util as jtu
   from diffusion import checkpoint
-  from experiments import sample, train
-  from experiments.validate import ConfigError, validate_config
+  from experiments import generate, setup, train
+  from experiments.errors import ConfigError
+  from experiments.validate import validate_config
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   n = {"training.num_steps": 20, "training.ckpt_every": 10}
   assert train.train(_toy_vdm(**n), straight)["step"] == 20
@@ -178,7 +179,7 @@ def test_driver_trains_resumes_exactly_and_samples_with_the_learned_schedule(tmp
   assert train.train(_toy_vdm(**n), resumed)["step"] == 20
 
   def final(wd):
-    s = train.setup(_toy_vdm(**n))
+    s = setup.setup(_toy_vdm(**n))
     ck = checkpoint.Checkpointer(wd, max_to_keep=None, async_save=False)
     state, _, step = ck.restore(s.abstract_state)
     ck.close()
@@ -190,10 +191,10 @@ def test_driver_trains_resumes_exactly_and_samples_with_the_learned_schedule(tmp
   init = s.schedule.init_params(jax.random.PRNGKey(0))
   assert set(a.params) == {"net", "schedule"}
   assert not np.allclose(a.params["schedule"]["v2"], init["v2"])  # the shape was trained
-  st, ema, _ = sample.restore_params(_toy_vdm(**n), straight)
+  st, ema, _ = setup.restore_params(_toy_vdm(**n), straight)
   np.testing.assert_array_equal(st.schedule.params["v2"], np.asarray(ema["schedule"]["v2"],
                                                                      np.float64))
-  x, info = sample.generate(st, ema, 8, jax.random.PRNGKey(0))
+  x, info = generate.generate(st, ema, 8, jax.random.PRNGKey(0))
   assert x.shape == (8, 2) and np.all(np.isfinite(x)) and int(info["nfe"]) > 0
   with pytest.raises(ConfigError, match="time_input='logsnr'"):
     validate_config(_toy_vdm(**{"model.time_input": "t"}), "train")

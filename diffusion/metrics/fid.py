@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from diffusion.io_utils import atomic_write
+
 FORMAT_VERSION = 1
 
 
@@ -175,9 +177,8 @@ def save_stats(path: str, features, *, dataset: str, split: str, resolution: int
   if keep_features:
     arrays["features"] = f.astype(np.float32)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with atomic_write(path, "wb", tmp=path + ".tmp.npz") as f:
+    np.savez(f, **arrays)
   return Stats(mu, sigma, arrays.get("features"), meta, path)
 
 
