@@ -170,6 +170,44 @@ def test_corrupt_checkpoint_read_only_is_skipped_and_nothing_moves(tmp_path, cap
   assert tree_hashes(tmp_path) == before
 
 
+def test_a_flipped_byte_in_any_file_of_the_manifest_is_caught(tmp_path, caplog):
+  """Every file integrity.json lists (metadata, sharding, commit markers, blobs), not only the
+  array data: one byte flipped (same size) in a fresh copy of the workdir each time; train sets
+  step 2 aside and restores step 1, read-only skips it and moves nothing."""
+  import shutil
+  src = tmp_path / "src"
+  states = _saved(src)
+  files = sorted(json.loads((src / "checkpoints" / "2" / checkpoint.INTEGRITY_FILE)
+                            .read_text())["files"])
+  assert {"meta/metadata", "state/_METADATA", "_CHECKPOINT_METADATA"} <= set(files)
+  assert any(f.startswith("state/") and "/d/" in f for f in files)
+  for i, rel in enumerate(files):
+    wd = tmp_path / f"copy{i}"
+    shutil.copytree(src, wd)
+    size = os.path.getsize(wd / "checkpoints" / "2" / rel)
+    _flip_byte(wd / "checkpoints" / "2" / rel)
+    assert os.path.getsize(wd / "checkpoints" / "2" / rel) == size
+    assert checkpoint.check_integrity(str(wd / "checkpoints" / "2")) == (
+        False, f"file {rel} differs from what was written (sha256)"), rel
+    read_only = i % 2 == 1  # both modes over the files, one restore per copy
+    before = tree_hashes(wd)
+    caplog.clear()
+    ck = checkpoint.Checkpointer(str(wd), max_to_keep=3, async_save=False, read_only=read_only)
+    with caplog.at_level("WARNING"):
+      restored, meta, step = ck.restore(_abstract(states[1]))
+    ck.close()
+    assert step == 1 and meta == {"step": 1}, rel
+    _assert_equal(states[1], restored)
+    warned = [r.getMessage() for r in _warnings(caplog)]
+    assert len(warned) == 1 and "step 2" in warned[0] and rel in warned[0], (rel, warned)
+    if read_only:
+      assert tree_hashes(wd) == before, rel
+    else:
+      assert not os.path.exists(wd / "checkpoints" / "2"), rel
+      assert os.path.isdir(wd / "corrupt_checkpoints" / "2"), rel
+    shutil.rmtree(wd)
+
+
 def test_integrity_check_cases(tmp_path):
   _saved(tmp_path, (1,))
   d = tmp_path / "checkpoints" / "1"
