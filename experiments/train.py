@@ -322,9 +322,9 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
           while sig.received is None:  # until killed, or a signal: saved below
             time.sleep(0.1)
       if (draws_samples and _crossed(prev, step, tcfg.sample_every) and step < num_steps
-          and sig.received is None):
+          and sig.agreed_stop(step) is None):  # agreed: sampling is collective
         _report_samples(s, workdir, state, step, writer)
-      if sig.received is not None:  # the step boundary: save, then stop
+      if sig.agreed_stop(step) is not None:  # the step boundary: all processes save, then stop
         save(step)
         ckpt.wait()
         name = signals.signal_name(sig.received)
@@ -337,7 +337,7 @@ def _loop(s: Setup, workdir: str, ckpt: checkpoint.Checkpointer,
       save(step)
       ckpt.wait()
       say(f"training done at step {step}; checkpoints in {ckpt.directory}")
-      if sig.received is not None:  # came during the final save: it is written; no samples
+      if sig.agreed_stop(step, final=True) is not None:  # came during the final save: no samples
         say(f"{signals.signal_name(sig.received)}: skipping the final samples; exiting")
         status = "interrupted" if sig.received == signal.SIGINT else "done"
         sig.acknowledge()
