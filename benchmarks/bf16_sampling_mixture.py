@@ -221,8 +221,9 @@ def main(argv=None):
   results = [measure(d, args.n) for d in args.dims]
   secs = time.time() - t0
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  from benchmarks.hardware import with_machine_line
   with open(args.out, "w") as fh:
-    fh.write(markdown(results, command.strip(), secs) + "\n")
+    fh.write(with_machine_line(markdown(results, command.strip(), secs)))
   with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
     json.dump({"command": command.strip(), "seconds": secs, "results": results}, fh, indent=1)
   print(f"wrote {args.out} ({secs:.0f} s)")

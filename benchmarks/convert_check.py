@@ -100,8 +100,9 @@ def main():
   text = "\n".join(lines) + "\n"
   print(text)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  from benchmarks.hardware import with_machine_line
   with open(args.out + ".md", "w") as f:
-    f.write(text)
+    f.write(with_machine_line(text))
   with open(args.out + ".json", "w") as f:
     json.dump(dict(network=net, schedule=sched), f, indent=1)
 

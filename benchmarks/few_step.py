@@ -307,8 +307,9 @@ def main():
     fid = (f"; FID / KID of the first {a.fid_samples} in the rows that show them, against the "
            f"train split's statistics (biased upwards at this size: compare rows, not papers)"
            if a.fid_stats else "")
-    f.write(f"Written by `python benchmarks/few_step.py --suite={a.suite}` ({n} samples per "
-            f"row{fid}).\n\n" + text)
+    from benchmarks.hardware import with_machine_line
+    f.write(with_machine_line(f"Written by `python benchmarks/few_step.py --suite={a.suite}` "
+                              f"({n} samples per row{fid}).\n\n" + text))
   with open(out + ".json", "w") as f:
     json.dump({"results": results, "times": times}, f, indent=2)
 

@@ -271,8 +271,10 @@ def main():
   text = markdown(res)
   print(text)
   out = os.path.join(ROOT, "benchmarks", "results", "few_step_mixture")
+  from benchmarks.hardware import with_machine_line
   with open(out + ".md", "w") as f:
-    f.write(f"Written by `python benchmarks/few_step_mixture.py --steps={a.steps}`.\n\n" + text)
+    f.write(with_machine_line(
+        f"Written by `python benchmarks/few_step_mixture.py --steps={a.steps}`.\n\n" + text))
   with open(out + ".json", "w") as f:
     json.dump(res, f, indent=2)
 

@@ -167,8 +167,9 @@ def main(argv=None) -> int:
   text = "\n".join(lines) + "\n"
   print(text)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  from benchmarks.hardware import with_machine_line
   with open(args.out, "w") as f:
-    f.write(text)
+    f.write(with_machine_line(text))
 
   os.makedirs(args.figures, exist_ok=True)
   names = [r[0] for r in rows if not r[0].startswith("conditional")]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 T = 1e12
 DTYPES = ("float32", "bfloat16")
@@ -289,6 +289,91 @@ def nominal_peak(dtype: str, device=None) -> Peak:
   if dev.platform == "cpu":
     return host_cpu_peak(dtype)
   return accelerator_peak(dev.device_kind, dtype, jax.config.jax_default_matmul_precision)
+
+
+# -- the machine line of every results table --------------------------------------------------
+
+MACHINE_PREFIX = "Machine: "
+
+
+def cpu_model(cpuinfo: Optional[str]) -> str:
+  """The CPU's model name from /proc/cpuinfo text ('model name'; ARM: 'Hardware' / 'CPU part'),
+  else platform.processor(), else 'unknown CPU'."""
+  import platform
+  procs = parse_cpuinfo(cpuinfo or "")
+  for field in ("model name", "Hardware", "Processor", "cpu model"):
+    for p in procs:
+      if p.get(field):
+        return " ".join(p[field].split())
+  if procs and procs[0].get("CPU part"):
+    return f"{procs[0].get('CPU implementer', '?')} CPU part {procs[0]['CPU part']}"
+  return platform.processor() or "unknown CPU"
+
+
+# The widest vector / matrix extensions, named in the machine line (a VM's model name may be
+# only 'AMD EPYC'): the first present of each group.
+_ISA_GROUPS = (("amx_bf16",), ("avx512_bf16",), ("avx512f", "avx2"), ("sve2", "sve", "asimd"))
+
+
+def cpu_description(cpuinfo: Optional[str]) -> str:
+  """'<model name> (<vendor> family F model M; avx512f, avx512_bf16)': the model name and, where
+  /proc/cpuinfo has them, the x86 family / model and the widest vector / matrix extensions."""
+  procs = parse_cpuinfo(cpuinfo or "")
+  out = cpu_model(cpuinfo)
+  if not procs:
+    return out
+  p = procs[0]
+  ident = []
+  if p.get("cpu family"):
+    ident.append(" ".join(x for x in (p.get("vendor_id", ""), f"family {p['cpu family']}",
+                                      f"model {p['model']}" if p.get("model") else "") if x))
+  flags = set((p.get("flags") or p.get("Features") or "").split())
+  isa = [next(f for f in g if f in flags) for g in _ISA_GROUPS if any(f in flags for f in g)]
+  if isa:
+    ident.append(", ".join(isa))
+  return f"{out} ({'; '.join(ident)})" if ident else out
+
+
+def machine_line(cpuinfo: Optional[str] = None, available: Optional[int] = None,
+                 logical: Optional[int] = None, devices: Optional[Sequence[Any]] = None) -> str:
+  """'Machine: <CPU>, <n> cores available (of <m> logical CPUs); JAX devices: ...' for the
+  results tables: timings and ratios (e.g. against PyTorch) depend on the machine. <CPU> is
+  ``cpu_description`` (model name, family / model, widest vector units).
+
+  Defaults: this host's /proc/cpuinfo, the CPUs this process may run on
+  (os.sched_getaffinity), os.cpu_count(), jax.devices() (their device_kind: the GPU / TPU model
+  on an accelerator)."""
+  if cpuinfo is None:
+    cpuinfo = _read("/proc/cpuinfo")
+  if logical is None:
+    logical = os.cpu_count()
+  if available is None:
+    available = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else logical)
+  line = f"{MACHINE_PREFIX}{cpu_description(cpuinfo)}, {available} cores available"
+  if logical and logical != available:
+    line += f" (of {logical} logical CPUs)"
+  if devices is None:
+    try:
+      import jax
+      devices = jax.devices()
+    except Exception:  # noqa: BLE001 -- the line names the CPU regardless
+      devices = []
+  if devices:
+    kinds: Dict[str, int] = {}
+    for d in devices:
+      name = f"{d.device_kind} ({d.platform})" if d.platform != "cpu" else "cpu"
+      kinds[name] = kinds.get(name, 0) + 1
+    line += "; JAX devices: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())
+  return line + "."
+
+
+def with_machine_line(md: str, line: Optional[str] = None) -> str:
+  """``md`` (a results table in markdown) ending with the machine line (``machine_line()``
+  unless given); unchanged when it already has one."""
+  if any(l.startswith(MACHINE_PREFIX) for l in md.splitlines()):
+    return md
+  return md.rstrip("\n") + "\n\n" + (line or machine_line()) + "\n"
 
 
 def mfu(flops_per_step: float, steps_per_s: float, peak: Peak) -> Optional[float]:

@@ -190,8 +190,9 @@ def write(rows, path: str, n: int, total: float):
       "|" + "---|" * 11,
   ] + [_fmt(r) for r in rows]
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  from benchmarks.hardware import with_machine_line
   with open(path, "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+    fh.write(with_machine_line("\n".join(lines) + "\n"))
 
 
 def main(argv=None):

@@ -88,8 +88,9 @@ def main() -> None:
   print(text)
   out = os.path.join(REPO, "benchmarks", "results")
   os.makedirs(out, exist_ok=True)
+  from benchmarks.hardware import with_machine_line
   with open(os.path.join(out, "posthoc_ema_toy.md"), "w") as f:
-    f.write(text)
+    f.write(with_machine_line(text))
   with open(os.path.join(out, "posthoc_ema_toy.json"), "w") as f:
     json.dump({"config": os.path.relpath(args.config, REPO), "steps": args.steps,
                "every": args.every, "rows": rows}, f, indent=1)

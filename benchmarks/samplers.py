@@ -311,8 +311,9 @@ def main(argv=None):
     json.dump({"quality": q, "overhead": o, "seconds": time.time() - t0}, fh, indent=1)
   plot(q, os.path.join(args.out, f"samplers{suffix}.png"))
   md = report(q, o, args.quick, time.time() - t0)
+  from benchmarks.hardware import with_machine_line
   with open(os.path.join(args.out, f"samplers{suffix}.md"), "w") as fh:
-    fh.write(md + "\n")
+    fh.write(with_machine_line(md))
   print(md)
 
 

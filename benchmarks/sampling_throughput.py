@@ -212,8 +212,9 @@ def main(argv=None):
   secs = time.time() - t_start
   load = (load0, os.getloadavg()[0]) if load0 is not None else None
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  from benchmarks.hardware import with_machine_line
   with open(out, "w") as fh:
-    fh.write(markdown(rows, command.strip(), args.nfe_scale, secs, load))
+    fh.write(with_machine_line(markdown(rows, command.strip(), args.nfe_scale, secs, load)))
   with open(os.path.splitext(out)[0] + ".json", "w") as fh:
     json.dump({"command": command.strip(), "platform": jax.devices()[0].platform,
                "device": device_name(), "nfe_scale": args.nfe_scale, "seconds": secs,

@@ -265,7 +265,9 @@ def main(argv=None) -> int:
 
 
 def write_table(md: str, out: str) -> None:
-  """Prints the markdown table and writes it to ``out`` (its folder is created)."""
+  """Prints the markdown table and writes it to ``out`` (its folder is created), ending with
+  the line naming the machine (hardware.machine_line: CPU model, cores, JAX devices)."""
+  md = hardware.with_machine_line(md)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     f.write(md)

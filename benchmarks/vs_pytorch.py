@@ -18,8 +18,7 @@ PyTorch is never a dependency of this package. Install it in a separate environm
 interpreter::
 
   python3 -m venv /tmp/torch-env
-  /tmp/torch-env/bin/pip install torch diffusers --index-url https://download.pytorch.org/whl/cpu \\
-      --extra-index-url https://pypi.org/simple
+  /tmp/torch-env/bin/pip install torch==2.13.0 diffusers==0.42.1
   python benchmarks/vs_pytorch.py --torch_python=/tmp/torch-env/bin/python
 
 ``--baseline_root=DIR`` adds a JAX worker running another checkout of this codebase (first row),

@@ -20,6 +20,10 @@ Nothing saved is lost. A restore goes newest first and, per checkpoint:
      back with the shardings of the current mesh. OSError and MemoryError propagate as they are;
      any other failure is a CheckpointRestoreError naming the step: not proof of corruption, so
      the checkpoint stays where it is.
+``restore_field`` (sample, eval, sweep) restores one field of the state, e.g. 'ema_params' (a
+learned schedule's parameters included), with the same steps 1-3 restricted to that field's leaves:
+the optimizer state is neither read nor needed, so a run trained with other optimizer settings is
+sampled; ``check_identity(..., ignore=("optim",))`` is the matching identity check.
 A checkpoint without integrity.json (saved by an older version, or killed in the instant between
 orbax's finalization and the manifest write) is used when it restores; integrity.json is not
 written for it afterwards, as flipped bytes would then be certified.
@@ -142,9 +146,20 @@ def has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
-def check_identity(workdir: str, config: Dict[str, Any], fields: Sequence[str]) -> None:
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def check_identity(workdir: str, config: Dict[str, Any], fields: Sequence[str],
+                   ignore: Sequence[str] = ()) -> None:
   """Refuses (WorkdirMismatchError) a workdir whose checkpoints come from a config differing in
-  ``fields``. Checkpoints without a config.json are refused too (their origin is unknown)."""
+  ``fields``. Checkpoints without a config.json are refused too (their origin is unknown).
+
+  ``ignore``: dotted prefixes left out of the comparison even where ``fields`` name them (or a
+  field under them): a subset of the identity. Sample / eval restore only the EMA parameters
+  (``Checkpointer.restore_field``), so they pass ``ignore=("optim",)``: a run whose optimizer
+  settings differ (optim.name, optim.grad_clip) is still sampled. Train passes nothing: any
+  difference that changes the state's structure is refused."""
   if not has_checkpoints(workdir):
     return
   old = read_config(workdir)
@@ -152,7 +167,7 @@ def check_identity(workdir: str, config: Dict[str, Any], fields: Sequence[str]) 
     raise WorkdirMismatchError(
         f"workdir {workdir!r} holds checkpoints but no {CONFIG_FILE}; refusing to resume or "
         f"overwrite them. Use another --workdir.")
-  diffs = config_diff(old, config, fields)
+  diffs = [d for d in config_diff(old, config, fields) if not _under(d[0], ignore)]
   if diffs:
     lines = "\n".join(f"  {k}: workdir has {a!r}, this run has {b!r}" for k, a, b in diffs)
     raise WorkdirMismatchError(
@@ -437,12 +452,29 @@ class Checkpointer:
             keep_period=keep_period)
     self._manifest_thread: Optional[threading.Thread] = None
     self._manifest_error: Optional[BaseException] = None
+    self._field_manager: Optional[ocp.CheckpointManager] = None  # see _restore_manager
     self.manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
     with _Quiet():  # read_only logs a warning
       return ocp.CheckpointManager(self.directory, options=self._options,
                                    item_names=("state", "meta"))
+
+  def _restore_manager(self, field: Optional[str]) -> ocp.CheckpointManager:
+    """self.manager for whole states; for one field, a second, read-only manager: orbax binds an
+    item to the handler of its first save / restore (StandardCheckpointHandler for 'state'), and
+    a partial restore needs PyTreeCheckpointHandler."""
+    if field is None:
+      return self.manager
+    if self._field_manager is None:
+      with _Quiet():  # read_only logs a warning
+        self._field_manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                                 enable_async_checkpointing=False))
+    else:
+      self._field_manager.reload()  # steps set aside or saved since
+    return self._field_manager
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -512,6 +544,25 @@ class Checkpointer:
     corrupt and a fresh start is allowed; raises NoUsableCheckpointError when it is not.
     Raises CheckpointMismatchError, CheckpointRestoreError, OSError, MemoryError (nothing moved).
     """
+    return self._restore(abstract_state, None, step, allow_fresh_start)
+
+  def restore_field(self, field: str, abstract: PyTree, step: Optional[int] = None,
+                    allow_fresh_start: Optional[bool] = None
+                    ) -> Tuple[Optional[PyTree], Dict[str, Any], Optional[int]]:
+    """Restores (state.<field>, meta, step): one field of the saved state (e.g. 'ema_params',
+    which holds a learned schedule's 'schedule' parameters too) into ``abstract`` (that field's
+    abstract tree), and nothing else: the other fields' arrays are not read and their structure
+    is not needed, so a state saved with another optimizer (opt_state) restores its EMA params.
+
+    As ``restore`` otherwise: every file of the checkpoint is verified against integrity.json
+    first (proven-corrupt ones are skipped), and the saved signature of ``field``'s leaves (key
+    path, shape, dtype) must equal ``abstract``'s (else CheckpointMismatchError).
+    """
+    return self._restore(abstract, field, step, allow_fresh_start)
+
+  def _restore(self, abstract: PyTree, field: Optional[str], step: Optional[int],
+               allow_fresh_start: Optional[bool]
+               ) -> Tuple[Optional[PyTree], Dict[str, Any], Optional[int]]:
     if allow_fresh_start is None:
       allow_fresh_start = self.allow_fresh_start
     self._join_manifest()
@@ -522,7 +573,7 @@ class Checkpointer:
       if ok is False:
         corrupt.append((s, why))
         continue
-      state, meta = self._restore_one(s, abstract_state, verified=bool(ok), unverified_why=why,
+      state, meta = self._restore_one(s, abstract, field, verified=bool(ok), unverified_why=why,
                                       skipped=corrupt)
       self._set_aside(corrupt, f"restored step {s} instead")
       return state, meta, s
@@ -545,8 +596,9 @@ class Checkpointer:
       self._set_aside(corrupt, "starting from step 0 (fresh start allowed)")
     return None, {}, None
 
-  def _restore_one(self, step: int, abstract_state: PyTree, verified: bool, unverified_why: str,
-                   skipped: Sequence[Tuple[int, str]]) -> Tuple[PyTree, Dict[str, Any]]:
+  def _restore_one(self, step: int, abstract: PyTree, field: Optional[str], verified: bool,
+                   unverified_why: str, skipped: Sequence[Tuple[int, str]]
+                   ) -> Tuple[PyTree, Dict[str, Any]]:
     where = f"checkpoint at step {step} in {self.directory}"
     note = ("" if not skipped else
             f" (newer ones failed their integrity check and were left in place: "
@@ -566,17 +618,28 @@ class Checkpointer:
     saved_sig = meta.pop(SIGNATURE_KEY, None)
     saved_cfg = meta.pop(CONFIG_KEY, None)
     if saved_sig is not None:
-      n, diffs = signature_diff(saved_sig, tree_signature(abstract_state))
+      current = tree_signature(abstract)
+      if field is not None:  # the field's leaves only, under their paths in the state
+        current = [[f"{field}/{p}" if p else field, sh, dt] for p, sh, dt in current]
+        saved_sig = [e for e in saved_sig if e[0] == field or e[0].startswith(field + "/")]
+      n, diffs = signature_diff(saved_sig, current)
       if n:
         raise CheckpointMismatchError(
             f"{where} holds a state of another structure than this config builds ({n} leaves "
             f"differ: {'; '.join(diffs)}); {self._config_hint(saved_cfg)} Nothing was "
             f"changed.{note} Resume with the checkpoint's values of these fields, or use "
             f"another --workdir.")
+    if field is None:
+      args = ocp.args.StandardRestore(abstract)
+    else:  # orbax's partial restore: leaves absent from the item are not read
+      item = {field: abstract}
+      args = ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True)
     try:
       with _Quiet():
-        out = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        out = self._restore_manager(field).restore(step, args=ocp.args.Composite(state=args))
+        out = out["state"] if field is None else out["state"][field]
     except (OSError, MemoryError):
       raise
     except Exception as e:  # noqa: BLE001 -- reported as a typed error, nothing is moved
@@ -587,7 +650,7 @@ class Checkpointer:
           f"resume from an older one.") from e
     if not verified:
       log.warning("%s restored without an integrity check (%s)", where, unverified_why)
-    return out["state"], meta
+    return out, meta
 
   def _config_hint(self, saved_cfg: Optional[Dict[str, Any]]) -> str:
     """'config fields that differ from the checkpoint's: a (x -> y), ...' (config.json's when the
@@ -644,4 +707,6 @@ class Checkpointer:
     try:
       self.wait()
     finally:
+      if self._field_manager is not None:
+        self._field_manager.close()
       self.manager.close()

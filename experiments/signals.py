@@ -21,6 +21,19 @@ a checkpoint half-written or the clean-up after it.
 A Python signal handler runs in the main thread between bytecodes, so a long blocking XLA call
 delays it until the call returns; the signal is never lost because the flag is polled at the
 next step boundary. Handlers are installed only in the main thread (elsewhere this is a no-op).
+
+Multi-process runs (jax.distributed): a signal may reach only some processes, but a checkpoint
+save (and the train step, and sampling) is a collective every process must enter together; one
+process saving alone hangs the others. ``sig.agreed_stop(step)`` is the loop's test at a step
+boundary: every process contributes its recorded signal (0 if none) to one small all-reduce (max)
+over all devices, and all act on the same answer at the same boundary: the largest signal number
+any of them recorded (SIGTERM 15 over SIGINT 2), which is then also ``received`` on every
+process, so they save the same step and exit with the same status. The all-reduce is pipelined:
+each boundary dispatches its own and reads the previous boundary's, which its device has long
+finished, so the host does not wait for the step just dispatched; a signal is thus acted on one
+boundary after the one where a process first contributed it. ``agreed_stop(step, final=True)``
+(after the loop's last save, before anything collective that a signal skips) reads its answer at
+once. With one process, ``agreed_stop`` is ``received``: nothing is dispatched.
 """
 from __future__ import annotations
 
@@ -65,6 +78,7 @@ class RunSignals:
     self._deferred = 0
     self._handled = False
     self._old = {}
+    self._agreement: Optional["_StopAgreement"] = None  # multi-process runs: see agreed_stop
 
   # -- installation ---------------------------------------------------------------------------
 
@@ -101,6 +115,28 @@ class RunSignals:
     then normal, and the caller decides the exit status."""
     self._handled = True
 
+  def agreed_stop(self, step: int, final: bool = False) -> Optional[int]:
+    """The signal all processes stop for at the step boundary ``step``, or None: keep going.
+
+    One process: ``received``. Several (jax.distributed): the all-reduced (max) signal number
+    of every process's ``received`` (see the module docstring), the same on each; when there is
+    one, it is recorded in ``received`` here too, so the loop's later tests of ``received`` and
+    the exit status agree across processes. Every process must call it at the same boundaries
+    (it is a collective); a second call at the same ``step`` returns the first's answer without
+    a collective. ``final``: the answer including signals recorded up to now (blocks until every
+    process has made the same call), for after the last boundary.
+    """
+    import jax
+    if jax.process_count() == 1:
+      return self.received
+    if self._agreement is None:
+      self._agreement = _StopAgreement()
+    agreed = self._agreement.poll(int(step), self.received or 0, final)
+    if not agreed:
+      return None
+    self.received = agreed
+    return agreed
+
   def _handle(self, signum, frame):
     del frame
     if self.received is not None:
@@ -110,6 +146,48 @@ class RunSignals:
     self.received = int(signum)
     if self._deferred == 0:
       raise Interrupted(signum, self.phase)
+
+
+class _StopAgreement:
+  """The all-reduce (max) of one int32 per process over all devices, pipelined by one step
+  boundary (see the module docstring). Once a signal is agreed, the answer stays."""
+
+  def __init__(self):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(jax.devices()), ("all",))
+    self._n = mesh.devices.size
+    self._sharding = NamedSharding(mesh, PartitionSpec("all"))
+    self._devices = sorted(self._sharding.addressable_devices, key=lambda d: d.id)
+    self._max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    self._pending = None  # the all-reduce dispatched at the previous boundary, not yet read
+    self._step: Optional[int] = None
+    self._value = 0
+
+  def _dispatch(self, flag: int):
+    import jax
+    import numpy as np
+    shards = [jax.device_put(np.full((1,), flag, np.int32), d) for d in self._devices]
+    return self._max(jax.make_array_from_single_device_arrays((self._n,), self._sharding, shards))
+
+  @staticmethod
+  def _read(arr) -> int:
+    import numpy as np
+    return int(np.asarray(arr.addressable_data(0)))
+
+  def poll(self, step: int, flag: int, final: bool) -> int:
+    if step == self._step and not final:
+      return self._value
+    new = self._dispatch(flag)
+    value = self._read(self._pending) if self._pending is not None else 0
+    if final:
+      value, self._pending = max(value, self._read(new)), None
+    else:
+      self._pending = new
+    self._step, self._value = step, max(self._value, value)
+    return self._value
 
 
 def exit_on_signal() -> None:

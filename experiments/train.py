@@ -264,13 +264,14 @@ class _Loop:
   def periodic_samples(self, prev: int) -> None:
     """Samples and their plot every training.sample_every steps (not at the end: ``end``)."""
     if (self.draws_samples and _crossed(prev, self.step, self.tcfg.sample_every)
-        and self.step < self.num_steps and self.sig.received is None):
+        and self.step < self.num_steps
+        and self.sig.agreed_stop(self.step) is None):  # agreed: sampling is collective
       _report_samples(self.s, self.workdir, self.state, self.step, self.writer)
 
   def stop_on_signal(self) -> bool:
     """At a step boundary after SIGTERM / SIGINT: save, say so and stop (True)."""
     sig = self.sig
-    if sig.received is None:
+    if sig.agreed_stop(self.step) is None:  # all processes save at the same boundary, or none
       return False
     self.save(self.step)
     self.ckpt.wait()
@@ -287,7 +288,7 @@ class _Loop:
       self.save(self.step)
       self.ckpt.wait()
       say(f"training done at step {self.step}; checkpoints in {self.ckpt.directory}")
-      if sig.received is not None:  # came during the final save: it is written; no samples
+      if sig.agreed_stop(self.step, final=True) is not None:  # came during the final save
         say(f"{signals.signal_name(sig.received)}: skipping the final samples; exiting")
         self.status = "interrupted" if sig.received == signal.SIGINT else "done"
         sig.acknowledge()

@@ -111,6 +111,55 @@ def test_cpu_cores_clock_and_amx():
   assert hardware.cpu_peak("", dtype="float32").flops is None
 
 
+def test_machine_line_names_cpu_model_cores_and_devices():
+  class Dev:
+    def __init__(self, platform, kind):
+      self.platform, self.device_kind = platform, kind
+
+  xeon = _cpuinfo(2, "GenuineIntel", 6, "fma avx2 avx512f avx512_bf16 amx_bf16",
+                  extra="model\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n")
+  assert hardware.machine_line(xeon, available=2, logical=2, devices=[Dev("cpu", "cpu")]) == (
+      "Machine: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (GenuineIntel family 6 model 143; "
+      "amx_bf16, avx512_bf16, avx512f), 2 cores available; JAX devices: 1 x cpu.")
+  epyc = _cpuinfo(4, "AuthenticAMD", 25, "fma avx2", extra="model name\t: AMD EPYC\n")
+  assert hardware.machine_line(
+      epyc, available=2, logical=4, devices=[Dev("gpu", "NVIDIA H100 80GB HBM3")] * 2) == (
+      "Machine: AMD EPYC (AuthenticAMD family 25; avx2), 2 cores available (of 4 logical CPUs); "
+      "JAX devices: 2 x NVIDIA H100 80GB HBM3 (gpu).")
+  assert hardware.cpu_model("") != ""  # no /proc/cpuinfo: platform.processor() or 'unknown CPU'
+
+
+def test_write_table_ends_with_the_machine_line(tmp_path, capsys):
+  """The shared writer of the throughput tables (train_throughput, cifar_throughput,
+  bench_accel, step_profile, input_pipeline, inception, vs_pytorch)."""
+  out = tmp_path / "sub" / "t.md"
+  train_throughput.write_table("# A table\n\n| a | b |\n|---|---|\n| 1 | 2 |\n", str(out))
+  text = out.read_text()
+  last = text.rstrip("\n").splitlines()[-1]
+  assert text.startswith("# A table\n") and "| 1 | 2 |\n\nMachine: " in text
+  assert last == hardware.machine_line() and last in capsys.readouterr().out
+  with open("/proc/cpuinfo") as f:
+    assert hardware.cpu_model(f.read()) in last
+  assert f", {len(os.sched_getaffinity(0))} cores available" in last
+  assert hardware.with_machine_line(text) == text  # one line, not two
+
+
+def test_every_script_writing_a_results_table_names_the_machine():
+  """Each benchmarks/*.py that writes a markdown file goes through write_table or
+  with_machine_line."""
+  bench = os.path.join(REPO, "benchmarks")
+  writers = []
+  for name in sorted(os.listdir(bench)):
+    if not name.endswith(".py") or name == "hardware.py":
+      continue
+    src = open(os.path.join(bench, name)).read()
+    if ".md" in src and ('"w")' in src or "write_table(" in src):
+      writers.append(name)
+      assert "write_table(" in src or "with_machine_line(" in src, name
+  assert {"train_throughput.py", "vs_pytorch.py", "samplers.py",
+          "sampling_throughput.py"} <= set(writers)
+
+
 def test_this_host_has_a_peak():
   p = hardware.nominal_peak("float32")
   assert jax.devices()[0].platform != "cpu" or (p.flops is not None and p.flops > 1e9)

@@ -170,6 +170,44 @@ def test_corrupt_checkpoint_read_only_is_skipped_and_nothing_moves(tmp_path, cap
   assert tree_hashes(tmp_path) == before
 
 
+def test_a_flipped_byte_in_any_file_of_the_manifest_is_caught(tmp_path, caplog):
+  """Every file integrity.json lists (metadata, sharding, commit markers, blobs), not only the
+  array data: one byte flipped (same size) in a fresh copy of the workdir each time; train sets
+  step 2 aside and restores step 1, read-only skips it and moves nothing."""
+  import shutil
+  src = tmp_path / "src"
+  states = _saved(src)
+  files = sorted(json.loads((src / "checkpoints" / "2" / checkpoint.INTEGRITY_FILE)
+                            .read_text())["files"])
+  assert {"meta/metadata", "state/_METADATA", "_CHECKPOINT_METADATA"} <= set(files)
+  assert any(f.startswith("state/") and "/d/" in f for f in files)
+  for i, rel in enumerate(files):
+    wd = tmp_path / f"copy{i}"
+    shutil.copytree(src, wd)
+    size = os.path.getsize(wd / "checkpoints" / "2" / rel)
+    _flip_byte(wd / "checkpoints" / "2" / rel)
+    assert os.path.getsize(wd / "checkpoints" / "2" / rel) == size
+    assert checkpoint.check_integrity(str(wd / "checkpoints" / "2")) == (
+        False, f"file {rel} differs from what was written (sha256)"), rel
+    read_only = i % 2 == 1  # both modes over the files, one restore per copy
+    before = tree_hashes(wd)
+    caplog.clear()
+    ck = checkpoint.Checkpointer(str(wd), max_to_keep=3, async_save=False, read_only=read_only)
+    with caplog.at_level("WARNING"):
+      restored, meta, step = ck.restore(_abstract(states[1]))
+    ck.close()
+    assert step == 1 and meta == {"step": 1}, rel
+    _assert_equal(states[1], restored)
+    warned = [r.getMessage() for r in _warnings(caplog)]
+    assert len(warned) == 1 and "step 2" in warned[0] and rel in warned[0], (rel, warned)
+    if read_only:
+      assert tree_hashes(wd) == before, rel
+    else:
+      assert not os.path.exists(wd / "checkpoints" / "2"), rel
+      assert os.path.isdir(wd / "corrupt_checkpoints" / "2"), rel
+    shutil.rmtree(wd)
+
+
 def test_integrity_check_cases(tmp_path):
   _saved(tmp_path, (1,))
   d = tmp_path / "checkpoints" / "1"
@@ -307,6 +345,94 @@ def test_identity_check(tmp_path):
     checkpoint.check_identity(wd, other, ["model", "sde"])
   # Fields outside the identity (training.num_steps) may change.
   checkpoint.check_identity(wd, dict(cfg, training={"num_steps": 99}), ["model", "sde"])
+
+
+def _vdm_state(optim, seed=0):
+  """A TrainState of a network with a learned VDM schedule: params {'net', 'schedule'}."""
+  from diffusion import vdm
+  from diffusion.schedules import get_schedule
+  model = vdm.WithLearnedSchedule("mlp", {"width": 16, "num_blocks": 1, "embed_dim": 8},
+                                  get_schedule("vdm_learned"))
+  opt = training.make_optimizer(optim)
+  s = jax.jit(lambda k: training.init_state(model, opt, k, jnp.zeros((1, 2))))(
+      jax.random.PRNGKey(seed))
+  return s.replace(step=jnp.int32(5), ema_params=jax.tree_util.tree_map(
+      lambda x: x * 0.75 + 0.125, s.ema_params))
+
+
+def test_restore_ema_params_of_a_run_with_another_optimizer(tmp_path):
+  """Sampling needs only the EMA params: a checkpoint saved with Adam (no clipping) restores its
+  ema_params bit for bit into an abstract tree built with AdamW and clipping, whose optimizer
+  state has another structure (a whole-state restore refuses it), and a learned schedule's
+  parameters come back with them. Read-only: nothing in the workdir changes."""
+  adam = training.OptimConfig(name="adam", lr=1e-3, grad_clip=0.0)
+  adamw = training.OptimConfig(name="adamw", lr=1e-3, grad_clip=1.0, weight_decay=0.1)
+  saved = {1: _vdm_state(adam, 1), 2: _vdm_state(adam, 2)}
+  ck = checkpoint.Checkpointer(str(tmp_path), async_save=False,
+                               config={"optim": {"name": "adam", "grad_clip": 0.0}})
+  for i, st in saved.items():
+    ck.save(i, st, {"step": i})
+  ck.close()
+  before = tree_hashes(tmp_path)
+  other = _abstract(_vdm_state(adamw))
+  assert (jax.tree_util.tree_structure(other.opt_state)
+          != jax.tree_util.tree_structure(saved[2].opt_state))
+  ck = checkpoint.Checkpointer(str(tmp_path), read_only=True,
+                               config={"optim": {"name": "adamw", "grad_clip": 1.0}})
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="optim.name"):
+    ck.restore(other)
+  ema, meta, step = ck.restore_field("ema_params", other.ema_params)
+  assert step == 2 and meta == {"step": 2}
+  assert set(ema) == {"net", "schedule"} and jax.tree_util.tree_leaves(ema["schedule"])
+  _assert_equal(saved[2].ema_params, ema)
+  assert all(isinstance(x.sharding, jax.sharding.NamedSharding)
+             for x in jax.tree_util.tree_leaves(ema))
+  ema1, _, step1 = ck.restore_field("ema_params", other.ema_params, step=1)
+  assert step1 == 1
+  _assert_equal(saved[1].ema_params, ema1)
+  ck.close()
+  assert tree_hashes(tmp_path) == before
+
+
+def test_restore_field_verifies_integrity_and_structure(tmp_path, caplog):
+  states = _saved(tmp_path)
+  _flip_byte(tmp_path / "checkpoints" / "2" / "state" / "_METADATA")
+  before = tree_hashes(tmp_path)
+  ck = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  with caplog.at_level("WARNING"):
+    ema, _, step = ck.restore_field("ema_params", _abstract(states[1]).ema_params)
+  assert step == 1  # step 2 is proven corrupt: skipped, not moved
+  _assert_equal(states[1].ema_params, ema)
+  warned = [r.getMessage() for r in _warnings(caplog)]
+  assert len(warned) == 1 and "step 2" in warned[0] and "state/_METADATA" in warned[0]
+  with pytest.raises(checkpoint.NoUsableCheckpointError, match="step 2"):
+    ck.restore_field("ema_params", _abstract(states[1]).ema_params, step=2)
+  # Another network: the field's leaves differ from the saved signature.
+  wide = get_model("mlp", width=32, num_blocks=1, embed_dim=8)
+  opt = training.make_optimizer(training.OptimConfig(lr=1e-3, grad_clip=0.0))
+  other = jax.eval_shape(lambda k: training.init_state(wide, opt, k, jnp.zeros((1, 2))),
+                         jax.random.PRNGKey(0))
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"step 1 .*ema_params/Dense_0/bias is float32\[16\] in the checkpoint"):
+    ck.restore_field("ema_params", _abstract(other).ema_params)
+  ck.close()
+  assert tree_hashes(tmp_path) == before
+
+
+def test_identity_check_ignoring_the_optimizer(tmp_path):
+  """Sample / eval compare the identity without optim.*; train compares all of it."""
+  wd = str(tmp_path)
+  fields = ["model", "optim.name"]
+  cfg = {"model": {"width": 32}, "optim": {"name": "adam", "grad_clip": 1.0}}
+  checkpoint.write_config(wd, cfg)
+  os.makedirs(tmp_path / "checkpoints" / "5")
+  other_opt = {"model": {"width": 32}, "optim": {"name": "adamw", "grad_clip": 0.0}}
+  with pytest.raises(checkpoint.WorkdirMismatchError, match=r"optim\.name"):
+    checkpoint.check_identity(wd, other_opt, fields)
+  checkpoint.check_identity(wd, other_opt, fields, ignore=("optim",))
+  with pytest.raises(checkpoint.WorkdirMismatchError, match=r"model\.width.*32.*64"):
+    checkpoint.check_identity(wd, {**other_opt, "model": {"width": 64}}, fields,
+                              ignore=("optim",))
 
 
 def test_run_lock(tmp_path):

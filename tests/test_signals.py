@@ -3,10 +3,14 @@
 In-process tests of experiments.signals.RunSignals, and real subprocesses: a signal during set-up
 (debug.setup_delay_s holds the run there) ends train, sample and eval with one line and status
 128 + signum; SIGINT during training saves a checkpoint at a step boundary and exits 130, and
-the run resumes from it. (SIGTERM during training: tests/test_reliability.py.)
+the run resumes from it. (SIGTERM during training: tests/test_reliability.py.) Two processes
+(jax.distributed on CPU): SIGTERM to one of them stops both at the same step, saved together.
 """
+import json
 import os
 import signal
+import socket
+import subprocess
 import time
 
 import pytest
@@ -97,6 +101,38 @@ def test_exit_on_signal_before_a_run(capfd):
       signal.signal(s, h)
 
 
+def test_agreed_stop_one_process_is_received_and_dispatches_nothing(monkeypatch):
+  sig = signals.RunSignals()
+  monkeypatch.setattr(signals, "_StopAgreement", None)  # would fail if it were built
+  assert sig.agreed_stop(1) is None
+  sig.received = signal.SIGTERM
+  assert sig.agreed_stop(2) == signal.SIGTERM and sig.agreed_stop(2, final=True) == 15
+
+
+def test_stop_agreement_is_pipelined_sticky_and_final_reads_at_once():
+  """The all-reduce itself on this process's devices: a boundary reads the previous one's."""
+  a = signals._StopAgreement()
+  assert a.poll(1, 0, False) == 0
+  assert a.poll(2, signal.SIGINT, False) == 0  # dispatched here, read at the next boundary
+  assert a.poll(2, signal.SIGINT, False) == 0  # same boundary: the same answer, no collective
+  assert a.poll(3, 0, False) == signal.SIGINT
+  assert a.poll(4, 0, False) == signal.SIGINT  # once agreed, it stays
+  b = signals._StopAgreement()
+  assert b.poll(5, 0, False) == 0
+  assert b.poll(5, signal.SIGTERM, True) == signal.SIGTERM  # final: this call's flag counts
+
+
+def test_agreed_stop_of_several_processes_sets_received(monkeypatch):
+  """Another process got SIGTERM, this one nothing: the agreed signal becomes this one's."""
+  import jax
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(signals._StopAgreement, "poll",
+                      lambda self, step, flag, final: 0 if step < 3 else signal.SIGTERM)
+  sig = signals.RunSignals()
+  assert sig.agreed_stop(2) is None and sig.received is None
+  assert sig.agreed_stop(3) == signal.SIGTERM and sig.received == signal.SIGTERM
+
+
 # -- subprocesses --------------------------------------------------------------------------------
 
 
@@ -141,3 +177,51 @@ def test_sigint_during_training_saves_exits_130_and_resumes(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"resumed from the checkpoint at step {step}" in r.stdout
   assert f"training done at step {step + 5}" in r.stdout
+
+
+def _free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+  """SIGTERM reaches process 1 only (which logs nothing): the processes agree on the stop at a
+  step boundary (signals.RunSignals.agreed_stop), both save the same checkpoint, and both exit 0.
+  Without the agreement process 1 would enter the collective save alone and both would hang."""
+  wd = str(tmp_path)
+  port = _free_port()
+  procs = [popen_main(wd, "train", {**RUN, "parallel.distributed": True,
+                                    "parallel.coordinator_address": f"127.0.0.1:{port}",
+                                    "parallel.num_processes": 2, "parallel.process_id": i})
+           for i in range(2)]
+  outs = ["", ""]
+  try:
+    outs[0] = "".join(wait_for(procs[0], "step 10/", timeout=300))
+    procs[1].send_signal(signal.SIGTERM)
+    t0 = time.time()
+    for i, p in enumerate(procs):
+      try:
+        outs[i] += p.communicate(timeout=max(1.0, 150 - (time.time() - t0)))[0]
+      except subprocess.TimeoutExpired:
+        pytest.fail(f"process {i} still running 150 s after the SIGTERM (hung in a collective "
+                    f"one process entered alone?); output:\n{outs[i][-3000:]}")
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  assert [p.returncode for p in procs] == [0, 0], (outs[0][-3000:], outs[1][-3000:])
+  assert "SIGTERM: saved a checkpoint at step " in outs[0], outs[0][-3000:]
+  step = int(outs[0].split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+  assert step >= 10 and "Traceback" not in outs[0] + outs[1]
+  # The only checkpoint is the one both processes wrote at the agreed step (ckpt_every is far).
+  assert sorted(os.listdir(os.path.join(wd, checkpoint.CKPT_DIR))) == [str(step)]
+  step_dir = os.path.join(wd, checkpoint.CKPT_DIR, str(step))
+  assert checkpoint.check_integrity(step_dir) == (True, "")
+  for i in range(2):  # each process wrote its part of that step
+    assert os.path.isfile(os.path.join(step_dir, "state", "array_metadatas", f"process_{i}"))
+    assert os.path.isdir(os.path.join(step_dir, "state", f"ocdbt.process_{i}"))
+  assert json.load(open(os.path.join(step_dir, "meta", "metadata")))["step"] == step
+  assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
