@@ -73,7 +73,7 @@ def rounded_network_denoiser(gm: analytic.GaussianMixture, schedule: schedules.S
   ``dtype``: its input x_in = c_in x_t (``param.net_inputs``) rounded to ``dtype``, its output
   the exact F = param.from_x0(E[x0 | x_t'], x_t', t) at the x_t' = round(x_in) / c_in that the
   rounded input stands for, rounded to ``dtype``; x0_hat = param.to_x0(F, x_t, t) in x_t's
-  dtype (``make_denoiser``, as ``experiments.build.denoiser`` with compute_dtype='bfloat16')."""
+  dtype (``make_denoiser``, as ``diffusion.networks.eval_denoiser`` with compute_dtype='bfloat16')."""
   scaled = param.kind in ("edm", "consistency") or param.scale_input
 
   def denoise(x, t, cond=None):

@@ -43,6 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from diffusion import networks  # noqa: E402
+from diffusion.objectives.progressive import round_student_steps, steps_per_round  # noqa: E402
 from diffusion.io_utils import atomic_write  # noqa: E402
 
 TOY = "configs/toy/checkerboard_{}.py"
@@ -127,9 +129,9 @@ def rows(suite: str, root: str) -> List[Dict[str, Any]]:
   add("reflow", "2-rectified flow (1 reflow)", "euler", [1, 2, 4, 8], fid=(1, 2))
   pd_file = (TOY if suite == "toy" else DIGITS).format("pd")
   pd_cfg = config_files.load_config_file(os.path.join(ROOT, pd_file))
-  k = distill.steps_per_round(pd_cfg)
+  k = steps_per_round(pd_cfg)
   for r in range(int(pd_cfg.distill.rounds)):
-    n = distill.round_student_steps(pd_cfg, r)
+    n = round_student_steps(pd_cfg, r)
     add("pd", f"PD round {r + 1}", "ddim", [n], step=(r + 1) * k, fid=(n,))
   add("cd", "consistency distillation", "consistency", [1, 2], fid=(1, 2))
   add("ct", "consistency training (iCT)", "consistency", [1, 2], fid=(1, 2))
@@ -253,7 +255,7 @@ def _straightness(s, params, n: int = 2000, steps: int = 100) -> float:
   from experiments import build
   shape = tuple(s.example["x"].shape[1:])
   x_T = parallel.per_sample_prior(s.schedule, jax.random.PRNGKey(7), 0, n, shape)
-  denoise = build.denoiser(s.net, params, s.schedule, s.param)
+  denoise = networks.eval_denoiser(s.net, params, s.schedule, s.param)
   value, _ = jax.jit(lambda x: flow.straightness(denoise, s.schedule, x, steps))(x_T)
   return float(value)
 

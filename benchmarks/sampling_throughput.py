@@ -9,7 +9,7 @@ preset, VP), ddpmpp_cont_vp.py (DDPM++ cont., VP) and ncsnpp_cont_ve.py (NCSN++ 
 their schedule, parameterization and network, with random weights (``random_params``: the cost
 of a network call does not depend on its weights), on 32x32x3 inputs. Each (network, sampler, dtype)
 is one ``jax.jit`` of the whole sampler (``build_sampler(jit=False)`` on the denoiser of
-``experiments.build.denoiser``, the one sample / eval / sweep use; dtype is its
+``diffusion.networks.eval_denoiser``, the one sample / eval / sweep use; dtype is its
 ``compute_dtype``, the sampler's state stays float32), the parameters an argument:
 
   compile s    ``jit(...).lower(...).compile()`` (tracing + XLA), persistent cache off;
@@ -47,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from diffusion import networks
 from diffusion.samplers import build_sampler, sampler_info  # noqa: E402
 from experiments import build  # noqa: E402
 from experiments.config_files import load_config_file  # noqa: E402
@@ -117,7 +118,7 @@ def measure(net_name: str, sampler: str, batch: int, dtype: str, nfe_scale: floa
   run = build_sampler(sampler, sched, num_steps=n, grid=grid, jit=False, **hp)
 
   def sample(p, key, x_T):
-    x0, out = run(build.denoiser(net, p, sched, param, compute_dtype=dtype), key, x_T)
+    x0, out = run(networks.eval_denoiser(net, p, sched, param, compute_dtype=dtype), key, x_T)
     return x0, out["nfe"]
 
   key = jax.random.PRNGKey(1)

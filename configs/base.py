@@ -16,6 +16,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = "base"
   c.seed = 0
+  # Modules imported at start-up, before the config is checked: a researcher's own objective,
+  # sampler, network or schedule, registered in a file of its own (docs/architecture.md), e.g.
+  # ('my_project.objectives',). Module names, importable from the working directory.
+  c.imports = ()
 
   # Data: a toy 2-D density (diffusion.data.toy2d) or an image dataset (diffusion.data.images).
   c.data = ml_collections.ConfigDict()

@@ -46,6 +46,9 @@ class Schedule:
   t_max: float
 
   name = "base"
+  # A learned schedule carries trained parameters (``bind(params)``, the 'schedule' part of the
+  # network's parameter tree; VDM's LearnedVP); every other schedule is fixed by its fields.
+  learned = False
 
   # -- to be defined by subclasses -------------------------------------------------------------
   def alpha(self, t: Array) -> Array:

@@ -1,9 +1,8 @@
-"""Train state, optimizer, EMA and a pure train step for denoising score matching.
+"""Train state, optimizer, EMA and a pure train step for any registered training objective.
 
-The step is a pure function ``(state, batch) -> (state, metrics)``: the loss is ``dsm_loss`` on
-the network wrapped by ``make_denoiser`` (objective 'dsm'), or ``classifier_loss`` of a
-noise-conditional classifier on the network's inputs ``param.net_inputs`` (objective
-'classifier', labels from batch['label']; Song et al. 2021, App. I); the update is optax
+The step is a pure function ``(state, batch) -> (state, metrics)``: the loss is the objective's
+(``diffusion.objectives``: ``StepConfig.objective`` names it, e.g. 'dsm', ``dsm_loss`` on the
+network wrapped by ``make_denoiser``) on the network as ``networks.TrainNetwork``; the update is optax
 (Adam/AdamW, linear warm-up, optional cosine or inverse square-root decay, global-norm
 clipping), optionally the model's ``project_params`` (EDM2's forced weight normalisation),
 followed by an EMA of the parameters (and, with ``StepConfig.ema_profiles``, EDM2's
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -33,8 +31,10 @@ import numpy as np
 import jax.numpy as jnp
 import optax
 
-from diffusion import posthoc_ema
-from diffusion.parameterization import Parameterization, make_denoiser
+from diffusion import objectives, posthoc_ema
+from diffusion.models import capabilities
+from diffusion.networks import COMPUTE_DTYPES, TrainNetwork, compute_model, jnp_compute_dtype
+from diffusion.parameterization import Parameterization
 from diffusion.schedules import Schedule
 
 PyTree = Any
@@ -43,21 +43,6 @@ Batch = Dict[str, jax.Array]  # {'x': (B, ...) float, optionally 'label': (B,) i
 NONFINITE_POLICIES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
 DECAYS = ("none", "cosine", "rsqrt")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-# 'dsm': a score / denoiser network by denoising score matching; 'classifier': a noise-conditional
-# classifier p(y | x_t, t) by cross-entropy on noisy data (for classifier guidance); 'reflow':
-# dsm on given (noise, data) pairs (batch['noise']); the few-step objectives of STUDENT_OBJECTIVES
-# train a student with a loss the caller builds (experiments/distill.py), which gets the state's
-# step and teacher parameters (``DistillState``).
-STUDENT_OBJECTIVES = ("progressive_distillation", "consistency_distillation",
-                      "consistency_training")
-OBJECTIVES = ("dsm", "classifier", "reflow") + STUDENT_OBJECTIVES
-# Scalars of the loss's aux that the train step reports as metrics, per objective.
-AUX_METRICS = {"dsm": (), "classifier": ("accuracy",), "reflow": (),
-               "progressive_distillation": (), "consistency_distillation": (),
-               "consistency_training": ("num_scales",)}
-
-
 @flax.struct.dataclass
 class TrainState:
   """Everything a run needs to continue exactly. All leaves are arrays (checkpointable).
@@ -233,9 +218,9 @@ class StepConfig:
   ema_profiles: sigma_rel of each power-function EMA kept in ``PowerEMAState.power_ema``
     (EDM2; () for none), updated with beta(t) = (1 - 1/t)^(gamma + 1), t the updates applied.
   conditional: pass batch['label'] to the network as ``cond``.
-  objective: 'dsm' (``dsm_loss``), 'reflow' (``dsm_loss`` with batch['noise'] as eps),
-    'classifier' (``classifier_loss`` with batch['label'] as targets; weighting and conditional
-    do not apply), or one of STUDENT_OBJECTIVES (the caller's loss_fn); see OBJECTIVES.
+  objective: the registered objective (``diffusion.objectives.names()``) whose loss the step
+    takes: 'dsm' (``dsm_loss``), 'classifier' (``classifier_loss`` with batch['label'] as
+    targets; weighting and conditional do not apply), 'reflow', the few-step students, ...
   """
   weighting: str = "eps"
   time_sampling: str = "uniform"
@@ -250,11 +235,10 @@ class StepConfig:
   objective: str = "dsm"
 
   def __post_init__(self):
-    if self.objective not in OBJECTIVES:
-      raise ValueError(f"unknown objective {self.objective!r}; available: {OBJECTIVES}")
-    if self.objective == "classifier" and self.conditional:
-      raise ValueError("objective 'classifier' trains a classifier of x_t, which takes no labels "
-                       "as input: conditional must be False")
+    objective = objectives.get(self.objective)  # ValueError naming the registered ones
+    if self.conditional and not objective.supports_conditional:
+      raise ValueError(f"objective {self.objective!r} trains a network that takes no labels as "
+                       f"input: conditional must be False")
     if self.nonfinite not in NONFINITE_POLICIES:
       raise ValueError(f"unknown nonfinite policy {self.nonfinite!r}; "
                        f"available: {NONFINITE_POLICIES}")
@@ -269,112 +253,34 @@ class StepConfig:
       posthoc_ema.gamma_of_sigma_rel(self.ema_profiles)  # ValueError naming a bad sigma_rel
 
 
-def _default_loss(objective: str = "dsm"):
-  # Imported late to keep this module light.
-  from diffusion.losses import classifier_loss, dsm_loss
-  return classifier_loss if objective == "classifier" else dsm_loss
-
-
-def jnp_compute_dtype(name: str) -> jnp.dtype:
-  """The jnp dtype of a compute-dtype name ('float32' | 'bfloat16', COMPUTE_DTYPES)."""
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"unknown compute_dtype {name!r}; accepted: {list(COMPUTE_DTYPES)}")
-  return jnp.dtype(jnp.bfloat16 if name == "bfloat16" else jnp.float32)
-
-
-def compute_model(model, dtype) -> Any:
-  """The network computing in ``dtype``: a flax module with a ``dtype`` field is cloned with it.
-
-  Casting params and inputs alone is not enough: a layer built with ``dtype=float32`` (every
-  model's default) promotes them back and computes in float32. Parameters stay float32 (the
-  models' ``param_dtype``).
-  """
-  if jnp.dtype(dtype) == jnp.dtype(jnp.float32):
-    return model
-  if "dtype" not in {f.name for f in dataclasses.fields(model)}:
-    raise ValueError(f"{type(model).__name__} has no dtype field: compute_dtype="
-                     f"{jnp.dtype(dtype).name!r} cannot be applied to it")
-  return model.clone(dtype=dtype)
-
-
-def make_logits_fn(apply_fn: Callable[..., jax.Array], schedule: Schedule,
-                   param: Parameterization) -> Callable:
-  """Wraps a classifier ``apply_fn(x_in, c) -> logits`` into ``logits(x_t, t) -> (B, C)``: the
-  network sees ``param.net_inputs(x_t, t, schedule)``, as a denoiser's network does
-  (``make_denoiser``). ``t`` may be a scalar or (B,)."""
-
-  def logits(x, t):
-    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
-    x_in, c = param.net_inputs(x, t, schedule)
-    return apply_fn(x_in, c)
-
-  return logits
-
-
 def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfig,
-              loss_fn: Optional[Callable] = None) -> Callable:
-  """``loss(params, batch, key, context=None) -> (scalar, aux)``: dsm_loss of the wrapped network
-  (with batch['noise'] as eps when the batch has it: reflow), for ``cfg.objective ==
-  'classifier'`` classifier_loss of its logits on batch['label'] (required), and for the
-  STUDENT_OBJECTIVES ``loss_fn(denoise, x0, key, context)`` (required), ``context`` the dict
-  {'step': state.step, 'teacher': state.teacher} of the train step.
+              loss_fn: Optional[Callable] = None, *, config: Any = None,
+              teacher: Optional[objectives.TeacherModel] = None,
+              round_index: int = 0) -> Callable:
+  """``loss(params, batch, key, context=None) -> (scalar, aux)``: the loss of the objective
+  ``cfg.objective`` (``objectives.get(...).make_loss``) on ``model`` computing in
+  ``cfg.compute_dtype`` in training mode; ``context`` is the train step's dict {'step':
+  state.step, 'teacher': the teacher's parameters}.
+
+  loss_fn: replaces the objective's library loss, called as that loss is (a custom dsm-like
+    loss; for the few-step students ``loss_fn(denoise, x0, key, context)``).
+  config, teacher, round_index: what the objectives configured by the run's config read
+    (``objectives.LossContext``); the driver passes them.
   """
-  if cfg.objective in STUDENT_OBJECTIVES and loss_fn is None:
-    raise ValueError(f"objective {cfg.objective!r} needs a loss_fn(denoise, x0, key, context) "
-                     f"(experiments.distill builds it from the config)")
-  loss_fn = loss_fn or _default_loss(cfg.objective)
-  from diffusion.losses import UNCERTAINTY_WEIGHTINGS, make_uncertainty_denoiser
-  uncertainty = cfg.weighting in UNCERTAINTY_WEIGHTINGS and cfg.objective in ("dsm", "reflow")
-  if uncertainty and "return_logvar" not in inspect.signature(type(model).__call__).parameters:
-    raise ValueError(f"weighting {cfg.weighting!r} learns u(sigma) with the network, which "
-                     f"must accept return_logvar=True (edm2_unet); {type(model).__name__} "
-                     f"does not")
+  objective = objectives.get(cfg.objective)
+  ctx = objectives.LossContext(schedule=schedule, param=param, step=cfg, net=model,
+                               config=config, teacher=teacher, round_index=round_index,
+                               loss_fn=loss_fn)
+  objective_loss = objective.make_loss(ctx)
   dtype = jnp_compute_dtype(cfg.compute_dtype)
   model = compute_model(model, dtype)
 
   def loss(params, batch: Batch, key, context=None):
     noise_key, dropout_key = jax.random.split(key)
     p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-
-    def apply_fn(x_in, c, cond=None):
-      return model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=True,
-                         rngs={"dropout": dropout_key}).astype(jnp.float32)
-
-    if cfg.objective == "classifier":
-      if "label" not in batch:
-        raise ValueError("objective 'classifier' needs the class labels batch['label'] (B,); "
-                         f"the batch has only {sorted(batch)}")
-      return loss_fn(make_logits_fn(apply_fn, schedule, param), batch["x"], batch["label"],
-                     noise_key, schedule, time_sampling=cfg.time_sampling,
-                     **dict(cfg.loss_opts))
-    if getattr(schedule, "learned", False):  # VDM: the schedule's parameters are trained too
-      from diffusion.vdm import vdm_loss
-
-      def net_fn(net_params, x_in, c, cond_):
-        tree = {"net": net_params, "schedule": params["schedule"]}
-        return model.apply({"params": tree}, x_in.astype(dtype), c, labels=cond_, train=True,
-                           rngs={"dropout": dropout_key}).astype(jnp.float32)
-
-      return vdm_loss(net_fn, {"net": p["net"], "schedule": params["schedule"]}, schedule,
-                      param, batch["x"], noise_key,
-                      cond=batch.get("label") if cfg.conditional else None,
-                      time_sampling=cfg.time_sampling, **dict(cfg.loss_opts))
-    if uncertainty:  # 'edm2': the network also returns u(sigma)
-      def apply_lv(x_in, c, cond=None):
-        out, logvar = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=True,
-                                  rngs={"dropout": dropout_key}, return_logvar=True)
-        return out.astype(jnp.float32), logvar.astype(jnp.float32)
-      denoise = make_uncertainty_denoiser(apply_lv, schedule, param)
-    else:
-      denoise = make_denoiser(apply_fn, schedule, param)
-    if cfg.objective in STUDENT_OBJECTIVES:
-      return loss_fn(denoise, batch["x"], noise_key, context)
-    cond = batch.get("label") if cfg.conditional else None
-    extra = {"noise": batch["noise"]} if "noise" in batch else {}
-    value, aux = loss_fn(denoise, batch["x"], noise_key, schedule, weighting=cfg.weighting,
-                         time_sampling=cfg.time_sampling, cond=cond, **dict(cfg.loss_opts),
-                         **extra)
-    return value, aux
+    net = TrainNetwork(module=model, params=p, raw_params=params, dtype=dtype,
+                       dropout_key=dropout_key)
+    return objective_loss(net, batch, noise_key, context)
 
   return loss
 
@@ -414,22 +320,23 @@ def _accumulated_grads(loss, params, batch: Batch, key, k: int,
 def make_train_step(model, schedule: Schedule, param: Parameterization,
                     optimizer: optax.GradientTransformation, cfg: StepConfig,
                     loss_fn: Optional[Callable] = None,
-                    lr_fn: Optional[optax.Schedule] = None) -> Callable:
+                    lr_fn: Optional[optax.Schedule] = None, **loss_context) -> Callable:
   """Returns the pure ``train_step(state, batch, teacher=None) -> (state, metrics)`` (not
   jitted); ``teacher``: fixed teacher parameters for the loss's context (else the state's own,
-  ``DistillState.teacher``).
+  ``DistillState.teacher``). ``loss_fn`` and ``loss_context`` (config, teacher, round_index):
+  see ``make_loss``.
 
   batch: {'x': (B, ...), 'label': (B,) optional}. metrics: scalars loss, grad_norm, finite,
-  ema_decay, lr (when ``lr_fn`` is given) and the objective's AUX_METRICS (the classifier's
-  training-batch accuracy). A model with a ``project_params(params) -> params`` method gets its
-  updated parameters projected with it (EDM2's forced weight normalisation); the EMA averages
-  the projected parameters.
+  ema_decay, lr (when ``lr_fn`` is given) and the objective's ``aux_metrics`` (the classifier's
+  training-batch accuracy). A model offering ``project_params(params) -> params`` (its
+  ``capabilities``) gets its updated parameters projected with it (EDM2's forced weight
+  normalisation); the EMA averages the projected parameters.
   """
-  loss = make_loss(model, schedule, param, cfg, loss_fn)
-  aux_names = AUX_METRICS[cfg.objective]
+  loss = make_loss(model, schedule, param, cfg, loss_fn, **loss_context)
+  aux_names = objectives.get(cfg.objective).aux_metrics
   gammas = ([float(g) for g in posthoc_ema.gamma_of_sigma_rel(cfg.ema_profiles)]
             if cfg.ema_profiles else [])
-  project = getattr(model, "project_params", None)  # params -> params after every update
+  project = model.project_params if capabilities(model).project_params else None
 
   def train_step(state: TrainState, batch: Batch, teacher: Optional[PyTree] = None):
     key = jax.random.fold_in(state.key, state.step)

@@ -14,27 +14,27 @@ import ml_collections
 import numpy as np
 
 from configs.sampling import RUN_FIELDS as _SAMPLING_RUN_FIELDS
-from diffusion import guidance, training
+from diffusion import guidance, objectives, training
 from diffusion.data import toy2d
 from diffusion.models import get_model
-from diffusion.parameterization import Parameterization, make_denoiser
+from diffusion.parameterization import Parameterization
 from diffusion.samplers import build_sampler
 from diffusion.schedules import Schedule, get_schedule
 from diffusion.vdm import WithLearnedSchedule
 from experiments import shards
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 
 Config = ml_collections.ConfigDict
 
 # Fields that define an experiment: a workdir whose checkpoints differ in any of these is refused.
-# training.objective is recorded only when it is not 'dsm' (``identity_dict``), so workdirs written
-# before the field existed (all 'dsm') still resume.
+# training.objective is left out for the default objective ('dsm', ``identity_dict``), so workdirs
+# written before the field existed still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
                    "training.objective", "training.ema_profiles", "distill",
                    "resolved.data_shape", "resolved.param_count")
-# Objectives without a teacher or pairs: their identity leaves config.distill out (workdirs
-# written before the section existed still resume).
-_NO_DISTILL = ("dsm", "classifier")
+# Config sections only some objectives read (``Objective.identity_fields``): the others' identity
+# leaves them out (workdirs written before a section existed still resume).
+OBJECTIVE_SECTIONS = ("distill",)
 
 
 # -- the math objects -----------------------------------------------------------------------------
@@ -61,13 +61,13 @@ def model(config: Config):
 
 def is_learned_schedule(config: Config) -> bool:
   """Whether the schedule's parameters are trained with the network (VDM, diffusion.vdm)."""
-  return config.sde.name == "vdm_learned"
+  return schedule(config).learned
 
 
 def bind_schedule(sched: Schedule, params) -> Schedule:
   """A learned schedule bound to the 'schedule' parameters of ``params`` (host arrays: a frozen
   schedule for samplers and the likelihood); any other schedule unchanged."""
-  if getattr(sched, "learned", False):
+  if sched.learned:
     return sched.bind(jax.tree_util.tree_map(np.asarray, jax.device_get(params["schedule"])))
   return sched
 
@@ -77,17 +77,8 @@ def optim_config(config: Config) -> training.OptimConfig:
   return training.OptimConfig(
       name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, grad_clip=o.grad_clip,
       weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, decay=o.decay,
-      decay_steps=_decay_steps(config), end_lr_factor=o.end_lr_factor,
-      rsqrt_ref_steps=o.rsqrt_ref_steps)
-
-
-def _decay_steps(config: Config) -> int:
-  """The steps of the lr schedule: the run's, or one round's for progressive distillation (each
-  round starts a fresh optimizer, whose schedule starts again)."""
-  t = config.training
-  if t.objective == "progressive_distillation":
-    return int(t.num_steps) // max(1, int(config.distill.rounds))
-  return int(t.num_steps)
+      decay_steps=objectives.of_config(config).lr_schedule_steps(config),
+      end_lr_factor=o.end_lr_factor, rsqrt_ref_steps=o.rsqrt_ref_steps)
 
 
 def loss_options(config: Config) -> Dict[str, Any]:
@@ -113,49 +104,9 @@ def step_config(config: Config) -> training.StepConfig:
       objective=t.objective)
 
 
-def is_classifier(config: Config) -> bool:
-  """Whether the run trains a noise-conditional classifier (training.objective='classifier')."""
-  return config.training.objective == "classifier"
-
-
-def holds_teacher(config: Config) -> bool:
-  """Whether the train state carries the teacher (``training.DistillState``): PD's rounds."""
-  return config.training.objective == "progressive_distillation"
-
-
-def denoiser(net, params, sched: Schedule, param: Parameterization,
-             compute_dtype: str = "float32") -> Callable:
-  """denoise(x, t, cond) -> x0_hat for fixed ``params`` (evaluation mode, no dropout); a
-  learned schedule not yet bound is bound to ``params['schedule']`` (float32).
-
-  ``compute_dtype`` 'bfloat16': the network runs in bfloat16 (``training.compute_model``; the
-  params cast once here, the network input x_in cast), its output F is cast back to float32 and
-  the parameterization's x0_hat = to_x0(F, x_t, t) and everything after it stay in x_t's dtype.
-  'float32' leaves the network untouched.
-  """
-  dtype = training.jnp_compute_dtype(compute_dtype)
-  if getattr(sched, "learned", False) and sched.params is None:
-    sched = sched.bind(params["schedule"])
-  if dtype == jnp.float32:
-    def apply_fn(x_in, c, cond):
-      return net.apply({"params": params}, x_in, c, labels=cond, train=False)
-    return make_denoiser(apply_fn, sched, param)
-
-  model = training.compute_model(net, dtype)
-  p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-
-  def apply_low(x_in, c, cond):
-    out = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=False)
-    return out.astype(jnp.float32)
-  return make_denoiser(apply_low, sched, param)
-
-
-def classifier_logits(net, params, sched: Schedule, param: Parameterization) -> Callable:
-  """logits(x_t (B, ...), t scalar or (B,)) -> (B, C) of a classifier for fixed ``params``
-  (evaluation mode): the network on ``param.net_inputs(x_t, t, sched)``."""
-  def apply_fn(x_in, c):
-    return net.apply({"params": params}, x_in, c, labels=None, train=False)
-  return training.make_logits_fn(apply_fn, sched, param)
+def objective(config: Config) -> objectives.Objective:
+  """The registered objective of config.training.objective (``diffusion.objectives``)."""
+  return objectives.of_config(config)
 
 
 def classifier_log_prob(config: Config, params: Any) -> Callable:
@@ -163,7 +114,7 @@ def classifier_log_prob(config: Config, params: Any) -> Callable:
   the classifier of ``config`` (training.objective='classifier') with ``params`` (e.g. the EMA
   params of ``setup.restore_params``): ``diffusion.guidance.network_log_prob`` of its network on
   its own ``param.net_inputs(x_t, t, schedule)``, 0 for the NULL label. Differentiable in x_t."""
-  if not is_classifier(config):
+  if not objective(config).predicts_labels:
     raise ValueError(f"classifier_log_prob needs a classifier config (training.objective="
                      f"'classifier'), got training.objective={config.training.objective!r}")
   net = model(config)
@@ -221,8 +172,9 @@ def labelled_datasets() -> Tuple[str, ...]:
 
 
 def needs_labels(config: Config) -> bool:
-  """Whether the train step reads batch['label']: a class-conditional network or a classifier."""
-  return bool(config.model.conditional) or is_classifier(config)
+  """Whether the train step reads batch['label'] (a class-conditional network, a classifier):
+  the objective's ``reads_labels``."""
+  return objective(config).reads_labels(config)
 
 
 def _per_process(batch_size: int, process_count: int) -> int:
@@ -243,7 +195,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
   nan_at, nan_n = int(config.debug.nan_at_step), int(config.debug.nan_num_steps)
   labels = needs_labels(config)
   closer: Optional[Callable[[], None]] = None
-  if config.training.objective == "reflow":  # (noise, sample) pairs instead of the data
+  if objective(config).batch_source == "pairs":  # (noise, sample) pairs instead of the data
     it = pair_batches(config, start_step, process_index, process_count)
   elif is_toy(config) and labels:
     it = ({"x": x, "label": y} for x, y in toy2d.iterator(
@@ -408,16 +360,20 @@ def resolved(config: Config, example: Dict[str, np.ndarray], params: Any) -> Dic
 def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
   """The full config as a dict, with the resolved facts under 'resolved'.
 
-  training.objective is left out when it is 'dsm' (the default): workdirs written before the
-  field existed hold no such key, and must still match a 'dsm' run (a 'classifier' run's is kept,
-  so the two refuse each other's workdirs: check_identity compares IDENTITY_FIELDS). Likewise
-  training.ema_profiles when empty (its power EMAs are in the state: a workdir of other profiles
-  is refused)."""
+  training.objective is left out for the default objective ('dsm', ``identity_omits_name``):
+  workdirs written before the field existed hold no such key, and must still match a 'dsm' run
+  (a 'classifier' run's is kept, so the two refuse each other's workdirs: check_identity
+  compares IDENTITY_FIELDS). The OBJECTIVE_SECTIONS the objective does not read are left out, and
+  so are training.ema_profiles when empty (its power EMAs are in the state: a workdir of other
+  profiles is refused) and config.imports when empty."""
   d = config.to_dict()
-  objective = d.get("training", {}).get("objective")
-  if objective in _NO_DISTILL:
-    d.pop("distill", None)
-  if objective == "dsm":
+  obj = objective(config)
+  for section in OBJECTIVE_SECTIONS:
+    if section not in obj.identity_fields:
+      d.pop(section, None)
+  if not d.get("imports", ()):
+    d.pop("imports", None)
+  if obj.identity_omits_name:
     del d["training"]["objective"]
   if not d["training"].get("ema_profiles"):  # as objective: absent from older workdirs
     d["training"].pop("ema_profiles", None)

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import guidance, inverse
+from diffusion import guidance, inverse, objectives
 from diffusion.data import toy2d
 from diffusion.metrics import class_accuracy as ca
 from experiments import build, config_files
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.setup import restore_params, saved_config
 
 Config = ml_collections.ConfigDict
@@ -117,10 +117,12 @@ def _classifier(config: Config, schedule):
 def check_classifier_config(config: Config, clf_config: Config) -> None:
   """The classifier must be trained on the score model's forward process and data."""
   g = config.guidance
-  if clf_config.training.get("objective", "dsm") != "classifier":
+  if not objectives.of_config(clf_config).predicts_labels:
+    accepted = [n for n in objectives.names() if objectives.get(n).predicts_labels]
     raise ConfigError(f"config.guidance.classifier_config={g.classifier_config!r} is not a "
                       f"classifier config (training.objective="
-                      f"{clf_config.training.get('objective', 'dsm')!r}; accepted: 'classifier')")
+                      f"{clf_config.training.get('objective', objectives.DEFAULT)!r}; accepted: "
+                      f"{', '.join(repr(n) for n in accepted)})")
   mine, theirs = config.sde.to_dict(), clf_config.sde.to_dict()
   if mine != theirs:
     raise ConfigError(f"config.guidance.classifier_config={g.classifier_config!r} was trained on "

@@ -59,14 +59,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import checkpoint, elbo, parallel
+from diffusion import checkpoint, elbo, networks, parallel
 from diffusion.data import images
 from diffusion.likelihood import log_likelihood as pf_ode_loglik
 from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
 from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
 from diffusion.metrics.class_accuracy import class_accuracy
 from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
-from experiments import (build, conditioning, distill, eval_common, generate, plots, shards,
+from experiments import (build, conditioning, eval_common, generate, plots, shards,
                          signals, writers)
 from experiments.setup import Setup, restore_params, setup
 from experiments.validate import validate
@@ -100,7 +100,7 @@ def _loglik_fn(s, rtol: float, atol: float, divergence: str, probe: str = "radem
   """The jitted (params, x, key) -> (log p(x) (B,), nfe), cached per config and settings."""
 
   def fn(params, x, key):
-    out = pf_ode_loglik(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x, key,
+    out = pf_ode_loglik(networks.eval_denoiser(s.net, params, s.schedule, s.param), s.schedule, x, key,
                         divergence=divergence, probe=probe, solver=solver, rtol=rtol, atol=atol,
                         t_min=t_min)
     return out["logp"], out["nfe"]
@@ -115,7 +115,7 @@ def _elbo_fn(s, num_levels: int, t_min: Optional[float], num_time_samples: int,
   """The jitted (params, x_int, key) -> (dict of (B,) ELBO terms in nats, 0), cached."""
 
   def fn(params, x_int, key):
-    out = elbo.elbo(build.denoiser(s.net, params, s.schedule, s.param), s.schedule, x_int, key,
+    out = elbo.elbo(networks.eval_denoiser(s.net, params, s.schedule, s.param), s.schedule, x_int, key,
                     num_levels=num_levels, t_min=t_min, num_time_samples=num_time_samples,
                     time_sampling=time_sampling)
     return out, jnp.zeros(())
@@ -166,7 +166,7 @@ def _classifier_logits_of(s, params, batch_size: int):
   rep, bsh = parallel.replicated(s.mesh), parallel.batch_sharding(s.mesh)
 
   def fn(p, x, t):
-    return build.classifier_logits(s.net, p, s.schedule, s.param)(x, t)
+    return networks.eval_logits(s.net, p, s.schedule, s.param)(x, t)
 
   key = ("classifier_logits", s.config.to_json(), s.mesh)
   jitted = _cached(key, lambda: jax.jit(fn, in_shardings=(rep, bsh, bsh), out_shardings=bsh))
@@ -264,7 +264,7 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
   s = setup(config)
   if not checkpoint.has_checkpoints(workdir):
     raise FileNotFoundError(f"no checkpoints in {where}; train first (--mode=train)")
-  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
+  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS, ignore=("optim",))
   steps = eval_common.steps_to_evaluate(config.eval, eval_common.checkpoint_steps(workdir), where)
   fid_stats = eval_common.load_fid_stats(config) if config.eval.fid_stats is not None else None
   result: Dict[str, Any] = {}
@@ -324,11 +324,11 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   step = restored
   metrics: Dict[str, Any] = {"step": int(step)}
   sig.phase = f"evaluation of step {step}"
-  if build.is_classifier(config):
+  if s.objective.predicts_labels:
     metrics.update(classifier_metrics(s, params))
     return _write_metrics(workdir, step, metrics, [], sig)
-  # A consistency function is not a denoiser: it has no PF-ODE, so no likelihood either.
-  likelihood = not distill.is_consistency(config)
+  # Only a denoiser has a PF-ODE (a consistency function has none), so a likelihood.
+  likelihood = s.objective.has_likelihood
   held, test, num_levels = _heldout(config)
   key = jax.random.PRNGKey(config.seed + 3)
   if likelihood and test is None:  # toy data: nats

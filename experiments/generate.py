@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import guidance, parallel
+from diffusion import guidance, networks, parallel
 from experiments import build, conditioning, plots
 from experiments.setup import Setup, with_schedule_of
 
@@ -34,7 +34,7 @@ def _sample_fn(s: Setup, plan: conditioning.Plan) -> Callable:
 
   def run(p, k, x_t, offset):
     params, aux = p
-    base = build.denoiser(s.net, params, s.schedule, s.param, compute_dtype=dtype)
+    base = networks.eval_denoiser(s.net, params, s.schedule, s.param, compute_dtype=dtype)
 
     def net_denoise(x, t, cond=None):  # the network sees only labels, and only if conditional
       x0 = base(x, t, guidance.label_of(cond) if net_takes_labels else None)

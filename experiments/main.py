@@ -14,7 +14,7 @@ from typing import Sequence
 from absl import app, flags, logging
 
 from experiments import cli, signals
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 
 _FLAGS = cli.define_flags()
 

@@ -30,7 +30,7 @@ import ml_collections
 
 from diffusion import checkpoint, posthoc_ema
 from experiments import build, cli
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.setup import Setup, init_state, setup
 from experiments.snapshots import SNAPSHOT_DIR, Snapshot, read_snapshots
 from experiments.validate import validate_config

@@ -26,7 +26,7 @@ import numpy as np
 from diffusion import parallel
 from diffusion.samplers import registry
 from experiments import build, generate, shards, signals, writers
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.setup import restore_params
 from experiments.validate import validate
 from experiments.writers import say

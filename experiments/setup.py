@@ -9,7 +9,7 @@ From Python, a trained run is two calls away (the config it used, then its EMA p
     config = saved_config(load_config_file("configs/toy/checkerboard_vp.py"), "runs/cb")
     s, params, step = restore_params(config, "runs/cb")
     # s.net, s.schedule, s.param: the network, forward process and parameterization;
-    # experiments.build.denoiser(s.net, params, s.schedule, s.param) is its denoiser.
+    # diffusion.networks.eval_denoiser(s.net, params, s.schedule, s.param) is its denoiser.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from diffusion import checkpoint, parallel, training
+from diffusion import checkpoint, objectives, parallel, training
 from diffusion.parameterization import Parameterization
 from diffusion.schedules import Schedule
 from experiments import build
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -51,6 +51,7 @@ class Setup:
   abstract_state: training.TrainState  # of ShapeDtypeStructs with shardings
   state_shardings: training.TrainState  # of NamedShardings, the state's structure
   identity: Dict[str, Any]  # the full config + resolved facts, as saved in config.json
+  objective: objectives.Objective  # the registered objective of config.training.objective
 
 
 def setup(config: Config) -> Setup:
@@ -64,6 +65,7 @@ def setup(config: Config) -> Setup:
   optim = build.optim_config(config)
   optimizer = training.make_optimizer(optim)
   step_cfg = build.step_config(config)
+  objective = build.objective(config)
   example = build.example_batch(config)
   ex_label = example.get("label") if config.model.conditional else None  # the network's input
 
@@ -74,14 +76,14 @@ def setup(config: Config) -> Setup:
 
   key = jax.random.PRNGKey(config.seed)
   shapes = jax.eval_shape(init, key)
-  if build.holds_teacher(config):  # PD: the round's teacher is the student's network
+  if objective.teacher_in_state:  # PD: the round's teacher is the student's network
     shapes = _with_teacher(shapes, shapes.params)
   shardings = parallel.state_sharding(mesh, shapes, fsdp=config.parallel.fsdp,
                                      min_size=config.parallel.fsdp_min_size)
   abstract = checkpoint.abstract_like(shapes, shardings)
   identity = build.identity_dict(config, build.resolved(config, example, shapes.params))
   return Setup(config, mesh, sched, param, net, optim, optimizer, step_cfg, example, abstract,
-               shardings, identity)
+               shardings, identity, objective)
 
 
 def _with_teacher(state: training.TrainState, teacher) -> training.DistillState:
@@ -91,14 +93,15 @@ def _with_teacher(state: training.TrainState, teacher) -> training.DistillState:
 
 def init_state(s: Setup, teacher_params=None) -> training.TrainState:
   """A fresh state; with ``teacher_params`` (the few-step objectives) the student starts from
-  them where the objective does (PD always, CD / reflow with distill.init_from_teacher), and PD's
-  state carries them as the first round's teacher."""
+  them where the objective does (``Objective.starts_from_teacher``: PD always, CD / reflow with
+  distill.init_from_teacher), and a state that carries its teacher (PD's rounds) holds them as
+  the first round's teacher."""
   ex_label = s.example.get("label") if s.config.model.conditional else None
-  if build.holds_teacher(s.config) and teacher_params is None:
+  in_state = s.objective.teacher_in_state
+  if in_state and teacher_params is None:
     raise ValueError(f"training.objective={s.config.training.objective!r} starts from the "
                      f"teacher's parameters; init_state needs teacher_params")
-  copy = teacher_params is not None and (build.holds_teacher(s.config)
-                                         or bool(s.config.distill.init_from_teacher))
+  copy = teacher_params is not None and s.objective.starts_from_teacher(s.config)
 
   def init(key, teacher):
     state = training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
@@ -107,7 +110,7 @@ def init_state(s: Setup, teacher_params=None) -> training.TrainState:
       state = state.replace(params=teacher, ema_params=jax.tree_util.tree_map(jnp.copy, teacher),
                             opt_state=s.optimizer.init(teacher))
     state = training.with_power_ema(state, len(s.config.training.ema_profiles))
-    if build.holds_teacher(s.config):
+    if in_state:
       state = _with_teacher(state, jax.tree_util.tree_map(jnp.copy, teacher))
     return state
 
@@ -118,7 +121,7 @@ def init_state(s: Setup, teacher_params=None) -> training.TrainState:
 def with_schedule_of(s: Setup, params) -> Setup:
   """The set-up ``s`` with its learned schedule (sde 'vdm_learned') bound to ``params``' (host
   copy: samplers build their coefficients from it in float64); ``s`` itself otherwise."""
-  if getattr(s.schedule, "learned", False) and s.schedule.params is None:
+  if s.schedule.learned and s.schedule.params is None:
     return dataclasses.replace(s, schedule=build.bind_schedule(s.schedule, params))
   return s
 
@@ -134,32 +137,34 @@ def restore_params(config: Config, workdir: str,
   bound to the restored parameters), ``s.param`` (parameterization), ``s.mesh``; the EMA params
   are a pytree of jax arrays placed on ``s.mesh``. Example::
 
-      from experiments import build
+      from diffusion import networks
       from experiments.config_files import load_config_file
       from experiments.setup import restore_params, saved_config
 
       config = saved_config(load_config_file("configs/toy/checkerboard_vp.py"), "runs/cb")
       s, params, step = restore_params(config, "runs/cb")
-      denoise = build.denoiser(s.net, params, s.schedule, s.param)  # x0_hat = denoise(x_t, t)
+      denoise = networks.eval_denoiser(s.net, params, s.schedule, s.param)  # x0_hat(x_t, t)
 
   Raises FileNotFoundError for a workdir without (readable) checkpoints and
   checkpoint.WorkdirMismatchError for a workdir of another experiment. Read-only: checkpoints
   proven corrupt are skipped with a warning line, never moved; nothing in the workdir changes.
+  Only the EMA parameters are read (``Checkpointer.restore_field``), so a run whose optimizer
+  settings differ from ``config``'s (optim.*: the optimizer state's structure) still restores.
   """
   s = setup(config)
   if not checkpoint.has_checkpoints(workdir):
     raise FileNotFoundError(f"no checkpoints in {os.path.join(workdir, checkpoint.CKPT_DIR)}; "
                             f"train first (--mode=train)")
-  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)
+  checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS, ignore=("optim",))
   ckpt = checkpoint.Checkpointer(workdir, config=s.identity, read_only=True)
   try:
-    state, _, step = ckpt.restore(s.abstract_state, step=step)
+    ema, _, step = ckpt.restore_field("ema_params", s.abstract_state.ema_params, step=step)
   finally:
     ckpt.close()
-  if state is None:
+  if ema is None:
     raise FileNotFoundError(f"no readable checkpoint in {ckpt.directory}")
   # A learned schedule is the restored one: samplers and the likelihood use it unchanged.
-  return with_schedule_of(s, state.ema_params), state.ema_params, step
+  return with_schedule_of(s, ema), ema, step
 
 
 def saved_config(file_config: Config, workdir: str) -> Config:

@@ -15,13 +15,13 @@ Signals (``experiments.signals``), handled from the very start of ``train``:
     on the next start. SIGINT (Ctrl-C, a person stopping the run) exits 130 after the save, as
     an interrupted command does, so a shell script running several steps stops too. Further
     signals while saving only print ``... received again: already stopping, please wait``.
-Classifier runs (training.objective='classifier'): the same loop trains a noise-conditional
-classifier; the log line and metrics.jsonl add its training-batch accuracy, and no samples are
-drawn (neither every training.sample_every steps nor at the end).
-Few-step objectives (experiments/distill.py, docs/few_step.md): the teacher's EMA parameters start
-the student at a fresh start; consistency distillation's teacher is passed to every step;
-progressive distillation's rounds end at steps r K, where the round's student is checkpointed
-(kept) and becomes the next round's teacher (``distill.begin_round``); reflow's batches are pairs.
+The objective (``diffusion.objectives``, ``Setup.objective``) says the rest: its loss and aux
+metrics (a classifier's training-batch accuracy joins the log line and metrics.jsonl), whether
+samples are drawn (not for a classifier: neither every training.sample_every steps nor at the
+end), where batches come from (reflow's pairs), its teacher (experiments/distill.py restores
+it: the teacher's EMA parameters start the student at a fresh start; consistency distillation's
+is passed to every step) and its rounds (progressive distillation's end at steps r K, where the
+round's student is checkpointed, kept, and becomes the next round's teacher: ``begin_round``).
 EDM2's power-function EMAs (training.ema_profiles, experiments/posthoc_ema.py): kept in the state
 (training.PowerEMAState) and written to <workdir>/ema_snapshots/ (experiments/snapshots.py)
 whenever training.ema_snapshot_every steps are crossed (never overwriting a snapshot).
@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusion import checkpoint, parallel, training
+from diffusion import checkpoint, objectives, parallel, training
 from experiments import build, distill, generate, plots, signals, snapshots, writers
 from experiments.setup import Setup, init_state, setup
 from experiments.validate import validate
@@ -68,14 +68,16 @@ def restore_or_init(s: Setup, ckpt: checkpoint.Checkpointer, teacher=None):
   return state, step
 
 
-def _compile_steps(s: Setup, k: int, round_index: int = 0, teacher=None):
+def _compile_steps(s: Setup, k: int, round_index: int = 0, teacher: Optional[Setup] = None):
   """The jitted function running k train steps per call, batches stacked (k, B, ...):
-  ``fn(state, batches)``, or ``fn(state, batches, teacher_params)`` with a fixed teacher (CD;
-  ``teacher`` its Setup)."""
+  ``fn(state, batches)``, or ``fn(state, batches, teacher_params)`` with a teacher passed to
+  every step (``Objective.teacher_per_step``; ``teacher`` its Setup)."""
   lr_fn = training.lr_schedule(s.optim)
-  loss_fn = distill.loss_fn(s.config, s, teacher, round_index)
+  teacher_model = (None if teacher is None else
+                   objectives.TeacherModel(teacher.net, teacher.param, teacher.schedule))
   step = training.make_train_step(s.net, s.schedule, s.param, s.optimizer, s.step_cfg,
-                                  loss_fn=loss_fn, lr_fn=lr_fn)
+                                  lr_fn=lr_fn, config=s.config, teacher=teacher_model,
+                                  round_index=round_index)
   data = NamedSharding(s.mesh, P(None, (parallel.DATA, parallel.MODEL)))
   rep = parallel.replicated(s.mesh)
   if teacher is None:
@@ -126,7 +128,7 @@ def _train(config: Config, workdir: str, sig: signals.RunSignals,
     lock.acquire()
   try:
     checkpoint.check_identity(workdir, s.identity, build.IDENTITY_FIELDS)  # now under the lock
-    keep = distill.steps_per_round(config) if build.holds_teacher(config) else None
+    keep = s.objective.keep_period(config)
     ckpt = checkpoint.Checkpointer(workdir, tcfg.max_to_keep, tcfg.async_checkpoints,
                                    config=s.identity, allow_fresh_start=allow_fresh_start,
                                    keep_period=keep)
@@ -188,16 +190,16 @@ class _Loop:
     self.status = "done"
     self.num_steps = int(tcfg.num_steps)
     self.k_max = max(1, int(tcfg.steps_per_call))
-    self.draws_samples = not build.is_classifier(config)
+    self.draws_samples = s.objective.draws_samples
     self.profiles = tuple(tcfg.ema_profiles)  # power EMAs, snapshots every ema_snapshot_every
 
   # -- the step boundary's duties, in order --------------------------------------------------
 
   def train_call(self) -> int:
-    """Runs the next call of k steps (compiled once per (k, PD round)); returns the step
-    before it."""
+    """Runs the next call of k steps (compiled once per (k, round)); returns the step before
+    it."""
     k = min(self.k_max, self.num_steps - self.step)
-    r = distill.round_of(self.config, self.step) if self.boundaries else 0
+    r = self.s.objective.round_of(self.config, self.step) if self.boundaries else 0
     if (k, r) not in self.compiled:
       self.compiled[(k, r)] = _compile_steps(self.s, k, r,
                                              self.fixed_teacher and self.fixed_teacher[0])
@@ -240,14 +242,12 @@ class _Loop:
                                 writers.is_main())
 
   def end_round(self) -> None:
-    """Progressive distillation: round r's student is kept; round r + 1 starts from it."""
+    """An objective with rounds (progressive distillation): round r's student is kept; round
+    r + 1 starts from it."""
     if self.step not in self.boundaries:
       return
     self.save(self.step)
-    done_round = distill.round_of(self.config, self.step - 1)
-    say(f"round {done_round + 1}/{self.config.distill.rounds} done at step {self.step}: its "
-        f"student ({distill.round_student_steps(self.config, done_round)} DDIM steps) is the "
-        f"checkpoint at step {self.step}")
+    say(self.s.objective.round_message(self.config, self.step))
     self.state = self.begin_round(self.state)
 
   def periodic_checkpoint(self, prev: int) -> None:
@@ -328,7 +328,7 @@ def _restore_with_teacher(s: Setup, ckpt: checkpoint.Checkpointer):
   restored when needed) and the start-up lines; the fixed teacher of consistency distillation
   ((its Setup, its params), passed to every step) or None."""
   config = s.config
-  teacher = _Teacher(config)
+  teacher = _Teacher(config, s.objective)
   state, restored = restore_or_init(s, ckpt, teacher.params if teacher.needed else None)
   step = int(jax.device_get(state.step))
   if restored is not None:
@@ -336,18 +336,17 @@ def _restore_with_teacher(s: Setup, ckpt: checkpoint.Checkpointer):
   else:
     say(f"starting {config.experiment!r}: {training.count_params(state.params):,} parameters, "
         f"{s.mesh.devices.size} device(s), {jax.process_count()} process(es)")
-  if distill.describe(config):
-    say(distill.describe(config) + (f"; teacher {teacher.where}" if teacher.needed else ""))
+  what = s.objective.describe(config)
+  if what:
+    say(what + (f"; teacher {teacher.where}" if teacher.needed else ""))
   return state, step, teacher.fixed()
 
 
 def _round_boundaries(s: Setup) -> Tuple[set, Optional[Callable]]:
-  """(the steps where a progressive-distillation round starts, the jitted ``begin_round``); an
-  empty set and None for the other objectives."""
-  if not build.holds_teacher(s.config):
-    return set(), None
-  boundaries = set(distill.round_boundaries(s.config))
-  begin_round = (parallel.jit_sharded(lambda st: distill.begin_round(st, s.optimizer),
+  """(the steps where a round starts, the jitted ``Objective.begin_round``); an empty set and
+  None for an objective without rounds (all but progressive distillation)."""
+  boundaries = set(s.objective.round_boundaries(s.config))
+  begin_round = (parallel.jit_sharded(lambda st: s.objective.begin_round(st, s.optimizer),
                                       in_shardings=(s.state_shardings,),
                                       out_shardings=s.state_shardings)
                  if boundaries else None)
@@ -356,12 +355,12 @@ def _round_boundaries(s: Setup) -> Tuple[set, Optional[Callable]]:
 
 class _Teacher:
   """The teacher of a few-step run, restored from distill.teacher_workdir only when needed: at a
-  fresh start (the student's initial parameters; PD's first teacher) and, for consistency
-  distillation, at every start (the fixed teacher passed to each step)."""
+  fresh start (the student's initial parameters; PD's first teacher) and, for a teacher passed
+  to every step (consistency distillation), at every start."""
 
-  def __init__(self, config: Config):
-    self.config = config
-    self.needed = distill.needs_teacher(config)
+  def __init__(self, config: Config, objective: objectives.Objective):
+    self.config, self.objective = config, objective
+    self.needed = objective.needs_teacher(config)
     self.where = f"{config.distill.teacher_workdir}" if self.needed else ""
     self._loaded = None
 
@@ -376,7 +375,7 @@ class _Teacher:
     return self._load()[1]
 
   def fixed(self):
-    if distill.objective(self.config) != "consistency_distillation":
+    if not self.objective.teacher_per_step:
       return None
     return self._load()
 

@@ -9,28 +9,27 @@ grid are resolved on the host (numpy) without compiling anything.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from diffusion import elbo, guidance, likelihood, losses, parameterization, posthoc_ema, training
+from diffusion import (elbo, guidance, likelihood, losses, networks, objectives, parameterization,
+                       posthoc_ema, training)
+from diffusion.config_checks import (ConfigError, from_library, int_at_least, is_bool, number_in,
+                                     one_of, positive)
 from diffusion.data import images, toy2d
-from diffusion.losses import classifier_loss, dsm_loss
 from diffusion.metrics import inception
-from diffusion.models import get_model, registered_models
+from diffusion.models import capabilities, get_model, model_outputs, registered_models
 from diffusion.samplers import grids, registry
 from diffusion.schedules import SCHEDULES, get_schedule
 from experiments import build, config_files, distill, sweep_grid
 from experiments import conditioning as cond_lib
-from experiments.checks import from_library, int_at_least, is_bool, number_in, one_of, positive
 from experiments.cli import MODES
-from experiments.errors import ConfigError
 
 Config = ml_collections.ConfigDict
 
@@ -42,12 +41,8 @@ FID_ROUNDINGS = ("levels", "nearest", "floor")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
                "logsnr_max")
-# Loss keywords the train step sets itself (not config.training.loss_opts).
-_STEP_SET_LOSS_ARGS = ("weighting", "time_sampling", "cond", "noise")
 # Modes that draw samples from the trained network (a classifier has none to draw).
 SAMPLING_MODES = ("sample", "sweep", "pairs")
-# Suffix of the registered names of the noise-conditional classifiers (diffusion.models.classifier).
-CLASSIFIER_SUFFIX = "_classifier"
 
 
 # -- the sections of the config ------------------------------------------------------------------
@@ -84,7 +79,7 @@ def check_sde(config: Config):
                       "not configured")
   sched = from_library("sde.fields", get_schedule, config.sde.name,
                        **config.sde.fields.to_dict())
-  if getattr(sched, "learned", False):
+  if sched.learned:
     sched = sched.bind(jax.tree_util.tree_map(np.asarray,
                                               sched.init_params(jax.random.PRNGKey(0))))
   return sched
@@ -123,12 +118,12 @@ def check_model(config: Config) -> None:
   is_bool("model.conditional", m.conditional)
   if not m.conditional:
     return
-  if str(m.name).endswith(CLASSIFIER_SUFFIX):
+  if model_outputs(m.name) == "logits":
     raise ConfigError(f"config.model.conditional=True: the classifier config.model.name="
                       f"{m.name!r} takes no labels as input (it predicts them); set "
                       f"config.model.conditional=False")
   classes = _needs_labelled_data(config, "config.model.conditional=True")
-  if not getattr(net, "num_classes", 0) > 0:
+  if not capabilities(net).num_classes > 0:
     raise ConfigError(f"config.model.conditional=True needs config.model.net.num_classes > 0 "
                       f"(got {getattr(net, 'num_classes', None)!r}): the network has no class "
                       f"embedding")
@@ -148,7 +143,7 @@ def check_learned_schedule(config: Config) -> None:
   the logSNR (so the loss does not depend on gamma's shape in expectation), the loss is VDM's
   (training.weighting='likelihood', the ELBO's), objective 'dsm'; learned endpoints train on
   the whole bound, whose decoder needs an image dataset's levels."""
-  if config.sde.name != "vdm_learned":
+  if not build.is_learned_schedule(config):
     return
   if config.model.time_input != "logsnr":
     raise ConfigError(f"config.sde.name='vdm_learned' needs config.model.time_input='logsnr' "
@@ -158,9 +153,11 @@ def check_learned_schedule(config: Config) -> None:
     raise ConfigError(f"config.sde.name='vdm_learned' trains VDM's continuous-time ELBO: set "
                       f"config.training.weighting='likelihood' (got "
                       f"{config.training.weighting!r})")
-  if config.training.objective != "dsm":
-    raise ConfigError(f"config.sde.name='vdm_learned' supports config.training.objective='dsm' "
-                      f"only, got {config.training.objective!r}")
+  if not objectives.of_config(config).supports_learned_schedule:
+    accepted = [n for n in objectives.names() if objectives.get(n).supports_learned_schedule]
+    raise ConfigError(f"config.sde.name={config.sde.name!r} (a learned schedule) is trained by "
+                      f"config.training.objective in {accepted} only, got "
+                      f"{config.training.objective!r}")
   if config.sde.fields.get("learn_endpoints", False) and build.is_toy(config):
     raise ConfigError("config.sde.fields.learn_endpoints=True trains the bound's discrete "
                       "decoder, which needs image data (levels); config.data.name="
@@ -168,40 +165,47 @@ def check_learned_schedule(config: Config) -> None:
 
 
 def check_objective(config: Config, mode: str) -> None:
-  """training.objective: 'dsm' trains a score network (a model not named '*_classifier'),
-  'classifier' a noise-conditional classifier ('*_classifier', labelled data, net.num_classes
-  = the data's classes), which --mode=sample / sweep refuse (it draws no samples)."""
-  objective, name = config.training.objective, config.model.name
-  one_of("training.objective", objective, training.OBJECTIVES)
-  is_classifier_net = isinstance(name, str) and name.endswith(CLASSIFIER_SUFFIX)
-  if objective != "classifier":
-    if is_classifier_net:
+  """training.objective: a registered objective (``diffusion.objectives``) whose requirements
+  the config meets: the network's outputs (a classifier objective needs a network registered
+  with outputs='logits', e.g. 'mlp_classifier', labelled data and net.num_classes = the data's
+  classes, and draws no samples: --mode=sample / sweep / pairs refuse it), the
+  parameterization it trains (consistency functions) and class labels only where it takes
+  them."""
+  objective = objectives.of_config(config)
+  name, obj = config.model.name, config.training.objective
+  outputs, param = model_outputs(name), config.model.parameterization
+  if outputs != objective.required_outputs:
+    if outputs == "logits":
       raise ConfigError(f"config.model.name={name!r} is a classifier; config.training.objective="
-                        f"{objective!r} trains a score network: set config.training.objective="
-                        f"'classifier', or a score network (a model not named "
-                        f"'*{CLASSIFIER_SUFFIX}')")
+                        f"{obj!r} trains a score network: set config.training.objective="
+                        f"'classifier', or a score network (a model registered with "
+                        f"outputs='denoiser')")
+    raise ConfigError(f"config.training.objective={obj!r} needs a classifier network, a model "
+                      f"registered with outputs={objective.required_outputs!r} (e.g. "
+                      f"'mlp_classifier', 'unet_classifier'), got config.model.name={name!r}")
+  required = objective.required_parameterization
+  if required is not None and param != required:
+    raise ConfigError(f"config.training.objective={obj!r} trains a {objective.network} "
+                      f"function: set config.model.parameterization={required!r} (got "
+                      f"{param!r})")
+  trained_by = [n for n in objectives.names() if objectives.get(n).required_parameterization
+                == param]
+  if trained_by and required != param:
+    raise ConfigError(f"config.model.parameterization={param!r} is trained by the objectives "
+                      f"{trained_by}, not config.training.objective={obj!r}")
+  if config.model.conditional and not objective.supports_conditional:
+    raise ConfigError(f"config.training.objective={obj!r} trains unconditional networks; set "
+                      f"config.model.conditional=False")
+  if not objective.predicts_labels:
     return
-  if not is_classifier_net:
-    raise ConfigError(f"config.training.objective='classifier' needs a classifier network, a "
-                      f"config.model.name ending in '{CLASSIFIER_SUFFIX}' (e.g. 'mlp_classifier', "
-                      f"'unet_classifier'), got config.model.name={name!r}")
   if mode in SAMPLING_MODES:
-    raise ConfigError(f"--mode={mode}: config.training.objective='classifier' trains a "
+    raise ConfigError(f"--mode={mode}: config.training.objective={obj!r} trains a "
                       f"noise-conditional classifier, which draws no samples; use --mode=train "
                       f"or --mode=eval (held-out accuracy), and give its workdir to a score "
                       f"model's sampler for classifier guidance")
-  classes = _needs_labelled_data(config, "config.training.objective='classifier'")
+  classes = _needs_labelled_data(config, f"config.training.objective={obj!r}")
   net = from_library("model.net", get_model, name, **config.model.net.to_dict())
-  _num_classes_match(config, net, classes, "config.training.objective='classifier'")
-
-
-def loss_option_names(objective: str = "dsm") -> Sequence[str]:
-  """The keywords config.training.loss_opts may set: of dsm_loss, or of classifier_loss for
-  ``objective == 'classifier'``."""
-  fn = classifier_loss if objective == "classifier" else dsm_loss
-  params = inspect.signature(fn).parameters.values()
-  return sorted(p.name for p in params
-                if p.kind == p.KEYWORD_ONLY and p.name not in _STEP_SET_LOSS_ARGS)
+  _num_classes_match(config, net, classes, f"config.training.objective={obj!r}")
 
 
 def check_training(config: Config) -> None:
@@ -216,12 +220,12 @@ def check_training(config: Config) -> None:
   one_of("training.weighting", t.weighting, losses.WEIGHTINGS)
   if t.weighting in losses.UNCERTAINTY_WEIGHTINGS:
     net = get_model(config.model.name, **config.model.net.to_dict())
-    if "return_logvar" not in inspect.signature(type(net).__call__).parameters:
+    if not capabilities(net).return_logvar:
       raise ConfigError(f"config.training.weighting={t.weighting!r} learns the uncertainty "
                         f"u(sigma) with the network; config.model.name={config.model.name!r} "
                         f"has no such output (accepted: 'edm2_unet')")
   one_of("training.time_sampling", t.time_sampling, losses.TIME_SAMPLINGS)
-  accepted = loss_option_names(t.objective)
+  accepted = objectives.of_config(config).loss_option_names()
   bad = sorted(set(t.loss_opts.keys()) - set(accepted))
   if bad:
     raise ConfigError(f"config.training.loss_opts has unknown option(s) {bad}; accepted "
@@ -232,7 +236,7 @@ def check_training(config: Config) -> None:
   int_at_least("training.max_consecutive_skips", t.max_consecutive_skips, 0)
   int_at_least("training.grad_accum_steps", t.grad_accum_steps, 1)
   int_at_least("training.steps_per_call", t.steps_per_call, 1)
-  one_of("training.compute_dtype", t.compute_dtype, training.COMPUTE_DTYPES)
+  one_of("training.compute_dtype", t.compute_dtype, networks.COMPUTE_DTYPES)
   check_ema_profiles(config)
 
 
@@ -262,10 +266,10 @@ def check_ema_profiles(config: Config) -> None:
     raise ConfigError(f"config.training.ema_snapshot_every={t.ema_snapshot_every!r} must be >= 1 "
                       f"when config.training.ema_profiles={tuple(profiles)!r} is set (snapshots "
                       f"are what experiments.posthoc_ema reconstructs from)")
-  if t.objective == "progressive_distillation":
-    raise ConfigError("config.training.ema_profiles is not supported with "
-                      "config.training.objective='progressive_distillation' (each round restarts "
-                      "the student from the previous one's EMA); set it to ()")
+  if not objectives.of_config(config).supports_ema_profiles:
+    raise ConfigError(f"config.training.ema_profiles is not supported with "
+                      f"config.training.objective={t.objective!r} (each round restarts the "
+                      f"student from the previous one's EMA); set it to ()")
 
 
 def check_optim(config: Config) -> None:
@@ -304,9 +308,9 @@ def check_sampling(config: Config, schedule) -> None:
   from_library("sampling", info.validate, sampler_hparams(config))  # names, types and values
   int_at_least("sampling.num_steps", s.num_steps, 1)
   is_bool("sampling.clip_denoised", s.clip_denoised)
-  one_of("sampling.compute_dtype", s.compute_dtype, training.COMPUTE_DTYPES)
+  one_of("sampling.compute_dtype", s.compute_dtype, networks.COMPUTE_DTYPES)
   if s.compute_dtype != "float32":  # the network must take a compute dtype (a 'dtype' field)
-    from_library("sampling.compute_dtype", training.compute_model,
+    from_library("sampling.compute_dtype", networks.compute_model,
                  get_model(config.model.name, **config.model.net.to_dict()), s.compute_dtype)
   if s.clip_denoised and build.is_toy(config):
     raise ConfigError(f"config.sampling.clip_denoised=True clips x0_hat to the image range "
@@ -328,7 +332,7 @@ def check_sampling(config: Config, schedule) -> None:
 def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
   """A consistency model (model.parameterization 'consistency') is sampled by the samplers of
   kind 'consistency' only, and a denoiser by every other kind."""
-  consistency_model = distill.is_consistency(config)
+  consistency_model = config.model.parameterization == "consistency"
   if (kind == "consistency") != consistency_model:
     ours = sorted(n for n in registry.registered_samplers()
                   if (registry.sampler_info(n).kind == "consistency") == consistency_model)
@@ -583,6 +587,7 @@ def validate_config(config: Config, mode: str) -> None:
   """Every field a run of ``mode`` reads (all modes read the same experiment config)."""
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r} is not accepted; accepted: {list(MODES)}")
+  config_files.import_user_modules(config)  # what they register is checked below
   if not isinstance(config.experiment, str):
     raise ConfigError(f"config.experiment={config.experiment!r} must be a string")
   int_at_least("seed", config.seed, 0)

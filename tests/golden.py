@@ -102,8 +102,8 @@ def read_state(workdir: str, step: Optional[int] = None) -> Dict[str, Any]:
 
 def driver_objectives() -> Tuple[str, ...]:
   """The driver's training objectives (config.training.objective values): each needs a case."""
-  from diffusion.training import OBJECTIVES
-  return tuple(OBJECTIVES)
+  from diffusion import objectives
+  return objectives.names()
 
 
 def driver_samplers() -> Tuple[str, ...]:

@@ -14,7 +14,7 @@ from diffusion import checkpoint
 from diffusion.data import toy2d
 from diffusion.models import get_model
 from experiments import build, evaluate, train
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate
 from tests.conftest import REPO, TINY, run_main, with_overrides
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import conditioning, observations
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate
 from tests.conftest import REPO, tiny_config, with_overrides
 

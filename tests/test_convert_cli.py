@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion import networks
 from diffusion.convert import score_sde
 from diffusion.convert.common import ConversionError, flatten
 
@@ -55,7 +56,7 @@ def test_score_sde_workdir_restores_and_samples(tmp_path, name, sde, sampling_t_
   s, params, _ = setup.restore_params(config, w)
   for path, v in flatten(jax.device_get(params)).items():
     np.testing.assert_array_equal(v, flatten(conv.params)[path])
-  denoise = build.denoiser(s.net, params, s.schedule, s.param)
+  denoise = networks.eval_denoiser(s.net, params, s.schedule, s.param)
   fn = build_sampler("heun", s.schedule, num_steps=3, t_min=config.sampling.t_min)
   x0, info = fn(denoise, jax.random.PRNGKey(0),
                 s.schedule.prior_sample(jax.random.PRNGKey(1), (2, 8, 8, 3)))

@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from diffusion import networks
 from diffusion.convert import diffusers_unet as du
 from diffusion.convert import files
 from diffusion.convert.common import ConversionError
@@ -253,7 +254,7 @@ def _run_samplers(converted_workdir, names):
   _, w, _ = converted_workdir
   config = load_config_file(os.path.join(w, "config.py"))
   s, params, _ = setup.restore_params(config, w)
-  denoise = build.denoiser(s.net, params, s.schedule, s.param)
+  denoise = networks.eval_denoiser(s.net, params, s.schedule, s.param)
   x_T = s.schedule.prior_sample(jax.random.PRNGKey(0), (2, 8, 8, 1))
   ran = []
   for name in names:
@@ -309,7 +310,7 @@ def test_clip_denoised_keeps_samples_in_the_data_range(converted_workdir):
   from experiments import generate, setup
   from experiments.config_files import load_config_file
   from experiments.cli import overridden
-  from experiments.errors import ConfigError
+  from diffusion.config_checks import ConfigError
   from experiments.validate import validate_config
   _, w, _ = converted_workdir
   base = overridden(load_config_file(os.path.join(w, "config.py")),

@@ -508,7 +508,7 @@ def test_digits_edm2_fsdp_on_two_devices_matches_one(tmp_path):
 def test_edm2_weighting_is_refused_at_start_up_for_a_network_without_u():
   from experiments.config_files import load_config_file
   from experiments.cli import overridden
-  from experiments.errors import ConfigError
+  from diffusion.config_checks import ConfigError
   from experiments.validate import validate_config
   config = overridden(load_config_file("configs/digits/edm.py"), {"training.weighting": "edm2"})
   with pytest.raises(ConfigError, match="model.name='ddpm_unet' has no such output"):

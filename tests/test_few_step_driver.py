@@ -17,7 +17,7 @@ from diffusion.parameterization import Parameterization, make_denoiser
 from diffusion.schedules import get_schedule
 from experiments import build, distill, evaluate, generate, reflow, sample, setup, train
 from experiments.config_files import load_config_file
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate
 from tests.conftest import REPO, TINY, with_overrides
 
@@ -117,8 +117,8 @@ def test_begin_round_is_idempotent(teachers):
   s = setup.setup(cfg)
   state = setup.init_state(s, setup.restore_params(_config("vcos"), teachers["vcos"])[1])
   state = state.replace(ema_params=jax.tree_util.tree_map(lambda a: a + 1.0, state.ema_params))
-  once = distill.begin_round(state, s.optimizer)
-  twice = distill.begin_round(once, s.optimizer)
+  once = s.objective.begin_round(state, s.optimizer)
+  twice = s.objective.begin_round(once, s.optimizer)
   assert _leaves_equal(once, twice)
   assert _leaves_equal(once.teacher, state.ema_params) and _leaves_equal(once.params,
                                                                           state.ema_params)

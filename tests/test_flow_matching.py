@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import analytic, flow, losses, training
+from diffusion import analytic, flow, losses, objectives, training
 from diffusion.data import toy2d
 from diffusion.models import get_model
 from diffusion.parameterization import Parameterization, TIME_INPUTS, make_denoiser, \
@@ -44,7 +44,7 @@ def test_flow_parameterization_is_exact_for_every_schedule(name, x64):
   """to_x0 inverts velocity_from_x0 (and from_x0 is it) to 1e-10 on every schedule, and the
   velocity of the true (x0, eps) is alpha' x0 + sigma' eps."""
   sched = get_schedule(name)
-  if getattr(sched, "learned", False):  # VDM's schedule, bound to its initial parameters
+  if sched.learned:  # VDM's schedule, bound to its initial parameters
     sched = sched.bind(jax.tree_util.tree_map(np.asarray, sched.init_params(
         jax.random.PRNGKey(1))))
   rng = np.random.default_rng(1)
@@ -149,8 +149,8 @@ def test_logit_normal_refuses_times_outside_the_unit_interval():
 def test_new_names_are_config_options():
   from experiments import validate
   assert "flow" in losses.WEIGHTINGS and "logit_normal" in losses.TIME_SAMPLINGS
-  assert {"logit_mean", "logit_std"} <= set(validate.loss_option_names("dsm"))
-  assert {"logit_mean", "logit_std"} <= set(validate.loss_option_names("classifier"))
+  assert {"logit_mean", "logit_std"} <= set(objectives.get("dsm").loss_option_names())
+  assert {"logit_mean", "logit_std"} <= set(objectives.get("classifier").loss_option_names())
 
 
 # -- 4. the exact velocity minimises the flow-matching loss ----------------------------------------
@@ -292,7 +292,7 @@ def test_one_step_euler_is_one_velocity_step(variables, x64):
 
 
 def test_logit_normal_outside_the_unit_interval_is_refused_at_start_up():
-  from experiments.errors import ConfigError
+  from diffusion.config_checks import ConfigError
   from experiments.validate import validate
   from tests.conftest import tiny_config
   c = tiny_config(**{"sde.name": "edm", "sde.fields": {}, "training.time_sampling": "logit_normal",

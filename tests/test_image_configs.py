@@ -90,7 +90,7 @@ def test_config_keys_are_all_consumed(path):
   # 2. Each free-form sub-dict is accepted by its consumer (unknown names raise).
   get_model(c.model.name, **c.model.net.to_dict())  # flax dataclass: unknown kwargs raise
   sched = build.schedule(c)  # get_schedule rejects unknown fields
-  if getattr(sched, "learned", False):  # VDM: its initial parameters, for the time grid
+  if sched.learned:  # VDM: its initial parameters, for the time grid
     sched = sched.bind(jax.tree_util.tree_map(np.asarray, sched.init_params(
         jax.random.PRNGKey(0))))
   dsm_kw = set(inspect.signature(losses.dsm_loss).parameters)

@@ -12,7 +12,7 @@ import pytest
 
 from diffusion.data import images
 from experiments import build
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate
 from tests import pipeline_sources
 from tests.conftest import dit_config, tiny_config

@@ -11,7 +11,7 @@ import pytest
 
 from diffusion.data import digits, images
 from experiments import build
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate
 from tests.conftest import dit_config, tiny_config
 

@@ -17,7 +17,7 @@ from diffusion.models import get_model
 from diffusion.parameterization import Parameterization
 from diffusion.schedules import get_schedule
 from experiments import posthoc_ema, sample, setup, snapshots, train
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate_config
 from tests.conftest import REPO, TOY_CONFIG, cli_args, tiny_config, tree_hashes, \
     workdir_fingerprint

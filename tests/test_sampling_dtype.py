@@ -1,6 +1,6 @@
 """sampling.compute_dtype: the network of sample / eval / sweep computing in bfloat16.
 
-The denoiser of ``experiments.build.denoiser`` casts the params once and the network input to
+The denoiser of ``diffusion.networks.eval_denoiser`` casts the params once and the network input to
 bfloat16 and its output back to float32; the sampler's state stays float32. Checked here: the
 output dtype, a bounded nonzero difference to the float32 network, the driver path
 (``generate.generate``), the start-up validation, and the bf16 error on the exact Gaussian mixture
@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import analytic, schedules
+from diffusion import analytic, networks, schedules
 from diffusion.models import get_model
 from diffusion.parameterization import Parameterization
 from diffusion.samplers import build_sampler
 from experiments import build
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate_config
 from tests.conftest import TINY, TOY_CONFIG, with_overrides
 
@@ -38,8 +38,8 @@ def test_bf16_denoiser_is_float32_and_close_to_the_float32_one(mlp):
   sched, param = schedules.VP(), Parameterization("eps")
   x = jax.random.normal(jax.random.PRNGKey(1), (64, 2))
   t = jnp.full((64,), 0.5)
-  f32 = build.denoiser(net, params, sched, param)(x, t)
-  bf16 = build.denoiser(net, params, sched, param, compute_dtype="bfloat16")(x, t)
+  f32 = networks.eval_denoiser(net, params, sched, param)(x, t)
+  bf16 = networks.eval_denoiser(net, params, sched, param, compute_dtype="bfloat16")(x, t)
   assert f32.dtype == jnp.float32 and bf16.dtype == jnp.float32
   err = _rel(bf16, f32)
   # bfloat16 keeps 8 significant bits (unit roundoff 2^-9 = 2e-3) through three layers.
@@ -49,7 +49,7 @@ def test_bf16_denoiser_is_float32_and_close_to_the_float32_one(mlp):
 def test_bf16_denoiser_rejects_an_unknown_dtype(mlp):
   net, params = mlp
   with pytest.raises(ValueError, match=r"'float16'.*accepted: \['float32', 'bfloat16'\]"):
-    build.denoiser(net, params, schedules.VP(), Parameterization("eps"), compute_dtype="float16")
+    networks.eval_denoiser(net, params, schedules.VP(), Parameterization("eps"), compute_dtype="float16")
 
 
 def _toy_config(**over):

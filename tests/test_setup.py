@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import checkpoint
+from diffusion import checkpoint, networks
 from experiments import build, train
 from experiments.config_files import load_config_file
 from experiments.setup import Setup, restore_params, saved_config
@@ -24,7 +24,7 @@ def test_restore_a_trained_workdir_from_python(tmp_path):
   assert config.model.net.width == 32 and config.training.num_steps == 10
   s, params, step = restore_params(config, wd)
   assert isinstance(s, Setup) and step == 10
-  denoise = build.denoiser(s.net, params, s.schedule, s.param)
+  denoise = networks.eval_denoiser(s.net, params, s.schedule, s.param)
   x0 = denoise(jnp.zeros((4, 2)), jnp.full((4,), 0.5))
   assert x0.shape == (4, 2) and np.all(np.isfinite(np.asarray(x0)))
   before = sorted(os.listdir(os.path.join(wd, checkpoint.CKPT_DIR)))

@@ -18,7 +18,7 @@ from diffusion.data import images
 from diffusion.metrics import fid, inception
 from diffusion.samplers import sampler_info
 from experiments import eval_common, evaluate, shards, sweep, sweep_grid, train
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import validate
 from tests.test_eval_driver import digits_config
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from experiments.errors import ConfigError
+from diffusion.config_checks import ConfigError
 from experiments.validate import check_writable, validate
 from tests.conftest import run_main, tiny_config
 

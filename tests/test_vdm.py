@@ -170,7 +170,7 @@ def test_driver_trains_resumes_exactly_and_samples_with_the_learned_schedule(tmp
   import jax.tree_util as jtu
   from diffusion import checkpoint
   from experiments import generate, setup, train
-  from experiments.errors import ConfigError
+  from diffusion.config_checks import ConfigError
   from experiments.validate import validate_config
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   n = {"training.num_steps": 20, "training.ckpt_every": 10}

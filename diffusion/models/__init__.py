@@ -1,27 +1,81 @@
-"""Score / denoiser networks (flax.linen) and a registry by name.
+"""Score / denoiser networks (flax.linen), a registry by name, and the contract they offer.
 
 Every network is called as ``model.apply(variables, x, c, labels=None, train=False)``:
 ``x`` is the (already scaled) noisy input, shape (B, ...); ``c`` is the noise-conditioning
 scalar per example, shape (B,) (t, log sigma or EDM's c_noise, chosen by the
-parameterization); ``labels`` is an int array (B,) or None. The output has the shape of ``x``.
+parameterization); ``labels`` is an int array (B,) or None. The output has the shape of ``x``
+(a denoiser network), or is (B, num_classes) logits (a classifier, registered with
+``outputs='logits'``).
+
+The contract. Beyond that call a network MAY offer, and the rest of the codebase asks only
+through :func:`capabilities` (never by probing attributes itself):
+
+  dtype             a dataclass field ``dtype``: the network can compute in bfloat16
+                    (``diffusion.networks.compute_model`` clones it with another dtype)
+  num_classes       an int field > 0: a denoiser embeds class labels (index num_classes is
+                    NULL); a classifier has that many outputs
+  return_logvar     ``__call__(..., return_logvar=True) -> (F, u (B,))``: a learned
+                    log-variance head (EDM2's uncertainty weighting, loss 'edm2')
+  project_params    a method ``project_params(params) -> params`` applied after every
+                    optimizer update (EDM2's forced weight normalisation)
+  outputs           'denoiser' (the default) or 'logits' (a noise-conditional classifier of
+                    x_t, objective 'classifier'), given at registration
 """
+import dataclasses
+import inspect
 from typing import Callable, Dict
 
 import flax.linen as nn
 
+OUTPUTS = ("denoiser", "logits")
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
+_OUTPUTS: Dict[str, str] = {}
 
 
-def register_model(name: str):
-  """Class decorator: makes ``get_model(name, **kwargs)`` build this module."""
+def register_model(name: str, outputs: str = "denoiser"):
+  """Class decorator: makes ``get_model(name, **kwargs)`` build this module. ``outputs``: what
+  the network predicts, 'denoiser' (the parameterization's F) or 'logits' (a classifier)."""
+  if outputs not in OUTPUTS:
+    raise ValueError(f"register_model({name!r}): outputs={outputs!r}; accepted: {OUTPUTS}")
 
   def wrap(cls):
     if name in _MODELS:
       raise ValueError(f"model {name!r} is registered twice")
     _MODELS[name] = cls
+    _OUTPUTS[name] = outputs
     return cls
 
   return wrap
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+  """What a network instance offers (the module docstring's contract)."""
+  outputs: str = "denoiser"
+  dtype: bool = False
+  num_classes: int = 0
+  return_logvar: bool = False
+  project_params: bool = False
+
+
+def capabilities(model: nn.Module) -> Capabilities:
+  """The contract ``model`` (a built network) fulfils; see the module docstring."""
+  fields = {f.name for f in dataclasses.fields(model)} if dataclasses.is_dataclass(model) else ()
+  classes = getattr(model, "num_classes", 0)
+  name = next((n for n, cls in _MODELS.items() if type(model) is cls), None)
+  return Capabilities(
+      outputs=_OUTPUTS.get(name, "denoiser"), dtype="dtype" in fields,
+      num_classes=classes if isinstance(classes, int) and not isinstance(classes, bool) else 0,
+      return_logvar="return_logvar" in inspect.signature(type(model).__call__).parameters,
+      project_params=callable(getattr(model, "project_params", None)))
+
+
+def model_outputs(name: str) -> str:
+  """'denoiser' or 'logits': what the registered network ``name`` predicts."""
+  _import_all()
+  if name not in _MODELS:
+    raise ValueError(f"unknown model {name!r}; registered models: {sorted(_MODELS)}")
+  return _OUTPUTS[name]
 
 
 def get_model(name: str, **kwargs) -> nn.Module:

@@ -40,7 +40,7 @@ def _no_labels(labels: Optional[Array]) -> None:
                      "it predicts them")
 
 
-@register_model("mlp_classifier")
+@register_model("mlp_classifier", outputs="logits")
 class MLPClassifier(nn.Module):
   """Residual-MLP classifier: x (B, D), c (B,) -> logits (B, num_classes).
 
@@ -68,7 +68,7 @@ class MLPClassifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h).astype(jnp.float32)
 
 
-@register_model("unet_classifier")
+@register_model("unet_classifier", outputs="logits")
 class UNetClassifier(nn.Module):
   """DDPM U-Net encoder classifier: x (B, H, W, C), c (B,) -> logits (B, num_classes).
 

@@ -1,12 +1,21 @@
-"""The small value checks of a config field: each raises a one-line ``ConfigError`` naming the
-field, the bad value and what is accepted (validate.py, distill.check_distill and the modes use
-them)."""
+"""Small checks of config values, shared by the driver's start-up validation and the objectives'
+own checks (``diffusion.objectives``). Each failure is a ``ConfigError`` (a ValueError) whose
+message is one line naming the field (``config.<field>``), the bad value and what is accepted.
+"""
 from __future__ import annotations
 
 import math
 from typing import Any, Callable, Sequence
 
-from experiments.errors import ConfigError
+
+class ConfigError(ValueError):
+  """A config field or the workdir is unusable; the message is one line naming it."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))
+
+
+# -- generic field checks ------------------------------------------------------------------------
 
 
 def one_of(field: str, value: Any, accepted: Sequence[Any]) -> None:

@@ -1,0 +1,146 @@
+"""Consistency models (Song et al. 2023; improved training, Song & Dhariwal 2023): the network is a
+consistency function f(x_t, t) -> x0 (model.parameterization 'consistency'), sampled by the
+consistency samplers, with no PF-ODE likelihood.
+
+  'consistency_distillation' (CD): f at x_{t_{i+1}} matches the EMA-free target f at the point
+      one teacher ODE step (distill.teacher_solver) away, on distill.num_scales Karras scales;
+      the teacher is fixed and passed to every step (``consistency_distillation_loss``).
+  'consistency_training' (CT): no teacher; the pair is two noisings of the same x0, and the
+      number of scales follows a curriculum of the step (iCT's or CM's, or fixed)
+      (``consistency_training_loss``).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+from diffusion import consistency
+from diffusion.config_checks import int_at_least, one_of, positive, from_library
+from diffusion.networks import frozen_denoiser_of, jnp_compute_dtype
+from diffusion.objectives.base import LossContext, LossFn, register
+from diffusion.objectives.students import StudentObjective
+from diffusion.parameterization import make_denoiser
+
+CURRICULA = ("ict", "cm", "none")
+CURRICULUM_DEFAULTS = {"ict": (10, 1280), "cm": (2, 150)}
+
+
+def curriculum_bounds(config) -> Tuple[int, int]:
+  """(s0, s1) of distill.curriculum: the config's, or the curriculum's defaults."""
+  d = config.distill
+  s0, s1 = CURRICULUM_DEFAULTS[d.curriculum]
+  return (int(d.s0) if d.s0 is not None else s0, int(d.s1) if d.s1 is not None else s1)
+
+
+class _Consistency(StudentObjective):
+  network = "consistency"
+  required_parameterization = "consistency"
+  # (weighting, metric, index distribution) when config.distill leaves them None.
+  defaults: Tuple[str, str, str] = ("uniform", "l2", "uniform")
+
+  def options(self, config) -> Tuple[str, str, str]:
+    """(weighting, metric, index distribution): config.distill's, or this objective's defaults
+    (CD: CM's 'uniform', 'l2', 'uniform'; CT: iCT's 'ict', 'pseudo_huber', 'lognormal')."""
+    dw, dm, di = self.defaults
+    d = config.distill
+    return d.weighting or dw, d.metric or dm, d.index_distribution or di
+
+  def check(self, config, mode: str) -> None:
+    w, m, idx = self.options(config)
+    one_of("distill.weighting", w, consistency.WEIGHTINGS)
+    one_of("distill.metric", m, consistency.METRICS)
+    one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
+    positive("distill.rho", config.distill.rho)
+
+
+@register
+class ConsistencyDistillation(_Consistency):
+  """consistency_distillation: see the module docstring."""
+  name = "consistency_distillation"
+  teacher_per_step = True
+
+  def make_loss(self, ctx: LossContext) -> LossFn:
+    config = ctx.require_config(self.name)
+    d = config.distill
+    w, m, idx = self.options(config)
+    dtype = jnp_compute_dtype(config.training.compute_dtype)
+    t = ctx.teacher
+    if t is None and ctx.loss_fn is None:
+      raise ValueError("objective 'consistency_distillation' needs its teacher's "
+                       "LossContext(teacher=TeacherModel(net, param, schedule))")
+    teacher_of = None if t is None else frozen_denoiser_of(t.net, t.param, t.schedule, dtype)
+    solver, n_scales, rho = d.teacher_solver, int(d.num_scales), float(d.rho)
+    sched, param = ctx.schedule, ctx.param
+
+    def loss(net, batch, key, context):
+      denoise = make_denoiser(net, sched, param)
+      if ctx.loss_fn is not None:
+        return ctx.loss_fn(denoise, batch["x"], key, context)
+      step = consistency.traced_teacher_step(solver, sched, teacher_of(context["teacher"]))
+      return consistency.consistency_distillation_loss(
+          denoise, None, step, batch["x"], key, sched, n_scales, rho=rho,
+          index_distribution=idx, weighting=w, metric=m)
+
+    return loss
+
+  def check(self, config, mode: str) -> None:
+    super().check(config, mode)
+    one_of("distill.teacher_solver", config.distill.teacher_solver,
+           consistency.TRACED_TEACHERS)
+    int_at_least("distill.num_scales", config.distill.num_scales, 2)
+
+  def describe(self, config) -> str:
+    d = config.distill
+    return (f"consistency distillation: {d.teacher_solver} teacher steps on {d.num_scales} "
+            f"Karras scales")
+
+
+@register
+class ConsistencyTraining(_Consistency):
+  """consistency_training: see the module docstring."""
+  name = "consistency_training"
+  aux_metrics = ("num_scales",)
+  defaults = ("ict", "pseudo_huber", "lognormal")
+
+  def needs_teacher(self, config) -> bool:
+    return False
+
+  def make_loss(self, ctx: LossContext) -> LossFn:
+    config = ctx.require_config(self.name)
+    d = config.distill
+    w, m, idx = self.options(config)
+    total, rho = int(config.training.num_steps), float(d.rho)
+    if d.curriculum == "none":
+      fixed, max_scales, s0, s1 = int(d.num_scales), None, None, None
+    else:
+      s0, s1 = curriculum_bounds(config)
+      fixed, max_scales = None, consistency.max_num_scales(total, d.curriculum, s0, s1)
+    sched, param = ctx.schedule, ctx.param
+
+    def loss(net, batch, key, context):
+      denoise = make_denoiser(net, sched, param)
+      if ctx.loss_fn is not None:
+        return ctx.loss_fn(denoise, batch["x"], key, context)
+      n = fixed if fixed is not None else consistency.traced_num_scales(
+          context["step"], total, d.curriculum, s0, s1)
+      return consistency.consistency_training_loss(
+          denoise, None, batch["x"], key, sched, n, rho=rho, index_distribution=idx,
+          weighting=w, metric=m, max_scales=max_scales)
+
+    return loss
+
+  def check(self, config, mode: str) -> None:
+    super().check(config, mode)
+    d = config.distill
+    one_of("distill.curriculum", d.curriculum, CURRICULA)
+    if d.curriculum == "none":
+      int_at_least("distill.num_scales", d.num_scales, 2)
+    else:
+      s0, s1 = curriculum_bounds(config)
+      from_library("distill.s0 / s1", consistency.max_num_scales,
+                   int(config.training.num_steps), d.curriculum, s0, s1)
+
+  def describe(self, config) -> str:
+    d = config.distill
+    return (f"consistency training: curriculum {d.curriculum}"
+            + (f" (s0, s1) = {curriculum_bounds(config)}" if d.curriculum != "none" else
+               f", {d.num_scales} scales"))
