@@ -341,7 +341,15 @@ def linear_gaussian_posterior(gm: GaussianMixture, A: Array, y: Array,
   w /= w.sum()
   # Conditioning keeps covariances PSD, and noiseless observations make them singular: set the
   # eigenvalues at round-off level (or below 0) to exactly 0, so samples satisfy A x = y exactly.
+  # The mixture is built from this (lam, u) itself, not by ``create`` from U diag(lam) U^T: that
+  # product carries round-off again, and create's second eigh returns it as eigenvalues of
+  # ~1e-17 in the null directions, of either sign (the OpenBLAS kernel, i.e. the CPU, decides);
+  # create keeps the positive ones, and sample0's sqrt(lam) made sqrt(9e-17) ~ 1e-8 of noise along
+  # A's rows: |A x - y| up to 5e-8 in float64 instead of ~1e-15.
   lam, u = np.linalg.eigh(np.stack(new_covs))
   lam = np.where(lam > 1e-12 * max(float(np.max(np.abs(lam))), 1e-300), lam, 0.0)
-  covs_post = np.einsum("kij,kj,klj->kil", u, lam, u)
-  return GaussianMixture.create(w, np.stack(means), covs_post)
+  # Each eigenvector's sign is LAPACK's choice and differs between OpenBLAS kernels (CPUs); fix it
+  # (largest-magnitude entry > 0) so that sample0(key) draws the same samples on every CPU.
+  big = np.take_along_axis(u, np.argmax(np.abs(u), axis=1)[:, None, :], axis=1)
+  u = u * np.where(big < 0, -1.0, 1.0)
+  return GaussianMixture(w, np.stack(means), lam, u)

@@ -371,18 +371,21 @@ def test_replacement_moves_observed_coordinates_along_the_point_mass_flow(sample
 # Measured (n = 4000, 30 steps, seeds of ``bench.complete`` / exact samples seed 100; also in
 # benchmarks/results/inverse_mixture.md). Bounds are 1.5x these.
 MEASURED = {
-    ("replacement", "heun", 0.0): dict(obs=0.0, mean=0.774, cov=1.092, weights=0.287, sw=0.507),
+    ("replacement", "heun", 0.0): dict(obs=0.0, mean=0.774, cov=1.092, weights=0.287, sw=0.512),
     ("replacement", "dpmpp_2m", 0.0): dict(obs=0.0, mean=0.774, cov=1.095, weights=0.287,
-                                           sw=0.508),
-    ("replacement", "ddpm", 0.0): dict(obs=0.0, mean=0.720, cov=0.936, weights=0.264, sw=0.471),
-    ("pigdm", "heun", 0.0): dict(obs=7.8e-5, mean=0.660, cov=0.785, weights=0.245, sw=0.428),
-    ("pigdm", "dpmpp_2m", 0.0): dict(obs=1.2e-4, mean=0.659, cov=0.785, weights=0.245, sw=0.427),
-    ("pigdm", "ddpm", 0.0): dict(obs=5.5e-5, mean=0.572, cov=0.770, weights=0.206, sw=0.387),
-    ("pigdm", "heun", 0.3): dict(mean=0.434, cov=0.576, weights=0.164, sw=0.279),
+                                           sw=0.512),
+    ("replacement", "ddpm", 0.0): dict(obs=0.0, mean=0.720, cov=0.936, weights=0.264, sw=0.476),
+    ("pigdm", "heun", 0.0): dict(obs=7.8e-5, mean=0.660, cov=0.785, weights=0.245, sw=0.432),
+    ("pigdm", "dpmpp_2m", 0.0): dict(obs=1.2e-4, mean=0.659, cov=0.785, weights=0.245, sw=0.431),
+    ("pigdm", "ddpm", 0.0): dict(obs=5.5e-5, mean=0.572, cov=0.770, weights=0.206, sw=0.392),
+    ("pigdm", "heun", 0.3): dict(mean=0.434, cov=0.576, weights=0.164, sw=0.277),
 }
 # Exact vs exact (two independent sets of 4000), the larger of the two noise levels: the Monte
-# Carlo floor of each measure.
-FLOOR = dict(mean=0.030, cov=0.025, weights=0.012, sw=0.059)
+# Carlo floor of each measure. One draw (seeds 100, 101), the same on every CPU since the
+# posterior's eigenvector signs are fixed (before, they were LAPACK's and the draw, hence this
+# floor, changed with the OpenBLAS kernel: cov 0.025 to 0.044). Over 200 other seed pairs the
+# noiseless floor's cov is 0.034 median, 0.080 99th percentile (noisy: 0.036, 0.092).
+FLOOR = dict(mean=0.032, cov=0.044, weights=0.012, sw=0.059)
 
 
 @pytest.fixture(scope="module")
