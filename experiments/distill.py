@@ -179,53 +179,74 @@ def check_distill(config: Config, mode: str) -> None:
     checks.int_at_least("distill.num_pairs", d.num_pairs, 1)
     checks.int_at_least("distill.pairs_shard_size", d.pairs_shard_size, 1)
   if needs_teacher(config):
-    for name in ("teacher_config", "teacher_workdir"):
-      if not d[name]:
-        raise ConfigError(f"config.training.objective={obj!r} needs config.distill.{name}"
-                          + (" (or config.distill.init_from_teacher=False)"
-                             if obj == "reflow" else ""))
-    if d.teacher_step is not None:
-      checks.int_at_least("distill.teacher_step", d.teacher_step, 0)
-    if mode == "train":  # sample / eval of a student read only its own workdir
-      if not os.path.isdir(d.teacher_workdir):
-        raise ConfigError(f"config.distill.teacher_workdir={d.teacher_workdir!r} is not a "
-                          f"directory (train the teacher there first)")
-      check_teacher(config, teacher_config(config))
+    _check_teacher_fields(config, mode)
   if obj == "progressive_distillation":
-    checks.int_at_least("distill.rounds", d.rounds, 1)
-    checks.int_at_least("distill.student_steps", d.student_steps, 1)
-    checks.from_library("distill.student_steps / rounds", distillation.round_steps,
-                        int(d.student_steps), int(d.rounds) - 1)
-    checks.one_of("distill.weighting", d.weighting or "truncated_snr", distillation.WEIGHTINGS)
-    k = steps_per_round(config)
-    if k < 1 or int(config.training.num_steps) % int(d.rounds):
-      raise ConfigError(f"config.training.num_steps={config.training.num_steps} must be a "
-                        f"positive multiple of config.distill.rounds={d.rounds} (each round "
-                        f"trains num_steps / rounds steps)")
-    if int(config.optim.warmup_steps) >= k:
-      raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} must be smaller "
-                        f"than the steps per round {k} (each round starts a fresh optimizer, "
-                        f"warm-up included)")
-    if k % int(config.training.steps_per_call):
-      raise ConfigError(f"config.training.steps_per_call={config.training.steps_per_call} must "
-                        f"divide the steps per round {k}")
+    _check_rounds(config)
   if obj in CONSISTENCY_DEFAULTS:
-    w, m, idx = consistency_options(config)
-    checks.one_of("distill.weighting", w, consistency.WEIGHTINGS)
-    checks.one_of("distill.metric", m, consistency.METRICS)
-    checks.one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
-    checks.positive("distill.rho", d.rho)
-    if obj == "consistency_distillation":
-      checks.one_of("distill.teacher_solver", d.teacher_solver, consistency.TRACED_TEACHERS)
+    _check_consistency(config)
+
+
+def _check_teacher_fields(config: Config, mode: str) -> None:
+  """distill.teacher_config / teacher_workdir / teacher_step; for --mode=train the teacher
+  itself (``check_teacher``)."""
+  obj, d = objective(config), config.distill
+  for name in ("teacher_config", "teacher_workdir"):
+    if not d[name]:
+      raise ConfigError(f"config.training.objective={obj!r} needs config.distill.{name}"
+                        + (" (or config.distill.init_from_teacher=False)"
+                           if obj == "reflow" else ""))
+  if d.teacher_step is not None:
+    checks.int_at_least("distill.teacher_step", d.teacher_step, 0)
+  if mode == "train":  # sample / eval of a student read only its own workdir
+    if not os.path.isdir(d.teacher_workdir):
+      raise ConfigError(f"config.distill.teacher_workdir={d.teacher_workdir!r} is not a "
+                        f"directory (train the teacher there first)")
+    check_teacher(config, teacher_config(config))
+
+
+def _check_rounds(config: Config) -> None:
+  """Progressive distillation: rounds, student steps and weighting, and rounds that divide the
+  run (and its warm-up and steps per call)."""
+  d = config.distill
+  checks.int_at_least("distill.rounds", d.rounds, 1)
+  checks.int_at_least("distill.student_steps", d.student_steps, 1)
+  checks.from_library("distill.student_steps / rounds", distillation.round_steps,
+                      int(d.student_steps), int(d.rounds) - 1)
+  checks.one_of("distill.weighting", d.weighting or "truncated_snr", distillation.WEIGHTINGS)
+  k = steps_per_round(config)
+  if k < 1 or int(config.training.num_steps) % int(d.rounds):
+    raise ConfigError(f"config.training.num_steps={config.training.num_steps} must be a "
+                      f"positive multiple of config.distill.rounds={d.rounds} (each round "
+                      f"trains num_steps / rounds steps)")
+  if int(config.optim.warmup_steps) >= k:
+    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} must be smaller "
+                      f"than the steps per round {k} (each round starts a fresh optimizer, "
+                      f"warm-up included)")
+  if k % int(config.training.steps_per_call):
+    raise ConfigError(f"config.training.steps_per_call={config.training.steps_per_call} must "
+                      f"divide the steps per round {k}")
+
+
+def _check_consistency(config: Config) -> None:
+  """Consistency distillation / training: weighting, metric, index distribution, rho, and the
+  teacher's solver and scales (CD) or the curriculum (CT)."""
+  obj, d = objective(config), config.distill
+  w, m, idx = consistency_options(config)
+  checks.one_of("distill.weighting", w, consistency.WEIGHTINGS)
+  checks.one_of("distill.metric", m, consistency.METRICS)
+  checks.one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
+  checks.positive("distill.rho", d.rho)
+  if obj == "consistency_distillation":
+    checks.one_of("distill.teacher_solver", d.teacher_solver, consistency.TRACED_TEACHERS)
+    checks.int_at_least("distill.num_scales", d.num_scales, 2)
+  else:
+    checks.one_of("distill.curriculum", d.curriculum, CURRICULA)
+    if d.curriculum == "none":
       checks.int_at_least("distill.num_scales", d.num_scales, 2)
     else:
-      checks.one_of("distill.curriculum", d.curriculum, CURRICULA)
-      if d.curriculum == "none":
-        checks.int_at_least("distill.num_scales", d.num_scales, 2)
-      else:
-        s0, s1 = curriculum_bounds(config)
-        checks.from_library("distill.s0 / s1", consistency.max_num_scales,
-                            int(config.training.num_steps), d.curriculum, s0, s1)
+      s0, s1 = curriculum_bounds(config)
+      checks.from_library("distill.s0 / s1", consistency.max_num_scales,
+                          int(config.training.num_steps), d.curriculum, s0, s1)
 
 
 def consistency_options(config: Config) -> Tuple[str, str, str]:
