@@ -413,7 +413,7 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   guided (cfg: a conditional model; classifier: a classifier config of the same forward process
   and data, and a workdir), an interval inside the schedule, an inverse problem only in
   --mode=sample with an observation file and a method that fits its noise."""
-  g, inv = config.guidance, config.inverse
+  g = config.guidance
   one_of("guidance.kind", g.kind, cond_lib.GUIDANCE_KINDS)
   ncls = cond_lib.num_classes(config)
   if g.kind == "cfg" and not ncls:
@@ -445,6 +445,13 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   if g.kind != "none" and g.label == ncls and ncls:
     raise ConfigError(f"config.guidance.label={g.label} is the NULL label: there is no class to "
                       f"guide towards with guidance.kind={g.kind!r}")
+  _check_inverse(config, schedule, mode)
+
+
+def _check_inverse(config: Config, schedule, mode: str) -> None:
+  """inverse.*: a known task; an inverse problem only in --mode=sample, with an observation
+  file and a method that fits its noise."""
+  inv = config.inverse
   one_of("inverse.task", inv.task, cond_lib.INVERSE_TASKS)
   if inv.task == "none":
     return
