@@ -184,3 +184,45 @@ def sample_sharded(sample_fn: Callable, params: PyTree, key: jax.Array, schedule
     if progress is not None:
       progress(first - start + n)
   return np.concatenate(xs, axis=0), info
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+class StopAgreement:
+  """The all-reduce (max) of one int32 per process over all devices, pipelined by one step
+  boundary: ``poll(step, flag, final)`` dispatches this boundary's reduction and returns the
+  previous one's (``final``: this one's, blocking), so the host never waits on the step it just
+  dispatched. Once a non-zero value is agreed, the answer stays (experiments.signals: every
+  process stops at the same step)."""
+
+  def __init__(self):
+    mesh = Mesh(np.array(jax.devices()), ("all",))
+    self._n = mesh.devices.size
+    self._sharding = NamedSharding(mesh, P("all"))
+    self._devices = sorted(self._sharding.addressable_devices, key=lambda d: d.id)
+    self._max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
+    self._pending = None  # the all-reduce dispatched at the previous boundary, not yet read
+    self._step: Optional[int] = None
+    self._value = 0
+
+  def _dispatch(self, flag: int):
+    shards = [jax.device_put(np.full((1,), flag, np.int32), d) for d in self._devices]
+    return self._max(jax.make_array_from_single_device_arrays((self._n,), self._sharding, shards))
+
+  @staticmethod
+  def _read(arr) -> int:
+    return int(np.asarray(arr.addressable_data(0)))
+
+  def poll(self, step: int, flag: int, final: bool) -> int:
+    if step == self._step and not final:
+      return self._value
+    new = self._dispatch(flag)
+    value = self._read(self._pending) if self._pending is not None else 0
+    if final:
+      value, self._pending = max(value, self._read(new)), None
+    else:
+      self._pending = new
+    self._step, self._value = step, max(self._value, value)
+    return self._value

@@ -42,7 +42,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -78,7 +78,7 @@ class RunSignals:
     self._deferred = 0
     self._handled = False
     self._old = {}
-    self._agreement: Optional["_StopAgreement"] = None  # multi-process runs: see agreed_stop
+    self._agreement: Any = None  # a parallel.StopAgreement  # multi-process runs: see agreed_stop
 
   # -- installation ---------------------------------------------------------------------------
 
@@ -126,11 +126,13 @@ class RunSignals:
     a collective. ``final``: the answer including signals recorded up to now (blocks until every
     process has made the same call), for after the last boundary.
     """
-    import jax
-    if jax.process_count() == 1:
+    # Imported here: main.py imports this module before JAX starts (a signal during start-up
+    # gets its one line without a traceback), and JAX takes seconds to import.
+    from diffusion import parallel
+    if parallel.process_count() == 1:
       return self.received
     if self._agreement is None:
-      self._agreement = _StopAgreement()
+      self._agreement = parallel.StopAgreement()
     agreed = self._agreement.poll(int(step), self.received or 0, final)
     if not agreed:
       return None
@@ -146,48 +148,6 @@ class RunSignals:
     self.received = int(signum)
     if self._deferred == 0:
       raise Interrupted(signum, self.phase)
-
-
-class _StopAgreement:
-  """The all-reduce (max) of one int32 per process over all devices, pipelined by one step
-  boundary (see the module docstring). Once a signal is agreed, the answer stays."""
-
-  def __init__(self):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    mesh = Mesh(np.array(jax.devices()), ("all",))
-    self._n = mesh.devices.size
-    self._sharding = NamedSharding(mesh, PartitionSpec("all"))
-    self._devices = sorted(self._sharding.addressable_devices, key=lambda d: d.id)
-    self._max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, PartitionSpec()))
-    self._pending = None  # the all-reduce dispatched at the previous boundary, not yet read
-    self._step: Optional[int] = None
-    self._value = 0
-
-  def _dispatch(self, flag: int):
-    import jax
-    import numpy as np
-    shards = [jax.device_put(np.full((1,), flag, np.int32), d) for d in self._devices]
-    return self._max(jax.make_array_from_single_device_arrays((self._n,), self._sharding, shards))
-
-  @staticmethod
-  def _read(arr) -> int:
-    import numpy as np
-    return int(np.asarray(arr.addressable_data(0)))
-
-  def poll(self, step: int, flag: int, final: bool) -> int:
-    if step == self._step and not final:
-      return self._value
-    new = self._dispatch(flag)
-    value = self._read(self._pending) if self._pending is not None else 0
-    if final:
-      value, self._pending = max(value, self._read(new)), None
-    else:
-      self._pending = new
-    self._step, self._value = step, max(self._value, value)
-    return self._value
 
 
 def exit_on_signal() -> None:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from diffusion import checkpoint
+from diffusion import checkpoint, parallel
 from experiments import signals
 from tests.conftest import popen_main, run_main, wait_for
 
@@ -103,7 +103,7 @@ def test_exit_on_signal_before_a_run(capfd):
 
 def test_agreed_stop_one_process_is_received_and_dispatches_nothing(monkeypatch):
   sig = signals.RunSignals()
-  monkeypatch.setattr(signals, "_StopAgreement", None)  # would fail if it were built
+  monkeypatch.setattr(parallel, "StopAgreement", None)  # would fail if it were built
   assert sig.agreed_stop(1) is None
   sig.received = signal.SIGTERM
   assert sig.agreed_stop(2) == signal.SIGTERM and sig.agreed_stop(2, final=True) == 15
@@ -111,22 +111,21 @@ def test_agreed_stop_one_process_is_received_and_dispatches_nothing(monkeypatch)
 
 def test_stop_agreement_is_pipelined_sticky_and_final_reads_at_once():
   """The all-reduce itself on this process's devices: a boundary reads the previous one's."""
-  a = signals._StopAgreement()
+  a = parallel.StopAgreement()
   assert a.poll(1, 0, False) == 0
   assert a.poll(2, signal.SIGINT, False) == 0  # dispatched here, read at the next boundary
   assert a.poll(2, signal.SIGINT, False) == 0  # same boundary: the same answer, no collective
   assert a.poll(3, 0, False) == signal.SIGINT
   assert a.poll(4, 0, False) == signal.SIGINT  # once agreed, it stays
-  b = signals._StopAgreement()
+  b = parallel.StopAgreement()
   assert b.poll(5, 0, False) == 0
   assert b.poll(5, signal.SIGTERM, True) == signal.SIGTERM  # final: this call's flag counts
 
 
 def test_agreed_stop_of_several_processes_sets_received(monkeypatch):
   """Another process got SIGTERM, this one nothing: the agreed signal becomes this one's."""
-  import jax
-  monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(signals._StopAgreement, "poll",
+  monkeypatch.setattr(parallel, "process_count", lambda: 2)
+  monkeypatch.setattr(parallel.StopAgreement, "poll",
                       lambda self, step, flag, final: 0 if step < 3 else signal.SIGTERM)
   sig = signals.RunSignals()
   assert sig.agreed_stop(2) is None and sig.received is None
