@@ -15,53 +15,75 @@ config flags (its type is NoneType), so each field is a typed placeholder,
 ``--config.sampling.snr=0.1`` sets it to the float 0.1.
 
 Configs are data: this file imports ml_collections only (not the samplers, which would import
-JAX), so the hyper-parameters are the static table ``HYPERPARAMETER_TYPES``.
-tests/test_config_files.py checks that it equals the registry's hyper-parameters and their types
-exactly: a sampler with a new hyper-parameter fails that test, which names the entry to add.
+JAX), so the hyper-parameters ``HYPERPARAMETER_TYPES`` are read from the registered samplers'
+signatures in diffusion/samplers/ with ``ast`` (``hyperparameter_types``): a sampler with a new
+hyper-parameter gets its config field by itself. tests/test_config_files.py checks the table
+against the live registry. (A sampler registered in a user's module, ``config.imports``, takes
+its hyper-parameters' defaults: the config file is built before that module is imported.)
 """
 from __future__ import annotations
 
+import ast
 import math
+import os
 from typing import Dict
 
 import ml_collections
 from ml_collections import config_dict
 
 
-# {hyper-parameter name: type} over all registered samplers (the type of its default; int and
-# float defaults of one name make it float). Checked against diffusion.samplers by
-# tests/test_config_files.py.
-HYPERPARAMETER_TYPES: Dict[str, type] = {
-    "S_churn": float,
-    "S_max": float,
-    "S_min": float,
-    "S_noise": float,
-    "atol": float,
-    "d2_weight": str,
-    "eta": float,
-    "final_denoise": bool,
-    "h_init": float,
-    "lower_order_final": bool,
-    "max_steps": int,
-    "n_corrector": int,
-    "order": int,
-    "predictor": str,
-    "r": float,
-    "rtol": float,
-    "snr": float,
-    "solver": str,
-    "step_size": str,
-    "theta": float,
-    "variables": str,
-    "variance": str,
-    "variant": str,
-    "warmup": bool,
-}
+_SAMPLERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "diffusion", "samplers")
+
+
+def _literal_type(node: ast.expr, where: str) -> type:
+  if isinstance(node, ast.Constant) and type(node.value) in (bool, int, float, str):
+    return type(node.value)
+  if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):  # -1, -0.5
+    return _literal_type(node.operand, where)
+  if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "math":  # math.inf
+    return float
+  if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("float", "int", "str", "bool"):
+    return {"float": float, "int": int, "str": str, "bool": bool}[node.func.id]  # float("inf")
+  raise ValueError(f"{where}: a sampler hyper-parameter's default must be a bool, int, float or "
+                   f"str literal (configs read it without importing the sampler)")
+
+
+def _registers_sampler(fn: ast.FunctionDef) -> bool:
+  return any(isinstance(d, ast.Call) and getattr(d.func, "id", "") == "register_sampler"
+             for d in fn.decorator_list)
 
 
 def hyperparameter_types() -> Dict[str, type]:
-  """{hyper-parameter name: type} over all registered samplers (a copy of the static table)."""
-  return dict(HYPERPARAMETER_TYPES)
+  """{hyper-parameter name: type} over all samplers registered in diffusion/samplers/: the
+  keyword-only arguments (but the registry's common ones) of every function decorated with
+  ``register_sampler``, typed by their default (int and float defaults of one name make it
+  float). Read from the source with ``ast``, so this data file imports neither the samplers nor
+  JAX; tests/test_config_files.py checks it against the live registry."""
+  with open(os.path.join(_SAMPLERS_DIR, "registry.py")) as f:
+    registry = ast.parse(f.read())
+  common = next(ast.literal_eval(n.value) for n in registry.body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", "") == "COMMON_ARGS")
+  types: Dict[str, type] = {}
+  for name in sorted(os.listdir(_SAMPLERS_DIR)):
+    if not name.endswith(".py"):
+      continue
+    with open(os.path.join(_SAMPLERS_DIR, name)) as f:
+      tree = ast.parse(f.read())
+    for fn in ast.walk(tree):
+      if not (isinstance(fn, ast.FunctionDef) and _registers_sampler(fn)):
+        continue
+      for arg, default in zip(fn.args.kwonlyargs, fn.args.kw_defaults):
+        if arg.arg in common or default is None:
+          continue
+        tp = _literal_type(default, f"diffusion/samplers/{name}: {fn.name}({arg.arg}=...)")
+        prev = types.get(arg.arg)
+        types[arg.arg] = float if prev is not None and {prev, tp} == {int, float} else tp
+  return dict(sorted(types.items()))
+
+
+# {hyper-parameter name: type} over all registered samplers, derived from their signatures.
+HYPERPARAMETER_TYPES: Dict[str, type] = hyperparameter_types()
 
 
 def get_config() -> ml_collections.ConfigDict:

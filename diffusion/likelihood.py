@@ -1,6 +1,7 @@
 """Log-likelihood through the probability-flow ODE (Song et al. 2021, score SDE, App. D.2).
 
-The PF-ODE of any schedule, written with the denoiser (DESIGN.md):
+The PF-ODE of any schedule, written with the denoiser (docs/architecture.md, "everything speaks
+(alpha, sigma)"):
 
   dx/dt = v(x, t) = f(t) x - 1/2 g(t)^2 score(x, t),   score = (alpha x0_hat - x) / sigma^2
 

@@ -1,6 +1,6 @@
 """Denoising score matching in any parameterization, with the literature's weightings.
 
-Every loss here is written in x0 space through the denoiser (DESIGN.md):
+Every loss here is written in x0 space through the denoiser (docs/architecture.md):
 
   L = E_{t, x0, eps} [ w(t) * || denoise(alpha x0 + sigma eps, t) - x0 ||^2 ]
 

@@ -652,7 +652,8 @@ SCHEDULES: Dict[str, Type[Schedule]] = {
 
 def get_schedule(name: str, **kwargs) -> Schedule:
   """Builds a schedule by name; unknown names or fields are errors listing what is accepted.
-  'vdm_learned' (diffusion.vdm.LearnedVP) comes unbound: its parameters are the run's."""
+  'vdm_learned' (LearnedVP, this module; its loss is diffusion.vdm) comes unbound: its parameters
+  are the run's."""
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; available: {sorted(SCHEDULES)}")
   cls = SCHEDULES[name]
