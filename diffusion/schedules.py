@@ -650,6 +650,18 @@ SCHEDULES: Dict[str, Type[Schedule]] = {
 }
 
 
+def register_schedule(cls: Type[Schedule]) -> Type[Schedule]:
+  """Class decorator: makes ``get_schedule(cls.name, **fields)`` (and config.sde.name) build
+  ``cls``, a frozen dataclass subclass of Schedule with its own ``name`` (a user's schedule in a
+  file of its own, imported through config.imports)."""
+  if not (isinstance(cls, type) and issubclass(cls, Schedule)):
+    raise ValueError(f"register_schedule takes a Schedule subclass, got {cls!r}")
+  if cls.name in SCHEDULES:
+    raise ValueError(f"schedule {cls.name!r} is registered twice")
+  SCHEDULES[cls.name] = cls
+  return cls
+
+
 def get_schedule(name: str, **kwargs) -> Schedule:
   """Builds a schedule by name; unknown names or fields are errors listing what is accepted.
   'vdm_learned' (LearnedVP, this module; its loss is diffusion.vdm) comes unbound: its parameters

@@ -6,10 +6,25 @@ import pytest
 
 from diffusion import schedules as S
 
-ALL = [S.VP(), S.SubVP(), S.VPCosine(), S.VE(), S.EDM(), S.RectifiedFlow(),
-       S.VE(sigma_min=0.002, sigma_max=80.0), S.VP(beta_min=0.5, beta_max=10.0),
-       S.DiscreteVP(t_min=1.37e-3), S.DiscreteVP(t_min=2.3e-3, beta_schedule="squaredcos_cap_v2",
-                                                t_max=0.9986)]
+
+
+def _registered(name):
+  """Every registered schedule with its default fields (a learned one bound to its initial
+  parameters): a schedule registered with ``register_schedule`` is checked by these tests."""
+  sched = S.get_schedule(name)
+  if sched.learned:
+    sched = sched.bind(jax.tree_util.tree_map(np.asarray,
+                                              sched.init_params(jax.random.PRNGKey(0))))
+  return sched
+
+
+# A discrete-time schedule (DDPM's) is piecewise between its steps: it is checked below at t_min
+# values on its step grid, not at its defaults.
+ALL = [_registered(n) for n in sorted(S.SCHEDULES)
+       if not hasattr(S.SCHEDULES[n], "discrete_index")] + [
+    S.VE(sigma_min=0.002, sigma_max=80.0), S.VP(beta_min=0.5, beta_max=10.0),
+    S.DiscreteVP(t_min=1.37e-3), S.DiscreteVP(t_min=2.3e-3, beta_schedule="squaredcos_cap_v2",
+                                             t_max=0.9986)]
 IDS = [f"{s.name}-{i}" for i, s in enumerate(ALL)]
 
 
