@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.losses import loss_weight
+from diffusion.losses import TimeSampling, loss_weight
 from diffusion.schedules import Schedule, _bcast, check_int, check_time_range
 
 Array = Any
@@ -235,9 +235,10 @@ def make_loss_fn(teacher_denoise: Denoiser, num_student_steps: int, *,
 
   def loss_fn(denoise, x0, key, schedule, *, weighting="truncated_snr",
               time_sampling="uniform", cond=None):
-    if time_sampling != "uniform":
+    method = TimeSampling.of(time_sampling).method
+    if method != "uniform":
       raise ValueError(f"progressive distillation samples t uniformly on the student's grid "
-                       f"of {n} steps: time_sampling must be 'uniform', got {time_sampling!r}")
+                       f"of {n} steps: time_sampling must be 'uniform', got {method!r}")
     if weighting not in WEIGHTINGS:
       raise ValueError(f"unknown distillation weighting {weighting!r} (StepConfig.weighting); "
                        f"available: {WEIGHTINGS}")

@@ -45,7 +45,8 @@ true posterior p(y | x_t), and its minimum the conditional entropy E_t H(Y | X_t
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+import dataclasses
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -97,50 +98,78 @@ def unit_uniforms(key, batch: int, method: str) -> Array:
                    f"antithetic")
 
 
-def sample_times(key, batch: int, schedule: Schedule, method: str = "uniform", *,
-                 t_min: Optional[float] = None, t_max: Optional[float] = None,
-                 p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
-                 logit_std: float = 1.0) -> Array:
-  """Training times t (batch,) in [t_min, t_max] drawn by ``method`` (module docstring).
+@dataclasses.dataclass(frozen=True)
+class TimeSampling:
+  """How a loss draws its training times (module docstring): ``method`` (TIME_SAMPLINGS) on
+  [t_min, t_max] (None: the schedule's), with p_mean / p_std for 'lognormal' (EDM's P_mean,
+  P_std) and logit_mean / logit_std for 'logit_normal' (SD3's m, s; its default m = 0, s = 1),
+  which needs a time range inside [0, 1]. One value passed through ``dsm_loss``,
+  ``classifier_loss`` and ``noisy_batch``; ``TimeSampling.of(method, **options)`` splits its
+  fields out of a loss's options (config.training.loss_opts)."""
+  method: str = "uniform"
+  t_min: Optional[float] = None
+  t_max: Optional[float] = None
+  p_mean: float = -1.2
+  p_std: float = 1.2
+  logit_mean: float = 0.0
+  logit_std: float = 1.0
 
-  p_mean / p_std: 'lognormal' (EDM's P_mean, P_std); logit_mean / logit_std: 'logit_normal'
-  (SD3's m, s; its default m = 0, s = 1), which needs a time range inside [0, 1].
-  """
-  lo = schedule.t_min if t_min is None else t_min
-  hi = schedule.t_max if t_max is None else t_max
-  if method in ("uniform", "stratified", "antithetic"):
-    u = unit_uniforms(key, batch, method)
-  elif method == "logsnr":
-    lam_hi, lam_lo = schedule.logsnr(float(lo)), schedule.logsnr(float(hi))
-    u = unit_uniforms(key, batch, "stratified")
-    return jnp.clip(schedule.t_from_logsnr(lam_lo + (lam_hi - lam_lo) * u), lo, hi)
-  elif method == "lognormal":
-    log_sigma = p_mean + p_std * jax.random.normal(key, (batch,))
-    t = schedule.t_from_logsnr(-2.0 * log_sigma)
-    return jnp.clip(t, lo, hi)
-  elif method == "logit_normal":
-    if not 0.0 <= float(lo) < float(hi) <= 1.0:
-      raise ValueError(f"time sampling 'logit_normal' draws t = sigmoid(...) in (0, 1) and needs "
-                       f"0 <= t_min < t_max <= 1, got t_min={lo}, t_max={hi} (schedule "
-                       f"{schedule.name!r}); use 'lognormal' or 'logsnr' for other time ranges")
-    t = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, (batch,)))
-    return jnp.clip(t, lo, hi)
-  else:
-    raise ValueError(f"unknown time sampling {method!r}; available: {TIME_SAMPLINGS}")
-  return lo + (hi - lo) * u
+  def __post_init__(self):
+    if self.method not in TIME_SAMPLINGS:
+      raise ValueError(f"unknown time sampling {self.method!r}; available: {TIME_SAMPLINGS}")
+
+  @classmethod
+  def of(cls, times: Union[str, "TimeSampling"], **options) -> "TimeSampling":
+    """``times`` itself, or the TimeSampling of method ``times`` with ``options``' fields."""
+    if isinstance(times, TimeSampling):
+      if options:
+        raise ValueError(f"options {sorted(options)} given next to a TimeSampling {times}")
+      return times
+    return cls(times, **options)
+
+  def draw(self, key, batch: int, schedule: Schedule) -> Array:
+    """Training times t (batch,) in [t_min, t_max]."""
+    lo = schedule.t_min if self.t_min is None else self.t_min
+    hi = schedule.t_max if self.t_max is None else self.t_max
+    method = self.method
+    if method in ("uniform", "stratified", "antithetic"):
+      u = unit_uniforms(key, batch, method)
+    elif method == "logsnr":
+      lam_hi, lam_lo = schedule.logsnr(float(lo)), schedule.logsnr(float(hi))
+      u = unit_uniforms(key, batch, "stratified")
+      return jnp.clip(schedule.t_from_logsnr(lam_lo + (lam_hi - lam_lo) * u), lo, hi)
+    elif method == "lognormal":
+      log_sigma = self.p_mean + self.p_std * jax.random.normal(key, (batch,))
+      t = schedule.t_from_logsnr(-2.0 * log_sigma)
+      return jnp.clip(t, lo, hi)
+    else:  # 'logit_normal'
+      if not 0.0 <= float(lo) < float(hi) <= 1.0:
+        raise ValueError(f"time sampling 'logit_normal' draws t = sigmoid(...) in (0, 1) and "
+                         f"needs 0 <= t_min < t_max <= 1, got t_min={lo}, t_max={hi} (schedule "
+                         f"{schedule.name!r}); use 'lognormal' or 'logsnr' for other time ranges")
+      t = jax.nn.sigmoid(self.logit_mean + self.logit_std * jax.random.normal(key, (batch,)))
+      return jnp.clip(t, lo, hi)
+    return lo + (hi - lo) * u
 
 
-def noisy_batch(key, x0: Array, schedule: Schedule, time_sampling: str, *,
-                t_min: Optional[float] = None, t_max: Optional[float] = None,
-                p_mean: float = -1.2, p_std: float = 1.2, logit_mean: float = 0.0,
-                logit_std: float = 1.0, noise: Optional[Array] = None) -> Tuple[Array, Array]:
-  """(t (B,), x_t = alpha_t x0 + sigma_t eps (B, ...)): times drawn by ``sample_times`` and one
+# The option names a TimeSampling takes besides its method (loss options, loss_opts).
+TIME_SAMPLING_OPTIONS = tuple(f.name for f in dataclasses.fields(TimeSampling))[1:]
+
+
+def sample_times(key, batch: int, schedule: Schedule,
+                 times: Union[str, TimeSampling] = "uniform", **options) -> Array:
+  """Training times t (batch,) drawn by ``times``: a TimeSampling, or a method name with
+  ``options`` (TimeSampling's fields: t_min, t_max, p_mean, ...)."""
+  return TimeSampling.of(times, **options).draw(key, batch, schedule)
+
+
+def noisy_batch(key, x0: Array, schedule: Schedule, times: Union[str, TimeSampling], *,
+                noise: Optional[Array] = None) -> Tuple[Array, Array]:
+  """(t (B,), x_t = alpha_t x0 + sigma_t eps (B, ...)): times drawn by ``times`` and one
   Gaussian draw per example, from the two halves of ``key``; ``noise`` (B, ...), if given, is
   eps instead (a coupling of noise and data, as reflow's pairs)."""
   kt, ke = jax.random.split(key)
-  t = sample_times(kt, x0.shape[0], schedule, time_sampling, t_min=t_min, t_max=t_max,
-                   p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
-                   logit_std=logit_std).astype(x0.dtype)
+  t = TimeSampling.of(times).draw(kt, x0.shape[0], schedule).astype(x0.dtype)
   if noise is None:
     eps = jax.random.normal(ke, x0.shape, x0.dtype)
   elif noise.shape != x0.shape:
@@ -156,21 +185,16 @@ def dsm_loss(denoise: Callable[..., Array],
              schedule: Schedule,
              *,
              weighting: str = "eps",
-             time_sampling: str = "uniform",
+             time_sampling: Union[str, TimeSampling] = "uniform",
              cond: Optional[Array] = None,
-             t_min: Optional[float] = None,
-             t_max: Optional[float] = None,
-             p_mean: float = -1.2,
-             p_std: float = 1.2,
-             logit_mean: float = 0.0,
-             logit_std: float = 1.0,
              sigma_data: float = 0.5,
              min_snr_gamma: float = 5.0,
              reduce: str = "mean",
              noise: Optional[Array] = None) -> Tuple[Array, Dict[str, Array]]:
   """Monte Carlo estimate of the weighted denoising loss on a batch x0 (B, ...).
 
-  Returns (scalar loss, aux) with aux['per_example'] (B,) and aux['t'] (B,). ``reduce`` picks the
+  ``time_sampling``: how t is drawn (a ``TimeSampling``, or a method name with its default
+  options). Returns (scalar loss, aux) with aux['per_example'] (B,) and aux['t'] (B,). ``reduce`` picks the
   mean or the sum of the squared error over the non-batch axes. ``noise`` (B, ...): the eps paired
   with each x0 instead of a fresh draw (reflow: (noise, sample) pairs of a trained flow, Liu et
   al. 2023, eq. 6, train the next flow on x_t = alpha x0 + sigma noise).
@@ -179,8 +203,7 @@ def dsm_loss(denoise: Callable[..., Array],
     raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
   if weighting not in WEIGHTINGS:
     raise ValueError(f"unknown weighting {weighting!r}; available: {WEIGHTINGS}")
-  t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                      p_std=p_std, logit_mean=logit_mean, logit_std=logit_std, noise=noise)
+  t, xt = noisy_batch(key, x0, schedule, time_sampling, noise=noise)
   x0_hat = denoise(xt, t, cond)
   logvar = None
   if weighting in UNCERTAINTY_WEIGHTINGS:
@@ -228,17 +251,12 @@ def classifier_loss(logits_fn: Callable[[Array, Array], Array],
                     key,
                     schedule: Schedule,
                     *,
-                    time_sampling: str = "uniform",
-                    t_min: Optional[float] = None,
-                    t_max: Optional[float] = None,
-                    p_mean: float = -1.2,
-                    p_std: float = 1.2,
-                    logit_mean: float = 0.0,
-                    logit_std: float = 1.0) -> Tuple[Array, Dict[str, Array]]:
+                    time_sampling: Union[str, TimeSampling] = "uniform"
+                    ) -> Tuple[Array, Dict[str, Array]]:
   """Cross-entropy of a noise-conditional classifier on noisy data (module docstring).
 
   L = E_{t, (x0, y), eps} [ -log softmax(logits_fn(alpha_t x0 + sigma_t eps, t))_y ],
-  t ~ ``sample_times(time_sampling, t_min, t_max, p_mean, p_std, logit_mean, logit_std)``.
+  t drawn by ``time_sampling`` (a ``TimeSampling``, or a method name).
 
   Args:
     logits_fn: (x_t (B, ...), t (B,)) -> logits (B, C); the caller maps x_t, t to the network's
@@ -253,11 +271,9 @@ def classifier_loss(logits_fn: Callable[[Array, Array], Array],
                      f"{labels.shape}")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-  if time_sampling not in TIME_SAMPLINGS:
-    raise ValueError(f"unknown time sampling {time_sampling!r}; available: {TIME_SAMPLINGS}")
+  time_sampling = TimeSampling.of(time_sampling)
   b = x0.shape[0]
-  t, xt = noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max, p_mean=p_mean,
-                      p_std=p_std, logit_mean=logit_mean, logit_std=logit_std)
+  t, xt = noisy_batch(key, x0, schedule, time_sampling)
   logits = logits_fn(xt, t)
   if logits.ndim != 2 or logits.shape[0] != b:
     raise ValueError(f"logits_fn must return logits of shape ({b}, num_classes), got "

@@ -69,8 +69,8 @@ def test_loss_of_the_bayes_classifier_is_the_conditional_entropy(t):
   h = conditional_entropy(t)
   with jax.enable_x64(True):
     x0, y = _labelled(20_000)
-    loss, aux = L.classifier_loss(exact_logits, x0, y, jax.random.PRNGKey(1), VP, t_min=t,
-                                  t_max=t)
+    loss, aux = L.classifier_loss(exact_logits, x0, y, jax.random.PRNGKey(1), VP,
+                                  time_sampling=L.TimeSampling(t_min=t, t_max=t))
     per = np.asarray(aux["per_example"])
   np.testing.assert_allclose(np.asarray(aux["t"]), t)
   se = per.std() / np.sqrt(len(per))

@@ -377,7 +377,8 @@ def test_edm2_loss_with_the_exact_denoiser_is_minimised_at_log_of_the_expected_e
       def loss_at(u, key=jax.random.PRNGKey(1)):
         den = lambda x, t, cond=None: (gm.denoise(x, t, schedule=sched),
                                        jnp.full((x.shape[0],), u, x.dtype))
-        return losses.dsm_loss(den, x0, key, sched, weighting="edm2", t_min=s, t_max=s,
+        return losses.dsm_loss(den, x0, key, sched, weighting="edm2",
+                               time_sampling=losses.TimeSampling(t_min=s, t_max=s),
                                sigma_data=sd)
 
       value, aux = loss_at(math.log(exact))

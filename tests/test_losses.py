@@ -25,7 +25,7 @@ def test_exact_denoiser_minimises_the_loss(weighting, sched):
       plain = den
       den = lambda x, t, c=None: (plain(x, t), jnp.full((x.shape[0],), 0.5, x.dtype))
     return L.dsm_loss(den, x0, jax.random.PRNGKey(1), sched, weighting=weighting,
-                      time_sampling=ts, t_min=sched.t_min * 5)[0]
+                      time_sampling=L.TimeSampling(ts, t_min=sched.t_min * 5))[0]
 
   l0 = loss_at(0.0)
   assert loss_at(0.05) > l0 and loss_at(-0.05) > l0

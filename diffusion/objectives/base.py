@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 
+from diffusion import losses
 from diffusion.config_checks import ConfigError
 from diffusion.parameterization import Parameterization
 from diffusion.schedules import Schedule
@@ -132,10 +133,14 @@ class Objective:
     raise NotImplementedError
 
   def loss_option_names(self) -> Sequence[str]:
-    """The keywords config.training.loss_opts may set (the step sets the others)."""
-    params = inspect.signature(self.loss_function()).parameters.values()
-    return sorted(p.name for p in params
-                  if p.kind == p.KEYWORD_ONLY and p.name not in STEP_SET_LOSS_ARGS)
+    """The keywords config.training.loss_opts may set: the library loss's own (the step sets
+    the others) and, for a loss drawing times by a ``losses.TimeSampling``, its options."""
+    params = inspect.signature(self.loss_function()).parameters
+    names = {n for n, p in params.items()
+             if p.kind == p.KEYWORD_ONLY and n not in STEP_SET_LOSS_ARGS}
+    if "time_sampling" in params:
+      names |= set(losses.TIME_SAMPLING_OPTIONS)
+    return sorted(names)
 
   # -- teacher -----------------------------------------------------------------------------
   def needs_teacher(self, config) -> bool:
@@ -185,6 +190,14 @@ class Objective:
 
   def __repr__(self) -> str:
     return f"<objective {self.name!r}>"
+
+
+def time_sampling_of(step) -> Tuple[losses.TimeSampling, Dict[str, Any]]:
+  """(the ``losses.TimeSampling`` of a ``StepConfig``: its time_sampling method with the
+  TimeSampling options of its loss_opts, the other loss options)."""
+  opts = dict(step.loss_opts)
+  times = {k: opts.pop(k) for k in losses.TIME_SAMPLING_OPTIONS if k in opts}
+  return losses.TimeSampling.of(step.time_sampling, **times), opts
 
 
 # Loss keywords the train step sets itself (not config.training.loss_opts).

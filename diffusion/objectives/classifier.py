@@ -9,7 +9,7 @@ from typing import Callable
 
 from diffusion import losses
 from diffusion.networks import make_logits_fn
-from diffusion.objectives.base import LossContext, LossFn, Objective, register
+from diffusion.objectives.base import LossContext, LossFn, Objective, register, time_sampling_of
 
 
 @register
@@ -24,7 +24,7 @@ class Classifier(Objective):
   def make_loss(self, ctx: LossContext) -> LossFn:
     cfg, schedule, param = ctx.step, ctx.schedule, ctx.param
     library_loss = ctx.loss_fn or losses.classifier_loss
-    opts = dict(cfg.loss_opts)
+    times, opts = time_sampling_of(cfg)
 
     def loss(net, batch, key, context=None):
       del context
@@ -32,7 +32,7 @@ class Classifier(Objective):
         raise ValueError("objective 'classifier' needs the class labels batch['label'] (B,); "
                          f"the batch has only {sorted(batch)}")
       return library_loss(make_logits_fn(net, schedule, param), batch["x"], batch["label"],
-                          key, schedule, time_sampling=cfg.time_sampling, **opts)
+                          key, schedule, time_sampling=times, **opts)
 
     return loss
 

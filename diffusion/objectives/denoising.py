@@ -15,7 +15,7 @@ from typing import Callable
 
 from diffusion import losses
 from diffusion.models import capabilities
-from diffusion.objectives.base import LossContext, LossFn, Objective, register
+from diffusion.objectives.base import LossContext, LossFn, Objective, register, time_sampling_of
 from diffusion.parameterization import make_denoiser
 from diffusion.vdm import vdm_loss
 
@@ -33,7 +33,7 @@ def denoising_loss(ctx: LossContext, library_loss: Callable) -> LossFn:
   """loss(net, batch, key, context) of ``library_loss`` (dsm_loss's signature) on the network's
   denoiser, in the form the schedule and weighting ask for (module docstring)."""
   cfg, schedule, param = ctx.step, ctx.schedule, ctx.param
-  opts = dict(cfg.loss_opts)
+  times, opts = time_sampling_of(cfg)
   uncertainty = cfg.weighting in losses.UNCERTAINTY_WEIGHTINGS
   if uncertainty:
     check_logvar_output(cfg.weighting, ctx.net)
@@ -49,14 +49,14 @@ def denoising_loss(ctx: LossContext, library_loss: Callable) -> LossFn:
                               x_in, c, cond_)
 
       return vdm_loss(net_fn, tree, schedule, param, batch["x"], key, cond=cond,
-                      time_sampling=cfg.time_sampling, **opts)
+                      time_sampling=times.method, t_min=times.t_min, t_max=times.t_max, **opts)
     if uncertainty:  # 'edm2': the network also returns u(sigma)
       denoise = losses.make_uncertainty_denoiser(net.with_logvar, schedule, param)
     else:
       denoise = make_denoiser(net, schedule, param)
     extra = {"noise": batch["noise"]} if "noise" in batch else {}
     return library_loss(denoise, batch["x"], key, schedule, weighting=cfg.weighting,
-                        time_sampling=cfg.time_sampling, cond=cond, **opts, **extra)
+                        time_sampling=times, cond=cond, **opts, **extra)
 
   return loss
 

@@ -10,14 +10,15 @@ import jax.numpy as jnp
 
 from diffusion import losses
 from diffusion.objectives import LossContext, Objective, register
+from diffusion.objectives.base import time_sampling_of
 from diffusion.parameterization import make_denoiser
 
 
-def l1_loss(denoise, x0, key, schedule, *, time_sampling="uniform", cond=None, t_min=None,
-            t_max=None):
-  """(mean |x0_hat - x0|, aux) at times of ``losses.sample_times``; aux 'l1_at_t_max' (the
-  per-example error of the batch's noisiest example)."""
-  t, x_t = losses.noisy_batch(key, x0, schedule, time_sampling, t_min=t_min, t_max=t_max)
+def l1_loss(denoise, x0, key, schedule, *, time_sampling="uniform", cond=None):
+  """(mean |x0_hat - x0|, aux) at times drawn by ``time_sampling`` (a ``losses.TimeSampling``
+  or a method name); aux 'l1_at_t_max' (the per-example error of the batch's noisiest
+  example)."""
+  t, x_t = losses.noisy_batch(key, x0, schedule, time_sampling)
   err = jnp.mean(jnp.abs(denoise(x_t, t, cond) - x0).reshape(x0.shape[0], -1), axis=-1)
   return jnp.mean(err), {"l1_at_t_max": err[jnp.argmax(t)]}
 
@@ -31,12 +32,12 @@ class X0L1(Objective):
 
   def make_loss(self, ctx: LossContext):
     cfg, schedule, param = ctx.step, ctx.schedule, ctx.param
-    opts = dict(cfg.loss_opts)
+    times, opts = time_sampling_of(cfg)  # time sampling with its loss_opts (t_min, p_mean...)
 
     def loss(net, batch, key, context=None):
       cond = batch.get("label") if cfg.conditional else None
       return l1_loss(make_denoiser(net, schedule, param), batch["x"], key, schedule,
-                     time_sampling=cfg.time_sampling, cond=cond, **opts)
+                     time_sampling=times, cond=cond, **opts)
 
     return loss
 
