@@ -24,7 +24,7 @@ Config = ml_collections.ConfigDict
 
 def _sample_fn(s: Setup, plan: conditioning.Plan) -> Callable:
   """((params, aux), key, x_T, offset) -> (x0, info): the config's sampler on the network's
-  denoiser (computing in sampling.compute_dtype, ``build.denoiser``) wrapped by the plan's
+  denoiser (computing in sampling.compute_dtype, ``networks.eval_denoiser``) wrapped by the plan's
   transformers, conditioned on the plan's cond of the batch's samples offset .. offset + B - 1.
   The one place sample, eval, sweep and pairs build their sampling denoiser."""
   sampler = build.sampler(s.config, s.schedule)
