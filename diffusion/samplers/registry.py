@@ -176,14 +176,8 @@ def register_sampler(name: str,
   return wrap(fn) if fn is not None else wrap
 
 
-def _import_all():
-  # Importing the family modules registers their samplers.
-  from diffusion.samplers import consistency, dpm_solver, multistep, ode, sde  # noqa: F401
-
-
 def sampler_info(name: str) -> SamplerInfo:
   """The metadata of sampler ``name``; unknown names raise ValueError listing registered ones."""
-  _import_all()
   if name not in _REGISTRY:
     raise ValueError(f"unknown sampler {name!r}; registered samplers: {sorted(_REGISTRY)}")
   return _REGISTRY[name]
@@ -196,7 +190,6 @@ def get_sampler(name: str) -> SamplerFn:
 
 def registered_samplers() -> List[str]:
   """Sorted names of all registered samplers."""
-  _import_all()
   return sorted(_REGISTRY)
 
 
