@@ -17,6 +17,7 @@ from experiments import cli, signals
 from diffusion.config_checks import ConfigError
 
 _FLAGS = cli.define_flags()
+flags.adopt_module_key_flags(cli)  # --helpshort lists them as this program's flags
 
 
 def main(argv: Sequence[str]) -> None:

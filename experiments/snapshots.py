@@ -52,7 +52,8 @@ def _leaf_names(tree: PyTree) -> List[str]:
 
 def _write_new(path: str, arrays: Dict[str, np.ndarray]) -> bool:
   """Writes an npz atomically unless ``path`` exists; True if written. The data is fsynced
-  under a temporary name, then hard-linked to ``path`` (fails if it exists: never overwrites)."""
+  under a temporary name, then hard-linked to ``path`` (fails if it exists: never overwrites;
+  ``diffusion.io_utils.atomic_write`` replaces, which a snapshot must not)."""
   d = os.path.dirname(path)
   tmp = os.path.join(d, f".tmp.{os.getpid()}.{os.path.basename(path)}")  # ends in .npz
   try:

@@ -15,7 +15,6 @@ Writes ``eval/sweep_step_<step>.json`` (every finished cell, rewritten atomicall
 an interrupted sweep resumes from the finished cells) and ``eval/sweep_step_<step>.md`` (the
 table). The other sampler settings (grid, t_min, hyper-parameters) are the config's.
 """
-
 from __future__ import annotations
 
 import dataclasses

@@ -28,13 +28,12 @@ whenever training.ema_snapshot_every steps are crossed (never overwriting a snap
 Non-finite steps under the 'skip' policy: more than training.max_consecutive_skips in a row stop
 the run (NonFiniteError); the end of a run prints ``skipped N of M steps (non-finite)``.
 """
-
 from __future__ import annotations
 
 import contextlib
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import jax
 import ml_collections
@@ -323,7 +322,7 @@ class _Loop:
     self.ckpt.save(at, self.state, {"step": at, "experiment": self.config.experiment})
 
 
-def _restore_with_teacher(s: Setup, ckpt: checkpoint.Checkpointer):
+def _restore_with_teacher(s: Setup, ckpt: checkpoint.Checkpointer) -> Tuple[Any, int, Any]:
   """(state, step, fixed teacher): the restored or fresh state (a few-step run's teacher
   restored when needed) and the start-up lines; the fixed teacher of consistency distillation
   ((its Setup, its params), passed to every step) or None."""
@@ -342,7 +341,7 @@ def _restore_with_teacher(s: Setup, ckpt: checkpoint.Checkpointer):
   return state, step, teacher.fixed()
 
 
-def _round_boundaries(s: Setup) -> Tuple[set, Optional[Callable]]:
+def _round_boundaries(s: Setup) -> Tuple[Set[int], Optional[Callable]]:
   """(the steps where a round starts, the jitted ``Objective.begin_round``); an empty set and
   None for an objective without rounds (all but progressive distillation)."""
   boundaries = set(s.objective.round_boundaries(s.config))
