@@ -192,7 +192,8 @@ def check_objective(config: Config, mode: str) -> None:
                 == param]
   if trained_by and required != param:
     raise ConfigError(f"config.model.parameterization={param!r} is trained by the objectives "
-                      f"{trained_by}, not config.training.objective={obj!r}")
+                      f"{' or '.join(repr(n) for n in trained_by)}, not "
+                      f"config.training.objective={obj!r}")
   if config.model.conditional and not objective.supports_conditional:
     raise ConfigError(f"config.training.objective={obj!r} trains unconditional networks; set "
                       f"config.model.conditional=False")

@@ -42,7 +42,7 @@ def test_unknown_section_lists_the_sections():
   msg = _message(["trainig.num_steps"])
   assert "did you mean: training.num_steps" in msg
   assert "config sections: data, debug, distill, eval, guidance" in msg
-  assert "top-level fields: experiment, seed" in msg
+  assert "top-level fields: experiment, imports, seed" in msg
   assert "training.num_steps\n" not in msg and "valid keys of" not in msg  # no key listing
 
 

@@ -59,22 +59,22 @@ class ConsistencyDistillation(_Consistency):
   teacher_per_step = True
 
   def make_loss(self, ctx: LossContext) -> LossFn:
+    if ctx.loss_fn is not None:
+      return self.custom_loss(ctx)
     config = ctx.require_config(self.name)
     d = config.distill
     w, m, idx = self.options(config)
     dtype = jnp_compute_dtype(config.training.compute_dtype)
     t = ctx.teacher
-    if t is None and ctx.loss_fn is None:
+    if t is None:
       raise ValueError("objective 'consistency_distillation' needs its teacher's "
                        "LossContext(teacher=TeacherModel(net, param, schedule))")
-    teacher_of = None if t is None else frozen_denoiser_of(t.net, t.param, t.schedule, dtype)
+    teacher_of = frozen_denoiser_of(t.net, t.param, t.schedule, dtype)
     solver, n_scales, rho = d.teacher_solver, int(d.num_scales), float(d.rho)
     sched, param = ctx.schedule, ctx.param
 
     def loss(net, batch, key, context):
       denoise = make_denoiser(net, sched, param)
-      if ctx.loss_fn is not None:
-        return ctx.loss_fn(denoise, batch["x"], key, context)
       step = consistency.traced_teacher_step(solver, sched, teacher_of(context["teacher"]))
       return consistency.consistency_distillation_loss(
           denoise, None, step, batch["x"], key, sched, n_scales, rho=rho,
@@ -105,6 +105,8 @@ class ConsistencyTraining(_Consistency):
     return False
 
   def make_loss(self, ctx: LossContext) -> LossFn:
+    if ctx.loss_fn is not None:
+      return self.custom_loss(ctx)
     config = ctx.require_config(self.name)
     d = config.distill
     w, m, idx = self.options(config)
@@ -118,8 +120,6 @@ class ConsistencyTraining(_Consistency):
 
     def loss(net, batch, key, context):
       denoise = make_denoiser(net, sched, param)
-      if ctx.loss_fn is not None:
-        return ctx.loss_fn(denoise, batch["x"], key, context)
       n = fixed if fixed is not None else consistency.traced_num_scales(
           context["step"], total, d.curriculum, s0, s1)
       return consistency.consistency_training_loss(

@@ -45,6 +45,8 @@ class ProgressiveDistillation(StudentObjective):
     return True
 
   def make_loss(self, ctx: LossContext) -> LossFn:
+    if ctx.loss_fn is not None:
+      return self.custom_loss(ctx)
     config = ctx.require_config(self.name)
     n = round_student_steps(config, ctx.round_index)
     dtype = jnp_compute_dtype(config.training.compute_dtype)
@@ -54,8 +56,6 @@ class ProgressiveDistillation(StudentObjective):
 
     def loss(net, batch, key, context):
       denoise = make_denoiser(net, sched, param)
-      if ctx.loss_fn is not None:
-        return ctx.loss_fn(denoise, batch["x"], key, context)
       return distillation.progressive_distillation_loss(
           denoise, teacher_of(context["teacher"]), batch["x"], key, sched, n,
           weighting=weighting)

@@ -10,7 +10,8 @@ import ml_collections
 
 from diffusion import losses
 from diffusion.config_checks import ConfigError
-from diffusion.objectives.base import DEFAULT, Objective, get, names
+from diffusion.objectives.base import DEFAULT, LossContext, LossFn, Objective, get, names
+from diffusion.parameterization import make_denoiser
 
 
 def _plain(v: Any) -> Any:
@@ -29,6 +30,16 @@ class StudentObjective(Objective):
 
   def needs_teacher(self, config) -> bool:
     return True
+
+  def custom_loss(self, ctx: LossContext) -> LossFn:
+    """The loss of ``ctx.loss_fn(denoise, x0, key, context)`` on the student's denoiser (a
+    student loss given from Python; it reads no config)."""
+    sched, param, loss_fn = ctx.schedule, ctx.param, ctx.loss_fn
+
+    def loss(net, batch, key, context):
+      return loss_fn(make_denoiser(net, sched, param), batch["x"], key, context)
+
+    return loss
 
   def loss_function(self) -> Callable:
     """The students' losses are configured by config.distill and read no training.loss_opts;
