@@ -330,7 +330,9 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   s, params, restored = restore_params(config, workdir, step=step)
   plan = conditioning.plan(config, s, "eval")
   res = results.output(config, "eval", restored, plan.classifier_step)
-  done = evaluated(workdir, res)  # checked already unless the step or the classifier's was new
+  # _run checked this already, unless the step (the newest) or the classifier's step (in the
+  # name) was known only after the restore.
+  done = evaluated(workdir, res)
   if done is not None:
     return done
   step, here = restored, results.eval_dir(workdir, res)
