@@ -221,7 +221,7 @@ def classifier_metrics(s, params) -> Dict[str, Any]:
   return metrics
 
 
-# -- TensorBoard ----------------------------------------------------------------------------------
+# -- TensorBoard ---------------------------------------------------------------------------------
 
 
 def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:

@@ -35,10 +35,12 @@ def _sample(runs, **overrides):
 
 
 def _named(out, runs, tag=""):
-  """``out`` is samples/<sampler>_n<steps>_<grid>[_<tag>]_step<N>_<hash> (experiments/results.py)."""
+  """``out`` is samples/<sampler>_n<steps>_<grid>[_<tag>]_step<N>_<hash>
+  (experiments/results.py)."""
   head = "heun_n8_karras_" + (f"{tag}_" if tag else "") + "step20_"
+  name = os.path.basename(out)
   return (os.path.dirname(out) == os.path.join(runs["cond"], "samples")
-          and os.path.basename(out).startswith(head) and len(os.path.basename(out)) == len(head) + 8)
+          and name.startswith(head) and len(name) == len(head) + 8)
 
 
 def _npz(out):

@@ -1,7 +1,8 @@
 """A sampler that fails on purpose (tests/test_results.py): Euler on the PF-ODE, then NaN for
 every sample of even index, so a run of N samples holds exactly ceil(N / 2) non-finite ones.
 
-Imported only by the driver in a subprocess (``--config.imports="('tests.user_modules.nan_sampler',)"
+Imported only by the driver in a subprocess
+(``--config.imports="('tests.user_modules.nan_sampler',)"
 --config.sampling.sampler=nan_every_other``): importing it into a test process would add it to
 the registry every sampler test walks.
 """
