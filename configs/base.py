@@ -176,11 +176,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   # Which checkpoints --mode=eval evaluates: eval.step (None: the newest), or with
-  # all_checkpoints=True every one in turn; steps with eval/step_<step>/metrics.json are skipped.
+  # all_checkpoints=True every one in turn; a step evaluated with the same settings (its
+  # eval/step_<step>/<name>/metrics.json, experiments/results.py) is skipped.
   c.eval.step = config_dict.placeholder(int)
   c.eval.all_checkpoints = False
   c.eval.num_samples = 10_000  # samples compared with held-out data (SW, MMD)
-  c.eval.shard_size = 1_000  # samples per file eval/step_<step>/samples/shard_<k>.npz
+  c.eval.shard_size = 1_000  # samples per file eval/step_<step>/<name>/samples/shard_<k>.npz
   c.eval.nll_points = 2_000  # held-out points whose NLL is computed with the PF-ODE
   c.eval.nll_batch_size = 1_000
   c.eval.divergence = "exact"  # 'exact' | 'hutchinson'

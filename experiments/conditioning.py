@@ -10,7 +10,9 @@ config.guidance and config.inverse once, before anything is compiled, and return
     (labels: i mod num_classes when cycling; observation: i mod num_observations);
   * ``transform(denoise, aux)``: the network's denoiser wrapped by the configured transformers
     (classifier-free or classifier guidance, then the inverse problem's method);
-  * ``tag``: the folder under <workdir>/samples/ the results go to ('' for plain sampling).
+  * ``tag``: the readable name of the conditioning ('' for plain sampling), part of the name of
+    the run's results (``experiments.results.output``);
+  * ``classifier_step``: the restored checkpoint step of classifier guidance's classifier.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class Plan:
   aux: Any = None
   transforms: tuple = ()
   observations: Optional[Dict[str, np.ndarray]] = None
+  classifier_step: Optional[int] = None
 
   @property
   def conditional(self) -> bool:
@@ -247,10 +250,10 @@ def _fmt(v: float) -> str:
 
 
 def tag(config: Config, mode: str = "sample") -> str:
-  """The name of a run's conditioning, '' for plain (unconditional or label-cycling, unguided)
-  sampling: e.g. 'cfg_scale_w3', 'classifier_s2_class4', 'bfloat16' (sampling.compute_dtype),
-  'inpaint_replacement_obs'. Sample
-  results go to samples/<tag>/, eval results to eval/step_<step>_<tag>/."""
+  """The readable name of a run's conditioning, '' for plain (unconditional or label-cycling,
+  unguided) sampling: e.g. 'cfg_scale_w3', 'classifier_s2_class4', 'bfloat16'
+  (sampling.compute_dtype), 'inpaint_replacement_obs'. Part of the name of the run's results
+  (``experiments.results.output``), next to the sampler's and the hash of every setting."""
   g, inv = config.guidance, config.inverse
   parts = []
   if g.kind == "cfg":
@@ -277,11 +280,11 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
   problems."""
   g, inv = config.guidance, config.inverse
   ncls = num_classes(config)
-  transforms, aux = [], {}
+  transforms, aux, clf_step = [], {}, None
   if g.kind == "cfg":
     transforms.append(_cfg(config, s.schedule))
   elif g.kind == "classifier":
-    fn, params, ncls, _ = _classifier(config, s.schedule)  # the classifier's classes label
+    fn, params, ncls, clf_step = _classifier(config, s.schedule)  # its classes label
     transforms.append(fn)
     aux["classifier"] = params
   observations = None
@@ -290,7 +293,8 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
     aux["observations"] = observations
     transforms.append(_inverse(config, s.schedule))
   return Plan(num_classes=ncls, label=int(g.label), tag=tag(config, mode), aux=aux or None,
-              transforms=tuple(transforms), observations=observations)
+              transforms=tuple(transforms), observations=observations,
+              classifier_step=clf_step)
 
 
 def reference_classifier(config: Config):

@@ -1,18 +1,28 @@
 """The eval driver: a checkpoint's EMA params -> likelihoods, sample metrics, NFE.
 
 Which checkpoints: ``eval.step`` (None: the newest that passes its integrity check), or every one
-with ``eval.all_checkpoints`` (a corrupt one is passed over in one line); a step that already has
-``eval/step_<step>/metrics.json`` is skipped (one line). A step without a checkpoint is one error
-line listing the available steps; nothing is written then.
+with ``eval.all_checkpoints`` (a corrupt one is passed over in one line). A step evaluated
+already with the same settings (its ``eval/step_<step>/<name>/metrics.json``) is skipped (one
+line); other settings (another sampler, steps, guidance, eval fields...) are evaluated anew into
+their own folder. A step without a checkpoint is one error line listing the available steps;
+nothing is written then.
 
-For each evaluated step, in <workdir>/eval/:
-  step_<step>/metrics.json   the metrics below (written atomically, last: it marks the step done)
-  step_<step>/samples.png    a plot of the samples (density.png: the model density, 2-D data)
-  step_<step>/samples/       the eval.num_samples samples, shard_<k>.npz (experiments/shards.py):
-                             resumed from the finished shards after an interruption
-  metrics.json               a copy of the most recent evaluation's metrics
-  samples.png, density.png   copies of the most recent evaluation's plots
+For each evaluated step and its settings, ``<name>`` being ``experiments.results.output``'s
+(e.g. heun_n18_karras_1f0c3a9e: the sampler, its steps and grid, the conditioning's tag, and a
+hash of every setting that changes the metrics), in <workdir>/eval/:
+  step_<step>/<name>/settings.json  the settings of that hash (written first)
+  step_<step>/<name>/samples/       the eval.num_samples samples, shard_<k>.npz
+                                    (experiments/shards.py): resumed from the finished shards
+                                    after an interruption
+  step_<step>/<name>/samples.png    a plot of the samples (density.png: the model density, 2-D)
+  step_<step>/<name>/metrics.json   the metrics below (written atomically, last: it marks the
+                                    step evaluated with these settings)
+  metrics.json                      a copy of the most recent evaluation's metrics (any step,
+                                    any settings: "the latest", for a quick look)
+  samples.png, density.png          copies of the most recent evaluation's plots
 and a TensorBoard scalar ``eval/<metric>`` at that step for every number (<workdir>/tb/eval).
+Samples that are not finite are an error (``results.NonFiniteSamplesError``, one line): no
+metrics are written for them, and their shards are not written.
 
 Metrics, toy 2-D data:
   nll_nats            -mean log p(x) over held-out points (PF-ODE, config.eval.divergence)
@@ -66,7 +76,7 @@ from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
 from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
 from diffusion.metrics.class_accuracy import class_accuracy
 from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
-from experiments import (build, conditioning, eval_common, generate, plots, shards,
+from experiments import (build, conditioning, eval_common, generate, plots, results, shards,
                          signals, writers)
 from experiments.setup import Setup, restore_params, setup
 from experiments.validate import validate
@@ -211,13 +221,7 @@ def classifier_metrics(s, params) -> Dict[str, Any]:
   return metrics
 
 
-# -- which checkpoints ---------------------------------------------------------------------------
-
-
-def step_dir(workdir: str, step: int, tag: str = "") -> str:
-  """eval/step_<step>, or eval/step_<step>_<tag> for conditional sampling (conditioning.tag)."""
-  return os.path.join(workdir, eval_common.EVAL_DIR,
-                      f"step_{int(step)}" + (f"_{tag}" if tag else ""))
+# -- TensorBoard ---------------------------------------------------------------------------------
 
 
 def scalar_metrics(metrics: Dict[str, Any]) -> Dict[str, float]:
@@ -268,8 +272,12 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
   steps = eval_common.steps_to_evaluate(config.eval, eval_common.checkpoint_steps(workdir), where)
   fid_stats = eval_common.load_fid_stats(config) if config.eval.fid_stats is not None else None
   result: Dict[str, Any] = {}
+  # The name of a step's results needs the classifier's restored step with classifier guidance:
+  # then the check waits for evaluate_step's restore.
+  early = config.guidance.kind != "classifier"
   for step in steps:
-    done = None if step is None else evaluated(workdir, step, conditioning.tag(config, "eval"))
+    done = (evaluated(workdir, results.output(config, "eval", step))
+            if step is not None and early else None)
     if done is not None:
       result = done
       continue
@@ -282,20 +290,24 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
   return result
 
 
-def evaluated(workdir: str, step: int, tag: str = "") -> Optional[Dict[str, Any]]:
-  """The metrics of ``step`` if it was evaluated already (said in one line), else None."""
-  path = os.path.join(step_dir(workdir, step, tag), METRICS_FILE)
+def evaluated(workdir: str, res: results.Output) -> Optional[Dict[str, Any]]:
+  """The metrics of the step and settings of ``res`` if they were evaluated already (said in
+  one line), else None. A folder of that name holding other settings is refused
+  (``results.OutputConflictError``)."""
+  here = results.eval_dir(workdir, res)
+  results.check_same(results.read_settings(here), res, here)
+  path = os.path.join(here, METRICS_FILE)
   if not os.path.exists(path):
     return None
-  say(f"eval: step {step} already evaluated ({path}); skipping it (move that file aside to "
-      f"evaluate again)")
+  say(f"eval: step {res.step} already evaluated with these settings ({path}); skipping it "
+      f"(other settings are evaluated anew; move that folder aside to evaluate these again)")
   with open(path) as f:
     return json.load(f)
 
 
-def _sample_set(s, params, step: int, workdir: str, sig, n: int,
+def _sample_set(s, params, here: str, sig, n: int,
                 plan: conditioning.Plan) -> Tuple[np.ndarray, int]:
-  """The first n samples of ``step``, from / into eval/step_<step>[_<tag>]/samples/."""
+  """The first n samples of the checkpoint, from / into <here>/samples/."""
   cfg, e = s.config, s.config.eval
   shape = tuple(s.example["x"].shape[1:])
   bs, draw = generate.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
@@ -304,7 +316,7 @@ def _sample_set(s, params, step: int, workdir: str, sig, n: int,
                                "shard_size": int(e.shard_size),
                                "sampling": build.sampler_kwargs(cfg),
                                "guidance": cfg.guidance.to_dict()})
-  return shards.generate(os.path.join(step_dir(workdir, step, plan.tag), "samples"), n,
+  return shards.generate(os.path.join(here, "samples"), n,
                          int(e.shard_size), shape, draw, bs, fprint, write=writers.is_main(),
                          progress=lambda todo: writers.Progress("sampling", todo, "samples"),
                          guard=sig.deferred, say=say)
@@ -317,16 +329,18 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
   s, params, restored = restore_params(config, workdir, step=step)
   plan = conditioning.plan(config, s, "eval")
-  if step is None:
-    done = evaluated(workdir, restored, plan.tag)
-    if done is not None:
-      return done
-  step = restored
-  metrics: Dict[str, Any] = {"step": int(step)}
+  res = results.output(config, "eval", restored, plan.classifier_step)
+  # _run checked this already, unless the step (the newest) or the classifier's step (in the
+  # name) was known only after the restore.
+  done = evaluated(workdir, res)
+  if done is not None:
+    return done
+  step, here = restored, results.eval_dir(workdir, res)
+  metrics: Dict[str, Any] = {"step": int(step), "name": res.name}
   sig.phase = f"evaluation of step {step}"
   if s.objective.predicts_labels:
     metrics.update(classifier_metrics(s, params))
-    return _write_metrics(workdir, step, metrics, [], sig)
+    return _write_metrics(workdir, step, metrics, [], sig, res)
   # Only a denoiser has a PF-ODE (a consistency function has none), so a likelihood.
   likelihood = s.objective.has_likelihood
   held, test, num_levels = _heldout(config)
@@ -336,15 +350,16 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   if likelihood and test is not None:  # images: bits/dim
     metrics.update(_bpd_metrics(s, params, test, num_levels, key))
   sig.phase = f"sampling for step {step}"
-  sig.nothing_saved = (f"the finished sample shards are kept in "
-                       f"{step_dir(workdir, step, plan.tag)}/samples and --mode=eval resumes "
-                       f"from them")
-  x, sample_metrics = _sample_metrics(s, params, step, workdir, sig, plan, fid_stats, held)
+  sig.nothing_saved = (f"the finished sample shards are kept in {here}/samples and --mode=eval "
+                       f"resumes from them")
+  if writers.is_main():
+    with sig.deferred():
+      results.claim(here, res)  # settings.json first: the shards belong to these settings
+  x, sample_metrics = _sample_metrics(s, params, step, here, sig, plan, fid_stats, held)
   metrics.update(sample_metrics)
   sig.phase = "the plots"
-  figures = _plots(s, params, x, step_dir(workdir, step, plan.tag), f"step {step}", plan,
-                   density=likelihood and test is None)
-  return _write_metrics(workdir, step, metrics, figures, sig, plan.tag)
+  figures = _plots(s, params, x, here, f"step {step}", plan, density=likelihood and test is None)
+  return _write_metrics(workdir, step, metrics, figures, sig, res)
 
 
 def _heldout(config: Config) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
@@ -411,15 +426,18 @@ def _bpd_metrics(s: Setup, params, test: np.ndarray, num_levels: int,
   return metrics
 
 
-def _sample_metrics(s: Setup, params, step: int, workdir: str, sig: signals.RunSignals,
+def _sample_metrics(s: Setup, params, step: int, here: str, sig: signals.RunSignals,
                     plan: conditioning.Plan, fid_stats: Optional[fid.Stats],
                     held: np.ndarray) -> Tuple[np.ndarray, Dict[str, Any]]:
   """(the first eval.num_samples samples; their metrics): FID / KID with ``fid_stats``, sliced
-  Wasserstein and MMD against ``held``, NFE, the conditioning and the class accuracy."""
+  Wasserstein and MMD against ``held``, NFE, the conditioning and the class accuracy. Samples
+  that are not finite raise ``results.NonFiniteSamplesError`` before any metric is computed."""
   config, e = s.config, s.config.eval
   metrics: Dict[str, Any] = {}
   n_samples = max(int(e.num_samples), int(e.fid_num_samples) if fid_stats is not None else 0)
-  x_all, nfe = _sample_set(s, params, step, workdir, sig, n_samples, plan)
+  x_all, nfe = _sample_set(s, params, here, sig, n_samples, plan)
+  results.check_finite(config, x_all, f"samples of step {step}",
+                       f"no metrics were written to {here} (its finite sample shards are kept)")
   if fid_stats is not None:
     sig.phase = f"FID of step {step}"
     metrics.update(eval_common.fid_metrics(config, x_all[:int(e.fid_num_samples)], fid_stats,
@@ -460,23 +478,26 @@ def _plots(s: Setup, params, x: np.ndarray, here: str, title: str, plan: conditi
 
 
 def _write_metrics(workdir: str, step: int, metrics: Dict[str, Any], figures: List[str],
-                   sig: signals.RunSignals, tag: str = "") -> Dict[str, Any]:
+                   sig: signals.RunSignals, res: results.Output) -> Dict[str, Any]:
   """Copies the step's ``figures`` to eval/, writes its metrics.json (last: it marks the step as
-  evaluated) and eval/metrics.json, the TensorBoard scalars, and says them in one line."""
-  out, here = os.path.join(workdir, eval_common.EVAL_DIR), step_dir(workdir, step, tag)
+  evaluated with these settings) and eval/metrics.json, the TensorBoard scalars, and says them
+  in one line ending with the folder."""
+  out, here = os.path.join(workdir, eval_common.EVAL_DIR), results.eval_dir(workdir, res)
   if writers.is_main():  # the metrics last: their file marks the step as evaluated
     sig.phase, sig.nothing_saved = "writing the metrics", f"the metrics are in {here}"
     with sig.deferred():  # no half-written metrics
-      for name in figures:  # eval/<plot>: the most recent evaluation's
+      results.claim(here, res)  # a classifier's evaluation writes nothing before
+      for name in figures:  # eval/<plot>: the most recent evaluation's (a copy)
         shutil.copyfile(os.path.join(here, name), os.path.join(out, name))
       writers.write_json(os.path.join(here, METRICS_FILE), metrics)
       writers.write_json(os.path.join(out, METRICS_FILE), metrics)
       tb = writers.TBEvents(os.path.join(workdir, "tb", eval_common.EVAL_DIR),
-                            suffix=f".step_{step}")
+                            suffix=f".step_{step}_{res.name}")
       try:
         tb.scalars(step, {f"eval/{k}": v for k, v in scalar_metrics(metrics).items()})
       finally:
         tb.close()
   say(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                        for k, v in sorted(metrics.items())))
+                                        for k, v in sorted(metrics.items()) if k != "name")
+      + f"; written to {here}")
   return metrics

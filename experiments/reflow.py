@@ -25,7 +25,7 @@ import numpy as np
 
 from diffusion import parallel
 from diffusion.samplers import registry
-from experiments import build, generate, shards, signals, writers
+from experiments import build, generate, results, shards, signals, writers
 from diffusion.config_checks import ConfigError
 from experiments.setup import restore_params
 from experiments.validate import validate
@@ -51,8 +51,9 @@ def check_deterministic(config: Config) -> None:
 
 def run(config: Config, workdir: str) -> Dict[str, Any]:
   """--mode=pairs: writes distill.num_pairs pairs to <workdir>/pairs/ (resuming finished shards)
-  and pairs.json (the checkpoint step, sampler, NFE). SIGTERM/SIGINT: the shard being written is
-  finished, then one line and exit 128 + signum."""
+  and pairs.json (the checkpoint step, sampler, NFE). Pairs holding a NaN or Inf are an error
+  (``results.NonFiniteSamplesError``): their shards and pairs.json are not written. SIGTERM /
+  SIGINT: the shard being written is finished, then one line and exit 128 + signum."""
   validate(config, "pairs", workdir)
   check_deterministic(config)
   with signals.RunSignals("set-up", "nothing written") as sig:
@@ -82,10 +83,10 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
                              shards.fingerprint(fields), write=writers.is_main(),
                              progress=lambda todo: writers.Progress("pairs", todo, "pairs"),
                              guard=sig.deferred, say=say)
-    bad = int(np.sum(~np.all(np.isfinite(x.reshape(n, -1)), axis=1)))
-    if bad:
-      raise ValueError(f"{bad} of {n} pairs hold non-finite samples; the flow in {workdir} is "
-                       f"not usable for reflow (the shards are kept in {out})")
+    results.check_finite(config, x, "pairs",
+                         f"their shards were not written to {out} (the finite shards are kept, "
+                         f"{INFO_FILE} is not written): the flow in {workdir} is not usable for "
+                         f"reflow as it is")
     summary = dict(fields, num_pairs=n, nfe=int(nfe), experiment=config.experiment,
                    workdir=os.path.abspath(workdir))
     if writers.is_main():

@@ -1,4 +1,4 @@
-"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples.npz + PNG.
+"""The sample driver: EMA params of the latest checkpoint -> N samples -> samples/<name>/.
 
 Checkpoints are opened read-only here (and by eval): one that fails its integrity check is
 skipped with a warning line, never moved; nothing under checkpoints/ is written.
@@ -15,7 +15,7 @@ import numpy as np
 
 from diffusion.io_utils import atomic_write
 from diffusion.metrics.class_accuracy import class_accuracy
-from experiments import conditioning, generate, plots, signals, writers
+from experiments import conditioning, generate, plots, results, signals, writers
 from experiments.setup import Setup, restore_params
 from experiments.validate import validate
 from experiments.writers import say
@@ -24,37 +24,65 @@ Config = ml_collections.ConfigDict
 
 
 def run(config: Config, workdir: str) -> Dict[str, Any]:
-  """Writes <workdir>/samples[/<tag>]/samples.npz and samples.png.
+  """Writes samples.npz, samples.png and settings.json to <workdir>/samples/<name>/.
 
-  Plain sampling writes to samples/; conditional, guided or inverse-problem sampling to
-  samples/<tag>/ (``conditioning.Plan.tag``, e.g. cfg_scale_w3 or inpaint_replacement_obs), so
-  runs with other settings do not overwrite each other. samples.npz holds x, nfe, step, the
-  labels of a conditional run, the observation index of each completion, and the cost of a
-  denoiser call (batch_multiplier, network_vjp). SIGTERM/SIGINT: one line, exit 128 + signum; a
-  file being written is finished first.
+  ``name`` (``results.output``) is the sampler, its steps and grid, the conditioning's tag (e.g.
+  cfg_scale_w3, bfloat16, inpaint_pigdm_obs), the checkpoint step and a hash of every setting
+  that changes the samples, so runs with other settings never share a folder; repeating the
+  same settings reuses the folder's samples (one line, nothing written). samples.npz holds x,
+  nfe, step, the labels of a conditional run, the observation index of each completion, and
+  the cost of a denoiser call (batch_multiplier, network_vjp).
+
+  Non-finite samples are an error (``results.NonFiniteSamplesError``: the count, the fix), raised
+  before anything is written. SIGTERM/SIGINT: one line, exit 128 + signum; a file being written
+  is finished first.
   """
   validate(config, "sample", workdir)
   with signals.RunSignals("set-up", "nothing written") as sig:
     s, params, step = restore_params(config, workdir)
     plan = conditioning.plan(config, s, "sample")
+    res = results.output(config, "sample", step, plan.classifier_step)
+    out = results.sample_dir(workdir, res)
+    done = _done(out, res)
+    if done is not None:
+      say(f"samples with these settings are already in {out} ({done['num_samples']} samples, "
+          f"step {step}); reusing them (move that folder aside to sample again)")
+      return done
     n = _num_samples(config, plan)
     sig.phase = "sampling"
     x, info = generate.generate(s, params, n, jax.random.PRNGKey(config.seed + 2),
                                 progress=writers.Progress("sampling", n, "samples"), plan=plan)
     nfe = int(np.asarray(info.get("nfe", -1)))
-    _warn_non_finite(config, x, n)
+    results.check_finite(config, x, "samples", f"nothing was written to {out}")
     extra, labels, accuracy = _extra(config, plan, x, info, n)
-    out = os.path.join(workdir, "samples", plan.tag) if plan.tag else os.path.join(workdir,
-                                                                                    "samples")
     cost = _cost(nfe, info)
     if writers.is_main():
       sig.phase, sig.nothing_saved = "writing the samples", f"the samples are in {out}"
       with sig.deferred():  # no half-written samples.npz
+        results.claim(out, res)
         _write(s, plan, out, x, n, nfe, step, extra, labels, cost)
     say(f"wrote {n} samples ({cost}) from the checkpoint at step {step} to {out}{accuracy}")
   return {"num_samples": n, "nfe": nfe, "step": step, "out": out,
           "batch_multiplier": info["batch_multiplier"], "network_vjp": info["network_vjp"],
           **({"class_accuracy": extra["class_accuracy"]} if "class_accuracy" in extra else {})}
+
+
+def _done(out: str, res: results.Output) -> Optional[Dict[str, Any]]:
+  """What ``run`` returns, read back from ``out`` if it holds these settings' samples (its
+  settings.json, samples.npz and samples.png); None if it holds none; OutputConflictError if
+  its settings.json is another run's."""
+  saved = results.read_settings(out)
+  results.check_same(saved, res, out)
+  npz = os.path.join(out, "samples.npz")
+  if saved is None or not (os.path.exists(npz) and os.path.exists(os.path.join(out,
+                                                                              "samples.png"))):
+    return None
+  with np.load(npz) as f:
+    d = {k: f[k] for k in f.files}
+  return {"num_samples": int(len(d["x"])), "nfe": int(d["nfe"]), "step": int(d["step"]),
+          "out": out, "batch_multiplier": int(d["batch_multiplier"]),
+          "network_vjp": bool(d["network_vjp"]),
+          **({"class_accuracy": float(d["class_accuracy"])} if "class_accuracy" in d else {})}
 
 
 def _num_samples(config: Config, plan: conditioning.Plan) -> int:
@@ -63,15 +91,6 @@ def _num_samples(config: Config, plan: conditioning.Plan) -> int:
   if plan.observations is None:
     return int(config.sampling.num_samples)
   return len(plan.observations["y"]) * int(config.inverse.samples_per_observation)
-
-
-def _warn_non_finite(config: Config, x: np.ndarray, n: int) -> None:
-  bad = int(np.sum(~np.all(np.isfinite(np.asarray(x).reshape(n, -1)), axis=1)))
-  if bad:
-    hint = (" (Pi-GDM near alpha = 0 amplifies the network's error: set "
-            "config.inverse.pigdm_t_hi, e.g. to 0.9 t_max)" if config.inverse.task != "none"
-            and config.inverse.method == "pigdm" else "")
-    say(f"warning: {bad} of {n} samples are not finite{hint}")
 
 
 def _extra(config: Config, plan: conditioning.Plan, x: np.ndarray, info: Dict[str, Any],

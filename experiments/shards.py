@@ -129,7 +129,10 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
   ``draw(start) -> (x (batch_size, *shape), info)``: samples start .. start + batch_size - 1
   (``experiments.generate.batch_generator``). Missing shards are generated batch by batch from
   their first index and written (``write``: process 0 only; every process draws, the draws are
-  collective) inside ``guard()`` (e.g. a signal deferral, so no write is cut short).
+  collective) inside ``guard()`` (e.g. a signal deferral, so no write is cut short). A shard
+  holding a non-finite sample is not written (its samples are returned all the same): the
+  caller counts them (``experiments.results.check_finite``) and refuses the set, and a later run
+  draws that shard again.
   ``progress(total)``, if given, makes the callback ``report(done)`` called after each batch,
   total and done counting the samples generated now (not those read back).
   """
@@ -164,7 +167,8 @@ def generate(directory: str, num_samples: int, shard_size: int, shape: Sequence[
       if report is not None:
         report(done)
     x = np.concatenate(parts)
-    if write and (k not in have or len(have[k][0]) < len(x)):
+    finite = bool(np.all(np.isfinite(x)))  # a shard with NaN / Inf is never written
+    if write and finite and (k not in have or len(have[k][0]) < len(x)):
       with guard():  # a new shard, or a shorter one extended: its samples are kept as they are
         write_shard(os.path.join(directory, shard_name(k)), x, a, fprint, nfe)
     xs.append(x)

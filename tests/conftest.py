@@ -127,6 +127,16 @@ def tree_hashes(root, rel_to=None) -> Dict[str, str]:
   return out
 
 
+def one_result(parent) -> str:
+  """The one results folder (holding a settings.json, experiments/results.py) under ``parent``,
+  e.g. <workdir>/samples or <workdir>/eval/step_30 of a workdir with one such run."""
+  parent = str(parent)
+  found = sorted(d for d in os.listdir(parent)
+                 if os.path.isfile(os.path.join(parent, d, "settings.json")))
+  assert len(found) == 1, f"{parent}: expected one results folder, found {found}"
+  return os.path.join(parent, found[0])
+
+
 def workdir_fingerprint(wd) -> Dict[str, str]:
   """{path: sha256} of what a refused or read-only run must not change: checkpoints/,
   corrupt_checkpoints/ and config.json."""

@@ -23,7 +23,7 @@ on; tests/test_golden.py compares:
 The driver is called in ONE place, ``run_mode`` (train / sample / pairs), and a workdir's state
 is read in ONE place, ``read_state`` (orbax directly, no driver code); ``driver_objectives``
 and ``driver_samplers`` name the objectives and samplers that need a case: a refactor that moves
-the driver's modules changes those four functions only. Everything else reads files in the documented workdir layout (config.json, checkpoints/<step>/state, samples[/<tag>]/samples.npz,
+the driver's modules changes those four functions only. Everything else reads files in the documented workdir layout (config.json, checkpoints/<step>/state, samples/<name>/samples.npz,
 pairs/shard_*.npz and pairs.json, ema_snapshots/*.npz), which existing workdirs rely on.
 
 Record (or re-record) the golden files:
@@ -50,6 +50,7 @@ import importlib.util
 import json
 import os
 import platform as _platform
+import re
 import shutil
 import sys
 import tempfile
@@ -387,7 +388,8 @@ def sample_record(run: str, overrides: Dict[str, Any],
                   ) -> Callable[[Runs], Dict[str, Any]]:
   """A sampling case: --mode=sample on run ``run``'s workdir with ``overrides`` (and
   ``extra(runs)``, overrides naming other workdirs); records samples.npz's x, nfe, labels and
-  where it was written (samples/ or samples/<tag>/, part of the workdir layout)."""
+  where it was written (samples/<sampler>_n<steps>_<grid>[_<tag>]_step<N>_<hash>/, part of the
+  workdir layout; the hash recorded as <hash>)."""
 
   def record(runs: Runs) -> Dict[str, Any]:
     wd = runs.workdir(run)
@@ -402,7 +404,10 @@ def sample_record(run: str, overrides: Dict[str, Any],
                            f"samples.npz")
     path = os.path.join(wd, found[0])
     arrays = {f"samples/{k}": v for k, v in read_npz(path, ("x", "nfe", "labels")).items()}
-    return {"arrays": arrays, "info": {"written": {"path": found[0]}}}
+    # The folder's name ends in a hash of the run's settings (experiments/results.py), some of
+    # them paths of this machine (a classifier's workdir): recorded as <hash>.
+    written = re.sub(r"_[0-9a-f]{8}/samples\.npz$", "_<hash>/samples.npz", found[0])
+    return {"arrays": arrays, "info": {"written": {"path": written}}}
 
   return record
 

@@ -300,7 +300,8 @@ def test_classifier_run_trains_resumes_evaluates_and_refuses_sampling(tmp_path, 
   np.testing.assert_allclose(np.diff(m["eval_logsnrs"]), np.diff(m["eval_logsnrs"])[0])
   accs = [m[f"accuracy_at_t={t:.4g}"] for t in m["eval_times"]]
   assert all(0 <= a <= 1 for a in accs) and m["accuracy_mean"] == pytest.approx(np.mean(accs))
-  assert json.load(open(os.path.join(wd, "eval", "step_30", "metrics.json"))) == m
+  assert m["name"].startswith("classifier_heldout_")
+  assert json.load(open(os.path.join(wd, "eval", "step_30", m["name"], "metrics.json"))) == m
   # A score-model config is refused in the classifier's workdir, naming the objective.
   with pytest.raises(checkpoint.WorkdirMismatchError, match="training.objective"):
     train.train(_config(COND), wd)

@@ -16,15 +16,15 @@ def test_end_to_end(tmp_path, capsys):
   wd = str(tmp_path)
   cfg = tiny_config()
   summary = train.train(cfg, wd)
-  sample.run(cfg, wd)
+  sampled = sample.run(cfg, wd)
   metrics = evaluate.run(cfg, wd)
-  _check_files_and_metrics(wd, summary, metrics)
+  _check_files_and_metrics(wd, summary, sampled, metrics)
   _check_per_step_eval_files(wd, metrics, capsys)
   _check_different_experiment_is_refused(wd)
   _check_resume_continues_from_latest(wd, capsys)
 
 
-def _check_files_and_metrics(wd, summary, metrics):
+def _check_files_and_metrics(wd, summary, sampled, metrics):
   assert summary["step"] == 30 and summary["status"] == "done"
   saved = json.load(open(os.path.join(wd, "config.json")))
   assert saved["training"]["num_steps"] == 30 and saved["resolved"]["data_shape"] == [2]
@@ -35,9 +35,13 @@ def _check_files_and_metrics(wd, summary, metrics):
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["10", "20", "30"]
   assert glob.glob(os.path.join(wd, "plots", "samples_*.png"))
   assert os.path.exists(os.path.join(wd, "eval", "density.png"))
-  npz = np.load(os.path.join(wd, "samples", "samples.npz"))
+  # samples/<sampler>_n<steps>_<grid>_step<N>_<hash>/ (experiments/results.py)
+  assert os.path.dirname(sampled["out"]) == os.path.join(wd, "samples")
+  assert os.path.basename(sampled["out"]).startswith("heun_n8_karras_step30_")
+  npz = np.load(os.path.join(sampled["out"], "samples.npz"))
   assert npz["x"].shape == (128, 2) and int(npz["nfe"]) > 0
-  assert os.path.exists(os.path.join(wd, "samples", "samples.png"))
+  assert os.path.exists(os.path.join(sampled["out"], "samples.png"))
+  assert os.path.exists(os.path.join(sampled["out"], "settings.json"))
   on_disk = json.load(open(os.path.join(wd, "eval", "metrics.json")))
   for k in ("nll_nats", "true_entropy_nats", "excess_nll_nats", "sliced_wasserstein", "mmd",
             "nfe"):
@@ -49,11 +53,12 @@ def _check_files_and_metrics(wd, summary, metrics):
 
 
 def _check_per_step_eval_files(wd, metrics, capsys):
-  """eval/step_30/: the metrics (= eval/metrics.json), the sample shards; a TensorBoard scalar
-  per number; a second eval skips the step without writing; a missing step is one line."""
+  """eval/step_30/<name>/: the metrics (= eval/metrics.json), the sample shards; a TensorBoard
+  scalar per number; a second eval skips the step without writing; a missing step is one line."""
   from experiments import shards
   from tests.test_logs import read_tb_scalars
-  step_dir = os.path.join(wd, "eval", "step_30")
+  step_dir = os.path.join(wd, "eval", "step_30", metrics["name"])
+  assert metrics["name"].startswith("heun_n8_karras_")
   assert json.load(open(os.path.join(step_dir, "metrics.json"))) == metrics
   assert metrics["step"] == 30
   for name in ("samples.png", "density.png"):  # per step; eval/<name> is the latest's copy

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import evaluate, shards, train
-from tests.conftest import REPO, run_main, tiny_config, with_overrides
+from tests.conftest import REPO, one_result, run_main, tiny_config, with_overrides
 from tests.test_logs import read_tb_scalars
 
 EVAL = {"eval.density_grid": 0, "eval.shard_size": 48}  # 128 samples: shards of 48, 48, 32
@@ -24,8 +24,13 @@ def _mtimes(wd):
   return {p: os.path.getmtime(p) for p in glob.glob(os.path.join(wd, "**"), recursive=True)}
 
 
+def _run_dir(wd, step):
+  """eval/step_<step>/<name>: the one evaluation of that step (experiments/results.py)."""
+  return one_result(os.path.join(wd, "eval", f"step_{step}"))
+
+
 def _samples_dir(wd, step):
-  return os.path.join(wd, "eval", f"step_{step}", "samples")
+  return os.path.join(_run_dir(wd, step), "samples")
 
 
 def test_eval_resumes_its_shards_and_evaluates_every_checkpoint(tmp_path, capsys):
@@ -39,7 +44,7 @@ def test_eval_resumes_its_shards_and_evaluates_every_checkpoint(tmp_path, capsys
   assert full.shape == (128, 2)
 
   # An interruption after the first shard: its metrics and the later shards never written.
-  os.remove(os.path.join(wd, "eval", "step_20", "metrics.json"))
+  os.remove(os.path.join(_run_dir(wd, 20), "metrics.json"))
   for k in (1, 2):
     os.remove(os.path.join(d, shards.shard_name(k)))
   first = os.path.getmtime(os.path.join(d, "shard_00000.npz"))
@@ -61,7 +66,7 @@ def test_eval_resumes_its_shards_and_evaluates_every_checkpoint(tmp_path, capsys
   assert last["step"] == 30
   assert json.load(open(os.path.join(wd, "eval", "metrics.json")))["step"] == 30
   for step in (10, 20, 30):
-    assert os.path.exists(os.path.join(wd, "eval", f"step_{step}", "metrics.json"))
+    assert os.path.exists(os.path.join(_run_dir(wd, step), "metrics.json"))
   tb = read_tb_scalars(os.path.join(wd, "tb", "eval"))
   assert sorted(tb["eval/nll_nats"]) == [10, 20, 30]
   assert tb["eval/nll_nats"][30] == pytest.approx(last["nll_nats"], rel=1e-6)
@@ -85,7 +90,7 @@ def test_a_corrupt_checkpoint_is_passed_over_and_never_moved(tmp_path, capsys):
   assert evaluate.run(tiny_config(**EVAL, **{"eval.all_checkpoints": True}), wd)["step"] == 20
   out = capsys.readouterr().out
   assert "skipping step 30" in out and "step 20 already evaluated" in out
-  assert os.path.exists(os.path.join(wd, "eval", "step_10", "metrics.json"))
+  assert os.path.exists(os.path.join(_run_dir(wd, 10), "metrics.json"))
   assert not os.path.exists(os.path.join(wd, "eval", "step_30"))
   assert workdir_fingerprint(wd) == before  # nothing moved: eval only reads checkpoints
 
@@ -127,7 +132,7 @@ def test_digits_eval_writes_pf_ode_bits_per_dim_and_the_elbo(tmp_path):
   cfg = digits_config()
   train.train(cfg, wd)
   m = evaluate.run(cfg, wd)
-  on_disk = json.load(open(os.path.join(wd, "eval", "step_4", "metrics.json")))
+  on_disk = json.load(open(os.path.join(wd, "eval", "step_4", m["name"], "metrics.json")))
   assert on_disk == m and m["step"] == 4
   for k in ("bpd_pf_ode", "bpd_pf_ode_stderr", "bpd_pf_ode_nfe", "bpd_elbo", "bpd_elbo_stderr",
             "bpd_elbo_prior", "bpd_elbo_diffusion", "bpd_elbo_recon"):

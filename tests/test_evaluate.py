@@ -93,6 +93,26 @@ def test_a_larger_set_extends_the_last_shard_of_a_smaller_one(tmp_path):
   np.testing.assert_array_equal(y, x[:5])
 
 
+def test_a_shard_holding_a_non_finite_sample_is_never_written(tmp_path):
+  """Shard 1 of 3 draws a NaN: its samples are returned (the caller counts and refuses them,
+  experiments/results.py), the finite shards are written, and a later run draws shard 1 again."""
+  d, shape = str(tmp_path), (2,)
+
+  def draw(start):
+    x, info = _draw_fn(shape, 4, [])(start)
+    if start == 4:
+      x[1] = np.nan
+    return x, info
+
+  x, _ = shards.generate(d, 12, 4, shape, draw, 4, "fp", say=lambda m: 0)
+  assert np.isnan(x[5]).all() and np.isfinite(np.delete(x, 5, axis=0)).all()
+  assert sorted(os.listdir(d)) == ["shard_00000.npz", "shard_00002.npz"]
+  calls = []
+  y, _ = shards.generate(d, 12, 4, shape, _draw_fn(shape, 4, calls), 4, "fp", say=lambda m: 0)
+  assert calls == [4] and np.isfinite(y).all()  # only the missing shard is drawn again
+  assert sorted(os.listdir(d)) == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
+
+
 def test_a_foreign_or_broken_shard_is_an_error_and_kept(tmp_path):
   d, shape = str(tmp_path), (3,)
   shards.generate(d, 8, 4, shape, _draw_fn(shape, 4, []), 4, "fp", say=lambda m: 0)

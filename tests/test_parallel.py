@@ -16,7 +16,7 @@ import pytest
 
 from diffusion import checkpoint, parallel
 from experiments import sample, setup, train
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, one_result, tiny_config
 
 STEPS = {"training.num_steps": 20, "training.ckpt_every": 10, "training.log_every": 5,
          "eval.density_grid": 0, "eval.plot_samples": 64, "sampling.num_samples": 100,
@@ -89,8 +89,8 @@ def test_eight_devices_match_one(tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5,
                                  err_msg=name)
-    s8 = np.load(os.path.join(wd8, "samples", "samples.npz"))["x"]
-    s1 = np.load(os.path.join(wd1, "samples", "samples.npz"))["x"]
+    s8 = np.load(os.path.join(one_result(os.path.join(wd8, "samples")), "samples.npz"))["x"]
+    s1 = np.load(os.path.join(one_result(os.path.join(wd1, "samples")), "samples.npz"))["x"]
     assert s8.shape == s1.shape == (100, 2)
     np.testing.assert_allclose(s8, s1, rtol=1e-3, atol=1e-4, err_msg=name)
 
@@ -138,8 +138,8 @@ def test_dit_fsdp_on_eight_devices_matches_one(tmp_path):
 
   for x, y in zip(jax.tree_util.tree_leaves(state(wd8)), jax.tree_util.tree_leaves(state(wd1))):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
-  s8 = np.load(os.path.join(wd8, "samples", "samples.npz"))["x"]
-  s1 = np.load(os.path.join(wd1, "samples", "samples.npz"))["x"]
+  s8 = np.load(os.path.join(one_result(os.path.join(wd8, "samples")), "samples.npz"))["x"]
+  s1 = np.load(os.path.join(one_result(os.path.join(wd1, "samples")), "samples.npz"))["x"]
   assert s8.shape == s1.shape == (16, 8, 8, 1)
   np.testing.assert_allclose(s8, s1, rtol=1e-3, atol=1e-4)
 

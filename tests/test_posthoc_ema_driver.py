@@ -176,7 +176,7 @@ def test_posthoc_command_writes_a_checkpoint_sample_restores(run_a, tmp_path):
   res = sample.run(tiny_config(**{**RUN, "sampling.num_samples": 32,
                                   "sampling.batch_size": 32}), out)
   assert res["step"] == 150
-  assert np.all(np.isfinite(np.load(os.path.join(out, "samples", "samples.npz"))["x"]))
+  assert np.all(np.isfinite(np.load(os.path.join(res["out"], "samples.npz"))["x"]))
   with pytest.raises(ValueError, match="already holds checkpoints"):
     posthoc_ema.run(cfg, run_a, 0.08, step=150, out_workdir=out)
   with pytest.raises(ValueError, match=r"--step=120 is not a snapshot step.*\[50, 100, 150, 200\]"):

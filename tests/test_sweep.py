@@ -186,7 +186,7 @@ def test_eval_writes_fid_and_kid_against_the_statistics(tmp_path, cheap_inceptio
        "eval.kid_subset_size": 6, "eval.elbo": False, "eval.dequantization_draws": 1}
   cfg, wd = _trained(tmp_path, **o)
   m = evaluate.run(cfg, wd)
-  x = shards.read_samples(os.path.join(wd, "eval", "step_4", "samples"))
+  x = shards.read_samples(os.path.join(wd, "eval", "step_4", m["name"], "samples"))
   assert len(x) == 12 and m["num_samples"] == 8  # the larger set; SW / MMD on the first 8
   feats = _pooled_features(None, eval_common.fid_pixels(x, "digits"))
   stats = fid.load_stats(stats_path)
@@ -194,7 +194,7 @@ def test_eval_writes_fid_and_kid_against_the_statistics(tmp_path, cheap_inceptio
   want_kid, want_std = fid.kid(feats, stats.features, num_subsets=4, subset_size=6, seed=0)
   assert (m["kid"], m["kid_std"]) == (pytest.approx(want_kid), pytest.approx(want_std))
   assert m["fid"] > 0 and m["fid_num_samples"] == 12 and m["fid_rounding"] == "levels"
-  on_disk = json.load(open(os.path.join(wd, "eval", "step_4", "metrics.json")))
+  on_disk = json.load(open(os.path.join(wd, "eval", "step_4", m["name"], "metrics.json")))
   assert on_disk["fid"] == m["fid"]
 
 
@@ -217,10 +217,30 @@ def test_sweep_table_and_resume(tmp_path, cheap_inception):
   assert by[("euler", 5)]["nfe"] == 5 and by[("heun", 5)]["nfe"] <= 5
   for c in out["cells"]:
     assert np.isfinite(c["fid"]) and c["num_samples"] == 8
-  table = open(os.path.join(wd, "eval", "sweep_step_4.md")).read()
+  # eval/sweep_step_<N>_<grid>_<hash>.json and .md (experiments/results.py)
+  json_path, md_path = out["json"], out["table"]
+  assert os.path.dirname(json_path) == os.path.join(wd, "eval")
+  assert os.path.basename(json_path).startswith("sweep_step_4_karras_")
+  assert md_path == json_path[:-len(".json")] + ".md"
+  table = open(md_path).read()
   assert "| `euler` |" in table and "| `heun` |" in table and "NFE 3 | NFE 5" in table
+  saved = open(json_path).read()
+  settings = json.loads(saved)["settings"]
+  assert os.path.basename(json_path) == f"sweep_step_4_{settings['name']}.json"
   # A second run finds every cell done and computes nothing.
-  saved = open(os.path.join(wd, "eval", "sweep_step_4.json")).read()
   again = sweep.run(cfg, wd)
   assert again["cells"] == out["cells"]
-  assert open(os.path.join(wd, "eval", "sweep_step_4.json")).read() == saved
+  assert open(json_path).read() == saved
+  # Another list on the same settings adds its cells to the same file; the table keeps all.
+  more = sweep.run(digits_config(**{**o, "eval.sweep_samplers": "dpmpp_2m",
+                                    "eval.sweep_nfe": "3"}), wd)
+  assert more["json"] == json_path and len(more["cells"]) == 5
+  table = open(md_path).read()
+  assert "| `euler` |" in table and "| `dpmpp_2m` |" in table and "NFE 3 | NFE 5" in table
+  # Other settings (a grid): another file; the first is left as it was.
+  kept = open(json_path).read()
+  other = sweep.run(digits_config(**{**o, "sampling.grid": "uniform",
+                                     "eval.sweep_samplers": "euler", "eval.sweep_nfe": "3"}),
+                    wd)
+  assert os.path.basename(other["json"]).startswith("sweep_step_4_uniform_")
+  assert open(json_path).read() == kept and len(other["cells"]) == 1
