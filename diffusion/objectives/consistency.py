@@ -58,10 +58,7 @@ class ConsistencyDistillation(_Consistency):
   name = "consistency_distillation"
   teacher_per_step = True
 
-  def make_loss(self, ctx: LossContext) -> LossFn:
-    if ctx.loss_fn is not None:
-      return self.custom_loss(ctx)
-    config = ctx.require_config(self.name)
+  def student_loss(self, ctx: LossContext, config) -> LossFn:
     d = config.distill
     w, m, idx = self.options(config)
     dtype = jnp_compute_dtype(config.training.compute_dtype)
@@ -104,10 +101,7 @@ class ConsistencyTraining(_Consistency):
   def needs_teacher(self, config) -> bool:
     return False
 
-  def make_loss(self, ctx: LossContext) -> LossFn:
-    if ctx.loss_fn is not None:
-      return self.custom_loss(ctx)
-    config = ctx.require_config(self.name)
+  def student_loss(self, ctx: LossContext, config) -> LossFn:
     d = config.distill
     w, m, idx = self.options(config)
     total, rho = int(config.training.num_steps), float(d.rho)

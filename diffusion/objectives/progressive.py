@@ -44,10 +44,7 @@ class ProgressiveDistillation(StudentObjective):
   def starts_from_teacher(self, config) -> bool:
     return True
 
-  def make_loss(self, ctx: LossContext) -> LossFn:
-    if ctx.loss_fn is not None:
-      return self.custom_loss(ctx)
-    config = ctx.require_config(self.name)
+  def student_loss(self, ctx: LossContext, config) -> LossFn:
     n = round_student_steps(config, ctx.round_index)
     dtype = jnp_compute_dtype(config.training.compute_dtype)
     teacher_of = frozen_denoiser_of(ctx.net, ctx.param, ctx.schedule, dtype)

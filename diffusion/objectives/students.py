@@ -31,15 +31,21 @@ class StudentObjective(Objective):
   def needs_teacher(self, config) -> bool:
     return True
 
-  def custom_loss(self, ctx: LossContext) -> LossFn:
-    """The loss of ``ctx.loss_fn(denoise, x0, key, context)`` on the student's denoiser (a
-    student loss given from Python; it reads no config)."""
+  def make_loss(self, ctx: LossContext) -> LossFn:
+    """``student_loss(ctx, config)``, or with ``ctx.loss_fn`` (a student loss given from Python,
+    reading no config) ``ctx.loss_fn(denoise, x0, key, context)`` on the student's denoiser."""
+    if ctx.loss_fn is None:
+      return self.student_loss(ctx, ctx.require_config(self.name))
     sched, param, loss_fn = ctx.schedule, ctx.param, ctx.loss_fn
 
     def loss(net, batch, key, context):
       return loss_fn(make_denoiser(net, sched, param), batch["x"], key, context)
 
     return loss
+
+  def student_loss(self, ctx: LossContext, config) -> LossFn:
+    """The objective's loss built from the run's config (``make_loss``'s contract)."""
+    raise NotImplementedError
 
   def loss_function(self) -> Callable:
     """The students' losses are configured by config.distill and read no training.loss_opts;
