@@ -22,6 +22,7 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # 45 s cold; the conversion itself: tests/test_convert_diffusers.py
 def test_command_line_converts_once_and_refuses_a_used_workdir(tmp_path):
   w = str(tmp_path / "w")
   src = os.path.join(DATA, "diffusers", "ddpm_bin_legacy")
@@ -37,7 +38,7 @@ def test_command_line_converts_once_and_refuses_a_used_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("name,sde,sampling_t_min", [
-    ("ncsnpp_ve", "ve", None),
+    pytest.param("ncsnpp_ve", "ve", None, marks=pytest.mark.slow),  # 24 s cold
     pytest.param("ddpmpp_vp", "vp", 1e-3, marks=pytest.mark.slow)])
 def test_score_sde_workdir_restores_and_samples(tmp_path, name, sde, sampling_t_min):
   from diffusion.samplers.registry import build_sampler

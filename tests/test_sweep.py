@@ -176,6 +176,7 @@ def _trained(tmp_path, **overrides):
   return cfg, wd
 
 
+@pytest.mark.slow  # 45 s cold; FID / KID math: tests/test_fid.py
 def test_eval_writes_fid_and_kid_against_the_statistics(tmp_path, cheap_inception):
   from experiments import reference_stats
   ref = np.concatenate(list(reference_stats.read_split_uint8("digits", "train")))
