@@ -50,7 +50,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from diffusion.io_utils import atomic_write
+from diffusion.io_utils import atomic_write, read_json
 
 PyTree = Any
 CONFIG_FILE = "config.json"
@@ -126,11 +126,7 @@ def config_diff(old: Dict[str, Any], new: Dict[str, Any],
 
 
 def read_config(workdir: str) -> Optional[Dict[str, Any]]:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return read_json(os.path.join(workdir, CONFIG_FILE))
 
 
 def write_config(workdir: str, config: Dict[str, Any]) -> None:

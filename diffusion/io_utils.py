@@ -7,8 +7,9 @@ is then renamed onto the final name (``os.replace``: atomic on POSIX within one 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from typing import IO, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 
 def default_tmp(path: str) -> str:
@@ -38,3 +39,11 @@ def atomic_write(path: str, mode: str = "w", *, tmp: Optional[str] = None,
       f.flush()
       os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON value in ``path``, or None when there is no such file."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

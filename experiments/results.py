@@ -74,6 +74,7 @@ import numpy as np
 
 from configs.sampling import HYPERPARAMETER_TYPES
 from diffusion import objectives
+from diffusion.io_utils import read_json
 from diffusion.samplers import sampler_info
 from experiments import build, conditioning, writers
 
@@ -290,11 +291,7 @@ def sweep_path(workdir: str, out: Output, ext: str) -> str:
 
 def read_settings(directory: str) -> Optional[Dict[str, Any]]:
   """The settings.json of ``directory``, or None if there is none."""
-  path = os.path.join(directory, SETTINGS_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return read_json(os.path.join(directory, SETTINGS_FILE))
 
 
 def check_same(saved: Optional[Dict[str, Any]], out: Output, where: str) -> None:

@@ -128,14 +128,18 @@ class Objective:
   def make_loss(self, ctx: LossContext) -> LossFn:
     raise NotImplementedError
 
-  def loss_function(self) -> Callable:
-    """The library loss whose keyword-only arguments config.training.loss_opts may set."""
-    raise NotImplementedError
+  def loss_function(self) -> Optional[Callable]:
+    """The library loss whose keyword-only arguments config.training.loss_opts may set; None:
+    the objective reads no loss_opts."""
+    return None
 
   def loss_option_names(self) -> Sequence[str]:
     """The keywords config.training.loss_opts may set: the library loss's own (the step sets
     the others) and, for a loss drawing times by a ``losses.TimeSampling``, its options."""
-    params = inspect.signature(self.loss_function()).parameters
+    fn = self.loss_function()
+    if fn is None:
+      return []
+    params = inspect.signature(fn).parameters
     names = {n for n, p in params.items()
              if p.kind == p.KEYWORD_ONLY and n not in STEP_SET_LOSS_ARGS}
     if "time_sampling" in params:
