@@ -29,7 +29,7 @@ import jax
 import ml_collections
 
 from diffusion import checkpoint, posthoc_ema
-from experiments import build, cli
+from experiments import build, cli, runtime
 from diffusion.config_checks import ConfigError
 from experiments.setup import Setup, init_state, setup
 from experiments.snapshots import SNAPSHOT_DIR, Snapshot, read_snapshots
@@ -136,6 +136,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config, --workdir and --sigma_rel are required")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  runtime.announce()
   try:
     summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir)
   except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
