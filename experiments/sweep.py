@@ -20,8 +20,9 @@ budget, ``eval.sweep_num_samples`` samples from the EMA parameters (sample i's n
 
 What a toy sweep does not report, and why. The model's NLL (--mode=eval's PF-ODE likelihood of
 held-out points) is a property of the checkpoint, the same number in every cell, not of a
-sampler: --mode=eval reports it, and it would cost more than the sweep itself (2,000 points take
-about 27 s on 2 CPU cores, the whole toy sweep above about half of that). The mean exact data
+sampler: --mode=eval reports it, and it would cost more than the sweep itself (the demo
+checkpoint's 2,000-point NLL took 42 s, the whole toy sweep above 25 s with a warm compile
+cache, on 2 shared CPU cores; README.md). The mean exact data
 log-density of a cell's samples (8gaussians, checkerboard and rings have one) is not a score of
 sample quality: samples collapsed onto the modes score higher than the data themselves, and on
 checkerboard one sample off the support makes it -inf; eval does not report it either.
@@ -80,7 +81,7 @@ class Scorer:
 def scorer(config: Config) -> Scorer:
   """Toy data: SW_2 and MMD^2 against held-out points; images: FID and KID against
   eval.fid_stats (refused in one line if they do not fit the data)."""
-  e = config.eval
+  e, m = config.eval, int(config.eval.mmd_points)
   if build.is_toy(config):
     held = build.heldout(config, int(config.data.num_heldout))
     return Scorer(
@@ -89,8 +90,8 @@ def scorer(config: Config) -> Scorer:
                 ("mmd", "MMD^2 x 1000", 1e3, ".3f")),
         against=(f"{len(held)} held-out points (data.heldout_seed {config.data.heldout_seed}), "
                  f"SW_2 over {e.sw_projections} directions, unbiased MMD^2 of the first "
-                 f"{e.mmd_points} points; the model's NLL (the same in every cell) is "
-                 f"--mode=eval's"),
+                 f"{min(m, int(e.sweep_num_samples))} samples and {min(m, len(held))} held-out "
+                 f"points; the model's NLL (the same in every cell) is --mode=eval's"),
         extra={})
   stats = eval_common.load_fid_stats(config)
   inception_params = inception.load_params()
