@@ -44,7 +44,8 @@ def define_flags() -> Flags:
       workdir=flags.DEFINE_string("workdir", None,
                                   "Directory for checkpoints, logs and results."),
       mode=flags.DEFINE_enum("mode", "train", list(MODES),
-                             "What to run (sweep: FID against NFE, experiments/sweep.py; pairs: "
+                             "What to run (sweep: FID / KID, or on toy data SW / MMD, against NFE, "
+                             "experiments/sweep.py; pairs: "
                              "reflow's (noise, sample) pairs, experiments/reflow.py)."),
       allow_fresh_start=flags.DEFINE_bool(
           "allow_fresh_start", False, "train: when every checkpoint of the workdir is proven "

@@ -72,7 +72,7 @@ import numpy as np
 from diffusion import checkpoint, elbo, networks, parallel
 from diffusion.data import images
 from diffusion.likelihood import log_likelihood as pf_ode_loglik
-from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
+from diffusion.metrics import fid, inception
 from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
 from diffusion.metrics.class_accuracy import class_accuracy
 from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
@@ -443,12 +443,8 @@ def _sample_metrics(s: Setup, params, step: int, here: str, sig: signals.RunSign
     metrics.update(eval_common.fid_metrics(config, x_all[:int(e.fid_num_samples)], fid_stats,
                                            inception.load_params()))
   x = x_all[:int(e.num_samples)]
-  flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
-  m = int(e.mmd_points)
   metrics.update({
-      "sliced_wasserstein": float(sliced_wasserstein(flat(x), flat(held), config.seed,
-                                                     num_projections=int(e.sw_projections))),
-      "mmd": float(mmd(flat(x[:m]), flat(held[:m]))),
+      **eval_common.sample_distances(config, x, held),
       "num_samples": int(len(x)), "nfe": int(nfe), "sampler": config.sampling.sampler,
       "sampler_steps": int(config.sampling.num_steps)})
   if plan.tag:
