@@ -184,8 +184,8 @@ def ema_update(ema: PyTree, params: PyTree, decay: jax.Array) -> PyTree:
 # EMA_MAX_LAG_FRACTION of the run. For a constant decay d over n steps the mean age is
 # d (1 - d^n) / (1 - d) and the weight left on the initial parameters d^n: the bound holds when
 # n (1 - d) >~ 5, i.e. the averaging length 1 / (1 - d) is at most a fifth of the run, and then at
-# most e^-5 = 0.7% of the weight is on the initialization. With warm-up (``ema_decay_at``) the
-# mean age is a tenth of the run while the warm-up lasts. docs/training.md has the measurements.
+# most about e^-5 = 0.7% of the weight is on the initialization. With warm-up (``ema_decay_at``)
+# the mean age is a tenth of the run while the warm-up lasts. Measured: docs/posthoc_ema.md.
 EMA_MAX_LAG_FRACTION = 0.2
 _EMA_CHUNK = 1 << 20  # updates per vectorized chunk (bounded memory for any run length)
 

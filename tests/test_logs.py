@@ -148,7 +148,11 @@ def test_sample_and_eval_print_progress_lines(tmp_path, capsys):
                        "sampling.num_samples": 256, "sampling.batch_size": 128,
                        "eval.plot_samples": 64})
   train.train(cfg, str(tmp_path))
-  capsys.readouterr()
+  lines = capsys.readouterr().out.splitlines()
+  # 10 steps of decay 0.999: the EMA's warning, one line, before anything is built.
+  warned = [i for i, l in enumerate(lines) if l.startswith("warning: config.training.ema_decay")]
+  started = [i for i, l in enumerate(lines) if l.startswith("starting ")]
+  assert len(warned) == 1 and warned[0] < started[0], lines
   sample.run(cfg, str(tmp_path))
   out = capsys.readouterr().out
   assert re.search(r"^sampling 128/256 \([\d,.]+ samples/s, ETA \d+ s\)$", out, re.M), out
