@@ -146,7 +146,7 @@ def test_sample_and_eval_print_progress_lines(tmp_path, capsys):
   from tests.conftest import tiny_config
   cfg = tiny_config(**{"training.num_steps": 10, "eval.density_grid": 0,
                        "sampling.num_samples": 256, "sampling.batch_size": 128,
-                       "eval.plot_samples": 64})
+                       "eval.plot_samples": 64, "eval.nll_batch_size": 32})
   train.train(cfg, str(tmp_path))
   lines = capsys.readouterr().out.splitlines()
   # 10 steps of decay 0.999: the EMA's warning, one line, before anything is built.
@@ -159,5 +159,8 @@ def test_sample_and_eval_print_progress_lines(tmp_path, capsys):
   assert re.search(r"^sampling 256/256 \([\d,.]+ samples/s, done\)$", out, re.M), out
   evaluate.run(cfg, str(tmp_path))
   out = capsys.readouterr().out
-  assert re.search(r"^likelihood 64/64 \([\d,.]+ points/s, done\)$", out, re.M), out
+  # The likelihood: what starts and the fields that size it, then each batch with an ETA.
+  assert re.search(r"^likelihood: 64 points in 2 batches of 32 \(eval.nll_points, "
+                   r"eval.nll_batch_size\)\nlikelihood 32/64 \([\d,.]+ points/s, ETA \d+ s\)\n"
+                   r"likelihood 64/64 \([\d,.]+ points/s, done\)$", out, re.M), out
   assert re.search(r"^sampling 128/128 \([\d,.]+ samples/s, done\)$", out, re.M), out
