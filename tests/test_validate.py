@@ -1,6 +1,7 @@
 """Start-up validation (experiments/validate.py): every bad input is refused in one line naming
 the field, before anything is built; and the CLI reports it as one ``error:`` line, exit != 0,
 leaving the workdir as it was."""
+import glob
 import os
 import re
 
@@ -286,12 +287,19 @@ def test_ema_warning_fires_for_a_short_run_and_its_fixes_fit():
   assert ema_warning(tiny_config(**{"training.num_steps": 10_000})) is None  # lags 10%
 
 
-def test_ema_warning_of_a_run_with_rounds_is_about_its_last_round():
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_warning_of_a_run_with_rounds_is_about_its_last_round(warmup):
   c = load_config_file(os.path.join(REPO, "configs", "toy", "checkerboard_pd.py"))
-  c.training.ema_decay, c.training.ema_warmup = 0.999, True  # warm-up ended long before 7,500
+  c.training.ema_decay, c.training.ema_warmup = 0.999, warmup
   msg = ema_warning(c)
   assert "the last round's 2500 steps (of config.training.num_steps=10000)" in msg, msg
-  assert "ema_warmup" not in msg.split("; set ")[1]  # warm-up would not help here
+  assert "ema_warmup" not in msg.split("; set ")[1]  # a warm-up ends long before step 7,500
   c.training.ema_decay = _suggested_decay(msg)
-  assert ema_warning(c) is None and training.ema_fits(2500, c.training.ema_decay, True, 7500)
+  assert ema_warning(c) is None and training.ema_fits(2500, c.training.ema_decay, warmup, 7500)
 
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py", "few_step.py")))
+def test_no_shipped_config_has_an_ema_too_long_for_its_run(path):
+  assert ema_warning(load_config_file(os.path.join(REPO, path))) is None
