@@ -10,7 +10,7 @@ the students of 8, 4, 2 and 1 steps (sample round r's with --config.eval.step=<2
 Run (after training the teacher):
   python -m experiments.main --config=configs/toy/checkerboard_pd.py --workdir=workdirs/checkerboard_pd --mode=train
 
-Measured (2026-12-08, 2 CPU cores shared at load 10; docs/few_step.md): sliced Wasserstein of
+Measured (2026-12-07, 2 CPU cores shared at load 10; docs/few_step.md): sliced Wasserstein of
 10,000 samples to held-out data (floor 0.059) 0.186 / 0.189 / 0.192 / 0.197 at 8 / 4 / 2 / 1
 steps (the teacher at 16: 0.186, at 1: 2.218); 338 s for the four rounds. With the earlier
 ema_decay 0.999 (2026-12-02): 0.197 / 0.218 / 0.259 / 0.312, 272 s.
