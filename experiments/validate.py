@@ -273,6 +273,28 @@ def check_ema_profiles(config: Config) -> None:
                       f"student from the previous one's EMA); set it to ()")
 
 
+def ema_warning(config: Config) -> Optional[str]:
+  """One line when the run's EMA (training.ema_decay, ema_warmup) cannot average over the run
+  (``training.ema_fits``: its mean age at the end over a fifth of the run; with rounds, the last
+  round, which restarts it), naming the decay, the run length and a fix; None when it fits."""
+  t = config.training
+  start = max([0, *objectives.of_config(config).round_boundaries(config)])
+  n, decay, warmup = int(t.num_steps) - start, float(t.ema_decay), bool(t.ema_warmup)
+  if n < 1 or training.ema_fits(n, decay, warmup, start):
+    return None
+  weight, age = training.ema_reach(n, decay, warmup, start)
+  fixes = ([] if warmup or not training.ema_fits(n, decay, True, start)
+           else ["--config.training.ema_warmup=True"])
+  fixes.append(f"--config.training.ema_decay={training.fitting_ema_decay(n)}")
+  run = (f"config.training.num_steps={t.num_steps}" if not start else
+         f"the last round's {n} steps (of config.training.num_steps={t.num_steps})")
+  return (f"warning: config.training.ema_decay={decay:g} ({'with' if warmup else 'no'} "
+          f"warm-up) is too long for {run}: at the end the EMA lags {age:,.0f} steps "
+          f"({age / n:.0%} of the run; fits at <= {training.EMA_MAX_LAG_FRACTION:.0%}) with "
+          f"{weight:.1%} of its weight on the initial parameters; set "
+          f"{' or '.join(fixes)}")
+
+
 def check_optim(config: Config) -> None:
   """optim.*: a known optimizer and decay, a positive lr, a warm-up shorter than the run."""
   o, num_steps = config.optim, config.training.num_steps

@@ -2,6 +2,7 @@
 KID, reference statistics files and their errors."""
 import importlib.util
 import os
+import re
 
 import jax
 import numpy as np
@@ -266,11 +267,16 @@ def test_stats_roundtrip_and_compatibility(tmp_path):
     fid.load_stats(str(tmp_path / "missing.npz"))
 
 
-def test_reference_stats_driver_on_digits(tmp_path, params):
+def test_reference_stats_driver_on_digits(tmp_path, params, capsys):
   from experiments import reference_stats
   path, stats = reference_stats.compute_reference_stats(
       "digits", "test", str(tmp_path), num_images=6, batch_size=1)
   assert os.path.basename(path) == "digits_test_8px_6.npz"
+  lines = capsys.readouterr().out.splitlines()  # progress: the first batch with an ETA, the end
+  assert re.fullmatch(r"Inception features of digits/test 1/6 \([\d,.]+ images/s, ETA .+\)",
+                      lines[0]), lines
+  assert re.fullmatch(r"Inception features of digits/test 6/6 \([\d,.]+ images/s, done\)",
+                      lines[-1]), lines
   s = fid.load_stats(path)
   assert s.meta["resolution"] == 8 and s.features.shape == (6, 2048)
   assert s.meta["weights_sha256"] == inception.weights_sha256()
