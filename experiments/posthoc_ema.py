@@ -48,17 +48,34 @@ Config = ml_collections.ConfigDict
 INFO_FILE = "posthoc_ema.json"
 
 
+def check_overrides_match(given: Config, saved: Config, keys: Sequence[str],
+                          workdir: str) -> None:
+  """A ``--config.<key>`` override that differs from the run's value in W/config.json is a
+  ConfigError naming both (the reconstruction is of that run; the override would be replaced)."""
+  for key in keys:
+    a, b = given, saved
+    for part in key.split("."):
+      a, b = a[part], b[part]
+    if a != b and not (isinstance(b, tuple) and tuple(a) == b):
+      raise ConfigError(f"--config.{key}={a!r} differs from the run's value {b!r} in "
+                        f"{workdir}/config.json; post-hoc EMA reconstructs that run: leave the "
+                        f"override out (the run's values are read from config.json)")
+
+
 def default_out_workdir(workdir: str, sigma_rel: float, step: int) -> str:
   return os.path.join(workdir, "posthoc_ema", f"sigma_rel_{sigma_rel:.6g}_step_{step}")
 
 
 def run(config: Config, workdir: str, sigma_rel: float, step: Optional[int] = None,
-        out_workdir: Optional[str] = None) -> Dict[str, Any]:
+        out_workdir: Optional[str] = None, overridden: Sequence[str] = ()) -> Dict[str, Any]:
   """Reconstructs the EMA of ``sigma_rel`` at snapshot step ``step`` (default: the latest) from
   the snapshots of ``workdir`` and writes it as a new workdir (module doc). ``config``: the run's
-  config file's, whose values W/config.json replaces. Returns a summary: out_workdir, step, t,
-  sigma_rel, gamma, coefficients, residuals, snapshots used, and the config used."""
-  config = saved_config(config, workdir)
+  config file's, whose values W/config.json replaces; ``overridden``: the keys given on the
+  command line, each of which must equal the run's value (``check_overrides_match``). Returns a
+  summary: out_workdir, step, t, sigma_rel, gamma, coefficients, residuals, snapshots used, and
+  the config used."""
+  given, config = config, saved_config(config, workdir)
+  check_overrides_match(given, config, overridden, workdir)
   validate_config(config, "train")
   if not config.training.ema_profiles:
     raise ConfigError("config.training.ema_profiles=() : this run kept no power-function EMAs, "
@@ -146,7 +163,8 @@ def main(argv: Sequence[str]) -> None:
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir)
+    summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir,
+                  overridden=cli.override_keys(sys.argv))
   except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

@@ -185,6 +185,19 @@ def test_posthoc_command_writes_a_checkpoint_sample_restores(run_a, tmp_path):
     posthoc_ema.run(cfg, run_a, 0.5, out_workdir=str(tmp_path / "x"))
 
 
+def test_an_override_that_differs_from_the_runs_value_is_refused(run_a, tmp_path):
+  """An explicit --config.<key> that disagrees with W/config.json is one ConfigError naming both
+  values (it would be replaced by the run's value); one that agrees, or none, is accepted."""
+  given = tiny_config(**{**RUN, "training.num_steps": 999})
+  with pytest.raises(ConfigError, match=r"--config.training.num_steps=999 differs from the run's "
+                                        r"value 200 in .*config.json"):
+    posthoc_ema.run(given, run_a, 0.08, out_workdir=str(tmp_path / "x"),
+                    overridden=["training.ema_profiles", "training.num_steps"])
+  assert not os.path.exists(tmp_path / "x")
+  posthoc_ema.check_overrides_match(tiny_config(**RUN), setup.saved_config(tiny_config(), run_a),
+                                    ["training.ema_profiles", "training.num_steps"], run_a)
+
+
 def test_sample_hint_is_the_config_file_with_the_runs_values():
   """The printed sample command: the config file, the run's values where they differ from the
   file's (shell-quoted), the new workdir."""
