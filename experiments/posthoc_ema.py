@@ -5,7 +5,8 @@ that turns the EMA snapshots a run writes (experiments/snapshots.py) into an EMA
       [--out_workdir=O]
 
 FILE is the run's config file; the run's overrides are read from W/config.json (the values the
-run used, ``experiments.setup.saved_config``), so they need not be repeated.
+run used, ``experiments.setup.saved_config``), so they need not be repeated; one given that
+differs from the run's value is refused, naming both.
 
 Snapshots: a run with ``training.ema_profiles`` writes each power-function EMA to
 W/ema_snapshots/step_<step:08d>_sigma_rel_<sigma_rel>.npz whenever
