@@ -12,6 +12,9 @@ conversion applied to model samples. For 256-level datasets this gives back the 
 exactly; digits' 17 levels k = 0..16 become round(k * 255 / 16) (0, 16, 32, ..., 239, 255).
 Images are then resized to 299x299 by the Inception preprocessing (grey repeated to RGB).
 
+A file of that name already there is reused when it was made the same way (Inception weights,
+--data_dir, features if asked; nothing computed) and refused otherwise; it is never overwritten.
+
 Progress: a line per Inception batch (--batch_size) with the rate and an ETA. Inception is most
 of the time (3-5 images/s on 2 CPU cores: the digits' 1,500 training images take 5-8 minutes);
 --num_images=N reads only the first N (a quick check; FID against fewer reference images is
@@ -66,8 +69,12 @@ def compute_reference_stats(dataset: str, split: str, out: str, resolution: Opti
   if num_images is not None and num_images < 2:
     raise ValueError(f"num_images must be >= 2 (a covariance needs two), got {num_images}")
   res = images_lib.image_shape(dataset, resolution)[0]
-  params = inception.load_params(weights)
   total, batches = read_split_uint8(dataset, split, resolution, num_images, data_dir=data_dir)
+  path = os.path.join(out, fid.stats_filename(dataset, split, res, total))
+  source = os.path.abspath(data_dir) if data_dir else None
+  if os.path.exists(path):
+    return path, _existing(path, inception.weights_sha256(weights), keep_features, source)
+  params = inception.load_params(weights)
   progress = writers.Progress(f"Inception features of {dataset}/{split}", total, "images")
   feats = []
   for x in batches:
@@ -77,11 +84,31 @@ def compute_reference_stats(dataset: str, split: str, out: str, resolution: Opti
   if not feats:
     raise ValueError(f"split {split!r} of {dataset!r} yielded no images")
   f = np.concatenate(feats)
-  path = os.path.join(out, fid.stats_filename(dataset, split, res, len(f)))
   stats = fid.save_stats(path, f, dataset=dataset, split=split, resolution=res,
                          weights_sha256=inception.weights_sha256(weights),
-                         keep_features=keep_features)
+                         keep_features=keep_features, data_dir=source)
   return path, stats
+
+
+def _existing(path: str, weights_sha256: str, keep_features: bool,
+              data_dir: Optional[str]) -> fid.Stats:
+  """The statistics already at ``path`` (its name holds dataset, split, resolution and count)
+  when they were made the same way (Inception weights, tfds data_dir, features kept if asked),
+  printed as reused; another file there is a ValueError naming the difference (never
+  overwritten)."""
+  stats = fid.load_stats(path)
+  differ = {k: (stats.meta.get(k), v) for k, v in [("weights_sha256", weights_sha256),
+                                                   ("data_dir", data_dir)]
+            if stats.meta.get(k) != v}
+  if keep_features and stats.features is None:
+    differ["features"] = ("not kept", "asked for")
+  if differ:
+    raise ValueError(f"{path} already holds statistics made otherwise ("
+                     + ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in differ.items())
+                     + "); it is left as it is: give another --out")
+  print(f"{path} already holds these statistics (same split, count, Inception weights and "
+        f"data_dir): reused, nothing computed", flush=True)
+  return stats
 
 
 def main(argv=None):
