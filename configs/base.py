@@ -207,7 +207,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.kid_subsets = 100  # TF-GAN / clean-fid
   c.eval.kid_subset_size = 1_000
   c.eval.inception_batch_size = 64
-  # --mode=sweep: FID against NFE on one checkpoint (experiments/sweep.py).
+  # --mode=sweep: FID / KID (images) or sliced Wasserstein / MMD (toy data, against
+  # data.num_heldout held-out points) against NFE on one checkpoint (experiments/sweep.py).
   c.eval.sweep_samplers = "euler,heun,dpmpp_2m,unipc"  # comma-separated sampler names
   c.eval.sweep_nfe = "5,10,20"  # comma-separated NFE budgets
   c.eval.sweep_num_samples = 1_000

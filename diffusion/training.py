@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
@@ -175,6 +176,74 @@ def ema_update(ema: PyTree, params: PyTree, decay: jax.Array) -> PyTree:
   """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
   return jax.tree_util.tree_map(lambda e, p: e + (1.0 - decay) * (p.astype(e.dtype) - e),
                                 ema, params)
+
+
+# -- how far the EMA reaches (host-side, float64) -------------------------------------------------
+
+# An EMA fits a run when, at its end, the mean age of what it averages is at most
+# EMA_MAX_LAG_FRACTION of the run. For a constant decay d over n steps the mean age is
+# d (1 - d^n) / (1 - d) and the weight left on the initial parameters d^n: the bound holds when
+# n (1 - d) >~ 5, i.e. the averaging length 1 / (1 - d) is at most a fifth of the run, and then at
+# most about e^-5 = 0.7% of the weight is on the initialization. With warm-up (``ema_decay_at``)
+# the mean age is a tenth of the run while the warm-up lasts. Measured: docs/posthoc_ema.md.
+EMA_MAX_LAG_FRACTION = 0.2
+_EMA_CHUNK = 1 << 20  # updates per vectorized chunk (bounded memory for any run length)
+
+
+def _warmup_end(decay: float) -> int:
+  """The first update k whose warm-up decay (1 + k) / (10 + k) reaches ``decay``."""
+  return max(0, math.ceil((10.0 * decay - 1.0) / (1.0 - decay)))
+
+
+def _chunk_reach(decays: np.ndarray) -> Tuple[float, float]:
+  """(product of ``decays``, sum over k of prod_{j >= k} decays[j]): what a stretch of updates
+  does to the initial weight and the mean age (``ema_reach``)."""
+  with np.errstate(divide="ignore"):
+    logs = np.log(decays)
+  suffix = np.cumsum(logs[::-1])[::-1]  # sum_{j >= k} log d_j
+  return float(np.exp(suffix[0])), float(np.sum(np.exp(suffix)))
+
+
+def ema_reach(num_steps: int, decay: float, warmup: bool, start: int = 0) -> Tuple[float, float]:
+  """(the weight of the initial parameters, the mean age in steps of what the EMA averages) after
+  ``num_steps`` updates ``start .. start + num_steps - 1`` of ``ema_decay_at`` (float64).
+
+  One update with decay d_k scales the old weights by d_k and ages them one step: W <- d_k W,
+  A <- d_k (A + 1), from W = 1, A = 0 (the average is the initial parameters).
+  """
+  weight, age = 1.0, 0.0
+  k, end = int(start), int(start) + int(num_steps)
+  warm_end = _warmup_end(decay) if warmup else k
+  while k < min(end, warm_end):  # warm-up: decay (1 + k) / (10 + k), in chunks
+    m = min(end, warm_end, k + _EMA_CHUNK) - k
+    steps = np.arange(k, k + m, dtype=np.float64)
+    p, s = _chunk_reach(np.minimum(decay, (1.0 + steps) / (10.0 + steps)))
+    weight, age, k = p * weight, p * age + s, k + m
+  m = end - k  # the constant decay, in closed form
+  if m > 0:
+    p = decay ** m
+    weight, age = p * weight, p * age + (decay * (1.0 - p) / (1.0 - decay) if decay else 0.0)
+  return weight, age
+
+
+def ema_fits(num_steps: int, decay: float, warmup: bool, start: int = 0) -> bool:
+  """Whether the EMA averages over the run: its mean age at the end is at most
+  EMA_MAX_LAG_FRACTION of ``num_steps``."""
+  return ema_reach(num_steps, decay, warmup, start)[1] <= EMA_MAX_LAG_FRACTION * num_steps
+
+
+def fitting_ema_decay(num_steps: int) -> float:
+  """The largest decay without warm-up that fits a run of ``num_steps`` (``ema_fits``), rounded
+  down to two significant digits of 1 - decay (0.9975, 0.99, ...) so that it prints exactly."""
+  lo, hi = 0.0, 1.0
+  for _ in range(60):  # the mean age grows with the decay: bisection
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if ema_fits(num_steps, mid, False) else (lo, mid)
+  scale = 10.0 ** (math.floor(math.log10(1.0 - lo)) - 1)
+  d = round(1.0 - math.ceil((1.0 - lo) / scale) * scale, 12)
+  while not ema_fits(num_steps, d, False):  # a value rounded onto the bound itself
+    d = round(d - scale, 12)
+  return d
 
 
 # -- state ----------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ when the section itself is unknown. JAX-free: these run before JAX is imported.
 from __future__ import annotations
 
 import difflib
+import shlex
 import sys
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import flags
 import ml_collections
@@ -44,7 +45,8 @@ def define_flags() -> Flags:
       workdir=flags.DEFINE_string("workdir", None,
                                   "Directory for checkpoints, logs and results."),
       mode=flags.DEFINE_enum("mode", "train", list(MODES),
-                             "What to run (sweep: FID against NFE, experiments/sweep.py; pairs: "
+                             "What to run (sweep: FID / KID, or on toy data SW / MMD, against NFE, "
+                             "experiments/sweep.py; pairs: "
                              "reflow's (noise, sample) pairs, experiments/reflow.py)."),
       allow_fresh_start=flags.DEFINE_bool(
           "allow_fresh_start", False, "train: when every checkpoint of the workdir is proven "
@@ -60,16 +62,18 @@ class ConfigKeyError(ValueError):
   """A --config.<key> override names no field of the config."""
 
 
-def config_keys(config: ml_collections.ConfigDict, prefix: str = "") -> List[str]:
-  """Dotted names of every overridable (leaf) field, sorted."""
-  out = []
+def _leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+  """(dotted key, value) of every leaf field of ``config``."""
   for k, v in config.items():
-    name = f"{prefix}{k}"
     if isinstance(v, ml_collections.ConfigDict):
-      out += config_keys(v, name + ".")
+      yield from _leaves(v, f"{prefix}{k}.")
     else:
-      out.append(name)
-  return sorted(out)
+      yield f"{prefix}{k}", v
+
+
+def config_keys(config: ml_collections.ConfigDict) -> List[str]:
+  """Dotted names of every overridable (leaf) field, sorted."""
+  return sorted(k for k, _ in _leaves(config))
 
 
 def overridden(config: ml_collections.ConfigDict,
@@ -86,6 +90,30 @@ def overridden(config: ml_collections.ConfigDict,
       raise KeyError(f"config has no field {key!r}")
     node[last] = value
   return c
+
+
+def _flag_value(value: Any) -> str:
+  """``value`` as a --config.<key>=<value> override spells it (config_flags parses it back)."""
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value))
+  return value if isinstance(value, str) else repr(value)
+
+
+def override_args(base: ml_collections.ConfigDict,
+                  config: ml_collections.ConfigDict) -> Tuple[List[str], List[str]]:
+  """(the shell-quoted ``--config.<key>=<value>`` arguments that turn ``base``, a config file's
+  get_config(), into ``config``; the keys whose value no override can set: None, or a key that
+  ``base`` lacks)."""
+  base_values = dict(_leaves(base))
+  args, unsettable = [], []
+  for key, value in _leaves(config):
+    if key in base_values and base_values[key] == value:
+      continue
+    if value is None or key not in base_values:
+      unsettable.append(key)
+    else:
+      args.append(shlex.quote(f"--config.{key}={_flag_value(value)}"))
+  return args, unsettable
 
 
 def override_keys(argv: Sequence[str]) -> List[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
@@ -34,6 +35,7 @@ from experiments.setup import init_state, setup
 from experiments.validate import validate_config
 
 FORMATS = ("diffusers", "score_sde")
+HINT_SAMPLES = 64  # the printed sample command's count: minutes on a CPU, not hours
 # Datasets inferred from the image shape when --dataset is not given (unique shapes only).
 DATASET_BY_SHAPE = {(32, 32, 3): "cifar10", (8, 8, 1): "digits", (28, 28, 1): "mnist",
                     (64, 64, 3): "celeb_a"}
@@ -66,7 +68,8 @@ sha256 {conv.source.get("sha256")}
 What the conversion changed:
 {notes}
 
-Sample:   python -m experiments.main --config=<this file> --workdir=<this folder> --mode=sample
+Sample:   python -m experiments.main --config=<this file> --workdir=<this folder> --mode=sample \\
+    --config.sampling.num_samples={HINT_SAMPLES}  (a first look; without it: the full set)
 Evaluate: python -m experiments.main --config=<this file> --workdir=<this folder> --mode=eval
 Fine-tune (continues from the converted weights): --mode=train
 """
@@ -209,9 +212,20 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1)
   lines: List[str] = [f"converted {summary['num_params']:,} parameters into {f.workdir}"]
   lines += [f"  {n}" for n in summary["notes"]]
-  lines.append(f"sample with: python -m experiments.main --config={f.workdir}/config.py "
-               f"--workdir={f.workdir} --mode=sample")
+  lines.append(sample_hint(f.workdir))
   print("\n".join(lines), flush=True)
+
+
+def sample_hint(workdir: str) -> str:
+  """The command that samples the converted ``workdir`` as printed: its own config.py and
+  HINT_SAMPLES samples, and how to get more."""
+  config = os.path.join(workdir, "config.py")
+  full = load_config_file(config).sampling.num_samples
+  return (f"sample with: python -m experiments.main {shlex.quote('--config=' + config)} "
+          f"{shlex.quote('--workdir=' + workdir)} --mode=sample "
+          f"--config.sampling.num_samples={HINT_SAMPLES}\n"
+          f"  ({HINT_SAMPLES} samples for a first look; --config.sampling.num_samples={full} "
+          f"draws the config's full set, --mode=eval its metrics)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What eval and sweep share: the checkpoints to evaluate, the eval/ folder, and FID / KID of a
-run's samples against reference statistics (python -m experiments.reference_stats)."""
+"""What eval and sweep share: the checkpoints to evaluate, the eval/ folder, FID / KID of a run's
+samples against reference statistics (python -m experiments.reference_stats), and the sliced
+Wasserstein distance and MMD of samples to held-out data."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import numpy as np
 
 from diffusion import checkpoint
 from diffusion.data import images
-from diffusion.metrics import fid, inception
+from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
 from experiments import writers
 
 Config = ml_collections.ConfigDict
@@ -47,6 +48,21 @@ def steps_to_evaluate(ecfg: Config, available: List[int], where: str) -> List[Op
                             f"{where}; available steps: {available} (omit --config.eval.step "
                             f"for the newest, or set --config.eval.all_checkpoints=True)")
   return [int(ecfg.step)]
+
+
+# -- any data: distances to held-out data ---------------------------------------------------------
+
+
+def sample_distances(config: Config, x: np.ndarray, held: np.ndarray) -> Dict[str, float]:
+  """{'sliced_wasserstein', 'mmd'} of samples x (n, ...) against held-out data (m, ...), both
+  flattened to float32 vectors: SW_2 over config.eval.sw_projections directions drawn from
+  config.seed, and the unbiased MMD^2 of the first config.eval.mmd_points of each (both need
+  n, m >= 2). The sample metrics of --mode=eval and of a toy --mode=sweep's cells."""
+  flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
+  e, m = config.eval, int(config.eval.mmd_points)
+  return {"sliced_wasserstein": float(sliced_wasserstein(flat(x), flat(held), config.seed,
+                                                         num_projections=int(e.sw_projections))),
+          "mmd": float(mmd(flat(x[:m]), flat(held[:m])))}
 
 
 # -- images: FID / KID ----------------------------------------------------------------------------

@@ -72,7 +72,7 @@ import numpy as np
 from diffusion import checkpoint, elbo, networks, parallel
 from diffusion.data import images
 from diffusion.likelihood import log_likelihood as pf_ode_loglik
-from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
+from diffusion.metrics import fid, inception
 from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
 from diffusion.metrics.class_accuracy import class_accuracy
 from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
@@ -85,6 +85,7 @@ from experiments.writers import say
 Config = ml_collections.ConfigDict
 
 METRICS_FILE = "metrics.json"
+NLL_FIELDS = "eval.nll_points, eval.nll_batch_size"  # what sizes a likelihood pass
 
 
 _JIT_CACHE: Dict[Any, Any] = {}
@@ -377,6 +378,17 @@ def _heldout(config: Config) -> Tuple[np.ndarray, Optional[np.ndarray], Optional
   return held, levels[:int(e.nll_points)], levels_count
 
 
+def batch_progress(what: str, n: int, unit: str, batch_size: int,
+                   fields: str) -> writers.Progress:
+  """The progress of ``n`` items in batches of ``batch_size`` (a line, rate and ETA after each
+  batch), after one line saying what starts and the config ``fields`` that size it: a batch
+  (one adaptive ODE solve for the likelihoods) can take minutes."""
+  batches = -(-n // max(1, batch_size))
+  say(f"{what}: {n:,} {unit} in {batches} batch{'es' if batches > 1 else ''} of "
+      f"{min(batch_size, n):,} ({fields})")
+  return writers.Progress(what, n, unit)
+
+
 def _nll_metrics(s: Setup, params, held: np.ndarray, key: jax.Array) -> Dict[str, Any]:
   """Toy data: the PF-ODE NLL in nats of the first eval.nll_points held-out points, and its
   excess over the data's entropy where known."""
@@ -385,7 +397,8 @@ def _nll_metrics(s: Setup, params, held: np.ndarray, key: jax.Array) -> Dict[str
   logp, nll_nfe = log_likelihood(s, params, held[:n_nll], int(e.nll_batch_size), key,
                                  rtol=e.rtol, atol=e.atol, divergence=e.divergence,
                                  probe=e.probe, t_min=e.t_min, solver=e.solver,
-                                 progress=writers.Progress("likelihood", n_nll, "points"))
+                                 progress=batch_progress("likelihood", n_nll, "points",
+                                                         int(e.nll_batch_size), NLL_FIELDS))
   metrics = {"nll_nats": float(-np.mean(logp)),
              "nll_nats_stderr": float(np.std(logp) / np.sqrt(len(logp))),
              "nll_points": int(len(logp)), "nll_nfe": nll_nfe, "divergence": e.divergence}
@@ -406,8 +419,9 @@ def _bpd_metrics(s: Setup, params, test: np.ndarray, num_levels: int,
     return log_likelihood(
         s, params, x, int(e.nll_batch_size), k, rtol=e.rtol, atol=e.atol,
         divergence=e.divergence, probe=e.probe, t_min=e.t_min, solver=e.solver,
-        progress=writers.Progress(f"PF-ODE bits/dim, draw {d + 1}/{e.dequantization_draws}",
-                                  len(x), "images"))
+        progress=batch_progress(f"PF-ODE bits/dim, draw {d + 1}/{e.dequantization_draws}",
+                                len(x), "images", int(e.nll_batch_size),
+                                NLL_FIELDS + ", eval.dequantization_draws"))
 
   metrics = bpd_pf_ode(loglik, test, num_levels, key, int(e.dequantization_draws))
   metrics.update({"divergence": e.divergence, "probe": e.probe, "solver": e.solver,
@@ -418,7 +432,9 @@ def _bpd_metrics(s: Setup, params, test: np.ndarray, num_levels: int,
 
     def elbo_fn(x_int, k):
       return _batched(s, fn, params, x_int.astype(np.int32), int(e.nll_batch_size), k,
-                      writers.Progress("ELBO", len(x_int), "images"))[0]
+                      batch_progress("ELBO", len(x_int), "images", int(e.nll_batch_size),
+                                     "eval.elbo_time_samples, " + NLL_FIELDS
+                                     + "; eval.elbo=False skips it"))[0]
 
     metrics.update(bpd_elbo(elbo_fn, test, jax.random.fold_in(key, 1)))
     metrics.update({"elbo_time_samples": int(e.elbo_time_samples),
@@ -443,12 +459,8 @@ def _sample_metrics(s: Setup, params, step: int, here: str, sig: signals.RunSign
     metrics.update(eval_common.fid_metrics(config, x_all[:int(e.fid_num_samples)], fid_stats,
                                            inception.load_params()))
   x = x_all[:int(e.num_samples)]
-  flat = lambda a: np.asarray(a, np.float32).reshape(len(a), -1)  # noqa: E731
-  m = int(e.mmd_points)
   metrics.update({
-      "sliced_wasserstein": float(sliced_wasserstein(flat(x), flat(held), config.seed,
-                                                     num_projections=int(e.sw_projections))),
-      "mmd": float(mmd(flat(x[:m]), flat(held[:m]))),
+      **eval_common.sample_distances(config, x, held),
       "num_samples": int(len(x)), "nfe": int(nfe), "sampler": config.sampling.sampler,
       "sampler_steps": int(config.sampling.num_steps)})
   if plan.tag:

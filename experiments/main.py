@@ -1,6 +1,7 @@
 """Entry point: ``python -m experiments.main --config=FILE --workdir=DIR --mode=MODE``, MODE one
-of train, sample, eval, sweep (FID against NFE on one checkpoint) and pairs (reflow's (noise,
-sample) pairs of a trained flow).
+of train, sample, eval, sweep (sample quality against NFE on one checkpoint: FID / KID on images,
+sliced Wasserstein / MMD on toy data) and pairs (reflow's (noise, sample) pairs of a trained
+flow).
 
 Any config field can be overridden, ``--config.training.num_steps=2000``; an unknown key is an
 error naming close matches and the valid keys of its section (``experiments.cli``). This module

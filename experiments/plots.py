@@ -1,13 +1,15 @@
-"""PNG figures of a run: data vs samples, a learned density, image grids (matplotlib, Agg)."""
+"""PNG figures of a run: data vs samples, a learned density, image grids, a sweep's metrics
+against NFE (matplotlib, Agg)."""
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -58,6 +60,39 @@ def image_grid(images: np.ndarray, path: str, ncols: Optional[int] = None):
   fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1]))
   ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None)
   ax.axis("off")
+  _save(fig, path)
+  return fig
+
+
+def metric_vs_nfe(cells: Sequence[Mapping[str, Any]], samplers: Sequence[str],
+                  panels: Sequence[Tuple[str, str, float]], path: str, title: str = ""):
+  """One panel per (metric, label, scale) of ``panels``: each cell's ``metric`` x scale against
+  its exact NFE (``cell['nfe']``), one line per sampler of ``samplers`` through its cells in
+  order of NFE (``cells``: dicts with 'sampler', 'nfe', 'nfe_budget' and the metrics, e.g. a
+  sweep's). Log x with ticks at the budgets; log y where every value is positive (a metric that
+  can be negative, the unbiased MMD^2, stays linear). Saved to ``path``; returns the figure."""
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+  budgets = sorted({int(c["nfe_budget"]) for c in cells})
+  for ax, (metric, label, scale) in zip(axes[0], panels):
+    values = []
+    for name in samplers:
+      points = sorted((int(c["nfe"]), float(c[metric]) * scale) for c in cells
+                      if c["sampler"] == name and metric in c)
+      if points:
+        ax.plot(*zip(*points), marker="o", label=name)
+        values += [v for _, v in points]
+    ax.set_xscale("log")
+    if values and min(values) > 0:
+      ax.set_yscale("log")
+    ax.set_xticks(budgets)
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("NFE (ticks: budgets; points: exact NFE)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")
+  axes[0][0].legend(fontsize="small")
+  if title:
+    fig.suptitle(title)
   _save(fig, path)
   return fig
 

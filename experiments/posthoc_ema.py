@@ -1,8 +1,12 @@
 """EDM2's post-hoc EMA (Karras et al. 2024, Sec. 3, App. C; diffusion/posthoc_ema.py): the command
 that turns the EMA snapshots a run writes (experiments/snapshots.py) into an EMA of any length.
 
-  python -m experiments.posthoc_ema --config=FILE [--config.x=...] --workdir=W --sigma_rel=0.07
-      [--step=N] [--out_workdir=O]
+  python -m experiments.posthoc_ema --config=FILE --workdir=W --sigma_rel=0.07 [--step=N]
+      [--out_workdir=O]
+
+FILE is the run's config file; the run's overrides are read from W/config.json (the values the
+run used, ``experiments.setup.saved_config``), so they need not be repeated; one given that
+differs from the run's value is refused, naming both.
 
 Snapshots: a run with ``training.ema_profiles`` writes each power-function EMA to
 W/ema_snapshots/step_<step:08d>_sigma_rel_<sigma_rel>.npz whenever
@@ -16,11 +20,14 @@ checkpoint at step N whose params, ema_params and power EMAs are the reconstruct
 state fresh, as experiments.convert does), and posthoc_ema.json (the request, the snapshots used
 and their coefficients, the profile residual). --mode=sample / eval with --workdir=O use it;
 W's checkpoints and snapshots are only read. An O that already holds checkpoints is refused.
+The command ends with a sample command for O that runs as printed: FILE with the run's values
+as --config.<key>=<value> overrides.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +38,8 @@ import ml_collections
 from diffusion import checkpoint, posthoc_ema
 from experiments import build, cli, runtime
 from diffusion.config_checks import ConfigError
-from experiments.setup import Setup, init_state, setup
+from experiments.config_files import load_config_file
+from experiments.setup import Setup, init_state, saved_config, setup
 from experiments.snapshots import SNAPSHOT_DIR, Snapshot, read_snapshots
 from experiments.validate import validate_config
 from experiments.writers import say
@@ -41,15 +49,34 @@ Config = ml_collections.ConfigDict
 INFO_FILE = "posthoc_ema.json"
 
 
+def check_overrides_match(given: Config, saved: Config, keys: Sequence[str],
+                          workdir: str) -> None:
+  """A ``--config.<key>`` override that differs from the run's value in W/config.json is a
+  ConfigError naming both (the reconstruction is of that run; the override would be replaced)."""
+  for key in keys:
+    a, b = given, saved
+    for part in key.split("."):
+      a, b = a[part], b[part]
+    if a != b and not (isinstance(b, tuple) and tuple(a) == b):
+      raise ConfigError(f"--config.{key}={a!r} differs from the run's value {b!r} in "
+                        f"{workdir}/config.json; post-hoc EMA reconstructs that run: leave the "
+                        f"override out (the run's values are read from config.json)")
+
+
 def default_out_workdir(workdir: str, sigma_rel: float, step: int) -> str:
   return os.path.join(workdir, "posthoc_ema", f"sigma_rel_{sigma_rel:.6g}_step_{step}")
 
 
 def run(config: Config, workdir: str, sigma_rel: float, step: Optional[int] = None,
-        out_workdir: Optional[str] = None) -> Dict[str, Any]:
+        out_workdir: Optional[str] = None, overridden: Sequence[str] = ()) -> Dict[str, Any]:
   """Reconstructs the EMA of ``sigma_rel`` at snapshot step ``step`` (default: the latest) from
-  the snapshots of ``workdir`` and writes it as a new workdir (module doc). Returns a summary:
-  out_workdir, step, t, sigma_rel, gamma, coefficients, residuals, snapshots used."""
+  the snapshots of ``workdir`` and writes it as a new workdir (module doc). ``config``: the run's
+  config file's, whose values W/config.json replaces; ``overridden``: the keys given on the
+  command line, each of which must equal the run's value (``check_overrides_match``). Returns a
+  summary: out_workdir, step, t, sigma_rel, gamma, coefficients, residuals, snapshots used, and
+  the config used."""
+  given, config = config, saved_config(config, workdir)
+  check_overrides_match(given, config, overridden, workdir)
   validate_config(config, "train")
   if not config.training.ema_profiles:
     raise ConfigError("config.training.ema_profiles=() : this run kept no power-function EMAs, "
@@ -75,7 +102,7 @@ def run(config: Config, workdir: str, sigma_rel: float, step: Optional[int] = No
   say(f"post-hoc EMA sigma_rel={float(sigma_rel):g} (gamma {rec.gamma:.3f}) at step {step} from "
       f"{len(used)} snapshots (relative profile residual {rec.relative_residual:.2e}) -> "
       f"checkpoint {step} of {out}")
-  return dict(info, out_workdir=out, coefficients=rec.coefficients, params=params)
+  return dict(info, out_workdir=out, coefficients=rec.coefficients, params=params, config=config)
 
 
 def _snapshots_to(workdir: str, s: Setup, step: Optional[int]) -> Tuple[int, List[Snapshot]]:
@@ -138,13 +165,27 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   runtime.announce()
   try:
-    summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir)
+    summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir,
+                  overridden=cli.override_keys(sys.argv))
   except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
-  print(f"sample with: python -m experiments.main --config=<the run's config and overrides> "
-        f"--workdir={summary['out_workdir']} --mode=sample", flush=True)
+  print(sample_hint(cli.config_spec(sys.argv), summary["config"], summary["out_workdir"]),
+        flush=True)
+
+
+def sample_hint(spec: str, config: Config, workdir: str) -> str:
+  """The command that samples ``workdir`` (a reconstruction of a run with ``config``): the config
+  file ``spec`` with the overrides that give ``config``, one line (two when a value cannot be
+  passed on the command line)."""
+  args, unsettable = cli.override_args(load_config_file(spec), config)
+  line = " ".join(["sample with: python -m experiments.main", shlex.quote(f"--config={spec}"),
+                   *args, shlex.quote(f"--workdir={workdir}"), "--mode=sample"])
+  if unsettable:
+    line += (f"\n(the run's {', '.join(unsettable)} cannot be set on the command line: from "
+             f"Python, experiments.setup.saved_config gives its config)")
+  return line
 
 
 if __name__ == "__main__":

@@ -48,8 +48,13 @@ The key (``key``):
                      with eval.fid_stats: the sha256 of the statistics file, fid_num_samples,
                      fid_rounding, kid_subsets, kid_subset_size. A classifier's eval: data
                      num_heldout, heldout_seed, eval_split and eval.nll_batch_size.
-  sweep              eval.sweep_num_samples; the sha256 of eval.fid_stats, fid_rounding,
-                     kid_subsets, kid_subset_size.
+  sweep              eval.sweep_num_samples, and what scores a cell: images: the sha256 of
+                     eval.fid_stats, fid_rounding, kid_subsets, kid_subset_size; toy data:
+                     data num_heldout, heldout_seed (the held-out points the cells are
+                     compared with; eval_split names no toy set), eval.mmd_points and
+                     sw_projections (SW's directions are drawn from the seed). A toy sweep
+                     computes no likelihood (experiments/sweep.py says why), so no NLL field
+                     is in its key.
 
 Left out, because they do not change the values written: sampling.batch_size (sample i depends
 on (key, i) only, not on the batch or the number of devices), eval.inception_batch_size,
@@ -243,7 +248,13 @@ def key(config: Config, mode: str, step: int,
   elif mode == "eval":
     k["data"] = _heldout(config)
     k["eval"] = _eval(config)
-  else:
+  elif build.is_toy(config):  # SW / MMD against held-out points (experiments/sweep.py)
+    e = config.eval
+    d = _heldout(config)
+    k["data"] = {"num_heldout": d["num_heldout"], "heldout_seed": d["heldout_seed"]}
+    k["sweep"] = {"sweep_num_samples": int(e.sweep_num_samples),
+                  "mmd_points": int(e.mmd_points), "sw_projections": int(e.sw_projections)}
+  else:  # images: FID / KID
     k["sweep"] = dict(_fid(config), sweep_num_samples=int(config.eval.sweep_num_samples))
   return k
 
@@ -285,7 +296,7 @@ def eval_dir(workdir: str, out: Output) -> str:
 
 
 def sweep_path(workdir: str, out: Output, ext: str) -> str:
-  """<workdir>/eval/sweep_step_<N>_<name>.<ext> (ext 'json' or 'md')."""
+  """<workdir>/eval/sweep_step_<N>_<name>.<ext> (ext 'json', 'md' or 'png')."""
   return os.path.join(workdir, "eval", f"sweep_step_{out.step}_{out.name}.{ext}")
 
 

@@ -54,8 +54,10 @@ def steps_for_nfe(sampler: str, nfe_budget: int, hparams: Mapping[str, Any]) -> 
 
 
 def markdown_table(cells: Sequence[Dict[str, Any]], budgets: Sequence[int],
-                   samplers: Sequence[str], metric: str = "fid", scale: float = 1.0) -> str:
-  """Rows = samplers, columns = NFE budgets; each entry '<metric x scale> (NFE n)' or '-'."""
+                   samplers: Sequence[str], metric: str = "fid", scale: float = 1.0,
+                   fmt: str = ".2f") -> str:
+  """Rows = samplers, columns = NFE budgets; each entry '<metric x scale, in format fmt> (NFE n)'
+  or '-'."""
   by = {(c["sampler"], c["nfe_budget"]): c for c in cells}
   head = "| sampler | " + " | ".join(f"NFE {b}" for b in budgets) + " |"
   lines = [head, "|---|" + "---:|" * len(budgets)]
@@ -63,7 +65,8 @@ def markdown_table(cells: Sequence[Dict[str, Any]], budgets: Sequence[int],
     row = []
     for b in budgets:
       c = by.get((s, b))
-      row.append("-" if c is None or metric not in c else f"{c[metric] * scale:.2f} ({c['nfe']})")
+      row.append("-" if c is None or metric not in c
+                 else f"{c[metric] * scale:{fmt}} ({c['nfe']})")
     lines.append(f"| `{s}` | " + " | ".join(row) + " |")
   return "\n".join(lines)
 

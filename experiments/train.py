@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from diffusion import checkpoint, objectives, parallel, training
 from experiments import build, distill, generate, plots, signals, snapshots, writers
 from experiments.setup import Setup, init_state, setup
-from experiments.validate import validate
+from experiments.validate import ema_warning, validate
 from experiments.writers import say
 
 Config = ml_collections.ConfigDict
@@ -110,6 +110,9 @@ def train(config: Config, workdir: str, allow_fresh_start: bool = False) -> Dict
   them aside and start from step 0 (otherwise checkpoint.NoUsableCheckpointError).
   """
   validate(config, "train", workdir)
+  lag = ema_warning(config)
+  if lag:
+    say(lag)  # before anything is built or compiled
   with signals.RunSignals("set-up", "nothing saved") as sig:
     summary = _train(config, workdir, sig, allow_fresh_start)
   if summary["status"] == "interrupted":

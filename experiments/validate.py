@@ -22,7 +22,7 @@ from diffusion import (elbo, guidance, likelihood, losses, networks, objectives,
                        posthoc_ema, training)
 from diffusion.config_checks import (ConfigError, from_library, int_at_least, is_bool, number_in,
                                      one_of, positive)
-from diffusion.data import images, toy2d
+from diffusion.data import images
 from diffusion.metrics import inception
 from diffusion.models import capabilities, get_model, model_outputs, registered_models
 from diffusion.samplers import grids, registry
@@ -273,6 +273,28 @@ def check_ema_profiles(config: Config) -> None:
                       f"student from the previous one's EMA); set it to ()")
 
 
+def ema_warning(config: Config) -> Optional[str]:
+  """One line when the run's EMA (training.ema_decay, ema_warmup) cannot average over the run
+  (``training.ema_fits``: its mean age at the end over a fifth of the run; with rounds, the last
+  round, which restarts it), naming the decay, the run length and a fix; None when it fits."""
+  t = config.training
+  start = max([0, *objectives.of_config(config).round_boundaries(config)])
+  n, decay, warmup = int(t.num_steps) - start, float(t.ema_decay), bool(t.ema_warmup)
+  if n < 1 or training.ema_fits(n, decay, warmup, start):
+    return None
+  weight, age = training.ema_reach(n, decay, warmup, start)
+  fixes = ([] if warmup or not training.ema_fits(n, decay, True, start)
+           else ["--config.training.ema_warmup=True"])
+  fixes.append(f"--config.training.ema_decay={training.fitting_ema_decay(n)}")
+  run = (f"config.training.num_steps={t.num_steps}" if not start else
+         f"the last round's {n} steps (of config.training.num_steps={t.num_steps})")
+  return (f"warning: config.training.ema_decay={decay:g} ({'with' if warmup else 'no'} "
+          f"warm-up) is too long for {run}: at the end the EMA lags {age:,.0f} steps "
+          f"({age / n:.0%} of the run; fits at <= {training.EMA_MAX_LAG_FRACTION:.0%}) with "
+          f"{weight:.1%} of its weight on the initial parameters; set "
+          f"{' or '.join(fixes)}")
+
+
 def check_optim(config: Config) -> None:
   """optim.*: a known optimizer and decay, a positive lr, a warm-up shorter than the run."""
   o, num_steps = config.optim, config.training.num_steps
@@ -374,14 +396,17 @@ def check_eval(config: Config) -> None:
 
 
 def check_fid(config: Config, mode: str) -> None:
-  """FID inputs for eval (when eval.fid_stats is set) and sweep (always): image data, an existing
-  statistics file, the Inception weights installed; for sweep the sampler and NFE lists."""
+  """FID inputs, for eval when eval.fid_stats is set and for a sweep on images (always): image
+  data, an existing statistics file, the Inception weights installed. (A sweep on toy data
+  scores its cells by sliced Wasserstein and MMD, experiments/sweep.py.)"""
   e = config.eval
-  if mode not in ("eval", "sweep") or (mode == "eval" and e.fid_stats is None):
+  image_sweep = mode == "sweep" and not build.is_toy(config)
+  if mode not in ("eval", "sweep") or (e.fid_stats is None and not image_sweep):
     return
-  if config.data.name in toy2d.available():
-    raise ConfigError(f"config.eval.fid_stats / --mode={mode}: FID scores images, and "
-                      f"config.data.name={config.data.name!r} is 2-D toy data")
+  if build.is_toy(config):
+    raise ConfigError(f"config.eval.fid_stats={e.fid_stats!r} / --mode={mode}: FID scores "
+                      f"images, and config.data.name={config.data.name!r} is 2-D toy data "
+                      f"(scored by sliced Wasserstein and MMD): unset config.eval.fid_stats")
   if e.fid_stats is None:
     raise ConfigError(f"--mode={mode} needs config.eval.fid_stats, the path of reference "
                       f"statistics (python -m experiments.reference_stats --dataset="
@@ -394,19 +419,30 @@ def check_fid(config: Config, mode: str) -> None:
     inception.weights_path()
   except FileNotFoundError as e:
     raise ConfigError(f"config.eval.fid_stats is set, but {e}") from None
-  if mode == "sweep":
-    try:
-      samplers = sweep_grid.parse_list("eval.sweep_samplers", e.sweep_samplers, str)
-      budgets = sweep_grid.parse_list("eval.sweep_nfe", e.sweep_nfe, int)
-    except ValueError as err:
-      raise ConfigError(str(err)) from None
-    for name in samplers:
-      kind = from_library("eval.sweep_samplers", registry.sampler_info, name).kind
-      check_sampler_kind("eval.sweep_samplers", name, kind, config)
-      for b in budgets:
-        from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
-                     sweep_grid.steps_for_nfe, name, b,
-                     sweep_grid.sampler_hparams_for(config, name))
+
+
+def check_sweep(config: Config, mode: str) -> None:
+  """--mode=sweep: the sampler and NFE lists (registered fixed-step samplers of this model's
+  kind, each budget within reach of each sampler); on toy data at least 2 samples per cell and
+  2 held-out points (the unbiased MMD needs two of each)."""
+  if mode != "sweep":
+    return
+  e = config.eval
+  try:
+    samplers = sweep_grid.parse_list("eval.sweep_samplers", e.sweep_samplers, str)
+    budgets = sweep_grid.parse_list("eval.sweep_nfe", e.sweep_nfe, int)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  for name in samplers:
+    kind = from_library("eval.sweep_samplers", registry.sampler_info, name).kind
+    check_sampler_kind("eval.sweep_samplers", name, kind, config)
+    for b in budgets:
+      from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
+                   sweep_grid.steps_for_nfe, name, b,
+                   sweep_grid.sampler_hparams_for(config, name))
+  if build.is_toy(config):
+    int_at_least("eval.sweep_num_samples", e.sweep_num_samples, 2)
+    int_at_least("data.num_heldout", config.data.num_heldout, 2)
 
 
 def check_guidance(config: Config, schedule, mode: str) -> None:
@@ -626,6 +662,7 @@ def validate(config: Config, mode: str, workdir: Optional[str] = None, *,
   """
   validate_config(config, mode)
   check_fid(config, mode)
+  check_sweep(config, mode)
   if device_count is None or process_count is None:
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count

@@ -47,13 +47,14 @@ class Progress:
   """A progress callback ``progress(done)``: prints ``<what> 3,000/10,000 (1,234.5 <unit>/s,
   ETA 5 s)`` on process 0, at the first and the last call and in between at most every
   ``interval_s``.
-  The rate is measured from the creation of the object (it includes the first compile)."""
+  The first line's rate is measured from the creation of the object (it includes the first
+  compile); later lines' from the first line on, so that their ETA leaves the compile out."""
 
   def __init__(self, what: str, total: int, unit: str, interval_s: float = 2.0,
                clock=time.monotonic):
     self.what, self.total, self.unit, self.interval_s = what, int(total), unit, interval_s
     self._clock = clock
-    self._t0 = clock()
+    self._start = (clock(), 0)  # (time, done) the rate is measured from
     self._last: Optional[float] = None
 
   def __call__(self, done: int) -> None:
@@ -61,8 +62,11 @@ class Progress:
     final = done >= self.total
     if not final and self._last is not None and now - self._last < self.interval_s:
       return
+    t0, done0 = self._start
+    rate = (done - done0) / max(now - t0, 1e-9)
+    if self._last is None:
+      self._start = (now, done)
     self._last = now
-    rate = done / max(now - self._t0, 1e-9)
     tail = "done" if final else f"ETA {eta(done, self.total, rate)}"
     say(f"{self.what} {done:,}/{self.total:,} ({rate:,.1f} {self.unit}/s, {tail})")
 

@@ -65,3 +65,39 @@ def test_override_keys_and_config_spec():
   assert cli.config_spec(argv) == "f.py"
   assert cli.config_spec(["prog", "--config=g.py:x"]) == "g.py:x"
   assert cli.config_spec(["prog"]) is None
+
+
+PARSE = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+flags.FLAGS(sys.argv)
+print(flags.FLAGS.config.to_json())
+"""
+
+
+def test_override_args_run_as_printed_give_the_config_back():
+  """The arguments override_args prints, split by a shell and parsed by config_flags as
+  experiments.main parses them, turn the config file's config into the run's: tuples, strings
+  with spaces, floats, bools, nested fields; None cannot be set and is named instead."""
+  import json
+  import shlex
+  import subprocess
+  import sys
+  base = load_config_file(CONFIG)
+  run = cli.overridden(base, {
+      "training.ema_profiles": (0.05, 0.1), "experiment": "my run (2)", "training.t_min": 1e-5,
+      "training.ema_warmup": True, "model.net.width": 48, "sde.fields.beta_max": 19.5,
+      "eval.sweep_samplers": "euler,heun"})
+  args, unsettable = cli.override_args(base, run)
+  assert len(args) == 7 and unsettable == []
+  assert "'--config.training.ema_profiles=(0.05, 0.1)'" in args  # quoted for the shell
+  argv = ["prog", f"--config={CONFIG}", *shlex.split(" ".join(args))]
+  done = subprocess.run([sys.executable, "-c", PARSE, *argv[1:]], capture_output=True,
+                        text=True, timeout=120, cwd=REPO)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert json.loads(done.stdout) == json.loads(run.to_json())
+  assert cli.override_args(base, base) == ([], [])
+  none = cli.overridden(base, {"optim.lr": None})
+  assert cli.override_args(base, none) == ([], ["optim.lr"])

@@ -1,6 +1,7 @@
 """experiments.convert: the command line on a diffusers fixture, and score SDE checkpoints
 written into workdirs that restore exactly and sample."""
 import os
+import shlex
 import subprocess
 import sys
 
@@ -30,11 +31,32 @@ def test_command_line_converts_once_and_refuses_a_used_workdir(tmp_path):
   assert r.returncode == 0, r.stderr
   assert "converted 65,713 parameters" in r.stdout and "vp_discrete" in r.stdout
   assert os.path.isdir(os.path.join(w, "checkpoints", "0"))
+  # The printed sample command runs as printed: the workdir's config.py, 64 samples.
+  (hint,) = [l for l in r.stdout.splitlines() if l.startswith("sample with: ")]
+  argv = shlex.split(hint[len("sample with: "):])
+  assert argv[:3] == ["python", "-m", "experiments.main"]
+  assert "--config.sampling.num_samples=64" in argv and f"--config={w}/config.py" in argv
+  sampled = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert "wrote 64 samples" in sampled.stdout
   r = _cli("--format=diffusers", f"--source={src}", f"--workdir={w}")
   assert r.returncode == 1 and "already holds" in r.stderr
   r = _cli("--format=diffusers", f"--source={tmp_path}", f"--workdir={tmp_path / 'x'}")
   assert r.returncode == 1 and "config.json" in r.stderr and "does not exist" in r.stderr
   assert not os.path.exists(tmp_path / "x")  # nothing written on a refusal
+
+
+def test_sample_hint_uses_the_workdirs_config_and_a_small_count(tmp_path):
+  from experiments import convert
+  w = str(tmp_path / "my w")
+  os.makedirs(w)
+  with open(os.path.join(w, "config.py"), "w") as f:
+    f.write("from configs.cifar10.ddpm import get_config\n")  # 50,000 samples by default
+  line, more = convert.sample_hint(w).splitlines()
+  assert line == (f"sample with: python -m experiments.main '--config={w}/config.py' "
+                  f"'--workdir={w}' --mode=sample --config.sampling.num_samples=64")
+  assert "--config.sampling.num_samples=50000 draws the config's full set" in more
 
 
 @pytest.mark.parametrize("name,sde,sampling_t_min", [

@@ -127,11 +127,20 @@ def digits_config(**overrides):
 
 
 @pytest.mark.slow  # 40 s with a cold compilation cache (the U-Net's PF-ODE and ELBO); ~12 s warm
-def test_digits_eval_writes_pf_ode_bits_per_dim_and_the_elbo(tmp_path):
+def test_digits_eval_writes_pf_ode_bits_per_dim_and_the_elbo(tmp_path, capsys):
   wd = str(tmp_path)
-  cfg = digits_config()
+  cfg = digits_config(**{"eval.nll_batch_size": 4})
   train.train(cfg, wd)
+  capsys.readouterr()
   m = evaluate.run(cfg, wd)
+  out = capsys.readouterr().out  # progress: what starts, then every batch with an ETA
+  for d in (1, 2):
+    assert (f"PF-ODE bits/dim, draw {d}/2: 8 images in 2 batches of 4 (eval.nll_points, "
+            f"eval.nll_batch_size, eval.dequantization_draws)\n") in out, out
+    assert re.search(rf"^PF-ODE bits/dim, draw {d}/2 4/8 \([\d,.]+ images/s, ETA .+\)$", out,
+                     re.M), out
+  assert re.search(r"^ELBO: 8 images in 2 batches of 4 .*\nELBO 4/8 \([\d,.]+ images/s, ETA .+"
+                   r"\)\nELBO 8/8 \([\d,.]+ images/s, done\)$", out, re.M), out
   on_disk = json.load(open(os.path.join(wd, "eval", "step_4", m["name"], "metrics.json")))
   assert on_disk == m and m["step"] == 4
   for k in ("bpd_pf_ode", "bpd_pf_ode_stderr", "bpd_pf_ode_nfe", "bpd_elbo", "bpd_elbo_stderr",

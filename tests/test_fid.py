@@ -2,6 +2,7 @@
 KID, reference statistics files and their errors."""
 import importlib.util
 import os
+import re
 
 import jax
 import numpy as np
@@ -266,11 +267,16 @@ def test_stats_roundtrip_and_compatibility(tmp_path):
     fid.load_stats(str(tmp_path / "missing.npz"))
 
 
-def test_reference_stats_driver_on_digits(tmp_path, params):
+def test_reference_stats_driver_on_digits(tmp_path, params, capsys):
   from experiments import reference_stats
   path, stats = reference_stats.compute_reference_stats(
       "digits", "test", str(tmp_path), num_images=6, batch_size=1)
   assert os.path.basename(path) == "digits_test_8px_6.npz"
+  lines = capsys.readouterr().out.splitlines()  # progress: the first batch with an ETA, the end
+  assert re.fullmatch(r"Inception features of digits/test 1/6 \([\d,.]+ images/s, ETA .+\)",
+                      lines[0]), lines
+  assert re.fullmatch(r"Inception features of digits/test 6/6 \([\d,.]+ images/s, done\)",
+                      lines[-1]), lines
   s = fid.load_stats(path)
   assert s.meta["resolution"] == 8 and s.features.shape == (6, 2048)
   assert s.meta["weights_sha256"] == inception.weights_sha256()
@@ -280,6 +286,28 @@ def test_reference_stats_driver_on_digits(tmp_path, params):
                             batch_size=1)
   np.testing.assert_allclose(s.features, want, atol=1e-5)
   np.testing.assert_allclose(s.mu, want.astype(np.float64).mean(0), atol=1e-5)
+
+
+def test_reference_stats_reuses_its_file_and_never_overwrites_another(tmp_path, capsys):
+  """A second run with the same settings reuses the file (computes nothing, bytes unchanged);
+  a file of the same name made otherwise (other weights, no features) is refused, untouched."""
+  from experiments import reference_stats
+  path = str(tmp_path / "digits_test_8px_3.npz")
+  f = np.arange(3 * 2048, dtype=np.float32).reshape(3, 2048) % 7
+  fid.save_stats(path, f, dataset="digits", split="test", resolution=8,
+                 weights_sha256=inception.weights_sha256(), keep_features=True)
+  before = open(path, "rb").read()
+  got, stats = reference_stats.compute_reference_stats("digits", "test", str(tmp_path),
+                                                       num_images=3, weights=None)
+  assert got == path and np.array_equal(stats.features, f) and open(path, "rb").read() == before
+  assert "reused, nothing computed" in capsys.readouterr().out
+  fid.save_stats(path, f, dataset="digits", split="test", resolution=8, weights_sha256="other",
+                 keep_features=False)
+  before = open(path, "rb").read()
+  with pytest.raises(ValueError, match=r"already holds statistics made otherwise \(weights_sha256: "
+                                       r"other there, .* features: not kept there"):
+    reference_stats.compute_reference_stats("digits", "test", str(tmp_path), num_images=3)
+  assert open(path, "rb").read() == before
 
 
 def _digits_stats(tmp_path, n=6):

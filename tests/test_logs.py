@@ -55,9 +55,10 @@ def test_progress_lines_rate_eta_and_throttle(capsys):
   t[0] += 0.5
   p(10_000)  # last: always printed
   lines = capsys.readouterr().out.splitlines()
+  # The first rate includes the set-up before the first call (a compile), later ones do not.
   assert lines == ["sampling 1,000/10,000 (500.0 samples/s, ETA 18 s)",
-                   "sampling 3,000/10,000 (750.0 samples/s, ETA 9 s)",
-                   "sampling 10,000/10,000 (2,222.2 samples/s, done)"]
+                   "sampling 3,000/10,000 (1,000.0 samples/s, ETA 7 s)",
+                   "sampling 10,000/10,000 (3,600.0 samples/s, done)"]
 
 
 def test_truncate_jsonl_drops_rows_past_the_step_and_a_torn_line(tmp_path):
@@ -146,14 +147,21 @@ def test_sample_and_eval_print_progress_lines(tmp_path, capsys):
   from tests.conftest import tiny_config
   cfg = tiny_config(**{"training.num_steps": 10, "eval.density_grid": 0,
                        "sampling.num_samples": 256, "sampling.batch_size": 128,
-                       "eval.plot_samples": 64})
+                       "eval.plot_samples": 64, "eval.nll_batch_size": 32})
   train.train(cfg, str(tmp_path))
-  capsys.readouterr()
+  lines = capsys.readouterr().out.splitlines()
+  # 10 steps of decay 0.999: the EMA's warning, one line, before anything is built.
+  warned = [i for i, l in enumerate(lines) if l.startswith("warning: config.training.ema_decay")]
+  started = [i for i, l in enumerate(lines) if l.startswith("starting ")]
+  assert len(warned) == 1 and warned[0] < started[0], lines
   sample.run(cfg, str(tmp_path))
   out = capsys.readouterr().out
   assert re.search(r"^sampling 128/256 \([\d,.]+ samples/s, ETA \d+ s\)$", out, re.M), out
   assert re.search(r"^sampling 256/256 \([\d,.]+ samples/s, done\)$", out, re.M), out
   evaluate.run(cfg, str(tmp_path))
   out = capsys.readouterr().out
-  assert re.search(r"^likelihood 64/64 \([\d,.]+ points/s, done\)$", out, re.M), out
+  # The likelihood: what starts and the fields that size it, then each batch with an ETA.
+  assert re.search(r"^likelihood: 64 points in 2 batches of 32 \(eval.nll_points, "
+                   r"eval.nll_batch_size\)\nlikelihood 32/64 \([\d,.]+ points/s, ETA \d+ s\)\n"
+                   r"likelihood 64/64 \([\d,.]+ points/s, done\)$", out, re.M), out
   assert re.search(r"^sampling 128/128 \([\d,.]+ samples/s, done\)$", out, re.M), out

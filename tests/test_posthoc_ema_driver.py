@@ -3,6 +3,7 @@ post-hoc EMA command (experiments.posthoc_ema) on a tiny checkerboard run: the t
 against the exact recursion weights, snapshots, exact resume, the reconstructed checkpoint, and
 that runs without profiles keep their state structure."""
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,7 @@ from diffusion.schedules import get_schedule
 from experiments import posthoc_ema, sample, setup, snapshots, train
 from diffusion.config_checks import ConfigError
 from experiments.validate import validate_config
-from tests.conftest import REPO, TOY_CONFIG, cli_args, tiny_config, tree_hashes, \
-    workdir_fingerprint
+from tests.conftest import REPO, TOY_CONFIG, tiny_config, tree_hashes, workdir_fingerprint
 
 PROFILES = (0.05, 0.1)  # stored; the run also tracks 0.07, the ground truth of a reconstruction
 RUN_PROFILES = (0.05, 0.07, 0.1)
@@ -185,25 +185,57 @@ def test_posthoc_command_writes_a_checkpoint_sample_restores(run_a, tmp_path):
     posthoc_ema.run(cfg, run_a, 0.5, out_workdir=str(tmp_path / "x"))
 
 
-@pytest.mark.slow  # a subprocess
+def test_an_override_that_differs_from_the_runs_value_is_refused(run_a, tmp_path):
+  """An explicit --config.<key> that disagrees with W/config.json is one ConfigError naming both
+  values (it would be replaced by the run's value); one that agrees, or none, is accepted."""
+  given = tiny_config(**{**RUN, "training.num_steps": 999})
+  with pytest.raises(ConfigError, match=r"--config.training.num_steps=999 differs from the run's "
+                                        r"value 200 in .*config.json"):
+    posthoc_ema.run(given, run_a, 0.08, out_workdir=str(tmp_path / "x"),
+                    overridden=["training.ema_profiles", "training.num_steps"])
+  assert not os.path.exists(tmp_path / "x")
+  posthoc_ema.check_overrides_match(tiny_config(**RUN), setup.saved_config(tiny_config(), run_a),
+                                    ["training.ema_profiles", "training.num_steps"], run_a)
+
+
+def test_sample_hint_is_the_config_file_with_the_runs_values():
+  """The printed sample command: the config file, the run's values where they differ from the
+  file's (shell-quoted), the new workdir."""
+  line = posthoc_ema.sample_hint(TOY_CONFIG, tiny_config(**RUN), "/tmp/o w")
+  assert line.startswith(f"sample with: python -m experiments.main --config={TOY_CONFIG} ")
+  assert "'--config.training.ema_profiles=(0.05, 0.07, 0.1)'" in line
+  assert " --config.training.num_steps=200 " in line and "\n" not in line
+  assert line.endswith(" '--workdir=/tmp/o w' --mode=sample")
+
+
+@pytest.mark.slow  # subprocesses
 def test_posthoc_cli(run_a, tmp_path):
-  """The command line, with the run's overrides (the profiles as a tuple literal): exit 0 and
-  the default out workdir W/posthoc_ema/sigma_rel_0.12_step_200; a run without profiles is
-  refused in one line naming the field."""
-  overrides = {k: v for k, v in RUN.items() if k != "training.ema_profiles"}
-  args = cli_args(overrides) + ["--config.training.ema_profiles=(0.05, 0.07, 0.1)"]
+  """The command line without the run's overrides (W/config.json holds them): exit 0, the
+  default out workdir W/posthoc_ema/sigma_rel_0.12_step_200, and its printed sample command runs
+  as printed; a run without profiles is refused in one line naming the field."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   wd = str(tmp_path / "w")
   shutil.copytree(run_a, wd)
-  cmd = [sys.executable, "-m", "experiments.posthoc_ema", f"--config={TOY_CONFIG}",
-         f"--workdir={wd}", "--sigma_rel=0.12"]
-  done = subprocess.run(cmd + args, cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
+
+  def command(workdir):
+    return subprocess.run([sys.executable, "-m", "experiments.posthoc_ema",
+                           f"--config={TOY_CONFIG}", f"--workdir={workdir}", "--sigma_rel=0.12"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+  done = command(wd)
   assert done.returncode == 0, done.stderr[-3000:]
   out = os.path.join(wd, "posthoc_ema", "sigma_rel_0.12_step_200")
   assert "post-hoc EMA sigma_rel=0.12" in done.stdout and checkpoint.has_checkpoints(out)
-  bad = subprocess.run(cmd + cli_args(overrides), cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
+  (hint,) = [l for l in done.stdout.splitlines() if l.startswith("sample with: ")]
+  argv = shlex.split(hint[len("sample with: "):])
+  assert argv[:3] == ["python", "-m", "experiments.main"] and f"--workdir={out}" in argv
+  sampled = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert "wrote 128 samples" in sampled.stdout and "checkpoint at step 200" in sampled.stdout
+  plain = str(tmp_path / "plain")
+  train.train(tiny_config(), plain)  # no profiles
+  bad = command(plain)
   assert bad.returncode == 1 and "config.training.ema_profiles=()" in bad.stderr
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import evaluate, results, sample, train
 from tests.conftest import run_main, tiny_config, tree_hashes
+from tests.test_eval_driver import digits_config
 
 NAN = {"imports": "('tests.user_modules.nan_sampler',)", "sampling.sampler": "nan_every_other"}
 EVAL = {"eval.density_grid": 0}
@@ -77,17 +78,36 @@ def test_eval_and_sweep_keys(tmp_path):
   stats = str(tmp_path / "stats.npz")
   np.savez(stats, mu=np.zeros(2))
   fid = {"eval.fid_stats": stats}
-  sweep = results.output(tiny_config(**fid), "sweep", 30)
+  sweep = results.output(digits_config(**fid), "sweep", 30)
   assert sweep.readable == "karras" and "sampler" not in sweep.key["sampling"]
+  assert set(sweep.key["sweep"]) == {"fid_stats_sha256", "fid_rounding", "kid_subsets",
+                                     "kid_subset_size", "sweep_num_samples"}
+  assert "data" not in sweep.key  # images: FID / KID only, as before toy sweeps
   # The cells' samplers and steps are keyed inside the sweep's file, not in its name.
-  assert results.output(tiny_config(**fid, **{"sampling.sampler": "euler",
-                                              "eval.sweep_samplers": "heun"}), "sweep",
+  assert results.output(digits_config(**fid, **{"sampling.sampler": "euler",
+                                                "eval.sweep_samplers": "heun"}), "sweep",
                         30).name == sweep.name
-  assert results.output(tiny_config(**fid, **{"eval.sweep_num_samples": 9}), "sweep",
-                        30).name != sweep.name
+  for change in ({"eval.sweep_num_samples": 9}, {"eval.kid_subsets": 3}):
+    assert results.output(digits_config(**fid, **change), "sweep", 30).name != sweep.name
   eval_fid = results.output(tiny_config(**fid), "eval", 30)
   np.savez(stats, mu=np.ones(2))
   assert results.output(tiny_config(**fid), "eval", 30).name != eval_fid.name
+  assert results.output(digits_config(**fid), "sweep", 30).name != sweep.name
+
+
+def test_toy_sweep_key_holds_what_scores_its_cells():
+  """A toy sweep's cells are SW / MMD against held-out points (experiments/sweep.py)."""
+  base = results.output(tiny_config(), "sweep", 30)
+  assert base.readable == "karras"
+  for change in ({"data.num_heldout": 100}, {"data.heldout_seed": 1}, {"eval.mmd_points": 64},
+                 {"eval.sw_projections": 16}, {"eval.sweep_num_samples": 9}, {"seed": 1},
+                 {"sampling.grid": "uniform"}):
+    assert results.output(tiny_config(**change), "sweep", 30).name != base.name, change
+  # Not read by a toy sweep: eval's sample count, its likelihood, FID / KID; the lists.
+  for same in ({"eval.num_samples": 64}, {"eval.nll_points": 32}, {"eval.rtol": 1e-4},
+               {"eval.kid_subsets": 3}, {"eval.sweep_samplers": "heun"},
+               {"eval.sweep_nfe": "7"}, {"sampling.sampler": "euler"}):
+    assert results.output(tiny_config(**same), "sweep", 30).name == base.name, same
 
 
 def test_classifier_guidance_needs_the_classifier_step():

@@ -1,26 +1,42 @@
-"""FID in the eval driver and the FID-against-NFE sweep.
+"""FID in the eval driver and the sweep of sample quality against NFE (FID / KID on images,
+sliced Wasserstein / MMD on toy data).
 
-The math of FID / KID and the Inception port are tested in tests/test_fid.py. Here: how samples
-become pixels (the inverse of the dequantization, then the reference statistics' own mapping),
-how an NFE budget becomes a step count (the registry's exact formula), the start-up checks of
-the FID fields, and the wiring through both drivers. The driver tests replace the Inception
-network by a cheap feature map (mean-pooled pixels) so that they run in seconds: every other part
-(sampling, pixels, statistics files and their compatibility check, FID / KID, the files
-written, resuming) is the real one.
+The math of FID / KID and the Inception port are tested in tests/test_fid.py, SW and MMD in
+tests/test_metrics.py. Here: how samples become pixels (the inverse of the dequantization, then
+the reference statistics' own mapping), how an NFE budget becomes a step count (the registry's
+exact formula), the start-up checks of the FID and sweep fields, the metric-against-NFE plot, and
+the wiring through both drivers. The image driver tests replace the Inception network by a cheap
+feature map (mean-pooled pixels) so that they run in seconds: every other part (sampling, pixels,
+statistics files and their compatibility check, FID / KID, the files written, resuming) is the
+real one. The toy sweep is checked against --mode=sample's samples scored by the library's SW
+and MMD on the held-out points, computed here without the driver.
 """
 import json
 import os
+import shutil
 
+import matplotlib.image
 import numpy as np
 import pytest
 
-from diffusion.data import images
-from diffusion.metrics import fid, inception
+from diffusion.data import images, toy2d
+from diffusion.metrics import fid, inception, mmd, sliced_wasserstein
 from diffusion.samplers import sampler_info
-from experiments import eval_common, evaluate, shards, sweep, sweep_grid, train
+from experiments import eval_common, evaluate, plots, sample, shards, sweep, sweep_grid, train
 from diffusion.config_checks import ConfigError
 from experiments.validate import validate
+from tests.conftest import tiny_config
 from tests.test_eval_driver import digits_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+  """``path`` is a PNG image matplotlib reads back (rows, columns, RGB(A))."""
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_MAGIC, path
+  img = matplotlib.image.imread(path)
+  assert img.ndim == 3 and img.shape[2] in (3, 4) and min(img.shape[:2]) > 100
 
 
 # -- samples -> pixels ---------------------------------------------------------------------------
@@ -223,11 +239,15 @@ def test_sweep_table_and_resume(tmp_path, cheap_inception):
   assert os.path.dirname(json_path) == os.path.join(wd, "eval")
   assert os.path.basename(json_path).startswith("sweep_step_4_karras_")
   assert md_path == json_path[:-len(".json")] + ".md"
+  assert out["plot"] == json_path[:-len(".json")] + ".png"
+  assert_png(out["plot"])
   table = open(md_path).read()
+  assert "FID:" in table and "KID x 1000:" in table
   assert "| `euler` |" in table and "| `heun` |" in table and "NFE 3 | NFE 5" in table
   saved = open(json_path).read()
   settings = json.loads(saved)["settings"]
   assert os.path.basename(json_path) == f"sweep_step_4_{settings['name']}.json"
+  assert json.loads(saved)["fid_stats"] == stats and "data" not in settings["key"]
   # A second run finds every cell done and computes nothing.
   again = sweep.run(cfg, wd)
   assert again["cells"] == out["cells"]
@@ -245,3 +265,123 @@ def test_sweep_table_and_resume(tmp_path, cheap_inception):
                     wd)
   assert os.path.basename(other["json"]).startswith("sweep_step_4_uniform_")
   assert open(json_path).read() == kept and len(other["cells"]) == 1
+
+
+# -- the metric-against-NFE plot ---------------------------------------------------------------
+
+
+def test_metric_vs_nfe_draws_one_line_per_sampler_on_a_log_nfe_axis(tmp_path):
+  cells = [{"sampler": "heun", "nfe_budget": 10, "nfe": 9, "fid": 8.0, "kid": 0.004},
+           {"sampler": "euler", "nfe_budget": 10, "nfe": 10, "fid": 20.0, "kid": -0.001},
+           {"sampler": "heun", "nfe_budget": 5, "nfe": 5, "fid": 30.0, "kid": 0.002},
+           {"sampler": "euler", "nfe_budget": 5, "nfe": 5, "fid": 40.0},  # no KID
+           {"sampler": "unipc", "nfe_budget": 5, "nfe": 5, "fid": 1.0}]  # not asked for
+  path = str(tmp_path / "sweep.png")
+  fig = plots.metric_vs_nfe(cells, ["euler", "heun"], [("fid", "FID", 1.0),
+                                                       ("kid", "KID x 1000", 1e3)], path)
+  try:
+    fid_ax, kid_ax = fig.axes[:2]
+    assert fid_ax.get_xscale() == kid_ax.get_xscale() == "log"
+    assert fid_ax.get_yscale() == "log" and kid_ax.get_yscale() == "linear"  # KID < 0 here
+    assert list(fid_ax.get_xticks()) == [5, 10]  # the budgets
+    lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata()))
+             for ln in fid_ax.get_lines()}
+    assert lines == {"euler": ([5, 10], [40.0, 20.0]), "heun": ([5, 9], [30.0, 8.0])}
+    kid_lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata()))
+                 for ln in kid_ax.get_lines()}
+    assert kid_lines == {"euler": ([10], [-1.0]), "heun": ([5, 9], [2.0, 4.0])}
+  finally:
+    plots.close(fig)
+  assert_png(path)
+
+
+# -- toy data: sliced Wasserstein and MMD against the held-out points ----------------------------
+
+TOY = {"eval.sweep_samplers": "euler,heun", "eval.sweep_nfe": "3,6",
+       "eval.sweep_num_samples": 64}
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+  """A tiny checkerboard VP run (tests/conftest.py TINY: 30 steps), trained once per module."""
+  wd = str(tmp_path_factory.mktemp("toy") / "run")
+  train.train(tiny_config(), wd)
+  return wd
+
+
+def _toy_copy(toy_run, tmp_path):
+  wd = str(tmp_path / "run")
+  shutil.copytree(toy_run, wd)
+  return wd
+
+
+def test_toy_sweep_writes_tables_and_plot_and_resumes(toy_run, tmp_path, capsys):
+  wd = _toy_copy(toy_run, tmp_path)
+  out = sweep.run(tiny_config(**TOY), wd)
+  by = {(c["sampler"], c["nfe_budget"]): c for c in out["cells"]}
+  assert set(by) == {("euler", 3), ("euler", 6), ("heun", 3), ("heun", 6)}
+  for (name, budget), c in by.items():  # the most steps within the budget, their exact NFE
+    info = sampler_info(name)
+    hp = info.resolve({})
+    assert c["nfe"] == info.nfe(c["num_steps"], hp) <= budget < info.nfe(c["num_steps"] + 1, hp)
+    assert c["num_samples"] == 64 and "fid" not in c
+    assert np.isfinite(c["sliced_wasserstein"]) and c["sliced_wasserstein"] > 0
+    assert np.isfinite(c["mmd"])
+  json_path, md_path, png_path = out["json"], out["table"], out["plot"]
+  stem = json_path[:-len(".json")]
+  assert os.path.basename(stem).startswith("sweep_step_30_karras_")
+  assert (md_path, png_path) == (stem + ".md", stem + ".png")
+  assert_png(png_path)
+  table = open(md_path).read()
+  assert "sliced Wasserstein SW_2:" in table and "MMD^2 x 1000:" in table
+  sw = by[("euler", 6)]["sliced_wasserstein"]
+  assert f"| `euler` | {by[('euler', 3)]['sliced_wasserstein']:.3f} (3) | {sw:.3f} (6) |" in table
+  saved = open(json_path).read()
+  key = json.loads(saved)["settings"]["key"]
+  assert key["data"] == {"num_heldout": 256, "heldout_seed": 0}
+  assert key["sweep"] == {"sweep_num_samples": 64, "mmd_points": 128, "sw_projections": 32}
+  # The same settings again: every cell is read back, none computed, the file untouched.
+  capsys.readouterr()
+  again = sweep.run(tiny_config(**TOY), wd)
+  assert capsys.readouterr().out.count("; skipped") == 4
+  assert again["cells"] == out["cells"] and open(json_path).read() == saved
+  # Another setting of the key (SW's directions): another file, the first left as it was.
+  other = sweep.run(tiny_config(**TOY, **{"eval.sw_projections": 16}), wd)
+  assert other["json"] != json_path and open(json_path).read() == saved
+  assert_png(other["plot"])
+  for c in other["cells"]:  # the same samples: the same MMD, SW over other directions
+    first = by[(c["sampler"], c["nfe_budget"])]
+    assert c["mmd"] == first["mmd"] and c["sliced_wasserstein"] != first["sliced_wasserstein"]
+
+
+def test_a_toy_cell_scores_its_samplers_samples_against_the_heldout_points(toy_run, tmp_path):
+  """A cell's SW and MMD are those of --mode=sample's samples with the cell's sampler and steps,
+  scored here by the library against toy2d's held-out points (data.num_heldout of
+  data.heldout_seed), without the sweep's code."""
+  wd = _toy_copy(toy_run, tmp_path)
+  cell = next(c for c in sweep.run(tiny_config(**{**TOY, "eval.sweep_samplers": "heun",
+                                                  "eval.sweep_nfe": "6"}), wd)["cells"])
+  got = sample.run(tiny_config(**{"sampling.sampler": "heun",
+                                  "sampling.num_steps": cell["num_steps"],
+                                  "sampling.num_samples": 64}), wd)
+  x = np.load(os.path.join(got["out"], "samples.npz"))["x"]
+  assert got["nfe"] == cell["nfe"] and x.shape == (64, 2)
+  held = toy2d.heldout("checkerboard", 256, 0)
+  want_sw = float(sliced_wasserstein(x, held, 0, num_projections=32))
+  assert cell["sliced_wasserstein"] == pytest.approx(want_sw, rel=1e-6)
+  assert cell["mmd"] == pytest.approx(float(mmd(x, held[:128])), rel=1e-6, abs=1e-9)
+  # The tolerance tells the held-out sets apart (the first 64 points score otherwise).
+  assert want_sw != pytest.approx(float(sliced_wasserstein(x, held[:64], 0,
+                                                           num_projections=32)), rel=1e-6)
+
+
+def test_toy_sweep_start_up_checks(tmp_path):
+  validate(tiny_config(**TOY), "sweep", str(tmp_path / "wd"), device_count=1, process_count=1)
+  for o, match in [({"eval.fid_stats": _stats_file(tmp_path)}, r"FID scores images.*2-D toy"),
+                   ({"eval.sweep_num_samples": 1}, r"eval\.sweep_num_samples=1 .*>= 2"),
+                   ({"data.num_heldout": 1}, r"data\.num_heldout=1 .*>= 2"),
+                   ({"eval.sweep_samplers": "euler,nope"}, r"eval\.sweep_samplers.*nope"),
+                   ({"eval.sweep_samplers": "heun", "eval.sweep_nfe": "2"}, r"needs 3 NFE")]:
+    with pytest.raises(ConfigError, match=match) as e:
+      validate(tiny_config(**{**TOY, **o}), "sweep", None, device_count=1, process_count=1)
+    assert "\n" not in str(e.value)

@@ -1,4 +1,6 @@
 """Train state, optimizer, EMA, non-finite policies, gradient accumulation, multi-step calls."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,44 @@ def test_ema_math():
   assert float(training.ema_decay_at(0, 0.999, warmup=True)) == pytest.approx(0.1)
   assert float(training.ema_decay_at(90, 0.999, warmup=True)) == pytest.approx(0.91)
   assert float(training.ema_decay_at(10**7, 0.999, warmup=True)) == pytest.approx(0.999)
+
+
+def _ema_of(trajectory, num_steps, decay, warmup, start):
+  """The run's EMA (ema_decay_at and ema_update, float64) of theta_0 = trajectory(0) and
+  theta_{k+1} = trajectory(k + 1) after updates start .. start + num_steps - 1."""
+  ema = np.float64(trajectory(0))
+  for i in range(num_steps):
+    d = np.float64(training.ema_decay_at(start + i, decay, warmup))
+    ema = training.ema_update(ema, np.float64(trajectory(i + 1)), d)
+  return float(ema)
+
+
+@pytest.mark.parametrize("num_steps,decay,warmup,start", [
+    (2000, 0.999, False, 0), (300, 0.99, True, 0), (250, 0.995, True, 750), (40, 0.0, False, 0),
+    (500, 0.9, True, 0)])
+def test_ema_reach_is_the_weight_and_the_age_of_the_train_steps_ema(num_steps, decay, warmup,
+                                                                     start):
+  weight, age = training.ema_reach(num_steps, decay, warmup, start)
+  # theta = 1 at the start, 0 after: the EMA is the initial weight; theta_k = k: it is n - age.
+  assert weight == pytest.approx(_ema_of(lambda k: k == 0, num_steps, decay, warmup, start),
+                                 rel=1e-4, abs=1e-12)
+  assert age == pytest.approx(num_steps - _ema_of(float, num_steps, decay, warmup, start),
+                              rel=1e-4, abs=1e-9)
+
+
+def test_ema_fits_a_run_and_the_fitting_decay_is_the_largest_printed_one():
+  assert not training.ema_fits(2000, 0.999, False)  # the issue's run: lags 43% of it
+  assert training.ema_fits(2000, 0.999, True)  # warm-up: a tenth of the run
+  assert training.ema_fits(10_000, 0.999, False)
+  for n in (1, 30, 800, 2000, 5000, 1_300_000):
+    d = training.fitting_ema_decay(n)
+    assert training.ema_fits(n, d, False) and training.ema_fits(n, d, True), (n, d)
+    unit = 10.0 ** (math.floor(math.log10(1.0 - d)) - 1)  # its last printed digit
+    assert not training.ema_fits(n, d + unit, False), (n, d)
+    assert len(repr(d)) <= len(repr(1.0 - unit)) + 1, d  # prints as a short number
+    # At the bound about e^-5 = 0.7% of the weight is on the initial parameters (docstring).
+    assert n < 30 or training.ema_reach(n, d, False)[0] < 0.01, (n, d)
+  assert training.fitting_ema_decay(2000) == 0.9975
 
 
 def test_ema_follows_params_in_step():

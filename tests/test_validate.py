@@ -1,13 +1,17 @@
 """Start-up validation (experiments/validate.py): every bad input is refused in one line naming
 the field, before anything is built; and the CLI reports it as one ``error:`` line, exit != 0,
 leaving the workdir as it was."""
+import glob
 import os
+import re
 
 import pytest
 
+from diffusion import training
 from diffusion.config_checks import ConfigError
-from experiments.validate import check_writable, validate
-from tests.conftest import run_main, tiny_config
+from experiments.config_files import load_config_file
+from experiments.validate import check_writable, ema_warning, validate
+from tests.conftest import REPO, run_main, tiny_config
 
 
 def _refused(overrides, mode="train", **kw) -> str:
@@ -261,3 +265,41 @@ def test_cli_bad_config_fails_before_work(tmp_path, overrides, env, expected):
   assert expected in line and "decay_steps" not in line
   assert "starting" not in r.stdout and "step" not in r.stdout  # nothing was built or run
   assert os.listdir(tmp_path) == []  # nothing left for the next run to trip on
+
+
+# -- the EMA's length against the run's ----------------------------------------------------------
+
+
+def _suggested_decay(msg: str) -> float:
+  return float(re.search(r"--config\.training\.ema_decay=([0-9.]+)$", msg).group(1))
+
+
+def test_ema_warning_fires_for_a_short_run_and_its_fixes_fit():
+  msg = ema_warning(tiny_config(**{"training.num_steps": 2000}))  # decay 0.999, no warm-up
+  assert "\n" not in msg and msg.startswith("warning: config.training.ema_decay=0.999 (no warm-up)")
+  assert "config.training.num_steps=2000" in msg and "lags 864 steps (43% of the run" in msg
+  assert "13.5% of its weight on the initial parameters" in msg
+  assert "--config.training.ema_warmup=True or --config.training.ema_decay=" in msg
+  d = _suggested_decay(msg)
+  assert d == 0.9975 and training.ema_fits(2000, d, False)
+  for fix in ({"training.ema_decay": d}, {"training.ema_warmup": True}):
+    assert ema_warning(tiny_config(**{"training.num_steps": 2000, **fix})) is None, fix
+  assert ema_warning(tiny_config(**{"training.num_steps": 10_000})) is None  # lags 10%
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_warning_of_a_run_with_rounds_is_about_its_last_round(warmup):
+  c = load_config_file(os.path.join(REPO, "configs", "toy", "checkerboard_pd.py"))
+  c.training.ema_decay, c.training.ema_warmup = 0.999, warmup
+  msg = ema_warning(c)
+  assert "the last round's 2500 steps (of config.training.num_steps=10000)" in msg, msg
+  assert "ema_warmup" not in msg.split("; set ")[1]  # a warm-up ends long before step 7,500
+  c.training.ema_decay = _suggested_decay(msg)
+  assert ema_warning(c) is None and training.ema_fits(2500, c.training.ema_decay, warmup, 7500)
+
+
+@pytest.mark.parametrize("path", sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py", "few_step.py")))
+def test_no_shipped_config_has_an_ema_too_long_for_its_run(path):
+  assert ema_warning(load_config_file(os.path.join(REPO, path))) is None

@@ -9,8 +9,12 @@ uniform; the DDPM++ network of score SDE (Song et al. 2021; configs/cifar10/comm
 128 channels, multipliers (1, 2, 2, 2), 4 blocks per resolution, attention at 16x16, BigGAN
 blocks, positional embedding of 999 t), as the paper states. Hyper-parameters the paper leaves
 to its released code (gnobitab/RectifiedFlow, configs/rectified_flow/cifar10_rf_gaussian_ddpmpp.py
-on score SDE's CIFAR-10 defaults): dropout 0.15, EMA 0.999999, Adam 2e-4, batch 128, warm-up
-5000, grad clip 1, 1.3M iterations, random flips; samples by RK45 at rtol = atol = 1e-5
+on score SDE's CIFAR-10 defaults): dropout 0.15, EMA 0.999999 with the warm-up of score SDE's
+PyTorch ExponentialMovingAverage, which its run_lib.py keeps (use_num_updates=True: decay
+min(0.999999, (1 + n) / (10 + n)), n counted from 1 there and from 0 by training.ema_warmup
+here; without a warm-up 27% of the EMA's weight would still be on the initialization after
+1.3M steps), Adam 2e-4, batch 128, warm-up 5000, grad clip 1, 1.3M iterations, random flips;
+samples by RK45 at rtol = atol = 1e-5
 (here ode_adaptive with dopri5, scipy's RK45 pair; note it integrates in log(sigma/alpha), not in
 t as the paper's code does, so its NFE will differ).
 
@@ -45,6 +49,7 @@ def get_config():
   c.training.num_steps = 1_300_000
   c.training.ckpt_every = 50_000
   c.training.ema_decay = 0.999999
+  c.training.ema_warmup = True  # the released code's EMA (see above)
   c.sampling.sampler = "ode_adaptive"
   c.sampling.solver = "dopri5"
   c.sampling.rtol = 1e-5
