@@ -2,9 +2,9 @@
 tests/test_doc_commands.py needs to check and run them.
 
 Commands: every line of a shell block (```bash, ```sh, ```shell, ```console or an unlabelled
-fence; backslash continuations joined, a trailing ``# ...`` kept as the command's comment), and
-every inline code span of the prose that starts with a program (``python``, ``make``,
-``pytest``). Snippets: every ```python block, indented ones in list items included. A new
+fence; backslash continuations joined, a trailing ``# ...`` kept as the command's comment), every
+line of an indented code block (4 spaces) that starts with a program (``python``, ``make``,
+``pytest``), and every inline code span of the prose that starts with one. Snippets: every ```python block, indented ones in list items included. A new
 command or snippet in a page is covered without editing the tests.
 
 Pure helpers (text in, values out); the checks that import or run things are in the test module.
@@ -49,12 +49,13 @@ class Block:
 @dataclasses.dataclass(frozen=True)
 class Command:
   """One shell command of a page: ``text`` (one line, continuations joined, no comment), its
-  trailing ``comment``, the line it starts on, and whether it is in a fenced block."""
+  trailing ``comment``, the line it starts on, and whether it is in a code block (fenced or
+  indented: a command to run) or a code span of the prose."""
   page: str
   line: int
   text: str
   comment: str = ""
-  fenced: bool = True
+  in_block: bool = True
 
   @property
   def id(self) -> str:
@@ -131,10 +132,45 @@ def _split_comment(line: str) -> Tuple[str, str, str]:
   return line[:m.start()].strip(), "#", line[m.end():].strip()
 
 
+def _blank_fences(text: str) -> str:
+  """``text`` with its fenced blocks blanked (their newlines kept, so line numbers hold)."""
+  return _FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+
+
+def _indented_command_lines(prose: str) -> List[Tuple[int, int]]:
+  """(first, last) line index of each command of the indented code blocks of ``prose``: a line
+  indented by 4+ spaces whose first word is a program, and its backslash continuations."""
+  lines, out, i = prose.splitlines(), [], 0
+  while i < len(lines):
+    words = lines[i].split()
+    if re.match(r"^ {4,}\S", lines[i]) and words[0] in PROGRAMS:
+      first = i
+      while lines[i].rstrip().endswith("\\") and i + 1 < len(lines):
+        i += 1
+      out.append((first, i))
+    i += 1
+  return out
+
+
+def indented_commands(text: str) -> List[Tuple[int, str, str]]:
+  """(line, command, comment) of the commands of the indented code blocks of ``text``."""
+  lines = _blank_fences(text).splitlines()
+  out = []
+  for first, last in _indented_command_lines(_blank_fences(text)):
+    for offset, code, comment in command_lines("\n".join(lines[first:last + 1])):
+      out.append((first + 1 + offset, code, comment))
+  return out
+
+
 def inline_commands(text: str) -> List[Tuple[int, str]]:
-  """(line, command) of each code span of the prose (fenced blocks left out) whose first word
-  is a program of PROGRAMS; a span broken over lines is joined."""
-  prose = _FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+  """(line, command) of each code span of the prose (code blocks left out) whose first word is
+  a program of PROGRAMS; a span broken over lines is joined."""
+  prose = _blank_fences(text)
+  lines = prose.splitlines(keepends=True)
+  for first, last in _indented_command_lines(prose):
+    for i in range(first, last + 1):
+      lines[i] = "\n"
+  prose = "".join(lines)
   out = []
   for m in _SPAN.finditer(prose):
     words = m.group(1).split()
@@ -144,13 +180,15 @@ def inline_commands(text: str) -> List[Tuple[int, str]]:
 
 
 def page_commands(page: str, text: Optional[str] = None) -> List[Command]:
-  """Every command of ``page`` (relative to the repository): fenced ones, then inline ones."""
+  """Every command of ``page`` (relative to the repository): fenced, indented, inline ones."""
   text = _read(page) if text is None else text
   out = []
   for b in fenced_blocks(text, page):
     if b.lang in SHELL_LANGS:
       for offset, code, comment in command_lines(b.source):
         out.append(Command(page, b.line + 1 + offset, code, comment, True))
+  out += [Command(page, line, code, comment, True)
+          for line, code, comment in indented_commands(text)]
   out += [Command(page, line, code, "", False) for line, code in inline_commands(text)]
   return out
 
@@ -163,8 +201,9 @@ def page_snippets(page: str, text: Optional[str] = None) -> List[Snippet]:
 
 
 def page_items(page: str) -> List[object]:
-  """The fenced commands and the snippets of ``page`` in document order (what a reader runs)."""
-  items = [c for c in page_commands(page) if c.fenced] + page_snippets(page)
+  """The code-block commands and the snippets of ``page`` in document order (what a reader
+  runs)."""
+  items = [c for c in page_commands(page) if c.in_block] + page_snippets(page)
   return sorted(items, key=lambda it: it.line)
 
 
@@ -214,6 +253,9 @@ def template_reason(text: str) -> Optional[str]:
   m = re.search(r"\S*\|\S*", text)
   if m:
     return f"a template: alternatives {m.group(0)}"
+  m = re.search(r"\[-[^\]]*\]", text)
+  if m:
+    return f"a template: optional arguments {m.group(0)}"
   return None
 
 
@@ -298,6 +340,16 @@ def defined_options(path: str) -> Set[str]:
   return out
 
 
+def runs_as_program(path: str) -> bool:
+  """``path`` does something when run: a package's __main__.py, or a module with an
+  ``if __name__ == "__main__":`` block."""
+  if os.path.basename(path) == "__main__.py":
+    return True
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  return any(isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for n in tree.body)
+
+
 def undefined_options(args: Sequence[str], defined: Set[str]) -> List[str]:
   """The options of ``args`` that ``defined`` (defined_options) does not accept."""
   return [o for o in option_names(args)
@@ -343,7 +395,7 @@ def ends_by_printing(source: str) -> bool:
 SHRINK: Dict[str, Dict[str, object]] = {
     "train": {"training.num_steps": 20, "training.log_every": 10, "training.ckpt_every": 10,
               "training.sample_every": 0, "training.async_checkpoints": False,
-              "optim.warmup_steps": 5, "data.batch_size": 32, "eval.plot_samples": 16},
+              "optim.warmup_steps": 2, "data.batch_size": 32, "eval.plot_samples": 16},
     "sample": {"sampling.num_samples": 16, "sampling.batch_size": 16,
                "inverse.samples_per_observation": 2},
     "eval": {"eval.num_samples": 32, "eval.fid_num_samples": 32, "eval.shard_size": 32,

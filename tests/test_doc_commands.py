@@ -9,7 +9,7 @@ empty placeholders; every other module or script named exists and defines the op
 passes; every make target exists (``make -n``); every pytest command names existing test files;
 every snippet compiles, its imports exist, and it ends by printing what it computed.
 
-Slow tier (``-m slow``): each page's fenced commands and snippets run in document order in a
+Slow tier (``-m slow``): each page's code-block commands and snippets run in document order in a
 scratch directory, each command shrunk by tests/doc_commands.SHRINK (steps, samples, ODE points)
 or given a fixture in place of what this machine does not have (doc_commands.FIXTURES); each
 must exit with status 0 and write the files the docs say it writes, each snippet must print.
@@ -17,6 +17,7 @@ must exit with status 0 and write the files the docs say it writes, each snippet
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import importlib
 import io
@@ -39,7 +40,7 @@ PROGRAM_COMMANDS = [c for c in COMMANDS if c.kind in ("module", "script") and c.
 # Config fields naming an input that an earlier command writes, and what it is: the fast tier
 # puts an empty placeholder there (validation checks that it exists, a run reads it).
 INPUTS = {"eval.fid_stats": "file", "inverse.observations": "file",
-          "guidance.classifier_workdir": "dir"}
+          "guidance.classifier_workdir": "dir", "distill.teacher_workdir": "dir"}
 # The programs of other projects in the docs, which the tests do not run.
 OTHER_PROGRAMS = {"pip": "installs packages (network)", "tfds": "prepares tfds datasets (network)",
                   "hf": "downloads from the Hugging Face hub (network)",
@@ -56,7 +57,7 @@ def _mention_reason(cmd: D.Command) -> Optional[str]:
   reason = D.template_reason(cmd.text)
   if reason:
     return reason
-  if not cmd.fenced and cmd.target == D.MAIN and not (
+  if not cmd.in_block and cmd.target == D.MAIN and not (
       D.flag_value(cmd.args, "config") or D.flag_value(cmd.args, "workdir")):
     return "names the program (and a flag) in the prose, not a command line"
   return None
@@ -64,9 +65,8 @@ def _mention_reason(cmd: D.Command) -> Optional[str]:
 
 def _writer(cmd: D.Command, path: str) -> Optional[D.Command]:
   """The command before ``cmd`` on its page that the docs say writes ``path``, or None."""
-  import fnmatch
   for other in INVENTORY[cmd.page][0]:
-    if other.line >= cmd.line or not other.fenced:
+    if other.line >= cmd.line or not other.in_block:
       continue
     if any(fnmatch.fnmatch(os.path.normpath(path), os.path.normpath(p))
            for p in D.expected_outputs(other, other.args) if p):
@@ -87,21 +87,23 @@ def test_every_fence_of_every_page_is_found():
 
 def test_the_inventory_holds_the_docs_commands_and_snippets():
   assert len(MAIN_COMMANDS) >= 30 and len(SNIPPETS) >= 10
-  pages = {c.page for c in MAIN_COMMANDS if c.fenced}
+  pages = {c.page for c in MAIN_COMMANDS if c.in_block}
   assert {"README.md", "docs/guidance.md", "docs/inverse.md", "docs/images.md"} <= pages
 
 
 def test_commands_are_found_in_blocks_and_prose():
   text = ("Run `python benchmarks/x.py --a 1`.\n\n```bash\n# a comment\npython -m experiments.main "
           "--config=c.py \\\n    --workdir=W   # writes W/x.json\nmake demo\n```\n"
-          "and `python -m experiments.main\n--mode=eval` and `jax.jit`\n")
+          "and `python -m experiments.main\n--mode=eval` and `jax.jit`\n\n"
+          "    python -m experiments.x --a=1 \\\n      --b=2   # out.npz\n    x = y + 1\n")
   cmds = D.page_commands("p.md", text)
-  assert [(c.line, c.text, c.comment, c.fenced) for c in cmds] == [
+  assert [(c.line, c.text, c.comment, c.in_block) for c in cmds] == [
       (5, "python -m experiments.main --config=c.py --workdir=W", "writes W/x.json", True),
       (7, "make demo", "", True),
+      (12, "python -m experiments.x --a=1 --b=2", "out.npz", True),
       (1, "python benchmarks/x.py --a 1", "", False),
       (9, "python -m experiments.main --mode=eval", "", False)]
-  assert [(c.kind, c.target, c.args) for c in cmds[:3]] == [
+  assert [(c.kind, c.target, c.args) for c in cmds[:2] + cmds[3:4]] == [
       ("module", "experiments.main", ["--config=c.py", "--workdir=W"]),
       ("make", "demo", ["demo"]), ("script", "benchmarks/x.py", ["--a", "1"])]
 
@@ -122,6 +124,7 @@ def test_templates_and_values_are_recognised():
   assert D.template_reason("python x.py --config=configs/<config>") == \
       "a template: placeholder <config>"
   assert "alternatives" in D.template_reason("python -m m --mode=train|sample")
+  assert "optional arguments [--step=N]" in D.template_reason("python -m m --w=W [--step=N]")
   assert D.template_reason("python -m m --workdir=W --config.eval.fid_stats=STATS.npz") is None
   args = ["--mode=eval", "--workdir", "W", "--config.a.b=1", "--config.a.b=2", "-n", "-3"]
   assert D.flag_value(args, "workdir") == "W" and D.mode_of(args) == "eval"
@@ -141,6 +144,9 @@ def test_defined_options_are_read_from_the_source(tmp_path):
   assert D.undefined_options(["--out=x", "--nofast", "--config.a.b=1", "--nets", "a", "b"],
                              defined) == []
   assert D.undefined_options(["--outt=x", "--net", "a"], defined) == ["--outt", "--net"]
+  assert not D.runs_as_program(str(src))
+  src.write_text("def main():\n  pass\n\nif __name__ == '__main__':\n  main()\n")
+  assert D.runs_as_program(str(src))
 
 
 def test_makefile_targets_are_read_from_its_rules():
@@ -185,25 +191,27 @@ def scratch(tmp_path_factory):
   return cwd
 
 
-def place_inputs(args: List[str], cwd) -> None:
-  """Empty placeholders for the INPUTS the command names (relative to ``cwd``)."""
-  for key, value in D.config_overrides(args).items():
-    kind = INPUTS.get(key)
+def place_inputs(config, cwd) -> None:
+  """Empty placeholders for the INPUTS that ``config`` names (paths relative to ``cwd``)."""
+  for key, kind in INPUTS.items():
+    section, field = key.split(".")
+    value = config[section][field]
+    if not value:
+      continue
     path = os.path.join(str(cwd), value)
     if kind == "dir":
       os.makedirs(path, exist_ok=True)
-    elif kind == "file" and not os.path.exists(path):
+    elif not os.path.exists(path):
       os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
       open(path, "wb").close()
 
 
-def parse_and_validate(args: List[str]):
+def parse_main(args: List[str]):
   """(config, workdir, mode) of ``python -m experiments.main ARGS`` parsed by the entry point's
-  parser on fresh flags (experiments/cli.py) and validated as the mode does before any work
-  (experiments/validate.py); AssertionError with the program's error message otherwise."""
+  parser on fresh flags (experiments/cli.py); AssertionError with the program's error message
+  otherwise."""
   from absl import app, flags
-  from diffusion.config_checks import ConfigError
-  from experiments import cli, validate
+  from experiments import cli
   argv = [D.MAIN, *args]
   fv = flags.FlagValues()
   parsed = cli.define_flags(fv, sys_argv=argv)
@@ -216,12 +224,18 @@ def parse_and_validate(args: List[str]):
     raise AssertionError(f"exit status {e.code}: {err.getvalue().strip()}") from None
   except app.UsageError as e:
     raise AssertionError(f"usage error: {e}") from None
-  config, workdir, mode = parsed.config.value, parsed.workdir.value, parsed.mode.value
+  return parsed.config.value, parsed.workdir.value, parsed.mode.value
+
+
+def validated(config, mode: str, workdir: str) -> None:
+  """What a run of ``mode`` checks before any work (experiments/validate.py); AssertionError
+  with its one-line error otherwise."""
+  from diffusion.config_checks import ConfigError
+  from experiments import validate
   try:
     validate.validate(config, mode, workdir)
   except ConfigError as e:
     raise AssertionError(f"error: {e}") from None
-  return config, workdir, mode
 
 
 @pytest.mark.parametrize("cmd", MAIN_COMMANDS, ids=_ids(MAIN_COMMANDS))
@@ -235,9 +249,10 @@ def test_main_command_parses_and_validates(cmd, scratch, monkeypatch):
     assert writer is not None, f"{cmd.id}: --config={config_file} does not exist"
     pytest.skip(f"its config is written by {writer.id} ({writer.target}); the slow tier runs both")
   monkeypatch.chdir(scratch)
-  place_inputs(cmd.args, scratch)
   try:
-    parse_and_validate(cmd.args)
+    config, workdir, mode = parse_main(cmd.args)
+    place_inputs(config, scratch)
+    validated(config, mode, workdir)
   except AssertionError as e:
     raise AssertionError(f"{cmd.id}: {cmd.text}\n{e}") from None
 
@@ -246,6 +261,7 @@ def test_main_command_parses_and_validates(cmd, scratch, monkeypatch):
 def test_program_exists_and_defines_the_options_passed(cmd):
   path = D.module_path(cmd.target) if cmd.kind == "module" else os.path.join(REPO, cmd.target)
   assert path and os.path.isfile(path), f"{cmd.id}: {cmd.target} is not in the repository"
+  assert D.runs_as_program(path), f"{cmd.id}: {cmd.target} has no __main__ block: it runs nothing"
   missing = D.undefined_options(cmd.args, D.defined_options(path))
   assert not missing, f"{cmd.id}: {cmd.target} defines no option {missing}"
 
@@ -271,7 +287,6 @@ PYTEST_COMMANDS = [c for c in COMMANDS if c.kind == "pytest"]
 
 @pytest.mark.parametrize("cmd", PYTEST_COMMANDS, ids=_ids(PYTEST_COMMANDS))
 def test_pytest_command_names_existing_tests(cmd):
-  from _pytest.config.argparsing import Parser  # noqa: F401 -- pytest's own, importable
   files = [a.split("::")[0] for a in cmd.args if a.startswith("tests/")]
   missing = [f for f in files if not os.path.isfile(os.path.join(REPO, f))]
   assert not missing, f"{cmd.id}: no such test file {missing}"
@@ -395,6 +410,8 @@ class PageRun:
     reason = D.template_reason(" ".join(D.rewrite(cmd.args)))
     if reason:
       return self.skip(cmd.id, reason)
+    if cmd.kind == "script" and cmd.target.startswith("benchmarks/"):
+      return self.skip(cmd.id, "a benchmark (minutes to hours); the fast tier checks its options")
     args = D.shrunk_args(cmd)
     if cmd.target == D.MAIN and D.mode_of(args) != "train":
       reason = self.train_first(cmd, args)
