@@ -4,10 +4,11 @@
 Fast tier (default suite): each ``python -m experiments.main`` command parses with the entry
 point's own parser (experiments/cli.py) and its config validates for its mode and workdir
 (experiments/validate.py: what a run checks before anything is built or compiled), inputs that an
-earlier command writes (FID statistics, observation files, a classifier's workdir) standing in as
-empty placeholders; every other module or script named exists and defines the options the command
-passes; every make target exists (``make -n``); every pytest command names existing test files;
-every snippet compiles, its imports exist, and it ends by printing what it computed.
+earlier command writes (FID statistics, observation files, a classifier's or teacher's workdir)
+standing in as empty placeholders; every other module or script named exists, runs as a program
+and defines the options the command passes; every make target is a rule of the Makefile (and
+``make -n`` accepts it); every pytest command names existing test files; every snippet compiles,
+its imports exist, and it ends by printing what it computed.
 
 Slow tier (``-m slow``): each page's code-block commands and snippets run in document order in a
 scratch directory, each command shrunk by tests/doc_commands.SHRINK (steps, samples, ODE points)
@@ -25,7 +26,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import pytest
 
