@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 JAX_CACHE ?= $(CURDIR)/.jax_cache
 export JAX_COMPILATION_CACHE_DIR := $(JAX_CACHE)
 WORKDIR ?= demo
+# Flags added to both demo commands, e.g. DEMO_FLAGS=--config.training.num_steps=500
+# (tests/test_doc_commands.py runs a shrunk demo this way).
+DEMO_FLAGS ?=
 
 .PHONY: demo test test-all test-slow venv clean bench bench-accel
 
@@ -22,8 +25,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=train
-	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=eval
+	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=train $(DEMO_FLAGS)
+	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=eval $(DEMO_FLAGS)
 	@echo "demo done: see $(WORKDIR)/ (plots *.png, eval/metrics.json)"
 
 test: $(STAMP)
