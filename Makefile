@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 JAX_CACHE ?= $(CURDIR)/.jax_cache
 export JAX_COMPILATION_CACHE_DIR := $(JAX_CACHE)
 WORKDIR ?= demo
+# Flags added to both demo commands, e.g. DEMO_FLAGS=--config.training.num_steps=500
+# (tests/test_doc_commands.py runs a shrunk demo this way).
+DEMO_FLAGS ?=
 
 # ACCEL: what JAX runs on. cpu (requirements.txt alone), cuda12 / cuda13 (NVIDIA GPU: JAX's CUDA
 # plugin and the NVIDIA libraries from PyPI) or tpu (libtpu), each pinned in
@@ -51,8 +54,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py $(ACCEL_REQS)
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=train
-	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=eval
+	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=train $(DEMO_FLAGS)
+	$(PY) -m experiments.main --config=configs/toy/checkerboard_vp.py --workdir=$(WORKDIR) --mode=eval $(DEMO_FLAGS)
 	@echo "demo done: see $(WORKDIR)/ (plots *.png, eval/metrics.json)"
 
 test: $(STAMP)

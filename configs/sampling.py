@@ -32,7 +32,8 @@ import ml_collections
 from ml_collections import config_dict
 
 
-_SAMPLERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+# realpath: a configs/ folder linked into another directory still finds the repository's.
+_SAMPLERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
                              "diffusion", "samplers")
 
 

@@ -14,7 +14,7 @@ import shlex
 import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from absl import flags
+from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
@@ -33,29 +33,33 @@ class Flags(NamedTuple):
   compilation_cache: Any
 
 
-def define_flags() -> Flags:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                 sys_argv: Optional[List[str]] = None) -> Flags:
   """Defines the entry point's flags (--config with overrides, --workdir, --mode,
   --allow_fresh_start, --compilation_cache) on absl's global FLAGS; call it once per process,
   from the program's ``__main__`` (a module that defined them on import could not be imported
-  next to another that does)."""
+  next to another that does). ``flag_values`` / ``sys_argv`` (the command line whose
+  --config.<key> overrides to accept; default sys.argv): a command line parsed in-process, on
+  fresh ``flags.FlagValues()`` (tests/test_doc_commands.py)."""
+  fv = dict(flag_values=flag_values)
   return Flags(
       config=config_flags.DEFINE_config_file(
           "config", None, "Experiment config file, e.g. configs/toy/checkerboard_vp.py.",
-          lock_config=True),
+          lock_config=True, sys_argv=sys_argv, **fv),
       workdir=flags.DEFINE_string("workdir", None,
-                                  "Directory for checkpoints, logs and results."),
+                                  "Directory for checkpoints, logs and results.", **fv),
       mode=flags.DEFINE_enum("mode", "train", list(MODES),
                              "What to run (sweep: FID / KID, or on toy data SW / MMD, against NFE, "
                              "experiments/sweep.py; pairs: "
-                             "reflow's (noise, sample) pairs, experiments/reflow.py)."),
+                             "reflow's (noise, sample) pairs, experiments/reflow.py).", **fv),
       allow_fresh_start=flags.DEFINE_bool(
           "allow_fresh_start", False, "train: when every checkpoint of the workdir is proven "
           "corrupt, set them aside in corrupt_checkpoints/ and start from step 0 (refused "
-          "otherwise)."),
+          "otherwise).", **fv),
       compilation_cache=flags.DEFINE_string(
           "compilation_cache", None, "Persistent XLA compilation cache folder, or 'off' "
           "(default: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/diffusion_jax/xla; "
-          "experiments/compile_cache.py)."))
+          "experiments/compile_cache.py).", **fv))
 
 
 class ConfigKeyError(ValueError):
@@ -199,11 +203,22 @@ def check_config_file(spec: Optional[str], keys: Sequence[str]) -> None:
       usage_error(str(e))
 
 
-def parse_flags(argv: List[str]) -> List[str]:
+def parse_flags(argv: List[str],
+                flag_values: flags.FlagValues = flags.FLAGS) -> List[str]:
   """absl flag parsing, preceded by the checks of the --config file and its overrides."""
   check_config_file(config_spec(argv), override_keys(argv))
   try:
-    return flags.FLAGS(argv)
+    return flag_values(argv)
   except flags.Error as e:
     print(f"error: {e}\nPass --helpshort for the flags.", file=sys.stderr)
     sys.exit(2)
+
+
+def check_command(parsed: Flags, argv: Sequence[str]) -> None:
+  """The parsed command line is complete: no positional arguments left in ``argv`` (what
+  absl's parsing returns, the program name first), --config and --workdir given; else
+  app.UsageError."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+  if parsed.config.value is None or not parsed.workdir.value:
+    raise app.UsageError("--config and --workdir are required")

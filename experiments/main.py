@@ -22,11 +22,8 @@ flags.adopt_module_key_flags(cli)  # --helpshort lists them as this program's fl
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+  cli.check_command(_FLAGS, argv)
   config, workdir, mode = _FLAGS.config.value, _FLAGS.workdir.value, _FLAGS.mode.value
-  if config is None or not workdir:
-    raise app.UsageError("--config and --workdir are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # JAX and the modes are imported here, not at the top: --help and usage errors come before

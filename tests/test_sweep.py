@@ -57,7 +57,7 @@ def test_quantize_inverts_the_dequantization(levels):
 def test_fid_pixels_of_samples_match_the_reference_statistics_pixels():
   """A sample in the bin of level k becomes the pixel the reference statistics use for k."""
   from experiments import reference_stats
-  ref = np.concatenate(list(reference_stats.read_split_uint8("digits", "test", num_images=32)))
+  ref = np.concatenate(list(reference_stats.read_split_uint8("digits", "test", num_images=32)[1]))
   k = np.rint(ref.astype(np.float64) * 16 / 255).astype(np.int32)
   np.testing.assert_array_equal(np.rint(k * 255 / 16), ref)  # digits: round(k 255 / 16)
   u = np.random.default_rng(0).random(k.shape)
@@ -195,7 +195,7 @@ def _trained(tmp_path, **overrides):
 @pytest.mark.slow  # 45 s cold; FID / KID math: tests/test_fid.py
 def test_eval_writes_fid_and_kid_against_the_statistics(tmp_path, cheap_inception):
   from experiments import reference_stats
-  ref = np.concatenate(list(reference_stats.read_split_uint8("digits", "train")))
+  ref = np.concatenate(list(reference_stats.read_split_uint8("digits", "train")[1]))
   stats_path = str(tmp_path / "ref.npz")
   fid.save_stats(stats_path, _pooled_features(None, ref), dataset="digits", split="train",
                  resolution=8, weights_sha256=inception.weights_sha256())
