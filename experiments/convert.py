@@ -29,7 +29,7 @@ import numpy as np
 from diffusion import checkpoint, training
 from diffusion.convert import diffusers_unet, score_sde
 from diffusion.convert.common import ConversionError, Converted, flatten
-from experiments import build
+from experiments import build, runtime
 from experiments.config_files import load_config_file
 from experiments.setup import init_state, setup
 from experiments.validate import validate_config
@@ -201,6 +201,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--format, --source and --workdir are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  runtime.announce()
   try:
     conv = _convert(f.format, f.source, schedule=f.schedule, weights=f.weights,
                     scheduler_config=f.scheduler_config, score_sde_config=f.score_sde_config,

@@ -30,7 +30,7 @@ def main(argv: Sequence[str]) -> None:
   # the seconds JAX takes to import, a signal meanwhile gets exit_on_signal's one line, and the
   # modes load only once the config is valid, the compilation cache set and jax.distributed up.
   from diffusion import checkpoint, parallel, training  # heavy (JAX): after the flags
-  from experiments import compile_cache, validate  # validate imports the library: as above
+  from experiments import compile_cache, runtime, validate  # the library: as above
   try:
     validate.validate_config(config, mode)  # the device-independent checks, before JAX starts
   except ConfigError as e:
@@ -44,6 +44,7 @@ def main(argv: Sequence[str]) -> None:
   if config.parallel.distributed:
     parallel.initialize_distributed(config.parallel.coordinator_address,
                                     config.parallel.num_processes, config.parallel.process_id)
+  runtime.announce()  # the platform and devices; a warning when a GPU / TPU goes unused
   from experiments import evaluate, reflow, sample, sweep, train  # after jax.distributed is up
   expected = (ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
               checkpoint.WorkdirLockedError, checkpoint.CheckpointError,

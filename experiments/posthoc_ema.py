@@ -36,7 +36,7 @@ import jax
 import ml_collections
 
 from diffusion import checkpoint, posthoc_ema
-from experiments import build, cli
+from experiments import build, cli, runtime
 from diffusion.config_checks import ConfigError
 from experiments.config_files import load_config_file
 from experiments.setup import Setup, init_state, saved_config, setup
@@ -163,6 +163,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--config, --workdir and --sigma_rel are required")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  runtime.announce()
   try:
     summary = run(f.config, f.workdir, f.sigma_rel, f.step, f.out_workdir,
                   overridden=cli.override_keys(sys.argv))

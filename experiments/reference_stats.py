@@ -33,7 +33,7 @@ import numpy as np
 
 from diffusion.data import images as images_lib
 from diffusion.metrics import fid, inception
-from experiments import writers
+from experiments import runtime, writers
 
 
 def read_split_uint8(dataset: str, split: str, resolution: Optional[int] = None,
@@ -125,6 +125,7 @@ def main(argv=None):
   F = flags.FLAGS
 
   def run(_):
+    runtime.announce()
     try:
       path, stats = compute_reference_stats(
           F.dataset, F.split, F.out, F.resolution, F.num_images, F.batch_size, F.features,

@@ -440,6 +440,7 @@ MAKE_SKIPS: Dict[str, str] = {
     "clean": "deletes .venv and the compilation cache",
     "bench": "the CPU benchmarks (about 20 minutes)",
     "bench-accel": "needs a GPU or TPU (refuses on a CPU)",
+    "doctor": "builds .venv first where it is missing (tests/test_install.py runs the doctor)",
 }
 
 

@@ -1,5 +1,6 @@
 """The entry points' persistent compilation cache: where it goes and how it is turned off."""
 import os
+import re
 
 import pytest
 
@@ -50,3 +51,8 @@ def test_main_fills_the_given_cache_and_refuses_a_file(tmp_path):
                env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   assert r.returncode == 0, r.stderr[-2000:]
   assert len(os.listdir(cache)) > 0  # the compiled programs were written there
+  # The first line of every run names the platform and devices (experiments.runtime).
+  import jax
+  first = r.stdout.splitlines()[0]
+  assert re.fullmatch(rf"jax {re.escape(jax.__version__)} on (cpu|gpu|tpu): \d+ devices? "
+                      rf"\(.+\), 1 process", first), first
