@@ -18,6 +18,11 @@ import platform as _platform
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import jax
+import jax.numpy as jnp
+
+from experiments import compile_cache, runtime
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml_dtypes", "diffrax",
             "chex", "tensorflow-datasets", "jax-cuda12-plugin", "jax-cuda13-plugin", "libtpu")
 
@@ -70,8 +75,6 @@ def gib(n: Optional[int]) -> str:
 
 def bf16_check(device) -> str:
   """A (256, 256) bfloat16 matmul on ``device`` against float32: how bf16 runs there."""
-  import jax
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.PRNGKey(0), (256, 256), jnp.float32)
   a = jax.device_put(a, device)
   ref = a @ a
@@ -93,8 +96,6 @@ def fused_attention_check(device) -> str:
   if device.platform != "gpu":
     return (f"not on {device.platform}: DiT uses XLA's attention "
             f"(jax.nn.dot_product_attention, implementation=None)")
-  import jax
-  import jax.numpy as jnp
   q = jax.device_put(jnp.ones((2, 64, 4, 64), jnp.bfloat16), device)
   try:
     jax.block_until_ready(jax.nn.dot_product_attention(q, q, q, implementation="cudnn"))
@@ -105,8 +106,6 @@ def fused_attention_check(device) -> str:
 
 def report(cache_dir: Optional[str]) -> Tuple[List[str], bool]:
   """The lines to print and whether an accelerator goes unused (the exit status)."""
-  import jax
-  from experiments import runtime
   lines = [f"python {_platform.python_version()} ({sys.executable}) on {_platform.system()} "
            f"{_platform.machine()}, {os.cpu_count()} CPUs"]
   v = versions()
@@ -134,7 +133,6 @@ def report(cache_dir: Optional[str]) -> Tuple[List[str], bool]:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-  from experiments import compile_cache
   cache_dir = compile_cache.resolve(None)
   lines, unused = report(cache_dir)
   print("\n".join(lines), flush=True)

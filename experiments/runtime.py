@@ -19,6 +19,8 @@ import glob
 import os
 from typing import Dict, List, Optional, Sequence
 
+import jax
+
 NVIDIA_DEVICE_FILES = ("dev/nvidia0", "dev/nvidiactl", "dev/dxg")
 GOOGLE_PCI_VENDOR = "0x1ae0"
 TPU_PCI_DEVICES = {"0x0027": "v3", "0x005e": "v4", "0x0062": "v5p", "0x0063": "v5e",
@@ -77,7 +79,7 @@ def platform_line(jax_version: str, platform: str, kinds: Sequence[str], local: 
 
 def describe() -> List[str]:
   """The platform line of this process and, where it applies, the CPU-fallback warning."""
-  import jax  # here: the line is printed after jax.distributed is up (it starts the backend)
+  # Called after jax.distributed is up: jax.local_devices() starts the backend.
   devices = jax.local_devices()
   platform = devices[0].platform
   lines = [platform_line(jax.__version__, platform, [d.device_kind for d in devices],
