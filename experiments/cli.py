@@ -66,18 +66,18 @@ class ConfigKeyError(ValueError):
   """A --config.<key> override names no field of the config."""
 
 
-def _leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+def leaves(config: ml_collections.ConfigDict, prefix: str = ""):
   """(dotted key, value) of every leaf field of ``config``."""
   for k, v in config.items():
     if isinstance(v, ml_collections.ConfigDict):
-      yield from _leaves(v, f"{prefix}{k}.")
+      yield from leaves(v, f"{prefix}{k}.")
     else:
       yield f"{prefix}{k}", v
 
 
 def config_keys(config: ml_collections.ConfigDict) -> List[str]:
   """Dotted names of every overridable (leaf) field, sorted."""
-  return sorted(k for k, _ in _leaves(config))
+  return sorted(k for k, _ in leaves(config))
 
 
 def overridden(config: ml_collections.ConfigDict,
@@ -108,9 +108,9 @@ def override_args(base: ml_collections.ConfigDict,
   """(the shell-quoted ``--config.<key>=<value>`` arguments that turn ``base``, a config file's
   get_config(), into ``config``; the keys whose value no override can set: None, or a key that
   ``base`` lacks)."""
-  base_values = dict(_leaves(base))
+  base_values = dict(leaves(base))
   args, unsettable = [], []
-  for key, value in _leaves(config):
+  for key, value in leaves(config):
     if key in base_values and base_values[key] == value:
       continue
     if value is None or key not in base_values:

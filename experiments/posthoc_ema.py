@@ -53,10 +53,9 @@ def check_overrides_match(given: Config, saved: Config, keys: Sequence[str],
                           workdir: str) -> None:
   """A ``--config.<key>`` override that differs from the run's value in W/config.json is a
   ConfigError naming both (the reconstruction is of that run; the override would be replaced)."""
+  given_values, saved_values = dict(cli.leaves(given)), dict(cli.leaves(saved))
   for key in keys:
-    a, b = given, saved
-    for part in key.split("."):
-      a, b = a[part], b[part]
+    a, b = given_values[key], saved_values[key]
     if a != b and not (isinstance(b, tuple) and tuple(a) == b):
       raise ConfigError(f"--config.{key}={a!r} differs from the run's value {b!r} in "
                         f"{workdir}/config.json; post-hoc EMA reconstructs that run: leave the "

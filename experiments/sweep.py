@@ -44,7 +44,6 @@ that cell not written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
@@ -54,7 +53,7 @@ import ml_collections
 import numpy as np
 
 from diffusion import checkpoint
-from diffusion.io_utils import atomic_write
+from diffusion.io_utils import atomic_write, read_json
 from diffusion.metrics import inception
 from experiments import (build, conditioning, eval_common, generate, plots, results, signals,
                          writers)
@@ -167,10 +166,9 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
 def _saved_cells(json_path: str, res: results.Output) -> List[Dict[str, Any]]:
   """The cells of the sweep file ``json_path`` ([] if there is none); a file of other settings
   is refused (``results.OutputConflictError``)."""
-  if not os.path.exists(json_path):
+  saved = read_json(json_path)
+  if saved is None:
     return []
-  with open(json_path) as f:
-    saved = json.load(f)
   results.check_same(saved.get("settings", {}), res, json_path)
   return saved["cells"]
 
