@@ -174,6 +174,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.num_pairs = 50_000
   c.distill.pairs_shard_size = 5_000
 
+  # Latent diffusion (docs/latent.md): with latent.dataset set, the run trains on the latents of
+  # an image dataset written by `python -m experiments.encode` (an autoencoder's posterior mean
+  # and std per image; the folder names the autoencoder), and sample / eval decode to pixels.
+  # data.name stays the image dataset (labels, FID reference); the data shape is the latents'.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.dataset = config_dict.placeholder(str)  # None: the run is in pixel space
+  # 'scale': z * scale_factor (LDM, DiT, SiT: 0.18215 for Stable Diffusion's VAE); 'channel':
+  # (z - channel_mean) / channel_std * final_std per channel (EDM2: its SD-VAE statistics, 0.5).
+  c.latent.normalization = "scale"
+  c.latent.scale_factor = 0.18215
+  c.latent.channel_mean = ()  # 'channel': () = the encoded dataset's own per-channel statistics
+  c.latent.channel_std = ()
+  c.latent.final_std = 0.5
+  # 'sample': z = mean + std * eps with fresh eps every batch (DiT, SiT, EDM2); 'mean': z = mean.
+  c.latent.posterior = "sample"
+
   c.eval = ml_collections.ConfigDict()
   # Which checkpoints --mode=eval evaluates: eval.step (None: the newest), or with
   # all_checkpoints=True every one in turn; a step evaluated with the same settings (its
