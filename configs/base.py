@@ -180,6 +180,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # data.name stays the image dataset (labels, FID reference); the data shape is the latents'.
   c.latent = ml_collections.ConfigDict()
   c.latent.dataset = config_dict.placeholder(str)  # None: the run is in pixel space
+  # The autoencoder that decodes samples: its config file and workdir (and checkpoint step; None:
+  # the newest). None: the one that encoded latent.dataset. Set alone (no dataset), a run
+  # samples and evaluates in latent space without encoded data (a converted DiT, docs/latent.md).
+  c.latent.autoencoder_config = config_dict.placeholder(str)
+  c.latent.autoencoder = config_dict.placeholder(str)
+  c.latent.autoencoder_step = config_dict.placeholder(int)
   # 'scale': z * scale_factor (LDM, DiT, SiT: 0.18215 for Stable Diffusion's VAE); 'channel':
   # (z - channel_mean) / channel_std * final_std per channel (EDM2: its SD-VAE statistics, 0.5).
   c.latent.normalization = "scale"

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from diffusion import latent as latent_lib
 from diffusion import (elbo, guidance, likelihood, losses, networks, objectives, parameterization,
                        posthoc_ema, training)
 from diffusion.config_checks import (ConfigError, from_library, int_at_least, is_bool, number_in,
@@ -68,6 +69,62 @@ def check_data(config: Config) -> None:
       if not isinstance(d[field], str) or not d[field]:
         raise ConfigError(f"config.data.{field}={d[field]!r} must be a split name, e.g. "
                           f"'train' or 'test'")
+
+
+def check_latent(config: Config, mode: str) -> None:
+  """latent.*: the normalisation and posterior by name, their numbers; with latent.dataset a
+  complete folder of experiments.encode whose images are config.data's, its channels matching
+  any channel statistics given, and no pixel-space task (toy data, inverse problems)."""
+  lat = config.get("latent")
+  if lat is None:
+    return
+  one_of("latent.normalization", lat.normalization, latent_lib.NORMALIZATIONS)
+  one_of("latent.posterior", lat.posterior, latent_lib.POSTERIORS)
+  for field in ("scale_factor", "final_std"):
+    v = lat[field]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+      raise ConfigError(f"config.latent.{field}={v!r} must be a finite number > 0")
+  means, stds = tuple(lat.channel_mean), tuple(lat.channel_std)
+  if len(means) != len(stds) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in means + stds):
+    raise ConfigError(f"config.latent.channel_mean={means!r} and channel_std={stds!r} must be "
+                      f"two lists of numbers of one length (one per latent channel), or both "
+                      f"empty (the encoded dataset's own statistics)")
+  if any(v <= 0 for v in stds):
+    raise ConfigError(f"config.latent.channel_std={stds!r} must be > 0")
+  if not build.is_latent(config):
+    return
+  if build.is_toy(config):
+    raise ConfigError(f"config.latent: latents are of image datasets; config.data.name="
+                      f"{config.data.name!r} is a toy 2-D density")
+  if lat.dataset is not None:
+    facts = build.latent_facts(config)
+    data = facts["made_by"]["data"]
+    size = images.image_shape(config.data.name, config.data.image_size)
+    if data["name"] != config.data.name or tuple(facts["image_shape"]) != tuple(size):
+      raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of "
+                        f"{data['name']!r} images {tuple(facts['image_shape'])}; config.data.name"
+                        f"={config.data.name!r} at data.image_size={config.data.image_size!r} is "
+                        f"{tuple(size)}: set data.* to the encoded images (FID compares with "
+                        f"them)")
+    by = facts["made_by"]["autoencoder"]
+    if lat.autoencoder is not None and os.path.abspath(lat.autoencoder) != by["workdir"]:
+      raise ConfigError(f"config.latent.autoencoder={lat.autoencoder!r}, but latent.dataset="
+                        f"{lat.dataset!r} was encoded by {by['workdir']!r}: leave "
+                        f"latent.autoencoder unset (the folder names its autoencoder)")
+  elif mode == "train":
+    raise ConfigError(f"--mode=train reads latents: set config.latent.dataset to a folder "
+                      f"written by `python -m experiments.encode` (config.latent.autoencoder="
+                      f"{lat.autoencoder!r} alone serves sample / eval / sweep)")
+  elif lat.normalization == "channel" and not tuple(lat.channel_mean):
+    raise ConfigError("config.latent.normalization='channel' without latent.dataset needs "
+                      "latent.channel_mean and latent.channel_std (there is no folder to take "
+                      "them from)")
+  from_library("latent.autoencoder", build.autoencoder_latent_shape, config)
+  from_library("latent", build.latent_norm, config)
+  if config.inverse.task != "none":
+    raise ConfigError(f"config.inverse.task={config.inverse.task!r}: inverse problems observe "
+                      f"pixels; a latent run samples latents")
 
 
 def check_sde(config: Config):
@@ -636,6 +693,7 @@ def validate_config(config: Config, mode: str) -> None:
     raise ConfigError(f"config.experiment={config.experiment!r} must be a string")
   int_at_least("seed", config.seed, 0)
   check_data(config)
+  check_latent(config, mode)
   schedule = check_sde(config)
   check_model(config)
   check_time_input(config, schedule)
