@@ -166,6 +166,13 @@ def test_mapping_refusals_name_the_parameter(change, match):
     cd.convert_state_dict(state, num_heads=HEADS)
 
 
+def test_a_released_file_name_is_checked_against_its_model(tmp_path):
+  path = tmp_path / "DiT-XL-2-256x256.pt"
+  path.write_bytes(open(CKPT, "rb").read())
+  with pytest.raises(ConversionError, match="not DiT-XL/2: depth 2 in the checkpoint, 28"):
+    cd.convert(str(path))
+
+
 def test_every_tensor_is_mapped_once():
   rows = cd.module_table(2)
   sources = [r[0] for r in rows]
@@ -240,7 +247,7 @@ def test_reference_init_draws_the_releases_stds():
   t_ref, y_ref = stds(reference_init=True)
   t_def, y_def = stds()
   assert abs(t_ref - 0.02) < 2e-3 and abs(y_ref - 0.02) < 2e-3
-  assert abs(y_def - 1.0) < 0.05 and abs(t_def - np.sqrt(2 / (256 + 64)) / np.sqrt(1)) < 0.01
+  assert abs(y_def - 1.0) < 0.05 and abs(t_def - np.sqrt(2 / (256 + 64))) < 0.01  # xavier
 
 
 def test_bad_conventions_are_refused():
