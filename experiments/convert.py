@@ -5,12 +5,20 @@ eval, sweep and for fine-tuning (--mode=train continues from the converted weigh
       [--schedule=discrete|continuous] [--weights=FILE] [--scheduler_config=FILE]
   python -m experiments.convert --format=score_sde --source=CHECKPOINT
       --score_sde_config=NAME_OR_JSON --workdir=W [--params=ema|raw] [--dataset=cifar10]
+  python -m experiments.convert --format=dit --source=DiT-XL-2-256x256.pt --workdir=W
+      [--model=DiT-XL/2] [--num_heads=N] [--schedule=discrete|continuous]
+      [--dataset=imagenet2012]
 
 W receives: config.py (the experiment config: pass it as --config=W/config.py), config.json
 (the workdir's identity), checkpoints/0 (params = ema_params = the converted weights, a fresh
 optimizer state), and conversion.json (the source file and its sha256, the notes of what the
 conversion changed, the module table). Nothing is downloaded: the source must be on disk
 (docs/convert.md). A workdir that already holds checkpoints or a config.py is refused.
+
+A DiT checkpoint is a latent diffusion model: its config.py is a latent config on
+configs/imagenet/common.py (the DiT-XL/2 recipe, for fine-tuning) with the conversion's
+schedule, network and latent normalization; ``latent.dataset`` stays None, for the folder
+``python -m experiments.encode`` writes.
 """
 from __future__ import annotations
 
@@ -28,22 +36,29 @@ import numpy as np
 
 from diffusion import checkpoint, training
 from diffusion.convert import diffusers_unet, score_sde
+from diffusion.convert import dit as dit_convert
 from diffusion.convert.common import ConversionError, Converted, flatten
 from experiments import build, runtime
 from experiments.config_files import load_config_file
 from experiments.setup import init_state, setup
 from experiments.validate import validate_config
 
-FORMATS = ("diffusers", "score_sde")
+FORMATS = ("diffusers", "score_sde", "dit")
 HINT_SAMPLES = 64  # the printed sample command's count: minutes on a CPU, not hours
 # Datasets inferred from the image shape when --dataset is not given (unique shapes only).
 DATASET_BY_SHAPE = {(32, 32, 3): "cifar10", (8, 8, 1): "digits", (28, 28, 1): "mnist",
                     (64, 64, 3): "celeb_a"}
+# The dataset of latent models (DiT) when --dataset is not given.
+LATENT_DATASET = "imagenet2012"
 
-def infer_dataset(image_shape: Sequence[int], dataset: Optional[str]) -> str:
-  """``dataset``, or the one dataset of this image shape; ConversionError when ambiguous."""
+def infer_dataset(image_shape: Sequence[int], dataset: Optional[str],
+                  latent: bool = False) -> str:
+  """``dataset``, or the one dataset of this image shape (a latent model's: LATENT_DATASET);
+  ConversionError when ambiguous."""
   if dataset:
     return dataset
+  if latent:
+    return LATENT_DATASET
   shape = tuple(int(v) for v in image_shape)
   if shape in DATASET_BY_SHAPE:
     return DATASET_BY_SHAPE[shape]
@@ -53,11 +68,16 @@ def infer_dataset(image_shape: Sequence[int], dataset: Optional[str]) -> str:
                         f"set to {shape[0]})")
 
 
-def config_text(conv: Converted, dataset: str, experiment: str) -> str:
-  """A config file (``get_config()``) for the converted model, on configs/images.py."""
-  def literal(d):
-    return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(d.items())) + "}"
+def _literal(d: Dict[str, Any]) -> str:
+  return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(d.items())) + "}"
 
+
+def config_text(conv: Converted, dataset: str, experiment: str) -> str:
+  """A config file (``get_config()``) for the converted model, on configs/images.py (a latent
+  model's on configs/imagenet/common.py: :func:`latent_config_text`)."""
+  if conv.latent is not None:
+    return latent_config_text(conv, dataset, experiment)
+  literal = _literal
   size = int(conv.image_shape[0])
   notes = "\n".join(f"  * {n}" for n in conv.notes) or "  (none)"
   src = conv.source.get("weights") or conv.source.get("file") or "?"
@@ -98,6 +118,58 @@ def get_config():
 '''
 
 
+def latent_config_text(conv: Converted, dataset: str, experiment: str) -> str:
+  """The config file of a converted latent model (DiT): configs/imagenet/common.py's latent
+  config (DiT's training recipe, for fine-tuning) with the conversion's network, schedule,
+  parameterization and latent normalization; DDPM's 250 ancestral steps as the release samples.
+  ``latent.dataset`` is None: the user sets it to the folder of experiments.encode."""
+  lat = conv.latent
+  notes = "\n".join(f"  * {n}" for n in conv.notes) or "  (none)"
+  return f'''"""Converted by experiments.convert from {conv.source.get("format")} ({conv.source.get("model") or "a custom size"}):
+{conv.source.get("file")}
+sha256 {conv.source.get("sha256")}
+
+What the conversion changed:
+{notes}
+
+A latent diffusion model: encode the dataset once (python -m experiments.encode, docs/latent.md)
+and pass its folder as --config.latent.dataset=LATENTS to every command.
+Sample:   python -m experiments.main --config=<this file> --workdir=<this folder> --mode=sample \\
+    --config.latent.dataset=LATENTS --config.sampling.num_samples={HINT_SAMPLES}
+  The paper's guided setting: --config.guidance.kind=cfg --config.guidance.weight=1.5
+Evaluate: --mode=eval; fine-tune (continues from the converted weights): --mode=train
+"""
+import ml_collections
+
+from configs.imagenet.common import latent_imagenet_config
+
+NET = {_literal(conv.net)}
+SDE_FIELDS = {_literal(dict(conv.sde[1]))}
+
+
+def get_config():
+  c = latent_imagenet_config({int(lat["image_size"])}, "vp", net=NET)
+  c.experiment = {experiment!r}
+  c.data.name = {dataset!r}
+  c.latent.dataset = None  # the folder `python -m experiments.encode` writes
+  c.latent.normalization = {lat["normalization"]!r}
+  c.latent.scale_factor = {lat["scale_factor"]!r}
+  c.sde.name = {conv.sde[0]!r}
+  c.sde.fields = ml_collections.ConfigDict(SDE_FIELDS)
+  c.training.t_min = None
+  c.sampling.t_min = {conv.sampling_t_min!r}
+  c.sampling.clip_denoised = {conv.clip_denoised!r}
+  c.eval.t_min = None
+  c.model.parameterization = {conv.parameterization!r}
+  c.model.time_input = {conv.time_input!r}
+  c.model.scale_input = False
+  c.sampling.sampler = "ddpm"
+  c.sampling.num_steps = 250
+  c.sampling.grid = "uniform"
+  return c
+'''
+
+
 def _convert(fmt: str, source: str, **kw) -> Converted:
   if fmt == "diffusers":
     return diffusers_unet.convert(source, schedule=kw.get("schedule", "discrete"),
@@ -113,6 +185,10 @@ def _convert(fmt: str, source: str, **kw) -> Converted:
                                         params=kw.get("params", "ema"))
     conv.source["score_sde_config"] = cfg_path
     return conv
+  if fmt == "dit":
+    return dit_convert.convert(source, model=kw.get("model"),
+                               schedule=kw.get("schedule", "discrete"),
+                               num_heads=kw.get("num_heads"))
   raise ConversionError(f"format={fmt!r}; accepted: {FORMATS}")
 
 
@@ -123,9 +199,11 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
   if os.path.exists(os.path.join(workdir, "config.py")) or checkpoint.has_checkpoints(workdir):
     raise ConversionError(f"--workdir={workdir!r} already holds a converted model or "
                           f"checkpoints; choose a new workdir (nothing was changed)")
-  dataset = infer_dataset(conv.image_shape, dataset)
+  dataset = infer_dataset(conv.image_shape, dataset, latent=conv.latent is not None)
   origin = (conv.source.get("score_sde_config")
-             or os.path.basename(os.path.normpath(conv.source.get("folder") or "model")))
+             or os.path.basename(os.path.normpath(conv.source.get("folder") or "model"))
+             if not conv.source.get("file") else
+             os.path.splitext(os.path.basename(conv.source["file"]))[0])
   experiment = experiment or f"converted/{origin}"
   text = config_text(conv, dataset, experiment)
   with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +241,7 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
   summary = dict(source=conv.source, notes=conv.notes, dataset=dataset, experiment=experiment,
                  model=conv.model, net=conv.net, sde=dict(name=conv.sde[0], fields=conv.sde[1]),
                  parameterization=conv.parameterization, time_input=conv.time_input,
-                 num_params=training.count_params(state.params))
+                 num_params=training.count_params(state.params), latent=conv.latent)
   with open(os.path.join(workdir, "conversion.json"), "w") as f:
     json.dump(summary, f, indent=1, sort_keys=True, default=str)
   return summary
@@ -174,15 +252,15 @@ def define_flags() -> None:
   module (tests, notebooks) next to experiments.main defines no flag twice."""
   flags.DEFINE_enum("format", None, list(FORMATS), "The released checkpoint's format.")
   flags.DEFINE_string("source", None, "diffusers: the model folder (config.json + weights); "
-                      "score_sde: the checkpoint file (checkpoint_N).")
+                      "score_sde: the checkpoint file (checkpoint_N); dit: the .pt file.")
   flags.DEFINE_string("workdir", None, "New workdir for the converted model.")
   flags.DEFINE_string("dataset", None, "config.data.name of the converted experiment "
                       "(default: inferred from the image shape where unique).")
   flags.DEFINE_string("experiment", None, "config.experiment (default: "
                       "converted/<source name>).")
   flags.DEFINE_enum("schedule", "discrete", ["discrete", "continuous"],
-                    "diffusers: DDPM's discrete betas exactly (vp_discrete), or the continuous "
-                    "VP limit with c = (N - 1) t (the reference convention).")
+                    "diffusers, dit: DDPM's discrete betas exactly (vp_discrete), or the "
+                    "continuous VP limit with c = (N - 1) t (the reference convention).")
   flags.DEFINE_string("weights", None, "diffusers: the weights file (default: the folder's "
                       ".safetensors, else .bin).")
   flags.DEFINE_string("scheduler_config", None, "diffusers: scheduler_config.json (default: "
@@ -191,6 +269,11 @@ def define_flags() -> None:
                       "'ve/cifar10_ncsnpp_deep_continuous', or a JSON file of its fields.")
   flags.DEFINE_enum("params", "ema", ["ema", "raw"], "score_sde: the EMA parameters (what the "
                     "paper sampled) or the raw ones.")
+  flags.DEFINE_string("model", None, "dit: the released model's name, e.g. 'DiT-XL/2', checked "
+                      "against the checkpoint's shapes (default: from the released file's name "
+                      "or the paper's sizes).")
+  flags.DEFINE_integer("num_heads", None, "dit: attention heads, when neither --model nor the "
+                       "paper's sizes give them (not stored in a checkpoint).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -205,24 +288,26 @@ def main(argv: Sequence[str]) -> None:
   try:
     conv = _convert(f.format, f.source, schedule=f.schedule, weights=f.weights,
                     scheduler_config=f.scheduler_config, score_sde_config=f.score_sde_config,
-                    params=f.params)
+                    params=f.params, model=f.model, num_heads=f.num_heads)
     summary = write_workdir(conv, f.workdir, f.dataset, f.experiment)
   except (ConversionError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   lines: List[str] = [f"converted {summary['num_params']:,} parameters into {f.workdir}"]
   lines += [f"  {n}" for n in summary["notes"]]
-  lines.append(sample_hint(f.workdir))
+  lines.append(sample_hint(f.workdir, latent=summary.get("latent") is not None))
   print("\n".join(lines), flush=True)
 
 
-def sample_hint(workdir: str) -> str:
+def sample_hint(workdir: str, latent: bool = False) -> str:
   """The command that samples the converted ``workdir`` as printed: its own config.py and
-  HINT_SAMPLES samples, and how to get more."""
+  HINT_SAMPLES samples, and how to get more. A latent model's also needs its latents' folder
+  (LATENTS: the encoded dataset, docs/latent.md)."""
   config = os.path.join(workdir, "config.py")
   full = load_config_file(config).sampling.num_samples
+  latents = " --config.latent.dataset=LATENTS" if latent else ""
   return (f"sample with: python -m experiments.main {shlex.quote('--config=' + config)} "
-          f"{shlex.quote('--workdir=' + workdir)} --mode=sample "
+          f"{shlex.quote('--workdir=' + workdir)} --mode=sample{latents} "
           f"--config.sampling.num_samples={HINT_SAMPLES}\n"
           f"  ({HINT_SAMPLES} samples for a first look; --config.sampling.num_samples={full} "
           f"draws the config's full set, --mode=eval its metrics)")

@@ -26,6 +26,9 @@ Dtype = Any
 Initializer = Callable[..., Array]
 
 EMBEDDING_TYPES = ("positional", "fourier")
+# Conventions of the sinusoidal embedding (positional_embedding): DDPM's release, and GLIDE /
+# ADM's, which DiT and SiT (and most later releases) inherited.
+POSITIONAL_CONVENTIONS = ("ddpm", "adm")
 
 
 # ----------------------------------------------------------------------------- initialisers
@@ -88,11 +91,20 @@ def group_norm(channels: int, *, groups: Optional[int] = None, dtype: Dtype = jn
 # ----------------------------------------------------------------------------- embeddings
 
 
-def positional_embedding(c: Array, dim: int, max_period: float = 10_000.0) -> Array:
+def positional_embedding(c: Array, dim: int, max_period: float = 10_000.0,
+                         convention: str = "ddpm") -> Array:
   """Sinusoidal embedding of a scalar per example (Vaswani et al. 2017; [DDPM] Appendix B).
 
-  ``emb[:, i] = sin(c * w_i)``, ``emb[:, half + i] = cos(c * w_i)``,
-  ``w_i = max_period ** (-i / (half - 1))``, ``half = dim // 2``; odd ``dim`` is zero-padded.
+  ``half = dim // 2``; odd ``dim`` is zero-padded. ``convention``:
+
+  * 'ddpm' (DDPM's release; diffusers' flip_sin_to_cos=False, freq_shift=1):
+    ``emb[:, i] = sin(c * w_i)``, ``emb[:, half + i] = cos(c * w_i)``,
+    ``w_i = max_period ** (-i / (half - 1))``;
+  * 'adm' (GLIDE / ADM's ``timestep_embedding``, inherited by DiT and SiT; diffusers'
+    flip_sin_to_cos=True, freq_shift=0): ``emb[:, i] = cos(c * w_i)``,
+    ``emb[:, half + i] = sin(c * w_i)``, ``w_i = max_period ** (-i / half)``.
+
+  Both compute ``c * w_i`` in float32, as the releases do.
 
   Args:
     c: (B,) float conditioning (for DDPM the step index ``999 t``).
@@ -104,10 +116,17 @@ def positional_embedding(c: Array, dim: int, max_period: float = 10_000.0) -> Ar
     raise ValueError(f"conditioning must have shape (B,), got {c.shape}")
   if dim < 2:
     raise ValueError(f"embedding dim must be >= 2, got {dim}")
+  if convention not in POSITIONAL_CONVENTIONS:
+    raise ValueError(f"positional embedding convention={convention!r}; accepted: "
+                     f"{POSITIONAL_CONVENTIONS}")
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  denominator = max(half - 1, 1) if convention == "ddpm" else half
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / denominator)
   args = c.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if convention == "ddpm":
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  else:
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
@@ -139,8 +158,10 @@ class NoiseEmbedding(nn.Module):
 
   ``temb = Dense(out_dim)(swish(Dense(out_dim)(features(embedding_scale * c))))``
   ([DDPM] Appendix B; [SDE] Appendix H). ``features`` is :func:`positional_embedding` of width
-  ``base_dim`` or :class:`GaussianFourierProjection` with ``fourier_size`` frequencies.
-  Residual blocks apply swish to ``temb`` before their own projection.
+  ``base_dim`` (in its ``convention``) or :class:`GaussianFourierProjection` with
+  ``fourier_size`` frequencies. Residual blocks apply swish to ``temb`` before their own
+  projection. The two Dense kernels start as DDPM's :func:`default_init`, or with
+  ``kernel_std`` as N(0, kernel_std^2) (DiT's release: 0.02); biases at zero.
 
   Returns (B, out_dim) in ``dtype``.
   """
@@ -151,22 +172,37 @@ class NoiseEmbedding(nn.Module):
   fourier_scale: float = 16.0
   fourier_size: Optional[int] = None  # default base_dim // 2 (so that 2 * size == base_dim)
   dtype: Dtype = jnp.float32
+  convention: str = "ddpm"  # of the 'positional' features: POSITIONAL_CONVENTIONS
+  kernel_std: Optional[float] = None  # None: default_init(); else N(0, kernel_std^2) kernels
 
   @nn.compact
   def __call__(self, c: Array) -> Array:
     if c.ndim != 1:
       raise ValueError(f"noise conditioning c must have shape (B,), got {c.shape}")
+    if self.convention not in POSITIONAL_CONVENTIONS:
+      raise ValueError(f"convention={self.convention!r}; accepted: {POSITIONAL_CONVENTIONS}")
+    if self.convention != "ddpm" and self.embedding_type != "positional":
+      raise ValueError(f"convention={self.convention!r} applies to the 'positional' embedding "
+                       f"only, not embedding_type={self.embedding_type!r}")
     c = c.astype(jnp.float32) * self.embedding_scale
     if self.embedding_type == "positional":
-      emb = positional_embedding(c, self.base_dim)
+      emb = positional_embedding(c, self.base_dim, convention=self.convention)
     elif self.embedding_type == "fourier":
       size = self.fourier_size or self.base_dim // 2
       emb = GaussianFourierProjection(size, self.fourier_scale, name="fourier")(c)
     else:
       raise ValueError(
           f"embedding_type={self.embedding_type!r}; accepted: {EMBEDDING_TYPES}")
-    emb = dense(self.out_dim, dtype=self.dtype, name="dense0")(emb)
-    return dense(self.out_dim, dtype=self.dtype, name="dense1")(nn.swish(emb))
+    if self.kernel_std is None:
+      emb = dense(self.out_dim, dtype=self.dtype, name="dense0")(emb)
+      return dense(self.out_dim, dtype=self.dtype, name="dense1")(nn.swish(emb))
+    if not self.kernel_std > 0:
+      raise ValueError(f"kernel_std must be None or > 0, got {self.kernel_std}")
+    init = nn.initializers.normal(stddev=self.kernel_std)
+    emb = nn.Dense(self.out_dim, kernel_init=init, dtype=self.dtype, param_dtype=jnp.float32,
+                   name="dense0")(emb)
+    return nn.Dense(self.out_dim, kernel_init=init, dtype=self.dtype, param_dtype=jnp.float32,
+                    name="dense1")(nn.swish(emb))
 
 
 class ClassEmbedding(nn.Module):
@@ -175,6 +211,7 @@ class ClassEmbedding(nn.Module):
   ``labels=None`` means "unconditional" and uses the NULL class for every example. With
   ``train=True`` and ``drop_prob > 0`` each label is replaced by NULL with that probability
   (classifier-free guidance training, Ho & Salimans 2022), drawing from the 'dropout' rng.
+  The table starts N(0, init_std^2) (DiT's release: 0.02).
 
   Args:
     labels: (B,) int in [0, num_classes] or None.
@@ -185,9 +222,12 @@ class ClassEmbedding(nn.Module):
   features: int
   drop_prob: float = 0.0
   dtype: Dtype = jnp.float32
+  init_std: float = 1.0
 
   @nn.compact
   def __call__(self, labels: Optional[Array], batch_size: int, train: bool = False) -> Array:
+    if not self.init_std > 0:
+      raise ValueError(f"init_std must be > 0, got {self.init_std}")
     null = jnp.full((batch_size,), self.num_classes, jnp.int32)
     if labels is None:
       labels = null
@@ -199,7 +239,8 @@ class ClassEmbedding(nn.Module):
         drop = jax.random.bernoulli(self.make_rng("dropout"), self.drop_prob, (batch_size,))
         labels = jnp.where(drop, null, labels)
     table = nn.Embed(self.num_classes + 1, self.features,
-                     embedding_init=nn.initializers.normal(stddev=1.0), dtype=self.dtype,
+                     embedding_init=nn.initializers.normal(stddev=self.init_std),
+                     dtype=self.dtype,
                      param_dtype=jnp.float32, name="embed")
     return table(labels)
 
@@ -207,15 +248,20 @@ class ClassEmbedding(nn.Module):
 def conditioning(c: Array, labels: Optional[Array], *, train: bool, base_dim: int,
                  out_dim: int, embedding_type: str, embedding_scale: float,
                  fourier_scale: float, fourier_size: Optional[int], num_classes: int,
-                 label_dropout: float, dtype: Dtype) -> Array:
+                 label_dropout: float, dtype: Dtype, convention: str = "ddpm",
+                 noise_kernel_std: Optional[float] = None,
+                 class_init_std: float = 1.0) -> Array:
   """Noise embedding plus (if ``num_classes > 0``) a class embedding: (B, out_dim).
+  ``convention`` and ``noise_kernel_std`` are :class:`NoiseEmbedding`'s, ``class_init_std``
+  :class:`ClassEmbedding`'s ``init_std``.
 
   Must be called from inside a compact module (the submodules attach to it).
   """
   temb = NoiseEmbedding(base_dim, out_dim, embedding_type, embedding_scale, fourier_scale,
-                        fourier_size, dtype, name="noise_embedding")(c)
+                        fourier_size, dtype, convention, noise_kernel_std,
+                        name="noise_embedding")(c)
   if num_classes > 0:
-    temb = temb + ClassEmbedding(num_classes, out_dim, label_dropout, dtype,
+    temb = temb + ClassEmbedding(num_classes, out_dim, label_dropout, dtype, class_init_std,
                                  name="class_embedding")(labels, c.shape[0], train)
   elif labels is not None:
     raise ValueError("labels were given to a network built with num_classes=0; "
