@@ -18,8 +18,22 @@ through :func:`capabilities` (never by probing attributes itself):
                     log-variance head (EDM2's uncertainty weighting, loss 'edm2')
   project_params    a method ``project_params(params) -> params`` applied after every
                     optimizer update (EDM2's forced weight normalisation)
-  outputs           'denoiser' (the default) or 'logits' (a noise-conditional classifier of
-                    x_t, objective 'classifier'), given at registration
+  outputs           'denoiser' (the default), 'logits' (a noise-conditional classifier of
+                    x_t, objective 'classifier') or 'autoencoder' (below), given at
+                    registration
+
+An autoencoder network (``outputs='autoencoder'``, e.g. ``autoencoder_kl``,
+diffusion.models.autoencoder) maps images to latents and back instead of predicting from a
+noisy input. It offers, with x (B, H, W, C) in [-1, 1] and latents (B, H/f, W/f, c):
+
+  encode(x) -> (mean, logvar)   the diagonal Gaussian posterior q(z | x) (``method='encode'``)
+  decode(z) -> x_rec            (B, H, W, out_channels) (``method='decode'``)
+  __call__(x, c=None, labels=None, train=False, noise=None) -> (x_rec, mean, logvar)
+                                z = mean, or mean + exp(logvar / 2) * noise with noise drawn by
+                                the caller in the latent's shape; c and train are ignored
+and its module has ``latent_shape(image_shape, channels, latent_channels)`` and
+``downsample_factor(channels)``. It is not a denoiser: no parameterization or objective of the
+diffusion path applies to it.
 """
 import dataclasses
 import inspect
@@ -27,14 +41,15 @@ from typing import Callable, Dict
 
 import flax.linen as nn
 
-OUTPUTS = ("denoiser", "logits")
+OUTPUTS = ("denoiser", "logits", "autoencoder")
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 _OUTPUTS: Dict[str, str] = {}
 
 
 def register_model(name: str, outputs: str = "denoiser"):
   """Class decorator: makes ``get_model(name, **kwargs)`` build this module. ``outputs``: what
-  the network predicts, 'denoiser' (the parameterization's F) or 'logits' (a classifier)."""
+  the network predicts, 'denoiser' (the parameterization's F), 'logits' (a classifier) or
+  'autoencoder' (encode / decode, the module docstring)."""
   if outputs not in OUTPUTS:
     raise ValueError(f"register_model({name!r}): outputs={outputs!r}; accepted: {OUTPUTS}")
 
@@ -71,7 +86,7 @@ def capabilities(model: nn.Module) -> Capabilities:
 
 
 def model_outputs(name: str) -> str:
-  """'denoiser' or 'logits': what the registered network ``name`` predicts."""
+  """'denoiser', 'logits' or 'autoencoder': what the registered network ``name`` predicts."""
   _import_all()
   if name not in _MODELS:
     raise ValueError(f"unknown model {name!r}; registered models: {sorted(_MODELS)}")
