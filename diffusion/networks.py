@@ -1,5 +1,6 @@
 """A network as the losses and samplers see it: its compute dtype, its call in the train step
-(``TrainNetwork``), and its denoiser or logits for fixed parameters (evaluation mode).
+(``TrainNetwork``), and its denoiser, logits or encoder / decoder for fixed parameters
+(evaluation mode).
 
 The network contract itself (what a network may offer) is ``diffusion.models.capabilities``.
 """
@@ -68,6 +69,19 @@ class TrainNetwork:
                                     return_logvar=True)
     return out.astype(jnp.float32), logvar.astype(jnp.float32)
 
+  def encode(self, x) -> Tuple[jax.Array, jax.Array]:
+    """(mean, logvar) (float32) of an autoencoder's posterior q(z | x) (a network registered with
+    outputs='autoencoder': its ``encode`` method)."""
+    mean, logvar = self.module.apply({"params": self.params}, x.astype(self.dtype),
+                                     method="encode", rngs={"dropout": self.dropout_key})
+    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
+
+  def decode(self, z) -> jax.Array:
+    """x_rec (float32) of an autoencoder's decoder at the latents ``z`` (its ``decode``)."""
+    out = self.module.apply({"params": self.params}, z.astype(self.dtype), method="decode",
+                            rngs={"dropout": self.dropout_key})
+    return out.astype(jnp.float32)
+
 
 def make_logits_fn(apply_fn: Callable[..., jax.Array], schedule: Schedule,
                    param: Parameterization) -> Callable:
@@ -121,6 +135,20 @@ def frozen_denoiser_of(net, param: Parameterization, schedule: Schedule,
     return eval_denoiser(model, p, schedule, param)
 
   return of
+
+
+def eval_autoencoder(net, params: PyTree) -> Tuple[Callable, Callable]:
+  """(encode, decode) of an autoencoder (a network registered with outputs='autoencoder') for
+  fixed ``params``: encode(x (B, H, W, C) in [-1, 1]) -> (mean, logvar) of q(z | x), each
+  (B, h, w, c); decode(z) -> x_rec (B, H, W, C); float32 outputs."""
+  def encode(x):
+    mean, logvar = net.apply({"params": params}, x, method="encode")
+    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
+
+  def decode(z):
+    return net.apply({"params": params}, z, method="decode").astype(jnp.float32)
+
+  return encode, decode
 
 
 def eval_logits(net, params: PyTree, sched: Schedule, param: Parameterization) -> Callable:

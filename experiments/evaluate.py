@@ -55,6 +55,15 @@ CLASSIFIER_EVAL_LEVELS times evenly spaced in logSNR from the training range's t
   cross_entropy_at_t=<t>  its mean cross-entropy in nats (the Bayes classifier's is H(Y | X_t))
   accuracy_mean, cross_entropy_mean   their means over the levels
   eval_times, eval_logsnrs, heldout_points, num_classes   the settings
+Autoencoders (training.objective='autoencoder'; no samples): the first data.num_heldout test
+images reconstructed from their posterior means (``autoencoder_metrics``):
+  mse, psnr               in [-1, 1]; dB on the pixel levels (peak L - 1: 8-bit PSNR for 256)
+  mse_levels              the squared error on the levels
+  mse_mean_image, psnr_mean_image   the trivial reconstruction's (the held-out mean image)
+  kl, kl_per_latent_dim   KL(q(z | x) || N(0, I)) in nats per image and per latent dimension
+  latent_std, posterior_std_mean    the posterior means' std, the posterior std's mean
+  latent_shape, heldout_images, num_levels   the settings
+and reconstructions.png (originals above their reconstructions) beside metrics.json.
 """
 from __future__ import annotations
 
@@ -69,15 +78,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import checkpoint, elbo, networks, parallel
+from diffusion import autoencoding, checkpoint, elbo, networks, parallel
 from diffusion.data import images
 from diffusion.likelihood import log_likelihood as pf_ode_loglik
 from diffusion.metrics import fid, inception
 from diffusion.metrics.bits_per_dim import bpd_elbo, bpd_pf_ode, dequantize
 from diffusion.metrics.class_accuracy import class_accuracy
 from diffusion.metrics.classifier_eval import classifier_accuracy, classifier_eval_times
-from experiments import (build, conditioning, eval_common, generate, plots, results, shards,
-                         signals, writers)
+from experiments import (build, conditioning, eval_common, generate, plots, reconstructions,
+                         results, shards, signals, writers)
 from experiments.setup import Setup, restore_params, setup
 from experiments.validate import validate
 from experiments.writers import say
@@ -222,6 +231,63 @@ def classifier_metrics(s, params) -> Dict[str, Any]:
   return metrics
 
 
+# -- autoencoders: held-out reconstructions ------------------------------------------------------
+
+
+def _reconstruct_fn(s):
+  """The jitted (params, x (B, H, W, C), key) -> (``reconstructions.reconstruct``, 0), cached."""
+
+  def fn(params, x, key):
+    del key  # decodes the posterior mean: no draw
+    return reconstructions.reconstruct(s.net, params, x), jnp.zeros(())
+
+  key = ("reconstruct", s.config.to_json(), s.mesh)
+  return _cached(key, lambda: _sharded(s, fn))
+
+
+def autoencoder_metrics(s, params, here: str, title: str) -> Tuple[Dict[str, Any], List[str]]:
+  """(the held-out metrics of an autoencoder with ``params``, the figures written in ``here``).
+
+  The first data.num_heldout test images, each fed as the centre of its dequantization bin
+  (``reconstructions.heldout_images``) and reconstructed from its posterior mean, x_rec =
+  decode(mean(x)), in batches of eval.nll_batch_size; the reconstruction's levels are the bins
+  that hold it (``images.quantize``, as eval's FID pixels). Metrics:
+  ``autoencoding.reconstruction_metrics`` (mse in [-1, 1]; psnr in dB on the pixel levels, peak
+  L - 1; those of the trivial mean-image reconstruction), kl (nats per image, the mean),
+  kl_per_latent_dim, latent_std (the std of the posterior means over every image and latent
+  dimension: LDM's scale factor is its inverse), posterior_std_mean, latent_shape,
+  heldout_images, num_levels. reconstructions.png: the first reconstructions.GRID_IMAGES
+  originals above their reconstructions.
+  """
+  cfg = s.config
+  levels, x, num_levels = reconstructions.heldout_images(cfg, int(cfg.data.num_heldout))
+  bs = int(cfg.eval.nll_batch_size)
+  out, _ = _batched(s, _reconstruct_fn(s), params, x, bs, jax.random.PRNGKey(0),
+                    batch_progress("reconstruction", len(x), "images", bs,
+                                   "data.num_heldout, eval.nll_batch_size"))
+  x_rec = out["x_rec"]
+  bad = results.count_non_finite(x_rec)
+  if bad:
+    raise results.NonFiniteSamplesError(
+        f"{bad} of {len(x_rec)} reconstructions of {title} are not finite, so no metrics were "
+        f"written to {here}; check the checkpoint (its training loss in metrics.jsonl)")
+  metrics: Dict[str, Any] = autoencoding.reconstruction_metrics(
+      levels, x, x_rec, images.quantize(x_rec, num_levels), num_levels)
+  kl = float(np.mean(out["kl"]))
+  metrics.update({
+      "kl": kl, "kl_per_latent_dim": kl / int(np.prod(out["mean"].shape[1:])),
+      "latent_std": float(np.std(out["mean"].astype(np.float64))),
+      "posterior_std_mean": float(np.mean(out["posterior_std"])),
+      "latent_shape": [int(d) for d in out["mean"].shape[1:]],
+      "heldout_images": int(len(x)), "num_levels": int(num_levels)})
+  figures = []
+  if writers.is_main():
+    n = min(reconstructions.GRID_IMAGES, len(x))
+    plots.close(reconstructions.grid(x[:n], x_rec[:n], os.path.join(here, "reconstructions.png")))
+    figures.append("reconstructions.png")
+  return metrics, figures
+
+
 # -- TensorBoard ---------------------------------------------------------------------------------
 
 
@@ -342,6 +408,10 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   if s.objective.predicts_labels:
     metrics.update(classifier_metrics(s, params))
     return _write_metrics(workdir, step, metrics, [], sig, res)
+  if s.objective.reconstructs:
+    out, figures = autoencoder_metrics(s, params, here, f"step {step}")
+    metrics.update(out)
+    return _write_metrics(workdir, step, metrics, figures, sig, res)
   # Only a denoiser has a PF-ODE (a consistency function has none), so a likelihood; a latent
   # run's would be of its latents, not of the images (docs/latent.md): not reported.
   likelihood = s.objective.has_likelihood and not build.is_latent(config)

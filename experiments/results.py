@@ -8,7 +8,8 @@ that change what the run writes:
   sample  samples/<sampler>_n<steps>_<grid>[_<tag>]_step<N>_<hash>/
           e.g. samples/heun_n18_karras_step5000_1f0c3a9e/
   eval    eval/step_<N>/<sampler>_n<steps>_<grid>[_<tag>]_<hash>/   (a classifier:
-          eval/step_<N>/classifier_heldout_<hash>/)
+          eval/step_<N>/classifier_heldout_<hash>/; an autoencoder:
+          eval/step_<N>/autoencoder_heldout_<hash>/)
   sweep   eval/sweep_step_<N>_<grid>[_<tag>]_<hash>.json and .md
 
 ``<tag>`` is ``conditioning.tag``: the guidance (cfg_scale_w3, classifier_s2, t0.1-max), the
@@ -46,8 +47,9 @@ The key (``key``):
                      divergence, probe (Hutchinson only), rtol, atol, solver, t_min, and for
                      images dequantization_draws, elbo, elbo_time_samples, elbo_time_sampling;
                      with eval.fid_stats: the sha256 of the statistics file, fid_num_samples,
-                     fid_rounding, kid_subsets, kid_subset_size. A classifier's eval: data
-                     num_heldout, heldout_seed, eval_split and eval.nll_batch_size.
+                     fid_rounding, kid_subsets, kid_subset_size. A classifier's or an
+                     autoencoder's eval: data num_heldout, heldout_seed, eval_split and
+                     eval.nll_batch_size.
   sweep              eval.sweep_num_samples, and what scores a cell: images: the sha256 of
                      eval.fid_stats, fid_rounding, kid_subsets, kid_subset_size; toy data:
                      data num_heldout, heldout_seed (the held-out points the cells are
@@ -234,7 +236,7 @@ def key(config: Config, mode: str, step: int,
   if mode not in MODES:
     raise ValueError(f"results: mode {mode!r}; accepted: {list(MODES)}")
   k: Dict[str, Any] = {"mode": mode, "checkpoint_step": int(step), "seed": int(config.seed)}
-  if mode == "eval" and objectives.of_config(config).predicts_labels:  # no samples
+  if mode == "eval" and not objectives.of_config(config).draws_samples:  # held-out data only
     k["data"] = _heldout(config)
     k["eval"] = {"nll_batch_size": int(config.eval.nll_batch_size)}
     return k
@@ -264,6 +266,8 @@ def _readable(config: Config, mode: str, step: int) -> str:
   tag = conditioning.tag(config, mode)
   if mode == "eval" and objectives.of_config(config).predicts_labels:
     return "classifier_heldout"
+  if mode == "eval" and objectives.of_config(config).reconstructs:
+    return "autoencoder_heldout"
   parts = [] if mode == "sweep" else [str(s.sampler), f"n{int(s.num_steps)}"]
   parts.append(str(s.grid))
   if tag:

@@ -18,10 +18,12 @@ Signals (``experiments.signals``), handled from the very start of ``train``:
 The objective (``diffusion.objectives``, ``Setup.objective``) says the rest: its loss and aux
 metrics (a classifier's training-batch accuracy joins the log line and metrics.jsonl), whether
 samples are drawn (not for a classifier: neither every training.sample_every steps nor at the
-end), where batches come from (reflow's pairs), its teacher (experiments/distill.py restores
-it: the teacher's EMA parameters start the student at a fresh start; consistency distillation's
-is passed to every step) and its rounds (progressive distillation's end at steps r K, where the
-round's student is checkpointed, kept, and becomes the next round's teacher: ``begin_round``).
+end; an autoencoder plots its reconstructions of the first held-out images instead, in
+plots/reconstructions_<step>.png), where batches come from (reflow's pairs), its teacher
+(experiments/distill.py restores it: the teacher's EMA parameters start the student at a fresh
+start; consistency distillation's is passed to every step) and its rounds (progressive
+distillation's end at steps r K, where the round's student is checkpointed, kept, and becomes the
+next round's teacher: ``begin_round``).
 EDM2's power-function EMAs (training.ema_profiles, experiments/posthoc_ema.py): kept in the state
 (training.PowerEMAState) and written to <workdir>/ema_snapshots/ (experiments/snapshots.py)
 whenever training.ema_snapshot_every steps are crossed (never overwriting a snapshot).
@@ -41,7 +43,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import checkpoint, objectives, parallel, training
-from experiments import build, distill, generate, plots, signals, snapshots, writers
+from experiments import (build, distill, generate, plots, reconstructions, signals, snapshots,
+                         writers)
 from experiments.setup import Setup, init_state, setup
 from experiments.validate import ema_warning, validate
 from experiments.writers import say
@@ -192,7 +195,13 @@ class _Loop:
     self.status = "done"
     self.num_steps = int(tcfg.num_steps)
     self.k_max = max(1, int(tcfg.steps_per_call))
-    self.draws_samples = s.objective.draws_samples
+    # Samples (a denoiser), reconstructions of held-out images (an autoencoder) or nothing (a
+    # classifier) every training.sample_every steps and at the end.
+    self.plots = None
+    if s.objective.draws_samples:
+      self.plots = _report_samples
+    elif s.objective.reconstructs:
+      self.plots = _reconstruction_reporter(s)
     self.profiles = tuple(tcfg.ema_profiles)  # power EMAs, snapshots every ema_snapshot_every
 
   # -- the step boundary's duties, in order --------------------------------------------------
@@ -264,11 +273,12 @@ class _Loop:
         time.sleep(0.1)
 
   def periodic_samples(self, prev: int) -> None:
-    """Samples and their plot every training.sample_every steps (not at the end: ``end``)."""
-    if (self.draws_samples and _crossed(prev, self.step, self.tcfg.sample_every)
+    """Samples (or an autoencoder's reconstructions) and their plot every
+    training.sample_every steps (not at the end: ``end``)."""
+    if (self.plots is not None and _crossed(prev, self.step, self.tcfg.sample_every)
         and self.step < self.num_steps
         and self.sig.agreed_stop(self.step) is None):  # agreed: sampling is collective
-      _report_samples(self.s, self.workdir, self.state, self.step, self.writer)
+      self.plots(self.s, self.workdir, self.state, self.step, self.writer)
 
   def stop_on_signal(self) -> bool:
     """At a step boundary after SIGTERM / SIGINT: save, say so and stop (True)."""
@@ -299,13 +309,14 @@ class _Loop:
           f"(non-finite)")
 
   def final_samples(self) -> None:
-    """A finished run's samples (not a classifier's), outside the deferred-signal block."""
+    """A finished run's samples (an autoencoder's reconstructions, a classifier's nothing),
+    outside the deferred-signal block."""
     sig = self.sig
-    if self.status == "done" and sig.received is None and self.draws_samples:
+    if self.status == "done" and sig.received is None and self.plots is not None:
       # Everything is saved: a signal now stops the sampling at once (immediate mode).
       sig.phase = "the final samples"
       sig.nothing_saved = f"the checkpoint at step {self.step} is saved"
-      _report_samples(self.s, self.workdir, self.state, self.step, self.writer)
+      self.plots(self.s, self.workdir, self.state, self.step, self.writer)
 
   # -- helpers -------------------------------------------------------------------------------
 
@@ -395,3 +406,25 @@ def _report_samples(s: Setup, workdir: str, state, step: int, writer) -> None:
     writer.image("samples", step, fig)
     plots.close(fig)
   writer.flush()
+
+
+def _reconstruction_reporter(s: Setup) -> Callable:
+  """``report(s, workdir, state, step, writer)``: an autoencoder's reconstructions (EMA params,
+  posterior means) of the first reconstructions.GRID_IMAGES held-out images, plotted above them
+  in <workdir>/plots/reconstructions_<step>.png (the images read and the function compiled
+  once)."""
+  _, x, _ = reconstructions.heldout_images(s.config, reconstructions.GRID_IMAGES)
+  rep = parallel.replicated(s.mesh)
+  fn = jax.jit(lambda params, xb: reconstructions.reconstruct(s.net, params, xb)["x_rec"],
+               out_shardings=rep)
+  x_dev = jax.device_put(x, rep)
+
+  def report(s: Setup, workdir: str, state, step: int, writer) -> None:
+    x_rec = parallel.to_host(fn(state.ema_params, x_dev))
+    if writers.is_main():
+      fig = reconstructions.grid(x, x_rec, f"{workdir}/plots/reconstructions_{step:08d}.png")
+      writer.image("reconstructions", step, fig)
+      plots.close(fig)
+    writer.flush()
+
+  return report

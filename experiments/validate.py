@@ -44,6 +44,14 @@ GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_
                "logsnr_max")
 # Modes that draw samples from the trained network (a classifier has none to draw).
 SAMPLING_MODES = ("sample", "sweep", "pairs")
+# Networks that draw no samples (``Objective.draws_samples``): what they are, what eval reports,
+# what they are for (the refusal of SAMPLING_MODES says so).
+NO_SAMPLES = {
+    "classifier": ("a noise-conditional classifier", "held-out accuracy",
+                   "give its workdir to a score model's sampler for classifier guidance"),
+    "autoencoder": ("an autoencoder", "held-out reconstructions",
+                    "encode a dataset with it to train a diffusion model on its latents"),
+}
 
 
 # -- the sections of the config ------------------------------------------------------------------
@@ -179,6 +187,10 @@ def check_model(config: Config) -> None:
     raise ConfigError(f"config.model.conditional=True: the classifier config.model.name="
                       f"{m.name!r} takes no labels as input (it predicts them); set "
                       f"config.model.conditional=False")
+  if model_outputs(m.name) != "denoiser":
+    raise ConfigError(f"config.model.conditional=True: config.model.name={m.name!r} (a network "
+                      f"registered with outputs={model_outputs(m.name)!r}) takes no labels as "
+                      f"input; set config.model.conditional=False")
   classes = _needs_labelled_data(config, "config.model.conditional=True")
   if not capabilities(net).num_classes > 0:
     raise ConfigError(f"config.model.conditional=True needs config.model.net.num_classes > 0 "
@@ -225,7 +237,8 @@ def check_objective(config: Config, mode: str) -> None:
   """training.objective: a registered objective (``diffusion.objectives``) whose requirements
   the config meets: the network's outputs (a classifier objective needs a network registered
   with outputs='logits', e.g. 'mlp_classifier', labelled data and net.num_classes = the data's
-  classes, and draws no samples: --mode=sample / sweep / pairs refuse it), the
+  classes; an autoencoder one with outputs='autoencoder'; neither draws samples: --mode=sample /
+  sweep / pairs refuse them), the
   parameterization it trains (consistency functions) and class labels only where it takes
   them."""
   objective = objectives.of_config(config)
@@ -237,9 +250,16 @@ def check_objective(config: Config, mode: str) -> None:
                         f"{obj!r} trains a score network: set config.training.objective="
                         f"'classifier', or a score network (a model registered with "
                         f"outputs='denoiser')")
-    raise ConfigError(f"config.training.objective={obj!r} needs a classifier network, a model "
-                      f"registered with outputs={objective.required_outputs!r} (e.g. "
-                      f"'mlp_classifier', 'unet_classifier'), got config.model.name={name!r}")
+    if outputs != "denoiser":
+      trained_by = [n for n in objectives.names()
+                    if objectives.get(n).required_outputs == outputs]
+      raise ConfigError(f"config.model.name={name!r} is a network registered with outputs="
+                        f"{outputs!r}, trained by config.training.objective in {trained_by}; "
+                        f"got config.training.objective={obj!r}")
+    fitting = [n for n in registered_models() if model_outputs(n) == objective.required_outputs]
+    raise ConfigError(f"config.training.objective={obj!r} trains a network registered with "
+                      f"outputs={objective.required_outputs!r} (registered: {fitting}), got "
+                      f"config.model.name={name!r}")
   required = objective.required_parameterization
   if required is not None and param != required:
     raise ConfigError(f"config.training.objective={obj!r} trains a {objective.network} "
@@ -254,13 +274,14 @@ def check_objective(config: Config, mode: str) -> None:
   if config.model.conditional and not objective.supports_conditional:
     raise ConfigError(f"config.training.objective={obj!r} trains unconditional networks; set "
                       f"config.model.conditional=False")
+  if mode in SAMPLING_MODES and not objective.draws_samples:
+    what, evaluated, use = NO_SAMPLES.get(objective.network, (
+        f"a {objective.network} network", "held-out metrics", "see its objective's docs"))
+    raise ConfigError(f"--mode={mode}: config.training.objective={obj!r} trains {what}, which "
+                      f"draws no samples; use --mode=train or --mode=eval ({evaluated}), and "
+                      f"{use}")
   if not objective.predicts_labels:
     return
-  if mode in SAMPLING_MODES:
-    raise ConfigError(f"--mode={mode}: config.training.objective={obj!r} trains a "
-                      f"noise-conditional classifier, which draws no samples; use --mode=train "
-                      f"or --mode=eval (held-out accuracy), and give its workdir to a score "
-                      f"model's sampler for classifier guidance")
   classes = _needs_labelled_data(config, f"config.training.objective={obj!r}")
   net = from_library("model.net", get_model, name, **config.model.net.to_dict())
   _num_classes_match(config, net, classes, f"config.training.objective={obj!r}")

@@ -9,7 +9,8 @@ comparing its name (DESIGN: "the driver asks the object"):
   aux_metrics   scalars of ``aux`` the train step reports (the classifier's accuracy)
   network       what the trained network is: 'denoiser' (sampled by every sampler, has a
                 PF-ODE likelihood), 'consistency' (a consistency function: the consistency
-                samplers, no likelihood) or 'classifier' (logits p(y | x_t): no samples)
+                samplers, no likelihood), 'classifier' (logits p(y | x_t): no samples) or
+                'autoencoder' (encode / decode: no samples; eval reports reconstructions)
   teacher       ``needs_teacher(config)``, ``starts_from_teacher(config)``; carried in the
                 state (``teacher_in_state``: progressive distillation's rounds) or passed to
                 every step (``teacher_per_step``: consistency distillation); ``can_teach``: a
@@ -45,7 +46,9 @@ from diffusion.schedules import Schedule
 PyTree = Any
 Batch = Dict[str, jax.Array]
 LossFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
-NETWORKS = ("denoiser", "consistency", "classifier")
+NETWORKS = ("denoiser", "consistency", "classifier", "autoencoder")
+# The networks that draw samples (a sampler runs them); the others are evaluated on held-out data.
+SAMPLING_NETWORKS = ("denoiser", "consistency")
 BATCH_SOURCES = ("data", "pairs")
 DEFAULT = "dsm"  # the objective of a config that names none (and of runs before the field)
 
@@ -116,12 +119,19 @@ class Objective:
 
   @property
   def draws_samples(self) -> bool:
-    return self.network != "classifier"
+    """A denoiser or consistency function (SAMPLING_NETWORKS): not a classifier, not an
+    autoencoder."""
+    return self.network in SAMPLING_NETWORKS
+
+  @property
+  def reconstructs(self) -> bool:
+    """An autoencoder: eval reports its held-out reconstructions; it draws no samples."""
+    return self.network == "autoencoder"
 
   @property
   def has_likelihood(self) -> bool:
     """Whether eval can compute a PF-ODE likelihood: a denoiser's (not a consistency
-    function's, not a classifier's)."""
+    function's, a classifier's or an autoencoder's)."""
     return self.network == "denoiser"
 
   # -- loss --------------------------------------------------------------------------------
