@@ -130,3 +130,41 @@ def test_a_latent_run_is_refused_at_start_up_with_reasons(trained_autoencoder, t
   c.latent.autoencoder_config, c.inverse.task = AE_CONFIG, "inpaint"
   with pytest.raises(ConfigError, match="inverse problems observe pixels"):
     validate_config(c, "sample")
+
+
+def test_a_converted_vae_encodes_and_decodes_a_latent_run(tmp_path):
+  """A diffusers AutoencoderKL (the legacy-named 1-channel fixture, f = 2) converted into a
+  workdir is an autoencoder like a trained one: encode reads it, a latent config names it, and
+  its decoder is the converted network."""
+  import jax.numpy as jnp
+  from diffusion.convert import diffusers_vae
+  from experiments import build, convert, encode, latents
+  from experiments.config_files import load_config_file
+  src = os.path.join(REPO, "tests/data/convert/diffusers_vae/vae_bin_legacy")
+  w = str(tmp_path / "vae")
+  conv = diffusers_vae.convert(src)
+  summary = convert.write_autoencoder_workdir(conv, w, "digits")
+  assert summary["scaling_factor"] == conv.scaling_factor and summary["num_params"] > 0
+  with pytest.raises(Exception, match="already holds a converted model"):
+    convert.write_autoencoder_workdir(conv, w, "digits")
+  cfg_file = os.path.join(w, "config.py")
+  ae = latents.load_autoencoder(cfg_file, w)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 1)), jnp.float32)
+  want = ae.net.apply({"params": jax_tree(conv.params)}, x, method="encode")[0]
+  np.testing.assert_allclose(ae.encode(x)[0], want, rtol=1e-6, atol=1e-6)
+  m = encode.encode_dataset(ae, cfg_file, w, "digits", "test", str(tmp_path / "lat"),
+                            batch_size=128, shard_size=128)
+  assert m["latent_shape"] == [4, 4, 2] and m["num_examples"] == 297
+  c = load_config_file(LATENT_CONFIG)
+  c.latent.dataset, c.latent.autoencoder, c.latent.autoencoder_config = None, w, cfg_file
+  c.latent.normalization, c.latent.scale_factor = "scale", conv.scaling_factor
+  assert build.data_shape(c) == (4, 4, 2)
+  dec = latents.decoder(c)
+  z = jnp.ones((2, 4, 4, 2), jnp.float32)
+  np.testing.assert_allclose(dec.images(dec.ae.params, z), ae.decode(z / conv.scaling_factor),
+                             rtol=1e-6, atol=1e-6)
+
+
+def jax_tree(params):
+  import jax
+  return jax.tree_util.tree_map(np.asarray, params)
