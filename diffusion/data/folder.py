@@ -173,5 +173,5 @@ def read_rgb(path: str) -> np.ndarray:
   try:
     with Image.open(path) as im:
       return np.asarray(im.convert("RGB"))
-  except (UnidentifiedImageError, OSError, ValueError) as e:
+  except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
     raise OSError(f"cannot read image {path!r}: {e}") from e

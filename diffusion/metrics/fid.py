@@ -192,7 +192,8 @@ def write_stats(path: str, mu, sigma, features: Optional[np.ndarray],
   mu = np.asarray(mu, np.float64)
   if mu.ndim != 1:
     raise ValueError(f"mu must be a vector, got shape {mu.shape}")
-  sigma = _check_cov(sigma, "sigma", mu.shape[0])
+  _check_cov(sigma, "sigma", mu.shape[0])
+  sigma = np.asarray(sigma, np.float64)  # stored as given (the check symmetrizes a copy)
   meta = dict(meta, format_version=FORMAT_VERSION)
   arrays = dict(mu=mu, sigma=sigma, meta=np.array(json.dumps(meta, sort_keys=True)))
   if features is not None:
@@ -392,5 +393,6 @@ def read_adm_reference(path: str, dim: int = 2048) -> AdmReference:
     raise ValueError(f"{path!r}: mu has shape {mu.shape}, expected ({dim},) (pool_3 features)")
   if not np.all(np.isfinite(mu)):
     raise ValueError(f"{path!r}: mu contains non-finite values")
-  sigma = _check_cov(sigma, f"{path!r}: sigma", dim)
+  _check_cov(sigma, f"{path!r}: sigma", dim)
+  sigma = np.asarray(sigma, np.float64)  # as stored (float64; the check symmetrizes a copy)
   return AdmReference(path, mu, sigma, tuple(int(n) for n in shape), keys, file_sha256(path))
