@@ -158,17 +158,36 @@ def check_dataset(config: Config) -> None:
 
 
 def dataset_num_classes(config: Config) -> int:
-  """Number of label classes of config.data.name (0: unlabelled): toy2d's or images'."""
+  """Number of label classes of config.data.name (0: unlabelled): toy2d's or images' (for
+  'folder' the class folders of data.folder/data.split)."""
   if is_toy(config):
     return toy2d.num_classes(config.data.name)
-  return _images_module().num_classes(config.data.name)
+  d = config.data
+  return _images_module().num_classes(d.name, **_folder_kwargs(config, d.split))
 
 
 def labelled_datasets() -> Tuple[str, ...]:
   """Names of the datasets with class labels (toy and image)."""
   mod = _images_module()
-  images = tuple(n for n in _image_names() if mod.num_classes(n) > 0)
+  images = tuple(n for n in _image_names() if mod.has_labels(n))
   return toy2d.labelled() + images
+
+
+def _folder_kwargs(config: Config, split: str) -> Dict[str, Any]:
+  """``data_dir`` and ``split`` for the 'folder' dataset (data.folder holds the split folders);
+  nothing for the others (tfds reads its default data_dir)."""
+  if config.data.name != "folder":
+    return {}
+  return {"data_dir": config.data.folder, "split": split}
+
+
+def image_source_kwargs(config: Config) -> Dict[str, Any]:
+  """The make_image_dataset arguments of config.data's source and geometry: ``crop`` and, for
+  'folder', ``data_dir`` = data.folder."""
+  out: Dict[str, Any] = {"crop": config.data.crop}
+  if config.data.name == "folder":
+    out["data_dir"] = config.data.folder
+  return out
 
 
 def needs_labels(config: Config) -> bool:
@@ -212,7 +231,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
                   process_index=process_index, process_count=process_count,
                   start_step=start_step, image_size=d.image_size, random_flip=d.random_flip,
                   workers=d.workers, prefetch=d.prefetch, worker_type=d.worker_type,
-                  cache_decoded=d.cache_decoded)
+                  cache_decoded=d.cache_decoded, **image_source_kwargs(config))
     raw = _images_module().make_image_dataset(d.name, d.split, **kwargs)
     closer = raw.close  # stops the prefetch threads / processes
     if raw.cached:
@@ -381,7 +400,7 @@ def heldout(config: Config, n: int, levels: bool = False) -> np.ndarray:
   mod = _images_module()
   kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
                 shuffle=False, num_epochs=1, drop_remainder=False,  # the whole split
-                dequantize=not levels)
+                dequantize=not levels, **image_source_kwargs(config))
   out, total = [], 0
   for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
     out.append(np.asarray(b["image"]))
@@ -400,7 +419,7 @@ def heldout_labelled(config: Config, n: int) -> Tuple[np.ndarray, np.ndarray]:
     return toy2d.heldout(d.name, n, d.heldout_seed, with_labels=True)
   mod = _images_module()
   kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
-                shuffle=False, num_epochs=1, drop_remainder=False)
+                shuffle=False, num_epochs=1, drop_remainder=False, **image_source_kwargs(config))
   xs, ys, total = [], [], 0
   for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
     xs.append(np.asarray(b["image"]))

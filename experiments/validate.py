@@ -23,6 +23,7 @@ from diffusion import (elbo, guidance, likelihood, losses, networks, objectives,
                        posthoc_ema, training)
 from diffusion.config_checks import (ConfigError, from_library, int_at_least, is_bool, number_in,
                                      one_of, positive)
+from diffusion.data import folder as folder_lib
 from diffusion.data import images
 from diffusion.metrics import inception
 from diffusion.models import capabilities, get_model, model_outputs, registered_models
@@ -58,9 +59,10 @@ NO_SAMPLES = {
 
 
 def check_data(config: Config) -> None:
-  """data.*: a known dataset, a positive batch, an image size the dataset supports, prefetch
-  workers >= 0, batches ahead >= 1, worker_type 'thread' | 'process', cache_decoded 'auto' |
-  True | False."""
+  """data.*: a known dataset, a positive batch, an image size the dataset supports, a crop it
+  accepts, prefetch workers >= 0, batches ahead >= 1, worker_type 'thread' | 'process',
+  cache_decoded 'auto' | True | False; data.folder for (and only for) data.name='folder', its
+  training split a folder of class folders of images."""
   d = config.data
   build.check_dataset(config)
   int_at_least("data.batch_size", d.batch_size, 1)
@@ -71,12 +73,58 @@ def check_data(config: Config) -> None:
   int_at_least("data.prefetch", d.prefetch, 1)
   from_library("data.worker_type", images.check_worker_type, d.worker_type)
   from_library("data.cache_decoded", images.check_cache_decoded, d.cache_decoded)
+  if d.name != "folder" and d.folder is not None:
+    raise ConfigError(f"config.data.folder={d.folder!r} is read only with data.name='folder' "
+                      f"(this config reads {d.name!r}): unset it")
+  if d.crop is not None and build.is_toy(config):
+    raise ConfigError(f"config.data.crop={d.crop!r} applies to image datasets; "
+                      f"{d.name!r} is 2-D toy data: unset it")
   if not build.is_toy(config):
     from_library("data.image_size", images.image_shape, d.name, d.image_size)
+    from_library("data.crop", images.resolve_crop, d.name, d.crop)
     for field in ("split", "eval_split"):
       if not isinstance(d[field], str) or not d[field]:
         raise ConfigError(f"config.data.{field}={d[field]!r} must be a split name, e.g. "
                           f"'train' or 'test'")
+  if d.name == "folder":
+    check_folder_split(config, "split")
+
+
+def check_folder_split(config: Config, field: str) -> tuple:
+  """data.name='folder': data.folder/<data.``field``> must be a folder of class folders, each
+  holding an image (diffusion.data.folder.check_split). Returns its class names."""
+  d = config.data
+  if not isinstance(d.folder, str) or not d.folder:
+    raise ConfigError(f"config.data.name='folder' needs config.data.folder, the folder holding "
+                      f"one sub-folder per split ({d.split!r}, {d.eval_split!r}), each holding "
+                      f"one sub-folder of images per class; got {d.folder!r}")
+  if not os.path.isdir(d.folder):
+    raise ConfigError(f"config.data.folder={d.folder!r} does not exist (or is not a folder)")
+  split_dir = from_library(f"data.{field}", images.folder_split_dir, d.folder, d[field])
+  try:
+    return folder_lib.check_split(split_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"config.data.{field}={d[field]!r} (data.folder={d.folder!r}): {e}") from None
+
+
+def check_folder_eval_split(config: Config, mode: str) -> None:
+  """--mode=eval on data.name='folder' reads held-out images (bits/dim, the sample metrics) from
+  data.folder/<data.eval_split>: it must exist, with the training split's classes (labels are
+  positions in the sorted class list)."""
+  d = config.data
+  if d.name != "folder" or mode != "eval":
+    return
+  if not os.path.isdir(os.path.join(d.folder, d.eval_split)):
+    raise ConfigError(f"config.data.eval_split={d.eval_split!r}: {d.folder!r} has no folder "
+                      f"{d.eval_split!r}; --mode=eval reads its held-out images (bits/dim, the "
+                      f"sample metrics) from there: add that split (class folders, as the "
+                      f"training split's) or set data.eval_split to a split folder that exists")
+  train, held = check_folder_split(config, "split"), check_folder_split(config, "eval_split")
+  if train != held:
+    only = sorted(set(train) ^ set(held))
+    raise ConfigError(f"config.data.eval_split={d.eval_split!r} has other classes than "
+                      f"config.data.split={d.split!r} ({len(held)} vs {len(train)}; e.g. "
+                      f"{only[:3]} in one only): labels would not match")
 
 
 def check_latent(config: Config, mode: str) -> None:
@@ -740,6 +788,7 @@ def validate(config: Config, mode: str, workdir: Optional[str] = None, *,
   samples/ or eval/ folder for sample and eval.
   """
   validate_config(config, mode)
+  check_folder_eval_split(config, mode)
   check_fid(config, mode)
   check_sweep(config, mode)
   if device_count is None or process_count is None:
