@@ -67,7 +67,8 @@ def test_paper_settings():
   dit_c, sit_c = (_load(p) for p in CONFIGS)
   for c in (dit_c, sit_c):
     assert c.data.name == "imagenet2012" and c.data.image_size == 256
-    assert c.latent.dataset is None and c.latent.normalization == "scale"
+    assert c.latent.dataset == "workdirs/imagenet256_latents"
+    assert c.latent.normalization == "scale"
     assert c.latent.scale_factor == 0.18215 and c.latent.posterior == "sample"
     assert c.model.conditional and c.model.net.num_classes == 1000
     assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps,

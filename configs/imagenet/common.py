@@ -58,7 +58,7 @@ def latent_imagenet_config(image_size: int, sde: str, *,
   c.data.batch_size = 256
   c.data.random_flip = False  # see the module docstring
   c.data.eval_split = "validation"
-  c.latent.dataset = None  # the folder `python -m experiments.encode` writes
+  c.latent.dataset = f"workdirs/imagenet{image_size}_latents"  # experiments.encode --out
   c.latent.normalization = "scale"
   c.latent.scale_factor = LATENT_SCALE_FACTOR
   c.latent.posterior = "sample"
