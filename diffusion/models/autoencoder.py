@@ -49,8 +49,8 @@ Images are NHWC in [-1, 1]. Latent diffusion trains on ``scaling_factor * (z - s
 ``z / scaling_factor + shift_factor``; this module works on the unscaled z.
 
 Parameter counts: 'sd' 83,653,863 (equal to diffusers' AutoencoderKL with SD's config:
-encoder 34,163,592, decoder 49,490,179, quant convs 92); 'small' 449,447 and 'small_f4'
-1,146,535 at 3 output channels (see :data:`PRESETS`).
+encoder 34,163,592, decoder 49,490,179, quant convs 92); 'small' 658,375 and 'small_f4'
+954,567 on 3-channel images (see :data:`PRESETS`).
 """
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -70,11 +70,13 @@ LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps l
 # same architecture): f = 8, 4 latent channels, 83,653,863 parameters.
 SD = dict(channels=(128, 256, 512, 512), num_res_blocks=2, norm_groups=32, latent_channels=4,
           out_channels=3)
-# For the 8x8 digits and 28x28 MNIST: f = 2 (8x8 -> 4x4x4, 28x28 -> 14x14x4), 449,447
-# parameters at 3 output channels. Any latent_channels >= 1 works (override it).
+# For the 8x8 digits and 28x28 MNIST: f = 2 (8x8 -> 4x4x4, 28x28 -> 14x14x4), 658,375
+# parameters on 3-channel images (657,221 on 1-channel ones with out_channels=1). Any
+# latent_channels >= 1 works (override it), and any out_channels (set it to the images').
 SMALL = dict(channels=(32, 64), num_res_blocks=1, norm_groups=8, latent_channels=4,
              out_channels=3)
-# f = 4 (28x28 -> 7x7x4; 8x8 -> 2x2x4): one more level of 64 channels, 1,146,535 parameters.
+# f = 4 (28x28 -> 7x7x4; 8x8 -> 2x2x4): one more level of 64 channels, 954,567 parameters on
+# 3-channel images.
 SMALL_F4 = dict(channels=(32, 64, 64), num_res_blocks=1, norm_groups=8, latent_channels=4,
                 out_channels=3)
 
