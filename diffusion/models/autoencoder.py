@@ -3,8 +3,8 @@ Synthesis with Latent Diffusion Models", Sec. 3.1 and App. G), the VAE of Stable
 (1.x / 2.x, and SDXL with other weights), registered as ``autoencoder_kl``.
 
 Architecture (diffusers' ``AutoencoderKL``, whose released checkpoints
-:mod:`diffusion.convert.diffusers_vae` converts; numerics equal to diffusers' float32 / float64
-forward to ~1e-6, tests/test_autoencoder.py). L = len(channels) levels, f = 2^(L - 1):
+:mod:`diffusion.convert.diffusers_vae` converts; equal to diffusers' forward to ~1e-14 in float64 and
+~1e-6 in float32, tests/test_autoencoder.py and benchmarks/vae_convert_check.py). L = len(channels) levels, f = 2^(L - 1):
 
   encoder  conv_in 3x3 -> per level i: num_res_blocks ResnetBlocks to channels[i], then (not at
            the last level) a stride-2 3x3 conv on the input padded by one zero row / column at
@@ -24,8 +24,8 @@ forward to ~1e-6, tests/test_autoencoder.py). L = len(channels) levels, f = 2^(L
            wider).
 
 Every GroupNorm has ``norm_groups`` groups and epsilon ``norm_eps`` (diffusers: 32 and 1e-6,
-fixed) and computes its variance as E[(x - mean)^2] (``use_fast_variance=False``: the SD
-decoder's activations reach the hundreds, where E[x^2] - mean^2 loses float32 digits).
+fixed) and computes its variance as E[(x - mean)^2], the two-pass form torch uses
+(``use_fast_variance=False``: E[x^2] - mean^2 loses float32 digits when |mean| >> std).
 Parameter names follow this codebase's U-Nets (norm0 / conv0 / norm1 / conv1 / shortcut,
 down{i}_block{j}, up{i}_block{j} with i the resolution level, mid_block0 / mid_attn /
 mid_block1, norm_out / conv_out; 1x1 convs are Dense layers); the converter's table maps
@@ -38,10 +38,10 @@ block starts as the identity. A converted checkpoint replaces all of it.
 Usage::
 
     from diffusion.models import autoencoder, get_model
-    vae = get_model("autoencoder_kl", **autoencoder.preset("small"))     # or "sd"
+    vae = get_model("autoencoder_kl", **autoencoder.preset("small", out_channels=1))
     params = vae.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
     mean, logvar = vae.apply({"params": params}, x, method="encode")   # (B, 14, 14, 4) each
-    x_rec = vae.apply({"params": params}, mean, method="decode")       # (B, 28, 28, out)
+    x_rec = vae.apply({"params": params}, mean, method="decode")       # (B, 28, 28, 1)
     x_rec, mean, logvar = vae.apply({"params": params}, x, noise=eps)  # z = mean + std * eps
 
 Images are NHWC in [-1, 1]. Latent diffusion trains on ``scaling_factor * (z - shift_factor)``
