@@ -2,7 +2,7 @@
 
   python -m experiments.encode --autoencoder_config=FILE --autoencoder=WORKDIR \\
       --dataset=digits [--split=train] [--image_size=N] --out=DIR [--batch_size=64]
-      [--shard_size=4096] [--step=N] [--data_dir=DIR]
+      [--shard_size=4096] [--step=N] [--data_dir=DIR] [--crop=center|adm]
 
 Writes DIR/latents.json and DIR/shard_<k>.npz (``diffusion.data.latents``): per image the
 encoder's posterior mean and std (float32) and the label, in the split's file order (no
@@ -38,13 +38,15 @@ from experiments.latents import Autoencoder, load_autoencoder
 
 
 def made_by(ae: Autoencoder, config_file: str, workdir: str, dataset: str, split: str,
-            image_size: Optional[int], data_dir: Optional[str]) -> Dict[str, Any]:
+            image_size: Optional[int], data_dir: Optional[str],
+            crop: Optional[str] = None) -> Dict[str, Any]:
   """What the latents are a function of (their fingerprint's content)."""
   return {"autoencoder": {"config": os.path.abspath(config_file),
                           "workdir": os.path.abspath(workdir), "step": int(ae.step),
                           "params_sha256": ae.sha256, "model": ae.config.model.name},
           "data": {"name": dataset, "split": split, "image_size": image_size,
                    "data_dir": os.path.abspath(data_dir) if data_dir else None,
+                   "crop": images_lib.resolve_crop(dataset, crop),
                    "pixels": "x / (L - 1) * 2 - 1, no dequantization, no flips"}}
 
 
@@ -93,21 +95,25 @@ def _stats(out: str, manifest: Dict[str, Any]) -> Dict[str, Any]:
 
 def encode_dataset(ae: Autoencoder, config_file: str, workdir: str, dataset: str, split: str,
                    out: str, *, image_size: Optional[int] = None, batch_size: int = 64,
-                   shard_size: int = 4096, data_dir: Optional[str] = None) -> Dict[str, Any]:
-  """Encodes (or finishes encoding) ``dataset``/``split`` into ``out``; returns the manifest."""
+                   shard_size: int = 4096, data_dir: Optional[str] = None,
+                   crop: Optional[str] = None) -> Dict[str, Any]:
+  """Encodes (or finishes encoding) ``dataset``/``split`` into ``out``; returns the manifest.
+  ``data_dir``: tfds' data directory, or the 'folder' dataset's root (its split folders);
+  ``crop``: the geometry (None: the dataset's default, ADM's for imagenet2012 and folder)."""
   if batch_size < 1 or shard_size < 1 or shard_size % batch_size:
     raise ValueError(f"--shard_size={shard_size} must be a positive multiple of --batch_size="
                      f"{batch_size}")
   it = images_lib.make_image_dataset(dataset, split, batch_size=batch_size, seed=0,
                                      image_size=image_size, dequantize=False, shuffle=False,
                                      num_epochs=1, drop_remainder=False, data_dir=data_dir,
-                                     cache_decoded=False)
+                                     crop=crop, cache_decoded=False)
   n, image_shape = it.num_examples, tuple(it.image_shape)
   encode = jax.jit(lambda p, x: ae.net.apply({"params": p}, x, method="encode"))
   mean_shape = jax.eval_shape(encode, ae.params, jnp.zeros((1,) + image_shape))[0].shape
-  by = made_by(ae, config_file, workdir, dataset, split, image_size, data_dir)
-  manifest = _start_manifest(out, by, n, shard_size, image_shape, mean_shape[1:],
-                             images_lib.num_classes(dataset))
+  by = made_by(ae, config_file, workdir, dataset, split, image_size, data_dir, crop)
+  classes = images_lib.num_classes(dataset, **({"data_dir": data_dir, "split": split}
+                                               if dataset == "folder" else {}))
+  manifest = _start_manifest(out, by, n, shard_size, image_shape, mean_shape[1:], classes)
   if manifest.get("complete"):
     print(f"{out} already holds these {n:,} latents: nothing to do", flush=True)
     return manifest
@@ -156,7 +162,10 @@ def main(argv=None):
   flags.DEFINE_string("out", None, "Output folder.")
   flags.DEFINE_integer("batch_size", 64, "Images per encoder call.")
   flags.DEFINE_integer("shard_size", 4096, "Images per shard file (a multiple of batch_size).")
-  flags.DEFINE_string("data_dir", None, "tfds data directory.")
+  flags.DEFINE_string("data_dir", None, "tfds data directory; for --dataset=folder the folder "
+                      "holding the split folders (<data_dir>/<split>/<class>/<image>).")
+  flags.DEFINE_enum("crop", None, ["center", "adm"], "Geometry (None: the dataset's default, "
+                    "ADM's centre crop for imagenet2012 and folder: docs/images.md).")
   flags.mark_flags_as_required(["autoencoder_config", "autoencoder", "dataset", "out"])
   F = flags.FLAGS
 
@@ -166,7 +175,7 @@ def main(argv=None):
       ae = load_autoencoder(F.autoencoder_config, F.autoencoder, F.step)
       m = encode_dataset(ae, F.autoencoder_config, F.autoencoder, F.dataset, F.split, F.out,
                          image_size=F.image_size, batch_size=F.batch_size,
-                         shard_size=F.shard_size, data_dir=F.data_dir)
+                         shard_size=F.shard_size, data_dir=F.data_dir, crop=F.crop)
     except (FileNotFoundError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 1

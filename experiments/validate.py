@@ -163,6 +163,11 @@ def check_latent(config: Config, mode: str) -> None:
                         f"={config.data.name!r} at data.image_size={config.data.image_size!r} is "
                         f"{tuple(size)}: set data.* to the encoded images (FID compares with "
                         f"them)")
+    crop = images.resolve_crop(config.data.name, config.data.get("crop"))
+    if data.get("crop", crop) != crop:
+      raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of images cropped "
+                        f"{data['crop']!r}; config.data.crop gives {crop!r} (FID compares with "
+                        f"the images so cropped): set data.crop={data['crop']!r}")
     by = facts["made_by"]["autoencoder"]
     if lat.autoencoder is not None and os.path.abspath(lat.autoencoder) != by["workdir"]:
       raise ConfigError(f"config.latent.autoencoder={lat.autoencoder!r}, but latent.dataset="
