@@ -57,6 +57,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from hardware import with_machine_line  # noqa: E402
 
 from diffusion.convert import diffusers_vae  # noqa: E402  (numpy only: no jax, no torch)
 from diffusion.convert.diffusers_unet import find_weights, read_json  # noqa: E402
@@ -394,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   out = args.results or os.path.join(RESULTS, f"vae_reconstruction_{args.name}.md")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
-    f.write(md)
+    f.write(with_machine_line(md))
   print(md)
   print(f"wrote {out}")
   return 0

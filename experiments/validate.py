@@ -150,6 +150,10 @@ def check_latent(config: Config, mode: str) -> None:
     raise ConfigError(f"config.latent.channel_std={stds!r} must be > 0")
   if not build.is_latent(config):
     return
+  if objectives.of_config(config).reconstructs:
+    raise ConfigError(f"config.training.objective={config.training.objective!r} trains an "
+                      f"autoencoder of images: leave config.latent.dataset and "
+                      f"latent.autoencoder unset")
   if build.is_toy(config):
     raise ConfigError(f"config.latent: latents are of image datasets; config.data.name="
                       f"{config.data.name!r} is a toy 2-D density")

@@ -3,6 +3,7 @@ every key is one the drivers read, every name resolves, the networks are the pap
 parameter counts, and the paper settings. (tests/test_image_configs.py's checks minus the
 dataset's registration, which its CONFIG_DIRS needs: 'imagenet2012' is registered by the
 ImageNet data path.)"""
+import glob
 import importlib.util
 import os
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, with_overrides
 
 CONFIGS = ("configs/imagenet/dit_xl2_256.py", "configs/imagenet/sit_xl2_256.py")
 EDM2_SIZES = ("xs", "s", "m", "l", "xl", "xxl")
@@ -229,3 +230,72 @@ def test_edm2_docstring_states_its_own_settings(size):
   sigma = float(re.search(r"--sigma_rel=([0-9.]+)", doc).group(1))
   out = default_out_workdir(f"workdirs/imagenet_edm2_img512_{size}", sigma, steps)
   assert f"--workdir={out} --mode=eval" in doc, (size, out)
+
+
+# -- slow: every ImageNet latent config trains a few steps and samples on mock data ---------------
+
+ALL_CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(
+    os.path.join(REPO, "configs", "imagenet", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py"))
+# A stand-in SD-VAE geometry (f = 8, 4 latent channels) at a width a CPU trains in seconds.
+TINY_VAE = dict(out_channels=3, latent_channels=4, channels=(8, 8, 8, 8), num_res_blocks=1,
+                norm_groups=4, mid_attention=False)
+# The networks shrunk (the full ones need an accelerator: EDM2-XXL's Adam state alone is 18 GB).
+SHRINK = {"dit": {"model.net.depth": 1, "model.net.hidden_size": 32, "model.net.num_heads": 2},
+          "edm2_unet": {"model.net.model_channels": 8, "model.net.num_blocks": 1,
+                        "model.net.channel_mult": (1, 2), "model.net.attn_resolutions": (32,),
+                        "model.net.channels_per_head": 8}}
+MOCK = {"data.batch_size": 2, "training.num_steps": 2, "training.log_every": 1,
+        "training.ckpt_every": 2, "training.sample_every": 0, "training.async_checkpoints": False,
+        "optim.warmup_steps": 1, "sampling.num_steps": 2, "sampling.num_samples": 2,
+        "sampling.batch_size": 2, "eval.plot_samples": 2, "training.ema_profiles": (),
+        "training.ema_snapshot_every": 0}
+
+
+@pytest.fixture(scope="module")
+def mock_latents(tmp_path_factory):
+  """(folders by image size) of tfds mock imagenet2012 encoded by a stand-in f8 autoencoder
+  trained one step (its own workdir and config file)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from configs.images import image_config
+  from experiments import encode, latents, train
+  root = tmp_path_factory.mktemp("imagenet_latents")
+  cfg_file = root / "vae.py"
+  cfg_file.write_text(
+      "from configs.images import image_config\n\n\ndef get_config():\n"
+      f"  c = image_config('imagenet2012', 'vp', model='autoencoder_kl', net={TINY_VAE!r})\n"
+      "  c.training.objective = 'autoencoder'\n  return c\n")
+  out = {}
+  with tfds.testing.mock_data(num_examples=4):
+    for size in (256, 512):
+      c = image_config("imagenet2012", "vp", model="autoencoder_kl", net=TINY_VAE)
+      c.training.objective = "autoencoder"
+      with_overrides(c, {**{k: v for k, v in MOCK.items() if not k.startswith("sampling")},
+                         "training.num_steps": 1, "training.ckpt_every": 1,
+                         "data.image_size": size})
+      w = str(root / f"vae{size}")
+      assert train.train(c, w)["status"] == "done"
+      ae = latents.load_autoencoder(str(cfg_file), w)
+      out[size] = str(root / f"latents{size}")
+      encode.encode_dataset(ae, str(cfg_file), w, "imagenet2012", "train", out[size],
+                            image_size=size, batch_size=2, shard_size=2)
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ALL_CONFIGS)
+def test_imagenet_config_trains_and_samples_on_mock_latents(path, mock_latents, tmp_path):
+  """The config as written (schedule, loss, optimizer, EMA, sampler, latent normalisation) with
+  its network shrunk, on mock ImageNet latents: 2 steps, then 2 samples decoded to images."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from experiments import sample, train
+  c = _load(path)
+  with_overrides(c, {**MOCK, **SHRINK[c.model.name],
+                     "latent.dataset": mock_latents[c.data.image_size]})
+  with tfds.testing.mock_data(num_examples=4):
+    out = train.train(c, str(tmp_path))
+    assert out["status"] == "done" and out["step"] == 2 and np.isfinite(out["loss"])
+    res = sample.run(c, str(tmp_path))
+  x = np.load(os.path.join(res["out"], "samples.npz"))["x"]
+  size = c.data.image_size
+  assert x.shape == (2, size, size, 3) and np.all(np.isfinite(x))  # decoded images
