@@ -471,7 +471,8 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
   (a 'classifier' run's is kept, so the two refuse each other's workdirs: check_identity
   compares IDENTITY_FIELDS). The OBJECTIVE_SECTIONS the objective does not read are left out, and
   so are training.ema_profiles when empty (its power EMAs are in the state: a workdir of other
-  profiles is refused) and config.imports when empty."""
+  profiles is refused), config.imports when empty, the latent section of a pixel-space run and
+  data.crop / data.folder when unset (the fields came later: older workdirs hold none)."""
   d = config.to_dict()
   obj = objective(config)
   for section in OBJECTIVE_SECTIONS:
@@ -481,6 +482,9 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
     d.pop("imports", None)
   if not is_latent(config):  # pixel space (and runs before the section)
     d.pop("latent", None)
+  for field in ("crop", "folder"):  # unset: the dataset's own (runs before the fields)
+    if d["data"].get(field) is None:
+      d["data"].pop(field, None)
   if obj.identity_omits_name:
     del d["training"]["objective"]
   if not d["training"].get("ema_profiles"):  # as objective: absent from older workdirs
