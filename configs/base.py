@@ -30,6 +30,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.split = "train"  # image datasets: the training split
   c.data.eval_split = "test"  # image datasets: held-out data for evaluation
   c.data.image_size = config_dict.placeholder(int)  # image datasets: None = native size
+  # data.name='folder' (docs/images.md#imagenet): the folder holding one sub-folder per split
+  # (data.split, data.eval_split), each holding one sub-folder of images per class, labels in
+  # sorted class-name order (ImageNet's layout: <folder>/train/n01440764/*.JPEG). Read only then.
+  c.data.folder = config_dict.placeholder(str)
+  # Image datasets: the crop, 'center' (center crop, bilinear resize: every dataset's default
+  # but ImageNet's) or 'adm' (ADM's center crop, as ADM, DiT, SiT and EDM2 prepare ImageNet;
+  # the default of imagenet2012 and folder, accepted for lsun/*); None: the dataset's default.
+  c.data.crop = config_dict.placeholder(str)
   c.data.random_flip = False  # image datasets: random horizontal flips
   # Image datasets: threads computing training batches ahead of the step (0: none, synchronous)
   # and batches ahead per thread. The batches are identical for every value (docs/images.md).
@@ -180,6 +188,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # data.name stays the image dataset (labels, FID reference); the data shape is the latents'.
   c.latent = ml_collections.ConfigDict()
   c.latent.dataset = config_dict.placeholder(str)  # None: the run is in pixel space
+  # The autoencoder that decodes samples: its config file and workdir (and checkpoint step; None:
+  # the newest). None: the one that encoded latent.dataset. Set alone (no dataset), a run
+  # samples and evaluates in latent space without encoded data (a converted DiT, docs/latent.md).
+  c.latent.autoencoder_config = config_dict.placeholder(str)
+  c.latent.autoencoder = config_dict.placeholder(str)
+  c.latent.autoencoder_step = config_dict.placeholder(int)
   # 'scale': z * scale_factor (LDM, DiT, SiT: 0.18215 for Stable Diffusion's VAE); 'channel':
   # (z - channel_mean) / channel_std * final_std per channel (EDM2: its SD-VAE statistics, 0.5).
   c.latent.normalization = "scale"

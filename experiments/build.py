@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 
 from configs.sampling import RUN_FIELDS as _SAMPLING_RUN_FIELDS
-from diffusion import guidance, objectives, training
-from diffusion.data import toy2d
+from diffusion import checkpoint, guidance, latent as latent_lib, objectives, training
+from diffusion.data import latents as latent_data, toy2d
 from diffusion.models import get_model
 from diffusion.parameterization import Parameterization
 from diffusion.samplers import build_sampler
@@ -30,8 +30,8 @@ Config = ml_collections.ConfigDict
 # training.objective is left out for the default objective ('dsm', ``identity_dict``), so workdirs
 # written before the field existed still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
-                   "training.objective", "training.ema_profiles", "distill",
-                   "resolved.data_shape", "resolved.param_count")
+                   "training.objective", "training.ema_profiles", "distill", "latent",
+                   "resolved.data_shape", "resolved.param_count", "resolved.latent_fingerprint")
 # Config sections only some objectives read (``Objective.identity_fields``): the others' identity
 # leaves them out (workdirs written before a section existed still resume).
 OBJECTIVE_SECTIONS = ("distill",)
@@ -158,17 +158,36 @@ def check_dataset(config: Config) -> None:
 
 
 def dataset_num_classes(config: Config) -> int:
-  """Number of label classes of config.data.name (0: unlabelled): toy2d's or images'."""
+  """Number of label classes of config.data.name (0: unlabelled): toy2d's or images' (for
+  'folder' the class folders of data.folder/data.split)."""
   if is_toy(config):
     return toy2d.num_classes(config.data.name)
-  return _images_module().num_classes(config.data.name)
+  d = config.data
+  return _images_module().num_classes(d.name, **_folder_kwargs(config, d.split))
 
 
 def labelled_datasets() -> Tuple[str, ...]:
   """Names of the datasets with class labels (toy and image)."""
   mod = _images_module()
-  images = tuple(n for n in _image_names() if mod.num_classes(n) > 0)
+  images = tuple(n for n in _image_names() if mod.has_labels(n))
   return toy2d.labelled() + images
+
+
+def _folder_kwargs(config: Config, split: str) -> Dict[str, Any]:
+  """``data_dir`` and ``split`` for the 'folder' dataset (data.folder holds the split folders);
+  nothing for the others (tfds reads its default data_dir)."""
+  if config.data.name != "folder":
+    return {}
+  return {"data_dir": config.data.folder, "split": split}
+
+
+def image_source_kwargs(config: Config) -> Dict[str, Any]:
+  """The make_image_dataset arguments of config.data's source and geometry: ``crop`` and, for
+  'folder', ``data_dir`` = data.folder."""
+  out: Dict[str, Any] = {"crop": config.data.crop}
+  if config.data.name == "folder":
+    out["data_dir"] = config.data.folder
+  return out
 
 
 def needs_labels(config: Config) -> bool:
@@ -197,6 +216,8 @@ def train_batches(config: Config, start_step: int, process_index: int,
   closer: Optional[Callable[[], None]] = None
   if objective(config).batch_source == "pairs":  # (noise, sample) pairs instead of the data
     it = pair_batches(config, start_step, process_index, process_count)
+  elif is_latent(config):
+    it = latent_batches(config, start_step, process_index, process_count)
   elif is_toy(config) and labels:
     it = ({"x": x, "label": y} for x, y in toy2d.iterator(
         d.name, d.batch_size, config.seed, start_step, process_index=process_index,
@@ -210,7 +231,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
                   process_index=process_index, process_count=process_count,
                   start_step=start_step, image_size=d.image_size, random_flip=d.random_flip,
                   workers=d.workers, prefetch=d.prefetch, worker_type=d.worker_type,
-                  cache_decoded=d.cache_decoded)
+                  cache_decoded=d.cache_decoded, **image_source_kwargs(config))
     raw = _images_module().make_image_dataset(d.name, d.split, **kwargs)
     closer = raw.close  # stops the prefetch threads / processes
     if raw.cached:
@@ -232,6 +253,76 @@ def train_batches(config: Config, start_step: int, process_index: int,
         closer()
 
   return gen()
+
+
+def is_latent(config: Config) -> bool:
+  """Whether the run is in an autoencoder's latent space (config.latent.dataset or
+  config.latent.autoencoder set, docs/latent.md)."""
+  lat = config.get("latent")
+  return lat is not None and (lat.dataset is not None or lat.autoencoder is not None)
+
+
+def latent_facts(config: Config) -> Dict[str, Any]:
+  """The manifest of config.latent.dataset (complete), ConfigError otherwise; {} without a
+  dataset (an autoencoder named alone)."""
+  if config.latent.dataset is None:
+    return {}
+  try:
+    return latent_data.manifest_facts(config.latent.dataset)
+  except latent_data.LatentDatasetError as e:
+    raise ConfigError(str(e)) from None
+
+
+def autoencoder_source(config: Config) -> Dict[str, Any]:
+  """{'config', 'workdir', 'step'} of a latent run's autoencoder: config.latent.autoencoder*
+  when set, else the one that encoded config.latent.dataset (its manifest)."""
+  lat = config.latent
+  if lat.autoencoder is not None:
+    if lat.autoencoder_config is None:
+      raise ConfigError(f"config.latent.autoencoder={lat.autoencoder!r} needs "
+                        f"config.latent.autoencoder_config: the config file it was trained or "
+                        f"converted with")
+    return {"config": lat.autoencoder_config, "workdir": lat.autoencoder,
+            "step": lat.autoencoder_step}
+  by = latent_facts(config)["made_by"]["autoencoder"]
+  return {"config": by["config"], "workdir": by["workdir"], "step": int(by["step"])}
+
+
+def autoencoder_latent_shape(config: Config) -> Tuple[int, ...]:
+  """(h, w, c): what the run's autoencoder (its workdir's config.json: model.name, model.net)
+  encodes an image of config.data to, by ``jax.eval_shape`` (nothing computed or read)."""
+  src = autoencoder_source(config)
+  saved = checkpoint.read_config(src["workdir"])
+  if saved is None:
+    raise ConfigError(f"the autoencoder workdir {src['workdir']!r} holds no config.json: train "
+                      f"or convert it first")
+  net = get_model(saved["model"]["name"], **saved["model"]["net"])
+  image = (1,) + tuple(_images_module().image_shape(config.data.name, config.data.image_size))
+  out = jax.eval_shape(lambda x: net.init_with_output(jax.random.PRNGKey(0), x,
+                                                      method="encode")[0][0],
+                       jax.ShapeDtypeStruct(image, jnp.float32))
+  return tuple(int(v) for v in out.shape[1:])
+
+
+def latent_norm(config: Config) -> latent_lib.LatentNorm:
+  """The normalisation of config.latent ('channel' with empty statistics: the folder's)."""
+  lat, stats = config.latent, latent_facts(config).get("channel_stats")
+  return latent_lib.latent_norm(
+      lat.normalization, int(data_shape(config)[-1]), scale_factor=float(lat.scale_factor),
+      channel_mean=tuple(lat.channel_mean), channel_std=tuple(lat.channel_std),
+      final_std=float(lat.final_std),
+      dataset_stats=None if stats is None else (stats["mean"], stats["std"]))
+
+
+def latent_batches(config: Config, start_step: int, process_index: int,
+                   process_count: int) -> Iterator[Dict[str, np.ndarray]]:
+  """This process's rows of latent batches start_step, ...: {'x': normalised latents,
+  'label'} (``diffusion.data.latents.LatentIterator``)."""
+  ds = latent_data.LatentDataset(config.latent.dataset)
+  return latent_data.LatentIterator(
+      ds, latent_norm(config), posterior=config.latent.posterior,
+      batch_size=_per_process(int(config.data.batch_size), process_count), seed=config.seed,
+      process_index=process_index, process_count=process_count, start_step=start_step)
 
 
 def load_pairs(config: Config) -> np.ndarray:
@@ -272,6 +363,18 @@ def data_shape(config: Config) -> Tuple[int, ...]:
   """The shape of one example of config.data: (2,) for the toy densities, (H, W, C) for images."""
   if is_toy(config):
     return (2,)
+  if is_latent(config) and config.latent.dataset is not None:
+    return tuple(int(v) for v in latent_facts(config)["latent_shape"])
+  if is_latent(config):
+    return autoencoder_latent_shape(config)
+  return tuple(_images_module().image_shape(config.data.name, config.data.image_size))
+
+
+def image_shape(config: Config) -> Tuple[int, ...]:
+  """The shape of one example of config.data in pixels: (H, W, C) for images (a latent run's
+  decoded samples'), (2,) for the toy densities."""
+  if is_toy(config):
+    return (2,)
   return tuple(_images_module().image_shape(config.data.name, config.data.image_size))
 
 
@@ -297,7 +400,7 @@ def heldout(config: Config, n: int, levels: bool = False) -> np.ndarray:
   mod = _images_module()
   kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
                 shuffle=False, num_epochs=1, drop_remainder=False,  # the whole split
-                dequantize=not levels)
+                dequantize=not levels, **image_source_kwargs(config))
   out, total = [], 0
   for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
     out.append(np.asarray(b["image"]))
@@ -316,7 +419,7 @@ def heldout_labelled(config: Config, n: int) -> Tuple[np.ndarray, np.ndarray]:
     return toy2d.heldout(d.name, n, d.heldout_seed, with_labels=True)
   mod = _images_module()
   kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
-                shuffle=False, num_epochs=1, drop_remainder=False)
+                shuffle=False, num_epochs=1, drop_remainder=False, **image_source_kwargs(config))
   xs, ys, total = [], [], 0
   for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
     xs.append(np.asarray(b["image"]))
@@ -352,9 +455,12 @@ def sampler(config: Config, sched: Schedule) -> Callable:
 
 def resolved(config: Config, example: Dict[str, np.ndarray], params: Any) -> Dict[str, Any]:
   """Facts derived from the config that also define the experiment (saved in config.json)."""
-  return {"data_shape": list(np.shape(example["x"])[1:]),
-          "param_count": training.count_params(params),
-          "jax_version": jax.__version__}
+  out = {"data_shape": list(np.shape(example["x"])[1:]),
+         "param_count": training.count_params(params),
+         "jax_version": jax.__version__}
+  if is_latent(config) and config.latent.dataset is not None:  # wherever their folder is
+    out["latent_fingerprint"] = latent_facts(config)["fingerprint"]
+  return out
 
 
 def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
@@ -373,6 +479,8 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
       d.pop(section, None)
   if not d.get("imports", ()):
     d.pop("imports", None)
+  if not is_latent(config):  # pixel space (and runs before the section)
+    d.pop("latent", None)
   if obj.identity_omits_name:
     del d["training"]["objective"]
   if not d["training"].get("ema_profiles"):  # as objective: absent from older workdirs

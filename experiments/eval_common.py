@@ -85,11 +85,13 @@ def fid_pixels(x: np.ndarray, dataset: str, rounding: str = "levels") -> np.ndar
 
 def load_fid_stats(config: Config) -> fid.Stats:
   """The reference statistics of config.eval.fid_stats, refused (one line) unless they are of
-  config.data.name at the run's resolution and of the installed Inception weights."""
+  config.data.name at the run's resolution and crop (data.crop) and of the installed Inception
+  weights."""
   stats = fid.load_stats(config.eval.fid_stats)
   resolution = images.image_shape(config.data.name, config.data.image_size)[0]
   fid.check_compatible(stats, config.data.name, resolution,
-                       weights_sha256=inception.weights_sha256())
+                       weights_sha256=inception.weights_sha256(),
+                       crop=images.resolve_crop(config.data.name, config.data.crop))
   return stats
 
 

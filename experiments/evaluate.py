@@ -376,7 +376,7 @@ def _sample_set(s, params, here: str, sig, n: int,
                 plan: conditioning.Plan) -> Tuple[np.ndarray, int]:
   """The first n samples of the checkpoint, from / into <here>/samples/."""
   cfg, e = s.config, s.config.eval
-  shape = tuple(s.example["x"].shape[1:])
+  shape = build.image_shape(cfg)  # a latent run's samples are decoded to images
   bs, draw = generate.batch_generator(s, params, jax.random.PRNGKey(cfg.seed + 2),
                                       min(int(cfg.sampling.batch_size), int(e.shard_size)), plan)
   fprint = shards.fingerprint({"seed": int(cfg.seed), "key": "seed+2", "shape": list(shape),
@@ -412,8 +412,9 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
     out, figures = autoencoder_metrics(s, params, here, f"step {step}")
     metrics.update(out)
     return _write_metrics(workdir, step, metrics, figures, sig, res)
-  # Only a denoiser has a PF-ODE (a consistency function has none), so a likelihood.
-  likelihood = s.objective.has_likelihood
+  # Only a denoiser has a PF-ODE (a consistency function has none), so a likelihood; a latent
+  # run's would be of its latents, not of the images (docs/latent.md): not reported.
+  likelihood = s.objective.has_likelihood and not build.is_latent(config)
   held, test, num_levels = _heldout(config)
   key = jax.random.PRNGKey(config.seed + 3)
   if likelihood and test is None:  # toy data: nats

@@ -16,24 +16,26 @@ import ml_collections
 import numpy as np
 
 from diffusion import guidance, networks, parallel
-from experiments import build, conditioning, plots
+from experiments import build, conditioning, latents, plots
 from experiments.setup import Setup, with_schedule_of
 
 Config = ml_collections.ConfigDict
 
 
-def _sample_fn(s: Setup, plan: conditioning.Plan) -> Callable:
-  """((params, aux), key, x_T, offset) -> (x0, info): the config's sampler on the network's
-  denoiser (computing in sampling.compute_dtype, ``networks.eval_denoiser``) wrapped by the plan's
-  transformers, conditioned on the plan's cond of the batch's samples offset .. offset + B - 1.
-  The one place sample, eval, sweep and pairs build their sampling denoiser."""
+def _sample_fn(s: Setup, plan: conditioning.Plan, decode: Callable) -> Callable:
+  """((params, aux, decoder params), key, x_T, offset) -> (x0, info): the config's sampler on
+  the network's denoiser (computing in sampling.compute_dtype, ``networks.eval_denoiser``)
+  wrapped by the plan's transformers, conditioned on the plan's cond of the batch's samples
+  offset .. offset + B - 1, its samples passed through ``decode(decoder params, x0)`` (a latent
+  run's decoder to images, or the identity). The one place sample, eval, sweep and pairs build
+  their sampling denoiser."""
   sampler = build.sampler(s.config, s.schedule)
   net_takes_labels = bool(s.config.model.conditional)
   clip = bool(s.config.sampling.clip_denoised)
   dtype = str(s.config.sampling.compute_dtype)  # the network's; the sampler's stays float32
 
   def run(p, k, x_t, offset):
-    params, aux = p
+    params, aux, dec_params = p
     base = networks.eval_denoiser(s.net, params, s.schedule, s.param, compute_dtype=dtype)
 
     def net_denoise(x, t, cond=None):  # the network sees only labels, and only if conditional
@@ -41,25 +43,38 @@ def _sample_fn(s: Setup, plan: conditioning.Plan) -> Callable:
       return jnp.clip(x0, -1.0, 1.0) if clip else x0
 
     idx = offset + jnp.arange(x_t.shape[0])
-    return sampler(plan.transform(net_denoise, aux), k, x_t, cond=plan.cond(aux, idx),
-                   sample_offset=offset)
+    x0, info = sampler(plan.transform(net_denoise, aux), k, x_t, cond=plan.cond(aux, idx),
+                       sample_offset=offset)
+    return decode(dec_params, x0), info
 
   return run
+
+
+def _decoding(s: Setup, decode: bool) -> Tuple[Callable, Any]:
+  """(decode fn, its params): a latent run's decoder to images when ``decode``
+  (``experiments.latents``), else the identity."""
+  if decode and build.is_latent(s.config):
+    dec = latents.decoder(s.config)
+    return dec.images, dec.ae.params
+  return (lambda params, x: x), None
 
 
 def generate(s: Setup, params, n: int, key: jax.Array,
              progress: Optional[Callable[[int], None]] = None, start: int = 0,
              plan: Optional[conditioning.Plan] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
-  """Samples start .. start + n - 1 (n, *data_shape) of the sequence of ``key`` from the
-  config's sampler with ``params``, over the mesh; sample i depends on (key, i) only.
-  ``plan`` (default: class labels only, ``conditioning.labels_plan``) says what they are
-  conditioned on. ``progress(done)`` is called after each batch (e.g. a ``writers.Progress``)."""
+  """Samples start .. start + n - 1 (n, *data_shape; a latent run's decoded to images) of the
+  sequence of ``key`` from the config's sampler with ``params``, over the mesh; sample i
+  depends on (key, i) only. ``plan`` (default: class labels only, ``conditioning.labels_plan``)
+  says what they are conditioned on. ``progress(done)`` is called after each batch (e.g. a
+  ``writers.Progress``)."""
   s = with_schedule_of(s, params)
   plan = plan or conditioning.labels_plan(s.config)
   shape = tuple(s.example["x"].shape[1:])
   bs = int(s.config.sampling.batch_size or n)
-  x, info = parallel.sample_sharded(_sample_fn(s, plan), (params, plan.aux), key, s.schedule, n,
-                                    shape, bs, s.mesh, progress=progress, start=start)
+  decode, dec_params = _decoding(s, True)
+  x, info = parallel.sample_sharded(_sample_fn(s, plan, decode), (params, plan.aux, dec_params),
+                                    key, s.schedule, n, shape, bs, s.mesh, progress=progress,
+                                    start=start)
   return x, dict(jax.device_get(info), **plan.cost_info())
 
 
@@ -77,14 +92,16 @@ def generate_as(s: Setup, params, config: Config, n: int):
 
 
 def batch_generator(s: Setup, params, key: jax.Array, batch_size: int,
-                    plan: Optional[conditioning.Plan] = None):
-  """(bs, draw): ``draw(start) -> (x (bs, *data_shape) numpy, info)``, samples start ..
-  start + bs - 1 of the sequence of ``key`` (as ``generate``), compiled once for many calls."""
+                    plan: Optional[conditioning.Plan] = None, decode: bool = True):
+  """(bs, draw): ``draw(start) -> (x (bs, ...) numpy, info)``, samples start .. start + bs - 1
+  of the sequence of ``key`` (as ``generate``), compiled once for many calls; a latent run's
+  decoded to images unless ``decode=False`` (reflow's pairs stay latents)."""
   s = with_schedule_of(s, params)
   plan = plan or conditioning.labels_plan(s.config)
   shape = tuple(s.example["x"].shape[1:])
-  return parallel.batch_sampler(_sample_fn(s, plan), (params, plan.aux), key, s.schedule, shape,
-                                batch_size, s.mesh)
+  dec, dec_params = _decoding(s, decode)
+  return parallel.batch_sampler(_sample_fn(s, plan, dec), (params, plan.aux, dec_params), key,
+                                s.schedule, shape, batch_size, s.mesh)
 
 
 def plot(s: Setup, x: np.ndarray, path: str, title: str = "",

@@ -63,7 +63,7 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
     shape = tuple(s.example["x"].shape[1:])
     key = jax.random.PRNGKey(config.seed + 4)
     bs, draw = generate.batch_generator(s, params, key, min(int(config.sampling.batch_size),
-                                                            shard))
+                                                            shard), decode=False)
     prior_key, _ = parallel.sampling_streams(key)
     noise_of = jax.jit(lambda start: parallel.per_sample_prior(s.schedule, prior_key, start, bs,
                                                                shape))

@@ -197,8 +197,14 @@ def _inverse(config: Config) -> Dict[str, Any]:
 
 def _heldout(config: Config) -> Dict[str, Any]:
   d = config.data
-  return {"num_heldout": int(d.num_heldout), "heldout_seed": int(d.heldout_seed),
-          "eval_split": str(d.eval_split)}
+  out = {"num_heldout": int(d.num_heldout), "heldout_seed": int(d.heldout_seed),
+         "eval_split": str(d.eval_split)}
+  # Only when set (the keys, hence the names, of earlier results stay as they were).
+  if d.get("folder") is not None:
+    out["folder"] = os.path.abspath(str(d.folder))
+  if d.get("crop") is not None:
+    out["crop"] = str(d.crop)
+  return out
 
 
 def _fid(config: Config) -> Dict[str, Any]:

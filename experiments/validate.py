@@ -18,10 +18,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from diffusion import latent as latent_lib
 from diffusion import (elbo, guidance, likelihood, losses, networks, objectives, parameterization,
                        posthoc_ema, training)
 from diffusion.config_checks import (ConfigError, from_library, int_at_least, is_bool, number_in,
                                      one_of, positive)
+from diffusion.data import folder as folder_lib
 from diffusion.data import images
 from diffusion.metrics import inception
 from diffusion.models import capabilities, get_model, model_outputs, registered_models
@@ -57,9 +59,10 @@ NO_SAMPLES = {
 
 
 def check_data(config: Config) -> None:
-  """data.*: a known dataset, a positive batch, an image size the dataset supports, prefetch
-  workers >= 0, batches ahead >= 1, worker_type 'thread' | 'process', cache_decoded 'auto' |
-  True | False."""
+  """data.*: a known dataset, a positive batch, an image size the dataset supports, a crop it
+  accepts, prefetch workers >= 0, batches ahead >= 1, worker_type 'thread' | 'process',
+  cache_decoded 'auto' | True | False; data.folder for (and only for) data.name='folder', its
+  training split a folder of class folders of images."""
   d = config.data
   build.check_dataset(config)
   int_at_least("data.batch_size", d.batch_size, 1)
@@ -70,12 +73,119 @@ def check_data(config: Config) -> None:
   int_at_least("data.prefetch", d.prefetch, 1)
   from_library("data.worker_type", images.check_worker_type, d.worker_type)
   from_library("data.cache_decoded", images.check_cache_decoded, d.cache_decoded)
+  if d.name != "folder" and d.folder is not None:
+    raise ConfigError(f"config.data.folder={d.folder!r} is read only with data.name='folder' "
+                      f"(this config reads {d.name!r}): unset it")
+  if d.crop is not None and build.is_toy(config):
+    raise ConfigError(f"config.data.crop={d.crop!r} applies to image datasets; "
+                      f"{d.name!r} is 2-D toy data: unset it")
   if not build.is_toy(config):
     from_library("data.image_size", images.image_shape, d.name, d.image_size)
+    from_library("data.crop", images.resolve_crop, d.name, d.crop)
     for field in ("split", "eval_split"):
       if not isinstance(d[field], str) or not d[field]:
         raise ConfigError(f"config.data.{field}={d[field]!r} must be a split name, e.g. "
                           f"'train' or 'test'")
+  if d.name == "folder":
+    check_folder_split(config, "split")
+
+
+def check_folder_split(config: Config, field: str) -> tuple:
+  """data.name='folder': data.folder/<data.``field``> must be a folder of class folders, each
+  holding an image (diffusion.data.folder.check_split). Returns its class names."""
+  d = config.data
+  if not isinstance(d.folder, str) or not d.folder:
+    raise ConfigError(f"config.data.name='folder' needs config.data.folder, the folder holding "
+                      f"one sub-folder per split ({d.split!r}, {d.eval_split!r}), each holding "
+                      f"one sub-folder of images per class; got {d.folder!r}")
+  if not os.path.isdir(d.folder):
+    raise ConfigError(f"config.data.folder={d.folder!r} does not exist (or is not a folder)")
+  split_dir = from_library(f"data.{field}", images.folder_split_dir, d.folder, d[field])
+  try:
+    return folder_lib.check_split(split_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"config.data.{field}={d[field]!r} (data.folder={d.folder!r}): {e}") from None
+
+
+def check_folder_eval_split(config: Config, mode: str) -> None:
+  """--mode=eval on data.name='folder' reads held-out images (bits/dim, the sample metrics) from
+  data.folder/<data.eval_split>: it must exist, with the training split's classes (labels are
+  positions in the sorted class list)."""
+  d = config.data
+  if d.name != "folder" or mode != "eval":
+    return
+  if not os.path.isdir(os.path.join(d.folder, d.eval_split)):
+    raise ConfigError(f"config.data.eval_split={d.eval_split!r}: {d.folder!r} has no folder "
+                      f"{d.eval_split!r}; --mode=eval reads its held-out images (bits/dim, the "
+                      f"sample metrics) from there: add that split (class folders, as the "
+                      f"training split's) or set data.eval_split to a split folder that exists")
+  train, held = check_folder_split(config, "split"), check_folder_split(config, "eval_split")
+  if train != held:
+    only = sorted(set(train) ^ set(held))
+    raise ConfigError(f"config.data.eval_split={d.eval_split!r} has other classes than "
+                      f"config.data.split={d.split!r} ({len(held)} vs {len(train)}; e.g. "
+                      f"{only[:3]} in one only): labels would not match")
+
+
+def check_latent(config: Config, mode: str) -> None:
+  """latent.*: the normalisation and posterior by name, their numbers; with latent.dataset a
+  complete folder of experiments.encode whose images are config.data's, its channels matching
+  any channel statistics given, and no pixel-space task (toy data, inverse problems)."""
+  lat = config.get("latent")
+  if lat is None:
+    return
+  one_of("latent.normalization", lat.normalization, latent_lib.NORMALIZATIONS)
+  one_of("latent.posterior", lat.posterior, latent_lib.POSTERIORS)
+  for field in ("scale_factor", "final_std"):
+    v = lat[field]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+      raise ConfigError(f"config.latent.{field}={v!r} must be a finite number > 0")
+  means, stds = tuple(lat.channel_mean), tuple(lat.channel_std)
+  if len(means) != len(stds) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in means + stds):
+    raise ConfigError(f"config.latent.channel_mean={means!r} and channel_std={stds!r} must be "
+                      f"two lists of numbers of one length (one per latent channel), or both "
+                      f"empty (the encoded dataset's own statistics)")
+  if any(v <= 0 for v in stds):
+    raise ConfigError(f"config.latent.channel_std={stds!r} must be > 0")
+  if not build.is_latent(config):
+    return
+  if build.is_toy(config):
+    raise ConfigError(f"config.latent: latents are of image datasets; config.data.name="
+                      f"{config.data.name!r} is a toy 2-D density")
+  if lat.dataset is not None:
+    facts = build.latent_facts(config)
+    data = facts["made_by"]["data"]
+    size = images.image_shape(config.data.name, config.data.image_size)
+    if data["name"] != config.data.name or tuple(facts["image_shape"]) != tuple(size):
+      raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of "
+                        f"{data['name']!r} images {tuple(facts['image_shape'])}; config.data.name"
+                        f"={config.data.name!r} at data.image_size={config.data.image_size!r} is "
+                        f"{tuple(size)}: set data.* to the encoded images (FID compares with "
+                        f"them)")
+    crop = images.resolve_crop(config.data.name, config.data.get("crop"))
+    if data.get("crop", crop) != crop:
+      raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of images cropped "
+                        f"{data['crop']!r}; config.data.crop gives {crop!r} (FID compares with "
+                        f"the images so cropped): set data.crop={data['crop']!r}")
+    by = facts["made_by"]["autoencoder"]
+    if lat.autoencoder is not None and os.path.abspath(lat.autoencoder) != by["workdir"]:
+      raise ConfigError(f"config.latent.autoencoder={lat.autoencoder!r}, but latent.dataset="
+                        f"{lat.dataset!r} was encoded by {by['workdir']!r}: leave "
+                        f"latent.autoencoder unset (the folder names its autoencoder)")
+  elif mode == "train":
+    raise ConfigError(f"--mode=train reads latents: set config.latent.dataset to a folder "
+                      f"written by `python -m experiments.encode` (config.latent.autoencoder="
+                      f"{lat.autoencoder!r} alone serves sample / eval / sweep)")
+  elif lat.normalization == "channel" and not tuple(lat.channel_mean):
+    raise ConfigError("config.latent.normalization='channel' without latent.dataset needs "
+                      "latent.channel_mean and latent.channel_std (there is no folder to take "
+                      "them from)")
+  from_library("latent.autoencoder", build.autoencoder_latent_shape, config)
+  from_library("latent", build.latent_norm, config)
+  if config.inverse.task != "none":
+    raise ConfigError(f"config.inverse.task={config.inverse.task!r}: inverse problems observe "
+                      f"pixels; a latent run samples latents")
 
 
 def check_sde(config: Config):
@@ -657,6 +767,7 @@ def validate_config(config: Config, mode: str) -> None:
     raise ConfigError(f"config.experiment={config.experiment!r} must be a string")
   int_at_least("seed", config.seed, 0)
   check_data(config)
+  check_latent(config, mode)
   schedule = check_sde(config)
   check_model(config)
   check_time_input(config, schedule)
@@ -682,6 +793,7 @@ def validate(config: Config, mode: str, workdir: Optional[str] = None, *,
   samples/ or eval/ folder for sample and eval.
   """
   validate_config(config, mode)
+  check_folder_eval_split(config, mode)
   check_fid(config, mode)
   check_sweep(config, mode)
   if device_count is None or process_count is None:

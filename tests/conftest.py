@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,3 +171,45 @@ def counting_denoiser(den):
     return den(x, t, cond)
 
   return wrapped, count
+
+
+def stand_in_latents(root: str, config, ae_net: Dict[str, object],
+                     ae_model: str = "autoencoder_kl") -> str:
+  """A complete latent folder under ``root`` for ``config``'s images (data.name, image_size),
+  'encoded' by a stand-in autoencoder workdir holding only a config.json of ``ae_model(**ae_net)``
+  (no checkpoint: enough for the start-up checks and the data shape, not for decoding). Its one
+  shard holds 4 zero posteriors. Returns the folder."""
+  import json
+  from diffusion.data import images
+  from diffusion.data import latents as latent_data
+  from diffusion.models import get_model
+  import jax.numpy as jnp
+  ae_dir, folder = os.path.join(root, "ae"), os.path.join(root, "latents")
+  os.makedirs(ae_dir, exist_ok=True)
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(ae_dir, "config.json"), "w") as f:
+    json.dump({"model": {"name": ae_model, "net": ae_net}}, f)
+  image = tuple(images.image_shape(config.data.name, config.data.image_size))
+  net = get_model(ae_model, **ae_net)
+  shape = jax.eval_shape(lambda x: net.init_with_output(jax.random.PRNGKey(0), x,
+                                                        method="encode")[0][0],
+                         jax.ShapeDtypeStruct((1,) + image, jnp.float32)).shape[1:]
+  zeros = np.zeros((4,) + tuple(shape), np.float32)
+  data = latent_data.encode_shard(zeros, zeros + 1, np.zeros(4, np.int32))
+  with open(os.path.join(folder, latent_data.shard_name(0)), "wb") as f:
+    f.write(data)
+  made_by = {"autoencoder": {"config": "none", "workdir": ae_dir, "step": 0,
+                             "params_sha256": "0" * 64, "model": ae_model},
+             "data": {"name": config.data.name, "split": "train",
+                      "image_size": config.data.image_size}}
+  c = int(shape[-1])
+  manifest = {"format": latent_data.FORMAT, "fingerprint": latent_data.fingerprint(made_by),
+              "made_by": made_by, "num_examples": 4, "shard_size": 4, "num_shards": 1,
+              "image_shape": list(image), "latent_shape": list(shape), "num_classes":
+              images.num_classes(config.data.name), "complete": True,
+              "shards": [{"index": 0, "start": 0, "count": 4,
+                          "sha256": hashlib.sha256(data).hexdigest()}],
+              "channel_stats": {"mean": [0.0] * c, "std": [1.0] * c}}
+  with open(os.path.join(folder, latent_data.MANIFEST), "w") as f:
+    json.dump(manifest, f)
+  return folder

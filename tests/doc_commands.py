@@ -428,6 +428,8 @@ _FIX = os.path.join(REPO, "tests", "data", "convert")
 FIXTURES: Dict[str, List[str]] = {
     "--source=ddpm-cifar10-32": [f"--source={_FIX}/diffusers/ddpm_cifar_layout",
                                  "--dataset=cifar10"],
+    "--source=ddpm-model-64/unet": [f"--source={_FIX}/diffusers/unet2d_train_example/unet",
+                                    "--dataset=cifar10"],
     "--source=path/to/checkpoint_<n>": [f"--source={_FIX}/score_sde/ncsnpp_ve/checkpoint_1",
                                         "--dataset=cifar10"],
     "--score_sde_config=ve/cifar10_ncsnpp_deep_continuous": [

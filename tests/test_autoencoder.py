@@ -193,7 +193,9 @@ def test_bfloat16_compute_is_close():
   net = get_model(conv.model, **conv.net, dtype=jnp.bfloat16)
   rec, mean, _ = net.apply({"params": conv.params}, _nhwc(ref["x"], jnp.float32))
   assert mean.dtype == rec.dtype == jnp.float32  # outputs in float32, params stay float32
-  assert _rel(_nchw(mean), ref["mean"]) < 5e-2 and _rel(_nchw(rec), ref["rec"]) < 5e-2
+  # Measured 1.6e-2 (mean) and 2.9e-2 (rec); above 1e-4: the layers did compute in bfloat16.
+  for got, want in ((mean, ref["mean"]), (rec, ref["rec"])):
+    assert 1e-4 < _rel(_nchw(got), want) < 5e-2
 
 
 # -- the mapping's refusals -------------------------------------------------------------------

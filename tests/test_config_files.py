@@ -109,14 +109,36 @@ def test_literal_networks_equal_the_model_presets():
   assert digits_dit.NET == dit.preset("digits")
 
 
+# The autoencoder of each latent config (its latents are stood in for: tests/conftest.py).
+LATENT_AUTOENCODERS = {
+    "configs/digits/latent_dit.py": "configs/digits/autoencoder.py",
+    "configs/imagenet/dit_xl2_256.py": "sd",
+    "configs/imagenet/sit_xl2_256.py": "sd",
+}
+
+
+def _autoencoder_net(source):
+  from diffusion.models import autoencoder
+  from experiments.config_files import load_config_file
+  if source == "sd":
+    return autoencoder.preset("sd")
+  return load_config_file(os.path.join(REPO, source)).model.net.to_dict()
+
+
 @pytest.mark.parametrize("path", EXPERIMENT_FILES)
-def test_every_experiment_config_passes_validation(path):
+def test_every_experiment_config_passes_validation(path, tmp_path):
   """Every config validates for training; a student (one naming a teacher, whose workdir does not
-  exist here) validates for sampling, and its teacher's config file is a compatible teacher."""
+  exist here) validates for sampling, and its teacher's config file is a compatible teacher. A
+  latent config validates on a stand-in folder of its autoencoder's latents."""
   from experiments import distill
   from experiments.config_files import load_config_file
   from experiments.validate import validate
+  from tests.conftest import stand_in_latents
   config = load_config_file(os.path.join(REPO, path))
+  assert (config.latent.dataset is not None) == (path in LATENT_AUTOENCODERS), path
+  if path in LATENT_AUTOENCODERS:
+    config.latent.dataset = stand_in_latents(str(tmp_path), config,
+                                             _autoencoder_net(LATENT_AUTOENCODERS[path]))
   teacher = config.distill.teacher_config
   validate(config, "sample" if teacher else "train", device_count=1, process_count=1)
   if teacher:

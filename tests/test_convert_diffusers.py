@@ -22,7 +22,18 @@ from diffusion.convert.common import ConversionError
 from diffusion.models import get_model
 
 ROOT = os.path.join(os.path.dirname(__file__), "data", "convert", "diffusers")
-FIXTURES = ["ddpm_small", "ddpm_bin_legacy", "ddpm_cifar_layout"]
+# The DDPM-settings fixtures, then UNet2DModel's class defaults in the layout of diffusers'
+# train_unconditional.py (a saved DDPMPipeline: unet/ + scheduler/), then every other mapped
+# number at a non-default value.
+FIXTURES = ["ddpm_small", "ddpm_bin_legacy", "ddpm_cifar_layout", "unet2d_train_example",
+            "unet2d_options"]
+
+
+def _model_folder(name, root=ROOT):
+  """The UNet2DModel folder of a fixture: its own, or unet/ of a saved pipeline."""
+  folder = os.path.join(root, name)
+  unet = os.path.join(folder, "unet")
+  return unet if os.path.isdir(unet) else folder
 
 
 def _net_output(conv, ref, dtype):
@@ -37,15 +48,48 @@ def _net_output(conv, ref, dtype):
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_converted_network_matches_diffusers(name):
-  folder = os.path.join(ROOT, name)
-  conv = du.convert(folder)
-  ref = np.load(os.path.join(folder, "reference.npz"))
+  conv = du.convert(_model_folder(name))
+  ref = np.load(os.path.join(ROOT, name, "reference.npz"))
   scale = np.abs(ref["out"]).max()
   with jax.enable_x64(True):
     err64 = np.abs(_net_output(conv, ref, jnp.float64) - ref["out"]).max() / scale
   err32 = np.abs(_net_output(conv, ref, jnp.float32) - ref["out"]).max() / scale
   # Measured 1.0e-6 .. 1.7e-6 for both: the sinusoidal embedding is float32 in both codes.
+  # unet2d_*: float64 2.0e-8 / 4.3e-8, float32 5.3e-7 / 3.7e-7.
   assert err64 < 1e-5 and err32 < 1e-5, (err64, err32)
+  if name.startswith("unet2d_"):
+    # With freq_shift=0 at 8 channels our float32 embedding equals diffusers' to 6e-8 (the
+    # frequency exponent is divided by 4, exactly, where freq_shift=1 divides by 3), so float64
+    # is held to 1e-6: norm_eps 1e-6 instead of UNet2DModel's 1e-5 alone moves
+    # unet2d_train_example by 1.1e-5, just above the 1e-5 above.
+    assert err64 < 1e-6, err64
+
+
+def test_unet2d_fields_are_mapped():
+  # UNet2DModel's class defaults (train_unconditional.py's model) and the other mapped numbers.
+  conv = du.convert(_model_folder("unet2d_train_example"))
+  want = dict(norm_eps=1e-5, downsample_padding="symmetric", flip_sin_to_cos=True,
+              freq_shift=0.0, attn_head_dim=8, mid_block_scale=1.0, temb_dim=None,
+              mid_attn_norm_groups=None, center_input=False, ch=8, ch_mult=(1, 1, 2, 2),
+              num_res_blocks=2, attn_resolutions=(4,), norm_groups=4)
+  assert {k: conv.net[k] for k in want} == want and "num_heads" not in conv.net
+  opts = du.convert(_model_folder("unet2d_options"))
+  want = dict(norm_eps=1e-3, downsample_padding="symmetric", flip_sin_to_cos=False,
+              freq_shift=0.0, attn_head_dim=4, mid_block_scale=2**0.5, temb_dim=24,
+              mid_attn_norm_groups=2, center_input=True, attn_resolutions=(8, 4))
+  assert {k: opts.net[k] for k in want} == want
+  assert opts.parameterization == "x0" and opts.sde[1]["beta_schedule"] == "squaredcos_cap_v2"
+
+
+def test_saved_pipeline_finds_its_scheduler():
+  # train_unconditional.py saves a DDPMPipeline: the scheduler sits in ../scheduler/, with
+  # DDPMScheduler's defaults (1000 linear betas 1e-4..0.02, epsilon, clip_sample).
+  conv = du.convert(_model_folder("unet2d_train_example"))
+  assert conv.source["scheduler_config"] == os.path.join(
+      ROOT, "unet2d_train_example", "scheduler", "scheduler_config.json")
+  assert conv.sde == ("vp_discrete", dict(num_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                          beta_schedule="linear", t_min=1e-3, t_max=1.0))
+  assert (conv.parameterization, conv.time_input, conv.clip_denoised) == ("eps", "index", True)
 
 
 def test_converted_time_and_schedule_are_ddpms():
@@ -135,9 +179,10 @@ def test_torch_reader_matches_safetensors_of_the_same_state(tmp_path):
 
 
 def _copy(tmp_path, name="ddpm_small"):
+  """A writable copy of a fixture; returns its model folder."""
   dst = tmp_path / name
   shutil.copytree(os.path.join(ROOT, name), dst)
-  return str(dst)
+  return _model_folder(name, str(tmp_path))
 
 
 def _edit_config(folder, **changes):
@@ -150,20 +195,60 @@ def _edit_config(folder, **changes):
 
 
 @pytest.mark.parametrize("changes,match", [
-    (dict(resnet_time_scale_shift="scale_shift"), "resnet_time_scale_shift='scale_shift'"),
-    (dict(flip_sin_to_cos=True), "flip_sin_to_cos=True"),
+    # Another architecture: the field, its value, why, and what is accepted.
+    (dict(resnet_time_scale_shift="scale_shift"),
+     r"resnet_time_scale_shift='scale_shift' is not converted: .*AdaGN.*accepted: 'default'"),
+    (dict(time_embedding_type="fourier"),
+     r"time_embedding_type='fourier' is not converted: .*accepted: 'positional'"),
+    (dict(time_embedding_type="learned"), r"time_embedding_type='learned' is not converted"),
+    (dict(class_embed_type="timestep"), r"class_embed_type='timestep' is not converted"),
+    (dict(num_class_embeds=10), r"num_class_embeds=10 is not converted: .*accepted: None"),
+    (dict(add_attention=False), r"add_attention=False is not converted: .*accepted: True"),
+    (dict(mid_block_type=None), r"mid_block_type=None is not converted"),
+    (dict(act_fn="gelu"), r"act_fn='gelu' is not converted: .*accepted: 'silu', 'swish'"),
+    (dict(downsample_padding=2), r"downsample_padding=2 is not converted: .*accepted: 0, 1"),
+    (dict(downsample_type="resnet"), r"downsample_type='resnet' is not converted"),
+    (dict(upsample_type="resnet"), r"upsample_type='resnet' is not converted"),
     (dict(out_channels=6), "out_channels=6"),
-    (dict(time_embedding_type="fourier"), "time_embedding_type='fourier'"),
     (dict(down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]),
      "CrossAttnDownBlock2D"),
     (dict(up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D"]), "do not mirror"),
     (dict(_class_name="UNet2DConditionModel"), "UNet2DConditionModel"),
+    # Mapped numbers out of range.
+    (dict(attention_head_dim=3), r"attention_head_dim=3; accepted: null \(one head\) or an int "
+                                 r"dividing the attention widths \[16\]"),
+    (dict(norm_eps=0), r"norm_eps=0; accepted: a number > 0"),
+    (dict(mid_block_scale_factor=-1), r"mid_block_scale_factor=-1; accepted: a number > 0"),
+    (dict(freq_shift=4), r"freq_shift=4; accepted: a number < block_out_channels\[0\] // 2 = 4"),
+    (dict(norm_num_groups=3), r"norm_num_groups=3; accepted: an int dividing"),
+    (dict(attn_norm_num_groups=3), r"attn_norm_num_groups=3; accepted: null or an int"),
+    (dict(time_embedding_dim=0), r"time_embedding_dim=0; accepted: null or an int >= 1"),
+    (dict(flip_sin_to_cos="yes"), r"flip_sin_to_cos='yes'; accepted: true or false"),
 ])
 def test_unsupported_configs_are_named(tmp_path, changes, match):
   folder = _copy(tmp_path)
   _edit_config(folder, **changes)
   with pytest.raises(ConversionError, match=match):
     du.convert(folder)
+
+
+def test_resample_types_are_refused_only_where_they_act():
+  # Only AttnDownBlock2D / AttnUpBlock2D read downsample_type / upsample_type, and only where
+  # they resample: attention at the deepest level has no downsampler (but an upsampler),
+  # attention at the top level no upsampler (but a downsampler).
+  base = du.read_json(os.path.join(ROOT, "ddpm_small", "config.json"))
+  deepest = dict(base, down_block_types=["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+                 up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
+  top = dict(base, down_block_types=["AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+             up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D"])
+  assert du.unet_config(dict(deepest, downsample_type="resnet"))
+  assert du.unet_config(dict(top, upsample_type="resnet"))
+  for config, key in ((top, "downsample_type"), (deepest, "upsample_type")):
+    with pytest.raises(ConversionError, match=f"{key}='resnet' is not converted"):
+      du.unet_config(dict(config, **{key: "resnet"}))
+  aliased = dict(base, down_block_types=["UNetResDownBlock2D", "UNetResAttnDownBlock2D",
+                                         "DownBlock2D"])
+  assert du.unet_config(aliased)["down_block_types"] == base["down_block_types"]
 
 
 def _state_and_shapes(folder):
@@ -339,6 +424,24 @@ RELEASED_CIFAR10 = dict(  # google/ddpm-cifar10-32's config.json (diffusers 0.16
     out_channels=3, resnet_time_scale_shift="default", sample_size=32,
     time_embedding_type="positional",
     up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
+
+
+def test_unet2d_class_defaults_and_train_example_give_diffusers_counts():
+  # UNet2DModel's class defaults (attention_head_dim 8: 56, 84 and 112 heads at three levels)
+  # and train_unconditional.py's model (its UNet2DModel call verbatim, at its default 64x64):
+  # parameter counts of diffusers 0.42.1's own models.
+  from diffusion.models import layers
+  example = dict(_class_name="UNet2DModel", sample_size=64, in_channels=3, out_channels=3,
+                 layers_per_block=2, block_out_channels=[128, 128, 256, 256, 512, 512],
+                 down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4)
+  for config, size, count in ((dict(sample_size=32), 32, 274_056_163),
+                              (example, 64, 113_673_219)):
+    cfg = du.unet_config(config)
+    net = get_model("ddpm_unet", **du.net_kwargs(cfg))
+    shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, size, size, 3)), jnp.zeros((1,))))
+    assert layers.count_params(shapes["params"]) == count
 
 
 @pytest.mark.parametrize("size,chans,attn_level,count", [

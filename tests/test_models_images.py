@@ -90,6 +90,21 @@ def test_bad_options_raise(name, kwargs):
     get_model(name, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(downsample_padding="same"), "downsample_padding='same'; accepted"),
+    (dict(downsample_padding="symmetric", resamp_with_conv=False), "resamp_with_conv=True"),
+    (dict(attn_head_dim=4, num_heads=2), "not both"),
+    (dict(attn_head_dim=0), "attn_head_dim must be None or an int >= 1"),
+    (dict(temb_dim=2.5), "temb_dim must be None or an int >= 1"),
+    (dict(mid_attn_norm_groups=0), "mid_attn_norm_groups must be None"),
+    (dict(norm_eps=0.0), "norm_eps must be > 0"),
+    (dict(mid_block_scale=-1.0), "mid_block_scale must be > 0"),
+])
+def test_ddpm_unet_diffusers_options_are_validated(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    get_model("ddpm_unet", **kwargs)
+
+
 # ----------------------------------------------------------------------------- parameter counts
 
 
@@ -246,6 +261,34 @@ def test_positional_embedding():
   np.testing.assert_allclose(emb[:, 4], jnp.cos(c), atol=1e-5)
   np.testing.assert_allclose(emb[:, 3], jnp.sin(c * 1e-4), atol=1e-6)  # lowest frequency
   assert layers.positional_embedding(c, 7).shape == (3, 7)
+  # diffusers' UNet2DModel defaults: [cos, sin], w_i = 10000^(-i / half): lowest 10000^(-3/4).
+  flipped = layers.positional_embedding(c, 8, freq_shift=0, flip_sin_to_cos=True)
+  np.testing.assert_allclose(flipped[:, 0], jnp.cos(c), atol=1e-5)
+  np.testing.assert_allclose(flipped[:, 4], jnp.sin(c), atol=1e-5)
+  np.testing.assert_allclose(flipped[:, 7], jnp.sin(c * 1e-3), atol=1e-6)
+  unflipped = layers.positional_embedding(c, 8, freq_shift=0)
+  np.testing.assert_array_equal(flipped[:, 4:], unflipped[:, :4])
+  with pytest.raises(ValueError, match="freq_shift=4 must be < dim // 2 = 4"):
+    layers.positional_embedding(c, 8, freq_shift=4)
+
+
+def test_downsample_paddings():
+  # 'asymmetric' pads (0, 1) (TF SAME: output (i, j) reads rows 2i .. 2i + 2), 'symmetric'
+  # (1, 1) (torch Conv2d(padding=1): rows 2i - 1 .. 2i + 1), with the same kernel.
+  x = jax.random.normal(_key(0), (1, 4, 4, 1))
+  kernel = jax.random.normal(_key(1), (3, 3, 1, 1))
+  xp = np.pad(np.asarray(x[0, :, :, 0]), 1)  # xp[r + 1] = x[r]
+  k = np.asarray(kernel[:, :, 0, 0])
+  for padding, start in (("asymmetric", 1), ("symmetric", 0)):
+    d = layers.Downsample(padding=padding)
+    variables = {"params": {"conv": {"kernel": kernel, "bias": jnp.zeros(1)}}}
+    out = np.asarray(d.apply(variables, x))[0, :, :, 0]
+    want = np.array([[np.sum(k * xp[start + 2 * i:start + 2 * i + 3,
+                                    start + 2 * j:start + 2 * j + 3]) for j in range(2)]
+                     for i in range(2)])
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="plain stride-2 conv only"):
+    layers.Downsample(padding="symmetric", with_conv=False).init(_key(0), x)
 
 
 def test_fourier_features_receive_no_gradient():

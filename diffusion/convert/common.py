@@ -163,6 +163,9 @@ class Converted:
       SDE's VP / sub-VP: 1e-3 on a schedule, training and likelihood range from 1e-5).
     clip_denoised: whether the source's samplers clip x0_hat to [-1, 1] (diffusers'
       ``clip_sample``), for config.sampling.clip_denoised.
+    latent: for a latent diffusion model (DiT): ``image_size`` (the pixel images' side),
+      ``normalization`` and ``scale_factor`` (config.latent); ``image_shape`` is then the
+      latents' shape. None: a pixel-space model.
   """
   params: Dict[str, Any]
   model: str
@@ -175,3 +178,4 @@ class Converted:
   notes: List[str] = dataclasses.field(default_factory=list)
   sampling_t_min: Optional[float] = None
   clip_denoised: bool = False
+  latent: Optional[Dict[str, Any]] = None

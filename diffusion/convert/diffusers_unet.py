@@ -1,7 +1,10 @@
 """diffusers ``UNet2DModel`` checkpoints of the DDPM family onto ``ddpm_unet``.
 
 The released DDPM models (Ho et al. 2020: google/ddpm-cifar10-32, -celebahq-256, -church-256,
--bedroom-256, -cat-256) are diffusers ``UNet2DModel``s with DDPM's block structure: per level
+-bedroom-256, -cat-256), and the models of diffusers' own unconditional training example
+(examples/unconditional_image_generation/train_unconditional.py: UNet2DModel's class defaults,
+block_out_channels (128, 128, 256, 256, 512, 512), attention at the fifth level), are diffusers
+``UNet2DModel``s with DDPM's block structure: per level
 ``layers_per_block`` ResnetBlock2D (+ self-attention in the ``Attn*Block2D`` levels), a
 stride-2 conv between levels, a (res, attn, res) middle, a mirrored decoder with one more block
 per level, GroupNorm and SiLU. That is :class:`diffusion.models.unet.DDPMUNet` exactly; the
@@ -16,8 +19,15 @@ convention of score SDE and of configs/cifar10/ddpm.py: c = (N - 1) t), at the c
 logSNR error of up to 0.095 and up to 3.4 steps of index offset for DDPM's betas
 (docs/convert.md).
 
-Anything outside that structure (other block types, scale-shift time conditioning, Fourier
-embeddings, learned variances, class embeddings, ...) is a ConversionError naming the field.
+The config fields that only change numbers of that structure are mapped onto ``ddpm_unet``'s
+options (:data:`MAPPED`): ``norm_eps``, ``downsample_padding`` (0: pad (0, 1) before the
+stride-2 conv, DDPM's; 1: pad (1, 1), UNet2DModel's default), ``flip_sin_to_cos`` and
+``freq_shift`` (the sinusoidal embedding), ``attention_head_dim`` (multi-head attention over the
+same weights), ``mid_block_scale_factor``, ``time_embedding_dim``, ``attn_norm_num_groups``,
+``center_input_sample``, ``act_fn`` 'silu' / 'swish' (one function). Anything outside that
+structure (other block types, scale-shift time conditioning, Fourier or learned embeddings,
+learned variances, class embeddings, a middle without attention, ...) is a ConversionError
+naming the field, its value and what is accepted (:data:`REFUSED_OTHERWISE`).
 """
 from __future__ import annotations
 
@@ -30,12 +40,14 @@ import numpy as np
 from diffusion.convert.common import (ConversionError, Converted, ParamMap, conv_kernel,
                                       linear_kernel)
 
-# UNet2DModel's constructor defaults (diffusers 0.3x): a config.json written by an older
+# UNet2DModel's constructor defaults (diffusers 0.42): a config.json written by an older
 # diffusers may lack a key, and diffusers itself then uses these.
 UNET2D_DEFAULTS: Dict[str, Any] = dict(
     sample_size=None, in_channels=3, out_channels=3, center_input_sample=False,
-    time_embedding_type="positional", freq_shift=0, flip_sin_to_cos=True,
+    time_embedding_type="positional", time_embedding_dim=None, freq_shift=0,
+    flip_sin_to_cos=True,
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    mid_block_type="UNetMidBlock2D",
     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     block_out_channels=(224, 448, 672, 896), layers_per_block=2, mid_block_scale_factor=1,
     downsample_padding=1, downsample_type="conv", upsample_type="conv", dropout=0.0,
@@ -43,13 +55,40 @@ UNET2D_DEFAULTS: Dict[str, Any] = dict(
     norm_eps=1e-5, resnet_time_scale_shift="default", add_attention=True,
     class_embed_type=None, num_class_embeds=None, num_train_timesteps=None)
 
-# The values DDPM's structure needs (anything else changes the network's function).
-REQUIRED_VALUES: Dict[str, Any] = dict(
-    center_input_sample=False, time_embedding_type="positional", freq_shift=1,
-    flip_sin_to_cos=False, mid_block_scale_factor=1, downsample_padding=0,
-    downsample_type="conv", upsample_type="conv", act_fn="silu", norm_eps=1e-6,
-    resnet_time_scale_shift="default", add_attention=True, class_embed_type=None,
-    num_class_embeds=None, attn_norm_num_groups=None)
+# Config fields that only set numbers of DDPM's structure -> the ddpm_unet option they set.
+MAPPED: Dict[str, str] = dict(
+    norm_eps="norm_eps", downsample_padding="downsample_padding", freq_shift="freq_shift",
+    flip_sin_to_cos="flip_sin_to_cos", attention_head_dim="attn_head_dim / num_heads",
+    mid_block_scale_factor="mid_block_scale", time_embedding_dim="temb_dim",
+    attn_norm_num_groups="mid_attn_norm_groups", center_input_sample="center_input",
+    norm_num_groups="norm_groups", dropout="dropout")
+
+# diffusers' downsample_padding -> ddpm_unet's: 0 pads (0, 1) (then a VALID stride-2 conv), 1
+# pads (1, 1) (Conv2d(padding=1)). Others change the resolution (2: H / 2 + 1).
+DOWNSAMPLE_PADDING = {0: "asymmetric", 1: "symmetric"}
+
+# Fields whose other values are another architecture: (accepted values, what the others are).
+REFUSED_OTHERWISE: Dict[str, Tuple[Tuple[Any, ...], str]] = dict(
+    time_embedding_type=(("positional",), "'fourier' is NCSN++'s Gaussian Fourier features of "
+                         "log sigma with the output divided by sigma, 'learned' a table of one "
+                         "embedding per training step; ddpm_unet has the sinusoidal embedding "
+                         "only (score SDE checkpoints: --format=score_sde)"),
+    resnet_time_scale_shift=(("default",), "'scale_shift' conditions the second GroupNorm by a "
+                             "scale and a shift (AdaGN of iDDPM / ADM, time_emb_proj of 2C "
+                             "outputs), 'spatial' by a spatial norm; ddpm_unet's blocks add the "
+                             "projected embedding"),
+    class_embed_type=((None,), "class embeddings are not mapped (ddpm_unet's class embedding "
+                      "has a NULL class for guidance, diffusers' has none)"),
+    num_class_embeds=((None,), "class embeddings are not mapped (ddpm_unet's class embedding "
+                      "has a NULL class for guidance, diffusers' has none)"),
+    add_attention=((True,), "ddpm_unet's middle is (res, attn, res); a middle without "
+                   "attention is not built"),
+    mid_block_type=(("UNetMidBlock2D",), "ddpm_unet's middle is UNetMidBlock2D's (res, attn, "
+                    "res)"),
+    act_fn=(("silu", "swish"), "ddpm_unet's blocks use SiLU (= swish)"),
+    downsample_padding=(tuple(DOWNSAMPLE_PADDING), "other paddings change the resolution of "
+                        "the stride-2 conv"),
+)
 
 DOWN_TYPES = ("DownBlock2D", "AttnDownBlock2D")
 UP_TYPES = ("UpBlock2D", "AttnUpBlock2D")
@@ -78,21 +117,34 @@ def read_json(path: str) -> Dict[str, Any]:
       raise ConversionError(f"{path!r} is not valid JSON ({e})") from e
 
 
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_count(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _block_type(name: str) -> str:
+  """diffusers' get_down_block / get_up_block read 'UNetResX' as 'X'."""
+  return name[len("UNetRes"):] if name.startswith("UNetRes") else name
+
+
 def unet_config(raw: Mapping[str, Any]) -> Dict[str, Any]:
   """The UNet2DModel config with diffusers' defaults filled in, checked against DDPM's
-  structure. Raises ConversionError naming the first field that does not fit."""
+  structure. Raises ConversionError naming the first field that does not fit, its value and
+  what is accepted."""
   name = raw.get("_class_name", "UNet2DModel")
   if name != "UNet2DModel":
     raise ConversionError(f"config.json: _class_name={name!r}; only 'UNet2DModel' (the DDPM "
                           f"family) is converted")
   c = {**UNET2D_DEFAULTS, **{k: v for k, v in raw.items() if not k.startswith("_")}}
-  for key, want in REQUIRED_VALUES.items():
-    if c[key] != want and not (isinstance(want, (int, float)) and not isinstance(want, bool)
-                               and isinstance(c[key], (int, float))
-                               and abs(c[key] - want) <= 1e-12):
-      raise ConversionError(f"config.json: {key}={c[key]!r} is not DDPM's U-Net; this "
-                            f"converter maps {key}={want!r} only")
-  down, up = list(c["down_block_types"]), list(c["up_block_types"])
+  for key, (accepted, why) in REFUSED_OTHERWISE.items():
+    if not any(c[key] == a and type(c[key]) is type(a) for a in accepted):
+      raise ConversionError(f"config.json: {key}={c[key]!r} is not converted: {why}; "
+                            f"accepted: {', '.join(repr(a) for a in accepted)}")
+  down = [_block_type(t) for t in c["down_block_types"]]
+  up = [_block_type(t) for t in c["up_block_types"]]
   chans = [int(x) for x in c["block_out_channels"]]
   if not (len(down) == len(up) == len(chans)) or not chans:
     raise ConversionError(f"config.json: {len(down)} down blocks, {len(up)} up blocks and "
@@ -105,9 +157,18 @@ def unet_config(raw: Mapping[str, Any]) -> Dict[str, Any]:
   if [t.startswith("Attn") for t in down] != [t.startswith("Attn") for t in reversed(up)]:
     raise ConversionError(f"config.json: attention levels of down_block_types {down} and "
                           f"up_block_types {up} do not mirror each other")
+  c["down_block_types"], c["up_block_types"] = down, up
+  # Only the Attn blocks read downsample_type / upsample_type, and only where they resample.
+  last = len(chans) - 1
+  for key, types in (("downsample_type", down), ("upsample_type", up)):
+    if c[key] != "conv" and any(t.startswith("Attn") for t in types[:last]):
+      raise ConversionError(f"config.json: {key}={c[key]!r} is not converted: the attention "
+                            f"levels would resample with a {c[key]!r} block, ddpm_unet with a "
+                            f"3x3 conv; accepted: 'conv'")
   if any(ch % chans[0] for ch in chans):
     raise ConversionError(f"config.json: block_out_channels {chans} are not multiples of the "
                           f"first ({chans[0]})")
+  _check_numbers(c, chans)
   if c["in_channels"] != c["out_channels"]:
     raise ConversionError(f"config.json: out_channels={c['out_channels']} != in_channels="
                           f"{c['in_channels']} (a learned-variance output); only networks "
@@ -124,26 +185,58 @@ def unet_config(raw: Mapping[str, Any]) -> Dict[str, Any]:
   return c
 
 
+def _check_numbers(c: Mapping[str, Any], chans: List[int]) -> None:
+  """The mapped numeric fields (:data:`MAPPED`) in ddpm_unet's accepted ranges."""
+  def bad(key, accepted):
+    raise ConversionError(f"config.json: {key}={c[key]!r}; accepted: {accepted}")
+
+  for key in ("norm_eps", "mid_block_scale_factor"):
+    if not (_is_number(c[key]) and c[key] > 0):
+      bad(key, "a number > 0")
+  if not (_is_number(c["freq_shift"]) and chans[0] // 2 - c["freq_shift"] > 0):
+    bad("freq_shift", f"a number < block_out_channels[0] // 2 = {chans[0] // 2}")
+  for key in ("flip_sin_to_cos", "center_input_sample"):
+    if not isinstance(c[key], bool):
+      bad(key, "true or false")
+  if not (_is_number(c["dropout"]) and 0 <= c["dropout"] < 1):
+    bad("dropout", "a number in [0, 1)")
+  if not (_is_count(c["norm_num_groups"]) and all(ch % c["norm_num_groups"] == 0
+                                                  for ch in chans)):
+    bad("norm_num_groups", f"an int dividing every block_out_channels {chans}")
+  if c["attn_norm_num_groups"] is not None and not (
+      _is_count(c["attn_norm_num_groups"]) and chans[-1] % c["attn_norm_num_groups"] == 0):
+    bad("attn_norm_num_groups", f"null or an int dividing the middle's {chans[-1]} channels")
+  if c["time_embedding_dim"] is not None and not _is_count(c["time_embedding_dim"]):
+    bad("time_embedding_dim", "null or an int >= 1")
+  head_dim = c["attention_head_dim"]
+  widths = sorted({chans[i] for i, t in enumerate(c["down_block_types"])
+                   if t.startswith("Attn")} | {chans[-1]})
+  if head_dim is not None and not (_is_count(head_dim) and all(w % head_dim == 0
+                                                               for w in widths)):
+    bad("attention_head_dim", f"null (one head) or an int dividing the attention widths "
+        f"{widths}")
+
+
 def net_kwargs(c: Mapping[str, Any]) -> Dict[str, Any]:
-  """``ddpm_unet`` constructor kwargs of a checked UNet2DModel config."""
+  """``ddpm_unet`` constructor kwargs of a checked UNet2DModel config.
+
+  Heads: diffusers gives each attention layer C / attention_head_dim heads of
+  attention_head_dim channels (None: one head of C), ddpm_unet's ``attn_head_dim``."""
   chans = [int(x) for x in c["block_out_channels"]]
   attn_levels = [i for i, t in enumerate(c["down_block_types"]) if t.startswith("Attn")]
-  # Heads: diffusers gives each attention layer C / attention_head_dim heads (None: one head).
   head_dim = c["attention_head_dim"]
-  widths = [chans[i] for i in attn_levels] + [chans[-1]]
-  heads = {1 if head_dim is None else w // head_dim for w in widths}
-  if head_dim is not None and any(w % head_dim for w in widths):
-    raise ConversionError(f"config.json: attention_head_dim={head_dim} does not divide the "
-                          f"attention widths {widths}")
-  if len(heads) != 1:
-    raise ConversionError(f"config.json: attention_head_dim={head_dim} gives {sorted(heads)} "
-                          f"heads at widths {widths}; ddpm_unet has one head count")
-  groups = int(c["norm_num_groups"])
+  heads = dict(num_heads=1) if head_dim is None else dict(attn_head_dim=int(head_dim))
   return dict(ch=chans[0], ch_mult=tuple(ch // chans[0] for ch in chans),
               num_res_blocks=int(c["layers_per_block"]),
               attn_resolutions=tuple(c["sample_size"] // 2**i for i in attn_levels),
-              dropout=float(c["dropout"]), resamp_with_conv=True, num_heads=heads.pop(),
-              embedding_type="positional", embedding_scale=1.0, norm_groups=groups)
+              dropout=float(c["dropout"]), resamp_with_conv=True, **heads,
+              embedding_type="positional", embedding_scale=1.0,
+              norm_groups=int(c["norm_num_groups"]), norm_eps=float(c["norm_eps"]),
+              downsample_padding=DOWNSAMPLE_PADDING[c["downsample_padding"]],
+              freq_shift=float(c["freq_shift"]), flip_sin_to_cos=bool(c["flip_sin_to_cos"]),
+              mid_block_scale=float(c["mid_block_scale_factor"]),
+              temb_dim=c["time_embedding_dim"], mid_attn_norm_groups=c["attn_norm_num_groups"],
+              center_input=bool(c["center_input_sample"]))
 
 
 def schedule_and_time(sched: Mapping[str, Any], schedule: str

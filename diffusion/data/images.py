@@ -8,12 +8,15 @@ One entry point for every image dataset the drivers use::
   batch = next(it)  # {'image': float32 (B, H, W, C) in [-1, 1], 'label': int32 (B,)}
 
 Datasets: ``digits`` (scikit-learn's 8x8 digits, embedded: see :mod:`diffusion.data.digits`),
-and the tfds catalog datasets ``mnist``, ``cifar10``, ``celeb_a`` and ``lsun/<category>``,
-read with ``tfds.data_source`` (random access to array_record files, no TensorFlow).
-Preparing a catalog dataset needs TensorFlow to encode its images, once::
+the tfds catalog datasets ``mnist``, ``cifar10``, ``celeb_a``, ``lsun/<category>`` and
+``imagenet2012``, read with ``tfds.data_source`` (random access to array_record files, no
+TensorFlow), and ``folder``: a folder of class folders (ImageNet's train layout,
+:mod:`diffusion.data.folder`), ``data_dir`` the root holding one folder per split. Preparing a
+catalog dataset needs TensorFlow to encode its images, once::
 
   pip install tensorflow-cpu   # or: pip install -e .[tf]
   tfds build cifar10 --file_format=array_record [--data_dir=DIR]
+  tfds build imagenet2012 --manual_dir=DIR_OF_THE_ILSVRC2012_TARS --file_format=array_record
 
 Determinism and sharding. The examples form one infinite stream: epoch e is the permutation
 ``numpy.random.default_rng([seed, e]).permutation(N)`` of the split (the identity without
@@ -46,11 +49,17 @@ dequantization ``v = (x + u) / L``, ``u ~ U[0, 1)``, then ``2 v - 1`` (Theis et 
 that the continuous model's likelihood bounds the discrete one), or without dequantization by
 ``x / (L - 1) * 2 - 1``.
 
-Geometry. celeb_a is center-cropped to 140x140 and resized to 64x64 (``image_size``), the
-convention of Song et al. 2021 (and NCSN / NCSNv2); lsun images are center-cropped to a square
-and resized to ``image_size`` (default 256). A resize (bilinear, antialiased: PIL) happens only
-when ``image_size`` differs from the (cropped) native size; the result is rounded back to uint8
-before dequantization.
+Geometry (``crop``). 'center', every dataset's default but ImageNet's: celeb_a is
+center-cropped to 140x140 and resized to 64x64 (``image_size``), the convention of Song et al.
+2021 (and NCSN / NCSNv2); lsun images are center-cropped to a square and resized to
+``image_size`` (default 256). A resize (bilinear, antialiased: PIL) happens only when
+``image_size`` differs from the (cropped) native size; the result is rounded back to uint8
+before dequantization. 'adm', the default of ``imagenet2012`` and ``folder`` (and accepted for
+``lsun/*``, the datasets cropped to a square): ADM's ``center_crop_arr`` (Dhariwal & Nichol
+2021, guided-diffusion's image_datasets.py), the ImageNet preprocessing of ADM, DiT, SiT and
+EDM2 (``dataset_tool.py --transform=center-crop-dhariwal``): see :func:`adm_center_crop`.
+ImageNet's images have no common size, so ``image_size`` is needed (``imagenet2012`` defaults to
+256; ``folder`` has no default).
 """
 import collections
 import concurrent.futures
@@ -59,6 +68,7 @@ import dataclasses
 import functools
 import logging
 import multiprocessing
+import os
 import pickle
 import threading
 import time
@@ -70,6 +80,7 @@ from typing import (Any, Callable, Deque, Dict, Generic, Iterator, Optional, Tup
 import numpy as np
 
 from diffusion.data import digits as digits_lib
+from diffusion.data import folder as folder_lib
 
 Batch = Dict[str, np.ndarray]
 log = logging.getLogger(__name__)
@@ -81,14 +92,19 @@ class DatasetNotPreparedError(RuntimeError):
   """A tfds catalog dataset is not prepared as array_record where tfds looks for it."""
 
 
+CROPS = ("center", "adm")  # the geometries of the ``crop`` argument (module docstring)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Spec:
-  native_shape: Tuple[int, int, int]  # (H, W, C) after cropping
-  num_classes: int
+  # (H, W, C) after cropping; H = W = None: the images have no common size (image_size needed)
+  native_shape: Tuple[Optional[int], Optional[int], int]
+  num_classes: Optional[int]  # None: the class folders' count (the 'folder' dataset)
   levels: int
   default_size: Optional[int] = None  # output size when image_size is None (None: native)
   crop: Optional[int] = None  # center crop to crop x crop (None: none; 0: to a square)
   label_key: Optional[str] = "label"
+  default_crop: str = "center"  # the ``crop`` geometry when none is given (CROPS)
 
 
 _SPECS: Dict[str, _Spec] = {
@@ -96,6 +112,11 @@ _SPECS: Dict[str, _Spec] = {
     "mnist": _Spec((28, 28, 1), 10, 256),
     "cifar10": _Spec((32, 32, 3), 10, 256),
     "celeb_a": _Spec((140, 140, 3), 0, 256, default_size=64, crop=140, label_key=None),
+    # ILSVRC 2012 (Russakovsky et al. 2015): 1,281,167 train / 50,000 validation images of
+    # 1000 classes, labels in the sorted synset order of the class folders.
+    "imagenet2012": _Spec((None, None, 3), 1000, 256, default_size=256, crop=0,
+                          default_crop="adm"),
+    "folder": _Spec((None, None, 3), None, 256, crop=0, default_crop="adm"),
 }
 _LSUN = _Spec((256, 256, 3), 0, 256, default_size=256, crop=0, label_key=None)
 
@@ -123,9 +144,49 @@ def image_shape(name: str, image_size: Optional[int] = None) -> Tuple[int, int, 
   return (size, size, spec.native_shape[2])
 
 
-def num_classes(name: str) -> int:
-  """Number of label classes (0: unlabelled; labels are then all 0)."""
-  return _spec(name).num_classes
+def has_labels(name: str) -> bool:
+  """Whether ``name``'s examples carry class labels (a 'folder' dataset: its class folders)."""
+  spec = _spec(name)
+  return spec.num_classes is None or spec.num_classes > 0
+
+
+def num_classes(name: str, data_dir: Optional[str] = None, split: str = "train") -> int:
+  """Number of label classes (0: unlabelled; labels are then all 0). For 'folder' the number of
+  class folders of ``data_dir``/``split`` (:func:`diffusion.data.folder.list_classes`)."""
+  spec = _spec(name)
+  if spec.num_classes is not None:
+    return spec.num_classes
+  return len(folder_lib.list_classes(folder_split_dir(data_dir, split)))
+
+
+def folder_split_dir(data_dir: Optional[str], split: str) -> str:
+  """``data_dir``/``split``, the folder of a 'folder' dataset's split; ValueError without a
+  ``data_dir`` or with a ``split`` that is not a plain folder name."""
+  if not data_dir or not isinstance(data_dir, str):
+    raise ValueError(f"the 'folder' dataset reads data_dir/<split>/<class>/<image>; data_dir="
+                     f"{data_dir!r} must be the folder holding the split folders")
+  if (not isinstance(split, str) or not split or split in (".", "..") or "/" in split
+      or os.sep in split or "[" in split):
+    raise ValueError(f"split={split!r} must name a sub-folder of {data_dir!r} (e.g. 'train', "
+                     f"'val'); tfds slicing is not supported for folders")
+  return os.path.join(data_dir, split)
+
+
+def resolve_crop(name: str, crop: Optional[str]) -> str:
+  """The geometry ``crop`` (None: the dataset's default: 'adm' for imagenet2012 and folder,
+  'center' otherwise) after checking it: one of CROPS, and 'adm' only for the datasets cropped
+  to a square (imagenet2012, folder, lsun/*)."""
+  spec = _spec(name)
+  if crop is None:
+    return spec.default_crop
+  if crop not in CROPS:
+    raise ValueError(f"crop={crop!r} is not accepted; accepted: {list(CROPS)} (or None: the "
+                     f"dataset's default, {spec.default_crop!r} for {name!r})")
+  if crop == "adm" and spec.crop != 0:
+    raise ValueError(f"crop='adm' (ADM's center crop to a square) applies to the datasets "
+                     f"cropped to a square (imagenet2012, folder, lsun/<category>), not to "
+                     f"{name!r}; use crop='center' or None")
+  return crop
 
 
 def num_levels(name: str) -> int:
@@ -139,7 +200,11 @@ def _output_size(name: str, spec: _Spec, image_size: Optional[int]) -> Optional[
     raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
   if name == "digits" and image_size not in (None, 8):
     raise ValueError(f"digits are 8x8; image_size={image_size} is not supported (use None or 8)")
-  return image_size if image_size is not None else spec.default_size
+  size = image_size if image_size is not None else spec.default_size
+  if size is None and spec.native_shape[0] is None:
+    raise ValueError(f"the images of {name!r} have no common size: give image_size (e.g. 256 "
+                     f"or 512, as DiT, SiT and EDM2 train on ImageNet)")
+  return size
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -197,6 +262,43 @@ def _center_crop(img: np.ndarray, crop: Optional[int]) -> np.ndarray:
   return img[top:top + size, left:left + size]
 
 
+def adm_center_crop(image: Any, size: int) -> np.ndarray:
+  """ADM's center crop of an image to size x size (Dhariwal & Nichol 2021; guided-diffusion's
+  ``image_datasets.center_crop_arr``, the ImageNet preprocessing of ADM, DiT, SiT and EDM2).
+
+  ``image``: a PIL image or a uint8 (H, W) / (H, W, C) array. With PIL, on (W, H):
+    1. while min(W, H) >= 2 size: (W, H) <- (W // 2, H // 2) by a BOX filter (2x2 means, the
+       last odd row / column dropped);
+    2. scale s = size / min(W, H); resize to (round(W s), round(H s)) with BICUBIC (Python's
+       round: halves to even), so the short side becomes size;
+    3. crop size x size at top = (H' - size) // 2, left = (W' - size) // 2.
+  Returns uint8 (size, size, C), C the input's channels ((size, size, 1) for grey; convert a PIL
+  image to RGB first, as ADM does). Identical to the reference, uint8
+  for uint8, with the same PIL (tests/data/adm_crop). The BOX halvings make the large
+  reductions antialiased; the resize then changes the size by less than 2x.
+  """
+  from PIL import Image  # local: only needed for resizing
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    raise ValueError(f"size must be a positive int, got {size!r}")
+  squeeze = False
+  if not isinstance(image, Image.Image):
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3
+                                                           and arr.shape[2] not in (1, 3, 4)):
+      raise ValueError(f"adm_center_crop takes a PIL image or a uint8 (H, W) / (H, W, 1|3|4) "
+                       f"array, got {arr.dtype} {arr.shape}")
+    squeeze = arr.ndim == 2 or arr.shape[2] == 1
+    image = Image.fromarray(arr.reshape(arr.shape[:2]) if squeeze else arr)
+  while min(image.size) >= 2 * size:
+    image = image.resize((image.size[0] // 2, image.size[1] // 2), resample=Image.BOX)
+  scale = size / min(image.size)
+  image = image.resize(tuple(round(n * scale) for n in image.size), resample=Image.BICUBIC)
+  out = np.asarray(image)
+  top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
+  out = out[top:top + size, left:left + size]
+  return out[..., None] if out.ndim == 2 else out
+
+
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
   """Bilinear (antialiased when shrinking) resize of a uint8 HWC image to size x size."""
   if img.shape[0] == size and img.shape[1] == size:
@@ -215,28 +317,39 @@ def _open_source(name: str, split: str, data_dir: Optional[str]):
   """A random-access source: ``len(src)``, ``src[i] -> dict(image=uint8 HWC, ...)``."""
   if name == "digits":
     return digits_lib.DigitsSource(split)
+  if name == "folder":
+    return folder_lib.FolderSource(folder_split_dir(data_dir, split))
   import tensorflow_datasets as tfds  # local: slow import, not needed for digits
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, AssertionError, FileNotFoundError) as e:
     where = data_dir or "the default tfds data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
     flag = f" --data_dir={data_dir}" if data_dir else ""
+    manual = ""
+    if name == "imagenet2012":  # tfds cannot download ImageNet: the archives come by hand
+      flag = " --manual_dir=DIR" + flag
+      manual = (" ImageNet is a manual download: put ILSVRC2012_img_train.tar and "
+                "ILSVRC2012_img_val.tar (from image-net.org) in DIR; or read the extracted "
+                "class folders with the 'folder' dataset (docs/images.md).")
     raise DatasetNotPreparedError(
         f"tfds dataset {name!r} (split {split!r}) is not prepared as array_record in "
         f"{where}. Preparing catalog image datasets needs TensorFlow to encode the images: "
         f"install it (`pip install -e .[tf]` or `pip install tensorflow-cpu`), then run "
-        f"`tfds build {name} --file_format=array_record{flag}`. (tfds said: {e})") from e
+        f"`tfds build {name} --file_format=array_record{flag}`.{manual} (tfds said: {e})") from e
 
 
-def _load_example(source: Any, index: int, spec: _Spec,
-                  size: Optional[int]) -> Tuple[np.ndarray, int]:
+def _load_example(source: Any, index: int, spec: _Spec, size: Optional[int],
+                  crop: str = "center") -> Tuple[np.ndarray, int]:
   record = source[int(index)]  # one record at a time (batched reads fail under tfds mocks)
   img = np.asarray(record["image"])
   if img.ndim == 2:
     img = img[..., None]
-  img = _center_crop(img, spec.crop)
-  if size is not None:
-    img = _resize(img, size)
+  if crop == "adm":
+    img = adm_center_crop(img, size)
+  else:
+    img = _center_crop(img, spec.crop)
+    if size is not None:
+      img = _resize(img, size)
   label = int(record[spec.label_key]) if spec.label_key else 0
   return img, label
 
@@ -442,8 +555,12 @@ class ImageIterator(Iterator[Batch]):
                num_epochs: Optional[int], drop_remainder: bool, num_threads: int,
                workers: int = 0, prefetch: int = 2, cache: bool = False,
                worker_type: str = "thread",
-               source_factory: Optional[Callable[[], Any]] = None):
+               source_factory: Optional[Callable[[], Any]] = None, crop: str = "center"):
     check_worker_type(worker_type)
+    if crop not in CROPS:
+      raise ValueError(f"crop={crop!r} is not accepted; accepted: {list(CROPS)}")
+    if crop == "adm" and size is None:
+      raise ValueError("crop='adm' needs an output size")
     if worker_type == "process" and workers > 0 and not cache:
       if source_factory is None:
         raise ValueError("worker_type='process' needs source_factory: a picklable callable "
@@ -457,6 +574,7 @@ class ImageIterator(Iterator[Batch]):
     self._source = source
     self._spec = spec
     self._size = size
+    self.crop = crop
     self.batch_size = batch_size
     self.seed = seed
     self.process_index = process_index
@@ -487,7 +605,7 @@ class ImageIterator(Iterator[Batch]):
                          process_index=process_index, process_count=process_count, size=size,
                          random_flip=random_flip, dequantize=dequantize, start_step=0,
                          shuffle=shuffle, num_epochs=num_epochs,
-                         drop_remainder=drop_remainder, num_threads=1)
+                         drop_remainder=drop_remainder, num_threads=1, crop=crop)
     self._token = uuid.uuid4().hex
     self._procs: Optional[concurrent.futures.ProcessPoolExecutor] = None
     self._perms: Dict[int, np.ndarray] = {}
@@ -610,7 +728,7 @@ class ImageIterator(Iterator[Batch]):
   def _load(self, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Decodes the examples ``idx``: (uint8 (n, H, W, C), int32 (n,)), n >= 1."""
     load: Callable[[int], Tuple[np.ndarray, int]] = (
-        lambda i: _load_example(self._source, i, self._spec, self._size))
+        lambda i: _load_example(self._source, i, self._spec, self._size, self.crop))
     examples = list(self._pool.map(load, idx)) if self._pool else [load(i) for i in idx]
     return (np.stack([im for im, _ in examples]),
             np.asarray([lb for _, lb in examples], np.int32))
@@ -672,13 +790,16 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
                        prefetch: int = 2, worker_type: str = "thread",
                        cache_decoded: Any = "auto",
                        cache_limit_bytes: int = CACHE_LIMIT_BYTES,
-                       source_factory: Optional[Callable[[], Any]] = None) -> ImageIterator:
+                       source_factory: Optional[Callable[[], Any]] = None,
+                       crop: Optional[str] = None) -> ImageIterator:
   """Deterministic iterator over batches of ``name``/``split`` for this process.
 
   Args:
-    name: 'digits', 'mnist', 'cifar10', 'celeb_a' or 'lsun/<category>'.
+    name: 'digits', 'mnist', 'cifar10', 'celeb_a', 'lsun/<category>', 'imagenet2012' or
+      'folder' (``data_dir``/``split``/<class>/<image>: :mod:`diffusion.data.folder`).
     split: a split of the dataset ('train', 'test'; tfds slicing like 'train[:90%]' works for
-      tfds datasets; digits: 'train', 'test', 'all').
+      tfds datasets; digits: 'train', 'test', 'all'; imagenet2012: 'train', 'validation';
+      folder: the name of a sub-folder of ``data_dir``, e.g. 'train', 'val').
     batch_size: per-process batch size B.
     seed: non-negative int; fixes the epoch permutations and the per-example noise.
     process_index, process_count: this process and the number of processes (disjoint shards).
@@ -686,7 +807,8 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
     random_flip: random horizontal flips (off by default; never wanted for digits).
     dequantize: uniform dequantization; otherwise the exact grid x / (L - 1) * 2 - 1.
     start_step: step of the first batch (for resuming from a checkpoint).
-    data_dir: tfds data directory (None: tfds' default).
+    data_dir: tfds data directory (None: tfds' default); for 'folder' the folder holding the
+      split folders (required).
     shuffle: permute each epoch (False: file order, e.g. for evaluation).
     num_epochs: None for an endless stream; else the stream ends after ``num_epochs``
       passes over the split.
@@ -706,13 +828,17 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
     source_factory: a zero-argument callable returning the random-access source to read
       (``len``, ``[i] -> {'image', 'label'}``) instead of the named dataset's (e.g. offline data;
       ``name`` still fixes the shapes and levels); picklable for process workers. Default:
-      reopen ``name``/``split`` (tfds ``data_source`` or digits).
+      reopen ``name``/``split`` (tfds ``data_source``, digits or the folder).
+    crop: 'center' or 'adm' (:func:`adm_center_crop`; only for datasets cropped to a square),
+      None: the dataset's default ('adm' for imagenet2012 and folder); see
+      :func:`resolve_crop`.
   Returns:
     An :class:`ImageIterator` of ``{'image': float32 (B, H, W, C) in [-1, 1],
     'label': int32 (B,)}`` (labels are 0 for unlabelled datasets).
   """
   spec = _spec(name)
   size = _output_size(name, spec, image_size)
+  crop = resolve_crop(name, crop)
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -748,4 +874,4 @@ def make_image_dataset(name: str, split: str, *, batch_size: int, seed: int,
                        random_flip=random_flip, dequantize=dequantize, start_step=start_step,
                        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
                        num_threads=num_threads, workers=int(workers), prefetch=int(prefetch),
-                       cache=cache, worker_type=worker_type, source_factory=factory)
+                       cache=cache, worker_type=worker_type, source_factory=factory, crop=crop)

@@ -22,11 +22,21 @@ Reference statistics (:func:`save_stats` / :func:`load_stats`): one ``.npz`` wit
 ``sigma``, optionally ``features`` (float32, needed for KID) and a JSON ``meta`` holding the
 dataset, split, resolution, number of images and the Inception weights' SHA-256.
 :func:`check_compatible` refuses statistics of another dataset, resolution or network.
+
+ADM's reference batches (Dhariwal & Nichol 2021; guided-diffusion's ``evaluations/``, e.g.
+``VIRTUAL_imagenet256_labeled.npz``, the FID reference of ADM, DiT, SiT and most ImageNet
+papers since): an ``.npz`` of ``arr_0`` uint8 (N, H, W, 3) images (N = 10,000, for precision /
+recall), maybe ``arr_1`` labels, and the precomputed statistics ``mu`` (2048,), ``sigma``
+(2048, 2048) of the pool_3 features over the whole dataset and ``mu_s``, ``sigma_s`` of the
+spatial features (sFID). :func:`read_adm_reference` reads and checks them (``arr_0`` by its
+header only; :func:`iter_npz_array` streams it in batches).
 """
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+import zipfile
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -171,11 +181,23 @@ def save_stats(path: str, features, *, dataset: str, split: str, resolution: int
   f = _features(features, "features")
   mu, sigma = feature_stats(f)
   meta = dict(dataset=str(dataset), split=str(split), resolution=int(resolution),
-              num_images=int(f.shape[0]), weights_sha256=str(weights_sha256),
-              format_version=FORMAT_VERSION, **extra)
+              num_images=int(f.shape[0]), weights_sha256=str(weights_sha256), **extra)
+  return write_stats(path, mu, sigma, f if keep_features else None, meta)
+
+
+def write_stats(path: str, mu, sigma, features: Optional[np.ndarray],
+                meta: Dict[str, Any]) -> Stats:
+  """Writes ``mu`` (d,), ``sigma`` (d, d) (float64), ``features`` (n, d) (float32; None: not
+  kept) and ``meta`` (JSON; format_version added) to ``path`` atomically; returns the Stats."""
+  mu = np.asarray(mu, np.float64)
+  if mu.ndim != 1:
+    raise ValueError(f"mu must be a vector, got shape {mu.shape}")
+  _check_cov(sigma, "sigma", mu.shape[0])
+  sigma = np.asarray(sigma, np.float64)  # stored as given (the check symmetrizes a copy)
+  meta = dict(meta, format_version=FORMAT_VERSION)
   arrays = dict(mu=mu, sigma=sigma, meta=np.array(json.dumps(meta, sort_keys=True)))
-  if keep_features:
-    arrays["features"] = f.astype(np.float32)
+  if features is not None:
+    arrays["features"] = _features(features, "features").astype(np.float32)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with atomic_write(path, "wb", tmp=path + ".tmp.npz") as f:
     np.savez(f, **arrays)
@@ -199,10 +221,17 @@ def load_stats(path: str) -> Stats:
   return Stats(mu, sigma, feats, meta, path)
 
 
+def stats_crop(stats: Stats) -> str:
+  """The crop geometry of the images behind ``stats`` (meta 'crop'; files written before it was
+  recorded are 'center', the only geometry then)."""
+  return str(stats.meta.get("crop", "center"))
+
+
 def check_compatible(stats: Stats, dataset: str, resolution: int,
-                     weights_sha256: Optional[str] = None) -> None:
+                     weights_sha256: Optional[str] = None, crop: Optional[str] = None) -> None:
   """Raises ValueError (one line, naming what to do) unless ``stats`` are of ``dataset`` at
-  ``resolution`` (and, if given, of the Inception weights with that SHA-256)."""
+  ``resolution`` (and, if given, of the Inception weights with that SHA-256, and of images
+  cropped by ``crop``: diffusion.data.images' 'center' or 'adm')."""
   m = stats.meta
   where = f" {stats.path!r}" if stats.path else ""
   fix = (f": compute matching ones with python -m experiments.reference_stats "
@@ -215,6 +244,9 @@ def check_compatible(stats: Stats, dataset: str, resolution: int,
     raise ValueError(f"reference statistics{where} were computed with Inception weights "
                      f"sha256 {str(m.get('weights_sha256'))[:12]}..., not "
                      f"{weights_sha256[:12]}..." + fix)
+  if crop is not None and stats_crop(stats) != crop:
+    raise ValueError(f"reference statistics{where} are of images cropped by {stats_crop(stats)!r}"
+                     f", not {crop!r} (the run's data.crop)" + fix + f" --crop={crop}")
 
 
 def fid_to_stats(features, stats: Stats) -> float:
@@ -260,3 +292,107 @@ def image_metrics(samples, stats: Stats, *, dataset: str, resolution: int, param
     out["kid"], out["kid_std"] = kid(feats, stats.features, num_subsets=kid_subsets,
                                      subset_size=kid_subset_size, seed=seed)
   return out
+
+
+# -- ADM's reference batches --------------------------------------------------------------------
+
+ADM_IMAGES = "arr_0"
+
+
+@dataclasses.dataclass
+class AdmReference:
+  """What :func:`read_adm_reference` found in an ADM reference batch: its ``mu`` (2048,) and
+  ``sigma`` (2048, 2048) (float64), the shape (N, H, W, 3) of its uint8 ``arr_0`` images (not
+  loaded), its arrays' names and the file's SHA-256."""
+  path: str
+  mu: np.ndarray
+  sigma: np.ndarray
+  images_shape: Tuple[int, ...]
+  keys: List[str]
+  sha256: str
+
+
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+  """SHA-256 of a file's bytes (hex), read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _npz_member(z: zipfile.ZipFile, key: str, path: str) -> str:
+  name = key + ".npy"
+  if name not in z.namelist():
+    keys = sorted(n[:-4] for n in z.namelist() if n.endswith(".npy"))
+    raise ValueError(f"{path!r} holds no array {key!r} (it holds {keys})")
+  return name
+
+
+def _read_npy_header(f, path: str, key: str) -> Tuple[Tuple[int, ...], bool, np.dtype]:
+  """(shape, fortran_order, dtype) of the .npy file object ``f``, left at the data."""
+  version = np.lib.format.read_magic(f)
+  if version == (1, 0):
+    return np.lib.format.read_array_header_1_0(f)
+  if version == (2, 0):
+    return np.lib.format.read_array_header_2_0(f)
+  raise ValueError(f"{path!r}: array {key!r} has .npy format {version}; expected 1.0 or 2.0")
+
+
+def npz_array_header(path: str, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
+  """(shape, dtype) of array ``key`` of the .npz at ``path``, from its .npy header alone."""
+  with zipfile.ZipFile(path) as z, z.open(_npz_member(z, key, path)) as f:
+    shape, fortran, dtype = _read_npy_header(f, path, key)
+  if fortran:
+    raise ValueError(f"{path!r}: array {key!r} is stored in Fortran order; expected C order")
+  return tuple(shape), dtype
+
+
+def iter_npz_array(path: str, key: str, batch_size: int) -> Iterator[np.ndarray]:
+  """Array ``key`` of the .npz at ``path`` in consecutive row batches of at most
+  ``batch_size``, streamed from the archive (never the whole array in memory)."""
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  shape, dtype = npz_array_header(path, key)
+  if dtype.hasobject or not shape:
+    raise ValueError(f"{path!r}: array {key!r} ({dtype}, shape {shape}) cannot be streamed")
+  row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+  with zipfile.ZipFile(path) as z, z.open(_npz_member(z, key, path)) as f:
+    _read_npy_header(f, path, key)  # leaves f at the first row
+    for lo in range(0, shape[0], batch_size):
+      n = min(batch_size, shape[0] - lo)
+      buf = f.read(n * row)
+      if len(buf) != n * row:
+        raise ValueError(f"{path!r}: array {key!r} ends after {lo} of {shape[0]} rows")
+      yield np.frombuffer(buf, dtype).reshape((n,) + tuple(shape[1:]))
+
+
+def read_adm_reference(path: str, dim: int = 2048) -> AdmReference:
+  """Reads and checks an ADM reference batch (module docstring): ``mu`` (dim,), ``sigma``
+  (dim, dim) finite and symmetric, ``arr_0`` uint8 (N, H, H, 3) (its header only). A sample
+  batch (``arr_0`` without ``mu``), a missing or foreign file: ValueError / FileNotFoundError
+  naming it."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"ADM reference batch {path!r} not found (download it from the "
+                            f"links in guided-diffusion's evaluations/README.md)")
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      keys = sorted(z.files)
+      if "mu" not in keys or "sigma" not in keys:
+        raise ValueError(f"{path!r} is not an ADM reference batch: it holds {keys}, no 'mu' and "
+                         f"'sigma' (a sample batch has only images: score it, do not use it as "
+                         f"the reference)")
+      shape, dtype = npz_array_header(path, ADM_IMAGES)
+      if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+        raise ValueError(f"{path!r}: {ADM_IMAGES} is {dtype} of shape {shape}; expected uint8 "
+                         f"(N, H, H, 3) images")
+      mu, sigma = np.asarray(z["mu"], np.float64), np.asarray(z["sigma"])
+  except (zipfile.BadZipFile, OSError) as e:
+    raise ValueError(f"{path!r} is not an .npz archive ({e})") from None
+  if mu.shape != (dim,):
+    raise ValueError(f"{path!r}: mu has shape {mu.shape}, expected ({dim},) (pool_3 features)")
+  if not np.all(np.isfinite(mu)):
+    raise ValueError(f"{path!r}: mu contains non-finite values")
+  _check_cov(sigma, f"{path!r}: sigma", dim)
+  sigma = np.asarray(sigma, np.float64)  # as stored (float64; the check symmetrizes a copy)
+  return AdmReference(path, mu, sigma, tuple(int(n) for n in shape), keys, file_sha256(path))

@@ -3,8 +3,8 @@ Synthesis with Latent Diffusion Models", Sec. 3.1 and App. G), the VAE of Stable
 (1.x / 2.x, and SDXL with other weights), registered as ``autoencoder_kl``.
 
 Architecture (diffusers' ``AutoencoderKL``, whose released checkpoints
-:mod:`diffusion.convert.diffusers_vae` converts; numerics equal to diffusers' float32 / float64
-forward to ~1e-6, tests/test_autoencoder.py). L = len(channels) levels, f = 2^(L - 1):
+:mod:`diffusion.convert.diffusers_vae` converts; equal to diffusers' forward to ~1e-14 in float64 and
+~1e-6 in float32, tests/test_autoencoder.py and benchmarks/vae_convert_check.py). L = len(channels) levels, f = 2^(L - 1):
 
   encoder  conv_in 3x3 -> per level i: num_res_blocks ResnetBlocks to channels[i], then (not at
            the last level) a stride-2 3x3 conv on the input padded by one zero row / column at
@@ -24,8 +24,8 @@ forward to ~1e-6, tests/test_autoencoder.py). L = len(channels) levels, f = 2^(L
            wider).
 
 Every GroupNorm has ``norm_groups`` groups and epsilon ``norm_eps`` (diffusers: 32 and 1e-6,
-fixed) and computes its variance as E[(x - mean)^2] (``use_fast_variance=False``: the SD
-decoder's activations reach the hundreds, where E[x^2] - mean^2 loses float32 digits).
+fixed) and computes its variance as E[(x - mean)^2], the two-pass form torch uses
+(``use_fast_variance=False``: E[x^2] - mean^2 loses float32 digits when |mean| >> std).
 Parameter names follow this codebase's U-Nets (norm0 / conv0 / norm1 / conv1 / shortcut,
 down{i}_block{j}, up{i}_block{j} with i the resolution level, mid_block0 / mid_attn /
 mid_block1, norm_out / conv_out; 1x1 convs are Dense layers); the converter's table maps
@@ -38,10 +38,10 @@ block starts as the identity. A converted checkpoint replaces all of it.
 Usage::
 
     from diffusion.models import autoencoder, get_model
-    vae = get_model("autoencoder_kl", **autoencoder.preset("small"))     # or "sd"
+    vae = get_model("autoencoder_kl", **autoencoder.preset("small", out_channels=1))
     params = vae.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
     mean, logvar = vae.apply({"params": params}, x, method="encode")   # (B, 14, 14, 4) each
-    x_rec = vae.apply({"params": params}, mean, method="decode")       # (B, 28, 28, out)
+    x_rec = vae.apply({"params": params}, mean, method="decode")       # (B, 28, 28, 1)
     x_rec, mean, logvar = vae.apply({"params": params}, x, noise=eps)  # z = mean + std * eps
 
 Images are NHWC in [-1, 1]. Latent diffusion trains on ``scaling_factor * (z - shift_factor)``
@@ -49,8 +49,8 @@ Images are NHWC in [-1, 1]. Latent diffusion trains on ``scaling_factor * (z - s
 ``z / scaling_factor + shift_factor``; this module works on the unscaled z.
 
 Parameter counts: 'sd' 83,653,863 (equal to diffusers' AutoencoderKL with SD's config:
-encoder 34,163,592, decoder 49,490,179, quant convs 92); 'small' 449,447 and 'small_f4'
-1,146,535 at 3 output channels (see :data:`PRESETS`).
+encoder 34,163,592, decoder 49,490,179, quant convs 92); 'small' 658,375 and 'small_f4'
+954,567 on 3-channel images (see :data:`PRESETS`).
 """
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -70,11 +70,13 @@ LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps l
 # same architecture): f = 8, 4 latent channels, 83,653,863 parameters.
 SD = dict(channels=(128, 256, 512, 512), num_res_blocks=2, norm_groups=32, latent_channels=4,
           out_channels=3)
-# For the 8x8 digits and 28x28 MNIST: f = 2 (8x8 -> 4x4x4, 28x28 -> 14x14x4), 449,447
-# parameters at 3 output channels. Any latent_channels >= 1 works (override it).
+# For the 8x8 digits and 28x28 MNIST: f = 2 (8x8 -> 4x4x4, 28x28 -> 14x14x4), 658,375
+# parameters on 3-channel images (657,221 on 1-channel ones with out_channels=1). Any
+# latent_channels >= 1 works (override it), and any out_channels (set it to the images').
 SMALL = dict(channels=(32, 64), num_res_blocks=1, norm_groups=8, latent_channels=4,
              out_channels=3)
-# f = 4 (28x28 -> 7x7x4; 8x8 -> 2x2x4): one more level of 64 channels, 1,146,535 parameters.
+# f = 4 (28x28 -> 7x7x4; 8x8 -> 2x2x4): one more level of 64 channels, 954,567 parameters on
+# 3-channel images.
 SMALL_F4 = dict(channels=(32, 64, 64), num_res_blocks=1, norm_groups=8, latent_channels=4,
                 out_channels=3)
 

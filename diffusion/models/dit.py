@@ -28,11 +28,33 @@ class embedding with a NULL class (index ``num_classes``) used for ``labels=None
 drops with probability 0.1) (layers.ClassEmbedding).
 
 Initialisation: as in ViT, xavier-uniform linear layers with zero biases (Sec. 3.2), zeros for
-every adaLN modulation and the final linear. Differences with the released code's init (read,
-not copied): its timestep MLP and class table are N(0, 0.02); here the timestep MLP is
-xavier-uniform (layers.NoiseEmbedding) and the class table N(0, 1) (layers.ClassEmbedding). The
-sinusoidal features use frequencies 10000^(-i / (half - 1)) (layers.positional_embedding) where
-the released code uses 10000^(-i / half). Neither changes a parameter count.
+every adaLN modulation and the final linear.
+
+Differences with the released code (facebookresearch/DiT models.py, read, not copied; the
+converter diffusion.convert.dit sets the flags that remove them, and tests/test_convert_dit.py
+checks the converted network against the released code's own outputs):
+
+* timestep features (``embedding_convention``): here by default DDPM's
+  [sin(c w_i), cos(c w_i)] with w_i = 10000^(-i / (half - 1)) (layers.positional_embedding);
+  the release uses GLIDE / ADM's [cos(c w_i), sin(c w_i)] with w_i = 10000^(-i / half):
+  ``embedding_convention='adm'``.
+* positional embedding (``pos_embed_axes``): here by default the first D/2 channels embed the
+  row index and the last D/2 the column index ('hw'); the release (after MAE's
+  get_2d_sincos_pos_embed, whose meshgrid puts w first) embeds the column index first:
+  ``pos_embed_axes='wh'``. Otherwise the values are equal (same frequencies 10000^(-i / (D/4)),
+  [sin, cos] per axis). On a square grid 'wh' is 'hw' with the image transposed.
+* initialisation (``reference_init``): the release draws its timestep MLP kernels and its class
+  table from N(0, 0.02); here by default the timestep MLP is xavier-uniform
+  (layers.NoiseEmbedding) and the class table N(0, 1) (layers.ClassEmbedding);
+  ``reference_init=True`` gives the release's. (Initialisation only: no effect on a converted
+  network.)
+* the patch embedding is the release's p x p stride-p conv written as a linear map of flattened
+  (p, p, C) patches (its kernel is the conv's (D, C, p, p) transposed to (p, p, C, D)), and the
+  positional embedding is a constant here, a frozen parameter there (below).
+* with ``learn_sigma`` the release returns all 2C channels; here the first C unless
+  ``with_variance=True`` (above).
+
+None of these changes a parameter count; the defaults keep earlier runs bitwise unchanged.
 
 Parameter counts (:func:`preset`, 32x32x4 inputs, 1000 classes + NULL, ``learn_sigma``), paper
 Table 1 in parentheses: S/2 32,865,056 (33M), B/2 130,315,808 (130M), L/2 457,840,672
@@ -66,6 +88,8 @@ DIGITS = dict(depth=6, hidden_size=128, num_heads=4, patch_size=2)
 
 PRESETS = {f"{s}/{p}": dict(SIZES[s], patch_size=p) for s in SIZES for p in PATCH_SIZES}
 PRESETS["digits"] = DIGITS
+# The released code's initial std of its timestep MLP kernels and class table (reference_init).
+REFERENCE_INIT_STD = 0.02
 
 
 def preset(name: str, **overrides) -> dict:
@@ -86,16 +110,23 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
   return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
-  """Fixed 2-D sine-cosine positional embedding (DiT Sec. 3.2, after MAE / ViT): the first
-  ``dim / 2`` channels embed the row index, the last ``dim / 2`` the column index.
+POS_EMBED_AXES = ("hw", "wh")
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int, axes: str = "hw") -> np.ndarray:
+  """Fixed 2-D sine-cosine positional embedding (DiT Sec. 3.2, after MAE / ViT): with
+  ``axes='hw'`` the first ``dim / 2`` channels embed the row index and the last ``dim / 2`` the
+  column index; with 'wh' the column index first (the released DiT / MAE code).
 
   Returns (grid_h * grid_w, dim) float32, tokens in row-major (raster) order.
   """
   if dim % 4:
     raise ValueError(f"2-D sine-cosine embedding needs a width divisible by 4, got {dim}")
+  if axes not in POS_EMBED_AXES:
+    raise ValueError(f"pos_embed_axes={axes!r}; accepted: {POS_EMBED_AXES}")
   rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
-  emb = np.concatenate([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], axis=1)
+  first, second = (rows, cols) if axes == "hw" else (cols, rows)
+  emb = np.concatenate([sincos_1d(dim // 2, first), sincos_1d(dim // 2, second)], axis=1)
   return emb.astype(np.float32)
 
 
@@ -206,6 +237,12 @@ class DiT(nn.Module):
     embedding_type, embedding_scale, fourier_scale: the noise embedding of layers.NoiseEmbedding
       ('positional' of ``embedding_scale * c``; 999 for c = t in [0, 1], the paper's step
       index; 'fourier' for EDM's c_noise).
+    embedding_convention: the 'positional' features' convention, 'ddpm' (default) or 'adm'
+      (the released DiT's; layers.positional_embedding).
+    pos_embed_axes: 'hw' (default: row index in the first half of the channels) or 'wh' (the
+      released DiT's: column index first); :func:`sincos_2d`.
+    reference_init: the released code's initialisation of the timestep MLP and the class table
+      (N(0, 0.02)) instead of xavier-uniform and N(0, 1).
     dtype: compute dtype; parameters stay float32.
   """
   patch_size: int = 2
@@ -221,12 +258,16 @@ class DiT(nn.Module):
   embedding_type: str = "positional"
   embedding_scale: float = 1.0
   fourier_scale: float = 16.0
+  embedding_convention: str = "ddpm"
+  pos_embed_axes: str = "hw"
+  reference_init: bool = False
   dtype: Any = jnp.float32
 
   def __post_init__(self):
     check_dit_args(self.patch_size, self.hidden_size, self.depth, self.num_heads,
                    self.mlp_ratio, self.num_classes, self.label_dropout, self.frequency_dim,
-                   self.embedding_type, self.out_ch)
+                   self.embedding_type, self.out_ch, self.embedding_convention,
+                   self.pos_embed_axes)
     super().__post_init__()
 
   @nn.compact
@@ -244,8 +285,10 @@ class DiT(nn.Module):
         c, labels, train=train, base_dim=self.frequency_dim, out_dim=d,
         embedding_type=self.embedding_type, embedding_scale=self.embedding_scale,
         fourier_scale=self.fourier_scale, fourier_size=None, num_classes=self.num_classes,
-        label_dropout=self.label_dropout, dtype=dt)
-    pos = jnp.asarray(sincos_2d(d, hgt // p, wid // p), dt)
+        label_dropout=self.label_dropout, dtype=dt, convention=self.embedding_convention,
+        noise_kernel_std=REFERENCE_INIT_STD if self.reference_init else None,
+        class_init_std=REFERENCE_INIT_STD if self.reference_init else 1.0)
+    pos = jnp.asarray(sincos_2d(d, hgt // p, wid // p, self.pos_embed_axes), dt)
     h = _linear(d, dt, "patch_embed")(patchify(x.astype(dt), p)) + pos[None]
     for i in range(self.depth):
       h = DiTBlock(self.num_heads, self.mlp_ratio, dt, name=f"block{i}")(h, cond)
@@ -257,7 +300,8 @@ class DiT(nn.Module):
 
 def check_dit_args(patch_size: int, hidden_size: int, depth: int, num_heads: int,
                    mlp_ratio: float, num_classes: int, label_dropout: float,
-                   frequency_dim: int, embedding_type: str, out_ch: Optional[int]) -> None:
+                   frequency_dim: int, embedding_type: str, out_ch: Optional[int],
+                   embedding_convention: str = "ddpm", pos_embed_axes: str = "hw") -> None:
   """Validates DiT's hyper-parameters; errors name the value and what is accepted."""
   for name, v in (("patch_size", patch_size), ("hidden_size", hidden_size), ("depth", depth),
                   ("num_heads", num_heads)):
@@ -280,6 +324,14 @@ def check_dit_args(patch_size: int, hidden_size: int, depth: int, num_heads: int
     raise ValueError(f"embedding_type={embedding_type!r}; accepted: {layers.EMBEDDING_TYPES}")
   if out_ch is not None and out_ch < 1:
     raise ValueError(f"out_ch must be None or >= 1, got {out_ch}")
+  if embedding_convention not in layers.POSITIONAL_CONVENTIONS:
+    raise ValueError(f"embedding_convention={embedding_convention!r}; accepted: "
+                     f"{layers.POSITIONAL_CONVENTIONS}")
+  if embedding_convention != "ddpm" and embedding_type != "positional":
+    raise ValueError(f"embedding_convention={embedding_convention!r} applies to "
+                     f"embedding_type='positional' only, got {embedding_type!r}")
+  if pos_embed_axes not in POS_EMBED_AXES:
+    raise ValueError(f"pos_embed_axes={pos_embed_axes!r}; accepted: {POS_EMBED_AXES}")
 
 
 def check_dit_input(x: Array, c: Array, patch_size: int) -> None:

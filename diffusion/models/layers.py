@@ -26,6 +26,16 @@ Dtype = Any
 Initializer = Callable[..., Array]
 
 EMBEDDING_TYPES = ("positional", "fourier")
+# Conventions of the sinusoidal embedding (positional_embedding): DDPM's release, and GLIDE /
+# ADM's, which DiT and SiT (and most later releases) inherited; each a (freq_shift,
+# flip_sin_to_cos) pair of diffusers' Timesteps.
+POSITIONAL_CONVENTIONS = ("ddpm", "adm")
+CONVENTION_ARGS = {"ddpm": dict(freq_shift=1.0, flip_sin_to_cos=False),
+                   "adm": dict(freq_shift=0.0, flip_sin_to_cos=True)}
+# Downsample's stride-2 conv padding: 'asymmetric' pads (0, 1) (TF 'SAME' on even sizes: DDPM's
+# release, diffusers' downsample_padding=0), 'symmetric' pads (1, 1) (torch Conv2d(padding=1):
+# diffusers' downsample_padding=1, UNet2DModel's default).
+DOWNSAMPLE_PADDINGS = ("asymmetric", "symmetric")
 
 
 # ----------------------------------------------------------------------------- initialisers
@@ -73,30 +83,43 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
   return g
 
 
-def group_norm(channels: int, *, groups: Optional[int] = None, dtype: Dtype = jnp.float32,
-               name: Optional[str] = None) -> nn.GroupNorm:
-  """GroupNorm (Wu & He 2018) over the channel axis, eps 1e-6, with ``groups`` groups (None:
-  :func:`num_groups`; an explicit count must divide ``channels``)."""
+def group_norm(channels: int, *, groups: Optional[int] = None, eps: float = 1e-6,
+               dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.GroupNorm:
+  """GroupNorm (Wu & He 2018) over the channel axis with ``groups`` groups (None:
+  :func:`num_groups`; an explicit count must divide ``channels``) and ``eps`` added to the
+  variance (DDPM's 1e-6; torch's and diffusers' UNet2DModel default is 1e-5)."""
   if groups is None:
     groups = num_groups(channels)
   elif groups < 1 or channels % groups:
     raise ValueError(f"norm_groups={groups} must be >= 1 and divide the {channels} channels")
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+  if not eps > 0:
+    raise ValueError(f"GroupNorm eps must be > 0, got {eps!r}")
+  return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
                       name=name)
 
 
 # ----------------------------------------------------------------------------- embeddings
 
 
-def positional_embedding(c: Array, dim: int, max_period: float = 10_000.0) -> Array:
+def positional_embedding(c: Array, dim: int, max_period: float = 10_000.0,
+                         convention: Optional[str] = None, *, freq_shift: float = 1.0,
+                         flip_sin_to_cos: bool = False) -> Array:
   """Sinusoidal embedding of a scalar per example (Vaswani et al. 2017; [DDPM] Appendix B).
 
-  ``emb[:, i] = sin(c * w_i)``, ``emb[:, half + i] = cos(c * w_i)``,
-  ``w_i = max_period ** (-i / (half - 1))``, ``half = dim // 2``; odd ``dim`` is zero-padded.
-
+  ``emb[:, i] = sin(c * w_i)``, ``emb[:, half + i] = cos(c * w_i)`` (the cosines first if
+  ``flip_sin_to_cos``), ``w_i = max_period ** (-i / (half - freq_shift))``, ``half = dim // 2``;
+  odd ``dim`` is zero-padded. DDPM's is ``freq_shift=1`` without the flip (the defaults);
+  diffusers' ``Timesteps(dim, flip_sin_to_cos, downscale_freq_shift)`` is the same function,
+  UNet2DModel's defaults being ``flip_sin_to_cos=True, freq_shift=0``. ``convention`` names a
+  pair (CONVENTION_ARGS) and then sets both: 'ddpm' (DDPM's release) or 'adm' (GLIDE / ADM's
+  ``timestep_embedding``, inherited by DiT and SiT: cos first, ``w_i = max_period ** (-i /
+  half)``). ``c * w_i`` is computed in float32, as the releases do.
   Args:
     c: (B,) float conditioning (for DDPM the step index ``999 t``).
     dim: embedding width.
+    freq_shift: the shift of the exponent's denominator; ``half - freq_shift`` must be > 0
+      (except for ``half == 1``, whose single frequency is 1 whatever the denominator).
+    flip_sin_to_cos: put the cosines before the sines.
   Returns:
     (B, dim) float32.
   """
@@ -104,10 +127,22 @@ def positional_embedding(c: Array, dim: int, max_period: float = 10_000.0) -> Ar
     raise ValueError(f"conditioning must have shape (B,), got {c.shape}")
   if dim < 2:
     raise ValueError(f"embedding dim must be >= 2, got {dim}")
+  if convention is not None and convention not in POSITIONAL_CONVENTIONS:
+    raise ValueError(f"positional embedding convention={convention!r}; accepted: "
+                     f"{POSITIONAL_CONVENTIONS}")
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  if convention is not None:
+    freq_shift, flip_sin_to_cos = (CONVENTION_ARGS[convention]["freq_shift"],
+                                   CONVENTION_ARGS[convention]["flip_sin_to_cos"])
+  denominator = half - freq_shift
+  if denominator <= 0:
+    if half > 1:
+      raise ValueError(f"freq_shift={freq_shift!r} must be < dim // 2 = {half}")
+    denominator = 1
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / denominator)
   args = c.astype(jnp.float32)[:, None] * freqs[None, :]
-  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  parts = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
+  emb = jnp.concatenate(parts, axis=-1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
@@ -139,8 +174,11 @@ class NoiseEmbedding(nn.Module):
 
   ``temb = Dense(out_dim)(swish(Dense(out_dim)(features(embedding_scale * c))))``
   ([DDPM] Appendix B; [SDE] Appendix H). ``features`` is :func:`positional_embedding` of width
-  ``base_dim`` or :class:`GaussianFourierProjection` with ``fourier_size`` frequencies.
-  Residual blocks apply swish to ``temb`` before their own projection.
+  ``base_dim`` (in its ``convention``, else with ``freq_shift`` and ``flip_sin_to_cos``) or
+  :class:`GaussianFourierProjection` with ``fourier_size`` frequencies. Residual blocks apply
+  swish to ``temb`` before their own projection. The two Dense kernels start as DDPM's
+  :func:`default_init`, or with ``kernel_std`` as N(0, kernel_std^2) (DiT's release: 0.02);
+  biases at zero.
 
   Returns (B, out_dim) in ``dtype``.
   """
@@ -151,22 +189,41 @@ class NoiseEmbedding(nn.Module):
   fourier_scale: float = 16.0
   fourier_size: Optional[int] = None  # default base_dim // 2 (so that 2 * size == base_dim)
   dtype: Dtype = jnp.float32
+  convention: Optional[str] = None  # of the 'positional' features: POSITIONAL_CONVENTIONS
+  kernel_std: Optional[float] = None  # None: default_init(); else N(0, kernel_std^2) kernels
+  freq_shift: float = 1.0  # positional only, without a convention: see positional_embedding
+  flip_sin_to_cos: bool = False  # positional only, without a convention
 
   @nn.compact
   def __call__(self, c: Array) -> Array:
     if c.ndim != 1:
       raise ValueError(f"noise conditioning c must have shape (B,), got {c.shape}")
+    if self.convention is not None and self.convention not in POSITIONAL_CONVENTIONS:
+      raise ValueError(f"convention={self.convention!r}; accepted: {POSITIONAL_CONVENTIONS}")
+    if self.convention not in (None, "ddpm") and self.embedding_type != "positional":
+      raise ValueError(f"convention={self.convention!r} applies to the 'positional' embedding "
+                       f"only, not embedding_type={self.embedding_type!r}")
     c = c.astype(jnp.float32) * self.embedding_scale
     if self.embedding_type == "positional":
-      emb = positional_embedding(c, self.base_dim)
+      emb = positional_embedding(c, self.base_dim, convention=self.convention,
+                                 freq_shift=self.freq_shift,
+                                 flip_sin_to_cos=self.flip_sin_to_cos)
     elif self.embedding_type == "fourier":
       size = self.fourier_size or self.base_dim // 2
       emb = GaussianFourierProjection(size, self.fourier_scale, name="fourier")(c)
     else:
       raise ValueError(
           f"embedding_type={self.embedding_type!r}; accepted: {EMBEDDING_TYPES}")
-    emb = dense(self.out_dim, dtype=self.dtype, name="dense0")(emb)
-    return dense(self.out_dim, dtype=self.dtype, name="dense1")(nn.swish(emb))
+    if self.kernel_std is None:
+      emb = dense(self.out_dim, dtype=self.dtype, name="dense0")(emb)
+      return dense(self.out_dim, dtype=self.dtype, name="dense1")(nn.swish(emb))
+    if not self.kernel_std > 0:
+      raise ValueError(f"kernel_std must be None or > 0, got {self.kernel_std}")
+    init = nn.initializers.normal(stddev=self.kernel_std)
+    emb = nn.Dense(self.out_dim, kernel_init=init, dtype=self.dtype, param_dtype=jnp.float32,
+                   name="dense0")(emb)
+    return nn.Dense(self.out_dim, kernel_init=init, dtype=self.dtype, param_dtype=jnp.float32,
+                    name="dense1")(nn.swish(emb))
 
 
 class ClassEmbedding(nn.Module):
@@ -175,6 +232,7 @@ class ClassEmbedding(nn.Module):
   ``labels=None`` means "unconditional" and uses the NULL class for every example. With
   ``train=True`` and ``drop_prob > 0`` each label is replaced by NULL with that probability
   (classifier-free guidance training, Ho & Salimans 2022), drawing from the 'dropout' rng.
+  The table starts N(0, init_std^2) (DiT's release: 0.02).
 
   Args:
     labels: (B,) int in [0, num_classes] or None.
@@ -185,9 +243,12 @@ class ClassEmbedding(nn.Module):
   features: int
   drop_prob: float = 0.0
   dtype: Dtype = jnp.float32
+  init_std: float = 1.0
 
   @nn.compact
   def __call__(self, labels: Optional[Array], batch_size: int, train: bool = False) -> Array:
+    if not self.init_std > 0:
+      raise ValueError(f"init_std must be > 0, got {self.init_std}")
     null = jnp.full((batch_size,), self.num_classes, jnp.int32)
     if labels is None:
       labels = null
@@ -199,7 +260,8 @@ class ClassEmbedding(nn.Module):
         drop = jax.random.bernoulli(self.make_rng("dropout"), self.drop_prob, (batch_size,))
         labels = jnp.where(drop, null, labels)
     table = nn.Embed(self.num_classes + 1, self.features,
-                     embedding_init=nn.initializers.normal(stddev=1.0), dtype=self.dtype,
+                     embedding_init=nn.initializers.normal(stddev=self.init_std),
+                     dtype=self.dtype,
                      param_dtype=jnp.float32, name="embed")
     return table(labels)
 
@@ -207,15 +269,22 @@ class ClassEmbedding(nn.Module):
 def conditioning(c: Array, labels: Optional[Array], *, train: bool, base_dim: int,
                  out_dim: int, embedding_type: str, embedding_scale: float,
                  fourier_scale: float, fourier_size: Optional[int], num_classes: int,
-                 label_dropout: float, dtype: Dtype) -> Array:
+                 label_dropout: float, dtype: Dtype, convention: Optional[str] = None,
+                 noise_kernel_std: Optional[float] = None, class_init_std: float = 1.0,
+                 freq_shift: float = 1.0, flip_sin_to_cos: bool = False) -> Array:
   """Noise embedding plus (if ``num_classes > 0``) a class embedding: (B, out_dim).
+  ``convention`` and ``noise_kernel_std`` are :class:`NoiseEmbedding`'s, ``class_init_std``
+  :class:`ClassEmbedding`'s ``init_std``.
 
   Must be called from inside a compact module (the submodules attach to it).
   """
   temb = NoiseEmbedding(base_dim, out_dim, embedding_type, embedding_scale, fourier_scale,
-                        fourier_size, dtype, name="noise_embedding")(c)
+                        fourier_size, dtype, convention=convention,
+                        kernel_std=noise_kernel_std, freq_shift=freq_shift,
+                        flip_sin_to_cos=flip_sin_to_cos,
+                        name="noise_embedding")(c)
   if num_classes > 0:
-    temb = temb + ClassEmbedding(num_classes, out_dim, label_dropout, dtype,
+    temb = temb + ClassEmbedding(num_classes, out_dim, label_dropout, dtype, class_init_std,
                                  name="class_embedding")(labels, c.shape[0], train)
   elif labels is not None:
     raise ValueError("labels were given to a network built with num_classes=0; "
@@ -231,7 +300,9 @@ class AttentionBlock(nn.Module):
 
   ``h = GN(x); q, k, v = 1x1 convs; a = softmax(q k^T / sqrt(C / heads)) v;
   out = x + proj(a)`` (divided by sqrt 2 when ``skip_rescale``). ``proj`` starts near zero.
-  Logits and softmax are computed in float32 whatever ``dtype`` is.
+  Head n attends with channels [n C / heads, (n + 1) C / heads) of q, k, v (diffusers'
+  ``Attention(heads, dim_head)`` split). Logits and softmax are computed in float32 whatever
+  ``dtype`` is.
 
   x: (B, H, W, C) -> (B, H, W, C).
   """
@@ -240,13 +311,15 @@ class AttentionBlock(nn.Module):
   init_scale: float = 0.0
   dtype: Dtype = jnp.float32
   norm_groups: Optional[int] = None  # GroupNorm groups (None: num_groups(C))
+  norm_eps: float = 1e-6  # GroupNorm eps
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     b, hgt, wid, ch = x.shape
     if ch % self.num_heads:
       raise ValueError(f"channels {ch} are not divisible by num_heads={self.num_heads}")
-    h = group_norm(ch, groups=self.norm_groups, dtype=self.dtype, name="norm")(x)
+    h = group_norm(ch, groups=self.norm_groups, eps=self.norm_eps, dtype=self.dtype,
+                   name="norm")(x)
     q = dense(ch, dtype=self.dtype, name="q")(h)
     k = dense(ch, dtype=self.dtype, name="k")(h)
     v = dense(ch, dtype=self.dtype, name="v")(h)
@@ -387,7 +460,10 @@ class FIRUpConv(nn.Module):
 class Downsample(nn.Module):
   """2x downsampling.
 
-  * plain: 3x3 conv with stride 2 if ``with_conv`` ([DDPM]; pads (0, 1)), else 2x2 average;
+  * plain: 3x3 conv with stride 2 if ``with_conv``, else 2x2 average. The conv pads (0, 1)
+    with ``padding='asymmetric'`` ([DDPM]'s TF 'SAME'; diffusers' ``downsample_padding=0``),
+    (1, 1) with ``'symmetric'`` (torch ``Conv2d(padding=1)``; diffusers'
+    ``downsample_padding=1``): the same weights see the input shifted by one pixel;
   * ``fir``: FIR downsampling; with ``with_conv`` the FIR filter followed by a stride-2 3x3
     conv ([SG2] ``conv_downsample_2d``).
 
@@ -398,6 +474,7 @@ class Downsample(nn.Module):
   fir: bool = False
   fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
   dtype: Dtype = jnp.float32
+  padding: str = "asymmetric"  # the plain stride-2 conv's: DOWNSAMPLE_PADDINGS
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -406,9 +483,15 @@ class Downsample(nn.Module):
     if not self.with_conv and out_ch != x.shape[-1]:
       raise ValueError(f"Downsample without conv cannot change channels {x.shape[-1]} -> "
                        f"{out_ch}")
+    if self.padding not in DOWNSAMPLE_PADDINGS:
+      raise ValueError(f"Downsample padding={self.padding!r}; accepted: {DOWNSAMPLE_PADDINGS}")
+    if self.padding != "asymmetric" and (self.fir or not self.with_conv):
+      raise ValueError(f"Downsample padding={self.padding!r} applies to the plain stride-2 "
+                       f"conv only (with_conv=True, fir=False)")
     if not self.fir:
       if self.with_conv:
-        return conv(out_ch, 3, stride=2, dtype=self.dtype, name="conv")(x)
+        pad = "SAME" if self.padding == "asymmetric" else ((1, 1), (1, 1))
+        return conv(out_ch, 3, stride=2, padding=pad, dtype=self.dtype, name="conv")(x)
       return downsample_avg(x)
     if not self.with_conv:
       return downsample_fir(x, self.fir_kernel)
@@ -438,17 +521,18 @@ class ResnetBlockDDPM(nn.Module):
   init_scale: float = 0.0
   dtype: Dtype = jnp.float32
   norm_groups: Optional[int] = None  # GroupNorm groups (None: num_groups(C))
+  norm_eps: float = 1e-6  # GroupNorm eps
 
   @nn.compact
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
     in_ch = x.shape[-1]
     out_ch = self.out_ch or in_ch
-    g = self.norm_groups
-    h = nn.swish(group_norm(in_ch, groups=g, dtype=self.dtype, name="norm0")(x))
+    g, eps = self.norm_groups, self.norm_eps
+    h = nn.swish(group_norm(in_ch, groups=g, eps=eps, dtype=self.dtype, name="norm0")(x))
     h = conv(out_ch, 3, dtype=self.dtype, name="conv0")(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None]
-    h = nn.swish(group_norm(out_ch, groups=g, dtype=self.dtype, name="norm1")(h))
+    h = nn.swish(group_norm(out_ch, groups=g, eps=eps, dtype=self.dtype, name="norm1")(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(out_ch, 3, init_scale=self.init_scale, dtype=self.dtype, name="conv1")(h)
     if in_ch != out_ch:

@@ -6,14 +6,17 @@ nothing imports this file, and pytest does not collect it):
 
     TORCH_ENV/bin/pip install diffusers safetensors      # keeps torch 2.13.0+cpu
     TORCH_ENV/bin/python tests/data/convert/make_diffusers_fixtures.py \
-        --out=tests/data/convert/diffusers
+        --out=tests/data/convert/diffusers [--only=unet2d_train_example,unet2d_options]
 
-Made with torch 2.13.0+cpu, diffusers 0.42.1, safetensors 0.8.0, numpy 2.4.6. Models are built
-from configs (nothing is downloaded) and EVERY parameter is overwritten with seeded random values
-(`randomise_`), so that GroupNorm affines, biases and output convs all matter.
+The three ddpm_* fixtures were made with torch 2.13.0+cpu, diffusers 0.42.1, safetensors 0.8.0,
+numpy 2.4.6; the two unet2d_* ones with torch 2.14.1, diffusers 0.42.1, safetensors 0.8.0,
+numpy 2.5.5 (`--only=unet2d_train_example,unet2d_options`, leaving the others untouched). Models
+are built from configs (nothing is downloaded) and EVERY parameter is overwritten with seeded
+random values (`randomise_`), so that GroupNorm affines, biases and output convs all matter.
 
 Fixtures (each folder: config.json + weights from `UNet2DModel.save_pretrained`,
-scheduler_config.json from `DDPMScheduler.save_pretrained`, reference.npz):
+scheduler_config.json from `DDPMScheduler.save_pretrained`, reference.npz; unet2d_train_example
+is a saved DDPMPipeline instead, see below):
 
   ddpm_small         3 levels (8, 16, 16), 1 resnet per level, attention at the middle level
                      (down DownBlock2D, AttnDownBlock2D, DownBlock2D; up UpBlock2D,
@@ -27,9 +30,30 @@ scheduler_config.json from `DDPMScheduler.save_pretrained`, reference.npz):
   ddpm_cifar_layout  the 4-level google/ddpm-cifar10-32 layout (1, 2, 2, 2 multipliers, 2 resnets
                      per level, attention at the second level down / third level up) at widths
                      (8, 16, 16, 16), 16x16x3; safetensors; scheduler says v_prediction.
+  unet2d_train_example  the layout of diffusers' examples/unconditional_image_generation/
+                     train_unconditional.py (its UNet2DModel: block_out_channels (128, 128, 256,
+                     256, 512, 512), layers_per_block 2, AttnDownBlock2D at the fifth of six
+                     levels, every other field the class default) at 4 levels (8, 8, 16, 16),
+                     attention at the third (the second-to-last, as there), 16x16x3. Class
+                     defaults: norm_eps 1e-5, downsample_padding 1, flip_sin_to_cos True,
+                     freq_shift 0, attention_head_dim 8 (2 heads at 16 channels); only
+                     norm_num_groups=4 is set, the default 32 not dividing 8 channels. Saved as
+                     the example saves it, `DDPMPipeline(unet, DDPMScheduler()).save_pretrained`:
+                     model_index.json, unet/ (config.json, safetensors), scheduler/
+                     (scheduler_config.json, DDPMScheduler's defaults: 1000 linear betas, epsilon);
+                     reference.npz at the top.
+  unet2d_options     every other numeric field the converter maps, at non-default values: 3
+                     levels (8, 16, 16), 1 resnet per level, attention at levels 0 and 1 with
+                     attention_head_dim 4 (2, 4 and 4 heads: a different count per level),
+                     norm_eps 1e-3, downsample_padding 1, flip_sin_to_cos False with freq_shift 0,
+                     mid_block_scale_factor sqrt(2), time_embedding_dim 24, attn_norm_num_groups 2,
+                     center_input_sample True, act_fn 'swish', the block-type alias
+                     'UNetResDownBlock2D'; 8x8x1; safetensors; scheduler squaredcos_cap_v2,
+                     prediction 'sample'.
 
-Widths are half of the first plan ((16, 32, ...) with 8 groups) to keep the folder near 1.5 MB;
-norm_num_groups=4 keeps 2 channels per group at the first level.
+Widths are half of the first plan ((16, 32, ...) with 8 groups) to keep the three ddpm_* folders
+near 1.5 MB (the two unet2d_* add 0.95 MB); norm_num_groups=4 keeps 2 channels per group at the
+first level.
 
 reference.npz (float64 unless said): `x` (B, C, H, W) ~ N(0, 1); `timesteps` (B,) = 0, 1, 17.5,
 500, 998.25, 999; `out` = model.double()(x, timesteps).sample, i.e. diffusers' own float64 forward,
@@ -44,6 +68,11 @@ embedding, `temb_diffusers` = diffusers' own (computed in float32).
 (deprecated-name .bin) and DIR/reference.npz (B=4). That one is too large to commit. Its up path
 is (UpBlock2D, UpBlock2D, AttnUpBlock2D, UpBlock2D) as released: up block i runs at resolution
 32 / 2^(3 - i), so attention sits at 16x16 in both paths (the count is the same either way).
+
+`--full_train_example=DIR` builds train_unconditional.py's UNet2DModel exactly (TRAIN_EXAMPLE_CONFIG,
+at its default 64x64 resolution: 113,673,219 parameters, the count of DDPM's 256x256 model, whose
+structure it has) and writes it as that script does (DDPMPipeline: DIR/unet/, DIR/scheduler/),
+with DIR/reference.npz (B=2: timesteps 0 and 999). Not committed either.
 """
 import argparse
 import collections
@@ -53,7 +82,7 @@ import os
 import diffusers
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 # google/ddpm-* settings that are not about size (released google/ddpm-cifar10-32 config.json).
 DDPM_SETTINGS = dict(
@@ -69,6 +98,21 @@ CIFAR10_CONFIG = dict(
     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), class_embed_type=None,
     num_class_embeds=None)
 CIFAR10_PARAMS = 35_746_307
+
+# What diffusers' examples/unconditional_image_generation/train_unconditional.py builds, at full
+# size (its `UNet2DModel(...)` call; everything else the class default).
+TRAIN_EXAMPLE_CONFIG = dict(
+    sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+    block_out_channels=(128, 128, 256, 256, 512, 512),
+    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D",
+                      "AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D",
+                    "UpBlock2D"))
+
+# The class defaults the unet2d_train_example fixture must carry (UNet2DModel, diffusers 0.42).
+CLASS_DEFAULTS = dict(norm_eps=1e-5, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+                      attention_head_dim=8, mid_block_scale_factor=1, time_embedding_dim=None,
+                      attn_norm_num_groups=None, center_input_sample=False, act_fn="silu")
 
 FIXTURES = {
     "ddpm_small": dict(
@@ -90,6 +134,24 @@ FIXTURES = {
                     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
                                       "DownBlock2D"),
                     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))),
+    "unet2d_train_example": dict(
+        seed=4, prediction_type="epsilon", safe=True, legacy_names=False, pipeline=True,
+        config=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=2,
+                    block_out_channels=(8, 8, 16, 16), norm_num_groups=4,
+                    down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D",
+                                      "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))),
+    "unet2d_options": dict(
+        seed=5, prediction_type="sample", beta_schedule="squaredcos_cap_v2", safe=True,
+        legacy_names=False,
+        config=dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                    block_out_channels=(8, 16, 16), norm_num_groups=4,
+                    down_block_types=("AttnDownBlock2D", "AttnDownBlock2D", "UNetResDownBlock2D"),
+                    up_block_types=("UpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"),
+                    attention_head_dim=4, norm_eps=1e-3, downsample_padding=1,
+                    flip_sin_to_cos=False, freq_shift=0, mid_block_scale_factor=math.sqrt(2),
+                    time_embedding_dim=24, attn_norm_num_groups=2, center_input_sample=True,
+                    act_fn="swish")),
 }
 
 TIMESTEPS = np.array([0.0, 1.0, 17.5, 500.0, 998.25, 999.0])
@@ -235,9 +297,20 @@ def save_legacy_bin(model: UNet2DModel, folder: str) -> None:
   print(f"  deprecated names verified by from_pretrained: {len(renamed)} keys, e.g. {renamed[:4]}")
 
 
-def save_scheduler(folder: str, prediction_type: str) -> None:
-  DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                prediction_type=prediction_type).save_pretrained(folder)
+def scheduler(prediction_type: str, beta_schedule: str = "linear") -> DDPMScheduler:
+  return DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                       beta_schedule=beta_schedule, prediction_type=prediction_type)
+
+
+def save_scheduler(folder: str, prediction_type: str, beta_schedule: str = "linear") -> None:
+  scheduler(prediction_type, beta_schedule).save_pretrained(folder)
+
+
+def check_class_defaults(model: UNet2DModel) -> None:
+  """The train-example fixture carries UNet2DModel's own defaults (CLASS_DEFAULTS)."""
+  got = {k: model.config[k] for k in CLASS_DEFAULTS}
+  if got != CLASS_DEFAULTS:
+    raise ValueError(f"UNet2DModel's defaults changed: {got} != {CLASS_DEFAULTS}")
 
 
 def print_sizes(folder: str) -> int:
@@ -263,11 +336,16 @@ def make_fixture(out: str, name: str, spec: dict) -> None:
   os.makedirs(folder, exist_ok=True)
   model = build(spec["config"], spec["seed"])
   print(f"{name}: {sum(p.numel() for p in model.parameters()):,d} parameters")
-  if spec["legacy_names"]:
+  if spec.get("pipeline"):
+    # As train_unconditional.py saves its result: DDPMPipeline(unet, scheduler).save_pretrained.
+    check_class_defaults(model)
+    DDPMPipeline(unet=model, scheduler=DDPMScheduler()).save_pretrained(folder)
+  elif spec["legacy_names"]:
     save_legacy_bin(model, folder)
   else:
     model.save_pretrained(folder, safe_serialization=spec["safe"])
-  save_scheduler(folder, spec["prediction_type"])
+  if not spec.get("pipeline"):
+    save_scheduler(folder, spec["prediction_type"], spec.get("beta_schedule", "linear"))
   ref = reference(model, spec["seed"], batch=6)
   check_reference(name, ref)
   np.savez(os.path.join(folder, "reference.npz"), **ref)
@@ -290,20 +368,47 @@ def make_full_cifar10(folder: str) -> None:
   print_sizes(folder)
 
 
+def make_full_train_example(folder: str) -> None:
+  """train_unconditional.py's UNet2DModel at 64x64, random weights, saved as its pipeline;
+  not committed."""
+  model = build(TRAIN_EXAMPLE_CONFIG, seed=11)
+  check_class_defaults(model)
+  print(f"full train_unconditional.py architecture: "
+        f"{sum(p.numel() for p in model.parameters()):,d} parameters")
+  os.makedirs(folder, exist_ok=True)
+  DDPMPipeline(unet=model, scheduler=DDPMScheduler()).save_pretrained(folder)
+  ref = reference(model, seed=11, batch=2)
+  check_reference("train_example_full", ref)
+  np.savez(os.path.join(folder, "reference.npz"), **ref)
+  print_sizes(folder)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "diffusers"))
   ap.add_argument("--full_cifar10", default=None,
                   help="also write the full-size google/ddpm-cifar10-32 check here")
+  ap.add_argument("--full_train_example", default=None,
+                  help="also write the full-size train_unconditional.py check here")
+  ap.add_argument("--only", default=None,
+                  help="comma-separated fixture names to write (default: all; empty: none, "
+                       "e.g. with --full_cifar10)")
   args = ap.parse_args()
   print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, numpy {np.__version__}")
   torch.use_deterministic_algorithms(True)
-  for name, spec in FIXTURES.items():
-    make_fixture(args.out, name, spec)
-  print_sizes(args.out)
+  names = list(FIXTURES) if args.only is None else [n for n in args.only.split(",") if n]
+  unknown = sorted(set(names) - set(FIXTURES))
+  if unknown:
+    raise ValueError(f"--only: unknown fixtures {unknown}; known: {list(FIXTURES)}")
+  for name in names:
+    make_fixture(args.out, name, FIXTURES[name])
+  if names:
+    print_sizes(args.out)
   if args.full_cifar10:
     make_full_cifar10(args.full_cifar10)
+  if args.full_train_example:
+    make_full_train_example(args.full_train_example)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ diffusers' float64 forward (model.double()) of:
   rec_noise          decode(mean + std * noise).sample (a reparameterised posterior sample)
 and the float32 forward (model.float() on the float32 inputs) of the same: mean_f32, std_f32,
 dec_f32, rec_f32 (float32).
+
+`--full_sd=DIR` also builds AutoencoderKL with exactly Stable Diffusion's VAE config
+(stabilityai/sd-vae-ft-mse: 83,653,863 parameters), randomised the same way, and writes DIR/
+(safetensors), DIR/bin_legacy/ (deprecated attention names, .bin) and DIR/reference.npz
+(B=2, 64x64x3). That one is too large to commit (335 MB).
 """
 import argparse
 import os
@@ -88,6 +93,13 @@ FIXTURES = {
 }
 BATCH = 3
 
+# stabilityai/sd-vae-ft-mse's config.json (SDXL's VAE: the same but scaling_factor 0.13025,
+# sample_size 1024), minus metadata.
+SD_CONFIG = dict(SD_SETTINGS, **_blocks(4), in_channels=3, out_channels=3,
+                 block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                 latent_channels=4, sample_size=256, scaling_factor=0.18215)
+SD_PARAMS = 83_653_863
+
 
 def build(config: dict, seed: int) -> AutoencoderKL:
   torch.manual_seed(seed)
@@ -114,14 +126,14 @@ def outputs(model: AutoencoderKL, x: np.ndarray, z: np.ndarray, noise: np.ndarra
               rec=m(t(x)).sample, rec_noise=m.decode(post.mean + post.std * t(noise)).sample)
 
 
-def reference(model: AutoencoderKL, seed: int, size: int) -> dict:
+def reference(model: AutoencoderKL, seed: int, size: int, batch: int = BATCH) -> dict:
   """The arrays of reference.npz (see the module docstring)."""
   c = model.config
   gen = torch.Generator().manual_seed(1000 + seed)
   f = 2 ** (len(c.block_out_channels) - 1)
-  x = (2 * torch.rand((BATCH, c.in_channels, size, size), generator=gen,
+  x = (2 * torch.rand((batch, c.in_channels, size, size), generator=gen,
                       dtype=torch.float64) - 1).numpy()
-  lat = (BATCH, c.latent_channels, size // f, size // f)
+  lat = (batch, c.latent_channels, size // f, size // f)
   z = torch.randn(lat, generator=gen, dtype=torch.float64).numpy()
   noise = torch.randn(lat, generator=gen, dtype=torch.float64).numpy()
   o64 = {k: v.double().numpy() for k, v in outputs(model, x, z, noise, torch.float64).items()}
@@ -185,10 +197,28 @@ def make_fixture(out: str, name: str, spec: dict) -> None:
   np.savez(os.path.join(folder, "reference.npz"), **ref)
 
 
+def make_full_sd(folder: str) -> None:
+  """Stable Diffusion's VAE architecture, random weights; not committed."""
+  model = build(SD_CONFIG, seed=10)
+  n = sum(p.numel() for p in model.parameters())
+  print(f"full SD VAE architecture: {n:,d} parameters")
+  if n != SD_PARAMS:
+    raise ValueError(f"expected {SD_PARAMS:,d} parameters, got {n:,d}")
+  os.makedirs(folder, exist_ok=True)
+  model.save_pretrained(folder, safe_serialization=True)
+  save_legacy_bin(model, os.path.join(folder, "bin_legacy"))
+  ref = reference(model, seed=10, size=64, batch=2)
+  check_reference("sd_vae_full", ref)
+  np.savez(os.path.join(folder, "reference.npz"), **ref)
+  print_sizes(folder)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "diffusers_vae"))
+  ap.add_argument("--full_sd", default=None,
+                  help="also write the full-size Stable Diffusion VAE check here")
   args = ap.parse_args()
   print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, safetensors "
         f"{safetensors.__version__}, numpy {np.__version__}")
@@ -196,6 +226,8 @@ def main():
   for name, spec in FIXTURES.items():
     make_fixture(args.out, name, spec)
   print_sizes(args.out)
+  if args.full_sd:
+    make_full_sd(args.full_sd)
 
 
 if __name__ == "__main__":
