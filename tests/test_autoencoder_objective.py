@@ -145,17 +145,37 @@ def test_bad_loss_options_are_refused_by_name(opts, match):
     autoencoding.autoencoder_loss(encode, decode, x, jax.random.PRNGKey(0), **opts)
 
 
-def test_reconstruction_metrics_and_psnr_convention():
+def test_reconstruction_stats_and_psnr_convention():
   """PSNR on levels with peak L - 1: an error of one level everywhere at L = 17 is
   10 log10(16^2) = 24.08 dB; the mean image of {0, 2} levels is 1 (error 1 everywhere)."""
   levels = np.stack([np.zeros((2, 2, 1), np.int32), np.full((2, 2, 1), 2, np.int32)])
   x = levels / 8.0 - 1.0
-  m = autoencoding.reconstruction_metrics(levels, x, x + 0.1, levels + 1, 17)
-  assert m["psnr"] == pytest.approx(10 * math.log10(256.0))
+  stats = autoencoding.ReconstructionStats()
+  stats.update(levels, x, x + 0.1, levels + 1)
+  m = stats.result(17)
+  assert m["psnr"] == pytest.approx(10 * math.log10(256.0)) and m["heldout_images"] == 2
   assert m["mse"] == pytest.approx(0.01) and m["mse_levels"] == 1.0
   assert m["psnr_mean_image"] == pytest.approx(10 * math.log10(256.0))
   assert m["mse_mean_image"] == pytest.approx(0.125 ** 2)
   assert autoencoding.psnr(0.0, 255.0) == math.inf
+
+
+def test_reconstruction_stats_over_batches_equal_the_direct_formulas():
+  rng = np.random.default_rng(0)
+  levels = rng.integers(0, 256, size=(10, 3, 3, 2))
+  rec_levels = np.clip(levels + rng.integers(-3, 4, size=levels.shape), 0, 255)
+  x, x_rec = levels / 127.5 - 1.0, rec_levels / 127.5 - 1.0 + 1e-3
+  stats = autoencoding.ReconstructionStats()
+  for i, j in ((0, 4), (4, 7), (7, 10)):
+    stats.update(levels[i:j], x[i:j], x_rec[i:j], rec_levels[i:j])
+  m = stats.result(256)
+  mse_levels = np.mean((rec_levels - levels) ** 2.0)
+  assert m["mse"] == pytest.approx(np.mean((x_rec - x) ** 2)) and m["heldout_images"] == 10
+  assert m["psnr"] == pytest.approx(10 * np.log10(255.0 ** 2 / mse_levels))
+  assert m["mse_mean_image"] == pytest.approx(np.mean((x.mean(0) - x) ** 2))
+  mean_levels = np.rint(levels.mean(0))
+  assert m["psnr_mean_image"] == pytest.approx(
+      10 * np.log10(255.0 ** 2 / np.mean((mean_levels - levels) ** 2)))
 
 
 # -- the objective -------------------------------------------------------------------------------
