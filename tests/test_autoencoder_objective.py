@@ -273,3 +273,10 @@ def test_a_digits_autoencoder_trains_resumes_exactly_and_evaluates(tmp_path, cap
 def test_bad_autoencoder_configs_are_refused_in_one_line(overrides, match):
   with pytest.raises(ConfigError, match=match):
     validate(_config(**overrides), "train", device_count=1, process_count=1)
+
+
+def test_posthoc_emas_hint_evaluates_an_autoencoder():
+  from experiments import posthoc_ema
+  line = posthoc_ema.sample_hint(AE_CONFIG, _config(), "/tmp/o")
+  assert line.startswith(f"evaluate with: python -m experiments.main --config={AE_CONFIG} ")
+  assert line.endswith("--workdir=/tmp/o --mode=eval")

@@ -3,11 +3,11 @@
 The first stage of latent diffusion (Rombach et al. 2022) for data the released Stable-Diffusion
 VAE does not fit. Network: autoencoder_kl (diffusion/models/autoencoder.py), its 'small_f4'
 preset: three levels (32 / 64 / 64 channels, one residual block each, attention in the middle
-blocks), f = 4 (28 = 4 x 7), 4 latent channels: 784 pixel values -> 196 latent dimensions. Loss
-(diffusion/autoencoding.py): L1 reconstruction per pixel value + kl_weight KL / 784 with LDM's
-kl_weight 1e-6 (LDM's loss divided by the pixel count; no perceptual term). Adam 5e-4 with
-warm-up and cosine decay, batch 128, 20,000 steps. Not measured here (the data must first be
-prepared with TensorFlow: configs/mnist/common.py).
+blocks), f = 4 (28 = 4 x 7), 4 latent channels: 784 pixel values -> 196 latent dimensions,
+953,413 parameters. Loss (diffusion/autoencoding.py): L1 reconstruction per pixel value +
+kl_weight KL / 784 with LDM's kl_weight 1e-6 (LDM's loss divided by the pixel count; no
+perceptual term). Adam 5e-4 with warm-up and cosine decay, batch 128, 20,000 steps. Not measured
+here (the data must first be prepared with TensorFlow: configs/mnist/common.py).
 
 Run (train, then held-out reconstructions of the 10,000 test images: MSE, PSNR, KL and a grid):
   python -m experiments.main --config=configs/mnist/autoencoder.py --workdir=workdirs/mnist_ae --mode=train
