@@ -14,6 +14,8 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false lets the processes share a GPU:
            matmul of the same dtype.
   sampling ``benchmarks/sampling_throughput.py`` (written separately) as a subprocess; if the
            file is missing the report says so.
+  vae      ``benchmarks/vae_throughput.py``: Stable Diffusion's VAE (``autoencoder_kl`` 'sd')
+           encoding and decoding 256x256 images, images/s per dtype, as a subprocess.
   digits   ``python -m experiments.main --mode=train`` of configs/digits/vp.py for 300 steps
            (its cosine schedule shortened to them) in a temporary workdir; the training loss
            averaged over steps 251-300 (metrics.jsonl) against DIGITS_LOSS_THRESHOLD.
@@ -56,6 +58,7 @@ from train_throughput import RESULTS, Case, peak_lines, utilisation, write_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLING_SCRIPT = os.path.join(REPO, "benchmarks", "sampling_throughput.py")
+VAE_SCRIPT = os.path.join(REPO, "benchmarks", "vae_throughput.py")
 DIGITS_CONFIG = os.path.join(REPO, "configs", "digits", "vp.py")
 NETS = ("ddpm", "ddpmpp", "ncsnpp")
 # The papers' train steps: every case read from its config file (cifar_throughput's 'ddpm' case
@@ -64,6 +67,7 @@ ACCEL_CASES = {"ddpm": case_from_config("DDPM U-Net",
                                         os.path.join(REPO, "configs/cifar10/ddpm.py")),
                "ddpmpp": CASES["ddpmpp"], "ncsnpp": CASES["ncsnpp"]}
 DTYPES = ("float32", "bfloat16")
+PARTS = ("train", "sampling", "digits", "vae")
 PAPER_BATCH = 128  # Ho et al. 2020 and Song et al. 2021 train CIFAR-10 at batch 128
 DIGITS_STEPS = 300
 # Training loss (mean over steps 251-300) of configs/digits/vp.py cut to 300 steps, seed 0, as
@@ -79,8 +83,8 @@ DIGITS_LOSS_THRESHOLD = 0.12
 # and the table extrapolates images/s to each sampler's paper NFE.
 DEFAULT_SAMPLERS = ("heun", "dpmpp_2m")
 # Budgets (s) on an accelerator: train + sampling + digits + start-up < 8 minutes.
-BUDGETS = {"train": 210.0, "sampling": 120.0, "digits": 120.0}
-QUICK_BUDGETS = {"train": 420.0, "sampling": 120.0, "digits": 300.0}
+BUDGETS = {"train": 210.0, "sampling": 120.0, "digits": 120.0, "vae": 90.0}
+QUICK_BUDGETS = {"train": 420.0, "sampling": 120.0, "digits": 300.0, "vae": 300.0}
 QUICK_NET_KWARGS = {  # --quick: the same code paths, compiled in about a minute on 2 CPU cores
     "ddpm_unet": dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,)),
     "ddpmpp": dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,)),
@@ -186,16 +190,37 @@ def _tail(text: str, n: int = 20) -> str:
 def part_sampling(s: Settings, samplers: Sequence[str], dtypes: Sequence[str],
                   out: str) -> Tuple[List[str], str]:
   """Runs sampling_throughput.py; returns markdown lines and a status word."""
-  t0 = time.time()
   head = f"## (b) Sampling throughput (budget {s.budgets['sampling']:.0f} s"
-  if not os.path.exists(SAMPLING_SCRIPT):
-    return [head + ")", "", f"NOT RUN: {os.path.relpath(SAMPLING_SCRIPT, REPO)} does not exist "
+  return run_part(head, SAMPLING_SCRIPT, sampling_command(s, samplers, dtypes, out),
+                  s.budgets["sampling"], out)
+
+
+def vae_command(quick: bool, dtypes: Sequence[str], out: str) -> List[str]:
+  """The vae_throughput.py command line: Stable Diffusion's VAE at 256x256 (--quick: the
+  'small' preset at 64x64)."""
+  size = ["--preset", "small", "--size", "64", "--batch", "2"] if quick else [
+      "--preset", "sd", "--size", "256", "--batch", "8"]
+  return [sys.executable, VAE_SCRIPT, *size, "--dtypes", *dtypes, "--out", out]
+
+
+def part_vae(s: Settings, quick: bool, dtypes: Sequence[str],
+             out: str) -> Tuple[List[str], str]:
+  """Runs vae_throughput.py (latent diffusion's encode / decode images/s)."""
+  head = f"## (d) Autoencoder encode / decode throughput (budget {s.budgets['vae']:.0f} s"
+  return run_part(head, VAE_SCRIPT, vae_command(quick, dtypes, out), s.budgets["vae"], out)
+
+
+def run_part(head: str, script: str, cmd: List[str], budget: float,
+             out: str) -> Tuple[List[str], str]:
+  """Runs a benchmark script as a subprocess under ``budget`` seconds; returns markdown lines
+  (its table, or why there is none) and a status word."""
+  t0 = time.time()
+  if not os.path.exists(script):
+    return [head + ")", "", f"NOT RUN: {os.path.relpath(script, REPO)} does not exist "
             "in this checkout."], "missing"
-  cmd = sampling_command(s, samplers, dtypes, out)
   shown = " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd[1:])
   try:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          timeout=s.budgets["sampling"])
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget)
   except subprocess.TimeoutExpired as e:
     out_text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
     return [head + f", stopped at {time.time() - t0:.0f} s)", "", f"`python {shown}`", "",
@@ -278,8 +303,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--allow_cpu", action="store_true", help="run on a CPU (needs --quick)")
   p.add_argument("--quick", action="store_true", help="plumbing check: tiny sizes")
-  p.add_argument("--parts", nargs="+", default=["train", "sampling", "digits"],
-                 choices=["train", "sampling", "digits"])
+  p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
   p.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
   p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
   p.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLERS))
@@ -312,19 +336,24 @@ def main(argv=None) -> int:
         s, args.samplers, args.dtypes, base + "_sampling" + ext)
   if "digits" in args.parts:
     sections["digits"], summary["digits"] = part_digits(s)
+  if "vae" in args.parts:
+    base, ext = os.path.splitext(out)
+    sections["vae"], summary["vae"] = part_vae(s, args.quick, args.dtypes,
+                                               base + "_vae" + ext)
   if "train" in args.parts:
     sections["train"], rows = part_train(args.nets, args.dtypes, s, args.quick)
     summary["train"] = (f"{sum(1 for r in rows if not r.get('skipped'))} of {len(rows)} cases "
                         f"run")
-  for name in ("train", "sampling", "digits"):
+  for name in PARTS:
     if name in sections:
       lines += sections[name] + [""]
-  done = [f"{k}: {summary[k]}" for k in ("train", "sampling", "digits") if k in summary]
+  done = [f"{k}: {summary[k]}" for k in PARTS if k in summary]
   total = time.time() - t_start
   lines += [f"Total wall time {total:.0f} s ({'; '.join(done)})."]
   write_table("\n".join(lines) + "\n", out)
   failed = (summary.get("digits", "").startswith("FAIL") or
-            summary.get("sampling") in ("failed", "timeout"))
+            summary.get("sampling") in ("failed", "timeout") or
+            summary.get("vae") in ("failed", "timeout"))
   return 1 if failed else 0
 
 

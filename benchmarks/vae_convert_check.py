@@ -25,6 +25,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from hardware import with_machine_line  # noqa: E402
 
 KEYS = ("mean", "std", "dec", "rec", "rec_noise")
 
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
   lines.append("| diffusers float32 vs its float64 | | float32 | "
                + " | ".join(f"{d32[k]:.1e}" if k in d32 else "-" for k in KEYS) + " |")
   with open(args.out, "w") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write(with_machine_line("\n".join(lines) + "\n"))
   print("\n".join(lines))
   return 0
 

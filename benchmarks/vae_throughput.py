@@ -26,6 +26,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hardware import with_machine_line  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
   out = args.out or os.path.join(RESULTS, f"vae_throughput_{jax.devices()[0].platform}.md")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
-    f.write(md)
+    f.write(with_machine_line(md))
   print(md)
   print(f"wrote {out}")
   return 0

@@ -144,15 +144,16 @@ def set_edm(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def set_edm2(c: ml_collections.ConfigDict, *, lr: float, rsqrt_ref_steps: int,
-             warmup_steps: int) -> ml_collections.ConfigDict:
-  """EDM2's loss and optimizer on an EDM config (Karras et al. 2024, its ImageNet-64 recipe):
-  the learned uncertainty weighting u(sigma) ('edm2'), ln sigma ~ N(-0.8, 1.6^2), Adam with
-  b2 = 0.99, no gradient clipping or weight decay, and the inverse square-root decay
-  lr / sqrt(max(step / rsqrt_ref_steps, 1)) after a linear warm-up. The network
-  (``edm2_unet``) is the experiment's."""
+             warmup_steps: int, p_mean: float = -0.8,
+             p_std: float = 1.6) -> ml_collections.ConfigDict:
+  """EDM2's loss and optimizer on an EDM config (Karras et al. 2024): the learned uncertainty
+  weighting u(sigma) ('edm2'), ln sigma ~ N(p_mean, p_std^2) (ImageNet-64: -0.8, 1.6, the
+  default; ImageNet-512 latents: -0.4, 1.0), Adam with b2 = 0.99, no gradient clipping or weight
+  decay, and the inverse square-root decay lr / sqrt(max(step / rsqrt_ref_steps, 1)) after a
+  linear warm-up. The network (``edm2_unet``) is the experiment's."""
   c.training.weighting = "edm2"
-  c.training.loss_opts.p_mean = -0.8
-  c.training.loss_opts.p_std = 1.6
+  c.training.loss_opts.p_mean = p_mean
+  c.training.loss_opts.p_std = p_std
   c.optim.name = "adam"
   c.optim.lr = lr
   c.optim.b1 = 0.9

@@ -10,7 +10,8 @@ both a per-channel affine map ``z_n = (z - shift) * scale`` (:class:`LatentNorm`
              standard deviation of its latents on their data; SDXL's VAE: 0.13025).
   'channel'  z_n = (z - m_c) / s_c * final_std: EDM2 (Karras et al. 2024, "Analyzing and
              Improving the Training Dynamics of Diffusion Models"), whose ImageNet-512 runs use
-             m = (5.81, 3.25, 0.12, -2.15), s = (4.17, 4.62, 3.71, 3.28) and final_std = 0.5.
+             m = (5.81, 3.25, 0.12, -2.15), s = (4.17, 4.62, 3.71, 3.28) and final_std = 0.5
+             (statistics of latents its release encodes from pixels in [0, 1]; see below).
 
 The encoder gives a diagonal Gaussian posterior N(mean, std^2) per image; training reads
 ``mean + std * eps`` with fresh eps each time an image is seen (:func:`posterior_sample`; DiT
@@ -37,7 +38,10 @@ Array = Any
 NORMALIZATIONS = ("scale", "channel")
 POSTERIORS = ("sample", "mean")
 SD_SCALE_FACTOR = 0.18215  # Stable Diffusion's VAE (LDM, DiT, SiT)
-EDM2_CHANNEL_MEAN = (5.81, 3.25, 0.12, -2.15)  # EDM2's statistics of SD-VAE latents (ImageNet)
+# EDM2's statistics (NVlabs/edm2 training/encoders.py, StabilityVAEEncoder raw_mean / raw_std /
+# final_std) of sd-vae-ft-mse latents of ImageNet-512 encoded from pixels in [0, 1] (x / 255; the
+# VAE was trained on [-1, 1], as experiments.encode feeds it): they do not fit latents of [-1, 1].
+EDM2_CHANNEL_MEAN = (5.81, 3.25, 0.12, -2.15)
 EDM2_CHANNEL_STD = (4.17, 4.62, 3.71, 3.28)
 EDM2_FINAL_STD = 0.5
 

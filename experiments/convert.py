@@ -6,8 +6,10 @@ eval, sweep and for fine-tuning (--mode=train continues from the converted weigh
   python -m experiments.convert --format=score_sde --source=CHECKPOINT
       --score_sde_config=NAME_OR_JSON --workdir=W [--params=ema|raw] [--dataset=cifar10]
   python -m experiments.convert --format=dit --source=DiT-XL-2-256x256.pt --workdir=W
-      [--model=DiT-XL/2] [--num_heads=N] [--schedule=discrete|continuous]
-      [--dataset=imagenet2012]
+      --autoencoder=VAE_WORKDIR [--model=DiT-XL/2] [--num_heads=N]
+      [--schedule=discrete|continuous] [--dataset=imagenet2012]
+  python -m experiments.convert --format=diffusers_vae --source=DIR --workdir=W
+      --dataset=imagenet2012 [--image_size=256]
 
 W receives: config.py (the experiment config: pass it as --config=W/config.py), config.json
 (the workdir's identity), checkpoints/0 (params = ema_params = the converted weights, a fresh
@@ -17,8 +19,10 @@ conversion changed, the module table). Nothing is downloaded: the source must be
 
 A DiT checkpoint is a latent diffusion model: its config.py is a latent config on
 configs/imagenet/common.py (the DiT-XL/2 recipe, for fine-tuning) with the conversion's
-schedule, network and latent normalization; ``latent.dataset`` stays None, for the folder
-``python -m experiments.encode`` writes.
+schedule, network and latent normalization, decoded by the VAE workdir of --autoencoder
+(``latent.autoencoder``); ``latent.dataset`` stays None (sampling needs no data; training reads
+the folder ``python -m experiments.encode`` writes). A diffusers AutoencoderKL becomes an
+autoencoder workdir (training.objective='autoencoder'), the one --autoencoder names.
 """
 from __future__ import annotations
 
@@ -73,11 +77,12 @@ def _literal(d: Dict[str, Any]) -> str:
   return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(d.items())) + "}"
 
 
-def config_text(conv: Converted, dataset: str, experiment: str) -> str:
+def config_text(conv: Converted, dataset: str, experiment: str,
+                autoencoder: Optional[str] = None) -> str:
   """A config file (``get_config()``) for the converted model, on configs/images.py (a latent
   model's on configs/imagenet/common.py: :func:`latent_config_text`)."""
   if conv.latent is not None:
-    return latent_config_text(conv, dataset, experiment)
+    return latent_config_text(conv, dataset, experiment, autoencoder)
   literal = _literal
   size = int(conv.image_shape[0])
   notes = "\n".join(f"  * {n}" for n in conv.notes) or "  (none)"
@@ -119,7 +124,8 @@ def get_config():
 '''
 
 
-def latent_config_text(conv: Converted, dataset: str, experiment: str, autoencoder: str) -> str:
+def latent_config_text(conv: Converted, dataset: str, experiment: str,
+                       autoencoder: Optional[str]) -> str:
   """The config file of a converted latent model (DiT): configs/imagenet/common.py's latent
   config (DiT's training recipe, for fine-tuning) with the conversion's network, schedule,
   parameterization and latent normalization; DDPM's 250 ancestral steps as the release samples.
@@ -154,7 +160,7 @@ def get_config():
   c.data.name = {dataset!r}
   c.latent.dataset = None  # training: the folder `python -m experiments.encode` writes
   c.latent.autoencoder = {autoencoder!r}
-  c.latent.autoencoder_config = {os.path.join(autoencoder, "config.py")!r}
+  c.latent.autoencoder_config = {autoencoder and os.path.join(autoencoder, "config.py")!r}
   c.latent.normalization = {lat["normalization"]!r}
   c.latent.scale_factor = {lat["scale_factor"]!r}
   c.sde.name = {conv.sde[0]!r}
@@ -214,9 +220,8 @@ def write_workdir(conv: Converted, workdir: str, dataset: Optional[str] = None,
       raise ConversionError("--format=dit writes a latent model: pass --autoencoder=W, the "
                             "workdir of its VAE converted with --format=diffusers_vae (DiT's: "
                             "stabilityai/sd-vae-ft-ema), which decodes its samples")
-    text = latent_config_text(conv, dataset, experiment, os.path.abspath(autoencoder))
-  else:
-    text = config_text(conv, dataset, experiment)
+  text = config_text(conv, dataset, experiment,
+                     autoencoder and os.path.abspath(autoencoder))
   config = _load_text(text)
   validate_config(config, "sample")
   shape = build.data_shape(config)

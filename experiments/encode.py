@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,6 +170,8 @@ def main(argv=None):
   F = flags.FLAGS
 
   def run(_):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # orbax's restore lines
     runtime.announce()
     try:
       ae = load_autoencoder(F.autoencoder_config, F.autoencoder, F.step)

@@ -127,6 +127,31 @@ def check_folder_eval_split(config: Config, mode: str) -> None:
                       f"{only[:3]} in one only): labels would not match")
 
 
+def _check_latent_folder(config: Config) -> None:
+  """latent.dataset: its images are config.data's (name, size, crop), and its autoencoder is
+  latent.autoencoder when that is set."""
+  lat = config.latent
+  facts = build.latent_facts(config)
+  data = facts["made_by"]["data"]
+  size = images.image_shape(config.data.name, config.data.image_size)
+  if data["name"] != config.data.name or tuple(facts["image_shape"]) != tuple(size):
+    raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of "
+                      f"{data['name']!r} images {tuple(facts['image_shape'])}; config.data.name"
+                      f"={config.data.name!r} at data.image_size={config.data.image_size!r} is "
+                      f"{tuple(size)}: set data.* to the encoded images (FID compares with "
+                      f"them)")
+  crop = images.resolve_crop(config.data.name, config.data.get("crop"))
+  if data.get("crop", crop) != crop:
+    raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of images cropped "
+                      f"{data['crop']!r}; config.data.crop gives {crop!r} (FID compares with "
+                      f"the images so cropped): set data.crop={data['crop']!r}")
+  by = facts["made_by"]["autoencoder"]
+  if lat.autoencoder is not None and os.path.abspath(lat.autoencoder) != by["workdir"]:
+    raise ConfigError(f"config.latent.autoencoder={lat.autoencoder!r}, but latent.dataset="
+                      f"{lat.dataset!r} was encoded by {by['workdir']!r}: leave "
+                      f"latent.autoencoder unset (the folder names its autoencoder)")
+
+
 def check_latent(config: Config, mode: str) -> None:
   """latent.*: the normalisation and posterior by name, their numbers; with latent.dataset a
   complete folder of experiments.encode whose images are config.data's, its channels matching
@@ -150,29 +175,15 @@ def check_latent(config: Config, mode: str) -> None:
     raise ConfigError(f"config.latent.channel_std={stds!r} must be > 0")
   if not build.is_latent(config):
     return
+  if objectives.of_config(config).reconstructs:
+    raise ConfigError(f"config.training.objective={config.training.objective!r} trains an "
+                      f"autoencoder of images: leave config.latent.dataset and "
+                      f"latent.autoencoder unset")
   if build.is_toy(config):
     raise ConfigError(f"config.latent: latents are of image datasets; config.data.name="
                       f"{config.data.name!r} is a toy 2-D density")
   if lat.dataset is not None:
-    facts = build.latent_facts(config)
-    data = facts["made_by"]["data"]
-    size = images.image_shape(config.data.name, config.data.image_size)
-    if data["name"] != config.data.name or tuple(facts["image_shape"]) != tuple(size):
-      raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of "
-                        f"{data['name']!r} images {tuple(facts['image_shape'])}; config.data.name"
-                        f"={config.data.name!r} at data.image_size={config.data.image_size!r} is "
-                        f"{tuple(size)}: set data.* to the encoded images (FID compares with "
-                        f"them)")
-    crop = images.resolve_crop(config.data.name, config.data.get("crop"))
-    if data.get("crop", crop) != crop:
-      raise ConfigError(f"config.latent.dataset={lat.dataset!r} holds latents of images cropped "
-                        f"{data['crop']!r}; config.data.crop gives {crop!r} (FID compares with "
-                        f"the images so cropped): set data.crop={data['crop']!r}")
-    by = facts["made_by"]["autoencoder"]
-    if lat.autoencoder is not None and os.path.abspath(lat.autoencoder) != by["workdir"]:
-      raise ConfigError(f"config.latent.autoencoder={lat.autoencoder!r}, but latent.dataset="
-                        f"{lat.dataset!r} was encoded by {by['workdir']!r}: leave "
-                        f"latent.autoencoder unset (the folder names its autoencoder)")
+    _check_latent_folder(config)
   elif mode == "train":
     raise ConfigError(f"--mode=train reads latents: set config.latent.dataset to a folder "
                       f"written by `python -m experiments.encode` (config.latent.autoencoder="

@@ -246,7 +246,7 @@ def test_quick_mode_end_to_end(tmp_path):
                         capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   text = out.read_text()
-  for head in ("## (a)", "## (b)", "## (c)", "Total wall time"):
+  for head in ("## (a)", "## (b)", "## (c)", "## (d)", "Total wall time"):
     assert head in text
   assert text.count("[reduced: --quick]") == 3 and "skipped" not in text
   assert "finite (plumbing check, no threshold)" in text
@@ -266,3 +266,22 @@ def test_part_sampling_copies_the_scripts_table(tmp_path, monkeypatch):
   lines, status = bench_accel.part_sampling(bench_accel.settings(True), ["heun"], ["float32"],
                                             str(tmp_path / "t.md"))
   assert status == "failed" and "exit 3" in "\n".join(lines)
+
+
+def test_part_vae_runs_the_vae_script(tmp_path, monkeypatch):
+  """The accelerator check's VAE part: the SD VAE at 256 (the small preset at 64 with --quick),
+  its table copied; a missing script is reported."""
+  assert bench_accel.vae_command(False, ["float32"], "o")[2:] == [
+      "--preset", "sd", "--size", "256", "--batch", "8", "--dtypes", "float32", "--out", "o"]
+  assert bench_accel.vae_command(True, ["bfloat16"], "o")[2:6] == ["--preset", "small",
+                                                                     "--size", "64"]
+  script = tmp_path / "vae_throughput.py"
+  script.write_text("import sys\nout = sys.argv[sys.argv.index('--out') + 1]\n"
+                    "open(out, 'w').write('| encode | 3 |')\n")
+  monkeypatch.setattr(bench_accel, "VAE_SCRIPT", str(script))
+  lines, status = bench_accel.part_vae(bench_accel.settings(True), True, ["float32"],
+                                       str(tmp_path / "v.md"))
+  assert status == "ok" and "| encode | 3 |" in "\n".join(lines) and "(d)" in lines[0]
+  monkeypatch.setattr(bench_accel, "VAE_SCRIPT", str(tmp_path / "absent.py"))
+  _, status = bench_accel.part_vae(bench_accel.settings(True), True, ["float32"], "x")
+  assert status == "missing"

@@ -114,6 +114,8 @@ LATENT_AUTOENCODERS = {
     "configs/digits/latent_dit.py": "configs/digits/autoencoder.py",
     "configs/imagenet/dit_xl2_256.py": "sd",
     "configs/imagenet/sit_xl2_256.py": "sd",
+    **{f"configs/imagenet/edm2_img512_{size}.py": "sd"
+       for size in ("xs", "s", "m", "l", "xl", "xxl")},
 }
 
 

@@ -264,7 +264,7 @@ def test_bad_conventions_are_refused():
 def test_converted_config_is_a_latent_dit_config(conv):
   from experiments import convert
   from experiments.config_files import load_config_file
-  text = convert.config_text(conv, "imagenet2012", "converted/dit_tiny")
+  text = convert.config_text(conv, "imagenet2012", "converted/dit_tiny", "/x/vae")
   path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"dit_cfg_{os.getpid()}.py")
   with open(path, "w") as f:
     f.write(text)
@@ -275,6 +275,7 @@ def test_converted_config_is_a_latent_dit_config(conv):
   assert c.data.name == "imagenet2012" and c.data.image_size == 64
   assert c.latent.dataset is None and c.latent.normalization == "scale"
   assert c.latent.scale_factor == 0.18215 and c.latent.posterior == "sample"
+  assert (c.latent.autoencoder, c.latent.autoencoder_config) == ("/x/vae", "/x/vae/config.py")
   assert c.model.net.to_dict() == conv.net and c.model.conditional
   assert (c.sde.name, c.model.time_input, c.model.parameterization) == (
       "vp_discrete", "index", "eps")
