@@ -32,8 +32,8 @@ weights of its own. P is LPIPS's distance without its learned per-channel weight
 baseline): features unit-normalised over channels, squared differences summed over channels,
 averaged over positions, summed over layers.
 
-Metrics (``reconstruction_metrics``): the error of the decoded posterior mean on held-out
-images, as MSE in [-1, 1] and as PSNR on the dataset's pixel levels (its docstring).
+Metrics (``ReconstructionStats``): the error of the decoded posterior mean on held-out images,
+as MSE in [-1, 1] and as PSNR on the dataset's pixel levels (its docstring).
 """
 from __future__ import annotations
 
@@ -219,30 +219,58 @@ def psnr(mse: float, peak: float) -> float:
   return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-def reconstruction_metrics(levels: np.ndarray, x: np.ndarray, x_rec: np.ndarray,
-                           rec_levels: np.ndarray, num_levels: int) -> Dict[str, float]:
-  """Held-out reconstruction metrics (float64 numpy), pooled over every image and pixel value:
+class ReconstructionStats:
+  """Held-out reconstruction metrics accumulated batch by batch (float64 running sums, so a
+  test set of large images never has to be in memory at once), pooled over every image and
+  pixel value; ``update`` with each batch, then ``result``:
 
     mse              mean (x_rec - x)^2, both in [-1, 1] (x the images the encoder saw)
-    psnr             10 log10((L - 1)^2 / mean (k_rec - k)^2) dB on the integer pixel levels
-                     k in 0..L-1 (L = ``num_levels``: 8-bit PSNR for 256 levels), k_rec the
-                     reconstruction's levels (the caller quantizes it)
+    psnr             10 log10((L - 1)^2 / mse_levels) dB on the integer pixel levels k in
+                     0..L-1 (8-bit PSNR for L = 256), the reconstruction's levels k_rec chosen by
+                     the caller (the bin that holds x_rec)
     mse_levels       mean (k_rec - k)^2
     mse_mean_image   the trivial reconstruction's mse: every image replaced by the held-out
                      set's mean image (a floor any autoencoder must beat)
     psnr_mean_image  the same on levels (the mean image's levels rounded to the nearest)
+    heldout_images   the number of images
+  """
 
-  levels, rec_levels: int (n, H, W, C); x, x_rec: float (n, H, W, C)."""
-  if not (levels.shape == x.shape == x_rec.shape == rec_levels.shape):
-    raise ValueError(f"shapes differ: levels {levels.shape}, x {x.shape}, x_rec {x_rec.shape}, "
-                     f"rec_levels {rec_levels.shape}")
-  k, k_rec = levels.astype(np.float64), rec_levels.astype(np.float64)
-  x, x_rec = x.astype(np.float64), x_rec.astype(np.float64)
-  mse = float(np.mean(np.square(x_rec - x)))
-  mse_levels = float(np.mean(np.square(k_rec - k)))
-  mean_image_levels = np.rint(np.mean(k, axis=0, keepdims=True))
-  mse_mean_levels = float(np.mean(np.square(mean_image_levels - k)))
-  peak = float(num_levels - 1)
-  return {"mse": mse, "psnr": psnr(mse_levels, peak), "mse_levels": mse_levels,
-          "mse_mean_image": float(np.mean(np.square(np.mean(x, axis=0, keepdims=True) - x))),
-          "psnr_mean_image": psnr(mse_mean_levels, peak)}
+  def __init__(self):
+    self.count = 0
+    self.sq_err = self.sq_err_levels = 0.0
+    self.sum_x = self.sum_x2 = self.sum_k = self.sum_k2 = None
+
+  def update(self, levels: np.ndarray, x: np.ndarray, x_rec: np.ndarray,
+             rec_levels: np.ndarray) -> None:
+    """levels, rec_levels: int (B, H, W, C); x, x_rec: float (B, H, W, C)."""
+    if not (levels.shape == x.shape == x_rec.shape == rec_levels.shape):
+      raise ValueError(f"shapes differ: levels {levels.shape}, x {x.shape}, x_rec "
+                       f"{x_rec.shape}, rec_levels {rec_levels.shape}")
+    if self.sum_x is not None and self.sum_x.shape != x.shape[1:]:
+      raise ValueError(f"images of shape {x.shape[1:]} after {self.sum_x.shape}")
+    k, x = levels.astype(np.float64), x.astype(np.float64)
+    self.sq_err += float(np.sum(np.square(x_rec.astype(np.float64) - x)))
+    self.sq_err_levels += float(np.sum(np.square(rec_levels.astype(np.float64) - k)))
+    sums = (np.sum(x, 0), np.sum(x * x, 0), np.sum(k, 0), np.sum(k * k, 0))
+    if self.sum_x is None:
+      self.sum_x, self.sum_x2, self.sum_k, self.sum_k2 = sums
+    else:
+      self.sum_x, self.sum_x2, self.sum_k, self.sum_k2 = (
+          a + b for a, b in zip((self.sum_x, self.sum_x2, self.sum_k, self.sum_k2), sums))
+    self.count += len(x)
+
+  def result(self, num_levels: int) -> Dict[str, float]:
+    if not self.count:
+      raise ValueError("no images: ReconstructionStats.update was never called")
+    values = self.count * self.sum_x.size
+    mse_levels = self.sq_err_levels / values
+    mean_x, mean_k = self.sum_x / self.count, self.sum_k / self.count
+    # mean over images of (m - x_i)^2 per pixel = E[x^2] - 2 m E[x] + m^2
+    mse_mean = float(np.mean(self.sum_x2 / self.count - mean_x * mean_x))
+    r = np.rint(mean_k)
+    mse_mean_levels = float(np.mean(self.sum_k2 / self.count - 2.0 * r * mean_k + r * r))
+    peak = float(num_levels - 1)
+    return {"mse": self.sq_err / values, "psnr": psnr(mse_levels, peak),
+            "mse_levels": mse_levels, "mse_mean_image": max(mse_mean, 0.0),
+            "psnr_mean_image": psnr(max(mse_mean_levels, 0.0), peak),
+            "heldout_images": int(self.count)}

@@ -397,18 +397,26 @@ def heldout(config: Config, n: int, levels: bool = False) -> np.ndarray:
     if levels:
       raise ValueError(f"the toy dataset {d.name!r} has no integer levels")
     return toy2d.heldout(d.name, n, d.heldout_seed)
+  return np.concatenate(list(heldout_batches(config, n, min(n, 256), levels)))
+
+
+def heldout_batches(config: Config, n: int, batch_size: int,
+                    levels: bool = False) -> Iterator[np.ndarray]:
+  """The held-out images of ``heldout`` (an image dataset's) in batches of ``batch_size`` (the
+  last one smaller), read as they are used: n images, or fewer when the test split is smaller.
+  The dequantization noise depends on the batch size; ``levels=True`` does not."""
+  d = config.data
   mod = _images_module()
-  kwargs = dict(batch_size=min(n, 256), seed=d.heldout_seed, image_size=d.image_size,
+  kwargs = dict(batch_size=batch_size, seed=d.heldout_seed, image_size=d.image_size,
                 shuffle=False, num_epochs=1, drop_remainder=False,  # the whole split
                 dequantize=not levels, **image_source_kwargs(config))
-  out, total = [], 0
+  total = 0
   for b in mod.make_image_dataset(d.name, d.eval_split, **kwargs):
-    out.append(np.asarray(b["image"]))
-    total += len(out[-1])
+    x = np.asarray(b["image"])[:n - total]
+    total += len(x)
+    yield mod.to_levels(x, mod.num_levels(d.name)) if levels else x
     if total >= n:
       break
-  x = np.concatenate(out)[:n]
-  return mod.to_levels(x, mod.num_levels(d.name)) if levels else x
 
 
 def heldout_labelled(config: Config, n: int) -> Tuple[np.ndarray, np.ndarray]:

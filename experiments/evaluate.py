@@ -248,42 +248,61 @@ def _reconstruct_fn(s):
 def autoencoder_metrics(s, params, here: str, title: str) -> Tuple[Dict[str, Any], List[str]]:
   """(the held-out metrics of an autoencoder with ``params``, the figures written in ``here``).
 
-  The first data.num_heldout test images, each fed as the centre of its dequantization bin
-  (``reconstructions.heldout_images``) and reconstructed from its posterior mean, x_rec =
-  decode(mean(x)), in batches of eval.nll_batch_size; the reconstruction's levels are the bins
-  that hold it (``images.quantize``, as eval's FID pixels). Metrics:
-  ``autoencoding.reconstruction_metrics`` (mse in [-1, 1]; psnr in dB on the pixel levels, peak
-  L - 1; those of the trivial mean-image reconstruction), kl (nats per image, the mean),
-  kl_per_latent_dim, latent_std (the std of the posterior means over every image and latent
-  dimension: LDM's scale factor is its inverse), posterior_std_mean, latent_shape,
-  heldout_images, num_levels. reconstructions.png: the first reconstructions.GRID_IMAGES
-  originals above their reconstructions.
+  The first data.num_heldout test images, read and reconstructed in batches of
+  eval.nll_batch_size (never all in memory), each fed as the centre of its dequantization bin
+  (``reconstructions.bin_centres``) and reconstructed from its posterior mean, x_rec =
+  decode(mean(x)); the reconstruction's levels are the bins that hold it (``images.quantize``,
+  as eval's FID pixels). Metrics: ``autoencoding.ReconstructionStats`` (mse in [-1, 1]; psnr in
+  dB on the pixel levels, peak L - 1; those of the trivial mean-image reconstruction;
+  heldout_images), kl (nats per image, the mean), kl_per_latent_dim, latent_std (the std of the
+  posterior means over every image and latent dimension: LDM's scale factor is its inverse),
+  posterior_std_mean, latent_shape, num_levels. reconstructions.png: the first
+  reconstructions.GRID_IMAGES originals above their reconstructions.
   """
   cfg = s.config
-  levels, x, num_levels = reconstructions.heldout_images(cfg, int(cfg.data.num_heldout))
-  bs = int(cfg.eval.nll_batch_size)
-  out, _ = _batched(s, _reconstruct_fn(s), params, x, bs, jax.random.PRNGKey(0),
-                    batch_progress("reconstruction", len(x), "images", bs,
-                                   "data.num_heldout, eval.nll_batch_size"))
-  x_rec = out["x_rec"]
-  bad = results.count_non_finite(x_rec)
-  if bad:
-    raise results.NonFiniteSamplesError(
-        f"{bad} of {len(x_rec)} reconstructions of {title} are not finite, so no metrics were "
-        f"written to {here}; check the checkpoint (its training loss in metrics.jsonl)")
-  metrics: Dict[str, Any] = autoencoding.reconstruction_metrics(
-      levels, x, x_rec, images.quantize(x_rec, num_levels), num_levels)
-  kl = float(np.mean(out["kl"]))
+  num_levels = images.num_levels(cfg.data.name)
+  n, bs = int(cfg.data.num_heldout), int(cfg.eval.nll_batch_size)
+  stats, fn = autoencoding.ReconstructionStats(), _reconstruct_fn(s)
+  kl = post_std = latent_sum = latent_sq = 0.0
+  latent_shape, grid = None, ([], [])
+  progress = batch_progress("reconstruction", n, "images", bs,
+                            "data.num_heldout, eval.nll_batch_size")
+  for levels in build.heldout_batches(cfg, n, bs, levels=True):
+    x = reconstructions.bin_centres(levels, num_levels)
+    out, _ = _batched(s, fn, params, x, bs, jax.random.PRNGKey(0))
+    x_rec = out["x_rec"]
+    bad = results.count_non_finite(x_rec)
+    if bad:
+      raise results.NonFiniteSamplesError(
+          f"{bad} of {len(x_rec)} reconstructions of {title} (images {stats.count}..) are not "
+          f"finite, so no metrics were written to {here}; check the checkpoint (its training "
+          f"loss in metrics.jsonl)")
+    stats.update(levels, x, x_rec, images.quantize(x_rec, num_levels))
+    mean = out["mean"].astype(np.float64)
+    kl += float(np.sum(out["kl"]))
+    post_std += float(np.sum(out["posterior_std"]))
+    latent_sum, latent_sq = latent_sum + float(np.sum(mean)), latent_sq + float(np.sum(mean ** 2))
+    latent_shape = [int(d) for d in mean.shape[1:]]
+    room = reconstructions.GRID_IMAGES - sum(len(g) for g in grid[0])
+    if room > 0:
+      grid[0].append(x[:room])
+      grid[1].append(x_rec[:room])
+    progress(stats.count)
+  if stats.count < n:
+    say(f"reconstruction: done; the {cfg.data.eval_split!r} split holds {stats.count:,} images "
+        f"(fewer than data.num_heldout={n:,})")
+  metrics: Dict[str, Any] = stats.result(num_levels)
+  count, dims = stats.count, int(np.prod(latent_shape))
+  latent_mean = latent_sum / (count * dims)
   metrics.update({
-      "kl": kl, "kl_per_latent_dim": kl / int(np.prod(out["mean"].shape[1:])),
-      "latent_std": float(np.std(out["mean"].astype(np.float64))),
-      "posterior_std_mean": float(np.mean(out["posterior_std"])),
-      "latent_shape": [int(d) for d in out["mean"].shape[1:]],
-      "heldout_images": int(len(x)), "num_levels": int(num_levels)})
+      "kl": kl / count, "kl_per_latent_dim": kl / count / dims,
+      "latent_std": float(np.sqrt(max(latent_sq / (count * dims) - latent_mean ** 2, 0.0))),
+      "posterior_std_mean": post_std / count, "latent_shape": latent_shape,
+      "num_levels": int(num_levels)})
   figures = []
   if writers.is_main():
-    n = min(reconstructions.GRID_IMAGES, len(x))
-    plots.close(reconstructions.grid(x[:n], x_rec[:n], os.path.join(here, "reconstructions.png")))
+    path = os.path.join(here, "reconstructions.png")
+    plots.close(reconstructions.grid(np.concatenate(grid[0]), np.concatenate(grid[1]), path))
     figures.append("reconstructions.png")
   return metrics, figures
 

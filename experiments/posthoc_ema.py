@@ -20,8 +20,8 @@ checkpoint at step N whose params, ema_params and power EMAs are the reconstruct
 state fresh, as experiments.convert does), and posthoc_ema.json (the request, the snapshots used
 and their coefficients, the profile residual). --mode=sample / eval with --workdir=O use it;
 W's checkpoints and snapshots are only read. An O that already holds checkpoints is refused.
-The command ends with a sample command for O that runs as printed: FILE with the run's values
-as --config.<key>=<value> overrides.
+The command ends with a sample command for O (an eval command when the objective draws no
+samples) that runs as printed: FILE with the run's values as --config.<key>=<value> overrides.
 """
 from __future__ import annotations
 
@@ -175,12 +175,15 @@ def main(argv: Sequence[str]) -> None:
 
 
 def sample_hint(spec: str, config: Config, workdir: str) -> str:
-  """The command that samples ``workdir`` (a reconstruction of a run with ``config``): the config
+  """The command that samples ``workdir`` (a reconstruction of a run with ``config``), or
+  evaluates it when its objective draws no samples (a classifier, an autoencoder): the config
   file ``spec`` with the overrides that give ``config``, one line (two when a value cannot be
   passed on the command line)."""
   args, unsettable = cli.override_args(load_config_file(spec), config)
-  line = " ".join(["sample with: python -m experiments.main", shlex.quote(f"--config={spec}"),
-                   *args, shlex.quote(f"--workdir={workdir}"), "--mode=sample"])
+  what, mode = (("sample", "sample") if build.objective(config).draws_samples
+                else ("evaluate", "eval"))
+  line = " ".join([f"{what} with: python -m experiments.main", shlex.quote(f"--config={spec}"),
+                   *args, shlex.quote(f"--workdir={workdir}"), f"--mode={mode}"])
   if unsettable:
     line += (f"\n(the run's {', '.join(unsettable)} cannot be set on the command line: from "
              f"Python, experiments.setup.saved_config gives its config)")

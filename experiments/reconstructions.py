@@ -20,14 +20,18 @@ GRID_IMAGES = 32  # held-out images (and their reconstructions) in a grid
 GRID_COLUMNS = 8
 
 
+def bin_centres(levels: np.ndarray, num_levels: int) -> np.ndarray:
+  """Integer levels k -> the centres of their dequantization bins x = 2 (k + 1/2) / L - 1
+  (float32): the mean of what training feeds for k (``images``' 2 (k + u) / L - 1)."""
+  return (2.0 * (levels.astype(np.float64) + 0.5) / num_levels - 1.0).astype(np.float32)
+
+
 def heldout_images(config: Config, n: int) -> Tuple[np.ndarray, np.ndarray, int]:
   """(levels k (n', H, W, C) int32, x (n', H, W, C) float32, L): the first n test images (n'
-  = n, or fewer when the split is smaller) as integer levels and as the centres of their
-  dequantization bins x = 2 (k + 1/2) / L - 1 (the mean of what training feeds for k)."""
+  = n, or fewer when the split is smaller) as integer levels and as ``bin_centres``."""
   num_levels = images.num_levels(config.data.name)
   levels = build.heldout(config, n, levels=True)
-  x = (2.0 * (levels.astype(np.float64) + 0.5) / num_levels - 1.0).astype(np.float32)
-  return levels, x, num_levels
+  return levels, bin_centres(levels, num_levels), num_levels
 
 
 def reconstruct(net, params, x) -> Dict[str, Any]:

@@ -197,11 +197,11 @@ class _Loop:
     self.k_max = max(1, int(tcfg.steps_per_call))
     # Samples (a denoiser), reconstructions of held-out images (an autoencoder) or nothing (a
     # classifier) every training.sample_every steps and at the end.
-    self.plots = None
+    self.report = None
     if s.objective.draws_samples:
-      self.plots = _report_samples
+      self.report = _report_samples
     elif s.objective.reconstructs:
-      self.plots = _reconstruction_reporter(s)
+      self.report = _reconstruction_reporter(s)
     self.profiles = tuple(tcfg.ema_profiles)  # power EMAs, snapshots every ema_snapshot_every
 
   # -- the step boundary's duties, in order --------------------------------------------------
@@ -275,10 +275,10 @@ class _Loop:
   def periodic_samples(self, prev: int) -> None:
     """Samples (or an autoencoder's reconstructions) and their plot every
     training.sample_every steps (not at the end: ``end``)."""
-    if (self.plots is not None and _crossed(prev, self.step, self.tcfg.sample_every)
+    if (self.report is not None and _crossed(prev, self.step, self.tcfg.sample_every)
         and self.step < self.num_steps
         and self.sig.agreed_stop(self.step) is None):  # agreed: sampling is collective
-      self.plots(self.s, self.workdir, self.state, self.step, self.writer)
+      self.report(self.s, self.workdir, self.state, self.step, self.writer)
 
   def stop_on_signal(self) -> bool:
     """At a step boundary after SIGTERM / SIGINT: save, say so and stop (True)."""
@@ -312,11 +312,11 @@ class _Loop:
     """A finished run's samples (an autoencoder's reconstructions, a classifier's nothing),
     outside the deferred-signal block."""
     sig = self.sig
-    if self.status == "done" and sig.received is None and self.plots is not None:
+    if self.status == "done" and sig.received is None and self.report is not None:
       # Everything is saved: a signal now stops the sampling at once (immediate mode).
       sig.phase = "the final samples"
       sig.nothing_saved = f"the checkpoint at step {self.step} is saved"
-      self.plots(self.s, self.workdir, self.state, self.step, self.writer)
+      self.report(self.s, self.workdir, self.state, self.step, self.writer)
 
   # -- helpers -------------------------------------------------------------------------------
 

@@ -236,6 +236,9 @@ DDPM_UNET_TINY = {"model.net.ch": 8, "model.net.ch_mult": (1, 2), "model.net.num
                   "model.net.attn_resolutions": (4,)}
 EDM2_UNET_TINY = {"model.net.model_channels": 8, "model.net.channel_mult": (1, 2),
                   "model.net.channels_per_head": 8}
+# autoencoder_kl with one level of 8 channels (f = 1: 8x8x1 -> 8x8x2), the run's 8 steps.
+AUTOENCODER_TINY = {"model.net.channels": (8,), "model.net.norm_groups": 4,
+                    "model.net.latent_channels": 2, "data.num_heldout": 32}
 
 
 def load_config(relpath: str):
@@ -347,6 +350,7 @@ RUNS: Dict[str, Callable[[Runs], Any]] = {
     "digits_vp": lambda r: digits("vp.py", DDPM_UNET_TINY),
     "digits_vdm": lambda r: digits("vdm.py", DDPM_UNET_TINY, **{"sde.fields.hidden": 16}),
     "digits_edm2": lambda r: digits("edm2.py", EDM2_UNET_TINY),
+    "digits_autoencoder": lambda r: digits("autoencoder.py", AUTOENCODER_TINY),
 }
 
 
@@ -475,6 +479,8 @@ CASES: List[Case] = [
          train_record("reflow")),
     Case("reflow_scratch", "checkerboard_reflow, distill.init_from_teacher=False",
          train_record("reflow_scratch"), slow=True),
+    Case("autoencoder", "configs/digits/autoencoder.py, autoencoder_kl (8 ch, 1 level), 8 steps",
+         train_record("digits_autoencoder")),
     # -- samplers --
     _vp_sampler("euler"),
     _vp_sampler("heun", slow=True),

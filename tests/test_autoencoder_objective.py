@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tests.user_modules.ae_standin  # noqa: F401  TEMPORARY: registers autoencoder_kl
 from diffusion import autoencoding, objectives, training
 from diffusion.config_checks import ConfigError
 from diffusion.models import get_model
@@ -25,7 +24,7 @@ from tests.golden import flatten, leaf_record, read_state
 AE_CONFIG = "configs/digits/autoencoder.py"
 # A tiny autoencoder_kl (8 / 16 channels, f = 2: 8x8x1 -> 4x4x2) and a short run.
 TINY_AE = {
-    "model.net.channels": (8, 16), "model.net.norm_groups": 4, "model.net.latent_channels": 2,
+    "model.net.channels": (8,), "model.net.norm_groups": 4, "model.net.latent_channels": 2,
     "data.batch_size": 16, "data.num_heldout": 40, "training.num_steps": 20,
     "training.log_every": 10, "training.ckpt_every": 10, "training.sample_every": 0,
     "training.async_checkpoints": False, "optim.warmup_steps": 2, "optim.decay": "none",
@@ -35,9 +34,7 @@ TINY_AE = {
 
 def _config(**overrides):
   from experiments.config_files import load_config_file
-  c = load_config_file(AE_CONFIG)
-  c.imports = ("tests.user_modules.ae_standin",)  # TEMPORARY
-  return with_overrides(c, {**TINY_AE, **overrides})
+  return with_overrides(load_config_file(AE_CONFIG), {**TINY_AE, **overrides})
 
 
 # -- the loss ------------------------------------------------------------------------------------
@@ -148,17 +145,37 @@ def test_bad_loss_options_are_refused_by_name(opts, match):
     autoencoding.autoencoder_loss(encode, decode, x, jax.random.PRNGKey(0), **opts)
 
 
-def test_reconstruction_metrics_and_psnr_convention():
+def test_reconstruction_stats_and_psnr_convention():
   """PSNR on levels with peak L - 1: an error of one level everywhere at L = 17 is
   10 log10(16^2) = 24.08 dB; the mean image of {0, 2} levels is 1 (error 1 everywhere)."""
   levels = np.stack([np.zeros((2, 2, 1), np.int32), np.full((2, 2, 1), 2, np.int32)])
   x = levels / 8.0 - 1.0
-  m = autoencoding.reconstruction_metrics(levels, x, x + 0.1, levels + 1, 17)
-  assert m["psnr"] == pytest.approx(10 * math.log10(256.0))
+  stats = autoencoding.ReconstructionStats()
+  stats.update(levels, x, x + 0.1, levels + 1)
+  m = stats.result(17)
+  assert m["psnr"] == pytest.approx(10 * math.log10(256.0)) and m["heldout_images"] == 2
   assert m["mse"] == pytest.approx(0.01) and m["mse_levels"] == 1.0
   assert m["psnr_mean_image"] == pytest.approx(10 * math.log10(256.0))
   assert m["mse_mean_image"] == pytest.approx(0.125 ** 2)
   assert autoencoding.psnr(0.0, 255.0) == math.inf
+
+
+def test_reconstruction_stats_over_batches_equal_the_direct_formulas():
+  rng = np.random.default_rng(0)
+  levels = rng.integers(0, 256, size=(10, 3, 3, 2))
+  rec_levels = np.clip(levels + rng.integers(-3, 4, size=levels.shape), 0, 255)
+  x, x_rec = levels / 127.5 - 1.0, rec_levels / 127.5 - 1.0 + 1e-3
+  stats = autoencoding.ReconstructionStats()
+  for i, j in ((0, 4), (4, 7), (7, 10)):
+    stats.update(levels[i:j], x[i:j], x_rec[i:j], rec_levels[i:j])
+  m = stats.result(256)
+  mse_levels = np.mean((rec_levels - levels) ** 2.0)
+  assert m["mse"] == pytest.approx(np.mean((x_rec - x) ** 2)) and m["heldout_images"] == 10
+  assert m["psnr"] == pytest.approx(10 * np.log10(255.0 ** 2 / mse_levels))
+  assert m["mse_mean_image"] == pytest.approx(np.mean((x.mean(0) - x) ** 2))
+  mean_levels = np.rint(levels.mean(0))
+  assert m["psnr_mean_image"] == pytest.approx(
+      10 * np.log10(255.0 ** 2 / np.mean((mean_levels - levels) ** 2)))
 
 
 # -- the objective -------------------------------------------------------------------------------
@@ -180,19 +197,27 @@ def test_the_objective_is_registered_with_an_autoencoders_facts():
 
 
 def test_the_train_steps_loss_is_autoencoder_loss_on_the_networks_encoder_and_decoder():
-  net = get_model("autoencoder_kl", out_channels=1, latent_channels=2, channels=(8, 16),
+  net = get_model("autoencoder_kl", out_channels=1, latent_channels=2, channels=(8,),
                   norm_groups=4, mid_attention=False)
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1), minval=-1.0, maxval=1.0)
-  params = net.init(jax.random.PRNGKey(0), x)["params"]
+  # Random parameters of the network's shapes (its initializer's compile is slow on CPU).
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(
+      lambda a: jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype),
+      jax.eval_shape(net.init, jax.random.PRNGKey(0), x)["params"])
   cfg = training.StepConfig(objective="autoencoder", loss_opts=(("kl_weight", 0.01),))
   loss = training.make_loss(net, get_schedule("vp"), Parameterization("eps"), cfg)
   key = jax.random.PRNGKey(2)
-  got, aux = loss(params, {"x": x}, key)
+  got, aux = jax.jit(loss)(params, {"x": x}, key)
   noise_key, _ = jax.random.split(key)
-  want, _ = autoencoding.autoencoder_loss(
-      lambda v: net.apply({"params": params}, v, method="encode"),
-      lambda z: net.apply({"params": params}, z, method="decode"), x, noise_key,
-      kl_weight=0.01)
+
+  @jax.jit
+  def direct(p):
+    return autoencoding.autoencoder_loss(
+        lambda v: net.apply({"params": p}, v, method="encode"),
+        lambda z: net.apply({"params": p}, z, method="decode"), x, noise_key, kl_weight=0.01)[0]
+
+  want = direct(params)
   assert float(got) == float(want) and set(aux) >= {"recon", "kl", "mse"}
 
 
@@ -218,7 +243,7 @@ def test_a_digits_autoencoder_trains_resumes_exactly_and_evaluates(tmp_path, cap
 
   m = evaluate.run(_config(), straight)
   assert m["step"] == 20 and m["heldout_images"] == 40 and m["num_levels"] == 17
-  assert m["latent_shape"] == [4, 4, 2] and m["kl"] > 0 and m["latent_std"] > 0
+  assert m["latent_shape"] == [8, 8, 2] and m["kl"] > 0 and m["latent_std"] > 0
   assert m["psnr"] == pytest.approx(10 * math.log10(16 ** 2 / m["mse_levels"]))
   assert 0 < m["mse"] and 0 < m["mse_mean_image"]
   assert m["name"].startswith("autoencoder_heldout_")
@@ -248,3 +273,10 @@ def test_a_digits_autoencoder_trains_resumes_exactly_and_evaluates(tmp_path, cap
 def test_bad_autoencoder_configs_are_refused_in_one_line(overrides, match):
   with pytest.raises(ConfigError, match=match):
     validate(_config(**overrides), "train", device_count=1, process_count=1)
+
+
+def test_posthoc_emas_hint_evaluates_an_autoencoder():
+  from experiments import posthoc_ema
+  line = posthoc_ema.sample_hint(AE_CONFIG, _config(), "/tmp/o")
+  assert line.startswith(f"evaluate with: python -m experiments.main --config={AE_CONFIG} ")
+  assert line.endswith("--workdir=/tmp/o --mode=eval")
