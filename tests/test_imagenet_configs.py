@@ -271,7 +271,7 @@ def mock_latents(tmp_path_factory):
       c = image_config("imagenet2012", "vp", model="autoencoder_kl", net=TINY_VAE)
       c.training.objective = "autoencoder"
       with_overrides(c, {**{k: v for k, v in MOCK.items() if not k.startswith("sampling")},
-                         "training.num_steps": 1, "training.ckpt_every": 1,
+                         "training.num_steps": 1, "training.ckpt_every": 1, "optim.warmup_steps": 0,
                          "data.image_size": size})
       w = str(root / f"vae{size}")
       assert train.train(c, w)["status"] == "done"
