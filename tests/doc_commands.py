@@ -510,7 +510,7 @@ def expected_outputs(cmd: Command, args: Sequence[str]) -> List[str]:
     if mode == "sweep":
       return [f"{w}/eval/sweep_step_*.json", f"{w}/eval/sweep_step_*.md"]
     return [f"{w}/pairs"]
-  if cmd.target == "experiments.observations":
+  if cmd.target in ("experiments.observations", "experiments.encode"):
     return [flag_value(args, "out")]
   if cmd.target == "experiments.reference_stats":
     return [f"{flag_value(args, 'out')}/*.npz"]
