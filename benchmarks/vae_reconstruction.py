@@ -254,9 +254,11 @@ def reconstruct(conv, pixels: np.ndarray, dtype: str) -> Tuple[np.ndarray, np.nd
 
 def image_metrics(pixels: np.ndarray, rec: np.ndarray) -> Dict[str, float]:
   """{'mse', 'psnr'} of one image (module docstring): pixels uint8 (H, W, C), rec float."""
-  from diffusion.autoencoding import reconstruction_metrics
-  m = reconstruction_metrics(pixels[None].astype(np.int32), to_model_range(pixels)[None],
-                             rec[None], to_pixels(rec)[None].astype(np.int32), 256)
+  from diffusion.autoencoding import ReconstructionStats
+  stats = ReconstructionStats()
+  stats.update(pixels[None].astype(np.int32), to_model_range(pixels)[None], rec[None],
+               to_pixels(rec)[None].astype(np.int32))
+  m = stats.result(256)
   return {"mse": m["mse"], "psnr": m["psnr"]}
 
 

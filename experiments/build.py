@@ -5,7 +5,9 @@ early, so a typo fails before anything is compiled or written.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
@@ -296,11 +298,18 @@ def autoencoder_latent_shape(config: Config) -> Tuple[int, ...]:
   if saved is None:
     raise ConfigError(f"the autoencoder workdir {src['workdir']!r} holds no config.json: train "
                       f"or convert it first")
-  net = get_model(saved["model"]["name"], **saved["model"]["net"])
-  image = (1,) + tuple(_images_module().image_shape(config.data.name, config.data.image_size))
+  image = tuple(_images_module().image_shape(config.data.name, config.data.image_size))
+  return encoded_shape(saved["model"]["name"], json.dumps(saved["model"]["net"],
+                                                           sort_keys=True), image)
+
+
+@functools.lru_cache(maxsize=16)
+def encoded_shape(model_name: str, net_json: str, image: Tuple[int, ...]) -> Tuple[int, ...]:
+  """(h, w, c) that ``model_name(**net)`` encodes an (H, W, C) image to (``jax.eval_shape``)."""
+  net = get_model(model_name, **json.loads(net_json))
   out = jax.eval_shape(lambda x: net.init_with_output(jax.random.PRNGKey(0), x,
                                                       method="encode")[0][0],
-                       jax.ShapeDtypeStruct(image, jnp.float32))
+                       jax.ShapeDtypeStruct((1,) + image, jnp.float32))
   return tuple(int(v) for v in out.shape[1:])
 
 

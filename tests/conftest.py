@@ -182,18 +182,14 @@ def stand_in_latents(root: str, config, ae_net: Dict[str, object],
   import json
   from diffusion.data import images
   from diffusion.data import latents as latent_data
-  from diffusion.models import get_model
-  import jax.numpy as jnp
   ae_dir, folder = os.path.join(root, "ae"), os.path.join(root, "latents")
   os.makedirs(ae_dir, exist_ok=True)
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(ae_dir, "config.json"), "w") as f:
     json.dump({"model": {"name": ae_model, "net": ae_net}}, f)
+  from experiments.build import encoded_shape
   image = tuple(images.image_shape(config.data.name, config.data.image_size))
-  net = get_model(ae_model, **ae_net)
-  shape = jax.eval_shape(lambda x: net.init_with_output(jax.random.PRNGKey(0), x,
-                                                        method="encode")[0][0],
-                         jax.ShapeDtypeStruct((1,) + image, jnp.float32)).shape[1:]
+  shape = encoded_shape(ae_model, json.dumps(ae_net, sort_keys=True), image)
   zeros = np.zeros((4,) + tuple(shape), np.float32)
   data = latent_data.encode_shard(zeros, zeros + 1, np.zeros(4, np.int32))
   with open(os.path.join(folder, latent_data.shard_name(0)), "wb") as f:

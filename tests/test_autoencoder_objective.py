@@ -224,6 +224,7 @@ def test_the_train_steps_loss_is_autoencoder_loss_on_the_networks_encoder_and_de
 # -- the driver ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_digits_autoencoder_trains_resumes_exactly_and_evaluates(tmp_path, capsys):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   out = train.train(_config(), straight)

@@ -1,6 +1,9 @@
-"""Latent diffusion through the real driver: an autoencoder trained on digits, its latents
-written by experiments.encode (resumed after an interruption), a DiT trained on them and its
-samples decoded to digits; a decoder that is not the encoder's is refused (docs/latent.md)."""
+"""Latent diffusion through the real driver (docs/latent.md). Fast: the start-up refusals. Slow
+(``pytest -m slow``; the autoencoder's first compile alone takes ~40 s on 2 cores): an
+autoencoder trained on digits, its latents written by experiments.encode (resumed after an
+interruption, another folder refused), a DiT trained on them and its samples decoded to digits,
+the decoder at the manifest's step, a converted diffusers VAE end to end. The latent math is
+checked fast in tests/test_latent.py and tests/test_latent_data.py."""
 import json
 import os
 import subprocess
@@ -46,6 +49,7 @@ def _encode(ae_workdir, out, **kw):
                                batch_size=128, shard_size=512, **kw)
 
 
+@pytest.mark.slow
 def test_encode_is_resumable_and_fingerprinted(trained_autoencoder, tmp_path):
   from diffusion.data import latents as latent_data
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
@@ -74,6 +78,7 @@ def test_encode_is_resumable_and_fingerprinted(trained_autoencoder, tmp_path):
   assert latent_data.read_manifest(full) == m
 
 
+@pytest.mark.slow
 def test_latent_dit_trains_and_samples_decoded_digits(trained_autoencoder, tmp_path):
   folder, w = str(tmp_path / "latents"), str(tmp_path / "ldit")
   _encode(trained_autoencoder, folder)
@@ -108,11 +113,15 @@ def test_the_decoder_is_the_encoders_checkpoint(trained_autoencoder, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_a_latent_run_is_refused_at_start_up_with_reasons(trained_autoencoder, tmp_path):
+def test_a_latent_run_is_refused_at_start_up_with_reasons(tmp_path):
   from diffusion.config_checks import ConfigError
   from experiments.config_files import load_config_file
   from experiments.validate import validate_config
+  from tests.conftest import stand_in_latents
   c = load_config_file(LATENT_CONFIG)
+  ae_net = load_config_file(AE_CONFIG).model.net.to_dict()
+  stand_in_latents(str(tmp_path), c, ae_net)  # an autoencoder workdir with its config.json
+  trained_autoencoder = str(tmp_path / "ae")
   c.latent.dataset = str(tmp_path / "none")
   with pytest.raises(ConfigError, match="holds no latents.json; write it with"):
     validate_config(c, "train")
@@ -132,6 +141,7 @@ def test_a_latent_run_is_refused_at_start_up_with_reasons(trained_autoencoder, t
     validate_config(c, "sample")
 
 
+@pytest.mark.slow
 def test_a_converted_vae_encodes_and_decodes_a_latent_run(tmp_path):
   """A diffusers AutoencoderKL (the legacy-named 1-channel fixture, f = 2) converted into a
   workdir is an autoencoder like a trained one: encode reads it, a latent config names it, and
