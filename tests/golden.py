@@ -480,7 +480,7 @@ CASES: List[Case] = [
     Case("reflow_scratch", "checkerboard_reflow, distill.init_from_teacher=False",
          train_record("reflow_scratch"), slow=True),
     Case("autoencoder", "configs/digits/autoencoder.py, autoencoder_kl (8 ch, 1 level), 8 steps",
-         train_record("digits_autoencoder")),
+         train_record("digits_autoencoder"), slow=True),
     # -- samplers --
     _vp_sampler("euler"),
     _vp_sampler("heun", slow=True),

@@ -214,6 +214,7 @@ def _released_state_shapes(depth=28, d=1152, p=2, c=4, size=32, classes=1000):
   return {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
 
 
+@pytest.mark.slow  # two state dicts of 675M float32 parameters (2.7 GB each)
 @pytest.mark.parametrize("size", [32, 64])  # DiT-XL-2-256x256.pt, DiT-XL-2-512x512.pt
 def test_released_xl2_shapes_convert_with_the_released_count(size):
   state = _released_state_shapes(size=size)
