@@ -77,6 +77,20 @@ def _literal(d: Dict[str, Any]) -> str:
   return "{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(d.items())) + "}"
 
 
+def _process_lines(conv: Converted) -> str:
+  """The lines of a converted config's get_config() that set the release's forward process,
+  time ranges and parameterization (both templates share them)."""
+  return (f"  c.sde.name = {conv.sde[0]!r}\n"
+          f"  c.sde.fields = ml_collections.ConfigDict(SDE_FIELDS)\n"
+          f"  c.training.t_min = None\n"
+          f"  c.sampling.t_min = {conv.sampling_t_min!r}\n"
+          f"  c.sampling.clip_denoised = {conv.clip_denoised!r}\n"
+          f"  c.eval.t_min = None\n"
+          f"  c.model.parameterization = {conv.parameterization!r}\n"
+          f"  c.model.time_input = {conv.time_input!r}\n"
+          f"  c.model.scale_input = False\n")
+
+
 def config_text(conv: Converted, dataset: str, experiment: str,
                 autoencoder: Optional[str] = None) -> str:
   """A config file (``get_config()``) for the converted model, on configs/images.py (a latent
@@ -111,16 +125,7 @@ def get_config():
   c = image_config({dataset!r}, "vp", model={conv.model!r}, net=NET)
   c.experiment = {experiment!r}
   c.data.image_size = {size}
-  c.sde.name = {conv.sde[0]!r}
-  c.sde.fields = ml_collections.ConfigDict(SDE_FIELDS)
-  c.training.t_min = None
-  c.sampling.t_min = {conv.sampling_t_min!r}
-  c.sampling.clip_denoised = {conv.clip_denoised!r}
-  c.eval.t_min = None
-  c.model.parameterization = {conv.parameterization!r}
-  c.model.time_input = {conv.time_input!r}
-  c.model.scale_input = False
-  return c
+{_process_lines(conv)}  return c
 '''
 
 
@@ -163,16 +168,7 @@ def get_config():
   c.latent.autoencoder_config = {autoencoder and os.path.join(autoencoder, "config.py")!r}
   c.latent.normalization = {lat["normalization"]!r}
   c.latent.scale_factor = {lat["scale_factor"]!r}
-  c.sde.name = {conv.sde[0]!r}
-  c.sde.fields = ml_collections.ConfigDict(SDE_FIELDS)
-  c.training.t_min = None
-  c.sampling.t_min = {conv.sampling_t_min!r}
-  c.sampling.clip_denoised = {conv.clip_denoised!r}
-  c.eval.t_min = None
-  c.model.parameterization = {conv.parameterization!r}
-  c.model.time_input = {conv.time_input!r}
-  c.model.scale_input = False
-  c.sampling.sampler = "ddpm"
+{_process_lines(conv)}  c.sampling.sampler = "ddpm"
   c.sampling.num_steps = 250
   c.sampling.grid = "uniform"
   return c
