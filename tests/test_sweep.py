@@ -215,6 +215,7 @@ def test_eval_writes_fid_and_kid_against_the_statistics(tmp_path, cheap_inceptio
   assert on_disk["fid"] == m["fid"]
 
 
+@pytest.mark.slow  # 33 s cold (trains a run); the check itself: tests/test_fid.py
 def test_eval_refuses_statistics_of_another_resolution_before_sampling(tmp_path, cheap_inception):
   cfg, wd = _trained(tmp_path, **{"eval.fid_stats": _stats_file(tmp_path, "cifar10", 32)})
   with pytest.raises(ValueError, match=r"of dataset 'cifar10' at resolution 32, not 'digits'"):

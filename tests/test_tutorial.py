@@ -114,6 +114,7 @@ def tutorial(tmp_path_factory):
   return ns, out, sorted(os.listdir(cwd))
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_each_block_prints_its_documented_output(tutorial):
   _, out, _ = tutorial
   with open(TUTORIAL) as f:
@@ -127,17 +128,20 @@ def test_each_block_prints_its_documented_output(tutorial):
                         f"printed:\n{printed}"
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_it_writes_nothing_into_the_working_directory(tutorial):
   ns, _, cwd_files = tutorial
   assert cwd_files == ["configs"]
   assert not os.path.exists(ns["workdir"])  # the temporary workdir is cleaned up
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_the_exact_denoiser_beats_the_naive_guess(tutorial):
   ns = tutorial[0]
   assert ns["err_exact"] < 0.7 * ns["err_naive"]
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_training_lowers_the_loss(tutorial):
   losses = tutorial[0]["losses"]
   loss_min = tutorial[0]["loss_min"]
@@ -146,6 +150,7 @@ def test_training_lowers_the_loss(tutorial):
   assert last < first and last - loss_min < 0.35 * (first - loss_min), (first, last, loss_min)
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_the_trained_network_samples_the_mixture(tutorial):
   ns = tutorial[0]
   sw, floor = ns["sw"], ns["sw_floor"]
@@ -158,12 +163,14 @@ def test_the_trained_network_samples_the_mixture(tutorial):
     assert sw[name] < 0.25 * sw["untrained"], (name, sw)
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_the_pf_ode_likelihood_is_close_to_the_exact_density(tutorial):
   ns = tutorial[0]
   assert abs(ns["logp_ode"] - ns["logp_true"]) < 0.02  # the ODE solver with the exact denoiser
   assert abs(ns["logp_net"] - ns["logp_true"]) < 0.15  # the trained network
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_guidance_moves_the_samples_into_the_target_class(tutorial):
   ns = tutorial[0]
   p_target = ns["mixture"].class_weights()[ns["target"]]
@@ -172,6 +179,7 @@ def test_guidance_moves_the_samples_into_the_target_class(tutorial):
   assert ns["sw_class"] < 2.0 * ns["sw_floor"]
 
 
+@pytest.mark.slow  # the tutorial runs once per module: ~100 s cold on 2 cores
 def test_a_trained_workdir_restores_from_python(tutorial):
   ns = tutorial[0]
   config = ns["run_config"]
