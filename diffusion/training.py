@@ -100,6 +100,14 @@ def with_target(state: TrainState) -> TargetState:
   return TargetState(**fields, target=jax.tree_util.tree_map(jnp.copy, state.params))
 
 
+def target_of(state: TrainState, target_ema: float) -> PyTree:
+  """The target parameters of a TargetState; ValueError for another state."""
+  if not isinstance(state, TargetState):
+    raise ValueError(f"StepConfig.target_ema={target_ema} needs a TargetState "
+                     f"(training.with_target), got {type(state).__name__}")
+  return state.target
+
+
 def with_power_ema(state: TrainState, num_profiles: int) -> TrainState:
   """``state`` as a PowerEMAState whose ``num_profiles`` EMAs start as copies of the parameters
   (their value is never used: beta(1) = 0); ``state`` itself when ``num_profiles`` is 0."""
@@ -438,10 +446,7 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
     context = {"step": state.step,
                "teacher": getattr(state, "teacher", None) if teacher is None else teacher}
     if cfg.target_ema:
-      if not isinstance(state, TargetState):
-        raise ValueError(f"StepConfig.target_ema={cfg.target_ema} needs a TargetState "
-                         f"(training.with_target), got {type(state).__name__}")
-      context["target"] = state.target
+      context["target"] = target_of(state, cfg.target_ema)
     value, grads, aux = _accumulated_grads(loss, state.params, batch, key,
                                            cfg.grad_accum_steps, aux_names, context)
     grad_norm = optax.tree.norm(grads)

@@ -40,7 +40,12 @@ import numpy as np
 from diffusion import checkpoint
 from diffusion.config_checks import ConfigError
 from diffusion.io_utils import read_json
-from experiments import build, cli, runtime
+from diffusion.metrics import inception
+from diffusion.samplers import grid_search
+from experiments import (build, cli, eval_common, generate, results, runtime, validate,
+                         writers)
+from experiments.setup import restore_params
+from experiments.writers import say
 
 Config = ml_collections.ConfigDict
 GRID_DIR = "grids"
@@ -72,9 +77,7 @@ def check_request(config: Config, num_steps: int, metric: str, iterations: int, 
 
 def scorer(config: Config, metric: str) -> Callable[[np.ndarray], float]:
   """samples -> eval's metric ``metric`` (module doc), its references read once."""
-  from experiments import eval_common
   if metric == "fid":
-    from diffusion.metrics import inception
     stats = eval_common.load_fid_stats(config)
     params = inception.load_params()
     return lambda x: float(eval_common.fid_metrics(config, x, stats, params)["fid"])
@@ -85,7 +88,6 @@ def scorer(config: Config, metric: str) -> Callable[[np.ndarray], float]:
 def settings(config: Config, step: int, num_steps: int, metric: str, iterations: int,
              sweeps: int, num_samples: int, endpoint_margin: float) -> Dict[str, Any]:
   """Every setting that changes the search's result (its file name's hash)."""
-  from experiments import results, validate
   s = config.sampling
   out = {"step": int(step), "sampler": str(s.sampler),
          "hyperparameters": validate.sampler_hparams(config), "num_steps": int(num_steps),
@@ -103,7 +105,6 @@ def settings(config: Config, step: int, num_steps: int, metric: str, iterations:
 
 
 def result_path(workdir: str, key: Dict[str, Any]) -> str:
-  from experiments import results
   name = (f"step_{key['step']}_{key['sampler']}_{key['num_steps']}steps_{key['metric']}_"
           f"{results._hash(key)}.json")
   return os.path.join(workdir, GRID_DIR, name)
@@ -121,10 +122,6 @@ def run(config: Config, workdir: str, num_steps: int, metric: str, *, iterations
         endpoint_margin: float = 1e-4) -> Dict[str, Any]:
   """Searches the grid on the EMA parameters of ``workdir``'s checkpoint ``step`` (None: the
   newest) and writes it (module doc). Returns {'grid', 'trace', 'path', 'settings', 'reused'}."""
-  from diffusion.samplers import grid_search
-  from experiments import generate, results, validate
-  from experiments.setup import restore_params
-  from experiments.writers import say
   n = check_request(config, num_steps, metric, iterations, sweeps, num_samples)
   validate.validate(config, "sample", workdir)
   validate.check_writable(os.path.join(workdir, GRID_DIR),
@@ -158,7 +155,6 @@ def run(config: Config, workdir: str, num_steps: int, metric: str, *, iterations
   grid, trace = grid_search.search_time_grid(
       score, s.schedule, num_steps, t_min=config.sampling.t_min, t_max=config.sampling.t_max,
       iterations=iterations, sweeps=sweeps, endpoint_margin=endpoint_margin)
-  from experiments import writers
   if writers.is_main():
     writers.write_json(path, {"grid": [float(t) for t in grid], "trace": trace,
                               "settings": key, "overrides": overrides(grid)})

@@ -119,6 +119,18 @@ def test_end_points_are_in_the_search(sign):
   np.testing.assert_allclose(log_s(grid[1]), log_s(end) + sign * margin, atol=1e-9)
 
 
+def test_times_pushed_to_the_lower_end_stay_strictly_decreasing():
+  """Every stage prefers t_min: each new time lands next to the previous one (the margin shrinks
+  to a third of what is left), the grid stays strictly decreasing and its score is the one-step
+  score up to the margins."""
+  def score(grid):
+    return float(sum(log_s(t) - math.log(EDM.t_min) for t in grid[1:-1]))
+
+  grid, trace = search_time_grid(score, EDM, 4, iterations=4)
+  assert np.all(np.diff(grid) < 0) and grid[1] < EDM.t_min * 1.001
+  assert 0 < trace["score"] < 4e-4
+
+
 def test_one_step_has_nothing_to_search():
   grid, trace = search_time_grid(lambda g: 1.5, EDM, 1)
   np.testing.assert_array_equal(grid, [EDM.t_max, EDM.t_min])

@@ -20,8 +20,9 @@ the natural scale of noise levels; Karras et al. 2022), over [v(lo) + margin, v(
 both end points are scored first, then ``iterations`` golden-section steps (one new score each;
 Kiefer 1953) narrow the bracket, and the result is the best time ever scored in that search (the
 end points included), so the search never returns a time worse than an end point. The margin
-(``endpoint_margin``, 1e-4 in log sigma) keeps the grid strictly decreasing, which every sampler
-requires; at x -> t_min the (k+1)-step consistency sampler re-noises by sqrt(s_x^2 - s_min^2) ~
+(``endpoint_margin``, 1e-4 in log sigma, at most a third of the interval, so that a time an
+earlier stage put next to an end point still leaves room) keeps the grid strictly decreasing,
+which every sampler requires; at x -> t_min the (k+1)-step consistency sampler re-noises by sqrt(s_x^2 - s_min^2) ~
 s_min sqrt(2 margin) and its f at s_x is the identity up to c_out(s_x) ~ margin s_min / sigma_data
 (``diffusion.consistency.boundary_coefficients``), so it reproduces the k-step sampler up to
 that: stage k's result is never worse than stage k-1's by more than the evaluation noise ("two
@@ -38,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from diffusion.samplers.registry import build_sampler, sampler_info
 from diffusion.schedules import Schedule, check_int, check_real
 
 ScoreFn = Callable[[np.ndarray], float]
@@ -175,7 +177,9 @@ def search_time_grid(score_fn: ScoreFn, schedule: Schedule, num_steps: int, *,
   def search(stage: str, index: int, base: List[float]) -> None:
     """Searches times[index] of ``base`` (with a placeholder there) between its neighbours."""
     hi_t, lo_t = base[index - 1], base[index + 1]
-    lo_v, hi_v = _log_sigma(schedule, lo_t) + margin, _log_sigma(schedule, hi_t) - margin
+    lo_raw, hi_raw = _log_sigma(schedule, lo_t), _log_sigma(schedule, hi_t)
+    m = min(margin, (hi_raw - lo_raw) / 3)  # room left next to an earlier stage's end point
+    lo_v, hi_v = lo_raw + m, hi_raw - m
 
     def at(v: float) -> float:
       grid = np.asarray(base[:index] + [_time_of(schedule, v)] + base[index + 1:], np.float64)
@@ -212,7 +216,6 @@ def sampling_score(metric: Callable[[Any], float], denoise: Callable[..., Any],
   ``denoise`` (a consistency function for kind 'consistency' samplers, else a denoiser): what
   ``search_time_grid`` minimises when the samples fit in memory (the driver,
   experiments/search_grid.py, scores the run's samples with eval's metrics instead)."""
-  from diffusion.samplers.registry import build_sampler, sampler_info
   sampler_info(sampler).validate(hparams)
   if not callable(metric):
     raise TypeError(f"metric must be callable samples -> float, got {metric!r}")
