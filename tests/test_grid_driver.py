@@ -55,6 +55,19 @@ def _cd(teacher_wd, **overrides):
   return c
 
 
+TARGET = {"distill.target_ema": 0.9, "training.max_to_keep": 5}
+
+
+@pytest.fixture(scope="module")
+def cd_target_run(teacher):
+  """(config, workdir) of a 20-step CD run with an EMA target (checkpoints at 10 and 20)."""
+  cfg = _cd(teacher, **TARGET)
+  wd = os.path.join(os.path.dirname(teacher), "cd_target_ref")
+  out = train.train(cfg, wd)
+  assert out["status"] == "done" and np.isfinite(out["loss"])
+  return cfg, wd
+
+
 def _restore_state(config, wd, step):
   s = setup.setup(config)
   ckpt = checkpoint.Checkpointer(wd, config=s.identity, read_only=True)
@@ -132,18 +145,14 @@ def test_the_cd_loss_reads_the_target(teacher):
   assert abs(loss_of(ema, dict(ctx, target=moved)) - base) > 1e-4 * abs(base)
 
 
-@pytest.mark.slow  # three short CD runs (~15 s on 2 loaded cores)
-def test_cd_with_an_ema_target_resumes_exactly(teacher):
-  root = os.path.dirname(teacher)
-  cfg = _cd(teacher, **{"distill.target_ema": 0.9, "training.max_to_keep": 5})
-  ref_wd, wd = os.path.join(root, "cd_target_ref"), os.path.join(root, "cd_target")
-  out = train.train(cfg, ref_wd)
-  assert out["status"] == "done" and np.isfinite(out["loss"])
+def test_cd_with_an_ema_target_resumes_exactly(teacher, cd_target_run):
+  cfg, ref_wd = cd_target_run
+  wd = os.path.join(os.path.dirname(teacher), "cd_target")
   ref = _restore_state(cfg, ref_wd, 20)
   assert isinstance(ref, training.TargetState)
   assert not _leaves_equal(ref.target, ref.params)
   assert not _leaves_equal(ref.target, ref.ema_params)
-  train.train(cfg, wd)
+  shutil.copytree(ref_wd, wd)
   shutil.rmtree(os.path.join(wd, "checkpoints", "20"))  # a kill after the checkpoint at 10
   train.train(cfg, wd)
   got = _restore_state(cfg, wd, 20)
@@ -181,17 +190,15 @@ def test_consistency_training_refuses_a_target_ema():
 # -- explicit time grids ---------------------------------------------------------------------------
 
 
-def test_explicit_time_grid_samples_as_the_grid_it_spells(teacher):
+def test_explicit_time_grid_samples_as_the_grid_it_spells(teacher, cd_target_run):
   """sampling.time_grid = the Karras grid's times gives the samples of grid='karras' bit for bit,
   in a results folder of its own."""
-  wd = os.path.join(os.path.dirname(teacher), "cd_grid")
-  cfg = _cd(teacher, **{"sampling.num_steps": 2, "training.num_steps": 10})
-  train.train(cfg, wd)
+  _, wd = cd_target_run
+  cfg = _cd(teacher, **TARGET, **{"sampling.num_steps": 2})
   karras = sample.run(cfg, wd)
   sched = build.schedule(cfg)
   times = tuple(float(t) for t in grids.time_grid(sched, 2, "karras"))
-  explicit = sample.run(with_overrides(_cd(teacher, **{"sampling.num_steps": 2,
-                                                       "training.num_steps": 10}),
+  explicit = sample.run(with_overrides(_cd(teacher, **TARGET, **{"sampling.num_steps": 2}),
                                        {"sampling.time_grid": times}), wd)
   assert explicit["out"] != karras["out"] and "explicit_grid" in explicit["out"]
   a = np.load(os.path.join(karras["out"], "samples.npz"))["x"]
@@ -221,18 +228,17 @@ def test_a_sweep_refuses_an_explicit_grid(teacher):
 # -- the search on a trained run -------------------------------------------------------------------
 
 
-@pytest.mark.slow  # a CD run and 8 sample sets (~15 s on 2 loaded cores)
-def test_search_grid_writes_its_result_once_and_prints_the_overrides(teacher):
-  wd = os.path.join(os.path.dirname(teacher), "cd_search")
-  cfg = _cd(teacher, **{"training.num_steps": 10, "eval.sweep_num_samples": 128})
-  train.train(cfg, wd)
+@pytest.mark.slow  # 10 sample sets (~15 s on 2 loaded cores)
+def test_search_grid_writes_its_result_once_and_prints_the_overrides(teacher, cd_target_run):
+  _, wd = cd_target_run
+  cfg = _cd(teacher, **TARGET, **{"eval.sweep_num_samples": 128})
   out = search_grid.run(cfg, wd, 2, "sw", iterations=2)
   grid, trace = out["grid"], out["trace"]
   assert grid.shape == (3,) and np.all(np.diff(grid) < 0) and not out["reused"]
   assert trace["num_evaluations"] == 1 + 4 and len(trace["searches"]) == 1
   assert trace["score"] <= trace["one_step_score"] + 0.02  # an end point reproduces 1 step
   assert os.path.dirname(out["path"]) == os.path.join(wd, "grids")
-  assert os.path.basename(out["path"]).startswith("step_10_consistency_2steps_sw_")
+  assert os.path.basename(out["path"]).startswith("step_20_consistency_2steps_sw_")
   saved = json.load(open(out["path"]))
   assert saved["grid"] == [float(t) for t in grid] and saved["settings"]["num_samples"] == 128
   mtime = os.path.getmtime(out["path"])
@@ -245,8 +251,7 @@ def test_search_grid_writes_its_result_once_and_prints_the_overrides(teacher):
   # search's score of that grid.
   flags = search_grid.overrides(grid)
   assert flags.startswith("--config.sampling.num_steps=2 --config.sampling.time_grid='(")
-  cfg_g = _cd(teacher, **{"training.num_steps": 10, "eval.sweep_num_samples": 128,
-                          "sampling.num_steps": 2})
+  cfg_g = _cd(teacher, **TARGET, **{"eval.sweep_num_samples": 128, "sampling.num_steps": 2})
   cfg_g.sampling.time_grid = tuple(float(t) for t in grid)
   validate(cfg_g, "sample", wd, device_count=1, process_count=1)
   s, params, _ = setup.restore_params(cfg_g, wd)
