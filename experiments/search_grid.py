@@ -22,7 +22,7 @@ number of samples, metric settings, seed, sampling dtype and clipping), holding 
 search's trace and the settings; a file of the same name holds the same search, so it is read
 back and printed, never recomputed or overwritten. Ends by printing the
 ``--config.sampling.num_steps=... --config.sampling.time_grid=...`` overrides that sample with
-the grid (sample / eval / the digits' FID benchmark take them as they are).
+the grid (--mode=sample and --mode=eval take them as they are).
 """
 from __future__ import annotations
 
