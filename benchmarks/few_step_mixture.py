@@ -17,10 +17,16 @@ few-step map is compared with the exact PF-ODE map from the same noise (relative
   CD / CT       consistency students (MLP, CM's boundary parameterization) on the EDM schedule:
                 CD from the exact denoiser's Heun steps (18 scales), CT with iCT's recipe; 1- and
                 2-step samples and the 1-step map against the exact consistency function.
+                --searched_grids adds CD with CM's EMA target (mu = 0.95) and a table of 2- and
+                3-step samples on the fixed Karras grid next to the grid found by CM's greedy
+                search (diffusion.samplers.grid_search, 8 golden-section steps per time),
+                searched on its own noise and exact samples (other seeds than the reported
+                ones, so the reported SW is not the minimised one).
 
-  python benchmarks/few_step_mixture.py [--steps=2000]
+  python benchmarks/few_step_mixture.py [--steps=2000] [--searched_grids] [--only=consistency]
 
-Writes benchmarks/results/few_step_mixture.md and .json.
+Writes benchmarks/results/few_step_mixture.md and .json; with --only=SECTION only that section
+runs, written to few_step_mixture_<SECTION>.md and .json (the full results are left as they are).
 """
 from __future__ import annotations
 
@@ -43,10 +49,12 @@ from diffusion.data import toy2d  # noqa: E402
 from diffusion.metrics import sliced_wasserstein  # noqa: E402
 from diffusion.models import get_model  # noqa: E402
 from diffusion.parameterization import Parameterization, make_denoiser  # noqa: E402
-from diffusion.samplers import build_sampler  # noqa: E402
+from diffusion.samplers import build_sampler, grid_search, grids  # noqa: E402
 
 N_EVAL = 4096
 BATCH = 512
+SECTIONS = ("reflow", "progressive", "consistency")
+CM_TARGET_EMA = 0.95  # CM Table 3 (CD on CIFAR-10, N = 18)
 
 
 def mixture() -> analytic.GaussianMixture:
@@ -73,17 +81,22 @@ def make_net(width=128, blocks=3):
   return get_model("mlp", width=width, num_blocks=blocks, embed_dim=64)
 
 
-def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, init=None):
-  """Adam steps of ``loss_fn`` (training.make_train_step); data_fn(i) -> batch dict."""
+def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, init=None,
+          target_ema=0.0):
+  """Adam steps of ``loss_fn`` (training.make_train_step); data_fn(i) -> batch dict;
+  ``target_ema``: a target network in the state (training.TargetState), context['target']."""
   opt = training.make_optimizer(training.OptimConfig(lr=lr, warmup_steps=min(100, steps // 4),
                                                      decay="cosine",
                                                      decay_steps=steps))
   cfg = training.StepConfig(objective=objective, ema_decay=0.0,
-                            weighting="flow" if objective == "reflow" else "eps")
+                            weighting="flow" if objective == "reflow" else "eps",
+                            target_ema=target_ema)
   step = jax.jit(training.make_train_step(net, sched, param, opt, cfg, loss_fn=loss_fn))
   state = training.init_state(net, opt, key, jnp.zeros((1, 2)))
   if init is not None:
     state = state.replace(params=init, ema_params=init, opt_state=opt.init(init))
+  if target_ema:
+    state = training.with_target(state)
   for i in range(steps):
     state, m = step(state, data_fn(i))
   jax.block_until_ready(state.params)
@@ -192,7 +205,32 @@ def progressive(gm, steps_per_round):
 # -- consistency distillation / training --------------------------------------------------------------
 
 
-def consistency_students(gm, steps):
+def searched_grid_rows(gm, edm, f, x_T, x_exact):
+  """2- and 3-step SW of the consistency sampler with ``f`` on the fixed Karras grid and on the
+  grid of CM's greedy search, searched on other noise / exact samples / re-noising key than the
+  reported ones (8 golden-section steps per time)."""
+  x_T_search = edm.prior_sample(jax.random.PRNGKey(13), (N_EVAL, 2))
+  ref_search = np.asarray(gm.sample0(jax.random.PRNGKey(14), N_EVAL))
+  score = grid_search.sampling_score(lambda x: sw(x, ref_search), f, edm, x_T_search,
+                                     jax.random.PRNGKey(15))
+  rows = {}
+  for n in (2, 3):
+    t0 = time.time()
+    grid, trace = grid_search.search_time_grid(score, edm, n, iterations=8)
+    secs = time.time() - t0
+    out = {}
+    for kind, g in (("karras", grids.time_grid(edm, n, "karras")), ("searched", grid)):
+      s = build_sampler("consistency", edm, time_grid=g)
+      x, _ = s(f, jax.random.PRNGKey(6), jnp.asarray(x_T))
+      out[f"sw_{kind}"] = sw(x, x_exact)
+      out[f"grid_{kind}"] = [float(t) for t in g]
+    out.update(search_seconds=secs, evaluations=trace["num_evaluations"],
+               search_score=trace["score"], search_one_step_score=trace["one_step_score"])
+    rows[str(n)] = out
+  return rows
+
+
+def consistency_students(gm, steps, searched=False):
   edm = schedules.EDM()
   exact = gm.denoiser(edm)
   param = Parameterization("consistency", sigma_data=1.0)
@@ -200,12 +238,16 @@ def consistency_students(gm, steps):
   f_exact = C.ode_consistency_fn(exact, edm, 256)
   ode = np.asarray(jax.jit(f_exact)(jnp.asarray(x_T), jnp.full((N_EVAL,), edm.t_max)))
   x_exact = gm.sample0(jax.random.PRNGKey(4), N_EVAL)
-  out = {}
+  out = {"sw_floor": sw(gm.sample0(jax.random.PRNGKey(5), N_EVAL), x_exact)}
   teacher_step = C.traced_teacher_step("heun", edm, exact)
-  for name in ("CD", "CT"):
-    if name == "CD":
-      def loss(denoise, x0, key, context):
-        return C.consistency_distillation_loss(denoise, None, teacher_step, x0, key, edm, 18)
+  names = ("CD", "CT") + (("CD (EMA target)",) if searched else ())
+  for name in names:
+    net = make_net()
+    mu = CM_TARGET_EMA if name == "CD (EMA target)" else 0.0
+    if name.startswith("CD"):
+      def loss(denoise, x0, key, context, net=net, mu=mu):
+        target = denoiser_of(net, edm, param, context["target"]) if mu else None
+        return C.consistency_distillation_loss(denoise, target, teacher_step, x0, key, edm, 18)
     else:
       max_n = C.max_num_scales(steps)
 
@@ -213,11 +255,11 @@ def consistency_students(gm, steps):
         n = C.traced_num_scales(context["step"], steps)
         return C.consistency_training_loss(denoise, None, x0, key, edm, n, max_scales=max_n,
                                            c=0.0054)
-    net = make_net()
-    obj = "consistency_distillation" if name == "CD" else "consistency_training"
+    obj = "consistency_distillation" if name.startswith("CD") else "consistency_training"
     t0 = time.time()
     params = train(net, edm, param, loss, obj, steps, jax.random.PRNGKey(20),
-                   lambda i: {"x": gm.sample0(jax.random.PRNGKey(5000 + i), BATCH)})
+                   lambda i: {"x": gm.sample0(jax.random.PRNGKey(5000 + i), BATCH)},
+                   target_ema=mu)
     secs = time.time() - t0
     f = jax.jit(denoiser_of(net, edm, param, params))
     row = {"train_seconds": secs,
@@ -226,14 +268,14 @@ def consistency_students(gm, steps):
       s = build_sampler("consistency", edm, num_steps=n, grid="karras")
       x, _ = s(f, jax.random.PRNGKey(6), jnp.asarray(x_T))
       row[f"sw_{n}"] = sw(x, x_exact)
+    if searched:
+      row["searched_grids"] = searched_grid_rows(gm, edm, f, x_T, x_exact)
     out[name] = row
   return out
 
 
-def markdown(res) -> str:
-  rf = res["reflow"]
-  lines = [f"Exact-vs-exact sliced Wasserstein (the floor): {rf['sw_floor']:.4f}.", "",
-           f"Reflow ({rf['steps']} steps on 50,000 pairs of the exact flow; pairs "
+def markdown_reflow(rf) -> list:
+  lines = [f"Reflow ({rf['steps']} steps on 50,000 pairs of the exact flow; pairs "
            f"{rf['pairs_seconds']:.0f} s, training {rf['train_seconds']:.0f} s):", "",
            "| flow | straightness | 1-step rel. err. | 2-step rel. err. | SW 1 step | SW 2 steps |",
            "|---|---|---|---|---|---|"]
@@ -241,40 +283,82 @@ def markdown(res) -> str:
     r = rf[k]
     lines.append(f"| {k} | {r['straightness']:.4f} | {r['rel_err_1']:.4f} | "
                  f"{r['rel_err_2']:.4f} | {r['sw_1']:.4f} | {r['sw_2']:.4f} |")
-  pd = res["progressive"]
-  lines += ["", f"Progressive distillation ({pd['steps_per_round']} steps per round, "
-            f"{pd['train_seconds']:.0f} s):", "",
-            "| round | DDIM steps | rel. err. vs PF-ODE map | exact teacher's N-step DDIM map "
-            "(no distillation) | vs its teacher's 2N-step map | SW |", "|---|---|---|---|---|---|"]
+  return lines
+
+
+def markdown_progressive(pd) -> list:
+  lines = [f"Progressive distillation ({pd['steps_per_round']} steps per round, "
+           f"{pd['train_seconds']:.0f} s):", "",
+           "| round | DDIM steps | rel. err. vs PF-ODE map | exact teacher's N-step DDIM map "
+           "(no distillation) | vs its teacher's 2N-step map | SW |", "|---|---|---|---|---|---|"]
   for r in pd["rounds"]:
     lines.append(f"| {r['round']} | {r['student_steps']} | {r['rel_err_vs_ode']:.4f} | "
                  f"{r['teacher_ddim_rel_err_vs_ode']:.4f} | {r['rel_err_vs_teacher']:.4f} | "
                  f"{r['sw']:.4f} |")
-  cs = res["consistency"]
-  lines += ["", "Consistency models (1-step map against the exact consistency function):", "",
-            "| student | 1-step rel. err. | SW 1 step | SW 2 steps | training s |",
-            "|---|---|---|---|---|"]
-  for k in ("CD", "CT"):
+  return lines
+
+
+def markdown_consistency(cs) -> list:
+  names = [k for k in ("CD", "CT", "CD (EMA target)") if k in cs]
+  lines = ["Consistency models (1-step map against the exact consistency function):", "",
+           "| student | 1-step rel. err. | SW 1 step | SW 2 steps | training s |",
+           "|---|---|---|---|---|"]
+  for k in names:
     r = cs[k]
     lines.append(f"| {k} | {r['rel_err_1_vs_ode']:.4f} | {r['sw_1']:.4f} | {r['sw_2']:.4f} | "
                  f"{r['train_seconds']:.0f} |")
+  if any("searched_grids" in cs[k] for k in names):
+    lines += ["", "The same students on the fixed Karras grid and on the grid of CM's greedy "
+              "search (searched on other noise and exact samples than those reported; sigma = t "
+              "on EDM; the intermediate times only). 'On the search set': the searched grid's "
+              "SW and the 1-step SW on the samples the search minimised (their difference from "
+              "the reported ones is the set-to-set noise):", "",
+              "| student | steps | SW Karras grid | SW searched grid | on the search set: "
+              "searched / 1 step | Karras times | searched times | search s (evaluations) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k in names:
+      for n, g in sorted(cs[k].get("searched_grids", {}).items()):
+        fmt = lambda ts: ", ".join(f"{t:.3g}" for t in ts[1:-1])  # noqa: E731
+        lines.append(f"| {k} | {n} | {g['sw_karras']:.4f} | {g['sw_searched']:.4f} | "
+                     f"{g['search_score']:.4f} / {g['search_one_step_score']:.4f} | "
+                     f"{fmt(g['grid_karras'])} | {fmt(g['grid_searched'])} | "
+                     f"{g['search_seconds']:.0f} ({g['evaluations']}) |")
+  return lines
+
+
+def markdown(res) -> str:
+  floor = (res.get("reflow") or res["consistency"])["sw_floor"]
+  lines = [f"Exact-vs-exact sliced Wasserstein (the floor): {floor:.4f}."]
+  for name, fn in (("reflow", markdown_reflow), ("progressive", markdown_progressive),
+                   ("consistency", markdown_consistency)):
+    if name in res:
+      lines += [""] + fn(res[name])
   return "\n".join(lines) + "\n"
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=2000, help="training steps per student / round")
+  p.add_argument("--searched_grids", action="store_true",
+                 help="consistency: also CD with an EMA target, and 2- and 3-step samples on "
+                      "the searched grid next to the fixed Karras grid")
+  p.add_argument("--only", choices=SECTIONS, default=None,
+                 help="run this section only (written to few_step_mixture_<SECTION>.md/.json)")
   a = p.parse_args()
   gm = mixture()
-  res = {"reflow": reflow(gm, a.steps), "progressive": progressive(gm, a.steps),
-         "consistency": consistency_students(gm, a.steps)}
+  run = {"reflow": lambda: reflow(gm, a.steps), "progressive": lambda: progressive(gm, a.steps),
+         "consistency": lambda: consistency_students(gm, a.steps, a.searched_grids)}
+  res = {name: run[name]() for name in SECTIONS if a.only in (None, name)}
   text = markdown(res)
   print(text)
-  out = os.path.join(ROOT, "benchmarks", "results", "few_step_mixture")
+  out = os.path.join(ROOT, "benchmarks", "results",
+                     "few_step_mixture" + (f"_{a.only}" if a.only else ""))
+  flags = f"--steps={a.steps}" + (" --searched_grids" if a.searched_grids else "") + (
+      f" --only={a.only}" if a.only else "")
   from benchmarks.hardware import with_machine_line
   with open(out + ".md", "w") as f:
     f.write(with_machine_line(
-        f"Written by `python benchmarks/few_step_mixture.py --steps={a.steps}`.\n\n" + text))
+        f"Written by `python benchmarks/few_step_mixture.py {flags}`.\n\n" + text))
   with open(out + ".json", "w") as f:
     json.dump(res, f, indent=2)
 

@@ -171,6 +171,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.metric = config_dict.placeholder(str)  # 'l2' | 'pseudo_huber'
   c.distill.index_distribution = config_dict.placeholder(str)  # 'uniform' | 'lognormal'
   c.distill.teacher_solver = "heun"  # CD: one 'euler' or 'heun' PF-ODE step of the teacher
+  # CD's target network: None (or 0): the student itself under stop-gradient (iCT sec. 3.2);
+  # mu in (0, 1): CM's EMA target theta^- <- mu theta^- + (1 - mu) theta after every step (CM
+  # Alg. 2; CM Table 3: mu = 0.95 on CIFAR-10 with N = 18), held in the train state.
+  c.distill.target_ema = config_dict.placeholder(float)
   c.distill.num_scales = 18  # CD, and CT with curriculum 'none': Karras grid points N
   c.distill.rho = 7.0
   c.distill.curriculum = "ict"  # CT: 'ict' (iCT sec. 3.4) | 'cm' (CM App. C) | 'none'

@@ -97,6 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.t_max = config_dict.placeholder(float)  # None: the schedule's t_max
   c.logsnr_min = config_dict.placeholder(float)  # None: no clipping of the grid's noisy end
   c.logsnr_max = config_dict.placeholder(float)  # None: no clipping of the grid's clean end
+  # An explicit time grid t_0 = t_max > ... > t_N (num_steps + 1 floats, inside the schedule's
+  # range), e.g. one found by `python -m experiments.search_grid` (docs/few_step.md); set, it
+  # replaces grid / rho / t_min / t_max / logsnr_min / logsnr_max (which are then not passed).
+  # None: the grid those fields build (older runs' behaviour).
+  c.time_grid = config_dict.placeholder(tuple)
   # Clip every x0_hat to the data range [-1, 1] before the sampler uses it (DDPM's and DDIM's
   # released samplers do, clip_denoised=True); images only. Not a sampler hyper-parameter.
   c.clip_denoised = False
@@ -113,10 +118,24 @@ def get_config() -> ml_collections.ConfigDict:
 
 # Fields of config.sampling that are not build_sampler arguments.
 RUN_FIELDS = ("num_samples", "batch_size", "clip_denoised", "compute_dtype")
+# Fields that build the time grid; not passed when sampling.time_grid gives it explicitly.
+GRID_BUILD_FIELDS = ("grid", "rho", "t_min", "t_max", "logsnr_min", "logsnr_max")
+
+
+def builder_fields(fields: Dict[str, object]) -> Dict[str, object]:
+  """``fields`` (config.sampling as a dict) less the GRID_BUILD_FIELDS when time_grid is set
+  (build_sampler refuses both), with time_grid as a list (as it reads back from JSON,
+  so result settings that hold it compare equal); unchanged otherwise."""
+  if fields.get("time_grid") is None:
+    return {k: v for k, v in fields.items() if k != "time_grid"}
+  out = {k: v for k, v in fields.items() if k not in GRID_BUILD_FIELDS}
+  out["time_grid"] = list(fields["time_grid"])
+  return out
 
 
 def non_default_fields(c: ml_collections.ConfigDict) -> Dict[str, object]:
-  """The fields to pass to build_sampler: all but RUN_FIELDS, None ones dropped."""
-  return {k: v for k, v in c.to_dict().items()
-          if k not in RUN_FIELDS and v is not None
-          and not (isinstance(v, float) and math.isnan(v))}
+  """The fields to pass to build_sampler: all but RUN_FIELDS, None ones dropped, and the grid's
+  building fields dropped when time_grid is set (``builder_fields``)."""
+  return builder_fields({k: v for k, v in c.to_dict().items()
+                         if k not in RUN_FIELDS and v is not None
+                         and not (isinstance(v, float) and math.isnan(v))})

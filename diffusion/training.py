@@ -82,6 +82,32 @@ class PowerEMAState(TrainState):
   power_ema: Tuple[PyTree, ...]
 
 
+@flax.struct.dataclass
+class TargetState(TrainState):
+  """A TrainState that also carries a target network's parameters theta^-, an EMA of the
+  parameters updated after every step with ``StepConfig.target_ema`` mu (Song et al. 2023,
+  "Consistency Models", Alg. 2: theta^- <- stopgrad(mu theta^- + (1 - mu) theta)), passed to the
+  loss as context['target'] (consistency distillation with distill.target_ema). Separate from
+  ``ema_params`` (the EMA that is sampled, its own decay). Runs without it keep the plain
+  TrainState."""
+  target: PyTree
+
+
+def with_target(state: TrainState) -> TargetState:
+  """``state`` as a TargetState whose target starts as a copy of its parameters (CM Alg. 2:
+  theta^- <- theta)."""
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)}
+  return TargetState(**fields, target=jax.tree_util.tree_map(jnp.copy, state.params))
+
+
+def target_of(state: TrainState, target_ema: float) -> PyTree:
+  """The target parameters of a TargetState; ValueError for another state."""
+  if not isinstance(state, TargetState):
+    raise ValueError(f"StepConfig.target_ema={target_ema} needs a TargetState "
+                     f"(training.with_target), got {type(state).__name__}")
+  return state.target
+
+
 def with_power_ema(state: TrainState, num_profiles: int) -> TrainState:
   """``state`` as a PowerEMAState whose ``num_profiles`` EMAs start as copies of the parameters
   (their value is never used: beta(1) = 0); ``state`` itself when ``num_profiles`` is 0."""
@@ -287,6 +313,8 @@ class StepConfig:
   ema_profiles: sigma_rel of each power-function EMA kept in ``PowerEMAState.power_ema``
     (EDM2; () for none), updated with beta(t) = (1 - 1/t)^(gamma + 1), t the updates applied.
   conditional: pass batch['label'] to the network as ``cond``.
+  target_ema: mu of a target network's EMA (``TargetState``; consistency distillation's
+    distill.target_ema), updated after every applied step; 0: no target network.
   objective: the registered objective (``diffusion.objectives.names()``) whose loss the step
     takes: 'dsm' (``dsm_loss``), 'classifier' (``classifier_loss`` with batch['label'] as
     targets; weighting and conditional do not apply), 'reflow', the few-step students, ...
@@ -302,6 +330,7 @@ class StepConfig:
   compute_dtype: str = "float32"
   conditional: bool = False
   objective: str = "dsm"
+  target_ema: float = 0.0
 
   def __post_init__(self):
     objective = objectives.get(self.objective)  # ValueError naming the registered ones
@@ -320,6 +349,9 @@ class StepConfig:
       raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
     if self.ema_profiles:
       posthoc_ema.gamma_of_sigma_rel(self.ema_profiles)  # ValueError naming a bad sigma_rel
+    if not 0.0 <= self.target_ema < 1.0:
+      raise ValueError(f"target_ema must be in [0, 1) (0: no target network), got "
+                       f"{self.target_ema}")
 
 
 def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfig,
@@ -329,7 +361,8 @@ def make_loss(model, schedule: Schedule, param: Parameterization, cfg: StepConfi
   """``loss(params, batch, key, context=None) -> (scalar, aux)``: the loss of the objective
   ``cfg.objective`` (``objectives.get(...).make_loss``) on ``model`` computing in
   ``cfg.compute_dtype`` in training mode; ``context`` is the train step's dict {'step':
-  state.step, 'teacher': the teacher's parameters}.
+  state.step, 'teacher': the teacher's parameters, and 'target': the target network's
+  parameters where the state has one (``TargetState``)}.
 
   loss_fn: replaces the objective's library loss, called as that loss is (a custom dsm-like
     loss; for the few-step students ``loss_fn(denoise, x0, key, context)``).
@@ -393,7 +426,8 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
   """Returns the pure ``train_step(state, batch, teacher=None) -> (state, metrics)`` (not
   jitted); ``teacher``: fixed teacher parameters for the loss's context (else the state's own,
   ``DistillState.teacher``). ``loss_fn`` and ``loss_context`` (config, teacher, round_index):
-  see ``make_loss``.
+  see ``make_loss``. With ``cfg.target_ema`` the state is a ``TargetState``: its target goes to
+  the loss as context['target'] and is updated after the step.
 
   batch: {'x': (B, ...), 'label': (B,) optional}. metrics: scalars loss, grad_norm, finite,
   ema_decay, lr (when ``lr_fn`` is given) and the objective's ``aux_metrics`` (the classifier's
@@ -411,6 +445,8 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
     key = jax.random.fold_in(state.key, state.step)
     context = {"step": state.step,
                "teacher": getattr(state, "teacher", None) if teacher is None else teacher}
+    if cfg.target_ema:
+      context["target"] = target_of(state, cfg.target_ema)
     value, grads, aux = _accumulated_grads(loss, state.params, batch, key,
                                            cfg.grad_accum_steps, aux_names, context)
     grad_norm = optax.tree.norm(grads)
@@ -440,6 +476,9 @@ def make_train_step(model, schedule: Schedule, param: Parameterization,
       power = tuple(posthoc_ema.power_ema_update(e, params, t, g)
                     for e, g in zip(state.power_ema, gammas))
       new = new.replace(power_ema=keep(power, state.power_ema))
+    if cfg.target_ema:  # CM Alg. 2: theta^- <- mu theta^- + (1 - mu) theta, after the update
+      target = ema_update(state.target, params, jnp.float32(cfg.target_ema))
+      new = new.replace(target=keep(target, state.target))
     if cfg.nonfinite == "skip":
       new = new.replace(step=state.step + 1,
                         num_skipped=state.num_skipped + (~finite).astype(jnp.int32))

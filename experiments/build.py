@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs.sampling import RUN_FIELDS as _SAMPLING_RUN_FIELDS
+from configs.sampling import RUN_FIELDS as _SAMPLING_RUN_FIELDS, builder_fields
 from diffusion import checkpoint, guidance, latent as latent_lib, objectives, training
 from diffusion.data import latents as latent_data, toy2d
 from diffusion.models import get_model
@@ -103,7 +103,7 @@ def step_config(config: Config) -> training.StepConfig:
       ema_warmup=t.ema_warmup, ema_profiles=tuple(t.ema_profiles), nonfinite=t.nonfinite,
       grad_accum_steps=t.grad_accum_steps,
       compute_dtype=t.compute_dtype, conditional=config.model.conditional,
-      objective=t.objective)
+      objective=t.objective, target_ema=objective(config).target_ema(config))
 
 
 def objective(config: Config) -> objectives.Objective:
@@ -458,9 +458,10 @@ def true_entropy(config: Config) -> Optional[float]:
 def sampler_kwargs(config: Config) -> Dict[str, Any]:
   """The config.sampling fields passed to build_sampler: all but the run-size ones and the
   denoiser's clipping, and only hyper-parameters that are set (None means the sampler's
-  default)."""
+  default); with sampling.time_grid set, that grid instead of the fields that build one."""
   s = config.sampling.to_dict()
-  return {k: v for k, v in s.items() if k not in _SAMPLING_RUN_FIELDS and v is not None}
+  return builder_fields({k: v for k, v in s.items()
+                         if k not in _SAMPLING_RUN_FIELDS and v is not None})
 
 
 def sampler(config: Config, sched: Schedule) -> Callable:
@@ -488,8 +489,9 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
   (a 'classifier' run's is kept, so the two refuse each other's workdirs: check_identity
   compares IDENTITY_FIELDS). The OBJECTIVE_SECTIONS the objective does not read are left out, and
   so are training.ema_profiles when empty (its power EMAs are in the state: a workdir of other
-  profiles is refused), config.imports when empty, the latent section of a pixel-space run and
-  data.crop / data.folder when unset (the fields came later: older workdirs hold none)."""
+  profiles is refused), config.imports when empty, the latent section of a pixel-space run,
+  data.crop / data.folder, sampling.time_grid and distill.target_ema when unset (target_ema
+  0 is unset too: the same run) (the fields came later: older workdirs hold none)."""
   d = config.to_dict()
   obj = objective(config)
   for section in OBJECTIVE_SECTIONS:
@@ -502,6 +504,10 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
   for field in ("crop", "folder"):  # unset: the dataset's own (runs before the fields)
     if d["data"].get(field) is None:
       d["data"].pop(field, None)
+  if d.get("sampling", {}).get("time_grid", 0) is None:
+    d["sampling"].pop("time_grid")
+  if "distill" in d and not d["distill"].get("target_ema", 1):  # None or 0: no EMA target
+    d["distill"].pop("target_ema")
   if obj.identity_omits_name:
     del d["training"]["objective"]
   if not d["training"].get("ema_profiles"):  # as objective: absent from older workdirs

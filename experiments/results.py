@@ -275,7 +275,7 @@ def _readable(config: Config, mode: str, step: int) -> str:
   if mode == "eval" and objectives.of_config(config).reconstructs:
     return "autoencoder_heldout"
   parts = [] if mode == "sweep" else [str(s.sampler), f"n{int(s.num_steps)}"]
-  parts.append(str(s.grid))
+  parts.append("explicit_grid" if s.get("time_grid") is not None else str(s.grid))
   if tag:
     parts.append(tag)
   if mode == "sample":  # samples/ is not per step (eval/ is, and the sweep's file names it)

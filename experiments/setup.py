@@ -72,6 +72,8 @@ def setup(config: Config) -> Setup:
   def init(key):
     state = training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
                                 None if ex_label is None else jnp.asarray(ex_label))
+    if step_cfg.target_ema:  # CD's EMA target network (distill.target_ema)
+      state = training.with_target(state)
     return training.with_power_ema(state, len(config.training.ema_profiles))
 
   key = jax.random.PRNGKey(config.seed)
@@ -109,6 +111,8 @@ def init_state(s: Setup, teacher_params=None) -> training.TrainState:
     if copy:
       state = state.replace(params=teacher, ema_params=jax.tree_util.tree_map(jnp.copy, teacher),
                             opt_state=s.optimizer.init(teacher))
+    if s.step_cfg.target_ema:  # the target starts as the (initial) student: CM Alg. 2
+      state = training.with_target(state)
     state = training.with_power_ema(state, len(s.config.training.ema_profiles))
     if in_state:
       state = _with_teacher(state, jax.tree_util.tree_map(jnp.copy, teacher))

@@ -27,7 +27,7 @@ from diffusion.data import folder as folder_lib
 from diffusion.data import images
 from diffusion.metrics import inception
 from diffusion.models import capabilities, get_model, model_outputs, registered_models
-from diffusion.samplers import grids, registry
+from diffusion.samplers import engine, grids, registry
 from diffusion.schedules import SCHEDULES, get_schedule
 from experiments import build, config_files, distill, sweep_grid
 from experiments import conditioning as cond_lib
@@ -42,7 +42,7 @@ OUTPUT_SUBDIR = {"train": "", "sample": "samples", "eval": "eval", "sweep": "eva
 FID_ROUNDINGS = ("levels", "nearest", "floor")
 # config.sampling fields that build the time grid rather than the sampler's hyper-parameters.
 GRID_FIELDS = ("sampler", "num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min",
-               "logsnr_max")
+               "logsnr_max", "time_grid")
 # Modes that draw samples from the trained network (a classifier has none to draw).
 SAMPLING_MODES = ("sample", "sweep", "pairs")
 # Networks that draw no samples (``Objective.draws_samples``): what they are, what eval reports,
@@ -483,6 +483,9 @@ def check_sampling(config: Config, schedule) -> None:
   int_at_least("sampling.num_samples", s.num_samples, 1)
   int_at_least("sampling.batch_size", s.batch_size, 1)
   positive("sampling.rho", s.rho)
+  if s.time_grid is not None:
+    check_time_grid(config, schedule)
+    return
   t_min, t_max = from_library("sampling.t_min/t_max/logsnr_min/logsnr_max",
                               registry.logsnr_clip, schedule, s.t_min, s.t_max, s.logsnr_min,
                               s.logsnr_max)
@@ -492,6 +495,23 @@ def check_sampling(config: Config, schedule) -> None:
     raise ConfigError(f"config.sampling.grid={s.grid!r} with num_steps={s.num_steps}, "
                       f"rho={s.rho} gives times that are not finite and strictly decreasing "
                       f"on [{t_min}, {t_max}]")
+
+
+def check_time_grid(config: Config, schedule) -> None:
+  """sampling.time_grid (when set): num_steps + 1 finite, strictly decreasing times inside the
+  schedule's [t_min, t_max] (``engine.check_grid``). The fields that build a grid
+  (sampling.grid, rho, t_min, t_max, logsnr_min, logsnr_max) are then not used."""
+  s = config.sampling
+  tg = s.time_grid
+  if not isinstance(tg, (tuple, list)) or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in tg):
+    raise ConfigError(f"config.sampling.time_grid={tg!r} must be a tuple of floats, e.g. "
+                      f"--config.sampling.time_grid='(80.0, 0.8, 0.002)'")
+  if len(tg) != int(s.num_steps) + 1:
+    raise ConfigError(f"config.sampling.time_grid has {len(tg)} times, so {len(tg) - 1} steps; "
+                      f"config.sampling.num_steps={s.num_steps} needs {int(s.num_steps) + 1} "
+                      f"(set both)")
+  from_library("sampling.time_grid", engine.check_grid, tuple(float(v) for v in tg), schedule)
 
 
 def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
@@ -569,6 +589,10 @@ def check_sweep(config: Config, mode: str) -> None:
   2 held-out points (the unbiased MMD needs two of each)."""
   if mode != "sweep":
     return
+  if config.sampling.time_grid is not None:
+    raise ConfigError("config.sampling.time_grid fixes the number of steps; --mode=sweep chooses "
+                      "the steps of each NFE budget on the grid of sampling.grid: unset "
+                      "time_grid")
   e = config.eval
   try:
     samplers = sweep_grid.parse_list("eval.sweep_samplers", e.sweep_samplers, str)

@@ -17,6 +17,8 @@ comparing its name (DESIGN: "the driver asks the object"):
                 run of this objective may be another's teacher
   batches       ``batch_source``: 'data' (the dataset) or 'pairs' (reflow's (noise, sample)
                 pairs, config.distill.pairs)
+  target        ``target_ema(config)``: mu of a target network (an EMA of the parameters in
+                the state, ``training.TargetState``, the loss's context['target']); 0: none
   schedule      ``lr_schedule_steps(config)``; rounds (``round_boundaries``, ``round_of``,
                 ``begin_round``, ``keep_period``) for objectives that restart the optimizer
   config        ``check(config, mode)``: the start-up checks of the fields it reads (raising
@@ -167,6 +169,11 @@ class Objective:
 
   def check_teacher(self, config, teacher_config) -> None:
     """ConfigError unless ``teacher_config`` (the teacher's saved config) fits this run."""
+
+  def target_ema(self, config) -> float:
+    """mu of the target network the loss reads (context['target'], updated after every step
+    theta^- <- mu theta^- + (1 - mu) theta; ``training.TargetState``); 0.0: none (default)."""
+    return 0.0
 
   # -- schedule and rounds -----------------------------------------------------------------
   def lr_schedule_steps(self, config) -> int:

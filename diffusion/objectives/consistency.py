@@ -2,9 +2,12 @@
 consistency function f(x_t, t) -> x0 (model.parameterization 'consistency'), sampled by the
 consistency samplers, with no PF-ODE likelihood.
 
-  'consistency_distillation' (CD): f at x_{t_{i+1}} matches the EMA-free target f at the point
-      one teacher ODE step (distill.teacher_solver) away, on distill.num_scales Karras scales;
-      the teacher is fixed and passed to every step (``consistency_distillation_loss``).
+  'consistency_distillation' (CD): f at x_{t_{i+1}} matches the target f at the point one
+      teacher ODE step (distill.teacher_solver) away, on distill.num_scales Karras scales; the
+      teacher is fixed and passed to every step (``consistency_distillation_loss``). The target
+      is the student under stop-gradient (iCT sec. 3.2), or with distill.target_ema = mu CM's
+      EMA target network theta^- (Alg. 2), held in the train state (``training.TargetState``)
+      and updated after every step, theta^- <- mu theta^- + (1 - mu) theta.
   'consistency_training' (CT): no teacher; the pair is two noisings of the same x0, and the
       number of scales follows a curriculum of the step (iCT's or CM's, or fixed)
       (``consistency_training_loss``).
@@ -13,8 +16,11 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import jax
+
 from diffusion import consistency
-from diffusion.config_checks import int_at_least, one_of, positive, from_library
+from diffusion.config_checks import (ConfigError, from_library, int_at_least, number_in, one_of,
+                                     positive)
 from diffusion.networks import frozen_denoiser_of, jnp_compute_dtype
 from diffusion.objectives.base import LossContext, LossFn, register
 from diffusion.objectives.students import StudentObjective
@@ -69,26 +75,46 @@ class ConsistencyDistillation(_Consistency):
     teacher_of = frozen_denoiser_of(t.net, t.param, t.schedule, dtype)
     solver, n_scales, rho = d.teacher_solver, int(d.num_scales), float(d.rho)
     sched, param = ctx.schedule, ctx.param
+    ema_target = bool(self.target_ema(config))
 
     def loss(net, batch, key, context):
       denoise = make_denoiser(net, sched, param)
       step = consistency.traced_teacher_step(solver, sched, teacher_of(context["teacher"]))
+      target = None
+      if ema_target:  # CM's theta^-: the same network (training mode, dropout key) at theta^-
+        tree = jax.tree_util.tree_map(lambda a: a.astype(net.dtype), context["target"])
+        target = make_denoiser(lambda x_in, c, cond=None: net.apply_tree(tree, x_in, c, cond),
+                               sched, param)
       return consistency.consistency_distillation_loss(
-          denoise, None, step, batch["x"], key, sched, n_scales, rho=rho,
+          denoise, target, step, batch["x"], key, sched, n_scales, rho=rho,
           index_distribution=idx, weighting=w, metric=m)
 
     return loss
+
+  def target_ema(self, config) -> float:
+    """distill.target_ema (None: 0.0, the stop-gradient student)."""
+    mu = config.distill.get("target_ema")
+    return 0.0 if mu is None else float(mu)
 
   def check(self, config, mode: str) -> None:
     super().check(config, mode)
     one_of("distill.teacher_solver", config.distill.teacher_solver,
            consistency.TRACED_TEACHERS)
     int_at_least("distill.num_scales", config.distill.num_scales, 2)
+    mu = config.distill.get("target_ema")
+    if mu is not None:
+      number_in("distill.target_ema", mu, 0.0, 1.0, hi_open=True)
+      if mu and config.training.ema_profiles:
+        raise ConfigError("config.distill.target_ema (an EMA target network in the state) "
+                          "cannot be combined with config.training.ema_profiles (EDM2's power "
+                          "EMAs, another state) yet; set one of them")
 
   def describe(self, config) -> str:
     d = config.distill
+    target = (f", EMA target mu = {self.target_ema(config)}" if self.target_ema(config)
+              else "")
     return (f"consistency distillation: {d.teacher_solver} teacher steps on {d.num_scales} "
-            f"Karras scales")
+            f"Karras scales{target}")
 
 
 @register
@@ -125,6 +151,10 @@ class ConsistencyTraining(_Consistency):
   def check(self, config, mode: str) -> None:
     super().check(config, mode)
     d = config.distill
+    if d.get("target_ema"):
+      raise ConfigError(f"config.distill.target_ema={d.target_ema!r} is consistency "
+                        f"distillation's EMA target; consistency training's target is the "
+                        f"student under stop-gradient (iCT sec. 3.2): leave it unset")
     one_of("distill.curriculum", d.curriculum, CURRICULA)
     if d.curriculum == "none":
       int_at_least("distill.num_scales", d.num_scales, 2)

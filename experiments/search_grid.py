@@ -1,0 +1,197 @@
+"""The intermediate times of a few-step sampler, searched on a trained run's EMA model
+(``diffusion.samplers.grid_search``: Consistency Models' greedy search, sec. 6 / App. C).
+
+  python -m experiments.search_grid --config=FILE --workdir=W --num_steps=2 --metric=sw
+      [--iterations=8] [--sweeps=0] [--num_samples=N] [--step=S]
+
+For each candidate grid the run's sampler (config.sampling.sampler and its hyper-parameters,
+with the candidate as sampling.time_grid) draws the first N samples of the same sequence
+(seed + 2, as --mode=sweep: sample i's noise depends on (seed, i) only, so every candidate sees
+the same starting points and re-noising draws), and eval's metric scores them:
+
+  sw    sliced Wasserstein SW_2 against the first data.num_heldout held-out points (eval's
+        ``eval_common.sample_distances``: eval.sw_projections directions from the seed);
+  mmd   the unbiased MMD^2 of the first eval.mmd_points of each (the same function);
+  fid   FID against eval.fid_stats (images; ``eval_common.fid_metrics``, eval's, N samples).
+
+N defaults to eval.sweep_num_samples. The ends of the grid are sampling.t_min / t_max (None: the
+schedule's); the searched grid has num_steps + 1 times. Writes
+W/grids/step_<S>_<sampler>_<num_steps>steps_<metric>_<hash>.json (the hash of every setting
+that changes the result: the checkpoint step, sampler and hyper-parameters, search settings,
+number of samples, metric settings, seed, sampling dtype and clipping), holding the grid, the
+search's trace and the settings; a file of the same name holds the same search, so it is read
+back and printed, never recomputed or overwritten. Ends by printing the
+``--config.sampling.num_steps=... --config.sampling.time_grid=...`` overrides that sample with
+the grid (--mode=sample and --mode=eval take them as they are).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from absl import app, flags, logging
+import jax
+import ml_collections
+import numpy as np
+
+from diffusion import checkpoint
+from diffusion.config_checks import ConfigError
+from diffusion.io_utils import read_json
+from diffusion.metrics import inception
+from diffusion.samplers import grid_search
+from experiments import (build, cli, eval_common, generate, results, runtime, validate,
+                         writers)
+from experiments.setup import restore_params
+from experiments.writers import say
+
+Config = ml_collections.ConfigDict
+GRID_DIR = "grids"
+METRICS = {"sw": "sliced_wasserstein", "mmd": "mmd", "fid": "fid"}
+
+
+def check_request(config: Config, num_steps: int, metric: str, iterations: int, sweeps: int,
+                  num_samples: Optional[int]) -> int:
+  """ConfigError unless the search can run on ``config``: num_steps >= 1, a known metric (fid:
+  images with eval.fid_stats), iterations / sweeps >= 0, at least 2 samples. Returns the number
+  of samples."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    raise ConfigError(f"--num_steps={num_steps!r} must be an int >= 1")
+  if metric not in METRICS:
+    raise ConfigError(f"--metric={metric!r} is not accepted; accepted: {sorted(METRICS)}")
+  if metric == "fid" and (build.is_toy(config) or config.eval.fid_stats is None):
+    raise ConfigError("--metric=fid needs image data and config.eval.fid_stats (reference "
+                      "statistics of python -m experiments.reference_stats); toy data: sw or mmd")
+  for name, v in (("iterations", iterations), ("sweeps", sweeps)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise ConfigError(f"--{name}={v!r} must be an int >= 0")
+  n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
+  if n < 2:
+    raise ConfigError(f"--num_samples={n} must be >= 2 (the metrics compare two sets)")
+  if config.sampling.time_grid is not None:
+    raise ConfigError("config.sampling.time_grid is set; the search chooses it: leave it unset")
+  return n
+
+
+def scorer(config: Config, metric: str) -> Callable[[np.ndarray], float]:
+  """samples -> eval's metric ``metric`` (module doc), its references read once."""
+  if metric == "fid":
+    stats = eval_common.load_fid_stats(config)
+    params = inception.load_params()
+    return lambda x: float(eval_common.fid_metrics(config, x, stats, params)["fid"])
+  held = build.heldout(config, int(config.data.num_heldout))
+  return lambda x: float(eval_common.sample_distances(config, x, held)[METRICS[metric]])
+
+
+def settings(config: Config, step: int, num_steps: int, metric: str, iterations: int,
+             sweeps: int, num_samples: int, endpoint_margin: float) -> Dict[str, Any]:
+  """Every setting that changes the search's result (its file name's hash)."""
+  s = config.sampling
+  out = {"step": int(step), "sampler": str(s.sampler),
+         "hyperparameters": validate.sampler_hparams(config), "num_steps": int(num_steps),
+         "t_min": s.t_min, "t_max": s.t_max, "metric": metric, "iterations": int(iterations),
+         "sweeps": int(sweeps), "endpoint_margin": float(endpoint_margin),
+         "num_samples": int(num_samples), "seed": int(config.seed),
+         "compute_dtype": str(s.compute_dtype), "clip_denoised": bool(s.clip_denoised)}
+  if metric == "fid":
+    out["fid"] = results._fid(config)
+  else:
+    out["heldout"] = results._heldout(config)
+    out["sw_projections" if metric == "sw" else "mmd_points"] = int(
+        config.eval.sw_projections if metric == "sw" else config.eval.mmd_points)
+  return out
+
+
+def result_path(workdir: str, key: Dict[str, Any]) -> str:
+  name = (f"step_{key['step']}_{key['sampler']}_{key['num_steps']}steps_{key['metric']}_"
+          f"{results._hash(key)}.json")
+  return os.path.join(workdir, GRID_DIR, name)
+
+
+def overrides(grid: Sequence[float]) -> str:
+  """The command-line overrides that sample with ``grid``."""
+  times = ", ".join(repr(float(t)) for t in grid)
+  return (f"--config.sampling.num_steps={len(grid) - 1} "
+          f"--config.sampling.time_grid='({times})'")
+
+
+def run(config: Config, workdir: str, num_steps: int, metric: str, *, iterations: int = 8,
+        sweeps: int = 0, num_samples: Optional[int] = None, step: Optional[int] = None,
+        endpoint_margin: float = 1e-4) -> Dict[str, Any]:
+  """Searches the grid on the EMA parameters of ``workdir``'s checkpoint ``step`` (None: the
+  newest) and writes it (module doc). Returns {'grid', 'trace', 'path', 'settings', 'reused'}."""
+  n = check_request(config, num_steps, metric, iterations, sweeps, num_samples)
+  validate.validate(config, "sample", workdir)
+  validate.check_writable(os.path.join(workdir, GRID_DIR),
+                          f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
+  score_samples = scorer(config, metric)  # bad references are refused before any work
+  s, params, step = restore_params(config, workdir, step)
+  key = settings(config, step, num_steps, metric, iterations, sweeps, n, endpoint_margin)
+  path = result_path(workdir, key)
+  saved = read_json(path)
+  if saved is not None:
+    results.check_same({"key": saved.get("settings")}, results.Output(
+        "search", step, "", results._hash(key), key), path)
+    say(f"search_grid: {path} holds this search already (same settings); read back")
+    return {"grid": np.asarray(saved["grid"]), "trace": saved["trace"], "path": path,
+            "settings": key, "reused": True}
+  sample_key = jax.random.PRNGKey(int(config.seed) + 2)
+
+  def score(grid: np.ndarray) -> float:
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.sampling.num_steps = len(grid) - 1
+    cfg.sampling.time_grid = tuple(float(t) for t in grid)
+    t0 = time.time()
+    x, _ = generate.generate(dataclasses.replace(s, config=cfg), params, n, sample_key)
+    results.check_finite(cfg, x, f"samples of the grid {list(cfg.sampling.time_grid)}",
+                         "the search stopped; nothing was written")
+    value = score_samples(np.asarray(x))
+    say(f"search_grid: {metric} {value:.5g} on {np.array2string(grid, precision=5)} "
+        f"({time.time() - t0:.1f} s)")
+    return value
+
+  grid, trace = grid_search.search_time_grid(
+      score, s.schedule, num_steps, t_min=config.sampling.t_min, t_max=config.sampling.t_max,
+      iterations=iterations, sweeps=sweeps, endpoint_margin=endpoint_margin)
+  if writers.is_main():
+    writers.write_json(path, {"grid": [float(t) for t in grid], "trace": trace,
+                              "settings": key, "overrides": overrides(grid)})
+  say(f"search_grid: {metric} {trace['score']:.5g} with {num_steps} steps on the searched grid "
+      f"(one step: {trace['one_step_score']:.5g}; {trace['num_evaluations']} evaluations) -> "
+      f"{path}")
+  return {"grid": grid, "trace": trace, "path": path, "settings": key, "reused": False}
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+  f = flags.FLAGS
+  if f["mode"].present:
+    raise app.UsageError("--mode is not a flag of experiments.search_grid")
+  if f.config is None or not f.workdir or f.num_steps is None:
+    raise app.UsageError("--config, --workdir and --num_steps are required")
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  runtime.announce()
+  try:
+    out = run(f.config, f.workdir, f.num_steps, f.metric, iterations=f.iterations,
+              sweeps=f.sweeps, num_samples=f.num_samples, step=f.step)
+  except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
+          checkpoint.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  print(f"sample with the searched grid: {overrides(out['grid'])}", flush=True)
+
+
+if __name__ == "__main__":
+  cli.define_flags()  # --config (with overrides) and --workdir, as experiments.main has them
+  flags.DEFINE_integer("num_steps", None, "The sampler's steps N (the grid has N + 1 times).")
+  flags.DEFINE_enum("metric", "sw", sorted(METRICS), "What the search minimises (eval's).")
+  flags.DEFINE_integer("iterations", 8, "Golden-section steps per searched time.")
+  flags.DEFINE_integer("sweeps", 0, "Passes of coordinate refinement after CM's greedy stages.")
+  flags.DEFINE_integer("num_samples", None, "Samples per candidate grid (default: "
+                       "eval.sweep_num_samples).")
+  flags.DEFINE_integer("step", None, "The checkpoint (default: the newest).")
+  app.run(main, flags_parser=cli.parse_flags)
