@@ -29,6 +29,10 @@ def scm_toy(objective: str, teacher_name: str) -> ml_collections.ConfigDict:
   c.model.time_input = "t"
   c.model.sigma_data = SIGMA_DATA
   c.model.net.logvar_head = True
+  # Unscaled sinusoidal features of c_noise(t) = t (sCM sec. 4.1: low-frequency time embeddings;
+  # the MLP's default scale 1000 makes dF/dt ~1000x larger and the loss does not learn,
+  # benchmarks/few_step_mixture.py --only=scm).
+  c.model.net.embedding_scale = 1.0
   c.distill.init_from_teacher = False
   c.scm.p_mean = -1.0 + math.log(SIGMA_DATA / 0.5)
   c.scm.p_std = 1.4
