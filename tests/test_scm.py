@@ -173,3 +173,25 @@ def test_time_distribution_ratio_and_normalisation():
     scm.scm_loss(None, None, jnp.zeros((2, 2)), jax.random.PRNGKey(0), sched, weighting="edm")
   with pytest.raises(ValueError, match="'trigflow' schedule"):
     scm.sample_time(jax.random.PRNGKey(0), 2, S.EDM())
+
+
+def test_mlp_log_variance_head_is_optional_and_leaves_the_network_unchanged():
+  from diffusion.models import capabilities, get_model
+  x, c = jnp.ones((3, 2)), jnp.array([0.1, 0.5, 1.2])
+  plain = get_model("mlp", width=16, num_blocks=1, embed_dim=8)
+  off = get_model("mlp", width=16, num_blocks=1, embed_dim=8, logvar_head=False)
+  on = get_model("mlp", width=16, num_blocks=1, embed_dim=8, logvar_head=True)
+  p_plain = plain.init(jax.random.PRNGKey(0), x, c)["params"]
+  p_off = off.init(jax.random.PRNGKey(0), x, c)["params"]
+  p_on = on.init(jax.random.PRNGKey(0), x, c)["params"]
+  assert jax.tree_util.tree_structure(p_plain) == jax.tree_util.tree_structure(p_off)
+  for a, b in zip(jax.tree_util.tree_leaves(p_plain), jax.tree_util.tree_leaves(p_off)):
+    np.testing.assert_array_equal(a, b)
+  assert set(p_on) == set(p_plain) | {"logvar_head"}
+  assert not capabilities(plain).return_logvar and not capabilities(off).return_logvar
+  assert capabilities(on).return_logvar
+  f_on, u = on.apply({"params": p_on}, x, c, return_logvar=True)
+  np.testing.assert_array_equal(f_on, plain.apply({"params": p_plain}, x, c))
+  np.testing.assert_array_equal(u, jnp.zeros(3))  # zero-initialised: u = 0
+  with pytest.raises(ValueError, match="logvar_head=True"):
+    plain.apply({"params": p_plain}, x, c, return_logvar=True)
