@@ -182,7 +182,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.num_pairs = 50_000
   c.distill.pairs_shard_size = 5_000
 
-  # sCM (training.objective 'scm_distillation' / 'scm_training'; Lu & Song 2024, docs/consistency.md):
+  # sCM (training.objective 'scm_distillation' / 'scm_training'; Lu & Song 2024, docs/scm.md):
   # the paper's CIFAR-10 defaults. Read only by those objectives (part of their runs' identity).
   c.scm = ml_collections.ConfigDict()
   c.scm.tangent_warmup_steps = 10_000  # H: tangent warm-up r = min(1, step / H); 0: none

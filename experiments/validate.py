@@ -501,12 +501,13 @@ def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None
   """A consistency model (its objective's network 'consistency': CM, sCM) is sampled by the
   samplers of kind 'consistency' only, and a denoiser by every other kind (a 'trigflow' network
   trained by 'dsm' is a denoiser)."""
-  consistency_model = objectives.of_config(config).network == "consistency"
+  objective = objectives.of_config(config)
+  consistency_model = objective.network == "consistency"
   if (kind == "consistency") != consistency_model:
     ours = sorted(n for n in registry.registered_samplers()
                   if (registry.sampler_info(n).kind == "consistency") == consistency_model)
-    what = (f"a consistency function (config.training.objective="
-            f"{config.training.objective!r})" if consistency_model
+    what = (f"a consistency function (config.training.objective={objective.name!r})"
+            if consistency_model
             else f"a denoiser (model.parameterization={config.model.parameterization!r})")
     raise ConfigError(f"config.{field}={name!r} is a sampler of kind {kind!r}; this config's "
                       f"network is {what}, sampled by: {ours}")
