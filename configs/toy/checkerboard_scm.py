@@ -11,6 +11,10 @@ Sampled by CM's multistep sampler ('consistency'), 1 step.
 
 Run (after training the teacher):
   python -m experiments.main --config=configs/toy/checkerboard_scm.py --workdir=workdirs/checkerboard_scm --mode=train
+
+Measured (2026-12-07, 2 CPU cores shared with other jobs; docs/scm.md): sliced Wasserstein to
+held-out data (floor 0.059) 0.091 at 1 step, 0.094 at 2 (checkerboard_cd, started from the
+teacher: 0.064 / 0.329); 5,000 steps at 20-34 steps/s.
 """
 import math
 
