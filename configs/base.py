@@ -186,6 +186,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.distill.num_pairs = 50_000
   c.distill.pairs_shard_size = 5_000
 
+  # sCM (training.objective 'scm_distillation' / 'scm_training'; Lu & Song 2024, docs/scm.md):
+  # the paper's CIFAR-10 defaults. Read only by those objectives (part of their runs' identity).
+  c.scm = ml_collections.ConfigDict()
+  c.scm.tangent_warmup_steps = 10_000  # H: tangent warm-up r = min(1, step / H); 0: none
+  c.scm.tangent_c = 0.1  # tangent normalisation g / (||g|| + c)
+  c.scm.p_mean = -1.0  # log(sigma_d tan t) ~ N(p_mean, p_std^2)
+  c.scm.p_std = 1.4
+  c.scm.weighting = "adaptive"  # 'adaptive' (the network's log-variance head) | 'uniform'
+  c.scm.prior_weighting = False  # multiply the loss by 1 / (sigma_d tan t)
+
   # Latent diffusion (docs/latent.md): with latent.dataset set, the run trains on the latents of
   # an image dataset written by `python -m experiments.encode` (an autoencoder's posterior mean
   # and std per image; the folder names the autoencoder), and sample / eval decode to pixels.

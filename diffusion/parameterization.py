@@ -32,6 +32,12 @@ A *parameterization* is the pair (network inputs, network output -> x0_hat):
          is then the consistency function f(x_t, t) (diffusion.consistency), sampled by the
          'consistency' sampler; a network trained with 'edm' has the same inputs, so its
          parameters initialise it (consistency distillation from an EDM teacher).
+  trigflow  TrigFlow's (Lu & Song 2024, sCM, eq. 6 and sec. 4.1) on the 'trigflow' schedule only
+         (alpha = cos t, sigma = sigma_d sin t): the network sees x / sigma_d and c_noise(t) = t
+         (the paper's identity time transform; the network's own embedding scales it), and
+         x0 = cos t x - sin t sigma_d F = alpha x - sigma F.
+         F is both the TrigFlow diffusion model's scaled velocity (dx_t/dt = sigma_d F) and the
+         sCM consistency function f(x_t, t) = cos t x_t - sin t sigma_d F (f(x, 0) = x exactly).
 """
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ from diffusion.schedules import Schedule, _bcast
 Array = Any
 Denoiser = Callable[..., Array]  # denoise(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
 
-PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow", "consistency")
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow", "consistency", "trigflow")
 TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise", "index")
 
 
@@ -115,8 +121,9 @@ class Parameterization:
     time_input: the scalar the network is conditioned on: 't', 'log_sigma' (log of sigma/alpha),
       'logsnr', 'c_noise' (= log(sigma/alpha)/4, EDM), or 'index' (a discrete-time schedule's
       step index N t - 1: DDPM networks on ``vp_discrete``). 'edm' and 'consistency' always
-      use c_noise.
-    sigma_data: the data standard deviation assumed by EDM's preconditioning.
+      use c_noise; 'trigflow' always uses t (sCM's c_noise(t) = t).
+    sigma_data: the data standard deviation assumed by EDM's preconditioning ('trigflow': the
+      schedule's sigma_data, which it must equal).
     scale_input: feed x / sqrt(alpha^2 sd^2 + sigma^2) (unit variance) instead of x; 'edm' and
       'consistency' always do (that is EDM's c_in).
   """
@@ -134,8 +141,23 @@ class Parameterization:
   def _noise_level(self, t, schedule):
     return schedule.edm_sigma(t)  # sigma / alpha
 
+  def check_schedule(self, schedule: Schedule) -> None:
+    """'trigflow' runs on the 'trigflow' schedule of the same sigma_data only (ValueError)."""
+    if self.kind != "trigflow":
+      return
+    if schedule.name != "trigflow":
+      raise ValueError(f"parameterization 'trigflow' needs the 'trigflow' schedule (alpha = cos t, "
+                       f"sigma = sigma_d sin t), got the {schedule.name!r} schedule")
+    if float(schedule.sigma_data) != float(self.sigma_data):
+      raise ValueError(f"parameterization 'trigflow': sigma_data={self.sigma_data} differs from "
+                       f"the trigflow schedule's sigma_data={schedule.sigma_data}")
+
   def net_inputs(self, x, t, schedule: Schedule):
     """(x_in (B, ...), c (B,)): what the network sees for x_t at times t (B,)."""
+    if self.kind == "trigflow":
+      self.check_schedule(schedule)
+      c = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+      return x / self.sigma_data, c
     tb = _bcast(t, x)
     a, s = schedule.alpha(tb), schedule.sigma(tb)
     edm_inputs = self.kind in ("edm", "consistency")
@@ -171,6 +193,10 @@ class Parameterization:
       return x0_from_score(out, x, t, schedule)
     if self.kind == "flow":
       return x0_from_velocity(out, x, t, schedule)
+    if self.kind == "trigflow":
+      self.check_schedule(schedule)
+      tb = _bcast(t, x)
+      return schedule.alpha(tb) * x - schedule.sigma(tb) * out  # cos t x - sin t sigma_d F
     a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return c_skip * (x / a) + c_out * out
 
@@ -186,6 +212,10 @@ class Parameterization:
       return score_from_x0(x0, x, t, schedule)
     if self.kind == "flow":
       return velocity_from_x0(x0, x, t, schedule)
+    if self.kind == "trigflow":
+      self.check_schedule(schedule)
+      tb = _bcast(t, x)
+      return (schedule.alpha(tb) * x - x0) / schedule.sigma(tb)
     a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return (x0 - c_skip * (x / a)) / c_out
 

@@ -370,6 +370,73 @@ class RectifiedFlow(Schedule):
     return 1.0 / (1.0 + xp.exp(0.5 * lam))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrigFlow(Schedule):
+  """TrigFlow (Lu & Song 2024, sCM, sec. 3): x_t = cos(t) x0 + sin(t) z, z ~ N(0, sigma_d^2 I),
+  i.e. alpha = cos t, sigma = sigma_d sin t, the time t an angle in (0, pi/2).
+
+  sigma / alpha = sigma_d tan t (EDM's noise level), logSNR = -2 log(sigma_d tan t), so
+  t_from_logsnr(lam) = arctan(e^{-lam/2} / sigma_d). The PF-ODE is dx_t/dt = sigma_d F with F the
+  TrigFlow network output (parameterization 'trigflow'). t_min / t_max None (the defaults) map
+  EDM's range sigma / alpha in [0.002, 80] (Karras et al. 2022): t_min = arctan(0.002 / sigma_d),
+  t_max = arctan(80 / sigma_d) (0.0040 and 1.5645 at sigma_d = 0.5). Unlike the other schedules'
+  "unit data" prior (std sqrt(alpha^2 + sigma^2)), the prior std is sigma_d: the paper's x_T =
+  sigma_d z for data of std sigma_d (exact at every t: cos^2 sd^2 + sd^2 sin^2 = sd^2).
+  """
+  t_min: Optional[float] = None
+  t_max: Optional[float] = None
+  sigma_data: float = 0.5
+
+  name = "trigflow"
+
+  def __post_init__(self):
+    sd = self.sigma_data
+    if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not (math.isfinite(sd)
+                                                                          and sd > 0):
+      raise ValueError(f"trigflow: sigma_data must be a finite number > 0, got {sd!r}")
+    if self.t_min is None:
+      object.__setattr__(self, "t_min", math.atan(0.002 / sd))
+    if self.t_max is None:
+      object.__setattr__(self, "t_max", math.atan(80.0 / sd))
+    if not self.t_max < 0.5 * math.pi:
+      raise ValueError(f"trigflow: t_max={self.t_max} must be < pi/2 (alpha = cos t = 0 there)")
+
+  def alpha(self, t):
+    return _xp(t).cos(t)
+
+  def sigma(self, t):
+    return self.sigma_data * _xp(t).sin(t)
+
+  def dalpha_dt(self, t):
+    return -_xp(t).sin(t)
+
+  def dsigma_dt(self, t):
+    return self.sigma_data * _xp(t).cos(t)
+
+  def logsnr(self, t):
+    return -2.0 * _xp(t).log(self.sigma_data * _xp(t).tan(t))
+
+  def dlogsnr_dt(self, t):
+    xp = _xp(t)
+    return -2.0 / (xp.sin(t) * xp.cos(t))  # d/dt -2 log tan t = -2 / (sin t cos t)
+
+  def edm_sigma(self, t):
+    return self.sigma_data * _xp(t).tan(t)
+
+  def t_from_logsnr(self, lam):
+    xp = _xp(lam)
+    return xp.arctan(xp.exp(-0.5 * lam) / self.sigma_data)
+
+  def t_from_edm_sigma(self, s):
+    return _xp(s).arctan(s / self.sigma_data)
+
+  def diffusion_sq(self, t):
+    return 2.0 * self.sigma_data**2 * _xp(t).tan(t)  # 2 sigma (sigma' - f sigma), f = -tan t
+
+  def prior_std(self) -> float:
+    return float(self.sigma_data)
+
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
@@ -646,7 +713,8 @@ class LearnedVP(Schedule):
 
 
 SCHEDULES: Dict[str, Type[Schedule]] = {
-    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow, DiscreteVP, LearnedVP)
+    cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow, TrigFlow, DiscreteVP,
+                              LearnedVP)
 }
 
 

@@ -32,11 +32,11 @@ Config = ml_collections.ConfigDict
 # training.objective is left out for the default objective ('dsm', ``identity_dict``), so workdirs
 # written before the field existed still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
-                   "training.objective", "training.ema_profiles", "distill", "latent",
+                   "training.objective", "training.ema_profiles", "distill", "scm", "latent",
                    "resolved.data_shape", "resolved.param_count", "resolved.latent_fingerprint")
 # Config sections only some objectives read (``Objective.identity_fields``): the others' identity
 # leaves them out (workdirs written before a section existed still resume).
-OBJECTIVE_SECTIONS = ("distill",)
+OBJECTIVE_SECTIONS = ("distill", "scm")
 
 
 # -- the math objects -----------------------------------------------------------------------------

@@ -243,6 +243,9 @@ def check_model(config: Config) -> None:
   one_of("model.parameterization", m.parameterization, parameterization.PARAMETERIZATIONS)
   one_of("model.time_input", m.time_input, parameterization.TIME_INPUTS)
   positive("model.sigma_data", m.sigma_data)
+  if m.parameterization == "trigflow":
+    from_library("model.parameterization", parameterization.Parameterization(
+        "trigflow", sigma_data=m.sigma_data).check_schedule, build.schedule(config))
   is_bool("model.scale_input", m.scale_input)
   is_bool("model.conditional", m.conditional)
   if not m.conditional:
@@ -330,7 +333,7 @@ def check_objective(config: Config, mode: str) -> None:
                       f"function: set config.model.parameterization={required!r} (got "
                       f"{param!r})")
   trained_by = [n for n in objectives.names() if objectives.get(n).required_parameterization
-                == param]
+                == param and objectives.get(n).exclusive_parameterization]
   if trained_by and required != param:
     raise ConfigError(f"config.model.parameterization={param!r} is trained by the objectives "
                       f"{' or '.join(repr(n) for n in trained_by)}, not "
@@ -515,13 +518,16 @@ def check_time_grid(config: Config, schedule) -> None:
 
 
 def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
-  """A consistency model (model.parameterization 'consistency') is sampled by the samplers of
-  kind 'consistency' only, and a denoiser by every other kind."""
-  consistency_model = config.model.parameterization == "consistency"
+  """A consistency model (its objective's network 'consistency': CM, sCM) is sampled by the
+  samplers of kind 'consistency' only, and a denoiser by every other kind (a 'trigflow' network
+  trained by 'dsm' is a denoiser)."""
+  objective = objectives.of_config(config)
+  consistency_model = objective.network == "consistency"
   if (kind == "consistency") != consistency_model:
     ours = sorted(n for n in registry.registered_samplers()
                   if (registry.sampler_info(n).kind == "consistency") == consistency_model)
-    what = ("a consistency function (model.parameterization='consistency')" if consistency_model
+    what = (f"a consistency function (config.training.objective={objective.name!r})"
+            if consistency_model
             else f"a denoiser (model.parameterization={config.model.parameterization!r})")
     raise ConfigError(f"config.{field}={name!r} is a sampler of kind {kind!r}; this config's "
                       f"network is {what}, sampled by: {ours}")

@@ -15,7 +15,9 @@ through :func:`capabilities` (never by probing attributes itself):
   num_classes       an int field > 0: a denoiser embeds class labels (index num_classes is
                     NULL); a classifier has that many outputs
   return_logvar     ``__call__(..., return_logvar=True) -> (F, u (B,))``: a learned
-                    log-variance head (EDM2's uncertainty weighting, loss 'edm2')
+                    log-variance head (EDM2's uncertainty weighting, loss 'edm2'; sCM's
+                    adaptive weighting); a network whose head is optional has a bool field
+                    ``logvar_head`` and offers return_logvar only when it is True
   project_params    a method ``project_params(params) -> params`` applied after every
                     optimizer update (EDM2's forced weight normalisation)
   outputs           'denoiser' (the default), 'logits' (a noise-conditional classifier of
@@ -81,7 +83,8 @@ def capabilities(model: nn.Module) -> Capabilities:
   return Capabilities(
       outputs=_OUTPUTS.get(name, "denoiser"), dtype="dtype" in fields,
       num_classes=classes if isinstance(classes, int) and not isinstance(classes, bool) else 0,
-      return_logvar="return_logvar" in inspect.signature(type(model).__call__).parameters,
+      return_logvar=("return_logvar" in inspect.signature(type(model).__call__).parameters
+                     and getattr(model, "logvar_head", True) is not False),
       project_params=callable(getattr(model, "project_params", None)))
 
 

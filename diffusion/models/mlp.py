@@ -117,6 +117,12 @@ class MLP(nn.Module):
   (index num_classes; labels None means NULL) is added, and with ``train=True`` each label is
   replaced by NULL with probability ``label_dropout`` (classifier-free guidance training, Ho &
   Salimans 2022; needs a 'dropout' rng).
+
+  ``logvar_head=True`` adds a learned log-variance u(c) (B,) = Dense(1)(sinusoidal features of
+  c), zero-initialised (u = 0), returned with ``return_logvar=True`` as (F, u): the adaptive
+  weighting of EDM2's 'edm2' loss and of sCM. Off (the default), the parameters and outputs are
+  exactly those of the network without the field, and ``capabilities`` reports no
+  return_logvar.
   """
   width: int = 256
   num_blocks: int = 4
@@ -124,6 +130,7 @@ class MLP(nn.Module):
   embedding_scale: float = 1000.0
   num_classes: int = 0
   label_dropout: float = 0.0
+  logvar_head: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def __post_init__(self):
@@ -131,9 +138,17 @@ class MLP(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x, c, labels: Optional[jnp.ndarray] = None, train: bool = False):
+  def __call__(self, x, c, labels: Optional[jnp.ndarray] = None, train: bool = False,
+               return_logvar: bool = False):
+    if return_logvar and not self.logvar_head:
+      raise ValueError("return_logvar=True needs an mlp built with logvar_head=True")
     h = mlp_trunk(x, c, labels, train=train, width=self.width, num_blocks=self.num_blocks,
                   embed_dim=self.embed_dim, embedding_scale=self.embedding_scale,
                   num_classes=self.num_classes, label_dropout=self.label_dropout,
                   dtype=self.dtype)
-    return nn.Dense(x.shape[-1], dtype=self.dtype)(h).astype(x.dtype)
+    out = nn.Dense(x.shape[-1], dtype=self.dtype)(h).astype(x.dtype)
+    if not self.logvar_head:
+      return out
+    feats = sinusoidal_embedding(c, self.embed_dim, self.embedding_scale)
+    logvar = nn.Dense(1, kernel_init=nn.initializers.zeros, name="logvar_head")(feats)[:, 0]
+    return (out, logvar.astype(jnp.float32)) if return_logvar else out

@@ -7,6 +7,8 @@ objective carries). Importing this package registers the built-in ones:
   progressive_distillation   progressive.py  Salimans & Ho 2022
   consistency_distillation   consistency.py  Song et al. 2023
   consistency_training       consistency.py  Song et al. 2023; Song & Dhariwal 2023
+  scm_distillation           scm.py          Lu & Song 2024 (sCM on TrigFlow)
+  scm_training               scm.py          Lu & Song 2024
   reflow                     reflow.py       Liu et al. 2023
   autoencoder                autoencoder.py  a KL-regularised autoencoder (LDM's first stage)
 
@@ -17,4 +19,4 @@ from diffusion.objectives.base import (  # noqa: F401 (the package's interface)
     BATCH_SOURCES, DEFAULT, NETWORKS, LossContext, Objective, TeacherModel, get, names,
     of_config, register)
 from diffusion.objectives import (  # noqa: F401 (registers the built-in objectives)
-    denoising, classifier, reflow, progressive, consistency, autoencoder)
+    denoising, classifier, reflow, progressive, consistency, autoencoder, scm)

@@ -108,6 +108,9 @@ class Objective:
   supports_ema_profiles: bool = True
   supports_learned_schedule: bool = False
   required_parameterization: Optional[str] = None
+  # Whether a network of required_parameterization is trained only by the objectives that
+  # require it (consistency: yes; sCM's 'trigflow' is also a plain diffusion model's: no).
+  exclusive_parameterization: bool = True
   required_outputs: str = "denoiser"
   # Config sections besides training.objective that define the run (its identity).
   identity_fields: Tuple[str, ...] = ()
