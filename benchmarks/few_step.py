@@ -14,7 +14,11 @@ Stages (suite 'toy': configs/toy/checkerboard_*.py; 'digits': configs/digits/*.p
              (progressive distillation's), rectified flow (reflow's);
   pairs      --mode=pairs on the rectified flow; reflow: the 2-rectified flow on them;
   pd         progressive distillation, 4 rounds (students of 8, 4, 2, 1 DDIM steps);
-  cd / ct    consistency distillation of the EDM teacher / consistency training (iCT).
+  cd / ct    consistency distillation of the EDM teacher / consistency training (iCT);
+  scm_cd / scm_ct   continuous-time consistency (sCM) distillation of the EDM teacher / training;
+  meanflow / shortcut   two-time flow maps from scratch (MeanFlow; shortcut models).
+--only=a,b runs those stages; --tag=NAME writes the table of this --root's finished stages to
+few_step_<suite>_<NAME>.md beside the full table.
 
 Rows already measured (<root>/rows_<num_samples>.json) are read back, not measured again: delete
 the file to measure anew. Quality: sliced Wasserstein and MMD to held-out data (toy: 10,000 samples against 10,000 held-out
@@ -71,12 +75,16 @@ def stages(suite: str) -> List[Stage]:
           Stage("reflow", c.format("reflow"), needs=("pairs",)),
           Stage("pd", c.format("pd"), needs=("vcos",)),
           Stage("cd", c.format("cd"), needs=("edm",)),
-          Stage("ct", c.format("ct"))]
+          Stage("ct", c.format("ct")),
+          Stage("scm_cd", c.format("scm_cd"), needs=("edm",)),
+          Stage("scm_ct", c.format("scm_ct")),
+          Stage("meanflow", c.format("meanflow")),
+          Stage("shortcut", c.format("shortcut"))]
 
 
 def overrides(stage: Stage, root: str) -> List[str]:
   """Students read their teachers (and reflow its pairs) from --root."""
-  teacher = {"reflow": "rf", "pd": "vcos", "cd": "edm"}.get(stage.name)
+  teacher = {"reflow": "rf", "pd": "vcos", "cd": "edm", "scm_cd": "edm"}.get(stage.name)
   out = []
   if teacher:
     out.append(f"--config.distill.teacher_workdir={os.path.join(root, teacher)}")
@@ -112,7 +120,7 @@ def run_stages(suite: str, root: str, only: Optional[List[str]] = None) -> Dict[
 
 # (workdir, what, sampler, steps, checkpoint step or None, round label)
 def rows(suite: str, root: str) -> List[Dict[str, Any]]:
-  from experiments import config_files, distill
+  from experiments import config_files
   out = []
 
   def add(stage, label, sampler, steps_list, step=None, fid=()):
@@ -135,6 +143,10 @@ def rows(suite: str, root: str) -> List[Dict[str, Any]]:
     add("pd", f"PD round {r + 1}", "ddim", [n], step=(r + 1) * k, fid=(n,))
   add("cd", "consistency distillation", "consistency", [1, 2], fid=(1, 2))
   add("ct", "consistency training (iCT)", "consistency", [1, 2], fid=(1, 2))
+  add("scm_cd", "sCM distillation (sCD)", "consistency", [1, 2, 4], fid=(1, 2))
+  add("scm_ct", "sCM training (sCT)", "consistency", [1, 2, 4], fid=(1, 2))
+  add("meanflow", "MeanFlow", "flow_map", [1, 2, 4], fid=(1, 2))
+  add("shortcut", "shortcut model", "flow_map", [1, 2, 4], fid=(1, 2))
   return out
 
 
@@ -252,7 +264,6 @@ def _heldout(cfg, n: int) -> np.ndarray:
 def _straightness(s, params, n: int = 2000, steps: int = 100) -> float:
   import jax
   from diffusion import flow, parallel
-  from experiments import build
   shape = tuple(s.example["x"].shape[1:])
   x_T = parallel.per_sample_prior(s.schedule, jax.random.PRNGKey(7), 0, n, shape)
   denoise = networks.eval_denoiser(s.net, params, s.schedule, s.param)
@@ -295,6 +306,9 @@ def main():
                  help="samples scored by FID / KID in the rows that have it (default 500)")
   p.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
   p.add_argument("--skip_eval", action="store_true")
+  p.add_argument("--tag", default="",
+                 help="write few_step_<suite>_<tag>.md / .json (a table of the stages run under "
+                      "this --root only, beside earlier tables)")
   a = p.parse_args()
   times = run_stages(a.suite, a.root, [s for s in a.only.split(",") if s] or None)
   if a.skip_eval:
@@ -304,13 +318,15 @@ def main():
                      fid_samples=a.fid_samples)
   text = table(results, times, a.suite)
   print(text)
-  out = os.path.join(ROOT, "benchmarks", "results", f"few_step_{a.suite}")
+  out = os.path.join(ROOT, "benchmarks", "results",
+                     f"few_step_{a.suite}" + (f"_{a.tag}" if a.tag else ""))
   with open(out + ".md", "w") as f:
     fid = (f"; FID / KID of the first {a.fid_samples} in the rows that show them, against the "
            f"train split's statistics (biased upwards at this size: compare rows, not papers)"
            if a.fid_stats else "")
     from benchmarks.hardware import with_machine_line
-    f.write(with_machine_line(f"Written by `python benchmarks/few_step.py --suite={a.suite}` "
+    tag = f" --only={a.only} --tag={a.tag}" if a.tag else ""
+    f.write(with_machine_line(f"Written by `python benchmarks/few_step.py --suite={a.suite}{tag}` "
                               f"({n} samples per row{fid}).\n\n" + text))
   with open(out + ".json", "w") as f:
     json.dump({"results": results, "times": times}, f, indent=2)
