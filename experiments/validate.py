@@ -494,15 +494,28 @@ def check_sampling(config: Config, schedule) -> None:
                       f"on [{t_min}, {t_max}]")
 
 
+def _network_sampler_kinds(config: Config):
+  """(the sampler kinds that run this config's network, what the network is): a consistency
+  function (model.parameterization 'consistency') the kind 'consistency', a flow map (the
+  two-time 'mean_flow') the kind 'flow_map', a denoiser every other kind."""
+  p = config.model.parameterization
+  if p == "consistency":
+    return ("consistency",), ("a consistency function (model.parameterization="
+                              "'consistency')")
+  if p in parameterization.TWO_TIME:
+    return ("flow_map",), f"a flow map (model.parameterization={p!r})"
+  return (tuple(k for k in registry.KINDS if k not in ("consistency", "flow_map")),
+          f"a denoiser (model.parameterization={p!r})")
+
+
 def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
   """A consistency model (model.parameterization 'consistency') is sampled by the samplers of
-  kind 'consistency' only, and a denoiser by every other kind."""
-  consistency_model = config.model.parameterization == "consistency"
-  if (kind == "consistency") != consistency_model:
+  kind 'consistency' only, a flow map ('mean_flow') by the kind 'flow_map' only, and a denoiser
+  by every other kind."""
+  kinds, what = _network_sampler_kinds(config)
+  if kind not in kinds:
     ours = sorted(n for n in registry.registered_samplers()
-                  if (registry.sampler_info(n).kind == "consistency") == consistency_model)
-    what = ("a consistency function (model.parameterization='consistency')" if consistency_model
-            else f"a denoiser (model.parameterization={config.model.parameterization!r})")
+                  if registry.sampler_info(n).kind in kinds)
     raise ConfigError(f"config.{field}={name!r} is a sampler of kind {kind!r}; this config's "
                       f"network is {what}, sampled by: {ours}")
 
