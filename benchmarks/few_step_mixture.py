@@ -17,10 +17,16 @@ few-step map is compared with the exact PF-ODE map from the same noise (relative
   CD / CT       consistency students (MLP, CM's boundary parameterization) on the EDM schedule:
                 CD from the exact denoiser's Heun steps (18 scales), CT with iCT's recipe; 1- and
                 2-step samples and the 1-step map against the exact consistency function.
+  flow maps     two-time MLP students (parameterization 'mean_flow') trained from scratch on the
+                data, on rectified flow: MeanFlow (Geng et al. 2025, the paper's default
+                options) and shortcut (Frans et al. 2024, M = 128, k = 1/4); their 1-, 2- and
+                4-step 'flow_map' samples against the exact PF-ODE map from the same noise (the
+                reflow rows' x_T and reference) and exact samples.
 
-  python benchmarks/few_step_mixture.py [--steps=2000]
+  python benchmarks/few_step_mixture.py [--steps=2000] [--only=flow_map]
 
-Writes benchmarks/results/few_step_mixture.md and .json.
+Writes benchmarks/results/few_step_mixture.md and .json; with --only the other sections are kept
+from the .json already there (their numbers are not re-measured).
 """
 from __future__ import annotations
 
@@ -73,7 +79,8 @@ def make_net(width=128, blocks=3):
   return get_model("mlp", width=width, num_blocks=blocks, embed_dim=64)
 
 
-def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, init=None):
+def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, init=None,
+          time_inputs=1):
   """Adam steps of ``loss_fn`` (training.make_train_step); data_fn(i) -> batch dict."""
   opt = training.make_optimizer(training.OptimConfig(lr=lr, warmup_steps=min(100, steps // 4),
                                                      decay="cosine",
@@ -81,7 +88,7 @@ def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, i
   cfg = training.StepConfig(objective=objective, ema_decay=0.0,
                             weighting="flow" if objective == "reflow" else "eps")
   step = jax.jit(training.make_train_step(net, sched, param, opt, cfg, loss_fn=loss_fn))
-  state = training.init_state(net, opt, key, jnp.zeros((1, 2)))
+  state = training.init_state(net, opt, key, jnp.zeros((1, 2)), time_inputs=time_inputs)
   if init is not None:
     state = state.replace(params=init, ema_params=init, opt_state=opt.init(init))
   for i in range(steps):
@@ -230,6 +237,44 @@ def consistency_students(gm, steps):
   return out
 
 
+# -- flow maps: MeanFlow and shortcut ---------------------------------------------------------------
+
+
+FLOW_MAP_STEPS = (1, 2, 4)
+
+
+def flow_map_students(gm, steps):
+  """MeanFlow and shortcut students (two-time MLP, the CD / CT rows' size, steps and batch) on
+  rectified flow, sampled by the 'flow_map' sampler on the uniform grid from t_max = 0.999 to
+  t_min = 1e-3 (the reflow rows' x_T and exact map)."""
+  from diffusion.flow_map import make_flow_map
+  rf = schedules.RectifiedFlow()
+  grid_sched = schedules.RectifiedFlow(t_min=0.0, t_max=rf.t_max)
+  param = Parameterization("mean_flow")
+  x_T = np.asarray(rf.prior_sample(jax.random.PRNGKey(3), (N_EVAL, 2)))
+  ode = exact_ode_map(gm, rf, x_T)
+  x_exact = gm.sample0(jax.random.PRNGKey(4), N_EVAL)
+  out = {"steps": steps}
+  for name, objective in (("MeanFlow", "mean_flow"), ("shortcut", "shortcut")):
+    net = make_net()
+    t0 = time.time()
+    params = train(net, rf, param, None, objective, steps, jax.random.PRNGKey(30),
+                   lambda i: {"x": gm.sample0(jax.random.PRNGKey(7000 + i), BATCH)},
+                   time_inputs=2)
+    row = {"train_seconds": time.time() - t0}
+    phi = make_flow_map(lambda x, c, cond=None: net.apply({"params": params}, x, c), rf, param)
+    for n in FLOW_MAP_STEPS:
+      f = build_sampler("flow_map", rf, num_steps=n, grid="uniform")
+      x, _ = f(phi, jax.random.PRNGKey(0), jnp.asarray(x_T))
+      row[f"rel_err_{n}"] = rel(x, ode)
+      row[f"sw_{n}"] = sw(x, x_exact)
+      # to t = 0 (the data) instead of t_min = 1e-3: the flow maps' own endpoint
+      f0 = build_sampler("flow_map", grid_sched, num_steps=n, grid="uniform")
+      row[f"sw_{n}_to_0"] = sw(f0(phi, jax.random.PRNGKey(0), jnp.asarray(x_T))[0], x_exact)
+    out[name] = row
+  return out
+
+
 def markdown(res) -> str:
   rf = res["reflow"]
   lines = [f"Exact-vs-exact sliced Wasserstein (the floor): {rf['sw_floor']:.4f}.", "",
@@ -250,7 +295,9 @@ def markdown(res) -> str:
     lines.append(f"| {r['round']} | {r['student_steps']} | {r['rel_err_vs_ode']:.4f} | "
                  f"{r['teacher_ddim_rel_err_vs_ode']:.4f} | {r['rel_err_vs_teacher']:.4f} | "
                  f"{r['sw']:.4f} |")
-  cs = res["consistency"]
+  cs = res.get("consistency")
+  if cs is None:
+    return "\n".join(lines + _flow_map_lines(res)) + "\n"
   lines += ["", "Consistency models (1-step map against the exact consistency function):", "",
             "| student | 1-step rel. err. | SW 1 step | SW 2 steps | training s |",
             "|---|---|---|---|---|"]
@@ -258,23 +305,64 @@ def markdown(res) -> str:
     r = cs[k]
     lines.append(f"| {k} | {r['rel_err_1_vs_ode']:.4f} | {r['sw_1']:.4f} | {r['sw_2']:.4f} | "
                  f"{r['train_seconds']:.0f} |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + _flow_map_lines(res)) + "\n"
+
+
+def _flow_map_lines(res):
+  fm = res.get("flow_map")
+  if fm is None:
+    return []
+  head = " | ".join(f"{n}-step rel. err." for n in FLOW_MAP_STEPS)
+  sws = " | ".join(f"SW {n}" for n in FLOW_MAP_STEPS)
+  lines = ["", f"Flow maps from scratch (two-time MLP, {fm['steps']} steps; 'flow_map' sampler "
+           f"from t = 0.999 to 1e-3 against the exact PF-ODE map, the reflow rows' x_T; SW to "
+           f"exact samples, and in brackets the same map run on to t = 0):", "",
+           f"| student | {head} | {sws} | training s |",
+           "|---|" + "---|" * (2 * len(FLOW_MAP_STEPS) + 1)]
+  for k in ("MeanFlow", "shortcut"):
+    r = fm[k]
+    errs = " | ".join(f"{r[f'rel_err_{n}']:.4f}" for n in FLOW_MAP_STEPS)
+    s = " | ".join(f"{r[f'sw_{n}']:.4f} ({r[f'sw_{n}_to_0']:.4f})" for n in FLOW_MAP_STEPS)
+    lines.append(f"| {k} | {errs} | {s} | {r['train_seconds']:.0f} |")
+  return lines
+
+
+def header(steps: int, only=None) -> str:
+  """The .md's first line: the command that wrote it (and which section it re-measured)."""
+  line = f"Written by `python benchmarks/few_step_mixture.py --steps={steps}`."
+  if only is not None:
+    line += (f" The {only} section re-measured alone by `python benchmarks/few_step_mixture.py "
+             f"--steps={steps} --only={only}`; the others are kept from the full run.")
+  return line
+
+
+SECTIONS = {"reflow": reflow, "progressive": progressive, "consistency": consistency_students,
+            "flow_map": flow_map_students}
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--steps", type=int, default=2000, help="training steps per student / round")
+  p.add_argument("--only", choices=sorted(SECTIONS), default=None,
+                 help="run this section only; the others are kept from the existing .json")
   a = p.parse_args()
   gm = mixture()
-  res = {"reflow": reflow(gm, a.steps), "progressive": progressive(gm, a.steps),
-         "consistency": consistency_students(gm, a.steps)}
+  out = os.path.join(ROOT, "benchmarks", "results", "few_step_mixture")
+  res = {}
+  if a.only is not None and os.path.exists(out + ".json"):
+    with open(out + ".json") as f:
+      res = json.load(f)
+  for name, fn in SECTIONS.items():
+    if a.only in (None, name):
+      res[name] = fn(gm, a.steps)
+  if "reflow" not in res:
+    raise SystemExit("the reflow section (the SW floor) is missing from the .json: run all")
   text = markdown(res)
   print(text)
-  out = os.path.join(ROOT, "benchmarks", "results", "few_step_mixture")
   from benchmarks.hardware import with_machine_line
   with open(out + ".md", "w") as f:
     f.write(with_machine_line(
-        f"Written by `python benchmarks/few_step_mixture.py --steps={a.steps}`.\n\n" + text))
+        header(a.steps, a.only) + "\n\n" + text))
   with open(out + ".json", "w") as f:
     json.dump(res, f, indent=2)
 
