@@ -63,7 +63,8 @@ NETS = {"mlp": (dict(width=32, num_blocks=2, embed_dim=16), (3, 2)),
         "dit": (dict(patch_size=2, hidden_size=32, depth=1, num_heads=2), (3, 8, 8, 1))}
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "mlp" else pytest.mark.slow)
+                                  for n in sorted(NETS)])  # the image networks: 5-16 s each
 def test_two_time_networks_use_both_columns_and_keep_the_one_time_tree(name):
   kw, shape = NETS[name]
   net = get_model(name, **kw)
