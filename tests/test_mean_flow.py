@@ -183,6 +183,7 @@ def test_mean_flow_target_at_the_exact_average_velocity_is_itself():
     assert np.max(np.abs(dudt)) > 1e-2  # not trivially zero
 
 
+@pytest.mark.slow  # 13 s: seven float64 solves (the Gaussian tests above are the fast check)
 def test_mean_flow_identity_on_a_mixture_with_the_exact_solver():
   """u = v - (t - r) d/dt u for the exact average velocity of a 2-D mixture (float64 solve),
   d/dt u by central differences along the exact trajectory: the identity the target rests on."""
@@ -266,7 +267,7 @@ def test_shortcut_times_lie_on_the_grid_and_loss_vanishes_for_the_exact_gaussian
 # -- the flow_map sampler ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("steps", [1, 2, pytest.param(4, marks=pytest.mark.slow)])
 def test_flow_map_sampler_with_the_exact_map_is_exact(steps):
   sched = schedules.RectifiedFlow(t_min=0.0, t_max=0.999)
   gm = analytic.random_mixture(0, 2, num_components=3)
