@@ -1,5 +1,5 @@
 """Flow-map runs through the driver: the toy MeanFlow and shortcut configs train a few steps,
-sample and evaluate with the 'flow_map' sampler (no likelihood), and the start-up checks refuse
+sample, evaluate (no likelihood) and sweep with the 'flow_map' sampler, and the start-up checks refuse
 the mismatches (a flow map with a PF-ODE sampler, a denoiser with the flow-map sampler, another
 schedule, a one-time network, bad loss options)."""
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion.config_checks import ConfigError
-from experiments import evaluate, sample, train
+from experiments import evaluate, sample, sweep, train
 from experiments.config_files import load_config_file
 from experiments.validate import validate
 from tests.conftest import REPO, TINY, with_overrides
@@ -38,6 +38,10 @@ def test_flow_map_run_trains_samples_and_evaluates(name, tmp_path):
   m = evaluate.run(_config(name, **{"training.num_steps": 20}), wd)
   assert m["nfe"] == 1 and m["sampler"] == "flow_map" and "nll_nats" not in m
   assert np.isfinite(m["sliced_wasserstein"])
+  if name == "meanflow":  # --mode=sweep: the flow map at 1 and 2 steps
+    cells = sweep.run(_config(name, **{"training.num_steps": 20, "eval.sweep_nfe": "1,2",
+                                       "eval.sweep_num_samples": 128}), wd)["cells"]
+    assert [(c["sampler"], c["nfe"]) for c in cells] == [("flow_map", 1), ("flow_map", 2)]
 
 
 def test_flow_map_runs_refuse_what_does_not_fit():

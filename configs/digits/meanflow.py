@@ -35,6 +35,8 @@ def flow_map_digits_config(objective: str) -> ml_collections.ConfigDict:
   c.sampling.grid = "uniform"
   c.sampling.num_steps = 1
   c.eval.elbo = False
+  c.eval.sweep_samplers = "flow_map"  # --mode=sweep: the flow map at 1, 2 and 4 steps
+  c.eval.sweep_nfe = "1,2,4"
   return c
 
 

@@ -34,6 +34,8 @@ def flow_map_toy_config(dataset: str, objective: str) -> ml_collections.ConfigDi
   c.sampling.sampler = "flow_map"
   c.sampling.grid = "uniform"
   c.sampling.num_steps = 1
+  c.eval.sweep_samplers = "flow_map"  # --mode=sweep: the flow map at 1, 2 and 4 steps
+  c.eval.sweep_nfe = "1,2,4"
   return c
 
 
