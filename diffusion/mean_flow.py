@@ -18,9 +18,9 @@ velocity, eq. 1-2) standing in for the marginal one, as flow matching does. With
 average velocity plugged in, the target equals it (tests/test_mean_flow.py): the loss's fixed
 point is the exact flow map.
 
-Times (Sec. 4.3): t and r drawn independently from a logit-normal lognorm(mu, sigma), sorted so
+Times (Sec. 4): t and r drawn independently from a logit-normal lognorm(mu, sigma), sorted so
 that t >= r; then for a fraction 1 - ratio_r_neq_t of the batch r is set to t (those samples are
-plain flow matching: u(z, t, t) = v). Loss weighting (Sec. 4.3, "adaptive loss weighting"):
+plain flow matching: u(z, t, t) = v). Loss weighting (Sec. 4, "adaptive loss weighting"):
 w = sg(1 / (||Delta||^2 + c)^p) on the per-sample squared error ||Delta||^2 (sum over the
 dimensions), p = 1 (ImageNet) with c = 1e-3; p = 0 is the plain squared L2 loss.
 """
@@ -37,8 +37,8 @@ Array = Any
 AverageVelocity = Callable[..., Array]
 
 TIME_DISTRIBUTIONS = ("logit_normal", "uniform")
-# The paper's ImageNet defaults (Table 1 / 4): lognorm(-0.4, 1.0), 25% of the batch with r != t,
-# adaptive weighting p = 1, c = 1e-3.
+# The paper's ImageNet defaults (its ablations and ImageNet configuration): lognorm(-0.4, 1.0),
+# 25% of the batch with r != t, adaptive weighting p = 1, c = 1e-3.
 DEFAULTS = dict(time_distribution="logit_normal", time_mean=-0.4, time_std=1.0,
                 ratio_r_neq_t=0.25, adaptive_p=1.0, adaptive_c=1e-3)
 
@@ -64,7 +64,7 @@ def sample_two_times(key: jax.Array, batch: int, *, time_distribution: str = "lo
                      time_mean: float = -0.4, time_std: float = 1.0,
                      ratio_r_neq_t: float = 0.25) -> Tuple[Array, Array]:
   """(r (B,), t (B,)), 0 < r <= t < 1: two draws sorted (t the larger), then r = t for each
-  sample with probability 1 - ratio_r_neq_t (MeanFlow Sec. 4.3). 'logit_normal': sigmoid of
+  sample with probability 1 - ratio_r_neq_t (MeanFlow Sec. 4). 'logit_normal': sigmoid of
   N(time_mean, time_std^2); 'uniform': U(0, 1)."""
   k_times, k_same = jax.random.split(key)
   if time_distribution == "logit_normal":
@@ -94,7 +94,7 @@ def mean_flow_target(u_fn: AverageVelocity, z: Array, r: Array, t: Array, v: Arr
 
 
 def adaptive_weight(sq_err: Array, p: float, c: float) -> Array:
-  """w = sg(1 / (sq_err + c)^p) per sample (MeanFlow Sec. 4.3; p = 0: w = 1)."""
+  """w = sg(1 / (sq_err + c)^p) per sample (MeanFlow Sec. 4; p = 0: w = 1)."""
   return jax.lax.stop_gradient(1.0 / (sq_err + c) ** p)
 
 

@@ -35,7 +35,8 @@ A *parameterization* is the pair (network inputs, network output -> x0_hat):
   mean_flow  a two-time network (``diffusion.models`` capability time_inputs = 2) on the
          rectified-flow schedule only (alpha = 1 - t, sigma = t): F = u(x_t, r, t), the average
          velocity over [r, t] (MeanFlow, Geng et al. 2025, eq. 3), fed x_t and
-         c = (t, t - r) (the paper's best conditioning, Table 1c; ``time_input`` 't' only).
+         c = (t, t - r) (the paper's best conditioning in its ablations; ``time_input`` 't'
+         only).
          Its flow map is Phi(x_t, t -> r) = x_t - (t - r) u (``diffusion.flow_map.
          make_flow_map``); as a denoiser it is read at r = 0: x0 = Phi(x_t, t -> 0) = x - t F,
          the 'flow' formula (u(x, 0, t) = (x_t - x0) / t is the velocity-from-x0 of 'flow').

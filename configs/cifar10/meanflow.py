@@ -4,7 +4,7 @@ Modeling", arXiv 2505.13447, unconditional CIFAR-10, 1-NFE).
 What is set, and where it comes from. The method: u(z_t, r, t) on the rectified-flow path
 z_t = (1 - t) x0 + t eps over t in [0, 1] (sde.fields t_min = 0, t_max = 1), conditioned on
 (t, t - r), trained on the MeanFlow target sg(v - (t - r) du/dt) by one jvp with adaptive loss
-weighting (diffusion.mean_flow; the paper's eq. 9-10, Sec. 4.3), sampled in one step
+weighting (diffusion.mean_flow; the paper's eq. 9-10, Sec. 4), sampled in one step
 z_0 = z_1 - u(z_1, 0, 1) (the 'flow_map' sampler). The paper's CIFAR-10 settings (its appendix
 configuration table, as recalled for this config and NOT re-checked against the text in this
 session: verify before a long run): a U-Net, (r, t) from lognorm(-2.0, 2.0), 75% of the batch with

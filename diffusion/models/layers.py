@@ -266,7 +266,6 @@ class ClassEmbedding(nn.Module):
     return table(labels)
 
 
-
 def check_time_conditioning(c: Array, batch: int, two_time: bool) -> Array:
   """``c`` of shape (B,), or (B, 2) when ``two_time`` (a network with ``time_inputs=2``);
   ValueError naming the shape and what is accepted otherwise."""
@@ -274,19 +273,20 @@ def check_time_conditioning(c: Array, batch: int, two_time: bool) -> Array:
     return c
   accepted = f"({batch},)" if not two_time else f"({batch},) or ({batch}, 2) (two times)"
   extra = ("" if two_time else "; two-time conditioning (B, 2) is offered by the networks "
-           "with capabilities(net).time_inputs == 2 ('mlp', 'unet', 'dit')")
+           "with capabilities(net).time_inputs == 2 ('mlp', 'ddpm_unet', 'dit')")
   raise ValueError(f"c must have shape {accepted}, got {tuple(c.shape)}{extra}")
 
 
 def time_conditioning(c: Array, embed, names) -> Array:
   """The embedding of the noise conditioning c: ``embed(c, names[0])`` for c (B,); for c (B, 2)
-  (a two-time network: c(t) and c(t - r), MeanFlow's conditioning, Geng et al. 2025, Sec. 4.3)
+  (a two-time network: c(t) and c(t - r), MeanFlow's conditioning, Geng et al. 2025)
   ``embed(c[:, 0], names[0]) + embed(c[:, 1], names[1])``: the first column by the one-time
   network's own embedding (same parameter names), the second by a twin with its own
   parameters. ``embed(col (B,), name) -> (B, D)``."""
   if c.ndim == 1:
     return embed(c, names[0])
   return embed(c[:, 0], names[0]) + embed(c[:, 1], names[1])
+
 
 def conditioning(c: Array, labels: Optional[Array], *, train: bool, base_dim: int,
                  out_dim: int, embedding_type: str, embedding_scale: float,
