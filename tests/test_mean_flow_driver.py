@@ -54,5 +54,6 @@ def test_flow_map_runs_refuse_what_does_not_fit():
   assert "unknown option" in _refused(_config("shortcut", **{"training.loss_opts": {"p": 1}}))
   msg = _refused(_config("shortcut", **{"training.loss_opts": {"max_steps": 100}}))
   assert "power of two" in msg
+  assert "draws its own times" in _refused(_config("meanflow", **{"training.t_min": 0.01}))
   msg = _refused(_config("meanflow", **{"model.parameterization": "flow"}))
   assert "mean_flow" in msg

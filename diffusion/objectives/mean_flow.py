@@ -76,6 +76,9 @@ class FlowMapObjective(Objective):
     if config.model.time_input != "t":
       raise ConfigError(f"config.model.time_input={config.model.time_input!r}: the flow-map "
                         f"networks are fed the times (t, t - r) themselves; set 't'")
+    if config.training.get("t_min") is not None:
+      raise ConfigError(f"config.training.t_min={config.training.t_min} is a dsm loss option; "
+                        f"objective {self.name!r} draws its own times (training.loss_opts)")
     self.check_options(self.options(config))
 
   def check_options(self, opts: dict) -> None:
