@@ -28,12 +28,17 @@ few-step map is compared with the exact PF-ODE map from the same noise (relative
                 SNR-matched), sCT from the conditional one; the same MLP with a log-variance head
                 (adaptive weighting) and unscaled time features, tangent warm-up over the first
                 quarter of the steps; measured as CD / CT.
-
+  flow maps     two-time MLP students (parameterization 'mean_flow') trained from scratch on the
+                data, on rectified flow: MeanFlow (Geng et al. 2025, the paper's default
+                options, and with 75% of the batch r != t) and shortcut (Frans et al. 2024, M = 128, k = 1/4); their 1-, 2- and
+                4-step 'flow_map' samples against the exact PF-ODE map from the same noise (the
+                reflow rows' x_T and reference) and exact samples.
 
   python benchmarks/few_step_mixture.py [--steps=2000] [--searched_grids] [--only=SECTION]
 
-Writes benchmarks/results/few_step_mixture.md and .json; with --only=SECTION only that section
-runs, written to few_step_mixture_<SECTION>.md and .json (the full results are left as they are).
+Writes benchmarks/results/few_step_mixture.md and .json; with --only=SECTION (reflow, progressive,
+consistency, scm, flow_map) only that section runs, written to few_step_mixture_<SECTION>.md and
+.json (the full results are left as they are).
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ from diffusion.samplers import build_sampler, grid_search, grids  # noqa: E402
 
 N_EVAL = 4096
 BATCH = 512
-SECTIONS = ("reflow", "progressive", "consistency", "scm")
+SECTIONS = ("reflow", "progressive", "consistency", "scm", "flow_map")
 CM_TARGET_EMA = 0.95  # CM Table 3 (CD on CIFAR-10, N = 18)
 
 
@@ -89,19 +94,20 @@ def make_net(width=128, blocks=3):
 
 
 def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, init=None,
-          target_ema=0.0, teacher_params=None, **loss_context):
+          target_ema=0.0, teacher_params=None, time_inputs=1, loss_opts=(), **loss_context):
   """Adam steps of ``loss_fn`` (training.make_train_step); data_fn(i) -> batch dict;
   ``target_ema``: a target network in the state (training.TargetState), context['target'];
-  ``teacher_params`` passed to every step, ``loss_context`` (config, teacher) to the loss."""
+  ``teacher_params`` passed to every step, ``loss_context`` (config, teacher) to the loss;
+  ``time_inputs`` 2 for a two-time network, ``loss_opts`` the objective's loss options."""
   opt = training.make_optimizer(training.OptimConfig(lr=lr, warmup_steps=min(100, steps // 4),
                                                      decay="cosine",
                                                      decay_steps=steps))
-  cfg = training.StepConfig(objective=objective, ema_decay=0.0,
+  cfg = training.StepConfig(objective=objective, ema_decay=0.0, loss_opts=tuple(loss_opts),
                             weighting="flow" if objective == "reflow" else "eps",
                             target_ema=target_ema)
   step = jax.jit(training.make_train_step(net, sched, param, opt, cfg, loss_fn=loss_fn,
                                           **loss_context))
-  state = training.init_state(net, opt, key, jnp.zeros((1, 2)))
+  state = training.init_state(net, opt, key, jnp.zeros((1, 2)), time_inputs=time_inputs)
   if init is not None:
     state = state.replace(params=init, ema_params=init, opt_state=opt.init(init))
   if target_ema:
@@ -346,6 +352,49 @@ def scm_students(gm, steps):
   return out
 
 
+# -- flow maps: MeanFlow and shortcut ---------------------------------------------------------------
+
+
+FLOW_MAP_STEPS = (1, 2, 4)
+# (row, objective, loss_opts): the papers' defaults, and MeanFlow with 75% of the batch r != t
+# (the paper's CIFAR-10 ratio; its other CIFAR-10 options are image-specific).
+FLOW_MAP_STUDENTS = (("MeanFlow", "mean_flow", ()),
+                     ("MeanFlow, 75% r != t", "mean_flow", (("ratio_r_neq_t", 0.75),)),
+                     ("shortcut", "shortcut", ()))
+
+
+def flow_map_students(gm, steps):
+  """MeanFlow and shortcut students (two-time MLP, the CD / CT rows' size, steps and batch) on
+  rectified flow, sampled by the 'flow_map' sampler on the uniform grid from t_max = 0.999 to
+  t_min = 1e-3 (the reflow rows' x_T and exact map)."""
+  from diffusion.flow_map import make_flow_map
+  rf = schedules.RectifiedFlow()
+  grid_sched = schedules.RectifiedFlow(t_min=0.0, t_max=rf.t_max)
+  param = Parameterization("mean_flow")
+  x_T = np.asarray(rf.prior_sample(jax.random.PRNGKey(3), (N_EVAL, 2)))
+  ode = exact_ode_map(gm, rf, x_T)
+  x_exact = gm.sample0(jax.random.PRNGKey(4), N_EVAL)
+  out = {"steps": steps}
+  for name, objective, opts in FLOW_MAP_STUDENTS:
+    net = make_net()
+    t0 = time.time()
+    params = train(net, rf, param, None, objective, steps, jax.random.PRNGKey(30),
+                   lambda i: {"x": gm.sample0(jax.random.PRNGKey(7000 + i), BATCH)},
+                   time_inputs=2, loss_opts=opts)
+    row = {"train_seconds": time.time() - t0}
+    phi = make_flow_map(lambda x, c, cond=None: net.apply({"params": params}, x, c), rf, param)
+    for n in FLOW_MAP_STEPS:
+      f = build_sampler("flow_map", rf, num_steps=n, grid="uniform")
+      x, _ = f(phi, jax.random.PRNGKey(0), jnp.asarray(x_T))
+      row[f"rel_err_{n}"] = rel(x, ode)
+      row[f"sw_{n}"] = sw(x, x_exact)
+      # to t = 0 (the data) instead of t_min = 1e-3: the flow maps' own endpoint
+      f0 = build_sampler("flow_map", grid_sched, num_steps=n, grid="uniform")
+      row[f"sw_{n}_to_0"] = sw(f0(phi, jax.random.PRNGKey(0), jnp.asarray(x_T))[0], x_exact)
+    out[name] = row
+  return out
+
+
 def markdown_reflow(rf) -> list:
   lines = [f"Reflow ({rf['steps']} steps on 50,000 pairs of the exact flow; pairs "
            f"{rf['pairs_seconds']:.0f} s, training {rf['train_seconds']:.0f} s):", "",
@@ -402,10 +451,27 @@ def markdown(res) -> str:
   floors = [r["sw_floor"] for r in res.values() if "sw_floor" in r]
   lines = [f"Exact-vs-exact sliced Wasserstein (the floor): {floors[0]:.4f}."] if floors else []
   for name, fn in (("reflow", markdown_reflow), ("progressive", markdown_progressive),
-                   ("consistency", markdown_consistency), ("scm", markdown_scm)):
+                   ("consistency", markdown_consistency), ("scm", markdown_scm),
+                   ("flow_map", markdown_flow_map)):
     if name in res:
       lines += [""] + fn(res[name])
   return "\n".join(lines) + "\n"
+
+
+def markdown_flow_map(fm) -> list:
+  head = " | ".join(f"{n}-step rel. err." for n in FLOW_MAP_STEPS)
+  sws = " | ".join(f"SW {n}" for n in FLOW_MAP_STEPS)
+  lines = [f"Flow maps from scratch (two-time MLP, {fm['steps']} steps; 'flow_map' sampler "
+           f"from t = 0.999 to 1e-3 against the exact PF-ODE map, the reflow rows' x_T; SW to "
+           f"exact samples, and in brackets the same map run on to t = 0):", "",
+           f"| student | {head} | {sws} | training s |",
+           "|---|" + "---|" * (2 * len(FLOW_MAP_STEPS) + 1)]
+  for k in (row for row, _, _ in FLOW_MAP_STUDENTS if row in fm):
+    r = fm[k]
+    errs = " | ".join(f"{r[f'rel_err_{n}']:.4f}" for n in FLOW_MAP_STEPS)
+    s = " | ".join(f"{r[f'sw_{n}']:.4f} ({r[f'sw_{n}_to_0']:.4f})" for n in FLOW_MAP_STEPS)
+    lines.append(f"| {k} | {errs} | {s} | {r['train_seconds']:.0f} |")
+  return lines
 
 
 def markdown_scm(sc) -> list:
@@ -433,7 +499,7 @@ def main():
   gm = mixture()
   run = {"reflow": lambda: reflow(gm, a.steps), "progressive": lambda: progressive(gm, a.steps),
          "consistency": lambda: consistency_students(gm, a.steps, a.searched_grids),
-         "scm": lambda: scm_students(gm, a.steps)}
+         "scm": lambda: scm_students(gm, a.steps), "flow_map": lambda: flow_map_students(gm, a.steps)}
   res = {name: run[name]() for name in SECTIONS if a.only in (None, name)}
   text = markdown(res)
   print(text)
@@ -447,7 +513,6 @@ def main():
         f"Written by `python benchmarks/few_step_mixture.py {flags}`.\n\n" + text))
   with open(out + ".json", "w") as f:
     json.dump(res, f, indent=2)
-
 
 
 if __name__ == "__main__":

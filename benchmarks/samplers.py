@@ -89,7 +89,7 @@ def quality(dim: int, quick: bool) -> List[Dict[str, Any]]:
   rows = []
   for name in registered_samplers():
     info = sampler_info(name)
-    if info.kind == "consistency":  # samples a consistency function, not a denoiser
+    if info.kind in ("consistency", "flow_map"):  # a consistency function / a flow map
       continue
     det = info.kind == "deterministic"
     extra = {"final_denoise": False} if det and "final_denoise" in info.defaults() else {}
@@ -168,7 +168,8 @@ def overhead(quick: bool) -> List[Dict[str, Any]]:
   d1 = jax.jit(lambda xx, tt: den(xx, tt))
   tt = jnp.full((64,), 0.5)
   names = (["euler", "heun", "dpmpp_2m", "unipc", "ddpm", "pc"] if quick else
-           [n for n in registered_samplers() if sampler_info(n).kind != "consistency"])
+           [n for n in registered_samplers()
+            if sampler_info(n).kind not in ("consistency", "flow_map")])
   rounds = 4 if quick else 6
   rows = []
   for name in names:

@@ -111,3 +111,59 @@ def exact_average_velocity(denoise: Callable[..., Array], schedule: Schedule, x_
   same = _expand(t == r, x_t)
   avg = (x_t - phi) / jnp.where(same, 1.0, gap)
   return jnp.where(same, velocity(denoise, schedule, x_t, t, cond), avg)
+
+
+# -- a two-time network's flow map ---------------------------------------------------------------
+
+
+def make_average_velocity(apply_fn: Callable[..., Array], schedule: Schedule,
+                          param) -> Callable[..., Array]:
+  """u(x_t, r, t, cond=None) -> (B, ...): a two-time network ``apply_fn(x_in, c (B, 2), cond) ->
+  F`` read through a two-time parameterization ('mean_flow': F = u, fed c = (t, t - r)). r, t
+  scalars or (B,). ValueError for a one-time parameterization or another schedule."""
+  if not getattr(param, "two_time", False):
+    raise ValueError(f"a flow map needs a two-time parameterization (model.parameterization "
+                     f"'mean_flow'), got {getattr(param, 'kind', param)!r}")
+  param.check_schedule(schedule)
+
+  def average_velocity(x, r, t, cond=None):
+    t, r = _per_sample(t, x, "t"), _per_sample(r, x, "r")
+    x_in, c = param.net_inputs(x, t, schedule, r=r)
+    return apply_fn(x_in, c, cond).astype(x.dtype)
+
+  return average_velocity
+
+
+def make_flow_map(apply_fn: Callable[..., Array], schedule: Schedule, param) -> FlowMap:
+  """The FlowMap of a two-time network: Phi(x_t, t -> s) = x_t - (t - s) u(x_t, s, t)
+  (MeanFlow, Geng et al. 2025, eq. 3 read as a map; ``make_average_velocity``). t, s scalars or
+  (B,), t >= s; on the rectified-flow schedule only."""
+  u = make_average_velocity(apply_fn, schedule, param)
+
+  def flow_map(x, t, s, cond=None):
+    t, s = _per_sample(t, x, "t"), _per_sample(s, x, "s")
+    return x - _expand(t - s, x) * u(x, s, t, cond)
+
+  return flow_map
+
+
+def denoiser_of_flow_map(flow_map: FlowMap) -> Callable[..., Array]:
+  """denoise(x_t, t, cond=None) = Phi(x_t, t -> 0): a flow map read as an x0 prediction (what
+  code that wants a denoiser gets from a flow-map network; for 'mean_flow' it equals
+  ``make_denoiser``'s x - t u(x, 0, t))."""
+
+  def denoise(x, t, cond=None):
+    return flow_map(x, t, jnp.zeros_like(_per_sample(t, x, "t")), cond)
+
+  return denoise
+
+
+def exact_flow_map_fn(denoise: Callable[..., Array], schedule: Schedule, **solve) -> FlowMap:
+  """The exact FlowMap of ``denoise``'s PF-ODE as a function (``exact_flow_map``): what the
+  flow-map sampler is checked with. Not traceable (a reference that needs concrete t, s): run
+  the sampler with ``build_sampler(..., jit=False)``."""
+
+  def flow_map(x, t, s, cond=None):
+    return exact_flow_map(denoise, schedule, x, t, s, cond=cond, **solve)
+
+  return flow_map

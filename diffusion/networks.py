@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.models import capabilities
+from diffusion.flow_map import FlowMap, make_flow_map
 from diffusion.parameterization import Denoiser, Parameterization, make_denoiser
 from diffusion.schedules import Schedule
 
@@ -122,6 +123,24 @@ def eval_denoiser(net, params: PyTree, sched: Schedule, param: Parameterization,
     out = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=False)
     return out.astype(jnp.float32)
   return make_denoiser(apply_low, sched, param)
+
+
+def eval_flow_map(net, params: PyTree, sched: Schedule, param: Parameterization,
+                  compute_dtype: str = "float32") -> FlowMap:
+  """flow_map(x, t, s, cond) -> Phi(x_t, t -> s) of a two-time network (parameterization
+  'mean_flow', ``diffusion.flow_map.make_flow_map``) for fixed ``params`` (evaluation mode), the
+  network computing in ``compute_dtype`` as in ``eval_denoiser`` (the map's arithmetic stays in
+  x's dtype)."""
+  dtype = jnp_compute_dtype(compute_dtype)
+  model = compute_model(net, dtype)
+  p = params if dtype == jnp.float32 else jax.tree_util.tree_map(lambda a: a.astype(dtype),
+                                                                params)
+
+  def apply_fn(x_in, c, cond):
+    out = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=False)
+    return out.astype(jnp.float32)
+
+  return make_flow_map(apply_fn, sched, param)
 
 
 def frozen_denoiser_of(net, param: Parameterization, schedule: Schedule,

@@ -38,6 +38,14 @@ A *parameterization* is the pair (network inputs, network output -> x0_hat):
          x0 = cos t x - sin t sigma_d F = alpha x - sigma F.
          F is both the TrigFlow diffusion model's scaled velocity (dx_t/dt = sigma_d F) and the
          sCM consistency function f(x_t, t) = cos t x_t - sin t sigma_d F (f(x, 0) = x exactly).
+  mean_flow  a two-time network (``diffusion.models`` capability time_inputs = 2) on the
+         rectified-flow schedule only (alpha = 1 - t, sigma = t): F = u(x_t, r, t), the average
+         velocity over [r, t] (MeanFlow, Geng et al. 2025, eq. 3), fed x_t and
+         c = (t, t - r) (the paper's best conditioning in its ablations; ``time_input`` 't'
+         only).
+         Its flow map is Phi(x_t, t -> r) = x_t - (t - r) u (``diffusion.flow_map.
+         make_flow_map``); as a denoiser it is read at r = 0: x0 = Phi(x_t, t -> 0) = x - t F,
+         the 'flow' formula (u(x, 0, t) = (x_t - x0) / t is the velocity-from-x0 of 'flow').
 """
 from __future__ import annotations
 
@@ -51,7 +59,12 @@ from diffusion.schedules import Schedule, _bcast
 Array = Any
 Denoiser = Callable[..., Array]  # denoise(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
 
-PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow", "consistency", "trigflow")
+PARAMETERIZATIONS = ("eps", "x0", "v", "score", "edm", "flow", "consistency", "trigflow",
+                     "mean_flow")
+# Parameterizations that apply to one schedule only, and that schedule.
+ONLY_ON = {"trigflow": "trigflow", "mean_flow": "rectified_flow"}
+# Parameterizations whose network takes two times, c (B, 2), and the schedule they live on.
+TWO_TIME = {"mean_flow": "rectified_flow"}
 TIME_INPUTS = ("t", "log_sigma", "logsnr", "c_noise", "index")
 
 
@@ -137,23 +150,43 @@ class Parameterization:
       raise ValueError(f"unknown parameterization {self.kind!r}; available: {PARAMETERIZATIONS}")
     if self.time_input not in TIME_INPUTS:
       raise ValueError(f"unknown time_input {self.time_input!r}; available: {TIME_INPUTS}")
+    if self.kind in TWO_TIME and self.time_input != "t":
+      raise ValueError(f"parameterization {self.kind!r} feeds the times themselves, (t, t - r): "
+                       f"time_input must be 't', got {self.time_input!r}")
+
+  @property
+  def two_time(self) -> bool:
+    """The network takes c (B, 2) = (t, t - r) (``TWO_TIME``): a flow-map network."""
+    return self.kind in TWO_TIME
+
+  def check_schedule(self, schedule: Schedule) -> None:
+    """ValueError if this parameterization does not apply to ``schedule`` (``ONLY_ON``):
+    'trigflow' lives on the 'trigflow' schedule of the same sigma_data (alpha = cos t, sigma =
+    sigma_d sin t), 'mean_flow' on 'rectified_flow' (its flow map x_t - (t - r) u assumes
+    alpha = 1 - t, sigma = t)."""
+    need = ONLY_ON.get(self.kind)
+    if need is not None and schedule.name != need:
+      raise ValueError(f"parameterization {self.kind!r} needs the {need!r} schedule, got the "
+                       f"{schedule.name!r} schedule")
+    if self.kind == "trigflow" and float(schedule.sigma_data) != float(self.sigma_data):
+      raise ValueError(f"parameterization 'trigflow': sigma_data={self.sigma_data} differs from "
+                       f"the trigflow schedule's sigma_data={schedule.sigma_data}")
 
   def _noise_level(self, t, schedule):
     return schedule.edm_sigma(t)  # sigma / alpha
 
-  def check_schedule(self, schedule: Schedule) -> None:
-    """'trigflow' runs on the 'trigflow' schedule of the same sigma_data only (ValueError)."""
-    if self.kind != "trigflow":
-      return
-    if schedule.name != "trigflow":
-      raise ValueError(f"parameterization 'trigflow' needs the 'trigflow' schedule (alpha = cos t, "
-                       f"sigma = sigma_d sin t), got the {schedule.name!r} schedule")
-    if float(schedule.sigma_data) != float(self.sigma_data):
-      raise ValueError(f"parameterization 'trigflow': sigma_data={self.sigma_data} differs from "
-                       f"the trigflow schedule's sigma_data={schedule.sigma_data}")
-
-  def net_inputs(self, x, t, schedule: Schedule):
-    """(x_in (B, ...), c (B,)): what the network sees for x_t at times t (B,)."""
+  def net_inputs(self, x, t, schedule: Schedule, r=None):
+    """(x_in (B, ...), c (B,)): what the network sees for x_t at times t (B,). A two-time
+    parameterization ('mean_flow') gives c (B, 2) = (t, t - r), r (B,) (None: r = 0, the
+    denoiser's reading Phi(x_t, t -> 0))."""
+    if self.two_time:
+      self.check_schedule(schedule)
+      t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
+      r = jnp.zeros_like(t) if r is None else jnp.broadcast_to(jnp.asarray(r, t.dtype), t.shape)
+      return x, jnp.stack([t, t - r], axis=1).astype(jnp.float32)
+    if r is not None:
+      raise ValueError(f"parameterization {self.kind!r} takes one time; r is for the two-time "
+                       f"ones {tuple(TWO_TIME)}")
     if self.kind == "trigflow":
       self.check_schedule(schedule)
       c = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
@@ -197,6 +230,9 @@ class Parameterization:
       self.check_schedule(schedule)
       tb = _bcast(t, x)
       return schedule.alpha(tb) * x - schedule.sigma(tb) * out  # cos t x - sin t sigma_d F
+    if self.two_time:  # u(x, 0, t): x0 = Phi(x_t, t -> 0) = x - t u
+      self.check_schedule(schedule)
+      return x - _bcast(t, x) * out
     a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return c_skip * (x / a) + c_out * out
 
@@ -216,6 +252,9 @@ class Parameterization:
       self.check_schedule(schedule)
       tb = _bcast(t, x)
       return (schedule.alpha(tb) * x - x0) / schedule.sigma(tb)
+    if self.two_time:  # u(x, 0, t) = (x - x0) / t
+      self.check_schedule(schedule)
+      return (x - x0) / _bcast(t, x)
     a, c_skip, c_out = self._edm_skip_out(x, t, schedule)
     return (x0 - c_skip * (x / a)) / c_out
 

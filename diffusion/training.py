@@ -276,13 +276,17 @@ def fitting_ema_decay(num_steps: int) -> float:
 
 
 def init_state(model, optimizer: optax.GradientTransformation, key: jax.Array,
-               example_x: jax.Array, example_label: Optional[jax.Array] = None) -> TrainState:
+               example_x: jax.Array, example_label: Optional[jax.Array] = None,
+               time_inputs: int = 1) -> TrainState:
   """Initializes the network on ``example_x`` (B, ...) and builds a fresh TrainState.
 
   ``key`` (a raw uint32 key) seeds the initialization and becomes the run's base key.
+  ``time_inputs`` 2: a two-time network (parameterization 'mean_flow'), initialised with c of
+  shape (B, 2) so that its second time embedding exists.
   """
   init_key, dropout_key, run_key = jax.random.split(key, 3)
-  c = jnp.zeros((example_x.shape[0],), jnp.float32)
+  c = jnp.zeros((example_x.shape[0],) if time_inputs == 1 else (example_x.shape[0], time_inputs),
+                jnp.float32)
   variables = model.init({"params": init_key, "dropout": dropout_key}, example_x, c,
                          labels=example_label, train=False)
   params = variables["params"]

@@ -34,6 +34,9 @@ def _sample_fn(s: Setup, plan: conditioning.Plan, decode: Callable) -> Callable:
   clip = bool(s.config.sampling.clip_denoised)
   dtype = str(s.config.sampling.compute_dtype)  # the network's; the sampler's stays float32
 
+  if s.objective.network == "flow_map":  # a two-time network: its flow map in the slot
+    return _flow_map_sample_fn(s, plan, decode, sampler, dtype)
+
   def run(p, k, x_t, offset):
     params, aux, dec_params = p
     base = networks.eval_denoiser(s.net, params, s.schedule, s.param, compute_dtype=dtype)
@@ -45,6 +48,23 @@ def _sample_fn(s: Setup, plan: conditioning.Plan, decode: Callable) -> Callable:
     idx = offset + jnp.arange(x_t.shape[0])
     x0, info = sampler(plan.transform(net_denoise, aux), k, x_t, cond=plan.cond(aux, idx),
                        sample_offset=offset)
+    return decode(dec_params, x0), info
+
+  return run
+
+
+def _flow_map_sample_fn(s: Setup, plan: conditioning.Plan, decode: Callable, sampler,
+                        dtype: str) -> Callable:
+  """``_sample_fn`` of a flow-map network (objective network 'flow_map'): the sampler (of kind
+  'flow_map', experiments/validate.py) receives ``networks.eval_flow_map`` of the params in its
+  ``denoise`` slot; unconditional (the flow-map objectives train no labels) and unclipped (a map
+  between noisy states: sampling.clip_denoised would clip x_s, not an x0 prediction)."""
+
+  def run(p, k, x_t, offset):
+    params, aux, dec_params = p
+    phi = networks.eval_flow_map(s.net, params, s.schedule, s.param, compute_dtype=dtype)
+    idx = offset + jnp.arange(x_t.shape[0])
+    x0, info = sampler(phi, k, x_t, cond=plan.cond(aux, idx), sample_offset=offset)
     return decode(dec_params, x0), info
 
   return run

@@ -71,7 +71,8 @@ def setup(config: Config) -> Setup:
 
   def init(key):
     state = training.init_state(net, optimizer, key, jnp.asarray(example["x"]),
-                                None if ex_label is None else jnp.asarray(ex_label))
+                                None if ex_label is None else jnp.asarray(ex_label),
+                                time_inputs=2 if param.two_time else 1)
     if step_cfg.target_ema:  # CD's EMA target network (distill.target_ema)
       state = training.with_target(state)
     return training.with_power_ema(state, len(config.training.ema_profiles))
@@ -107,7 +108,8 @@ def init_state(s: Setup, teacher_params=None) -> training.TrainState:
 
   def init(key, teacher):
     state = training.init_state(s.net, s.optimizer, key, jnp.asarray(s.example["x"]),
-                                None if ex_label is None else jnp.asarray(ex_label))
+                                None if ex_label is None else jnp.asarray(ex_label),
+                                time_inputs=2 if s.param.two_time else 1)
     if copy:
       state = state.replace(params=teacher, ema_params=jax.tree_util.tree_map(jnp.copy, teacher),
                             opt_state=s.optimizer.init(teacher))

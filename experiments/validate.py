@@ -517,18 +517,28 @@ def check_time_grid(config: Config, schedule) -> None:
   from_library("sampling.time_grid", engine.check_grid, tuple(float(v) for v in tg), schedule)
 
 
-def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
-  """A consistency model (its objective's network 'consistency': CM, sCM) is sampled by the
-  samplers of kind 'consistency' only, and a denoiser by every other kind (a 'trigflow' network
+def _network_sampler_kinds(config: Config):
+  """(the sampler kinds that run this config's network, what the network is), from its
+  objective's network: a consistency function (CM, sCM) the kind 'consistency', a flow map
+  (MeanFlow, shortcut) the kind 'flow_map', a denoiser every other kind (a 'trigflow' network
   trained by 'dsm' is a denoiser)."""
   objective = objectives.of_config(config)
-  consistency_model = objective.network == "consistency"
-  if (kind == "consistency") != consistency_model:
+  if objective.network == "consistency":
+    return ("consistency",), (f"a consistency function (config.training.objective="
+                              f"{objective.name!r})")
+  if objective.network == "flow_map":
+    return ("flow_map",), f"a flow map (config.training.objective={objective.name!r})"
+  return (tuple(k for k in registry.KINDS if k not in ("consistency", "flow_map")),
+          f"a denoiser (model.parameterization={config.model.parameterization!r})")
+
+
+def check_sampler_kind(field: str, name: str, kind: str, config: Config) -> None:
+  """A consistency model is sampled by the samplers of kind 'consistency' only, a flow map by
+  the kind 'flow_map' only, and a denoiser by every other kind (``_network_sampler_kinds``)."""
+  kinds, what = _network_sampler_kinds(config)
+  if kind not in kinds:
     ours = sorted(n for n in registry.registered_samplers()
-                  if (registry.sampler_info(n).kind == "consistency") == consistency_model)
-    what = (f"a consistency function (config.training.objective={objective.name!r})"
-            if consistency_model
-            else f"a denoiser (model.parameterization={config.model.parameterization!r})")
+                  if registry.sampler_info(n).kind in kinds)
     raise ConfigError(f"config.{field}={name!r} is a sampler of kind {kind!r}; this config's "
                       f"network is {what}, sampled by: {ours}")
 

@@ -346,6 +346,8 @@ RUNS: Dict[str, Callable[[Runs], Any]] = {
     "reflow_scratch": lambda r: r.student("checkerboard_reflow.py", "rf", **{
         "distill.pairs": r.pairs("rf"), "distill.init_from_teacher": False,
         "sampling.num_steps": 2}),
+    "meanflow": lambda r: toy("checkerboard_meanflow.py", **{"sampling.num_steps": 2}),
+    "shortcut": lambda r: toy("checkerboard_shortcut.py", **{"sampling.num_steps": 2}),
     # images (slow)
     "digits_vp": lambda r: digits("vp.py", DDPM_UNET_TINY),
     "digits_vdm": lambda r: digits("vdm.py", DDPM_UNET_TINY, **{"sde.fields.hidden": 16}),
@@ -479,6 +481,10 @@ CASES: List[Case] = [
          train_record("reflow")),
     Case("reflow_scratch", "checkerboard_reflow, distill.init_from_teacher=False",
          train_record("reflow_scratch"), slow=True),
+    Case("mean_flow", "checkerboard_meanflow: MeanFlow, two-time MLP, jvp target",
+         train_record("meanflow")),
+    Case("shortcut", "checkerboard_shortcut: shortcut model, self-consistency + flow matching",
+         train_record("shortcut"), slow=True),
     Case("autoencoder", "configs/digits/autoencoder.py, autoencoder_kl (8 ch, 1 level), 8 steps",
          train_record("digits_autoencoder"), slow=True),
     # -- samplers --
@@ -494,6 +500,8 @@ CASES: List[Case] = [
          sample_record("cd", SAMPLE)),
     Case("sample_ct_consistency", "--mode=sample of ct, consistency sampler, 2 steps",
          sample_record("ct", SAMPLE), slow=True),
+    Case("sample_meanflow_flow_map", "--mode=sample of mean_flow, flow_map sampler, 2 steps",
+         sample_record("meanflow", SAMPLE)),
     Case("sample_pd_ddim", "--mode=sample of pd's last student, DDIM 2 steps",
          sample_record("pd", SAMPLE), slow=True),
     Case("sample_reflow_euler", "--mode=sample of reflow, Euler 2 steps",

@@ -50,6 +50,7 @@ def test_every_objective_sampler_and_golden_file_has_a_case():
   assert set(golden.driver_objectives()) <= seen, sorted(set(golden.driver_objectives()) - seen)
   sampled = {c.name[len("sample_vp_"):] for c in golden.CASES if c.name.startswith("sample_vp_")}
   sampled.add("consistency")  # sample_cd_consistency, sample_ct_consistency
+  sampled.add("flow_map")  # sample_meanflow_flow_map
   missing = sorted(set(golden.driver_samplers()) - sampled)
   assert not missing, f"registered samplers without a sample_vp_<name> case: {missing}"
   files = {n[:-len(".json")] for n in os.listdir(golden.GOLDEN_DIR) if n.endswith(".json")}

@@ -23,8 +23,8 @@ def _batch(sched, key=0):
 def test_to_x0_inverts_from_x0(kind, sched):
   x0, eps, t, xt = _batch(sched)
   par = P.Parameterization(kind)
-  if kind == "trigflow" and sched.name != "trigflow":  # its own schedule only
-    with pytest.raises(ValueError, match="needs the 'trigflow' schedule"):
+  if P.ONLY_ON.get(kind, sched.name) != sched.name:  # trigflow, mean_flow: one schedule only
+    with pytest.raises(ValueError, match=f"needs the {P.ONLY_ON[kind]!r} schedule"):
       par.from_x0(x0, xt, t, sched)
     return
   out = par.from_x0(x0, xt, t, sched)

@@ -50,6 +50,10 @@ STO = [n for n in ALL if sampler_info(n).kind == "stochastic"]
 # and batch-invariance tests apply (run with the mixture's denoiser standing in for it), not the
 # PF-ODE order or the denoiser-distribution ones; their ground truth is tests/test_consistency.py.
 CONS = [n for n in ALL if sampler_info(n).kind == "consistency"]
+# Kind 'flow_map': ``denoise`` is a flow map Phi(x_t, t, s, cond) (diffusion.flow_map). The exact
+# NFE and batch-invariance tests apply, fed the mixture's exact flow map (a reference solve with
+# concrete times, so run without jit); ground truth in tests/test_mean_flow.py.
+FLOW = [n for n in ALL if sampler_info(n).kind == "flow_map"]
 DET_FIXED = [n for n in DET if not sampler_info(n).adaptive]
 
 VP = schedules.VP()
@@ -71,7 +75,7 @@ def test_registry_metadata():
   assert len(ALL) >= 10
   for n in ALL:
     info = sampler_info(n)
-    assert info.kind in ("deterministic", "stochastic", "consistency")
+    assert info.kind in ("deterministic", "stochastic", "consistency", "flow_map")
     assert info.paper and info.nfe_per_step
     for v in info.variants:
       hp = info.resolve(v)
@@ -124,7 +128,7 @@ def test_config_fields_and_cli_override(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if n not in FLOW])
 def test_nfe_exact(name):
   info = sampler_info(name)
   gm = mixture(2)
@@ -141,6 +145,47 @@ def test_nfe_exact(name):
     if not info.adaptive:
       assert count[0] == info.nfe(n, hp)
     assert np.all(np.isfinite(np.asarray(x)))
+
+
+def _counting_flow_map(gm, schedule):
+  """(the exact flow map of ``gm`` with an io_callback counter of calls, counter list)."""
+  from diffusion import flow_map
+  phi = flow_map.exact_flow_map_fn(gm.denoiser(schedule), schedule, rtol=1e-6, atol=1e-6)
+  count = [0]
+
+  def bump():
+    count[0] += 1
+
+  def wrapped(x, t, s, cond=None):
+    jax.experimental.io_callback(bump, None, ordered=True)
+    return phi(x, t, s, cond)
+
+  return wrapped, count
+
+
+@pytest.mark.parametrize("name", FLOW)
+def test_nfe_exact_flow_map(name):
+  info = sampler_info(name)
+  den, count = _counting_flow_map(mixture(2), VP)
+  for n in (1, 3):
+    f = build_sampler(name, VP, n, grid="logsnr", jit=False, **info.variants[0])
+    x_T = VP.prior_sample(jax.random.PRNGKey(0), (3, 2))
+    count[0] = 0
+    x, out = f(den, jax.random.PRNGKey(1), x_T)
+    assert int(out["nfe"]) == count[0] == info.nfe(n, info.resolve(info.variants[0])), name
+    assert np.all(np.isfinite(np.asarray(x)))
+
+
+@pytest.mark.parametrize("name", FLOW)
+def test_batch_split_invariance_flow_map(name):
+  info = sampler_info(name)
+  f = build_sampler(name, VP, 2, grid="logsnr", jit=False, **info.variants[0])
+  den, _ = _counting_flow_map(mixture(2), VP)
+  x_T = VP.prior_sample(jax.random.PRNGKey(4), (8, 2))
+  full, _ = f(den, jax.random.PRNGKey(3), x_T)
+  a, _ = f(den, jax.random.PRNGKey(3), x_T[:4], sample_offset=0)
+  b, _ = f(den, jax.random.PRNGKey(3), x_T[4:], sample_offset=4)
+  np.testing.assert_allclose(np.concatenate([a, b]), full, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", STO + CONS)

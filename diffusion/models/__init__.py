@@ -20,6 +20,11 @@ through :func:`capabilities` (never by probing attributes itself):
                     ``logvar_head`` and offers return_logvar only when it is True
   project_params    a method ``project_params(params) -> params`` applied after every
                     optimizer update (EDM2's forced weight normalisation)
+  time_inputs       a class attribute ``time_inputs = 2``: ``c`` may also be (B, 2), two times
+                    (a two-time flow-map network, e.g. MeanFlow's u(x_t, r, t) fed
+                    (c(t), c(t - r))): column 0 through the network's own noise embedding,
+                    column 1 through a twin with its own parameters, summed; a (B,) ``c`` is
+                    unchanged. Networks without it (time_inputs 1) refuse (B, 2)
   outputs           'denoiser' (the default), 'logits' (a noise-conditional classifier of
                     x_t, objective 'classifier') or 'autoencoder' (below), given at
                     registration
@@ -73,6 +78,7 @@ class Capabilities:
   num_classes: int = 0
   return_logvar: bool = False
   project_params: bool = False
+  time_inputs: int = 1
 
 
 def capabilities(model: nn.Module) -> Capabilities:
@@ -85,7 +91,8 @@ def capabilities(model: nn.Module) -> Capabilities:
       num_classes=classes if isinstance(classes, int) and not isinstance(classes, bool) else 0,
       return_logvar=("return_logvar" in inspect.signature(type(model).__call__).parameters
                      and getattr(model, "logvar_head", True) is not False),
-      project_params=callable(getattr(model, "project_params", None)))
+      project_params=callable(getattr(model, "project_params", None)),
+      time_inputs=int(getattr(type(model), "time_inputs", 1)))
 
 
 def model_outputs(name: str) -> str:

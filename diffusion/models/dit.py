@@ -64,7 +64,7 @@ positional embedding is a constant, not a parameter (no optimizer state, EMA or 
 entry); tests/test_dit.py checks count + T * D against a closed form of the released model for
 all twelve presets.
 """
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -262,6 +262,7 @@ class DiT(nn.Module):
   pos_embed_axes: str = "hw"
   reference_init: bool = False
   dtype: Any = jnp.float32
+  time_inputs: ClassVar[int] = 2  # c (B,) or (B, 2): capabilities(net).time_inputs
 
   def __post_init__(self):
     check_dit_args(self.patch_size, self.hidden_size, self.depth, self.num_heads,
@@ -273,9 +274,10 @@ class DiT(nn.Module):
   @nn.compact
   def __call__(self, x: Array, c: Array, labels: Optional[Array] = None, train: bool = False,
                with_variance: bool = False) -> Array:
-    """x: (B, H, W, C); c: (B,); labels: (B,) int or None. Returns (B, H, W, out_ch or C), or
+    """x: (B, H, W, C); c: (B,), or (B, 2) two times (``layers.time_conditioning``); labels:
+    (B,) int or None. Returns (B, H, W, out_ch or C), or
     with ``with_variance`` (needs learn_sigma) all (B, H, W, 2 (out_ch or C)) output channels."""
-    check_dit_input(x, c, self.patch_size)
+    check_dit_input(x, c, self.patch_size, two_time=True)
     if with_variance and not self.learn_sigma:
       raise ValueError("with_variance=True needs a DiT built with learn_sigma=True")
     b, hgt, wid, ch = x.shape
@@ -287,7 +289,7 @@ class DiT(nn.Module):
         fourier_scale=self.fourier_scale, fourier_size=None, num_classes=self.num_classes,
         label_dropout=self.label_dropout, dtype=dt, convention=self.embedding_convention,
         noise_kernel_std=REFERENCE_INIT_STD if self.reference_init else None,
-        class_init_std=REFERENCE_INIT_STD if self.reference_init else 1.0)
+        class_init_std=REFERENCE_INIT_STD if self.reference_init else 1.0, two_time=True)
     pos = jnp.asarray(sincos_2d(d, hgt // p, wid // p, self.pos_embed_axes), dt)
     h = _linear(d, dt, "patch_embed")(patchify(x.astype(dt), p)) + pos[None]
     for i in range(self.depth):
@@ -334,12 +336,12 @@ def check_dit_args(patch_size: int, hidden_size: int, depth: int, num_heads: int
     raise ValueError(f"pos_embed_axes={pos_embed_axes!r}; accepted: {POS_EMBED_AXES}")
 
 
-def check_dit_input(x: Array, c: Array, patch_size: int) -> None:
-  """x must be (B, H, W, C) with H and W divisible by ``patch_size``; c (B,)."""
+def check_dit_input(x: Array, c: Array, patch_size: int, two_time: bool = False) -> None:
+  """x must be (B, H, W, C) with H and W divisible by ``patch_size``; c (B,) (or (B, 2) with
+  ``two_time``)."""
   if x.ndim != 4:
     raise ValueError(f"x must be NHWC (4-D), got shape {x.shape}")
-  if c.shape != (x.shape[0],):
-    raise ValueError(f"c must have shape ({x.shape[0]},), got {c.shape}")
+  layers.check_time_conditioning(c, x.shape[0], two_time)
   if x.shape[1] % patch_size or x.shape[2] % patch_size:
     raise ValueError(f"spatial size {tuple(x.shape[1:3])} is not divisible by "
                      f"patch_size={patch_size}")

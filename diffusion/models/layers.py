@@ -266,23 +266,55 @@ class ClassEmbedding(nn.Module):
     return table(labels)
 
 
+def check_time_conditioning(c: Array, batch: int, two_time: bool) -> Array:
+  """``c`` of shape (B,), or (B, 2) when ``two_time`` (a network with ``time_inputs=2``);
+  ValueError naming the shape and what is accepted otherwise."""
+  if c.shape == (batch,) or (two_time and c.shape == (batch, 2)):
+    return c
+  accepted = f"({batch},)" if not two_time else f"({batch},) or ({batch}, 2) (two times)"
+  extra = ("" if two_time else "; two-time conditioning (B, 2) is offered by the networks "
+           "with capabilities(net).time_inputs == 2 ('mlp', 'ddpm_unet', 'dit')")
+  raise ValueError(f"c must have shape {accepted}, got {tuple(c.shape)}{extra}")
+
+
+def time_conditioning(c: Array, embed, names) -> Array:
+  """The embedding of the noise conditioning c: ``embed(c, names[0])`` for c (B,); for c (B, 2)
+  (a two-time network: c(t) and c(t - r), MeanFlow's conditioning, Geng et al. 2025)
+  ``embed(c[:, 0], names[0]) + embed(c[:, 1], names[1])``: the first column by the one-time
+  network's own embedding (same parameter names), the second by a twin with its own
+  parameters. ``embed(col (B,), name) -> (B, D)``."""
+  if c.ndim == 1:
+    return embed(c, names[0])
+  return embed(c[:, 0], names[0]) + embed(c[:, 1], names[1])
+
+
 def conditioning(c: Array, labels: Optional[Array], *, train: bool, base_dim: int,
                  out_dim: int, embedding_type: str, embedding_scale: float,
                  fourier_scale: float, fourier_size: Optional[int], num_classes: int,
                  label_dropout: float, dtype: Dtype, convention: Optional[str] = None,
                  noise_kernel_std: Optional[float] = None, class_init_std: float = 1.0,
-                 freq_shift: float = 1.0, flip_sin_to_cos: bool = False) -> Array:
+                 freq_shift: float = 1.0, flip_sin_to_cos: bool = False,
+                 two_time: bool = False) -> Array:
   """Noise embedding plus (if ``num_classes > 0``) a class embedding: (B, out_dim).
   ``convention`` and ``noise_kernel_std`` are :class:`NoiseEmbedding`'s, ``class_init_std``
   :class:`ClassEmbedding`'s ``init_std``.
 
+  ``c`` is (B,), or with ``two_time`` (a network offering ``time_inputs=2``) also (B, 2): a
+  two-time network (``time_conditioning``): column 0 through 'noise_embedding', column 1 through
+  'noise_embedding_2' (same kind, own parameters), summed. A (B,) ``c`` builds and computes
+  exactly what it did before two-time inputs existed.
+
   Must be called from inside a compact module (the submodules attach to it).
   """
-  temb = NoiseEmbedding(base_dim, out_dim, embedding_type, embedding_scale, fourier_scale,
-                        fourier_size, dtype, convention=convention,
-                        kernel_std=noise_kernel_std, freq_shift=freq_shift,
-                        flip_sin_to_cos=flip_sin_to_cos,
-                        name="noise_embedding")(c)
+  c = check_time_conditioning(c, c.shape[0] if c.ndim else 0, two_time)
+
+  def embed(col, name):
+    return NoiseEmbedding(base_dim, out_dim, embedding_type, embedding_scale, fourier_scale,
+                          fourier_size, dtype, convention=convention,
+                          kernel_std=noise_kernel_std, freq_shift=freq_shift,
+                          flip_sin_to_cos=flip_sin_to_cos, name=name)(col)
+
+  temb = time_conditioning(c, embed, ("noise_embedding", "noise_embedding_2"))
   if num_classes > 0:
     temb = temb + ClassEmbedding(num_classes, out_dim, label_dropout, dtype, class_init_std,
                                  name="class_embedding")(labels, c.shape[0], train)
@@ -614,12 +646,12 @@ def check_unet_args(width_name: str, width: int, ch_mult, num_res_blocks: int, d
     raise ValueError(f"num_classes must be >= 0, got {num_classes}")
 
 
-def check_image_input(x: Array, c: Array, num_levels: int):
-  """Validates ``x`` (B, H, W, C) and ``c`` (B,) for a net with ``num_levels`` resolutions."""
+def check_image_input(x: Array, c: Array, num_levels: int, two_time: bool = False):
+  """Validates ``x`` (B, H, W, C) and ``c`` (B,) (or (B, 2) with ``two_time``) for a net with
+  ``num_levels`` resolutions."""
   if x.ndim != 4:
     raise ValueError(f"x must be NHWC (4-D), got shape {x.shape}")
-  if c.shape != (x.shape[0],):
-    raise ValueError(f"c must have shape ({x.shape[0]},), got {c.shape}")
+  check_time_conditioning(c, x.shape[0], two_time)
   div = 2**(num_levels - 1)
   if x.shape[1] % div or x.shape[2] % div:
     raise ValueError(f"spatial size {x.shape[1:3]} must be divisible by {div} "

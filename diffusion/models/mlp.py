@@ -7,7 +7,7 @@ logits head on it instead of the score head.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -80,24 +80,31 @@ def check_label_args(num_classes: int, label_dropout: float) -> None:
 
 
 def mlp_trunk(x, c, labels, *, train: bool, width: int, num_blocks: int, embed_dim: int,
-              embedding_scale: float, num_classes: int, label_dropout: float, dtype):
+              embedding_scale: float, num_classes: int, label_dropout: float, dtype,
+              two_time: bool = False):
   """The residual MLP's features: x (B, D), c (B,) -> (B, width).
 
   c goes through sinusoidal features (times ``embedding_scale``) and a two-layer MLP; with
   ``num_classes > 0`` a learned class embedding with a NULL class (``layers.ClassEmbedding``:
   labels None = all NULL; with ``train`` each label is dropped to NULL with probability
   ``label_dropout``, drawing from the 'dropout' rng; Ho & Salimans 2022) is added before the
-  activation. Must be called inside a compact module (the layers attach to it, auto-named in
-  this order).
+  activation. With ``two_time`` c may also be (B, 2) (``layers.time_conditioning``): column 1
+  goes through a twin of the time embedding named 'time2_dense_0' / 'time2_dense_1', added; a
+  (B,) c builds the same layers as ever. Must be called inside a compact module (the layers
+  attach to it, auto-named in this order).
   """
   if x.ndim != 2:
     raise ValueError(f"mlp expects x of shape (B, D), got {x.shape}")
-  if c.shape != (x.shape[0],):
-    raise ValueError(f"c must have shape ({x.shape[0]},), got {c.shape}")
+  layers.check_time_conditioning(c, x.shape[0], two_time)
   check_labels(labels, x.shape[0], num_classes)
-  emb = sinusoidal_embedding(c, embed_dim, embedding_scale)
-  emb = nn.Dense(width, dtype=dtype)(emb)
-  emb = nn.Dense(width, dtype=dtype)(nn.silu(emb))
+
+  def embed(col, name):
+    names = (None, None) if name is None else (f"{name}_0", f"{name}_1")
+    e = nn.Dense(width, dtype=dtype, name=names[0])(
+        sinusoidal_embedding(col, embed_dim, embedding_scale))
+    return nn.Dense(width, dtype=dtype, name=names[1])(nn.silu(e))
+
+  emb = layers.time_conditioning(c, embed, (None, "time2_dense"))
   if num_classes:
     emb = emb + layers.ClassEmbedding(num_classes, width, label_dropout, dtype)(
         labels, x.shape[0], train)
@@ -110,7 +117,7 @@ def mlp_trunk(x, c, labels, *, train: bool, width: int, num_blocks: int, embed_d
 
 @register_model("mlp")
 class MLP(nn.Module):
-  """Residual MLP: x (B, D), c (B,), labels (B,) int or None -> (B, D).
+  """Residual MLP: x (B, D), c (B,) or (B, 2) (two times), labels (B,) int or None -> (B, D).
 
   The noise-conditioning scalar c goes through sinusoidal features (times ``embedding_scale``)
   and a two-layer MLP; with ``num_classes > 0`` a learned class embedding with a NULL class
@@ -132,6 +139,7 @@ class MLP(nn.Module):
   label_dropout: float = 0.0
   logvar_head: bool = False
   dtype: jnp.dtype = jnp.float32
+  time_inputs: ClassVar[int] = 2  # c (B,) or (B, 2): capabilities(net).time_inputs
 
   def __post_init__(self):
     check_label_args(self.num_classes, self.label_dropout)
@@ -145,10 +153,11 @@ class MLP(nn.Module):
     h = mlp_trunk(x, c, labels, train=train, width=self.width, num_blocks=self.num_blocks,
                   embed_dim=self.embed_dim, embedding_scale=self.embedding_scale,
                   num_classes=self.num_classes, label_dropout=self.label_dropout,
-                  dtype=self.dtype)
+                  dtype=self.dtype, two_time=True)
     out = nn.Dense(x.shape[-1], dtype=self.dtype)(h).astype(x.dtype)
     if not self.logvar_head:
       return out
-    feats = sinusoidal_embedding(c, self.embed_dim, self.embedding_scale)
+    c_t = c if c.ndim == 1 else c[:, 0]  # a two-time network's head reads t
+    feats = sinusoidal_embedding(c_t, self.embed_dim, self.embedding_scale)
     logvar = nn.Dense(1, kernel_init=nn.initializers.zeros, name="logvar_head")(feats)[:, 0]
     return (out, logvar.astype(jnp.float32)) if return_logvar else out

@@ -18,7 +18,7 @@ default so that DDPM's network is unchanged: GroupNorm ``norm_eps``, ``downsampl
 ``attn_head_dim`` channels each), ``mid_block_scale``, ``temb_dim``, ``mid_attn_norm_groups``
 and ``center_input`` (diffusion/convert/diffusers_unet.py maps its config onto them).
 """
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -109,6 +109,7 @@ class DDPMUNet(nn.Module):
   temb_dim: Optional[int] = None
   mid_attn_norm_groups: Optional[int] = None
   center_input: bool = False
+  time_inputs: ClassVar[int] = 2  # c (B,) or (B, 2): capabilities(net).time_inputs
 
   def __post_init__(self):
     if self.embedding_type not in layers.EMBEDDING_TYPES:
@@ -147,16 +148,17 @@ class DDPMUNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, c: Array, labels: Optional[Array] = None,
                train: bool = False) -> Array:
-    """x: (B, H, W, C) scaled input; c: (B,) noise conditioning; labels: (B,) int or None."""
+    """x: (B, H, W, C) scaled input; c: (B,) noise conditioning, or (B, 2) two times
+    (``layers.time_conditioning``); labels: (B,) int or None."""
     num_levels = len(self.ch_mult)
-    layers.check_image_input(x, c, num_levels)
+    layers.check_image_input(x, c, num_levels, two_time=True)
     dt = self.dtype
     temb = layers.conditioning(
         c, labels, train=train, base_dim=self.ch, out_dim=self.temb_dim or 4 * self.ch,
         embedding_type=self.embedding_type, embedding_scale=self.embedding_scale,
         fourier_scale=self.fourier_scale, fourier_size=None, num_classes=self.num_classes,
         label_dropout=self.label_dropout, dtype=dt, freq_shift=self.freq_shift,
-        flip_sin_to_cos=self.flip_sin_to_cos)
+        flip_sin_to_cos=self.flip_sin_to_cos, two_time=True)
     eps = self.norm_eps
 
     def block(h, out_ch, name):

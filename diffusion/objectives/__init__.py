@@ -11,6 +11,8 @@ objective carries). Importing this package registers the built-in ones:
   scm_training               scm.py          Lu & Song 2024
   reflow                     reflow.py       Liu et al. 2023
   autoencoder                autoencoder.py  a KL-regularised autoencoder (LDM's first stage)
+  mean_flow                  mean_flow.py    MeanFlow, Geng et al. 2025 (a two-time flow map)
+  shortcut                   mean_flow.py    shortcut models, Frans et al. 2024 (a flow map)
 
 A new objective is a file with a registered ``Objective`` subclass; a config names the module in
 ``config.imports`` to have it imported at start-up (docs/architecture.md).
@@ -19,4 +21,4 @@ from diffusion.objectives.base import (  # noqa: F401 (the package's interface)
     BATCH_SOURCES, DEFAULT, NETWORKS, LossContext, Objective, TeacherModel, get, names,
     of_config, register)
 from diffusion.objectives import (  # noqa: F401 (registers the built-in objectives)
-    denoising, classifier, reflow, progressive, consistency, autoencoder, scm)
+    denoising, classifier, reflow, progressive, consistency, autoencoder, scm, mean_flow)

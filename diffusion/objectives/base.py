@@ -9,8 +9,10 @@ comparing its name (DESIGN: "the driver asks the object"):
   aux_metrics   scalars of ``aux`` the train step reports (the classifier's accuracy)
   network       what the trained network is: 'denoiser' (sampled by every sampler, has a
                 PF-ODE likelihood), 'consistency' (a consistency function: the consistency
-                samplers, no likelihood), 'classifier' (logits p(y | x_t): no samples) or
-                'autoencoder' (encode / decode: no samples; eval reports reconstructions)
+                samplers, no likelihood), 'flow_map' (a two-time network u(x_t, r, t): the
+                samplers of kind 'flow_map' on its ``networks.eval_flow_map``, no likelihood),
+                'classifier' (logits p(y | x_t): no samples) or 'autoencoder' (encode / decode:
+                no samples; eval reports reconstructions)
   teacher       ``needs_teacher(config)``, ``starts_from_teacher(config)``; carried in the
                 state (``teacher_in_state``: progressive distillation's rounds) or passed to
                 every step (``teacher_per_step``: consistency distillation); ``can_teach``: a
@@ -48,9 +50,9 @@ from diffusion.schedules import Schedule
 PyTree = Any
 Batch = Dict[str, jax.Array]
 LossFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
-NETWORKS = ("denoiser", "consistency", "classifier", "autoencoder")
+NETWORKS = ("denoiser", "consistency", "classifier", "autoencoder", "flow_map")
 # The networks that draw samples (a sampler runs them); the others are evaluated on held-out data.
-SAMPLING_NETWORKS = ("denoiser", "consistency")
+SAMPLING_NETWORKS = ("denoiser", "consistency", "flow_map")
 BATCH_SOURCES = ("data", "pairs")
 DEFAULT = "dsm"  # the objective of a config that names none (and of runs before the field)
 
@@ -124,8 +126,8 @@ class Objective:
 
   @property
   def draws_samples(self) -> bool:
-    """A denoiser or consistency function (SAMPLING_NETWORKS): not a classifier, not an
-    autoencoder."""
+    """A denoiser, consistency function or flow map (SAMPLING_NETWORKS): not a classifier, not
+    an autoencoder."""
     return self.network in SAMPLING_NETWORKS
 
   @property

@@ -8,7 +8,8 @@ from diffusion.samplers.registry import (COMMON_ARGS, KINDS, SamplerInfo, build_
 # The sampler families: importing them registers their samplers, so the registry is complete as
 # soon as anything of this package is imported (the families import the registry, never the
 # other way round).
-from diffusion.samplers import consistency, dpm_solver, multistep, ode, sde  # noqa: E402,F401
+from diffusion.samplers import (  # noqa: E402,F401
+    consistency, dpm_solver, flow_map, multistep, ode, sde)
 
 __all__ = ["COMMON_ARGS", "KINDS", "SamplerInfo", "build_sampler", "get_sampler",
            "register_sampler", "registered_samplers", "sampler_info"]

@@ -56,10 +56,12 @@ def t_from_half_logsnr(schedule: Schedule, lam) -> np.ndarray:
   return f64(schedule.t_from_logsnr(2.0 * f64(lam)))
 
 
-def check_grid(time_grid, schedule: Schedule, min_len: int = 2) -> np.ndarray:
+def check_grid(time_grid, schedule: Schedule, min_len: int = 2,
+               closed: bool = False) -> np.ndarray:
   """A host time grid (N+1,), N >= min_len - 1, as float64, checked: concrete, 1-D, finite,
-  strictly decreasing, inside the schedule's [t_min, t_max], alpha and sigma > 0 on it. Anything
-  else raises a ValueError naming the problem."""
+  strictly decreasing, inside the schedule's [t_min, t_max], alpha and sigma > 0 on it (with
+  ``closed``, the flow-map samplers' grids, >= 0: the ends sigma = 0 (data) and alpha = 0 (pure
+  noise) are allowed). Anything else raises a ValueError naming the problem."""
   if isinstance(time_grid, jax.core.Tracer):
     raise ValueError("time_grid must be a concrete numpy array (coefficients are computed on the "
                      "host), got a traced value")
@@ -80,6 +82,9 @@ def check_grid(time_grid, schedule: Schedule, min_len: int = 2) -> np.ndarray:
                      f"final_denoise=True)")
   s = f64(schedule.sigma(t))
   a = f64(schedule.alpha(t))
+  if closed and np.all(np.isfinite(s)) and np.all(np.isfinite(a)) and np.all(s >= 0) and np.all(
+      a >= 0):
+    return t
   if not (np.all(np.isfinite(s)) and np.all(s > 0) and np.all(np.isfinite(a)) and np.all(a > 0)):
     raise ValueError(f"alpha(t) and sigma(t) must be positive and finite on the whole grid, got "
                      f"t={t}: use t_min > 0 (and final_denoise=True for the step to sigma = 0) "

@@ -39,7 +39,9 @@ SamplerFn = Callable[..., Tuple[Array, Dict[str, Any]]]
 
 # 'consistency': the sampler's ``denoise`` is a consistency function (diffusion.consistency), not
 # a denoiser; the registry-wide tests check its NFE and batch invariance only.
-KINDS = ("deterministic", "stochastic", "consistency")
+# 'flow_map': the sampler's ``denoise`` is a two-time flow map Phi(x_t, t, s, cond) -> x_s
+# (diffusion.flow_map.FlowMap); its grid may include the ends t = 0 and alpha = 0 (closed grid).
+KINDS = ("deterministic", "stochastic", "consistency", "flow_map")
 # Keyword arguments every sampler accepts; not hyper-parameters.
 COMMON_ARGS = ("cond", "sample_offset")
 
@@ -51,8 +53,9 @@ class SamplerInfo:
   Attributes:
     name: registry name.
     fn: the sampling function.
-    kind: 'deterministic' (a PF-ODE solver), 'stochastic', or 'consistency' (its ``denoise`` is
-      a consistency function f(x_t, t, cond) -> x at t_min, e.g. CM's multistep sampler).
+    kind: 'deterministic' (a PF-ODE solver), 'stochastic', 'consistency' (its ``denoise`` is
+      a consistency function f(x_t, t, cond) -> x at t_min, e.g. CM's multistep sampler) or
+      'flow_map' (its ``denoise`` is a flow map Phi(x_t, t, s, cond) -> x_s).
     order: hparams -> theoretical order (strong order for ODE solvers, weak for SDE samplers; not
       measured for 'consistency' samplers, where it is nominal).
     nfe: (num_steps, hparams) -> exact number of denoiser calls; None for adaptive samplers, whose
@@ -254,7 +257,7 @@ def build_sampler(sampler: str,
     if given:
       raise ValueError(f"time_grid is given explicitly, so {sorted(given)} must not be "
                        f"(they define the grid built when time_grid is None); got {given}")
-    grid_t = engine.check_grid(time_grid, schedule)
+    grid_t = engine.check_grid(time_grid, schedule, closed=info.kind == "flow_map")
     if num_steps is not None and schedules_lib.check_int("num_steps", num_steps) != len(grid_t) - 1:
       raise ValueError(f"num_steps={num_steps!r} does not match the explicit time_grid of "
                        f"{len(grid_t)} times ({len(grid_t) - 1} steps); pass one or the other")
@@ -265,7 +268,7 @@ def build_sampler(sampler: str,
     t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
     grid_t = grids_lib.time_grid(schedule, num_steps, "karras" if grid is None else grid,
                                  t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho)
-    grid_t = engine.check_grid(grid_t, schedule)
+    grid_t = engine.check_grid(grid_t, schedule, closed=info.kind == "flow_map")
   fn = functools.partial(info.fn, schedule=schedule, time_grid=grid_t, **hp)
 
   def run(denoise, key, x_T, cond=None, sample_offset=0):
