@@ -348,6 +348,8 @@ RUNS: Dict[str, Callable[[Runs], Any]] = {
         "sampling.num_steps": 2}),
     "meanflow": lambda r: toy("checkerboard_meanflow.py", **{"sampling.num_steps": 2}),
     "shortcut": lambda r: toy("checkerboard_shortcut.py", **{"sampling.num_steps": 2}),
+    "scm_cd": lambda r: r.student("checkerboard_scm.py", "edm", **{"sampling.num_steps": 2}),
+    "scm_ct": lambda r: toy("checkerboard_scm_ct.py", **{"sampling.num_steps": 2}),
     # images (slow)
     "digits_vp": lambda r: digits("vp.py", DDPM_UNET_TINY),
     "digits_vdm": lambda r: digits("vdm.py", DDPM_UNET_TINY, **{"sde.fields.hidden": 16}),
@@ -485,6 +487,9 @@ CASES: List[Case] = [
          train_record("meanflow")),
     Case("shortcut", "checkerboard_shortcut: shortcut model, self-consistency + flow matching",
          train_record("shortcut"), slow=True),
+    Case("scm_distillation", "checkerboard_scm of dsm_edm: sCM distillation, jvp tangent",
+         train_record("scm_cd")),
+    Case("scm_training", "checkerboard_scm_ct: sCM training", train_record("scm_ct"), slow=True),
     Case("autoencoder", "configs/digits/autoencoder.py, autoencoder_kl (8 ch, 1 level), 8 steps",
          train_record("digits_autoencoder"), slow=True),
     # -- samplers --

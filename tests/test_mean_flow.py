@@ -120,7 +120,7 @@ def test_mean_flow_parameterization_inputs_and_denoiser():
   f = jnp.full_like(x, 2.0)
   np.testing.assert_allclose(par.to_x0(f, x, t, RF), x - t[:, None] * 2.0, rtol=1e-6)
   np.testing.assert_allclose(par.from_x0(par.to_x0(f, x, t, RF), x, t, RF), f, rtol=1e-5)
-  with pytest.raises(ValueError, match="needs the 'rectified_flow' schedule, got 'vp'"):
+  with pytest.raises(ValueError, match="needs the 'rectified_flow' schedule, got the 'vp'"):
     par.net_inputs(x, t, schedules.VP())
   with pytest.raises(ValueError, match="time_input must be 't'"):
     Parameterization("mean_flow", time_input="log_sigma")
