@@ -488,7 +488,7 @@ CASES: List[Case] = [
     Case("shortcut", "checkerboard_shortcut: shortcut model, self-consistency + flow matching",
          train_record("shortcut"), slow=True),
     Case("scm_distillation", "checkerboard_scm of dsm_edm: sCM distillation, jvp tangent",
-         train_record("scm_cd")),
+         train_record("scm_cd"), slow=True),
     Case("scm_training", "checkerboard_scm_ct: sCM training", train_record("scm_ct"), slow=True),
     Case("autoencoder", "configs/digits/autoencoder.py, autoencoder_kl (8 ch, 1 level), 8 steps",
          train_record("digits_autoencoder"), slow=True),

@@ -116,6 +116,8 @@ def test_loss_gradient_vanishes_at_the_exact_consistency_function():
     assert abs(float(jax.grad(loss_at)(0.0, wrong))) > 1e-3
 
 
+@pytest.mark.slow  # 17 s cold (float64 Dopri8 solves); fast: the Gaussian closed form and
+# the loss gradient at the exact mixture consistency function below
 def test_tangent_vanishes_on_a_mixture_by_the_exact_flow_map():
   # f* = Phi(x_t, t -> 0) by the float64 adaptive solve; dF*/dt by central differences along
   # the exact velocity; g = cos t df*/dt = 0 up to the solver / difference error.

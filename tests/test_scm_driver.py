@@ -48,6 +48,7 @@ def test_scm_distillation_from_an_edm_teacher_trains_samples_and_evaluates(edm_t
   assert np.isfinite(m["sliced_wasserstein"])
 
 
+@pytest.mark.slow  # 16 s cold; the sCT loss: tests/test_scm.py, the driver path: sCD above
 def test_scm_training_trains_without_a_teacher(tmp_path):
   cfg = _config("scm_ct", **{"training.num_steps": 20, "scm.weighting": "uniform",
                              "model.net.logvar_head": False})
