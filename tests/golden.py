@@ -468,7 +468,7 @@ CASES: List[Case] = [
     Case("dsm_skip_nonfinite", "checkerboard_vp, nonfinite='skip', NaN batches at steps 12-13",
          train_record("skip"), slow=True),
     Case("dsm_vdm_toy", "checkerboard, VDM's learned schedule (fixed endpoints)",
-         train_record("vdm_toy")),
+         train_record("vdm_toy"), slow=True),  # 15 s cold; VDM's loss: tests/test_vdm.py
     # -- the other objectives --
     Case("classifier", "8gaussians_vp_classifier: noise-conditional classifier",
          train_record("classifier")),

@@ -137,6 +137,7 @@ def test_classifier_loss_refuses_bad_inputs():
 # -- the networks ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 25 s cold (the U-Net classifier's conv init); the MLP path: below
 def test_classifiers_are_registered_and_give_logits():
   assert {"mlp_classifier", "unet_classifier"} <= set(registered_models())
   net = get_model("mlp_classifier", num_classes=8, **TINY_MLP)

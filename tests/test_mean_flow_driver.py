@@ -27,7 +27,8 @@ def _refused(config, mode="train") -> str:
   return str(e.value)
 
 
-@pytest.mark.parametrize("name", ["meanflow", pytest.param("shortcut", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 13-22 s cold each; train + sample of a MeanFlow run: the golden cases
+@pytest.mark.parametrize("name", ["meanflow", "shortcut"])
 def test_flow_map_run_trains_samples_and_evaluates(name, tmp_path):
   wd = str(tmp_path / name)
   cfg = _config(name, **{"training.num_steps": 20})

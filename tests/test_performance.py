@@ -29,6 +29,7 @@ def _compiled_lines(num_blocks: int) -> tuple:
   return len(jax.tree_util.tree_leaves(state.params)), text.count("\n")
 
 
+@pytest.mark.slow  # 12 s cold
 def test_train_step_compiled_size_is_linear_in_the_leaves():
   """Quadrupling the parameter leaves at most ~quadruples the optimized HLO. The old per-leaf
   all-finite AND chain, duplicated into every leaf's update by XLA, made it grow with the square

@@ -223,6 +223,7 @@ def test_eval_refuses_statistics_of_another_resolution_before_sampling(tmp_path,
   assert not os.path.exists(os.path.join(wd, "eval", "step_4"))
 
 
+@pytest.mark.slow  # 19 s cold; the toy sweep's tables and resume stay in the default suite
 def test_sweep_table_and_resume(tmp_path, cheap_inception):
   stats = _stats_file(tmp_path, dim=8)
   o = {"eval.fid_stats": stats, "eval.sweep_samplers": "euler,heun", "eval.sweep_nfe": "3,5",
