@@ -119,6 +119,18 @@ def train(net, sched, param, loss_fn, objective, steps, key, data_fn, lr=1e-3, i
   return state.params
 
 
+def consistency_row(f, sched, x_T, ode, x_exact, train_seconds) -> dict:
+  """A consistency student f's row: its 1-step map from t_max against the exact one (``ode``)
+  and the SW of its 1- and 2-step samples (Karras grid) to exact samples."""
+  row = {"train_seconds": train_seconds,
+         "rel_err_1_vs_ode": rel(f(jnp.asarray(x_T), jnp.full((N_EVAL,), sched.t_max)), ode)}
+  for n in (1, 2):
+    smp = build_sampler("consistency", sched, num_steps=n, grid="karras")
+    x, _ = smp(f, jax.random.PRNGKey(6), jnp.asarray(x_T))
+    row[f"sw_{n}"] = sw(x, x_exact)
+  return row
+
+
 def denoiser_of(net, sched, param, params):
   return make_denoiser(lambda x, c, cond=None: net.apply({"params": params}, x, c), sched, param)
 
@@ -278,12 +290,7 @@ def consistency_students(gm, steps, searched=False):
                    target_ema=mu)
     secs = time.time() - t0
     f = jax.jit(denoiser_of(net, edm, param, params))
-    row = {"train_seconds": secs,
-           "rel_err_1_vs_ode": rel(f(jnp.asarray(x_T), jnp.full((N_EVAL,), edm.t_max)), ode)}
-    for n in (1, 2):
-      s = build_sampler("consistency", edm, num_steps=n, grid="karras")
-      x, _ = s(f, jax.random.PRNGKey(6), jnp.asarray(x_T))
-      row[f"sw_{n}"] = sw(x, x_exact)
+    row = consistency_row(f, edm, x_T, ode, x_exact, secs)
     if searched:
       row["searched_grids"] = searched_grid_rows(gm, edm, f, x_T, x_exact)
     out[name] = row
@@ -342,13 +349,7 @@ def scm_students(gm, steps):
                    config=config, **distil)
     secs = time.time() - t0
     f = jax.jit(denoiser_of(net, trig, param, params))
-    row = {"train_seconds": secs,
-           "rel_err_1_vs_ode": rel(f(jnp.asarray(x_T), jnp.full((N_EVAL,), trig.t_max)), ode)}
-    for n in (1, 2):
-      smp = build_sampler("consistency", trig, num_steps=n, grid="karras")
-      x, _ = smp(f, jax.random.PRNGKey(6), jnp.asarray(x_T))
-      row[f"sw_{n}"] = sw(x, x_exact)
-    out[name] = row
+    out[name] = consistency_row(f, trig, x_T, ode, x_exact, secs)
   return out
 
 

@@ -108,21 +108,9 @@ def eval_denoiser(net, params: PyTree, sched: Schedule, param: Parameterization,
   parameterization's x0_hat = to_x0(F, x_t, t) and everything after it stay in x_t's dtype.
   'float32' leaves the network untouched.
   """
-  dtype = jnp_compute_dtype(compute_dtype)
   if sched.learned and sched.params is None:
     sched = sched.bind(params["schedule"])
-  if dtype == jnp.float32:
-    def apply_fn(x_in, c, cond):
-      return net.apply({"params": params}, x_in, c, labels=cond, train=False)
-    return make_denoiser(apply_fn, sched, param)
-
-  model = compute_model(net, dtype)
-  p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-
-  def apply_low(x_in, c, cond):
-    out = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=False)
-    return out.astype(jnp.float32)
-  return make_denoiser(apply_low, sched, param)
+  return make_denoiser(_eval_apply_fn(net, params, compute_dtype), sched, param)
 
 
 def eval_flow_map(net, params: PyTree, sched: Schedule, param: Parameterization,
@@ -131,16 +119,26 @@ def eval_flow_map(net, params: PyTree, sched: Schedule, param: Parameterization,
   'mean_flow', ``diffusion.flow_map.make_flow_map``) for fixed ``params`` (evaluation mode), the
   network computing in ``compute_dtype`` as in ``eval_denoiser`` (the map's arithmetic stays in
   x's dtype)."""
-  dtype = jnp_compute_dtype(compute_dtype)
-  model = compute_model(net, dtype)
-  p = params if dtype == jnp.float32 else jax.tree_util.tree_map(lambda a: a.astype(dtype),
-                                                                params)
+  return make_flow_map(_eval_apply_fn(net, params, compute_dtype), sched, param)
 
-  def apply_fn(x_in, c, cond):
+
+def _eval_apply_fn(net, params: PyTree, compute_dtype: str) -> Callable:
+  """apply_fn(x_in, c, cond) -> F of ``net`` for fixed ``params`` in evaluation mode: as is for
+  'float32'; for 'bfloat16' the network computing in it (``compute_model``, the params cast
+  once here, x_in cast) with F cast back to float32 (``eval_denoiser``, ``eval_flow_map``)."""
+  dtype = jnp_compute_dtype(compute_dtype)
+  if dtype == jnp.float32:
+    def apply_fn(x_in, c, cond):
+      return net.apply({"params": params}, x_in, c, labels=cond, train=False)
+    return apply_fn
+
+  model = compute_model(net, dtype)
+  p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+
+  def apply_low(x_in, c, cond):
     out = model.apply({"params": p}, x_in.astype(dtype), c, labels=cond, train=False)
     return out.astype(jnp.float32)
-
-  return make_flow_map(apply_fn, sched, param)
+  return apply_low
 
 
 def frozen_denoiser_of(net, param: Parameterization, schedule: Schedule,
