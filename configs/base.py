@@ -168,7 +168,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Loss options; None: the objective's default (PD 'truncated_snr'; CD CM's 'uniform', 'l2',
   # 'uniform'; CT iCT's 'ict', 'pseudo_huber', 'lognormal'). PD: 'truncated_snr' | 'snr' | 'v'.
   c.distill.weighting = config_dict.placeholder(str)
-  c.distill.metric = config_dict.placeholder(str)  # 'l2' | 'pseudo_huber'
+  c.distill.metric = config_dict.placeholder(str)  # 'l2' | 'pseudo_huber' | 'lpips'
+  # CD / CT with metric 'lpips' (diffusion/metrics/lpips.py, Zhang et al. 2018 v0.1): the trunk
+  # ('alex' | 'vgg'), torchvision's ImageNet weights of that trunk (a file the user passes:
+  # alexnet-owt-7be5be79.pth / vgg16-397923af.pth; nothing is downloaded), LPIPS's channel
+  # weights (None: the lpips wheel's v0.1 file) and CM's bilinear upsampling before LPIPS
+  # (224; None: none). The run's identity holds the net, the resize and the files' SHA-256.
+  c.distill.lpips = ml_collections.ConfigDict()
+  c.distill.lpips.net = "alex"
+  c.distill.lpips.trunk = config_dict.placeholder(str)
+  c.distill.lpips.channel_weights = config_dict.placeholder(str)
+  c.distill.lpips.resize = config_dict.placeholder(int)
   c.distill.index_distribution = config_dict.placeholder(str)  # 'uniform' | 'lognormal'
   c.distill.teacher_solver = "heun"  # CD: one 'euler' or 'heun' PF-ODE step of the teacher
   # CD's target network: None (or 0): the student itself under stop-gradient (iCT sec. 3.2);

@@ -36,7 +36,6 @@ restores: a failed restore reports one line per checkpoint.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from diffusion.io_utils import atomic_write, read_json
+from diffusion.io_utils import atomic_write, read_json, sha256_file
 
 PyTree = Any
 CONFIG_FILE = "config.json"
@@ -289,15 +288,6 @@ def signature_diff(saved: Sequence[Sequence[Any]], current: Sequence[Sequence[An
       out.append(f"{p} is {a[p][1]}{list(a[p][0])} in the checkpoint, {b[p][1]}{list(b[p][0])} "
                  f"in this run")
   return len(out), out[:limit]
-
-
-def sha256_file(path: str) -> str:
-  """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _step_files(step_dir: str) -> List[str]:

@@ -34,7 +34,7 @@ for every schedule (the conversion of ``parameterization``'s 'edm'); on the EDM 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,7 @@ from diffusion.schedules import Schedule, _bcast, check_int, check_real
 Array = Any
 ConsistencyFn = Callable[..., Array]  # f(x_t (B, ...), t (B,), cond=None) -> x0_hat (B, ...)
 TeacherStep = Callable[..., Array]  # step(x (B, ...), t_from, t_to, cond=None) -> x at t_to
+Metric = Callable[[Array, Array], Array]  # d(a (B, ...), b (B, ...)) -> (B,)
 
 METRICS = ("pseudo_huber", "l2")
 WEIGHTINGS = ("ict", "uniform")
@@ -230,11 +231,19 @@ def pseudo_huber_c(dim: int) -> float:
   return PSEUDO_HUBER_SCALE * math.sqrt(check_int("dim", dim))
 
 
-def distance(a: Array, b: Array, metric: str = "pseudo_huber",
-             c: Optional[float] = None) -> Array:
+def _check_metric(metric) -> None:
+  """A name of METRICS, or a callable d(a, b) -> (B,) (e.g. LPIPS, diffusion.metrics.lpips)."""
+  if not callable(metric):
+    _one_of("metric", metric, METRICS)
+
+
+def distance(a: Array, b: Array, metric="pseudo_huber", c: Optional[float] = None) -> Array:
   """d(a, b) per sample, (B, ...) x 2 -> (B,): 'l2' ||a - b||^2 (CM), 'pseudo_huber'
-  sqrt(||a - b||^2 + c^2) - c (iCT sec. 3.3), c default 0.00054 sqrt(dim)."""
-  _one_of("metric", metric, METRICS)
+  sqrt(||a - b||^2 + c^2) - c (iCT sec. 3.3), c default 0.00054 sqrt(dim); a callable
+  metric(a, b) -> (B,) is used as is (CM's LPIPS: ``diffusion.metrics.lpips.make_distance``)."""
+  _check_metric(metric)
+  if callable(metric):
+    return metric(a, b)
   sq = jnp.sum(jnp.reshape((a - b)**2, (a.shape[0], -1)), axis=-1)
   if metric == "l2":
     return sq
@@ -321,7 +330,7 @@ def teacher_step_from_sampler(name: str, schedule: Schedule, teacher_denoise: Ca
 def _loss_setup(schedule, num_scales, sigma_min, sigma_max, rho, index_distribution, weighting,
                 metric):
   _one_of("weighting", weighting, WEIGHTINGS)
-  _one_of("metric", metric, METRICS)
+  _check_metric(metric)
   lo, hi = sigma_range(schedule, sigma_min, sigma_max)
   sig = karras_sigmas(num_scales, lo, hi, rho)
   probs = index_probs(sig, index_distribution)
@@ -368,7 +377,7 @@ def _grid_and_index(key, x0, schedule, num_scales, max_scales, index, sigma_min,
       raise ValueError("a traced num_scales needs max_scales (the curriculum's largest N) and "
                        "a drawn index (index=None)")
     _one_of("weighting", weighting, WEIGHTINGS)
-    _one_of("metric", metric, METRICS)
+    _check_metric(metric)
     sig, t_grid, logits = traced_grid(schedule, num_scales, max_scales, sigma_min=sigma_min,
                                       sigma_max=sigma_max, rho=rho,
                                       index_distribution=index_distribution, dtype=x0.dtype)
@@ -424,7 +433,7 @@ def consistency_distillation_loss(f_student: ConsistencyFn,
                                   rho: float = 7.0,
                                   index_distribution: str = "uniform",
                                   weighting: str = "uniform",
-                                  metric: str = "l2",
+                                  metric: Union[str, Metric] = "l2",
                                   c: Optional[float] = None) -> Tuple[Array, Dict[str, Array]]:
   """Consistency distillation (CM eq. 10, Alg. 2): (mean loss, aux).
 
@@ -435,7 +444,8 @@ def consistency_distillation_loss(f_student: ConsistencyFn,
   loss = mean_b lambda(s_i) d(f_student(x_{i+1}, t_{i+1}), stopgrad f_target(x_hat_i, t_i)).
   ``f_target`` None: the student itself under stop-gradient (iCT sec. 3.2); else e.g. an EMA copy
   (CM). Defaults are CM's (uniform index, lambda = 1, squared L2); iCT's are 'lognormal', 'ict',
-  'pseudo_huber'. The grid is ``karras_sigmas(num_scales, s_min, s_max, rho)`` in EDM sigma,
+  'pseudo_huber'; ``metric`` may also be a callable d(a, b) -> (B,) (CM's LPIPS, see
+  ``distance``). The grid is ``karras_sigmas(num_scales, s_min, s_max, rho)`` in EDM sigma,
   default s_min / s_max from the schedule's ends. aux: index (B,), sigma s_{i+1} (B,), per-sample
   distance (B,) and weight (B,).
   """
@@ -466,7 +476,7 @@ def consistency_training_loss(f_student: ConsistencyFn,
                               rho: float = 7.0,
                               index_distribution: str = "lognormal",
                               weighting: str = "ict",
-                              metric: str = "pseudo_huber",
+                              metric: Union[str, Metric] = "pseudo_huber",
                               c: Optional[float] = None,
                               max_scales: Optional[int] = None) -> Tuple[Array, Dict[str, Array]]:
   """Consistency training, no teacher (CM eq. 9 / Alg. 3; iCT sec. 3): as

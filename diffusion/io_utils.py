@@ -7,6 +7,7 @@ is then renamed onto the final name (``os.replace``: atomic on POSIX within one 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from typing import IO, Any, Iterator, Optional
@@ -47,3 +48,12 @@ def read_json(path: str) -> Optional[Any]:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()

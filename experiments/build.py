@@ -33,7 +33,8 @@ Config = ml_collections.ConfigDict
 # written before the field existed still resume.
 IDENTITY_FIELDS = ("model", "sde", "data.name", "data.image_size", "optim.name",
                    "training.objective", "training.ema_profiles", "distill", "scm", "latent",
-                   "resolved.data_shape", "resolved.param_count", "resolved.latent_fingerprint")
+                   "resolved.data_shape", "resolved.param_count", "resolved.latent_fingerprint",
+                   "resolved.lpips_sha256")
 # Config sections only some objectives read (``Objective.identity_fields``): the others' identity
 # leaves them out (workdirs written before a section existed still resume).
 OBJECTIVE_SECTIONS = ("distill", "scm")
@@ -478,6 +479,7 @@ def resolved(config: Config, example: Dict[str, np.ndarray], params: Any) -> Dic
          "jax_version": jax.__version__}
   if is_latent(config) and config.latent.dataset is not None:  # wherever their folder is
     out["latent_fingerprint"] = latent_facts(config)["fingerprint"]
+  out.update(objective(config).resolved_facts(config))
   return out
 
 
@@ -491,7 +493,9 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
   so are training.ema_profiles when empty (its power EMAs are in the state: a workdir of other
   profiles is refused), config.imports when empty, the latent section of a pixel-space run,
   data.crop / data.folder, sampling.time_grid and distill.target_ema when unset (target_ema
-  0 is unset too: the same run) (the fields came later: older workdirs hold none)."""
+  0 is unset too: the same run) (the fields came later: older workdirs hold none), and
+  distill.lpips but with metric 'lpips' (then its net and resize; the files are in 'resolved'
+  by SHA-256, so a moved weight file is the same run)."""
   d = config.to_dict()
   obj = objective(config)
   for section in OBJECTIVE_SECTIONS:
@@ -508,6 +512,10 @@ def identity_dict(config: Config, res: Dict[str, Any]) -> Dict[str, Any]:
     d["sampling"].pop("time_grid")
   if "distill" in d and not d["distill"].get("target_ema", 1):  # None or 0: no EMA target
     d["distill"].pop("target_ema")
+  if "distill" in d:  # LPIPS's net and resize with metric 'lpips' (its files: by SHA-256)
+    lp = d["distill"].pop("lpips", None)
+    if lp is not None and d["distill"].get("metric") == "lpips":
+      d["distill"]["lpips"] = {"net": lp["net"], "resize": lp["resize"]}
   if obj.identity_omits_name:
     del d["training"]["objective"]
   if not d["training"].get("ema_profiles"):  # as objective: absent from older workdirs

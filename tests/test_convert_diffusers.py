@@ -46,7 +46,9 @@ def _net_output(conv, ref, dtype):
   return np.asarray(out, np.float64).transpose(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("name", FIXTURES)
+# ddpm_small (~20 s) is slow: the other four cover every mapped setting in under 10 s each.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "ddpm_small"
+                                  else n for n in FIXTURES])
 def test_converted_network_matches_diffusers(name):
   conv = du.convert(_model_folder(name))
   ref = np.load(os.path.join(ROOT, name, "reference.npz"))
@@ -160,8 +162,43 @@ def test_torch_reader_refuses_code(tmp_path):
     files.read_weights(path)
   other = tmp_path / "legacy.bin"
   other.write_bytes(pickle.dumps({"w": 1}))
-  with pytest.raises(ConversionError, match="neither a .safetensors file nor a torch zip"):
+  with pytest.raises(ConversionError, match="neither a .safetensors file nor a torch checkpoint"):
     files.read_weights(str(other))
+
+
+LEGACY = os.path.join(os.path.dirname(__file__), "data", "convert", "legacy", "state_dict.pth")
+
+
+def test_legacy_torch_reader_values_views_and_dtypes():
+  # torch.save(..., _use_new_zipfile_serialization=False) of make_legacy_fixture.py's formulas.
+  got = files.read_weights(LEGACY)
+  base = np.arange(24, dtype=np.float32).reshape(4, 6) / 8 - 1
+  shared = np.arange(10, dtype=np.float32) * 0.5
+  want = {"conv.weight": base, "conv.weight_t": base.T, "head": shared[:4], "tail": shared[6:],
+          "double": np.linspace(-2, 2, 5), "steps": np.array(7, np.int64),
+          "half": np.array([0.5, -1.25, 3.0], np.float16)}
+  assert list(got) == list(want)
+  for k, v in want.items():
+    assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_legacy_torch_reader_refuses_truncation_and_code(tmp_path):
+  blob = open(LEGACY, "rb").read()
+  cut = tmp_path / "cut.pth"
+  cut.write_bytes(blob[:-10])
+  with pytest.raises(ConversionError, match="truncated"):
+    files.read_weights(str(cut))
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+
+  evil = tmp_path / "evil.pth"
+  evil.write_bytes(b"".join(pickle.dumps(o, protocol=2) for o in (
+      files.LEGACY_MAGIC, files.LEGACY_PROTOCOL, {"little_endian": True}, {"w": Evil()}, [])))
+  with pytest.raises(ConversionError, match="refused"):
+    files.read_weights(str(evil))
 
 
 def test_torch_reader_matches_safetensors_of_the_same_state(tmp_path):

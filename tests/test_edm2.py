@@ -130,6 +130,7 @@ def _channel_rms(params):
           for k, v in flat.items() if edm2.is_mp_weight(k)}
 
 
+@pytest.mark.slow  # ~30 s: compiles the EDM2 U-Net step twice (project_params: its own tests)
 def test_forced_weight_normalisation_after_an_update():
   """After a train step every stored MP weight has unit-variance output channels (norm
   sqrt(fan_in)), which the raw Adam update alone leaves; the EMA averages the projected ones."""

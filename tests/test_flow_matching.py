@@ -214,6 +214,7 @@ def _train_velocity_mse(num_steps: int, batch: int = 256):
   return before, mse(state.params), time.perf_counter() - start
 
 
+@pytest.mark.slow  # ~20 s of training (the loss at the exact velocity: the tests above)
 def test_trained_mlp_learns_the_exact_velocity():
   """300 steps of flow matching on 8gaussians: the learned velocity's mean squared distance to
   the exact one (t in [0.05, 0.95]) falls below a quarter of its value at initialisation."""

@@ -6,6 +6,8 @@ import os
 import signal
 import struct
 
+import pytest
+
 from experiments import writers
 from tests.conftest import popen_main, run_main, wait_for
 
@@ -102,6 +104,7 @@ def test_metric_writer_resume_drops_later_rows(tmp_path):
 # -- the driver ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~25 s: kill -9 and resume (exact resume after kill: test_reliability.py)
 def test_kill9_keeps_logged_tb_points_and_resume_has_no_duplicate_rows(tmp_path):
   wd = str(tmp_path)
   run = {"training.num_steps": 10**6, "training.log_every": 2, "training.ckpt_every": 10,

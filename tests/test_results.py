@@ -190,6 +190,7 @@ def test_a_second_eval_with_another_sampler_evaluates_again(trained, capsys):
   assert "step 20 already evaluated with these settings" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~30 s: a NaN run through the CLI (non-finite policies: test_training.py)
 def test_nan_samples_exit_1_in_one_line_and_leave_earlier_outputs_intact(trained):
   good = sample.run(tiny_config(**EVAL), trained)
   evaluate.run(tiny_config(**EVAL), trained)

@@ -43,7 +43,9 @@ def _det_loss(denoise, x0, key, schedule, **kw):
   return jnp.mean(err**2), {}
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+# The DiT case (~18 s of compile) is slow; the mlp case runs by default.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "dit" else n
+                                  for n in sorted(NETS)])
 def test_train_step_decreases_loss(name):
   net = NETS[name]
   oc = training.OptimConfig(lr=3e-3, warmup_steps=10)

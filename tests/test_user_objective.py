@@ -6,6 +6,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, run_main
 from tests.golden import read_state
@@ -25,6 +26,7 @@ def _leaves(tree, prefix=""):
     yield prefix, np.asarray(tree)
 
 
+@pytest.mark.slow  # ~40 s: train, resume and eval runs (the registration and refusals: below)
 def test_a_users_objective_trains_resumes_exactly_and_evaluates(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   r = run_main(straight, "train", USER)

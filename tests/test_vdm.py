@@ -95,6 +95,7 @@ def _linear_net(net_params, x_in, c, cond):
   return net_params["w"] * x_in + net_params["b"] * c[:, None]
 
 
+@pytest.mark.slow  # ~18 s: two gradient compiles (closed-form derivatives: the tests above)
 def test_vdm_objective_gradients_are_mean_loss_for_the_net_and_variance_for_the_shape():
   sched = schedules.LearnedVP(hidden=8)
   sp = {k: jnp.asarray(v) for k, v in sched.init_params(jax.random.PRNGKey(3)).items()}

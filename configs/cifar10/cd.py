@@ -7,8 +7,11 @@ scales in [0.002, 80], uniform indices, lambda = 1; CM's CIFAR-10 CD run as reca
 hyper-parameter table (not re-checked offline): Adam lr 4e-4, batch 512, 800k iterations, EMA
 0.9999 for evaluation.
 Deliberate differences (docs/few_step.md): the squared L2 metric (CM's best CIFAR-10 result uses
-LPIPS, which is not implemented here; pseudo-Huber is --config.distill.metric=pseudo_huber) and
-the student's own stop-gradient as target (CM: an EMA target with mu = 0.95 for LPIPS runs).
+LPIPS; it needs an ImageNet trunk file no package ships: with torchvision's VGG-16 file,
+--config.distill.metric=lpips --config.distill.lpips.net=vgg
+--config.distill.lpips.trunk=PATH/vgg16-397923af.pth --config.distill.lpips.resize=224 is CM's
+setting up to piq's pooling variant; pseudo-Huber is --config.distill.metric=pseudo_huber) and
+the student's own stop-gradient as target (CM: --config.distill.target_ema=0.95 for LPIPS runs).
 
 THE PAPER'S RESULT (not reproduced here; CM abstract and Table 1, CD with LPIPS): FID 3.55 with
 one step. Not trained here: configs/digits/cd.py and configs/toy/checkerboard_cd.py are the

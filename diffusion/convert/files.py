@@ -6,7 +6,13 @@
   ``<prefix>/data.pkl`` (the pickled state dict, whose tensors refer to storages by key) and
   ``<prefix>/data/<key>`` (each storage's raw bytes). The pickle is read by a restricted
   unpickler that builds only dicts and tensors: any other global in the file is refused, so a
-  ``.bin`` cannot run code here. The pre-1.6 (non-zip) format is not read.
+  ``.bin`` cannot run code here.
+* PyTorch ``.pth`` before torch 1.6 (the legacy format of torchvision's ImageNet weights and of
+  LPIPS's channel weights): five concatenated parts, three small pickles (the magic number
+  0x1950a86a20f9469cfc6c, the protocol version 1001, system info with the byte order), the state
+  dict pickle whose tensors refer to storages by key, a pickled list of the storage keys, then for
+  each key in that order an int64 element count and the storage's raw little-endian bytes. Read by
+  the same restricted unpickler.
 """
 from __future__ import annotations
 
@@ -33,16 +39,18 @@ TORCH_STORAGES = {"DoubleStorage": np.float64, "FloatStorage": np.float32,
 
 
 def read_weights(path: str) -> Dict[str, np.ndarray]:
-  """{name: array} of a ``.safetensors`` file or a torch zip ``.bin`` / ``.pt`` / ``.pth``."""
+  """{name: array} of a ``.safetensors`` file or a torch ``.bin`` / ``.pt`` / ``.pth`` (the zip
+  format of torch >= 1.6 or the legacy format before it)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"weights file {path!r} does not exist")
   if path.endswith(".safetensors"):
     return read_safetensors(path)
   if zipfile.is_zipfile(path):
     return read_torch_zip(path)
-  raise ConversionError(f"{path!r} is neither a .safetensors file nor a torch zip checkpoint "
-                        f"(torch.save since torch 1.6); re-save it with a current torch or as "
-                        f"safetensors")
+  if is_torch_legacy(path):
+    return read_torch_legacy(path)
+  raise ConversionError(f"{path!r} is neither a .safetensors file nor a torch checkpoint (the "
+                        f"zip format of torch >= 1.6 or the legacy format before it)")
 
 
 def read_safetensors(path: str) -> Dict[str, np.ndarray]:
@@ -139,6 +147,18 @@ class _TorchUnpickler(pickle.Unpickler):
     return np.frombuffer(raw, stype.dtype.newbyteorder("<"))
 
 
+def _state_dict_of(obj, path: str) -> Dict[str, np.ndarray]:
+  """The {name: array} state dict in an unpickled checkpoint (or its 'state_dict' entry)."""
+  if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    obj = obj["state_dict"]
+  if not isinstance(obj, dict):
+    raise ConversionError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+  bad = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
+  if bad:
+    raise ConversionError(f"{path!r}: entries that are not tensors: {bad[:5]}")
+  return dict(obj)
+
+
 def read_torch_zip(path: str) -> Dict[str, np.ndarray]:
   """{name: array} of a state dict saved by ``torch.save`` (zip format)."""
   with zipfile.ZipFile(path) as archive:
@@ -152,11 +172,106 @@ def read_torch_zip(path: str) -> Dict[str, np.ndarray]:
       raise ConversionError(f"{path!r}: big-endian torch checkpoints are not supported")
     with archive.open(pkls[0]) as f:
       obj = _TorchUnpickler(f, archive, prefix, path).load()
-  if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-    obj = obj["state_dict"]
-  if not isinstance(obj, dict):
-    raise ConversionError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
-  bad = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
-  if bad:
-    raise ConversionError(f"{path!r}: entries that are not tensors: {bad[:5]}")
-  return dict(obj)
+  return _state_dict_of(obj, path)
+
+
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+LEGACY_PROTOCOL = 1001
+
+
+class _PlainUnpickler(pickle.Unpickler):
+  """The legacy format's header pickles hold only ints, strings and dicts."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    raise ConversionError(f"a legacy torch checkpoint's header asks for {module}.{name}; refused")
+
+
+def is_torch_legacy(path: str) -> bool:
+  """Whether ``path`` starts with the legacy torch format's magic-number pickle."""
+  with open(path, "rb") as f:
+    try:
+      return _PlainUnpickler(f).load() == LEGACY_MAGIC
+    except (pickle.UnpicklingError, ConversionError, EOFError, ValueError, TypeError,
+            IndexError, KeyError, OverflowError, AttributeError):
+      return False  # not a pickle at all: some other format
+
+
+class _LegacyStorage:
+  """A storage named in the pickle; its bytes follow the pickle (``array`` is set then)."""
+
+  def __init__(self, stype: _StorageType, numel: int):
+    self.stype, self.numel, self.array = stype, numel, None
+
+
+class _LegacyTensor:
+  """A tensor whose storage bytes are not read yet: (storage, view offset, offset, size,
+  stride), built into an array after the storages are read."""
+
+  def __init__(self, storage, offset, size, stride):
+    self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+  def build(self) -> np.ndarray:
+    root, view_offset = self.storage
+    return _rebuild_tensor(root.array[view_offset:], self.offset, self.size, self.stride)
+
+
+class _LegacyUnpickler(_TorchUnpickler):
+  """The legacy state-dict pickle: storages are ('storage', type, key, location, numel,
+  view_metadata); tensors wait for their storages' bytes (``_LegacyTensor``)."""
+
+  def __init__(self, file, path: str):
+    pickle.Unpickler.__init__(self, file)
+    self.path, self.storages = path, {}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in (("torch._utils", "_rebuild_tensor_v2"),
+                          ("torch._utils", "_rebuild_tensor")):
+      return lambda storage, offset, size, stride, *_: _LegacyTensor(storage, offset, size,
+                                                                      stride)
+    return super().find_class(module, name)
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)):
+      raise ConversionError(f"{self.path!r}: unknown storage reference {pid!r}")
+    _, stype, key, _location, numel, view = pid
+    root = self.storages.setdefault(key, _LegacyStorage(stype, int(numel)))
+    if view is None:
+      return (root, 0)
+    _view_key, view_offset, _view_size = view
+    return (root, int(view_offset))
+
+
+def read_torch_legacy(path: str) -> Dict[str, np.ndarray]:
+  """{name: array} of a state dict saved by ``torch.save`` before torch 1.6 (module doc)."""
+  with open(path, "rb") as f:
+    header = [_PlainUnpickler(f).load() for _ in range(3)]
+    if header[0] != LEGACY_MAGIC or header[1] != LEGACY_PROTOCOL:
+      raise ConversionError(f"{path!r}: not a legacy torch checkpoint (magic {header[0]!r}, "
+                            f"protocol {header[1]!r}; expected {LEGACY_MAGIC:#x}, "
+                            f"{LEGACY_PROTOCOL})")
+    if not (isinstance(header[2], dict) and header[2].get("little_endian", True)):
+      raise ConversionError(f"{path!r}: big-endian torch checkpoints are not supported")
+    unpickler = _LegacyUnpickler(f, path)
+    obj = unpickler.load()
+    keys = _PlainUnpickler(f).load()
+    if not isinstance(keys, list) or set(keys) != set(unpickler.storages):
+      raise ConversionError(f"{path!r}: the storage key list does not name the pickle's "
+                            f"storages: truncated or corrupt file")
+    for key in keys:
+      storage = unpickler.storages[key]
+      head = f.read(8)
+      if len(head) != 8:
+        raise ConversionError(f"{path!r}: storage {key!r} is missing: truncated file")
+      (numel,) = struct.unpack("<q", head)
+      nbytes = numel * storage.stype.dtype.itemsize
+      raw = f.read(nbytes)
+      if numel != storage.numel or len(raw) != nbytes:
+        raise ConversionError(f"{path!r}: storage {key!r} holds {len(raw)} bytes for {numel} "
+                              f"elements, the pickle says {storage.numel} x "
+                              f"{storage.stype.name}: truncated or corrupt file")
+      storage.array = np.frombuffer(raw, storage.stype.dtype.newbyteorder("<"))
+  if isinstance(obj, dict):
+    obj = type(obj)((k, v.build() if isinstance(v, _LegacyTensor) else v)
+                    for k, v in obj.items())
+  return _state_dict_of(obj, path)

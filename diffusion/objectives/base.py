@@ -26,7 +26,8 @@ comparing its name (DESIGN: "the driver asks the object"):
   config        ``check(config, mode)``: the start-up checks of the fields it reads (raising
                 ``diffusion.config_checks.ConfigError``), ``loss_option_names()``: what
                 config.training.loss_opts may set; ``identity_fields``: what else of the
-                config defines the run
+                config defines the run; ``resolved_facts(config)``: facts of files the
+                config names that define it too (a weight file's SHA-256)
   requirements  ``supports_conditional``, ``supports_ema_profiles``,
                 ``supports_learned_schedule``, ``required_parameterization``,
                 ``required_outputs`` (the network's ``diffusion.models`` outputs)
@@ -149,6 +150,11 @@ class Objective:
     """The library loss whose keyword-only arguments config.training.loss_opts may set; None:
     the objective reads no loss_opts."""
     return None
+
+  def resolved_facts(self, config) -> Dict[str, Any]:
+    """Facts of files the config names that define the run as its fields do (saved in
+    config.json's 'resolved', compared on resume); none by default."""
+    return {}
 
   def loss_option_names(self) -> Sequence[str]:
     """The keywords config.training.loss_opts may set: the library loss's own (the step sets

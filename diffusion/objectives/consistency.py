@@ -11,22 +11,32 @@ consistency samplers, with no PF-ODE likelihood.
   'consistency_training' (CT): no teacher; the pair is two noisings of the same x0, and the
       number of scales follows a curriculum of the step (iCT's or CM's, or fixed)
       (``consistency_training_loss``).
+
+Both measure d(f(x_{t_{i+1}}), target) with distill.metric: 'l2', 'pseudo_huber' or 'lpips' (CM's
+best image results; ``diffusion.metrics.lpips`` with the trunk file the user passes in
+config.distill.lpips, loaded once per compile; the files' SHA-256 join the run's identity).
 """
 from __future__ import annotations
 
-from typing import Tuple
+import os
+from typing import Any, Dict, Tuple
 
 import jax
 
 from diffusion import consistency
+from diffusion.data import toy2d
 from diffusion.config_checks import (ConfigError, from_library, int_at_least, number_in, one_of,
                                      positive)
+from diffusion.io_utils import sha256_file
+from diffusion.metrics import lpips
 from diffusion.networks import frozen_denoiser_of, jnp_compute_dtype
 from diffusion.objectives.base import LossContext, LossFn, register
 from diffusion.objectives.students import StudentObjective
 from diffusion.parameterization import make_denoiser
 
 CURRICULA = ("ict", "cm", "none")
+LPIPS = "lpips"  # distill.metric: LPIPS with config.distill.lpips (module doc)
+METRICS = consistency.METRICS + (LPIPS,)
 CURRICULUM_DEFAULTS = {"ict": (10, 1280), "cm": (2, 150)}
 
 
@@ -53,9 +63,61 @@ class _Consistency(StudentObjective):
   def check(self, config, mode: str) -> None:
     w, m, idx = self.options(config)
     one_of("distill.weighting", w, consistency.WEIGHTINGS)
-    one_of("distill.metric", m, consistency.METRICS)
+    one_of("distill.metric", m, METRICS)
     one_of("distill.index_distribution", idx, consistency.INDEX_DISTRIBUTIONS)
     positive("distill.rho", config.distill.rho)
+    check_lpips(config, m)
+
+  def metric(self, config):
+    """The loss's distance: a name of consistency.METRICS, or LPIPS's d(a, b) -> (B,) with its
+    weights loaded (distill.metric 'lpips')."""
+    m = self.options(config)[1]
+    if m != LPIPS:
+      return m
+    lp = config.distill.lpips
+    return lpips.make_distance(lp.net, lp.trunk, lp.channel_weights, lp.resize)
+
+  def resolved_facts(self, config) -> Dict[str, Any]:
+    """With LPIPS, the SHA-256 of its trunk and channel-weight files (the run's identity holds
+    them, not the paths)."""
+    if self.options(config)[1] != LPIPS:
+      return {}
+    lp = config.distill.lpips
+    return {"lpips_sha256": {"trunk": sha256_file(lp.trunk), "channel_weights": sha256_file(
+        lpips.channel_weights_path(lp.net, lp.channel_weights))}}
+
+
+def check_lpips(config, metric: str) -> None:
+  """config.distill.lpips: set only with metric 'lpips'; then a trunk file that exists, LPIPS's
+  channel weights (the lpips wheel's or a file), a net and resize LPIPS accepts, pixel space."""
+  lp = config.distill.get("lpips")
+  if metric != LPIPS:
+    if lp is not None and any(lp.get(k) is not None for k in ("trunk", "channel_weights",
+                                                                "resize")):
+      raise ConfigError(f"config.distill.lpips is set but config.distill.metric={metric!r} does "
+                        f"not read it: set config.distill.metric='lpips' or unset "
+                        f"config.distill.lpips")
+    return
+  one_of("distill.lpips.net", lp.net, lpips.NETS)
+  if lp.trunk is None or not os.path.isfile(lp.trunk):
+    raise ConfigError(f"config.distill.lpips.trunk={lp.trunk!r} must name torchvision's "
+                      f"ImageNet weights of the {lp.net!r} trunk "
+                      f"({lpips.TRUNK_FILES[lp.net]}); none ships with a package and nothing "
+                      f"is downloaded")
+  try:
+    lpips.channel_weights_path(lp.net, lp.channel_weights)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.distill.lpips.channel_weights: {e}") from None
+  if lp.resize is not None:
+    from_library("distill.lpips.resize", lpips.check_inputs, (1, 1, 1, 3), (1, 1, 1, 3),
+                 lp.net, lp.resize)
+  lat = config.get("latent")
+  if lat is not None and (lat.get("dataset") is not None or lat.get("autoencoder") is not None):
+    raise ConfigError("config.distill.metric='lpips' compares images; this run is in an "
+                      "autoencoder's latent space (config.latent): use 'l2' or 'pseudo_huber'")
+  if config.data.name in toy2d.available():
+    raise ConfigError(f"config.distill.metric='lpips' compares images; config.data.name="
+                      f"{config.data.name!r} is 2-d points: use 'l2' or 'pseudo_huber'")
 
 
 @register
@@ -76,6 +138,7 @@ class ConsistencyDistillation(_Consistency):
     solver, n_scales, rho = d.teacher_solver, int(d.num_scales), float(d.rho)
     sched, param = ctx.schedule, ctx.param
     ema_target = bool(self.target_ema(config))
+    metric = self.metric(config)
 
     def loss(net, batch, key, context):
       denoise = make_denoiser(net, sched, param)
@@ -87,7 +150,7 @@ class ConsistencyDistillation(_Consistency):
                                sched, param)
       return consistency.consistency_distillation_loss(
           denoise, target, step, batch["x"], key, sched, n_scales, rho=rho,
-          index_distribution=idx, weighting=w, metric=m)
+          index_distribution=idx, weighting=w, metric=metric)
 
     return loss
 
@@ -137,6 +200,7 @@ class ConsistencyTraining(_Consistency):
       s0, s1 = curriculum_bounds(config)
       fixed, max_scales = None, consistency.max_num_scales(total, d.curriculum, s0, s1)
     sched, param = ctx.schedule, ctx.param
+    metric = self.metric(config)
 
     def loss(net, batch, key, context):
       denoise = make_denoiser(net, sched, param)
@@ -144,7 +208,7 @@ class ConsistencyTraining(_Consistency):
           context["step"], total, d.curriculum, s0, s1)
       return consistency.consistency_training_loss(
           denoise, None, batch["x"], key, sched, n, rho=rho, index_distribution=idx,
-          weighting=w, metric=m, max_scales=max_scales)
+          weighting=w, metric=metric, max_scales=max_scales)
 
     return loss
 
