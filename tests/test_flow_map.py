@@ -61,10 +61,17 @@ def test_average_velocity_tends_to_the_velocity():
   np.testing.assert_allclose(np.asarray(near), np.asarray(v), atol=1e-3)
 
 
-def test_flow_map_refuses_s_after_t():
+def test_flow_map_refuses_negative_times_and_inverts_toward_the_noise():
   sched = schedules.get_schedule("vp")
   gm = _gaussian(np.ones(2), np.zeros(2))
-  with pytest.raises(ValueError, match="0 <= s <= t"):
-    flow_map.exact_flow_map(gm.denoiser(sched), sched, jnp.zeros((2, 2)), 0.3, 0.5)
+  with pytest.raises(ValueError, match="t, s >= 0"):
+    flow_map.exact_flow_map(gm.denoiser(sched), sched, jnp.zeros((2, 2)), 0.3, -0.5)
+  gm = _gaussian(np.asarray([0.05, 0.3]), np.asarray([1.0, -0.5]))
+  with jax.enable_x64(True):  # s > t: the map toward the noise inverts the map toward the data
+    x = jnp.asarray([[0.3, -1.2], [2.0, 0.5]], jnp.float64)
+    up = flow_map.exact_flow_map(gm.denoiser(sched), sched, x, 0.2, 0.9)
+    back = flow_map.exact_flow_map(gm.denoiser(sched), sched, up, 0.9, 0.2)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(x), rtol=1e-8, atol=1e-8)
+    assert float(jnp.max(jnp.abs(up - x))) > 0.1
   with pytest.raises(ValueError, match="shape"):
     flow_map.exact_flow_map(gm.denoiser(sched), sched, jnp.zeros((2, 2)), jnp.ones(3), 0.0)

@@ -1,9 +1,9 @@
 """Samplers: pure functions ``(denoise, schedule, key, x_T, time_grid, **hparams) -> (x_0, info)``
 and a registry by name. See ``registry`` for the interface and ``engine`` for the linear
 multistep engine most of them share; docs/samplers.md for the table of samplers."""
-from diffusion.samplers.registry import (COMMON_ARGS, KINDS, SamplerInfo, build_sampler,
-                                         get_sampler, register_sampler, registered_samplers,
-                                         sampler_info)
+from diffusion.samplers.registry import (COMMON_ARGS, KINDS, SamplerInfo, build_inverter,
+                                         build_sampler, get_sampler, register_sampler,
+                                         registered_samplers, sampler_info)
 
 # The sampler families: importing them registers their samplers, so the registry is complete as
 # soon as anything of this package is imported (the families import the registry, never the
@@ -11,5 +11,5 @@ from diffusion.samplers.registry import (COMMON_ARGS, KINDS, SamplerInfo, build_
 from diffusion.samplers import (  # noqa: E402,F401
     consistency, dpm_solver, flow_map, multistep, ode, sde)
 
-__all__ = ["COMMON_ARGS", "KINDS", "SamplerInfo", "build_sampler", "get_sampler",
+__all__ = ["COMMON_ARGS", "KINDS", "SamplerInfo", "build_inverter", "build_sampler", "get_sampler",
            "register_sampler", "registered_samplers", "sampler_info"]

@@ -18,6 +18,8 @@ Noise: sample b of the batch draws z_r from ``fold_in(fold_in(key, sample_offset
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -56,12 +58,28 @@ def t_from_half_logsnr(schedule: Schedule, lam) -> np.ndarray:
   return f64(schedule.t_from_logsnr(2.0 * f64(lam)))
 
 
+_INVERTING = contextvars.ContextVar("inverting", default=False)
+
+
+@contextlib.contextmanager
+def inverting():
+  """Inside it ``check_grid`` takes strictly *increasing* grids instead of decreasing ones, so a
+  deterministic sampler's program integrates the PF-ODE toward the noise: inversion
+  (``registry.build_inverter`` is what enters it; the programs are built while tracing)."""
+  token = _INVERTING.set(True)
+  try:
+    yield
+  finally:
+    _INVERTING.reset(token)
+
+
 def check_grid(time_grid, schedule: Schedule, min_len: int = 2,
                closed: bool = False) -> np.ndarray:
   """A host time grid (N+1,), N >= min_len - 1, as float64, checked: concrete, 1-D, finite,
-  strictly decreasing, inside the schedule's [t_min, t_max], alpha and sigma > 0 on it (with
-  ``closed``, the flow-map samplers' grids, >= 0: the ends sigma = 0 (data) and alpha = 0 (pure
-  noise) are allowed). Anything else raises a ValueError naming the problem."""
+  strictly decreasing (strictly increasing inside ``inverting()``), inside the schedule's
+  [t_min, t_max], alpha and sigma > 0 on it (with ``closed``, the flow-map samplers' grids, >= 0:
+  the ends sigma = 0 (data) and alpha = 0 (pure noise) are allowed). Anything else raises a
+  ValueError naming the problem."""
   if isinstance(time_grid, jax.core.Tracer):
     raise ValueError("time_grid must be a concrete numpy array (coefficients are computed on the "
                      "host), got a traced value")
@@ -73,12 +91,16 @@ def check_grid(time_grid, schedule: Schedule, min_len: int = 2,
     raise ValueError(f"time_grid must be 1-D with at least {min_len} entries, got shape {t.shape}")
   if not np.all(np.isfinite(t)):
     raise ValueError(f"time_grid must be finite, got {t}")
-  if not np.all(np.diff(t) < 0):
+  if _INVERTING.get():
+    if not np.all(np.diff(t) > 0):
+      raise ValueError(f"an inversion's time_grid must be strictly increasing (from t_min to "
+                       f"t_max), got {t}")
+  elif not np.all(np.diff(t) < 0):
     raise ValueError(f"time_grid must be strictly decreasing (from t_max to t_min), got {t}")
   lo, hi = float(schedule.t_min), float(schedule.t_max)
-  if t[-1] < lo or t[0] > hi:
+  if t.min() < lo or t.max() > hi:
     raise ValueError(f"time_grid must lie in the {schedule.name} schedule's range [t_min, t_max] "
-                     f"= [{lo}, {hi}], got [{t[-1]}, {t[0]}] (for the step to sigma = 0 use "
+                     f"= [{lo}, {hi}], got [{t.min()}, {t.max()}] (for the step to sigma = 0 use "
                      f"final_denoise=True)")
   s = f64(schedule.sigma(t))
   a = f64(schedule.alpha(t))

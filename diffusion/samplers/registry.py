@@ -215,6 +215,32 @@ def logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max):
   return t_min, t_max
 
 
+def _sampling_grid(info: SamplerInfo, schedule, num_steps, grid, rho, t_min, t_max, logsnr_min,
+                   logsnr_max, time_grid) -> np.ndarray:
+  """The checked decreasing time grid of ``build_sampler``'s arguments (see there)."""
+  from diffusion.samplers import engine
+  from diffusion.samplers import grids as grids_lib
+  if time_grid is not None:
+    given = {k: v for k, v in dict(grid=grid, rho=rho, t_min=t_min, t_max=t_max,
+                                   logsnr_min=logsnr_min, logsnr_max=logsnr_max).items()
+             if v is not None}
+    if given:
+      raise ValueError(f"time_grid is given explicitly, so {sorted(given)} must not be "
+                       f"(they define the grid built when time_grid is None); got {given}")
+    grid_t = engine.check_grid(time_grid, schedule, closed=info.kind == "flow_map")
+    if num_steps is not None and schedules_lib.check_int("num_steps", num_steps) != len(grid_t) - 1:
+      raise ValueError(f"num_steps={num_steps!r} does not match the explicit time_grid of "
+                       f"{len(grid_t)} times ({len(grid_t) - 1} steps); pass one or the other")
+    return grid_t
+  if num_steps is None:
+    raise ValueError("build_sampler needs num_steps (an int >= 1) or an explicit time_grid")
+  num_steps = schedules_lib.check_int("num_steps", num_steps)
+  t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
+  grid_t = grids_lib.time_grid(schedule, num_steps, "karras" if grid is None else grid,
+                               t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho)
+  return engine.check_grid(grid_t, schedule, closed=info.kind == "flow_map")
+
+
 def build_sampler(sampler: str,
                   schedule: schedules_lib.Schedule,
                   num_steps: Optional[int] = None,
@@ -248,27 +274,8 @@ def build_sampler(sampler: str,
   if not isinstance(schedule, schedules_lib.Schedule):
     raise TypeError(f"schedule must be a diffusion.schedules.Schedule, got {schedule!r}")
   hp = info.validate(hparams)
-  from diffusion.samplers import engine
-  from diffusion.samplers import grids as grids_lib
-  if time_grid is not None:
-    given = {k: v for k, v in dict(grid=grid, rho=rho, t_min=t_min, t_max=t_max,
-                                   logsnr_min=logsnr_min, logsnr_max=logsnr_max).items()
-             if v is not None}
-    if given:
-      raise ValueError(f"time_grid is given explicitly, so {sorted(given)} must not be "
-                       f"(they define the grid built when time_grid is None); got {given}")
-    grid_t = engine.check_grid(time_grid, schedule, closed=info.kind == "flow_map")
-    if num_steps is not None and schedules_lib.check_int("num_steps", num_steps) != len(grid_t) - 1:
-      raise ValueError(f"num_steps={num_steps!r} does not match the explicit time_grid of "
-                       f"{len(grid_t)} times ({len(grid_t) - 1} steps); pass one or the other")
-  else:
-    if num_steps is None:
-      raise ValueError("build_sampler needs num_steps (an int >= 1) or an explicit time_grid")
-    num_steps = schedules_lib.check_int("num_steps", num_steps)
-    t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
-    grid_t = grids_lib.time_grid(schedule, num_steps, "karras" if grid is None else grid,
-                                 t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho)
-    grid_t = engine.check_grid(grid_t, schedule, closed=info.kind == "flow_map")
+  grid_t = _sampling_grid(info, schedule, num_steps, grid, rho, t_min, t_max, logsnr_min,
+                          logsnr_max, time_grid)
   fn = functools.partial(info.fn, schedule=schedule, time_grid=grid_t, **hp)
 
   def run(denoise, key, x_T, cond=None, sample_offset=0):
@@ -286,3 +293,57 @@ def build_sampler(sampler: str,
     return x0, out
 
   return run_jitted
+
+
+def build_inverter(sampler: str,
+                   schedule: schedules_lib.Schedule,
+                   num_steps: Optional[int] = None,
+                   grid: Optional[str] = None,
+                   rho: Optional[float] = None,
+                   t_min: Optional[float] = None,
+                   t_max: Optional[float] = None,
+                   logsnr_min: Optional[float] = None,
+                   logsnr_max: Optional[float] = None,
+                   jit: bool = True,
+                   time_grid: Optional[Any] = None,
+                   **hparams) -> Callable[..., Tuple[Array, Dict[str, Any]]]:
+  """Builds ``fn(denoise, x, cond=None) -> (x_T, info)``: inversion of ``x`` at the grid's lowest
+  time to its highest by a deterministic sampler run toward the noise (DDIM inversion, Song et al.
+  2021 sec. 4.3 / Dhariwal & Nichol 2021, and the same for every fixed-step PF-ODE solver).
+
+  The grid is the one ``build_sampler`` builds from the same arguments (or the decreasing
+  ``time_grid`` given), traversed from t_N up to t_0 = t_max with the sampler's own update rule,
+  so sampling the result with ``build_sampler(same arguments)`` retraces it (the cycle error is
+  the two solves' discretisation errors; ``diffusion.flow_map.exact_flow_map`` is the exact
+  inversion). Refused: stochastic, consistency and flow-map samplers, adaptive ones, DDIM with
+  eta != 0 and ``final_denoise=True`` (a step to sigma = 0 has no inverse); ``final_denoise``
+  defaults to False. info: {'nfe'}."""
+  info = sampler_info(sampler)
+  if info.kind != "deterministic" or info.adaptive:
+    raise ValueError(f"sampler {sampler!r} ({'adaptive' if info.adaptive else info.kind}) cannot "
+                     f"invert; the fixed-step deterministic samplers can: "
+                     f"{[n for n in registered_samplers() if _invertible(sampler_info(n))]}")
+  if not isinstance(schedule, schedules_lib.Schedule):
+    raise TypeError(f"schedule must be a diffusion.schedules.Schedule, got {schedule!r}")
+  if "final_denoise" in info.defaults():
+    hparams = {"final_denoise": False, **hparams}
+  hp = info.validate(hparams)
+  if hp.get("final_denoise"):
+    raise ValueError("final_denoise=True (a step to sigma = 0) has no inverse: leave it False")
+  if hp.get("eta", 0.0) != 0.0:
+    raise ValueError(f"eta={hp['eta']!r} makes DDIM stochastic; inversion needs eta=0")
+  grid_t = _sampling_grid(info, schedule, num_steps, grid, rho, t_min, t_max, logsnr_min,
+                          logsnr_max, time_grid)
+  from diffusion.samplers import engine
+  fn = functools.partial(info.fn, schedule=schedule, time_grid=np.ascontiguousarray(grid_t[::-1]),
+                         **hp)
+
+  def run(denoise, x, cond=None):
+    with engine.inverting():
+      return fn(denoise, key=jax.random.PRNGKey(0), x_T=x, cond=cond, sample_offset=0)
+
+  return jax.jit(run, static_argnums=0) if jit else run
+
+
+def _invertible(info: SamplerInfo) -> bool:
+  return info.kind == "deterministic" and not info.adaptive
