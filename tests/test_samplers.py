@@ -734,3 +734,25 @@ def test_order_of_convergence_other_schedules(name, sname):
   slope, nfes, errs = measure_order(name, variant, 64, setting=setting)
   expected = info.order(info.resolve(variant))
   assert abs(slope - expected) <= 0.3, (name, sname, slope, expected, nfes, errs)
+
+
+def test_unipc_final_orders_at_every_n_remove_the_jump_at_ten_steps():
+  """On a uniform-t grid UniPC-3's full-order final steps at N >= 10 (the N < 10 rule stops
+  lowering them) jump the error up ~10x from N = 8; lowering them at every N, as the UniPC code
+  and diffusers do (``lower_order_final_every_n``), keeps the error falling."""
+  from diffusion import flow_map
+  sch = schedules.VP()
+  gm = mixture(2)
+  with jax.enable_x64(True):
+    den = gm.denoiser(sch)
+    x_T = sch.prior_sample(jax.random.PRNGKey(1), (64, 2)).astype(jnp.float64)
+    ref = np.asarray(flow_map.exact_flow_map(den, sch, x_T, sch.t_max, sch.t_min))
+    err = {}
+    for every in (False, True):
+      for n in (8, 10):
+        f = build_sampler("unipc", sch, n, grid="uniform", lower_order_final_every_n=every)
+        x, _ = f(den, jax.random.PRNGKey(0), x_T)
+        err[every, n] = float(np.linalg.norm(np.asarray(x) - ref) / np.linalg.norm(ref))
+  assert err[False, 8] == err[True, 8], err  # below 10 the two rules are one
+  assert err[False, 10] > 4 * err[False, 8], err
+  assert err[True, 10] < err[True, 8], err

@@ -254,12 +254,16 @@ def _fill(form, new_row):
                   check=_check_unipc)
 def unipc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0, order: int = 3,
           variant: str = "bh2", warmup: bool = False, lower_order_final: bool = True,
-          final_denoise: bool = False):
+          lower_order_final_every_n: bool = False, final_denoise: bool = False):
   """UniPC-p: step t_{i-1} -> t_i predicts with UniP-p from the last p data predictions, evaluates
   D at the prediction (the step's one NFE, reused by the next step) and corrects with UniC-p,
   raising the order to p + 1 at no extra NFE. No corrector after the last step. Orders start at 1
-  (the paper's lower-order start-up) and drop at the end when N < 10 with ``lower_order_final``
-  (the UniPC reference code drops them for every N: see the module doc).
+  (the paper's lower-order start-up) and drop at the end when N < 10 with ``lower_order_final``,
+  or at every N with ``lower_order_final_every_n`` too (what the UniPC reference code and
+  diffusers do). On grids whose last logSNR step is large (uniform t, quadratic) the full-order
+  final steps of N >= 10 are unstable: on the exact mixtures the error at N = 10 is 4-15x that of
+  N = 8 without lowering, and lowering at every N removes the jump; on uniform-logSNR grids it
+  costs 1.3-3.5x at N = 10 (docs/samplers.md, "UniPC's final orders").
 
   The lower-order start-up limits UniPC-3 to global order 3 (measured 3.4-4.1 over NFE 20-200);
   with ``warmup`` (order 3 only) the first step is a third-order single-step DPM-Solver(++) whose
@@ -285,7 +289,7 @@ def unipc(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
   for i in range(first, n + 1):
     # Step t_{i-1} -> t_i: as many points as available (lower-order start-up), lower at the end.
     k = min(order, len(rows))
-    if lower_order_final and n < 10:
+    if lower_order_final and (n < 10 or lower_order_final_every_n):
       k = min(k, n - i + 1)
     ts, rs = times[-k:], rows[-k:]
     last = i == n
