@@ -712,6 +712,70 @@ class LearnedVP(Schedule):
     return 0.5 * (lo + hi)
 
 
+# ------------------------------------------------------------------------------------------------
+# logSNR shift (simple diffusion; the shift of flow-matching models)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shifted(Schedule):
+  """``base`` with its logSNR shifted by -2 log(shift) at every t (Hoogeboom et al. 2023, simple
+  diffusion, sec. 3.1: logSNR_shift(t) = logSNR(t) + 2 log(64 / d), i.e. shift = d / 64 for
+  d x d images; Esser et al. 2024, SD3, eq. 23, the `shift` of flow-matching models):
+
+    lambda'(t) = lambda(t) - 2 log(shift),   alpha'(t) = alpha(tau(t)),  sigma'(t) = sigma(tau(t)),
+    tau(t) = base.t_from_logsnr(lambda'(t)),
+
+  so the family is kept (a VP stays variance preserving; on ``rectified_flow`` tau(t) =
+  shift t / (1 + (shift - 1) t), SD3's formula) and shift > 1 means more noise at every t. It is
+  the same as scaling the data: diffusing b x0 on ``base`` is diffusing x0 on ``Shifted(base,
+  1 / b)`` with the state scaled by sigma / sigma' (exact; tests/test_schedules.py). The network
+  is fed this schedule's time input at the shifted noise level (its t, logSNR or c_noise): for
+  training with a shift. ``get_schedule(name, shift=..., **fields)`` (``config.sde.fields.shift``)
+  builds it; discrete and learned schedules are refused (their times are their own)."""
+  base: Schedule = None
+  shift: float = 1.0
+
+  def __post_init__(self):
+    if not isinstance(self.base, Schedule) or self.base.learned or hasattr(self.base,
+                                                                             "discrete_index"):
+      raise ValueError(f"shift applies to a continuous, fixed schedule; got {self.base!r}")
+    if (isinstance(self.shift, bool) or not isinstance(self.shift, (int, float))
+        or not math.isfinite(self.shift) or self.shift <= 0):
+      raise ValueError(f"shift={self.shift!r} must be a finite number > 0 (1: no shift)")
+
+  @property
+  def name(self) -> str:
+    return f"{self.base.name} (shift {self.shift:g})"
+
+  def _tau(self, t):
+    return self.base.t_from_logsnr(self.logsnr(t))
+
+  def alpha(self, t):
+    return self.base.alpha(self._tau(t))
+
+  def sigma(self, t):
+    return self.base.sigma(self._tau(t))
+
+  def _dtau_dt(self, t):
+    return self.base.dlogsnr_dt(t) / self.base.dlogsnr_dt(self._tau(t))
+
+  def dalpha_dt(self, t):
+    return self.base.dalpha_dt(self._tau(t)) * self._dtau_dt(t)
+
+  def dsigma_dt(self, t):
+    return self.base.dsigma_dt(self._tau(t)) * self._dtau_dt(t)
+
+  def logsnr(self, t):
+    return self.base.logsnr(t) - 2.0 * math.log(self.shift)
+
+  def dlogsnr_dt(self, t):
+    return self.base.dlogsnr_dt(t)
+
+  def t_from_logsnr(self, lam):
+    return self.base.t_from_logsnr(lam + 2.0 * math.log(self.shift))
+
+
 SCHEDULES: Dict[str, Type[Schedule]] = {
     cls.name: cls for cls in (VP, SubVP, VPCosine, VE, EDM, RectifiedFlow, TrigFlow, DiscreteVP,
                               LearnedVP)
@@ -732,10 +796,16 @@ def register_schedule(cls: Type[Schedule]) -> Type[Schedule]:
 
 def get_schedule(name: str, **kwargs) -> Schedule:
   """Builds a schedule by name; unknown names or fields are errors listing what is accepted.
+  ``shift`` (any continuous schedule): its logSNR shifted by -2 log(shift) (``Shifted``).
   'vdm_learned' (LearnedVP, this module; its loss is diffusion.vdm) comes unbound: its parameters
   are the run's."""
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; available: {sorted(SCHEDULES)}")
+  if "shift" in kwargs:  # the logSNR shift of any continuous schedule (``Shifted``)
+    kwargs = dict(kwargs)
+    shift = kwargs.pop("shift")
+    base = get_schedule(name, **kwargs)
+    return Shifted(t_min=base.t_min, t_max=base.t_max, base=base, shift=shift)
   cls = SCHEDULES[name]
   fields = {f.name for f in dataclasses.fields(cls)}
   bad = sorted(set(kwargs) - fields)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from diffusion import schedules as S
+from diffusion.schedules import get_schedule
 
 
 
@@ -192,3 +193,61 @@ def test_ddpm_sampler_on_vp_discrete_takes_ddpms_own_steps(variance):
     np.testing.assert_allclose(c**2, var, rtol=1e-10)
   with pytest.raises(ValueError, match="variance='large'"):
     ddpm_coefs(s, 0.5, 0.4, "large")
+
+
+# -- logSNR shift (schedules.Shifted) ------------------------------------------------------------
+
+
+def test_shift_on_rectified_flow_is_sd3s_formula_and_keeps_each_family():
+  t = np.linspace(0.01, 0.99, 9)
+  rf = get_schedule("rectified_flow", shift=3.0)
+  want = 3.0 * t / (1.0 + 2.0 * t)  # SD3 (Esser et al. 2024, eq. 23)
+  np.testing.assert_allclose(rf.sigma(t), want, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(rf.alpha(t), 1.0 - want, rtol=1e-12, atol=1e-14)
+  vp = get_schedule("vp", shift=2.0)
+  np.testing.assert_allclose(vp.alpha(t)**2 + vp.sigma(t)**2, 1.0, atol=1e-14)
+  np.testing.assert_allclose(vp.logsnr(t), get_schedule("vp").logsnr(t) - 2 * np.log(2.0),
+                             atol=1e-12)
+  np.testing.assert_allclose(vp.t_from_logsnr(vp.logsnr(t)), t, atol=1e-10)
+  h = 1e-6
+  for sch in (rf, vp, get_schedule("edm", shift=0.5), get_schedule("vp_cosine", shift=4.0)):
+    for f, df in ((sch.alpha, sch.dalpha_dt), (sch.sigma, sch.dsigma_dt)):
+      np.testing.assert_allclose((f(t + h) - f(t - h)) / (2 * h), df(t), rtol=1e-6, atol=1e-8,
+                                 err_msg=sch.name)
+  assert get_schedule("vp", shift=1.0) == get_schedule("vp", shift=1.0)  # hashable, frozen
+
+
+def test_a_shift_of_one_over_b_is_scaling_the_data_by_b():
+  """Diffusing b x0 on the base schedule is diffusing x0 on Shifted(base, 1/b) with the state
+  scaled by c(t) = sigma(t) / sigma'(t): the exact denoisers satisfy D_b(x, t) = b D(x / c, t)
+  and DDIM's trajectories map onto each other exactly."""
+  from diffusion import analytic
+  from diffusion.samplers import build_sampler
+  b = 2.5
+  base = get_schedule("vp")
+  shifted = get_schedule("vp", shift=1.0 / b)
+  gm = analytic.random_mixture(3, 2, num_components=3)
+  scaled = analytic.GaussianMixture.create(gm.weights, b * gm.means, b * b * gm.covariances())
+  c = lambda t: base.sigma(t) / shifted.sigma(t)
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)) * 2.0)
+    t = jnp.asarray(np.linspace(0.02, 0.98, 16))
+    ct = c(t)[:, None]
+    np.testing.assert_allclose(np.asarray(scaled.denoiser(base)(x, t, None)),
+                               b * np.asarray(gm.denoiser(shifted)(x / ct, t, None)),
+                               rtol=1e-10, atol=1e-10)
+    f_base = build_sampler("ddim", base, 12, grid="uniform")
+    f_shift = build_sampler("ddim", shifted, 12, grid="uniform")
+    x_T = jnp.asarray(np.random.default_rng(1).normal(size=(32, 2)))
+    out_b, _ = f_base(scaled.denoiser(base), jax.random.PRNGKey(0), x_T)
+    out_s, _ = f_shift(gm.denoiser(shifted), jax.random.PRNGKey(0),
+                       x_T / c(np.float64(base.t_max)))
+    np.testing.assert_allclose(np.asarray(out_b), float(c(np.float64(base.t_min))) *
+                               np.asarray(out_s), rtol=1e-9, atol=1e-9)
+
+
+def test_shift_refusals():
+  with pytest.raises(ValueError, match="shift=0 must be a finite number > 0"):
+    get_schedule("vp", shift=0)
+  with pytest.raises(ValueError, match="continuous, fixed schedule"):
+    get_schedule("vp_discrete", shift=2.0)
