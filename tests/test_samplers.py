@@ -756,3 +756,52 @@ def test_unipc_final_orders_at_every_n_remove_the_jump_at_ten_steps():
   assert err[False, 8] == err[True, 8], err  # below 10 the two rules are one
   assert err[False, 10] > 4 * err[False, 8], err
   assert err[True, 10] < err[True, 8], err
+
+
+# -- timestep spacings of discrete schedules (grids 'linspace', 'leading', 'trailing') ----------
+
+
+def test_discrete_timesteps_are_the_released_samplers():
+  from diffusion.samplers.grids import discrete_timesteps
+  np.testing.assert_array_equal(discrete_timesteps(1000, 10, "linspace"),
+                                [999, 888, 777, 666, 555, 444, 333, 222, 111, 0])
+  np.testing.assert_array_equal(discrete_timesteps(1000, 10, "leading", 1),
+                                [901, 801, 701, 601, 501, 401, 301, 201, 101, 1])
+  np.testing.assert_array_equal(discrete_timesteps(1000, 10, "trailing"),
+                                [999, 899, 799, 699, 599, 499, 399, 299, 199, 99])
+  np.testing.assert_array_equal(discrete_timesteps(1000, 3, "trailing"), [999, 666, 332])
+  with pytest.raises(ValueError, match="only 'leading' takes an offset"):
+    build_sampler("ddim", schedules.get_schedule("vp_discrete"), 4, grid="trailing:1")
+  with pytest.raises(ValueError, match="the 'vp' schedule has none"):
+    build_sampler("ddim", VP, 4, grid="trailing")
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading:1", "trailing"])
+def test_ddim_on_a_spacing_is_the_released_ddim_loop(spacing):
+  """DDIM on the grid equals the DDIM loop over alphas_cumprod written here (diffusers'
+  DDIMScheduler with set_alpha_to_one=False): at timestep n, x0 = D(x, n); x <- sqrt(abar_p) x0 +
+  sqrt(1 - abar_p) (x - sqrt(abar_n) x0) / sqrt(1 - abar_n), p the next timestep (abar[0] after
+  the last). diffusers takes p = n - N // S instead, the same where the timesteps are N // S
+  apart (leading; trailing with S dividing N) and off by up to N / S - N // S (trailing) or more
+  (linspace) elsewhere: not reproduced (docs/samplers.md)."""
+  from diffusion.samplers.grids import discrete_timesteps, parse_spacing
+  sch = schedules.get_schedule("vp_discrete")
+  n_train, steps = sch.num_timesteps, 7
+  abar = np.cumprod(1.0 - schedules.discrete_betas(n_train, 1e-4, 0.02, "linear"))
+  gm = mixture(2)
+  ts = discrete_timesteps(n_train, steps, *parse_spacing(spacing))
+  if spacing.startswith("leading"):  # diffusers' p = n - N // S is the next timestep here
+    np.testing.assert_array_equal(ts[1:], ts[:-1] - n_train // steps)
+  with jax.enable_x64(True):
+    den = gm.denoiser(sch)
+    x_T = jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)))
+    got, out = build_sampler("ddim", sch, steps, grid=spacing)(den, jax.random.PRNGKey(0), x_T)
+    x = np.asarray(x_T)
+    for i, n in enumerate(ts):
+      x0 = np.asarray(den(jnp.asarray(x), jnp.full((16,), (n + 1.0) / n_train), None))
+      a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else abar[0]
+      eps = (x - np.sqrt(abar[n]) * x0) / np.sqrt(1.0 - abar[n])
+      x = np.sqrt(a_prev) * x0 + np.sqrt(1.0 - a_prev) * eps
+  np.testing.assert_allclose(np.asarray(got), x, rtol=1e-9, atol=1e-9)
+  # linspace ends on timestep 0, whose step to abar[0] is the identity: one NFE fewer here.
+  assert int(out["nfe"]) == steps - (spacing == "linspace")

@@ -1,4 +1,5 @@
-"""Time grids for samplers: those of ``schedules.time_grid`` plus a power-warped logSNR grid.
+"""Time grids for samplers: those of ``schedules.time_grid``, a power-warped logSNR grid and the
+timestep spacings of discrete-time schedules.
 
   logsnr_power[:kappa]  lambda_i = lambda(t_max) + (i/N)^kappa (lambda(t_min) - lambda(t_max)),
                         lambda = logSNR; kappa = 0.8 by default. kappa = 1 is the uniform-logSNR
@@ -6,17 +7,67 @@
                         near the data. Measured on the analytic mixtures (benchmarks/samplers.py):
                         at 10 NFE it lowers the error of DPM-Solver++(2M) by about 20% and of UniPC
                         by about 20% relative to kappa = 1 (kappa in 0.7..0.85 is about equally good).
+  linspace | leading[:offset] | trailing
+                        a discrete schedule's (``vp_discrete``, N steps) S = num_steps timesteps as
+                        released samplers pick them (Lin et al. 2024, Table 2; diffusers'
+                        ``timestep_spacing``), n -> t = (n + 1) / N, then t_min:
+                          linspace  round(linspace(0, N - 1, S)), decreasing;
+                          leading   (S - 1 - i) floor(N / S) + offset, i = 0..S-1 (SD: offset 1);
+                          trailing  round(N - i N / S) - 1: starts at the last step, n = N - 1.
+                        'leading' and 'linspace' (S < N) never start at the last step: the flaw
+                        Lin et al. fix with 'trailing'. S evaluations end at t_min (diffusers'
+                        DDIM with set_alpha_to_one=False); with final_denoise one more.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 from diffusion import schedules as schedules_lib
 
 DEFAULT_KAPPA = 0.8
-GRIDS = schedules_lib.GRIDS + ("logsnr_power",)
+SPACINGS = ("linspace", "leading", "trailing")
+GRIDS = schedules_lib.GRIDS + ("logsnr_power",) + SPACINGS
+
+
+def discrete_timesteps(num_timesteps: int, num_steps: int, spacing: str,
+                       offset: int = 0) -> np.ndarray:
+  """The S = num_steps decreasing integer timesteps of N = num_timesteps by ``spacing`` (module
+  doc), each in [0, N - 1]."""
+  n = schedules_lib.check_int("num_timesteps", num_timesteps, 2)
+  k = schedules_lib.check_int("num_steps", num_steps)
+  if k > n:
+    raise ValueError(f"num_steps={k} exceeds the schedule's {n} timesteps")
+  if spacing == "linspace":
+    ts = np.round(np.linspace(0, n - 1, k))[::-1]
+  elif spacing == "leading":
+    ts = (np.arange(k) * (n // k))[::-1] + offset
+  elif spacing == "trailing":
+    ts = np.round(np.arange(n, 0, -n / k)) - 1
+  else:
+    raise ValueError(f"spacing={spacing!r}; accepted: {list(SPACINGS)}")
+  ts = ts.astype(np.int64)
+  if ts.min() < 0 or ts.max() > n - 1:
+    raise ValueError(f"{spacing} with offset {offset} gives timesteps outside [0, {n - 1}]: "
+                     f"{ts.min()}..{ts.max()}")
+  return ts
+
+
+def parse_spacing(kind: str) -> Optional[Tuple[str, int]]:
+  """(spacing, offset) of a 'linspace' / 'leading[:offset]' / 'trailing' kind, None otherwise."""
+  name, _, rest = kind.partition(":")
+  if name not in SPACINGS:
+    return None
+  if rest and name != "leading":
+    raise ValueError(f"bad grid {kind!r}: only 'leading' takes an offset ('leading:1')")
+  try:
+    offset = int(rest) if rest else 0
+  except ValueError:
+    offset = -1
+  if offset < 0:
+    raise ValueError(f"bad grid {kind!r}: the offset of 'leading:<offset>' is an int >= 0")
+  return name, offset
 
 
 def parse_power(kind: str) -> Optional[float]:
@@ -44,11 +95,15 @@ def time_grid(schedule: schedules_lib.Schedule, num_steps: int, kind: str = "kar
   schedule.t_min <= t_min < t_max <= schedule.t_max)."""
   if not isinstance(kind, str):
     raise TypeError(f"grid must be a str, one of {GRIDS}, got {kind!r}")
+  spacing = parse_spacing(kind)
+  if spacing is not None:
+    return _spaced_grid(schedule, num_steps, *spacing, t_min=t_min, t_max=t_max)
   kappa = parse_power(kind)
   if kappa is None:
     if kind not in schedules_lib.GRIDS:
       raise ValueError(f"unknown time grid {kind!r}; available: {GRIDS} "
-                       "('logsnr_power:<kappa>' sets the exponent)")
+                       "('logsnr_power:<kappa>' sets the exponent, 'leading:<offset>' the "
+                       "offset)")
     return schedules_lib.time_grid(schedule, num_steps, kind, t_min=t_min, t_max=t_max, rho=rho)
   base = schedules_lib.time_grid(schedule, num_steps, "uniform", t_min=t_min, t_max=t_max)
   t_max, t_min = base[0], base[-1]
@@ -56,4 +111,21 @@ def time_grid(schedule: schedules_lib.Schedule, num_steps: int, kind: str = "kar
   lo, hi = schedule.logsnr(np.float64(t_max)), schedule.logsnr(np.float64(t_min))
   t = np.asarray(schedule.t_from_logsnr(lo + u * (hi - lo)), np.float64)
   t[0], t[-1] = t_max, t_min
+  return t
+
+
+def _spaced_grid(schedule, num_steps, spacing, offset, t_min=None, t_max=None) -> np.ndarray:
+  """The times (n + 1) / N of ``discrete_timesteps`` then the schedule's t_min (module doc)."""
+  if not hasattr(schedule, "num_timesteps"):
+    raise ValueError(f"grid {spacing!r} picks the timesteps of a discrete schedule "
+                     f"(vp_discrete); the {schedule.name!r} schedule has none")
+  if ((t_min is not None and t_min != schedule.t_min)
+      or (t_max is not None and t_max != schedule.t_max)):
+    raise ValueError(f"grid {spacing!r} is fixed by the schedule's timesteps: t_min / t_max "
+                     f"(or logsnr_min / logsnr_max) cannot be set with it")
+  n = schedule.num_timesteps
+  t = (discrete_timesteps(n, num_steps, spacing, offset).astype(np.float64) + 1.0) / n
+  end = float(schedule.t_min)
+  if t[-1] > end:
+    t = np.append(t, end)
   return t
