@@ -125,6 +125,11 @@ def x0_from_velocity(u, x, t, schedule: Schedule):
 # -- network parameterizations -------------------------------------------------------------------
 
 
+# What can be evaluated where alpha = 0 (a zero-terminal-SNR schedule at t = 1): x0 = alpha x -
+# sigma v, or x0 itself; eps / score predictions divide by alpha.
+ZERO_SNR_OK = ("v", "x0")
+
+
 @dataclasses.dataclass(frozen=True)
 class Parameterization:
   """How a network's output F maps to x0_hat, and what the network is fed.
@@ -160,10 +165,15 @@ class Parameterization:
     return self.kind in TWO_TIME
 
   def check_schedule(self, schedule: Schedule) -> None:
-    """ValueError if this parameterization does not apply to ``schedule`` (``ONLY_ON``):
+    """ValueError if this parameterization does not apply to ``schedule`` (``ONLY_ON``; at zero
+    terminal SNR only ``ZERO_SNR_OK``, which need no division by alpha):
     'trigflow' lives on the 'trigflow' schedule of the same sigma_data (alpha = cos t, sigma =
     sigma_d sin t), 'mean_flow' on 'rectified_flow' (its flow map x_t - (t - r) u assumes
     alpha = 1 - t, sigma = t)."""
+    if getattr(schedule, "zero_terminal_snr", False) and self.kind not in ZERO_SNR_OK:
+      raise ValueError(f"parameterization {self.kind!r} cannot be evaluated at zero terminal SNR "
+                       f"(alpha = 0 at t = 1): use {list(ZERO_SNR_OK)} (Lin et al. 2024 train "
+                       f"with v-prediction)")
     need = ONLY_ON.get(self.kind)
     if need is not None and schedule.name != need:
       raise ValueError(f"parameterization {self.kind!r} needs the {need!r} schedule, got the "

@@ -480,6 +480,13 @@ class DiscreteVP(_BetaVP):
   Compare :class:`VP` (beta in [0.1, 20]), its continuous limit: their logSNRs differ by up to
   0.095 at the same t (at t_0), and at equal logSNR the VP's network input c = 999 t is off
   DDPM's step index by up to 3.4 steps (at t = 1) (docs/convert.md).
+
+  ``zero_terminal_snr``: the betas rescaled by Lin et al. 2024, Alg. 1
+  (``rescale_zero_terminal_snr``), so the last step is pure noise: alpha(1) = 0, sigma(1) = 1,
+  logSNR(1) = -inf, and N(0, I) is p_1 exactly. On the last segment (t_{N-2}, 1] alpha^2 is linear
+  in t (B = -log alpha^2 cannot be: it is infinite at t = 1). Only a network predicting v or x0
+  can be evaluated there (eps / score predictions divide by alpha), and only samplers that can
+  start from alpha = 0 start at t = 1 (``SamplerInfo.pure_noise_start``; others: t_max < 1).
   """
   t_min: float = 1e-3
   t_max: float = 1.0
@@ -487,6 +494,7 @@ class DiscreteVP(_BetaVP):
   beta_start: float = 1e-4
   beta_end: float = 0.02
   beta_schedule: str = "linear"
+  zero_terminal_snr: bool = False
 
   name = "vp_discrete"
 
@@ -496,21 +504,35 @@ class DiscreteVP(_BetaVP):
       raise ValueError(f"vp_discrete: t_max={self.t_max} is past the last step t = 1")
 
   def _knots(self):
-    """(t knots (N+1,), B at the knots (N+1,), beta(t) per segment (N,)), float64."""
+    """(t knots (N+1,), B at the knots (N+1,), beta(t) per segment (N,)), float64 (with
+    zero_terminal_snr the last B and segment beta are inf)."""
     return _discrete_vp_knots(self.num_timesteps, self.beta_start, self.beta_end,
-                              self.beta_schedule)
+                              self.beta_schedule, bool(self.zero_terminal_snr))
 
   def _int_beta(self, t):
     tk, bk, _ = self._knots()
     xp = _xp(t)
-    return xp.interp(t, xp.asarray(tk), xp.asarray(bk))
+    if not self.zero_terminal_snr:
+      return xp.interp(t, xp.asarray(tk), xp.asarray(bk))
+    # Last segment: alpha^2 linear from its value at t_{N-2} to 0 at t = 1.
+    last = float(tk[-2])
+    inner = xp.interp(xp.minimum(t, last), xp.asarray(tk[:-1]), xp.asarray(bk[:-1]))
+    frac = xp.maximum((1.0 - t) * self.num_timesteps, 0.0)
+    with np.errstate(divide="ignore"):
+      tail = float(bk[-2]) - xp.log(xp.where(t > last, frac, 1.0))
+    return xp.where(t > last, tail, inner)
 
   def beta(self, t):
     _, _, seg = self._knots()
     xp = _xp(t)
     n = self.num_timesteps
     k = xp.clip(xp.ceil(t * n) - 1, 0, n - 1).astype(np.int32)
-    return xp.asarray(seg)[k]
+    out = xp.asarray(seg)[k]
+    if self.zero_terminal_snr:  # d(-log alpha^2)/dt = 1 / (1 - t) on the last segment
+      with np.errstate(divide="ignore"):
+        tail = 1.0 / xp.where(k == n - 1, 1.0 - t, 1.0)
+      out = xp.where(k == n - 1, tail, out)
+    return out
 
   def discrete_index(self, t):
     """The DDPM step index n = N t - 1 (fractional between steps) that a network trained at
@@ -520,14 +542,36 @@ class DiscreteVP(_BetaVP):
   def t_from_logsnr(self, lam):
     tk, bk, _ = self._knots()
     xp = _xp(lam)
-    return xp.interp(_softplus(xp, -lam), xp.asarray(bk), xp.asarray(tk))
+    b = _softplus(xp, -lam)
+    if not self.zero_terminal_snr:
+      return xp.interp(b, xp.asarray(bk), xp.asarray(tk))
+    inner = xp.interp(b, xp.asarray(bk[:-1]), xp.asarray(tk[:-1]))
+    tail = 1.0 - xp.exp(float(bk[-2]) - b) / self.num_timesteps
+    return xp.where(b > float(bk[-2]), tail, inner)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1:
+  sqrt(abar) shifted so its last value is 0 and scaled so its first is unchanged,
+  sqrt(abar)' = (sqrt(abar) - sqrt(abar_{N-1})) sqrt(abar_0) / (sqrt(abar_0) - sqrt(abar_{N-1})),
+  then betas' = 1 - abar'_n / abar'_{n-1} (beta'_0 = beta_0); the last beta' is 1. float64."""
+  betas = np.asarray(betas, np.float64)
+  root = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = root[0], root[-1]
+  root = (root - last) * first / (first - last)
+  abar = root**2
+  return 1.0 - np.concatenate([abar[:1], abar[1:] / abar[:-1]])
 
 
 @functools.lru_cache(maxsize=16)
-def _discrete_vp_knots(num_timesteps, beta_start, beta_end, beta_schedule):
+def _discrete_vp_knots(num_timesteps, beta_start, beta_end, beta_schedule,
+                       zero_terminal_snr=False):
   betas = discrete_betas(num_timesteps, beta_start, beta_end, beta_schedule)
+  if zero_terminal_snr:
+    betas = rescale_zero_terminal_snr(betas)
   n = len(betas)
-  seg = -np.log1p(-betas)  # B(t_n) - B(t_{n-1})
+  with np.errstate(divide="ignore"):
+    seg = -np.log1p(-betas)  # B(t_n) - B(t_{n-1}); inf for a last beta of 1 (zero terminal SNR)
   bk = np.concatenate([[0.0], np.cumsum(seg)])
   return np.arange(n + 1, dtype=np.float64) / n, bk, seg * n
 

@@ -243,9 +243,10 @@ def check_model(config: Config) -> None:
   one_of("model.parameterization", m.parameterization, parameterization.PARAMETERIZATIONS)
   one_of("model.time_input", m.time_input, parameterization.TIME_INPUTS)
   positive("model.sigma_data", m.sigma_data)
-  if m.parameterization == "trigflow":
+  sched = build.schedule(config)
+  if m.parameterization == "trigflow" or getattr(sched, "zero_terminal_snr", False):
     from_library("model.parameterization", parameterization.Parameterization(
-        "trigflow", sigma_data=m.sigma_data).check_schedule, build.schedule(config))
+        m.parameterization, sigma_data=m.sigma_data).check_schedule, sched)
   is_bool("model.scale_input", m.scale_input)
   is_bool("model.conditional", m.conditional)
   if not m.conditional:

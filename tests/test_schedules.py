@@ -251,3 +251,66 @@ def test_shift_refusals():
     get_schedule("vp", shift=0)
   with pytest.raises(ValueError, match="continuous, fixed schedule"):
     get_schedule("vp_discrete", shift=2.0)
+
+
+# -- zero terminal SNR (Lin et al. 2024) ---------------------------------------------------------
+
+
+def test_rescaled_betas_reach_zero_terminal_snr_and_keep_the_first_step():
+  b = S.discrete_betas(1000, 0.00085, 0.012, "scaled_linear")  # Stable Diffusion's
+  r = S.rescale_zero_terminal_snr(b)
+  root, root_r = np.sqrt(np.cumprod(1 - b)), np.sqrt(np.cumprod(1 - r))
+  assert root_r[-1] == 0.0 and r[-1] == 1.0
+  np.testing.assert_allclose(root_r[0], root[0], rtol=1e-14)
+  # sqrt(abar) is moved by one affine map: shift by its last value, scale to keep the first.
+  np.testing.assert_allclose(root_r, (root - root[-1]) * root[0] / (root[0] - root[-1]),
+                             rtol=1e-12, atol=1e-15)
+  assert np.all(np.diff(root_r) < 0)
+
+
+def test_zero_terminal_snr_schedule_is_pure_noise_at_one_and_exact_at_the_steps():
+  z = S.get_schedule("vp_discrete", zero_terminal_snr=True)
+  abar = np.cumprod(1 - S.rescale_zero_terminal_snr(S.discrete_betas(1000, 1e-4, 0.02, "linear")))
+  t = (np.arange(1000) + 1.0) / 1000
+  np.testing.assert_allclose(z.alpha(t)**2, abar, rtol=1e-12, atol=1e-300)
+  assert z.alpha(1.0) == 0.0 and z.sigma(1.0) == 1.0 and z.prior_std() == 1.0
+  assert z.logsnr(np.asarray([1.0]))[0] == -np.inf
+  tail = np.linspace(0.9991, 1.0, 10)  # the last segment: alpha^2 linear in t, down to 0
+  a2 = z.alpha(tail)**2
+  np.testing.assert_allclose(np.diff(a2), np.diff(a2)[0], rtol=1e-8, atol=1e-15)
+  np.testing.assert_allclose(z.t_from_logsnr(z.logsnr(tail[:-1])), tail[:-1], atol=1e-12)
+  h, u = 1e-7, np.asarray([0.3005, 0.9994, 0.9996])  # off the knots (beta jumps there)
+  for f, df in ((z.alpha, z.dalpha_dt), (z.sigma, z.dsigma_dt)):
+    np.testing.assert_allclose((f(u + h) - f(u - h)) / (2 * h), df(u), rtol=1e-5, atol=1e-9)
+  plain = S.get_schedule("vp_discrete")  # the default is unchanged
+  assert plain.alpha(1.0) > 0
+
+
+def test_ddim_starts_from_pure_noise_and_the_others_are_refused():
+  from diffusion import analytic
+  from diffusion.parameterization import Parameterization
+  from diffusion.samplers import build_sampler
+  z = S.get_schedule("vp_discrete", zero_terminal_snr=True)
+  gm = analytic.random_mixture(0, 2, num_components=3)
+  with jax.enable_x64(True):
+    den = gm.denoiser(z)
+    x_T = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)))
+    # At alpha = 0 the exact denoiser is the data mean, so one DDIM step 1 -> s is
+    # x_s = alpha_s E[x0] + sigma_s x_T exactly.
+    mean = np.asarray(gm.weights) @ np.asarray(gm.means)
+    np.testing.assert_allclose(np.asarray(den(x_T, jnp.ones(8), None)),
+                               np.broadcast_to(mean, (8, 2)), atol=1e-12)
+    s = 0.9
+    x, _ = build_sampler("ddim", z, time_grid=np.asarray([1.0, s]))(den, jax.random.PRNGKey(0),
+                                                                     x_T)
+    want = z.alpha(s) * mean + z.sigma(s) * np.asarray(x_T)
+    np.testing.assert_allclose(np.asarray(x), want, rtol=1e-12, atol=1e-12)
+    out, _ = build_sampler("ddim", z, 10, grid="trailing")(den, jax.random.PRNGKey(0), x_T)
+    assert np.all(np.isfinite(np.asarray(out)))
+  for name in ("euler", "dpmpp_2m", "heun"):
+    with pytest.raises(ValueError, match="zero terminal SNR: only samplers that start from pure "
+                                         "noise, e.g. 'ddim'"):
+      build_sampler(name, z, 10, grid="trailing")
+  with pytest.raises(ValueError, match="'eps' cannot be evaluated at zero terminal SNR.*'v'"):
+    Parameterization("eps").check_schedule(z)
+  Parameterization("v").check_schedule(z)

@@ -74,11 +74,12 @@ def inverting():
 
 
 def check_grid(time_grid, schedule: Schedule, min_len: int = 2,
-               closed: bool = False) -> np.ndarray:
+               closed: bool = False, pure_noise_start: bool = False) -> np.ndarray:
   """A host time grid (N+1,), N >= min_len - 1, as float64, checked: concrete, 1-D, finite,
   strictly decreasing (strictly increasing inside ``inverting()``), inside the schedule's
   [t_min, t_max], alpha and sigma > 0 on it (with ``closed``, the flow-map samplers' grids, >= 0:
-  the ends sigma = 0 (data) and alpha = 0 (pure noise) are allowed). Anything else raises a
+  the ends sigma = 0 (data) and alpha = 0 (pure noise) are allowed; with ``pure_noise_start``,
+  alpha = 0 at the grid's first time, a zero-terminal-SNR start). Anything else raises a
   ValueError naming the problem."""
   if isinstance(time_grid, jax.core.Tracer):
     raise ValueError("time_grid must be a concrete numpy array (coefficients are computed on the "
@@ -107,10 +108,14 @@ def check_grid(time_grid, schedule: Schedule, min_len: int = 2,
   if closed and np.all(np.isfinite(s)) and np.all(np.isfinite(a)) and np.all(s >= 0) and np.all(
       a >= 0):
     return t
-  if not (np.all(np.isfinite(s)) and np.all(s > 0) and np.all(np.isfinite(a)) and np.all(a > 0)):
+  a_check = a[1:] if pure_noise_start and not _INVERTING.get() and a[0] == 0 else a
+  if not (np.all(np.isfinite(s)) and np.all(s > 0) and np.all(np.isfinite(a))
+          and np.all(a_check > 0)):
+    start = (" (alpha = 0 at the first time, zero terminal SNR: only samplers that start from "
+             "pure noise, e.g. 'ddim', or t_max < 1)" if a[0] == 0 else "")
     raise ValueError(f"alpha(t) and sigma(t) must be positive and finite on the whole grid, got "
                      f"t={t}: use t_min > 0 (and final_denoise=True for the step to sigma = 0) "
-                     f"and t_max < the schedule's end")
+                     f"and t_max < the schedule's end{start}")
   return t
 
 
@@ -256,10 +261,11 @@ def bt(t: Array, x: Array) -> Array:
   return jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
 
 
-def stepwise_program(step, schedule: Schedule, time_grid, final_denoise: bool) -> "Program":
+def stepwise_program(step, schedule: Schedule, time_grid, final_denoise: bool,
+                     pure_noise_start: bool = False) -> "Program":
   """The program of a one-step method: ``step(prog, t_s, t_t)`` appends the rows of the step
   t_s -> t_t for each interval of the (checked) grid, then the optional final denoise at t_N."""
-  t = check_grid(time_grid, schedule)
+  t = check_grid(time_grid, schedule, pure_noise_start=pure_noise_start)
   prog = Program()
   for i in range(len(t) - 1):
     step(prog, t[i], t[i + 1])

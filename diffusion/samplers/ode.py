@@ -224,7 +224,7 @@ def ddim_coefs(schedule: Schedule, t: float, s: float, eta: float) -> Tuple[floa
 @register_sampler("ddim", kind="deterministic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper="Song et al. 2021, DDIM, eq. 12 (eta > 0: eq. 16, stochastic)",
-                  variants=({}, {"eta": 1.0}), check=_check_eta)
+                  variants=({}, {"eta": 1.0}), check=_check_eta, pure_noise_start=True)
 def ddim(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
          eta: float = 0.0, final_denoise: bool = False):
   """DDIM (see ``ddim_coefs``). eta = 0: deterministic, first-order exponential integrator of the
@@ -234,7 +234,7 @@ def ddim(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
     a, d, c = ddim_coefs(schedule, t_s, t_t, eta)
     prog.eval(t_s, x={"x": a, "m": d, "z": c})
 
-  prog = engine.stepwise_program(step, schedule, time_grid, final_denoise)
+  prog = engine.stepwise_program(step, schedule, time_grid, final_denoise, pure_noise_start=True)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
 
 

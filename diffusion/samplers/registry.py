@@ -67,6 +67,8 @@ class SamplerInfo:
     order_grid: the time grid on which the order test measures convergence (see tests).
     check: hparams -> None, raises ValueError on bad hyper-parameter values (types are checked
       against the defaults' by ``validate``).
+    pure_noise_start: the sampler's first step is finite from alpha(t_0) = 0 (pure noise: a
+      zero-terminal-SNR schedule at t = 1, Lin et al. 2024); the others need alpha > 0 there.
   """
   name: str
   fn: SamplerFn
@@ -78,6 +80,7 @@ class SamplerInfo:
   variants: Tuple[Mapping[str, Any], ...] = ({},)
   order_grid: str = "logsnr"
   check: Optional[Callable[[Mapping[str, Any]], None]] = None
+  pure_noise_start: bool = False
 
   @property
   def adaptive(self) -> bool:
@@ -144,6 +147,7 @@ def register_sampler(name: str,
                      variants: Sequence[Mapping[str, Any]] = ({},),
                      order_grid: str = "logsnr",
                      check: Optional[Callable[[Mapping[str, Any]], None]] = None,
+                     pure_noise_start: bool = False,
                      fn: Optional[SamplerFn] = None):
   """Registers a sampler under ``name`` (usable as a decorator, or with ``fn=``).
 
@@ -173,7 +177,7 @@ def register_sampler(name: str,
       return f(*args, **kwargs)
 
     _REGISTRY[name] = SamplerInfo(name, checked, kind, order_fn, nfe, nfe_per_step, paper,
-                                  tuple(variants), order_grid, check)
+                                  tuple(variants), order_grid, check, bool(pure_noise_start))
     return checked
 
   return wrap(fn) if fn is not None else wrap
@@ -227,7 +231,8 @@ def _sampling_grid(info: SamplerInfo, schedule, num_steps, grid, rho, t_min, t_m
     if given:
       raise ValueError(f"time_grid is given explicitly, so {sorted(given)} must not be "
                        f"(they define the grid built when time_grid is None); got {given}")
-    grid_t = engine.check_grid(time_grid, schedule, closed=info.kind == "flow_map")
+    grid_t = engine.check_grid(time_grid, schedule, closed=info.kind == "flow_map",
+                               pure_noise_start=info.pure_noise_start)
     if num_steps is not None and schedules_lib.check_int("num_steps", num_steps) != len(grid_t) - 1:
       raise ValueError(f"num_steps={num_steps!r} does not match the explicit time_grid of "
                        f"{len(grid_t)} times ({len(grid_t) - 1} steps); pass one or the other")
@@ -238,7 +243,8 @@ def _sampling_grid(info: SamplerInfo, schedule, num_steps, grid, rho, t_min, t_m
   t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
   grid_t = grids_lib.time_grid(schedule, num_steps, "karras" if grid is None else grid,
                                t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho)
-  return engine.check_grid(grid_t, schedule, closed=info.kind == "flow_map")
+  return engine.check_grid(grid_t, schedule, closed=info.kind == "flow_map",
+                           pure_noise_start=info.pure_noise_start)
 
 
 def build_sampler(sampler: str,
