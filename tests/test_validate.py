@@ -143,6 +143,21 @@ def test_conditional_needs_a_class_embedding():
   validate(c, "train", device_count=1, process_count=1)
 
 
+def test_zero_terminal_snr_needs_a_v_or_x0_network():
+  import ml_collections
+  c = tiny_config()
+  c.sde.name = "vp_discrete"
+  c.sde.fields = ml_collections.ConfigDict(dict(zero_terminal_snr=True))
+  c.model.time_input = "index"
+  c.sampling.sampler = "ddim"
+  c.sampling.grid = "trailing"
+  with pytest.raises(ConfigError, match=r"config\.model\.parameterization: parameterization 'eps' "
+                                        r"cannot be evaluated at zero terminal SNR"):
+    validate(c, "train", device_count=1, process_count=1)
+  c.model.parameterization = "v"
+  validate(c, "train", device_count=1, process_count=1)
+
+
 def test_image_size_is_checked_against_the_dataset():
   from configs.digits.vp import get_config
   c = get_config()
