@@ -196,5 +196,9 @@ def cost():
 
 
 if __name__ == "__main__":
+  import argparse
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--cost", action="store_true",
+                      help="time the two noises only (printed, no results written)")
   sys.path.insert(0, REPO)
-  cost() if "--cost" in sys.argv[1:] else main()
+  cost() if parser.parse_args().cost else main()
