@@ -14,7 +14,10 @@ into arrays over rows with a ring buffer of the K most recent outputs, and ``run
 all rows in one ``lax.scan``. The number of rows is the exact NFE.
 
 Noise: sample b of the batch draws z_r from ``fold_in(fold_in(key, sample_offset + b), 2 r)``
-(and z'_r from ``2 r + 1``), so samples do not depend on batch composition.
+(and z'_r from ``2 r + 1``), so samples do not depend on batch composition. With
+``noise='brownian_tree'`` (opt-in, ``run_program``'s argument) z_r and z'_r are instead the
+standardised increments of two independent Brownian paths of sample b (keys fold_in(., 0) and
+fold_in(., 1) of the same per-sample key) over the row's ``noise_interval`` (``brownian.py``).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.samplers import brownian as brownian_lib
 from diffusion.schedules import Schedule
 
 Array = Any
@@ -150,6 +154,7 @@ class Row:
   p: float
   q: float
   x: Lin
+  noise_interval: Optional[Tuple[float, float]] = None
 
 
 class Program:
@@ -160,12 +165,18 @@ class Program:
     y: evaluation point, linear form over 'x' (current state), 'z' (fresh noise) and earlier rows.
     out: (p, q): the stored output is p y + q m (x0: (0, 1); eps: (1/sigma, -alpha/sigma)).
     x: state update, a linear form over 'x', 'y', 'm', 'z' and rows <= this one. Default: x kept.
+    noise_interval: (t_a, t_b), t_a != t_b (stored as (max, min)): the interval of the Brownian clock (the schedule's
+      time t) whose standardised increment is this row's z and z' under
+      ``noise='brownian_tree'``; usually the step t_s -> t_t the row's noise belongs to. Rows of
+      different steps must own disjoint intervals (their increments are then independent).
+      Unused by the default noise.
   """
 
   def __init__(self):
     self.rows: List[Row] = []
 
-  def eval(self, t, y: Optional[Lin] = None, out=(0.0, 1.0), x: Optional[Lin] = None) -> int:
+  def eval(self, t, y: Optional[Lin] = None, out=(0.0, 1.0), x: Optional[Lin] = None,
+           noise_interval: Optional[Tuple[float, float]] = None) -> int:
     r = len(self.rows)
     y = {"x": 1.0} if y is None else dict(y)
     x = {"x": 1.0} if x is None else dict(x)
@@ -175,7 +186,13 @@ class Program:
     for k in x:
       if not (k in ("x", "y", "m", "z") or (isinstance(k, (int, np.integer)) and 0 <= k <= r)):
         raise ValueError(f"row {r}: update may use 'x', 'y', 'm', 'z' or rows <= {r}, got {k!r}")
-    self.rows.append(Row(float(t), y, float(out[0]), float(out[1]), x))
+    if noise_interval is not None:
+      a, b = (float(v) for v in noise_interval)
+      if not (np.isfinite(a) and np.isfinite(b) and a != b):
+        raise ValueError(f"row {r}: noise_interval must be two distinct finite times, got "
+                         f"{noise_interval!r}")
+      noise_interval = (max(a, b), min(a, b))
+    self.rows.append(Row(float(t), y, float(out[0]), float(out[1]), x, noise_interval))
     return r
 
   def set_update(self, r: int, x: Lin):
@@ -222,7 +239,8 @@ class Program:
           c[{"x": "xa", "y": "xe", "m": "xd", "z": "xc"}[key]][r] += v
         else:
           xb[r, key % k] += v
-    return Compiled(coef=c, yb=yb, xb=xb, k=k)
+    return Compiled(coef=c, yb=yb, xb=xb, k=k,
+                    noise_intervals=tuple(row.noise_interval for row in rows))
 
 
 @dataclasses.dataclass
@@ -231,6 +249,7 @@ class Compiled:
   yb: np.ndarray
   xb: np.ndarray
   k: int
+  noise_intervals: Tuple[Optional[Tuple[float, float]], ...] = ()
 
   @property
   def nfe(self) -> int:
@@ -274,9 +293,35 @@ def stepwise_program(step, schedule: Schedule, time_grid, final_denoise: bool,
   return prog
 
 
+def brownian_tables(comp: "Compiled", t_max: float, dtype) -> Dict[str, np.ndarray]:
+  """The per-row tables of ``noise='brownian_tree'`` (``brownian.row_tables``) for the rows that
+  draw z ('y' channel, path 0) and z' ('x' channel, path 1); ValueError naming a noisy row that
+  declares no ``noise_interval``."""
+  c = comp.coef
+  out = {}
+  for ch, col in (("y", "yc"), ("x", "xc")):
+    ivs = []
+    for r, iv in enumerate(comp.noise_intervals):
+      if c[col][r] == 0:
+        ivs.append(None)
+      elif iv is None:
+        raise ValueError(f"noise='brownian_tree': row {r} (t={c['t'][r]}) draws noise but its "
+                         f"program gives it no noise_interval (Program.eval(noise_interval=...))")
+      else:
+        ivs.append(iv)
+    ids, wts, cnt = brownian_lib.row_tables(ivs, t_max)
+    out[f"{ch}_ids"], out[f"{ch}_w"], out[f"{ch}_n"] = ids, wts.astype(np.dtype(dtype)), cnt
+  return out
+
+
 def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=None,
-                sample_offset=0) -> Tuple[Array, Dict[str, Any]]:
+                sample_offset=0, noise: str = "independent",
+                t_max: Optional[float] = None) -> Tuple[Array, Dict[str, Any]]:
   """Runs a compiled program in one ``lax.scan`` over its rows. Returns (x, {'nfe': rows}).
+
+  ``noise``: 'independent' (default: a fresh normal per draw) or 'brownian_tree' (each row's z
+  and z' the standardised increments of the sample's Brownian paths over the row's
+  ``noise_interval``, on the clock t in [0, t_max]; ``t_max`` the schedule's, required then).
 
   The coefficients are arguments of a jitted scan whose static part is only (denoise, number of
   rows, history length, which terms are non-zero), so the same sampler on another time grid (or
@@ -290,22 +335,40 @@ def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=Non
              xc=nz(c["xc"]), xe=nz(c["xe"]), xd=nz(c["xd"]), p=nz(c["p"]),
              ya=nz(c["ya"] != 1.0))
   stoch = use["yc"] or use["xc"]
+  brownian_lib.check_noise(noise)
+  tables = None
+  if noise == "brownian_tree" and stoch:
+    if t_max is None:
+      raise ValueError("noise='brownian_tree' needs t_max, the end of the path's clock (the "
+                       "schedule's t_max)")
+    tables = brownian_tables(comp, t_max, x.dtype)
   keys = sample_keys(key, x.shape[0], sample_offset) if stoch else None
   coefs = dict(c)
   coefs["yb"], coefs["xb"] = comp.yb, comp.xb
   coefs = {n: np.asarray(v, np.dtype(x.dtype)) for n, v in coefs.items()}
-  out = _scan(denoise, comp.k, tuple(sorted(use.items())), coefs, x, keys, cond)
+  if tables is None:
+    out = _scan(denoise, comp.k, tuple(sorted(use.items())), coefs, x, keys, cond)
+  else:
+    out = _scan(denoise, comp.k, tuple(sorted(use.items())), coefs, x, keys, cond, tables)
   return out, {"nfe": comp.nfe}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _scan(denoise, k: int, use_items, coefs, x, keys, cond):
+def _scan(denoise, k: int, use_items, coefs, x, keys, cond, tables=None):
   use = dict(use_items)
   dt = x.dtype
   need_h = use["yb"] or use["xb"]
   xs = {n: jnp.asarray(v, dt) for n, v in coefs.items()}
   xs["r"] = jnp.arange(xs["t"].shape[0])
+  if tables is not None:
+    xs.update(tables)
   shape = x.shape[1:]
+
+  def noise(s, ch, counter):
+    if tables is None:
+      return per_sample_normal(keys, counter, shape, dt)
+    return brownian_lib.per_sample_path_normal(keys, {"y": 0, "x": 1}[ch], s[f"{ch}_ids"],
+                                               s[f"{ch}_w"], s[f"{ch}_n"], shape, dt)
 
   def comb(w, h):
     return jnp.tensordot(w, h, axes=1)
@@ -316,7 +379,7 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond):
     if use["yb"]:
       y = y + comb(s["yb"], h)
     if use["yc"]:
-      y = y + s["yc"] * per_sample_normal(keys, 2 * s["r"], shape, dt)
+      y = y + s["yc"] * noise(s, "y", 2 * s["r"])
     m = denoise(y, bt(s["t"], y), cond).astype(dt)
     if need_h:
       o = s["q"] * m
@@ -331,7 +394,7 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond):
     if use["xb"]:
       xn = xn + comb(s["xb"], h)
     if use["xc"]:
-      xn = xn + s["xc"] * per_sample_normal(keys, 2 * s["r"] + 1, shape, dt)
+      xn = xn + s["xc"] * noise(s, "x", 2 * s["r"] + 1)
     return (xn, h), None
 
   h0 = jnp.zeros((k,) + x.shape, dt) if need_h else jnp.zeros((0,), dt)

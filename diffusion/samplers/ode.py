@@ -18,6 +18,7 @@ from typing import Any, Tuple
 
 import jax.numpy as jnp
 
+from diffusion.samplers import brownian as brownian_lib
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, f64, half_logsnr
 from diffusion.samplers.registry import register_sampler
@@ -47,11 +48,13 @@ def _check_variables(hp):
 
 
 def _check_eta(hp):
+  brownian_lib.check_noise(hp["noise"])
   if not hp["eta"] >= 0:
     raise ValueError(f"eta must be >= 0, got {hp['eta']!r}")
 
 
 def _check_churn(hp):
+  brownian_lib.check_noise(hp["noise"])
   for name in ("S_churn", "S_min", "S_noise"):
     if not hp[name] >= 0:
       raise ValueError(f"edm_stochastic: {name} must be >= 0, got {hp[name]!r}")
@@ -80,16 +83,17 @@ def euler_step(prog: Program, schedule, t, s, variables, y=None) -> int:
   return prog.eval(t, y=y, x={"y": sc * (1 + h * p) / sc2, "m": h * q / sc2})
 
 
-def heun_step(prog: Program, schedule, t, s, variables, y=None) -> int:
+def heun_step(prog: Program, schedule, t, s, variables, y=None, noise_interval=None) -> int:
   """Adds one Heun step t -> s (Karras et al. 2022, Alg. 1 lines 5-8), two rows:
 
     d1 = P u + Q m(x)  at t;  u' = u + h d1;  d2 = P' u' + Q' m(x') at s;  u_s = u + h/2 (d1 + d2).
-  ``y`` is the evaluation point of the first stage (EDM's churned x_hat), the step's base.
+  ``y`` is the evaluation point of the first stage (EDM's churned x_hat), the step's base;
+  ``noise_interval`` that stage's (``Program.eval``).
   """
   sc, tau, p, q = ode_vars(schedule, t, variables)
   sc2, tau2, p2, q2 = ode_vars(schedule, s, variables)
   h = tau2 - tau
-  r1 = prog.eval(t, y=y, out=(p * sc, q), x={"y": 1.0})
+  r1 = prog.eval(t, y=y, out=(p * sc, q), x={"y": 1.0}, noise_interval=noise_interval)
   r2 = r1 + 1
   return prog.eval(s, y={"x": sc / sc2, r1: h / sc2}, out=(p2 * sc2, q2),
                    x={"x": sc / sc2, r1: 0.5 * h / sc2, r2: 0.5 * h / sc2})
@@ -133,7 +137,9 @@ def edm_stochastic_program(schedule: Schedule, time_grid, S_churn: float, S_min:
                            S_max: float, S_noise: float, final_denoise: bool) -> Program:
   """The program of EDM's Alg. 2 on the grid t_0 > ... > t_n (n intervals; see
   ``edm_stochastic``): a churned Heun step per interval, then (``final_denoise``) a churned step to
-  sigma = 0, x <- denoise(x_hat, t_hat). Alg. 2's N is the number of steps: n + final_denoise."""
+  sigma = 0, x <- denoise(x_hat, t_hat). Alg. 2's N is the number of steps: n + final_denoise.
+  Brownian intervals (``noise='brownian_tree'``): step i's churn owns [t_{i+1}, t_i], the step to
+  sigma = 0 owns [0, t_n] (the rest of the clock)."""
   t = engine.check_grid(time_grid, schedule)
   n = len(t) - 1
   num_steps = n + int(bool(final_denoise))
@@ -151,9 +157,10 @@ def edm_stochastic_program(schedule: Schedule, time_grid, S_churn: float, S_min:
     else:
       t_hat, y = float(t[i]), None
     if i < n:
-      heun_step(prog, schedule, t_hat, t[i + 1], "edm", y=y)
+      heun_step(prog, schedule, t_hat, t[i + 1], "edm", y=y, noise_interval=(t[i], t[i + 1]))
     else:  # Alg. 2's last step, to t_N = 0: x_N = x_hat + (0 - t_hat) d = D(x_hat; t_hat).
-      prog.eval(t_hat, y=y, x={"m": 1.0})
+      prog.eval(t_hat, y=y, x={"m": 1.0},
+                noise_interval=(float(t[n]), 0.0) if t[n] > 0 else None)
   return prog
 
 
@@ -165,7 +172,7 @@ def edm_stochastic_program(schedule: Schedule, time_grid, S_churn: float, S_min:
                   check=_check_churn)
 def edm_stochastic(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                    S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"),
-                   S_noise: float = 1.0, final_denoise: bool = True):
+                   S_noise: float = 1.0, final_denoise: bool = True, noise: str = "independent"):
   """EDM Alg. 2 in EDM variables (u = x/alpha, tau = sigma/alpha), for any schedule.
 
   Step i: gamma = min(S_churn/N, sqrt(2)-1) if S_min <= tau_i <= S_max else 0;
@@ -175,10 +182,13 @@ def edm_stochastic(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_
   others: x <- denoise(x_hat, t_hat). N is Alg. 2's number of sampling steps, that step included:
   N = n + 1 for a grid of n intervals t_0 > ... > t_n = t_min (EDM's t_0..t_{N-1} plus t_N = 0),
   as in EDM's and k-diffusion's code; N = n without the final step. NFE = 2n + 1.
+  ``noise='brownian_tree'``: the churn's z is the increment of one Brownian path per sample over
+  [t_{i+1}, t_i] (the step to sigma = 0: [0, t_n]); ``diffusion/samplers/brownian.py``.
   """
   prog = edm_stochastic_program(schedule, time_grid, S_churn, S_min, S_max, S_noise,
                                 final_denoise)
-  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
 
 
 @register_sampler("euler_ancestral", kind="stochastic", order=1.0,
@@ -187,12 +197,14 @@ def edm_stochastic(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_
                   "(Karras et al. 2022 sec. 4; k-diffusion)",
                   variants=({}, {"eta": 0.5}), check=_check_eta)
 def euler_ancestral(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-                    eta: float = 1.0, final_denoise: bool = True):
+                    eta: float = 1.0, final_denoise: bool = True, noise: str = "independent"):
   """Euler step in EDM variables to tau_down, then fresh noise tau_up (tau = sigma/alpha):
 
     tau_up = min(tau', eta sqrt(tau'^2 (tau^2 - tau'^2) / tau^2)),  tau_down = sqrt(tau'^2 - tau_up^2),
     u' = u + (tau_down - tau)(u - m)/tau + tau_up z,   x' = alpha' u'.
   eta = 1 is DDPM's posterior (equal in law to ``ddpm``), eta = 0 is Euler / DDIM. NFE = N (+1).
+  ``noise='brownian_tree'``: z is the increment of one Brownian path per sample over the step
+  (``diffusion/samplers/brownian.py``).
   """
 
   def step(prog, t_s, t_t):
@@ -201,10 +213,12 @@ def euler_ancestral(denoise, schedule, key, x_T, time_grid, *, cond=None, sample
     up = min(tau2, eta * math.sqrt(max(tau2**2 * (tau**2 - tau2**2) / tau**2, 0.0)))
     down = math.sqrt(max(tau2**2 - up**2, 0.0))
     k = (down - tau) / tau
-    prog.eval(t_s, x={"x": float(a2 / a * (1 + k)), "m": float(-a2 * k), "z": float(a2 * up)})
+    prog.eval(t_s, x={"x": float(a2 / a * (1 + k)), "m": float(-a2 * k), "z": float(a2 * up)},
+              noise_interval=(t_s, t_t))
 
   prog = engine.stepwise_program(step, schedule, time_grid, final_denoise)
-  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
 
 
 def ddim_coefs(schedule: Schedule, t: float, s: float, eta: float) -> Tuple[float, float, float]:
@@ -226,16 +240,19 @@ def ddim_coefs(schedule: Schedule, t: float, s: float, eta: float) -> Tuple[floa
                   paper="Song et al. 2021, DDIM, eq. 12 (eta > 0: eq. 16, stochastic)",
                   variants=({}, {"eta": 1.0}), check=_check_eta, pure_noise_start=True)
 def ddim(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-         eta: float = 0.0, final_denoise: bool = False):
+         eta: float = 0.0, final_denoise: bool = False, noise: str = "independent"):
   """DDIM (see ``ddim_coefs``). eta = 0: deterministic, first-order exponential integrator of the
-  PF-ODE (= DPM-Solver-1); eta = 1: DDPM ancestral sampling (then it is stochastic). NFE = N (+1)."""
+  PF-ODE (= DPM-Solver-1); eta = 1: DDPM ancestral sampling (then it is stochastic). NFE = N (+1).
+  ``noise='brownian_tree'`` (eta > 0): z is the increment of one Brownian path per sample over
+  the step (``diffusion/samplers/brownian.py``)."""
 
   def step(prog, t_s, t_t):
     a, d, c = ddim_coefs(schedule, t_s, t_t, eta)
-    prog.eval(t_s, x={"x": a, "m": d, "z": c})
+    prog.eval(t_s, x={"x": a, "m": d, "z": c}, noise_interval=(t_s, t_t))
 
   prog = engine.stepwise_program(step, schedule, time_grid, final_denoise, pure_noise_start=True)
-  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
 
 
 # ------------------------------------------------------------------------------------------------

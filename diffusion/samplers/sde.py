@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.samplers import brownian as brownian_lib
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, f64
 from diffusion.samplers.registry import register_sampler
@@ -76,16 +77,22 @@ def ddpm_coefs(schedule: Schedule, t: float, s: float,
   return (float(a_ts * ss**2 / st**2), float(as_ * v / st**2), float(np.sqrt(var)))
 
 
+def _check_noise(hp):
+  brownian_lib.check_noise(hp["noise"])
+
+
 def _check_ddpm(hp):
+  _check_noise(hp)
   if hp["variance"] not in DDPM_VARIANCES:
     raise ValueError(f"sampler 'ddpm': variance={hp['variance']!r}; accepted: {DDPM_VARIANCES}")
 
 
 def _linear_sde_program(coefs_fn, schedule, time_grid, final_denoise: bool) -> Program:
+  """One row per step t_s -> t_t, x <- A x + D m + C z, z's Brownian interval the step's."""
 
   def step(prog, t_s, t_t):
     a, d, c = coefs_fn(schedule, t_s, t_t)
-    prog.eval(t_s, y={"x": 1.0}, x={"x": a, "m": d, "z": c})
+    prog.eval(t_s, y={"x": 1.0}, x={"x": a, "m": d, "z": c}, noise_interval=(t_s, t_t))
 
   return engine.stepwise_program(step, schedule, time_grid, final_denoise)
 
@@ -95,25 +102,31 @@ _PAPER_SDE = "Song et al. 2021, Score-based generative modeling through SDEs"
 
 @register_sampler("euler_maruyama", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
-                  paper=f"{_PAPER_SDE}, eq. 6 (reverse SDE), Euler-Maruyama")
+                  paper=f"{_PAPER_SDE}, eq. 6 (reverse SDE), Euler-Maruyama", check=_check_noise)
 def euler_maruyama(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-                   final_denoise: bool = True):
+                   final_denoise: bool = True, noise: str = "independent"):
   """Euler-Maruyama on the reverse SDE dx = [f x - g^2 score] dt + g dw_bar (score SDE eq. 6).
 
   x_T (B, ...) at time_grid[0]; N = len(time_grid) - 1 steps; NFE = N (+1 final denoise).
+  ``noise='brownian_tree'``: z is the increment of one Brownian path per sample over the step
+  (``diffusion/samplers/brownian.py``), the same path at every step count.
   """
   prog = _linear_sde_program(em_coefs, schedule, time_grid, final_denoise)
-  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
 
 
 @register_sampler("reverse_diffusion", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
-                  paper=f"{_PAPER_SDE}, eq. 46-47 (reverse diffusion predictor)")
+                  paper=f"{_PAPER_SDE}, eq. 46-47 (reverse diffusion predictor)",
+                  check=_check_noise)
 def reverse_diffusion(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-                      final_denoise: bool = True):
-  """The reverse-diffusion predictor alone (see ``reverse_diffusion_coefs``). NFE = N (+1)."""
+                      final_denoise: bool = True, noise: str = "independent"):
+  """The reverse-diffusion predictor alone (see ``reverse_diffusion_coefs``). NFE = N (+1).
+  ``noise``: as ``euler_maruyama``'s."""
   prog = _linear_sde_program(reverse_diffusion_coefs, schedule, time_grid, final_denoise)
-  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
 
 
 @register_sampler("ddpm", kind="stochastic", order=1.0,
@@ -121,16 +134,18 @@ def reverse_diffusion(denoise, schedule, key, x_T, time_grid, *, cond=None, samp
                   paper="Ho et al. 2020, DDPM, Alg. 2 / eq. 6-7 (ancestral sampling)",
                   variants=({}, {"variance": "beta"}), check=_check_ddpm)
 def ddpm(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
-         final_denoise: bool = True, variance: str = "posterior"):
+         final_denoise: bool = True, variance: str = "posterior", noise: str = "independent"):
   """DDPM ancestral sampling x_s ~ q(x_s | x_t, x0_hat) on any grid (see ``ddpm_coefs``);
   ``variance='beta'`` draws with DDPM's larger sigma_t^2 = beta_t instead (its CIFAR-10 FID).
 
   With 'posterior': equal in law to DDIM with eta = 1 and to Euler ancestral with eta = 1.
   NFE = N (+1). On ``vp_discrete`` with a uniform grid of N - 1 steps the steps are DDPM's own.
+  ``noise``: as ``euler_maruyama``'s.
   """
   prog = _linear_sde_program(functools.partial(ddpm_coefs, variance=variance), schedule,
                              time_grid, final_denoise)
-  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
 
 
 # ------------------------------------------------------------------------------------------------
