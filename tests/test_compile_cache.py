@@ -39,6 +39,7 @@ def test_enable_sets_the_folder_and_off_disables(tmp_path, monkeypatch):
       jax.config.update(k, v)
 
 
+@pytest.mark.slow  # ~20 s: a CLI run filling a cache (the cache settings: the tests above)
 def test_main_fills_the_given_cache_and_refuses_a_file(tmp_path):
   from tests.conftest import run_main
   bad = tmp_path / "a_file"

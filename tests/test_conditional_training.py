@@ -281,6 +281,7 @@ def test_conditional_toy_run_trains_and_resumes(tmp_path, capsys):
   assert step == 30 and params["ClassEmbedding_0"]["embed"]["embedding"].shape == (9, 32)
 
 
+@pytest.mark.slow  # ~20 s of driver runs (the golden case "classifier" trains it by default)
 def test_classifier_run_trains_resumes_evaluates_and_refuses_sampling(tmp_path, capsys):
   wd = str(tmp_path)
   r = run_main(wd, "train", {"training.num_steps": 20}, config=CLF, timeout=300)

@@ -323,6 +323,7 @@ def test_a_student_refuses_a_workdir_of_other_distill_settings(teachers):
   assert build.IDENTITY_FIELDS.count("distill") == 1
 
 
+@pytest.mark.slow  # ~20 s: the CLI path of what the tests above run in-process
 def test_cli_trains_a_student_and_writes_pairs(teachers, tmp_path):
   """Through ``python -m experiments.main``: a student loads its teacher's config file (once a
   DuplicateFlagError: library code imported the entry point), and --mode=pairs writes pairs."""

@@ -105,6 +105,7 @@ def _make_dry_run(tmp_path, *args):
   return subprocess.run(["make", "-n", *args], cwd=tmp_path, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # ~35 s: make venv in a temp copy (the pins and ranges: the tests above)
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_venv_installs_the_accelerators_file_and_remembers_it(tmp_path):
   for accel in makefile_accels():

@@ -92,6 +92,7 @@ def test_resume_of_an_image_transformer_is_exact(tmp_path):
   _assert_bitwise_equal(a, b)
 
 
+@pytest.mark.slow  # ~20 s (SIGKILL and exact resume: the test above, by default)
 def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
   wd = str(tmp_path)
   proc = popen_main(wd, "train", {**RUN, "training.num_steps": 10**6, "training.log_every": 5,

@@ -155,6 +155,7 @@ def test_signal_during_setup_one_line_no_traceback(tmp_path, mode, sig):
   assert not os.path.exists(os.path.join(wd, checkpoint.LOCK_FILE))
 
 
+@pytest.mark.slow  # ~25 s (SIGKILL and exact resume: test_reliability.py, by default)
 def test_sigint_during_training_saves_exits_130_and_resumes(tmp_path):
   wd = str(tmp_path)
   proc = popen_main(wd, "train", RUN)
