@@ -100,37 +100,32 @@ def increment_terms(u_hi: float, u_lo: float, t_max: float,
   return {i: w * scale for i, w in out.items() if w != 0.0}
 
 
-def row_tables(intervals, t_max: float, depth: int = DEPTH) -> Tuple[np.ndarray, np.ndarray,
-                                                                      np.ndarray]:
-  """(ids (R, M) uint32, weights (R, M) float64, counts (R,) int32) for R rows' noise intervals
-  (None: the row draws no noise on this channel; count 0), M the largest term count."""
+def row_tables(intervals, t_max: float, depth: int = DEPTH) -> Tuple[np.ndarray, np.ndarray]:
+  """(ids (R, M) uint32, weights (R, M) float64) for R rows' noise intervals (None: the row draws
+  no noise on this channel: all weights 0), M the largest term count; a row's unused entries
+  have weight 0."""
   terms = [{} if iv is None else increment_terms(iv[0], iv[1], t_max, depth) for iv in intervals]
   m = max([len(t) for t in terms] + [1])
   ids = np.zeros((len(terms), m), np.uint32)
   wts = np.zeros((len(terms), m), np.float64)
-  cnt = np.zeros((len(terms),), np.int32)
   for r, t in enumerate(terms):
-    items = sorted(t.items())
-    cnt[r] = len(items)
-    for i, (node, w) in enumerate(items):
+    for i, (node, w) in enumerate(sorted(t.items())):
       ids[r, i], wts[r, i] = node, w
-  return ids, wts, cnt
+  return ids, wts
 
 
-def path_normal(path_key: Array, ids: Array, weights: Array, count: Array, shape,
-                dtype) -> Array:
-  """sum_{i < M} weights[i] normal(fold_in(path_key, ids[i]), shape): one sample's z (entries
-  past ``count`` have weight 0). The M draws are made at once (one batched generator call, fast
-  on any backend; transient memory M x the sample's size)."""
-  del count  # the padded entries have weight 0
+def path_normal(path_key: Array, ids: Array, weights: Array, shape, dtype) -> Array:
+  """sum_{i < M} weights[i] normal(fold_in(path_key, ids[i]), shape): one sample's z (padded
+  entries have weight 0). The M draws are made at once (one batched generator call, fast on any
+  backend; transient memory M x the sample's size)."""
   ids = jnp.asarray(ids)
   xi = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(path_key, i), shape, dtype))(ids)
   return jnp.tensordot(jnp.asarray(weights).astype(dtype), xi, axes=1)
 
 
-def per_sample_path_normal(keys: Array, channel: int, ids: Array, weights: Array, count: Array,
-                           shape, dtype) -> Array:
+def per_sample_path_normal(keys: Array, channel: int, ids: Array, weights: Array, shape,
+                           dtype) -> Array:
   """z (B, *shape): sample b's standardised increment of its path ``channel`` (path key
   fold_in(keys[b], channel); channel 0 feeds the evaluation point's z, 1 the update's z')."""
-  return jax.vmap(lambda k: path_normal(jax.random.fold_in(k, channel), ids, weights, count,
-                                        shape, dtype))(keys)
+  return jax.vmap(lambda k: path_normal(jax.random.fold_in(k, channel), ids, weights, shape,
+                                        dtype))(keys)

@@ -19,7 +19,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from diffusion.samplers import brownian as brownian_lib
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, half_logsnr, t_from_half_logsnr
 from diffusion.samplers.registry import register_sampler
@@ -419,8 +418,7 @@ def dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset
 
 @register_sampler("sde_dpmpp_2m", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
-                  paper=f"{P22B}, SDE-DPM-Solver++(2M) (sec. 5 / App.; data-prediction SDE)",
-                  check=lambda hp: brownian_lib.check_noise(hp["noise"]))
+                  paper=f"{P22B}, SDE-DPM-Solver++(2M) (sec. 5 / App.; data-prediction SDE)")
 def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                  final_denoise: bool = True, noise: str = "independent"):
   """SDE-DPM-Solver++(2M) on the reverse SDE written with x0 (Lu et al. 2022b, eq. 9-10):

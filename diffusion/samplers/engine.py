@@ -309,8 +309,8 @@ def brownian_tables(comp: "Compiled", t_max: float, dtype) -> Dict[str, np.ndarr
                          f"program gives it no noise_interval (Program.eval(noise_interval=...))")
       else:
         ivs.append(iv)
-    ids, wts, cnt = brownian_lib.row_tables(ivs, t_max)
-    out[f"{ch}_ids"], out[f"{ch}_w"], out[f"{ch}_n"] = ids, wts.astype(np.dtype(dtype)), cnt
+    ids, wts = brownian_lib.row_tables(ivs, t_max)
+    out[f"{ch}_ids"], out[f"{ch}_w"] = ids, wts.astype(np.dtype(dtype))
   return out
 
 
@@ -368,7 +368,7 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond, tables=None):
     if tables is None:
       return per_sample_normal(keys, counter, shape, dt)
     return brownian_lib.per_sample_path_normal(keys, {"y": 0, "x": 1}[ch], s[f"{ch}_ids"],
-                                               s[f"{ch}_w"], s[f"{ch}_n"], shape, dt)
+                                               s[f"{ch}_w"], shape, dt)
 
   def comb(w, h):
     return jnp.tensordot(w, h, axes=1)

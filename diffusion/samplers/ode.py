@@ -18,7 +18,6 @@ from typing import Any, Tuple
 
 import jax.numpy as jnp
 
-from diffusion.samplers import brownian as brownian_lib
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, f64, half_logsnr
 from diffusion.samplers.registry import register_sampler
@@ -48,13 +47,11 @@ def _check_variables(hp):
 
 
 def _check_eta(hp):
-  brownian_lib.check_noise(hp["noise"])
   if not hp["eta"] >= 0:
     raise ValueError(f"eta must be >= 0, got {hp['eta']!r}")
 
 
 def _check_churn(hp):
-  brownian_lib.check_noise(hp["noise"])
   for name in ("S_churn", "S_min", "S_noise"):
     if not hp[name] >= 0:
       raise ValueError(f"edm_stochastic: {name} must be >= 0, got {hp[name]!r}")

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from diffusion import schedules as schedules_lib
+from diffusion.samplers import brownian
 
 Array = Any
 SamplerFn = Callable[..., Tuple[Array, Dict[str, Any]]]
@@ -107,7 +108,8 @@ class SamplerInfo:
   def validate(self, hparams: Mapping[str, Any]) -> Dict[str, Any]:
     """``resolve(hparams)`` with each value checked: its type against the default's (bool for a
     bool default, int but not bool for an int one, a real number for a float one, str for a str
-    one), then the sampler's own ``check``. Raises TypeError / ValueError naming the bad value."""
+    one; a ``noise`` one against ``brownian.NOISES``), then the sampler's own ``check``. Raises
+    TypeError / ValueError naming the bad value."""
     hp = self.resolve(hparams)
     defaults = self.defaults()
     for k, v in hp.items():
@@ -129,6 +131,8 @@ class SamplerInfo:
         raise TypeError(f"sampler {self.name!r}: hyper-parameter {k} must be a "
                         f"{'real number' if isinstance(d, float) else type(d).__name__} like "
                         f"its default {d!r}, got {v!r} ({type(v).__name__})")
+    if "noise" in hp:  # the stochastic engine samplers' noise source (``brownian.py``)
+      brownian.check_noise(hp["noise"])
     if self.check is not None:
       self.check(hp)
     return hp

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.samplers import brownian as brownian_lib
 from diffusion.samplers import engine
 from diffusion.samplers.engine import Program, alpha_sigma, f64
 from diffusion.samplers.registry import register_sampler
@@ -77,12 +76,7 @@ def ddpm_coefs(schedule: Schedule, t: float, s: float,
   return (float(a_ts * ss**2 / st**2), float(as_ * v / st**2), float(np.sqrt(var)))
 
 
-def _check_noise(hp):
-  brownian_lib.check_noise(hp["noise"])
-
-
 def _check_ddpm(hp):
-  _check_noise(hp)
   if hp["variance"] not in DDPM_VARIANCES:
     raise ValueError(f"sampler 'ddpm': variance={hp['variance']!r}; accepted: {DDPM_VARIANCES}")
 
@@ -102,7 +96,7 @@ _PAPER_SDE = "Song et al. 2021, Score-based generative modeling through SDEs"
 
 @register_sampler("euler_maruyama", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
-                  paper=f"{_PAPER_SDE}, eq. 6 (reverse SDE), Euler-Maruyama", check=_check_noise)
+                  paper=f"{_PAPER_SDE}, eq. 6 (reverse SDE), Euler-Maruyama")
 def euler_maruyama(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                    final_denoise: bool = True, noise: str = "independent"):
   """Euler-Maruyama on the reverse SDE dx = [f x - g^2 score] dt + g dw_bar (score SDE eq. 6).
@@ -118,8 +112,7 @@ def euler_maruyama(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_
 
 @register_sampler("reverse_diffusion", kind="stochastic", order=1.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
-                  paper=f"{_PAPER_SDE}, eq. 46-47 (reverse diffusion predictor)",
-                  check=_check_noise)
+                  paper=f"{_PAPER_SDE}, eq. 46-47 (reverse diffusion predictor)")
 def reverse_diffusion(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                       final_denoise: bool = True, noise: str = "independent"):
   """The reverse-diffusion predictor alone (see ``reverse_diffusion_coefs``). NFE = N (+1).
