@@ -118,6 +118,14 @@ def channel_norm(mean: Sequence[float], std: Sequence[float], final_std: float) 
   return LatentNorm(mean, final_std / std)
 
 
+def is_latent(config) -> bool:
+  """Whether a run's config puts it in an autoencoder's latent space (config.latent.dataset or
+  config.latent.autoencoder set, docs/latent.md)."""
+  lat = config.get("latent")
+  return lat is not None and (lat.get("dataset") is not None
+                              or lat.get("autoencoder") is not None)
+
+
 def latent_norm(normalization: str, channels: int, *, scale_factor: float = SD_SCALE_FACTOR,
                 channel_mean: Sequence[float] = (), channel_std: Sequence[float] = (),
                 final_std: float = EDM2_FINAL_STD,

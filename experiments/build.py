@@ -258,11 +258,7 @@ def train_batches(config: Config, start_step: int, process_index: int,
   return gen()
 
 
-def is_latent(config: Config) -> bool:
-  """Whether the run is in an autoencoder's latent space (config.latent.dataset or
-  config.latent.autoencoder set, docs/latent.md)."""
-  lat = config.get("latent")
-  return lat is not None and (lat.dataset is not None or lat.autoencoder is not None)
+is_latent = latent_lib.is_latent  # whether the run is in an autoencoder's latent space
 
 
 def latent_facts(config: Config) -> Dict[str, Any]:

@@ -197,20 +197,25 @@ def _prepare(x: jax.Array, net: str, resize: Optional[int]) -> jax.Array:
   return (x - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
 
 
+def check_resize(net: str, resize: Optional[int]) -> None:
+  """ValueError naming a bad net, or a resize that is neither None nor an int the net takes."""
+  _check_net(net)
+  if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int)
+                             or resize < MIN_SIZE[net]):
+    raise ValueError(f"resize={resize!r} must be None or an int >= {MIN_SIZE[net]} "
+                     f"(net={net!r}); consistency models use 224")
+
+
 def check_inputs(x_shape: Sequence[int], y_shape: Sequence[int], net: str,
                  resize: Optional[int]) -> None:
   """ValueError naming a bad shape, net or resize (see :func:`distance`)."""
-  _check_net(net)
+  check_resize(net, resize)
   if tuple(x_shape) != tuple(y_shape):
     raise ValueError(f"LPIPS compares images of one shape, got {tuple(x_shape)} and "
                      f"{tuple(y_shape)}")
   if len(x_shape) != 4 or x_shape[-1] not in (1, 3):
     raise ValueError(f"LPIPS takes NHWC images with 1 (grey) or 3 (RGB) channels, got shape "
                      f"{tuple(x_shape)}")
-  if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int)
-                             or resize < MIN_SIZE[net]):
-    raise ValueError(f"resize={resize!r} must be None or an int >= {MIN_SIZE[net]} "
-                     f"(net={net!r}); consistency models use 224")
   if resize is None and min(x_shape[1:3]) < MIN_SIZE[net]:
     raise ValueError(f"images of {x_shape[1]}x{x_shape[2]} are smaller than LPIPS's "
                      f"net={net!r} takes ({MIN_SIZE[net]} px): pass resize=224 (as consistency "
@@ -240,8 +245,7 @@ def distance(params: Params, x: jax.Array, y: jax.Array, net: str = "alex",
 def make_distance(net: str, trunk_path: str, lin_path: Optional[str] = None,
                   resize: Optional[int] = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """``d(a, b) -> (B,)``: :func:`distance` with the weights loaded once (a loss's metric)."""
-  if resize is not None:
-    check_inputs((1, resize, resize, 3), (1, resize, resize, 3), net, resize)
+  check_resize(net, resize)
   params = load_params(net, trunk_path, lin_path)
   return lambda a, b: distance(params, a, b, net, resize)
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, Tuple
 
 import jax
 
-from diffusion import consistency
+from diffusion import consistency, latent
 from diffusion.data import toy2d
 from diffusion.config_checks import (ConfigError, from_library, int_at_least, number_in, one_of,
                                      positive)
@@ -108,11 +108,8 @@ def check_lpips(config, metric: str) -> None:
     lpips.channel_weights_path(lp.net, lp.channel_weights)
   except FileNotFoundError as e:
     raise ConfigError(f"config.distill.lpips.channel_weights: {e}") from None
-  if lp.resize is not None:
-    from_library("distill.lpips.resize", lpips.check_inputs, (1, 1, 1, 3), (1, 1, 1, 3),
-                 lp.net, lp.resize)
-  lat = config.get("latent")
-  if lat is not None and (lat.get("dataset") is not None or lat.get("autoencoder") is not None):
+  from_library("distill.lpips.resize", lpips.check_resize, lp.net, lp.resize)
+  if latent.is_latent(config):
     raise ConfigError("config.distill.metric='lpips' compares images; this run is in an "
                       "autoencoder's latent space (config.latent): use 'l2' or 'pseudo_huber'")
   if config.data.name in toy2d.available():
