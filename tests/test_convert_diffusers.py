@@ -183,6 +183,14 @@ def test_legacy_torch_reader_values_views_and_dtypes():
     np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
+def test_legacy_torch_reader_takes_a_checkpoints_state_dict():
+  # make_legacy_fixture.py: torch.save({'epoch': 3, 'state_dict': {'w': base[:2]}}) (legacy).
+  got = files.read_weights(LEGACY.replace("state_dict.pth", "checkpoint.pth"))
+  base = np.arange(24, dtype=np.float32).reshape(4, 6) / 8 - 1
+  assert list(got) == ["w"]
+  np.testing.assert_array_equal(got["w"], base[:2])
+
+
 def test_legacy_torch_reader_refuses_truncation_and_code(tmp_path):
   blob = open(LEGACY, "rb").read()
   cut = tmp_path / "cut.pth"

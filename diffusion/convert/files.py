@@ -271,7 +271,8 @@ def read_torch_legacy(path: str) -> Dict[str, np.ndarray]:
                               f"elements, the pickle says {storage.numel} x "
                               f"{storage.stype.name}: truncated or corrupt file")
       storage.array = np.frombuffer(raw, storage.stype.dtype.newbyteorder("<"))
+  if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    obj = obj["state_dict"]  # a training checkpoint: its state dict (as ``_state_dict_of``)
   if isinstance(obj, dict):
-    obj = type(obj)((k, v.build() if isinstance(v, _LegacyTensor) else v)
-                    for k, v in obj.items())
+    obj = {k: v.build() if isinstance(v, _LegacyTensor) else v for k, v in obj.items()}
   return _state_dict_of(obj, path)

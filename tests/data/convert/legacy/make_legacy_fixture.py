@@ -1,7 +1,8 @@
 """Writes tests/data/convert/legacy/state_dict.pth: a state dict in torch's legacy (pre-1.6)
 format, with what the legacy reader must get right: float32 / float64 / int64 / float16 storages,
 a transposed (non-contiguous) tensor, two tensors viewing one storage at different offsets, a
-0-d tensor. Every value is a formula the test repeats. Run once in the scratch torch venv of
+0-d tensor; and checkpoint.pth, a dict with the state dict under 'state_dict'. Every value is a
+formula the test repeats. Run once in the scratch torch venv of
 tests/data/make_lpips_fixture.py:
 
     /tmp/scratch-torch/bin/python tests/data/convert/legacy/make_legacy_fixture.py
@@ -26,3 +27,8 @@ state = OrderedDict([
 ])
 torch.save(state, OUT, _use_new_zipfile_serialization=False)
 print("wrote", OUT, os.path.getsize(OUT), "bytes")
+# A training checkpoint holding the state dict under 'state_dict' (read as that state dict).
+NESTED = os.path.join(os.path.dirname(OUT), "checkpoint.pth")
+torch.save({"epoch": 3, "state_dict": OrderedDict([("w", base[:2])])}, NESTED,
+           _use_new_zipfile_serialization=False)
+print("wrote", NESTED, os.path.getsize(NESTED), "bytes")
