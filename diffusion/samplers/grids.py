@@ -16,7 +16,8 @@ timestep spacings of discrete-time schedules.
                           trailing  round(N - i N / S) - 1: starts at the last step, n = N - 1.
                         'leading' and 'linspace' (S < N) never start at the last step: the flaw
                         Lin et al. fix with 'trailing'. S evaluations end at t_min (diffusers'
-                        DDIM with set_alpha_to_one=False); with final_denoise one more.
+                        DDIM with set_alpha_to_one=False; S - 1 when the last timestep is 0, as on
+                        linspace: its released step is the identity); with final_denoise one more.
 """
 from __future__ import annotations
 
