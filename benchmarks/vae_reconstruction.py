@@ -44,7 +44,6 @@ default the folder's name and the size); --note adds a line (e.g. "random weight
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -62,6 +61,7 @@ from hardware import with_machine_line  # noqa: E402
 
 from diffusion.convert import diffusers_vae  # noqa: E402  (numpy only: no jax, no torch)
 from diffusion.convert.diffusers_unet import find_weights, read_json  # noqa: E402
+from diffusion.io_utils import sha256_file  # noqa: E402  (stdlib only)
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 PHOTOS = ("china.jpg", "flower.jpg")
@@ -147,14 +147,6 @@ def check_size(size: int, cfg: Mapping[str, Any]) -> None:
   if size < 1 or size % f:
     raise ValueError(f"--size={size} must be a positive multiple of the VAE's downsampling "
                      f"factor {f} (block_out_channels {cfg['block_out_channels']})")
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 # -- stage 1: diffusers (torch; no jax) ----------------------------------------------------------
