@@ -91,7 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.sampler = "heun"  # a name from diffusion.samplers.registered_samplers()
   c.num_steps = 18  # grid intervals N (NFE depends on the sampler: see docs/samplers.md)
-  c.grid = "karras"  # uniform | karras | logsnr | quadratic | logsnr_power[:kappa]
+  # uniform | karras | logsnr | quadratic | logsnr_power[:kappa] | linspace | leading[:offset] |
+  # trailing | ays_sd15 | ays_sdxl | ays_svd | ays:<costs file> | fitted:<grids file> (the last
+  # two written by `python -m experiments.search_grid --method=ays|fit`; docs/samplers.md)
+  c.grid = "karras"
   c.rho = 7.0  # Karras grid exponent
   c.t_min = config_dict.placeholder(float)  # None: the schedule's t_min
   c.t_max = config_dict.placeholder(float)  # None: the schedule's t_max

@@ -23,10 +23,29 @@ search's trace and the settings; a file of the same name holds the same search, 
 back and printed, never recomputed or overwritten. Ends by printing the
 ``--config.sampling.num_steps=... --config.sampling.time_grid=...`` overrides that sample with
 the grid (--mode=sample and --mode=eval take them as they are).
+
+Two more methods choose grids for the run's deterministic samplers (docs/samplers.md, "Optimised
+time grids"):
+
+  --method=fit  --num_steps=5,10 [--samplers=dpmpp_2m,unipc] [--num_samples=N]
+      [--reference_sampler=dpmpp_3m --reference_steps=100] [--max_evals=300]
+      each sampler's grid for each step count fitted to its own error against the model's fine
+      solve (``diffusion.samplers.grid_fit``) from the first N noise draws of seed + 5;
+      writes W/grids/fit_step_<S>_<hash>.json (every grid in one file) and prints
+      --config.sampling.grid=fitted:<file>, which sample, eval and sweep take for any sampler
+      and step count the file holds;
+  --method=ays  [--num_samples=N] [--num_nodes=128]
+      Align Your Steps' KLUB of every step between K noise levels from the first N training
+      examples (``diffusion.samplers.ays``); writes W/grids/ays_step_<S>_<hash>.npz and prints
+      --config.sampling.grid=ays:<file>, the least-KLUB grid for any sampler and step count.
+
+Both refuse conditional models (the grid would depend on the labels drawn) and, like the greedy
+search, never recompute or overwrite a file of the same name.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -34,14 +53,16 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from absl import app, flags, logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import checkpoint
+from diffusion import checkpoint, networks
 from diffusion.config_checks import ConfigError
 from diffusion.io_utils import read_json
 from diffusion.metrics import inception
-from diffusion.samplers import grid_search
+from diffusion.samplers import ays, grid_fit, grid_search, registry
+from diffusion.samplers import grids as grids_lib
 from experiments import (build, cli, eval_common, generate, results, runtime, validate,
                          writers)
 from experiments.setup import restore_params
@@ -50,6 +71,7 @@ from experiments.writers import say
 Config = ml_collections.ConfigDict
 GRID_DIR = "grids"
 METRICS = {"sw": "sliced_wasserstein", "mmd": "mmd", "fid": "fid"}
+METHODS = ("greedy", "fit", "ays")
 
 
 def check_request(config: Config, num_steps: int, metric: str, iterations: int, sweeps: int,
@@ -164,30 +186,205 @@ def run(config: Config, workdir: str, num_steps: int, metric: str, *, iterations
   return {"grid": grid, "trace": trace, "path": path, "settings": key, "reused": False}
 
 
+def _check_method_request(config: Config, step_counts: Sequence[int],
+                          samplers: Sequence[str]) -> None:
+  """ConfigError unless fit / ays can run on ``config``."""
+  if config.model.conditional:
+    raise ConfigError("--method=fit / ays fit one grid for an unconditional model; "
+                      "config.model.conditional is True")
+  if config.sampling.time_grid is not None:
+    raise ConfigError("config.sampling.time_grid is set; the search chooses it: leave it unset")
+  for n in step_counts:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+      raise ConfigError(f"--num_steps={n!r} must be ints >= 1")
+  for name in samplers:
+    info = registry.sampler_info(name)
+    if info.kind != "deterministic" or info.adaptive:
+      raise ConfigError(f"--samplers: {name!r} is {'adaptive' if info.adaptive else info.kind}; "
+                        f"a fitted grid needs a fixed-step deterministic sampler")
+
+
+def _model_denoiser(s, params, config: Config) -> Callable:
+  """The EMA model's denoiser (the network's dtype of sampling.compute_dtype; clipped as
+  sampling.clip_denoised), unconditional."""
+  base = networks.eval_denoiser(s.net, params, s.schedule, s.param,
+                                compute_dtype=str(config.sampling.compute_dtype))
+  clip = bool(config.sampling.clip_denoised)
+
+  def denoise(x, t, cond=None):
+    x0 = base(x, t, None)
+    return jnp.clip(x0, -1.0, 1.0) if clip else x0
+
+  return denoise
+
+
+def _method_path(workdir: str, method: str, key: Dict[str, Any]) -> str:
+  ext = "npz" if method == "ays" else "json"
+  return os.path.join(workdir, GRID_DIR, f"{method}_step_{key['step']}_{results._hash(key)}.{ext}")
+
+
+def run_fit(config: Config, workdir: str, step_counts: Sequence[int], samplers: Sequence[str], *,
+            num_samples: Optional[int] = None, step: Optional[int] = None,
+            reference_sampler: str = "dpmpp_3m", reference_steps: int = 100,
+            max_evals: int = 300) -> Dict[str, Any]:
+  """--method=fit (module doc). Returns {'path', 'grids', 'reused'}."""
+  _check_method_request(config, step_counts, list(samplers) + [reference_sampler])
+  n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
+  if n < 1:
+    raise ConfigError(f"--num_samples={n} must be >= 1")
+  validate.validate(config, "sample", workdir)
+  validate.check_writable(os.path.join(workdir, GRID_DIR),
+                          f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
+  s, params, step = restore_params(config, workdir, step)
+  key = {"method": "fit", "step": int(step), "samplers": sorted(samplers),
+         "num_steps": sorted(int(k) for k in step_counts), "num_samples": n,
+         "seed": int(config.seed), "reference_sampler": reference_sampler,
+         "reference_steps": int(reference_steps), "max_evals": int(max_evals),
+         "t_min": config.sampling.t_min, "t_max": config.sampling.t_max,
+         "compute_dtype": str(config.sampling.compute_dtype),
+         "clip_denoised": bool(config.sampling.clip_denoised)}
+  path = _method_path(workdir, "fit", key)
+  saved = read_json(path)
+  if saved is not None:
+    if saved.get("settings") != json_roundtrip(key):
+      raise ConfigError(f"{path} holds a fit with other settings; it is never overwritten")
+    say(f"search_grid: {path} holds this fit already (same settings); read back")
+    return {"path": path, "grids": saved["grids"], "reused": True}
+  denoise = _model_denoiser(s, params, config)
+  shape = (n,) + tuple(s.example["x"].shape[1:])
+  x_T = s.schedule.prior_sample(jax.random.PRNGKey(int(config.seed) + 5), shape)
+  t0 = time.time()
+  ref_run = registry.build_sampler(reference_sampler, s.schedule, reference_steps,
+                                   grid="logsnr_power", t_min=config.sampling.t_min,
+                                   t_max=config.sampling.t_max, jit=False)
+  reference, _ = ref_run(denoise, jax.random.PRNGKey(0), x_T)
+  say(f"search_grid: reference {reference_sampler} x {reference_steps} steps ({time.time() - t0:.1f} s)")
+  out_grids: Dict[str, Dict[str, list]] = {}
+  traces: Dict[str, Dict[str, Any]] = {}
+  for name in samplers:
+    loss = grid_fit.trajectory_loss(name, s.schedule, denoise, x_T, reference)
+    for k in sorted(step_counts):
+      t0 = time.time()
+      grid, trace = grid_fit.fit_grid(loss, s.schedule, k, t_min=config.sampling.t_min,
+                                      t_max=config.sampling.t_max, max_evals=max_evals)
+      out_grids.setdefault(name, {})[str(k)] = [float(t) for t in grid]
+      traces.setdefault(name, {})[str(k)] = trace
+      say(f"search_grid: {name} {k} steps: loss {trace['init_loss']:.4g} ({trace['init']}) -> "
+          f"{trace['loss']:.4g} in {trace['num_evaluations']} runs ({time.time() - t0:.1f} s)")
+  if writers.is_main():
+    writers.write_json(path, {"format": grids_lib.FITTED_FORMAT, "schedule": s.schedule.name,
+                              "grids": out_grids, "traces": traces, "settings": key})
+  return {"path": path, "grids": out_grids, "reused": False}
+
+
+def json_roundtrip(value: Any) -> Any:
+  """``value`` as it reads back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def _data_samples(config: Config, n: int) -> np.ndarray:
+  """The first ``n`` training examples (the run's data pipeline, batches 0, 1, ...)."""
+  it = build.train_batches(config, 0, 0, 1)
+  rows = []
+  try:
+    while sum(len(r) for r in rows) < n:
+      rows.append(np.asarray(next(it)["x"]))
+  finally:
+    close = getattr(it, "close", None)
+    if close is not None:
+      close()
+  return np.concatenate(rows)[:n]
+
+
+def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
+            step: Optional[int] = None, num_nodes: int = 128) -> Dict[str, Any]:
+  """--method=ays (module doc). Returns {'path', 'costs', 'reused'}."""
+  _check_method_request(config, [], [])
+  n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
+  if n < 2:
+    raise ConfigError(f"--num_samples={n} must be >= 2")
+  validate.validate(config, "sample", workdir)
+  validate.check_writable(os.path.join(workdir, GRID_DIR),
+                          f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
+  if build.objective(config).batch_source == "pairs":
+    raise ConfigError("--method=ays needs the data; this run trains on (noise, sample) pairs")
+  s, params, step = restore_params(config, workdir, step)
+  key = {"method": "ays", "step": int(step), "num_samples": n, "num_nodes": int(num_nodes),
+         "seed": int(config.seed), "t_min": config.sampling.t_min,
+         "t_max": config.sampling.t_max, "compute_dtype": str(config.sampling.compute_dtype),
+         "clip_denoised": bool(config.sampling.clip_denoised),
+         "data": str(config.data.name)}
+  path = _method_path(workdir, "ays", key)
+  if os.path.exists(path):
+    c = ays.load_costs(path)
+    say(f"search_grid: {path} holds these AYS costs already; read back")
+    return {"path": path, "costs": c, "reused": True}
+  x0 = jnp.asarray(_data_samples(config, n))
+  t0 = time.time()
+  c = ays.klub_costs(_model_denoiser(s, params, config), s.schedule, x0,
+                     jax.random.PRNGKey(int(config.seed) + 6), num_nodes=num_nodes,
+                     t_min=config.sampling.t_min, t_max=config.sampling.t_max)
+  say(f"search_grid: AYS costs on {num_nodes} noise levels x {n} examples "
+      f"({time.time() - t0:.1f} s)")
+  if writers.is_main():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ays.save_costs(path, c, key)
+  return {"path": path, "costs": c, "reused": False}
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
   f = flags.FLAGS
   if f["mode"].present:
     raise app.UsageError("--mode is not a flag of experiments.search_grid")
-  if f.config is None or not f.workdir or f.num_steps is None:
-    raise app.UsageError("--config, --workdir and --num_steps are required")
+  if f.config is None or not f.workdir:
+    raise app.UsageError("--config and --workdir are required")
+  if f.method != "ays" and not f.num_steps:
+    raise app.UsageError(f"--method={f.method} needs --num_steps")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   runtime.announce()
   try:
-    out = run(f.config, f.workdir, f.num_steps, f.metric, iterations=f.iterations,
-              sweeps=f.sweeps, num_samples=f.num_samples, step=f.step)
+    counts = [int(v) for v in f.num_steps]
+  except ValueError:
+    raise app.UsageError(f"--num_steps={f.num_steps} must be ints") from None
+  try:
+    if f.method == "greedy":
+      if len(counts) != 1:
+        raise ConfigError(f"--method=greedy searches one step count; got --num_steps={counts}")
+      out = run(f.config, f.workdir, counts[0], f.metric, iterations=f.iterations,
+                sweeps=f.sweeps, num_samples=f.num_samples, step=f.step)
+    elif f.method == "fit":
+      out = run_fit(f.config, f.workdir, counts, f.samplers or [str(f.config.sampling.sampler)],
+                    num_samples=f.num_samples, step=f.step,
+                    reference_sampler=f.reference_sampler, reference_steps=f.reference_steps,
+                    max_evals=f.max_evals)
+    else:
+      out = run_ays(f.config, f.workdir, num_samples=f.num_samples, step=f.step,
+                    num_nodes=f.num_nodes)
   except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
-  print(f"sample with the searched grid: {overrides(out['grid'])}", flush=True)
+  if f.method == "greedy":
+    print(f"sample with the searched grid: {overrides(out['grid'])}", flush=True)
+  else:
+    kind = "fitted" if f.method == "fit" else "ays"
+    print(f"sample with the {kind} grid: --config.sampling.grid={kind}:{out['path']}", flush=True)
 
 
 if __name__ == "__main__":
   cli.define_flags()  # --config (with overrides) and --workdir, as experiments.main has them
-  flags.DEFINE_integer("num_steps", None, "The sampler's steps N (the grid has N + 1 times).")
+  flags.DEFINE_enum("method", "greedy", list(METHODS), "greedy: CM's search on a metric; fit: "
+                    "grids fitted to each sampler's error; ays: Align Your Steps' KLUB costs.")
+  flags.DEFINE_list("num_steps", [], "The sampler's steps N (the grid has N + 1 times); "
+                    "--method=fit takes several.")
+  flags.DEFINE_list("samplers", [], "--method=fit: the samplers (default: the config's).")
+  flags.DEFINE_string("reference_sampler", "dpmpp_3m", "--method=fit: the fine solve's sampler.")
+  flags.DEFINE_integer("reference_steps", 100, "--method=fit: the fine solve's steps.")
+  flags.DEFINE_integer("max_evals", 300, "--method=fit: sampler runs per fitted grid.")
+  flags.DEFINE_integer("num_nodes", 128, "--method=ays: noise levels of the KLUB lattice.")
   flags.DEFINE_enum("metric", "sw", sorted(METRICS), "What the search minimises (eval's).")
   flags.DEFINE_integer("iterations", 8, "Golden-section steps per searched time.")
   flags.DEFINE_integer("sweeps", 0, "Passes of coordinate refinement after CM's greedy stages.")

@@ -494,7 +494,7 @@ def check_sampling(config: Config, schedule) -> None:
                               registry.logsnr_clip, schedule, s.t_min, s.t_max, s.logsnr_min,
                               s.logsnr_max)
   grid = from_library("sampling.grid", grids.time_grid, schedule, s.num_steps, s.grid,
-                      t_min=t_min, t_max=t_max, rho=s.rho)
+                      t_min=t_min, t_max=t_max, rho=s.rho, sampler=str(s.sampler))
   if not (np.all(np.isfinite(grid)) and np.all(np.diff(grid) < 0)):
     raise ConfigError(f"config.sampling.grid={s.grid!r} with num_steps={s.num_steps}, "
                       f"rho={s.rho} gives times that are not finite and strictly decreasing "

@@ -26,10 +26,15 @@ from typing import Optional, Tuple
 import numpy as np
 
 from diffusion import schedules as schedules_lib
+from diffusion.io_utils import read_json
+from diffusion.samplers import ays
 
 DEFAULT_KAPPA = 0.8
 SPACINGS = ("linspace", "leading", "trailing")
-GRIDS = schedules_lib.GRIDS + ("logsnr_power",) + SPACINGS
+PUBLISHED = tuple(f"ays_{name}" for name in ays.PUBLISHED)
+FILE_KINDS = ("ays", "fitted")  # 'ays:<file>', 'fitted:<file>'
+GRIDS = schedules_lib.GRIDS + ("logsnr_power",) + SPACINGS + PUBLISHED
+FITTED_FORMAT = "fitted_grids_v1"
 
 
 def discrete_timesteps(num_timesteps: int, num_steps: int, spacing: str,
@@ -90,12 +95,21 @@ def parse_power(kind: str) -> Optional[float]:
 
 def time_grid(schedule: schedules_lib.Schedule, num_steps: int, kind: str = "karras", *,
               t_min: Optional[float] = None, t_max: Optional[float] = None,
-              rho: float = 7.0) -> np.ndarray:
-  """Decreasing float64 times (N+1,) from t_max to t_min; kinds: ``GRIDS`` (see module doc).
-  Arguments are checked as in ``schedules.time_grid`` (num_steps an int >= 1, rho > 0,
-  schedule.t_min <= t_min < t_max <= schedule.t_max)."""
+              rho: float = 7.0, sampler: Optional[str] = None) -> np.ndarray:
+  """Decreasing float64 times (N+1,) from t_max to t_min; kinds: ``GRIDS``, 'ays:<file>' and
+  'fitted:<file>' (see module doc; 'fitted' needs the ``sampler``'s name). Arguments are checked
+  as in ``schedules.time_grid`` (num_steps an int >= 1, rho > 0, schedule.t_min <= t_min < t_max
+  <= schedule.t_max)."""
   if not isinstance(kind, str):
     raise TypeError(f"grid must be a str, one of {GRIDS}, got {kind!r}")
+  prefix, sep, path = kind.partition(":")
+  if sep and prefix in FILE_KINDS:
+    if prefix == "ays":
+      return ays.grid_from_costs(ays.load_costs(path), schedule, num_steps, t_min, t_max)
+    return fitted_grid(path, schedule, sampler, num_steps, t_min, t_max)
+  if kind in PUBLISHED:
+    _check_full_range(schedule, kind, t_min, t_max)
+    return ays.published_grid(schedule, kind[len("ays_"):], num_steps)
   spacing = parse_spacing(kind)
   if spacing is not None:
     return _spaced_grid(schedule, num_steps, *spacing, t_min=t_min, t_max=t_max)
@@ -104,7 +118,7 @@ def time_grid(schedule: schedules_lib.Schedule, num_steps: int, kind: str = "kar
     if kind not in schedules_lib.GRIDS:
       raise ValueError(f"unknown time grid {kind!r}; available: {GRIDS} "
                        "('logsnr_power:<kappa>' sets the exponent, 'leading:<offset>' the "
-                       "offset)")
+                       "offset; 'ays:<file>' / 'fitted:<file>' read a run's optimised grids)")
     return schedules_lib.time_grid(schedule, num_steps, kind, t_min=t_min, t_max=t_max, rho=rho)
   base = schedules_lib.time_grid(schedule, num_steps, "uniform", t_min=t_min, t_max=t_max)
   t_max, t_min = base[0], base[-1]
@@ -130,3 +144,38 @@ def _spaced_grid(schedule, num_steps, spacing, offset, t_min=None, t_max=None) -
   if t[-1] > end:
     t = np.append(t, end)
   return t
+
+
+def _check_full_range(schedule, kind, t_min, t_max) -> None:
+  if ((t_min is not None and t_min != schedule.t_min)
+      or (t_max is not None and t_max != schedule.t_max)):
+    raise ValueError(f"grid {kind!r} fixes its own noise levels: t_min / t_max (or logsnr_min / "
+                     f"logsnr_max) cannot be set with it")
+
+
+def fitted_grid(path: str, schedule: schedules_lib.Schedule, sampler: Optional[str],
+                num_steps: int, t_min: Optional[float] = None,
+                t_max: Optional[float] = None) -> np.ndarray:
+  """The grid of ``sampler`` with ``num_steps`` steps in the fitted-grids file ``path``
+  ({'format': FITTED_FORMAT, 'schedule', 'grids': {sampler: {str(N): [times]}}}), checked to
+  belong to ``schedule`` and to the requested ends (None: the grid's own)."""
+  n = schedules_lib.check_int("num_steps", num_steps)
+  doc = read_json(path)
+  if doc is None:
+    raise ValueError(f"no fitted-grids file {path!r} (python -m experiments.search_grid "
+                     f"--method=fit writes one)")
+  if not isinstance(doc, dict) or doc.get("format") != FITTED_FORMAT:
+    raise ValueError(f"{path} is not a fitted-grids file (format {FITTED_FORMAT!r})")
+  if doc.get("schedule") != schedule.name:
+    raise ValueError(f"{path} holds grids fitted for the {doc.get('schedule')!r} schedule, not "
+                     f"{schedule.name!r}")
+  held = {s: sorted(int(k) for k in g) for s, g in doc.get("grids", {}).items()}
+  grid = doc.get("grids", {}).get(sampler or "", {}).get(str(n))
+  if grid is None:
+    raise ValueError(f"{path} holds no grid fitted for sampler {sampler!r} with {n} steps; it "
+                     f"holds {held} (sampler: step counts)")
+  grid = np.asarray(grid, np.float64)
+  for name, want, have in (("t_min", t_min, grid[-1]), ("t_max", t_max, grid[0])):
+    if want is not None and not np.isclose(float(want), float(have), rtol=1e-9, atol=0.0):
+      raise ValueError(f"{name}={want!r} differs from the fitted grid's end {have!r} ({path})")
+  return grid

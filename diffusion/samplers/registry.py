@@ -246,7 +246,8 @@ def _sampling_grid(info: SamplerInfo, schedule, num_steps, grid, rho, t_min, t_m
   num_steps = schedules_lib.check_int("num_steps", num_steps)
   t_min, t_max = logsnr_clip(schedule, t_min, t_max, logsnr_min, logsnr_max)
   grid_t = grids_lib.time_grid(schedule, num_steps, "karras" if grid is None else grid,
-                               t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho)
+                               t_min=t_min, t_max=t_max, rho=7.0 if rho is None else rho,
+                               sampler=info.name)
   return engine.check_grid(grid_t, schedule, closed=info.kind == "flow_map",
                            pure_noise_start=info.pure_noise_start)
 
