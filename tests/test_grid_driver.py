@@ -272,3 +272,31 @@ def test_search_grid_refuses_bad_requests(teacher, kwargs, match):
   with pytest.raises(ConfigError, match=match):
     search_grid.check_request(_cd(teacher), args["num_steps"], args["metric"],
                               args["iterations"], args["sweeps"], args["num_samples"])
+
+
+def test_fit_and_ays_grids_are_written_once_and_sample_by_name(teacher):
+  """search_grid --method=fit / ays on a trained run: files under grids/, read back (never
+  recomputed), and the printed grid kinds validate and sample for any step count they hold."""
+  cfg = _config("edm", **{"eval.sweep_num_samples": 64})
+  fit = search_grid.run_fit(cfg, teacher, [2, 3], ["dpmpp_2m"], reference_steps=20,
+                            max_evals=12)
+  assert not fit["reused"] and os.path.basename(fit["path"]).startswith("fit_step_")
+  saved = json.load(open(fit["path"]))
+  assert sorted(saved["grids"]["dpmpp_2m"]) == ["2", "3"]
+  for k in ("2", "3"):
+    assert saved["traces"]["dpmpp_2m"][k]["loss"] <= saved["traces"]["dpmpp_2m"][k]["init_loss"]
+  again = search_grid.run_fit(cfg, teacher, [2, 3], ["dpmpp_2m"], reference_steps=20,
+                              max_evals=12)
+  assert again["reused"] and again["grids"] == saved["grids"]
+  costs = search_grid.run_ays(cfg, teacher, num_nodes=16)
+  assert os.path.basename(costs["path"]).startswith("ays_step_") and not costs["reused"]
+  assert search_grid.run_ays(cfg, teacher, num_nodes=16)["reused"]
+  for kind, steps in ((f"fitted:{fit['path']}", 3), (f"ays:{costs['path']}", 5)):
+    c = with_overrides(cfg, {"sampling.sampler": "dpmpp_2m", "sampling.num_steps": steps,
+                             "sampling.grid": kind})
+    validate(c, "sample", teacher, device_count=1, process_count=1)
+  bad = with_overrides(cfg, {"sampling.sampler": "unipc", "sampling.num_steps": 3,
+                             "sampling.grid": f"fitted:{fit['path']}"})
+  assert "no grid fitted for sampler 'unipc'" in _refused(bad, "sample")
+  with pytest.raises(ConfigError, match="fixed-step deterministic"):
+    search_grid.run_fit(cfg, teacher, [2], ["euler_maruyama"])
