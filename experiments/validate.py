@@ -468,7 +468,7 @@ def sampler_hparams(config: Config) -> dict:
   return {k: v for k, v in kw.items() if k not in GRID_FIELDS}
 
 
-def check_sampling(config: Config, schedule) -> None:
+def check_sampling(config: Config, schedule, mode: str = "sample") -> None:
   """sampling.*: a registered sampler accepting the set hyper-parameters, and a time grid that
   builds on the host for this schedule."""
   s = config.sampling
@@ -493,6 +493,8 @@ def check_sampling(config: Config, schedule) -> None:
   t_min, t_max = from_library("sampling.t_min/t_max/logsnr_min/logsnr_max",
                               registry.logsnr_clip, schedule, s.t_min, s.t_max, s.logsnr_min,
                               s.logsnr_max)
+  if mode == "sweep" and str(s.grid).startswith("fitted:"):
+    return  # a fitted grid per (sampler, steps): check_sweep checks each cell's
   grid = from_library("sampling.grid", grids.time_grid, schedule, s.num_steps, s.grid,
                       t_min=t_min, t_max=t_max, rho=s.rho, sampler=str(s.sampler))
   if not (np.all(np.isfinite(grid)) and np.all(np.diff(grid) < 0)):
@@ -620,9 +622,14 @@ def check_sweep(config: Config, mode: str) -> None:
     kind = from_library("eval.sweep_samplers", registry.sampler_info, name).kind
     check_sampler_kind("eval.sweep_samplers", name, kind, config)
     for b in budgets:
-      from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
-                   sweep_grid.steps_for_nfe, name, b,
-                   sweep_grid.sampler_hparams_for(config, name))
+      steps, _ = from_library(f"eval.sweep_samplers / eval.sweep_nfe ({name!r} at NFE {b})",
+                              sweep_grid.steps_for_nfe, name, b,
+                              sweep_grid.sampler_hparams_for(config, name))
+      if str(config.sampling.grid).startswith("fitted:"):  # the file must hold every cell's
+        s = config.sampling
+        from_library(f"sampling.grid ({name!r} at NFE {b}: {steps} steps)", grids.time_grid,
+                     build.schedule(config), steps, s.grid, t_min=s.t_min, t_max=s.t_max,
+                     sampler=name)
   if build.is_toy(config):
     int_at_least("eval.sweep_num_samples", e.sweep_num_samples, 2)
     int_at_least("data.num_heldout", config.data.num_heldout, 2)
@@ -827,7 +834,7 @@ def validate_config(config: Config, mode: str) -> None:
   check_objective(config, mode)
   check_training(config)
   check_optim(config)
-  check_sampling(config, schedule)
+  check_sampling(config, schedule, mode)
   check_eval(config)
   check_time_ranges(config, schedule)
   check_guidance(config, schedule, mode)

@@ -298,5 +298,10 @@ def test_fit_and_ays_grids_are_written_once_and_sample_by_name(teacher):
   bad = with_overrides(cfg, {"sampling.sampler": "unipc", "sampling.num_steps": 3,
                              "sampling.grid": f"fitted:{fit['path']}"})
   assert "no grid fitted for sampler 'unipc'" in _refused(bad, "sample")
+  sweep = with_overrides(cfg, {"sampling.grid": f"fitted:{fit['path']}",
+                               "eval.sweep_samplers": "dpmpp_2m", "eval.sweep_nfe": "2,3"})
+  validate(sweep, "sweep", teacher, device_count=1, process_count=1)  # every cell is held
+  sweep = with_overrides(sweep, {"eval.sweep_nfe": "2,4"})
+  assert "'dpmpp_2m' at NFE 4: 4 steps" in _refused(sweep, "sweep")
   with pytest.raises(ConfigError, match="fixed-step deterministic"):
     search_grid.run_fit(cfg, teacher, [2], ["euler_maruyama"])
