@@ -10,7 +10,8 @@ Set-up as benchmarks/samplers.py: VP schedule, t in [1e-3, 1], the 2-D and 64-D 
 t_min on 1,000 held-out starting points, x_ref the exact PF-ODE solution (diffrax Dopri8, rtol =
 atol = 1e-9, float64).
   ays     ``ays.klub_costs`` with the exact denoiser on 4,096 exact data samples and 256 noise
-          levels, the DP-optimal grid for each N (one set of costs serves every N and sampler);
+          levels, the DP-optimal grid for each N (one set of costs serves every N and sampler),
+          the levels' noise coupled by a Brownian path (the exact KLUB); ays_shared: by one eps;
   fitted  ``grid_fit.fit_grid`` per sampler and N: Nelder-Mead (at most 60 N sampler runs) from
           'logsnr_power' on 256 other starting points with their exact solutions.
 Writes benchmarks/results/optimised_grids.md and .json.
@@ -58,9 +59,10 @@ def run(quick: bool) -> List[Dict[str, Any]]:
     fit_x = np.asarray(sch.prior_sample(jax.random.PRNGKey(11), (256, dim)))
     fit_ref = exact(fit_x)
     t0 = time.time()
-    costs = ays.klub_costs(den, sch, gm.sample0(jax.random.PRNGKey(7), 4096),
-                           jax.random.PRNGKey(8), num_nodes=256)
-    ays_secs = time.time() - t0
+    costs = {c: ays.klub_costs(den, sch, gm.sample0(jax.random.PRNGKey(7), 4096),
+                               jax.random.PRNGKey(8), num_nodes=256, coupling=c)
+             for c in ays.COUPLINGS}
+    ays_secs = (time.time() - t0) / len(costs)
     for name in SAMPLERS:
       info = sampler_info(name)
       hp = {"final_denoise": False} if "final_denoise" in info.defaults() else {}
@@ -76,9 +78,10 @@ def run(quick: bool) -> List[Dict[str, Any]]:
         for g in HAND_GRIDS:
           e, n = err(num_steps=steps, grid=g)
           rows.append(dict(dim=dim, sampler=name, grid=g, steps=steps, nfe=n, rel_err=e))
-        e, n = err(time_grid=ays.grid_from_costs(costs, sch, steps))
-        rows.append(dict(dim=dim, sampler=name, grid="ays", steps=steps, nfe=n, rel_err=e,
-                         seconds=ays_secs))
+        for c, g in (("brownian", "ays"), ("shared", "ays_shared")):
+          e, n = err(time_grid=ays.grid_from_costs(costs[c], sch, steps))
+          rows.append(dict(dim=dim, sampler=name, grid=g, steps=steps, nfe=n, rel_err=e,
+                           seconds=ays_secs))
         loss = grid_fit.trajectory_loss(name, sch, den, jnp.asarray(fit_x), fit_ref, **hp)
         t0 = time.time()
         grid, trace = grid_fit.fit_grid(loss, sch, steps, max_evals=60 * steps)
@@ -87,7 +90,7 @@ def run(quick: bool) -> List[Dict[str, Any]]:
                          seconds=time.time() - t0, evaluations=trace["num_evaluations"],
                          times=[float(t) for t in grid]))
         print(f"[{dim}-D] {name:9s} NFE {n:3d}: " + "  ".join(
-            f"{r['grid']} {r['rel_err']:.4f}" for r in rows[-5:]), flush=True)
+            f"{r['grid']} {r['rel_err']:.4f}" for r in rows[-6:]), flush=True)
   return rows
 
 
@@ -112,25 +115,27 @@ def stochastic(quick: bool) -> List[Dict[str, Any]]:
     exact = np.asarray(gm.sample0(jax.random.PRNGKey(2), n))
     sw = lambda a, b: sliced_wasserstein(np.asarray(a), np.asarray(b), 0, num_projections=128)
     floor = sw(exact, gm.sample0(jax.random.PRNGKey(4), n))
-    costs = ays.klub_costs(den, sch, gm.sample0(jax.random.PRNGKey(7), 4096),
-                           jax.random.PRNGKey(8), num_nodes=256)
+    costs = {c: ays.klub_costs(den, sch, gm.sample0(jax.random.PRNGKey(7), 4096),
+                               jax.random.PRNGKey(8), num_nodes=256, coupling=c)
+             for c in ays.COUPLINGS}
     for name in ("ddpm", "euler_maruyama"):
       info = sampler_info(name)
       for nfe in ((10,) if quick else (10, 20)):
         steps = steps_for(info, info.resolve({}), nfe)
-        for g in HAND_GRIDS + ("ays",):
-          kw = ({"time_grid": ays.grid_from_costs(costs, sch, steps)} if g == "ays"
+        for g in HAND_GRIDS + ("ays", "ays_shared"):
+          c = {"ays": "brownian", "ays_shared": "shared"}.get(g)
+          kw = ({"time_grid": ays.grid_from_costs(costs[c], sch, steps)} if c
                 else {"num_steps": steps, "grid": g})
           x, out = build_sampler(name, sch, jit=False, **kw)(den, jax.random.PRNGKey(0), x_T)
           rows.append(dict(dim=dim, sampler=name, grid=g, steps=steps, nfe=int(out["nfe"]),
                            sw=sw(x, exact), floor=floor))
         print(f"[{dim}-D] {name:14s} NFE {rows[-1]['nfe']:3d}: " + "  ".join(
-            f"{r['grid']} {r['sw']:.4f}" for r in rows[-4:]), flush=True)
+            f"{r['grid']} {r['sw']:.4f}" for r in rows[-5:]), flush=True)
   return rows
 
 
 def stochastic_table(rows: List[Dict[str, Any]]) -> str:
-  grids = HAND_GRIDS + ("ays",)
+  grids = HAND_GRIDS + ("ays", "ays_shared")
   out = ["| dim | sampler | NFE | " + " | ".join(grids) + " | floor |",
          "|---:|---|---:|" + "---:|" * (len(grids) + 1)]
   keys = sorted({(r["dim"], r["sampler"], r["nfe"]) for r in rows})
@@ -144,7 +149,7 @@ def stochastic_table(rows: List[Dict[str, Any]]) -> str:
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-  grids = HAND_GRIDS + ("ays", "fitted")
+  grids = HAND_GRIDS + ("ays", "ays_shared", "fitted")
   ref = {(r["dim"], r["nfe"]): r["rel_err"] for r in rows
          if r["sampler"] == "dpmpp_2m" and r["grid"] == "logsnr"}
   out = ["| dim | sampler | NFE | " + " | ".join(grids) + " | best / DPM++(2M) logSNR |",

@@ -34,7 +34,7 @@ time grids"):
       writes W/grids/fit_step_<S>_<hash>.json (every grid in one file) and prints
       --config.sampling.grid=fitted:<file>, which sample, eval and sweep take for any sampler
       and step count the file holds;
-  --method=ays  [--num_samples=N] [--num_nodes=128]
+  --method=ays  [--num_samples=N] [--num_nodes=128] [--ays_coupling=brownian|shared]
       Align Your Steps' KLUB of every step between K noise levels from the first N training
       examples (``diffusion.samplers.ays``); writes W/grids/ays_step_<S>_<hash>.npz and prints
       --config.sampling.grid=ays:<file>, the least-KLUB grid for any sampler and step count.
@@ -297,9 +297,12 @@ def _data_samples(config: Config, n: int) -> np.ndarray:
 
 
 def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
-            step: Optional[int] = None, num_nodes: int = 128) -> Dict[str, Any]:
+            step: Optional[int] = None, num_nodes: int = 128,
+            coupling: str = "brownian") -> Dict[str, Any]:
   """--method=ays (module doc). Returns {'path', 'costs', 'reused'}."""
   _check_method_request(config, [], [])
+  if coupling not in ays.COUPLINGS:
+    raise ConfigError(f"--ays_coupling={coupling!r}; accepted: {list(ays.COUPLINGS)}")
   n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
   if n < 2:
     raise ConfigError(f"--num_samples={n} must be >= 2")
@@ -310,6 +313,7 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
     raise ConfigError("--method=ays needs the data; this run trains on (noise, sample) pairs")
   s, params, step = restore_params(config, workdir, step)
   key = {"method": "ays", "step": int(step), "num_samples": n, "num_nodes": int(num_nodes),
+         "coupling": coupling,
          "seed": int(config.seed), "t_min": config.sampling.t_min,
          "t_max": config.sampling.t_max, "compute_dtype": str(config.sampling.compute_dtype),
          "clip_denoised": bool(config.sampling.clip_denoised),
@@ -323,7 +327,8 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
   t0 = time.time()
   c = ays.klub_costs(_model_denoiser(s, params, config), s.schedule, x0,
                      jax.random.PRNGKey(int(config.seed) + 6), num_nodes=num_nodes,
-                     t_min=config.sampling.t_min, t_max=config.sampling.t_max)
+                     t_min=config.sampling.t_min, t_max=config.sampling.t_max,
+                     coupling=coupling)
   say(f"search_grid: AYS costs on {num_nodes} noise levels x {n} examples "
       f"({time.time() - t0:.1f} s)")
   if writers.is_main():
@@ -362,7 +367,7 @@ def main(argv: Sequence[str]) -> None:
                     max_evals=f.max_evals)
     else:
       out = run_ays(f.config, f.workdir, num_samples=f.num_samples, step=f.step,
-                    num_nodes=f.num_nodes)
+                    num_nodes=f.num_nodes, coupling=f.ays_coupling)
   except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
@@ -385,6 +390,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("reference_steps", 100, "--method=fit: the fine solve's steps.")
   flags.DEFINE_integer("max_evals", 300, "--method=fit: sampler runs per fitted grid.")
   flags.DEFINE_integer("num_nodes", 128, "--method=ays: noise levels of the KLUB lattice.")
+  flags.DEFINE_enum("ays_coupling", "brownian", ["brownian", "shared"], "--method=ays: the noise "
+                    "of the levels: one Brownian path (the exact KLUB) or one eps.")
   flags.DEFINE_enum("metric", "sw", sorted(METRICS), "What the search minimises (eval's).")
   flags.DEFINE_integer("iterations", 8, "Golden-section steps per searched time.")
   flags.DEFINE_integer("sweeps", 0, "Passes of coordinate refinement after CM's greedy stages.")

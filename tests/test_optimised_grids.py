@@ -13,24 +13,31 @@ from diffusion import analytic, schedules
 from diffusion.samplers import ays, build_sampler, grid_fit, grids
 
 
-def _gaussian_m(sig_j, sig_b, c):
-  """E||D_j - D_b||^2 / d for data N(0, c^2 I), x = x0 + sigma eps with one eps: D = w (c z +
-  sigma eps), w = c^2 / (c^2 + sigma^2)."""
+def _gaussian_m(sig_j, sig_b, c, coupling):
+  """E||D_j - D_b||^2 / d for data N(0, c^2 I): D = w x, w = c^2 / (c^2 + sigma^2), with
+  x = x0 + sigma eps (one eps: 'shared') or x0 + W(sigma^2) (a Brownian path: Cov(x_j, x_b) =
+  c^2 + min(sigma_j, sigma_b)^2)."""
   w = lambda s: c**2 / (c**2 + s**2)
-  return c**2 * (w(sig_j) - w(sig_b))**2 + (w(sig_j) * sig_j - w(sig_b) * sig_b)**2
+  if coupling == "shared":
+    return c**2 * (w(sig_j) - w(sig_b))**2 + (w(sig_j) * sig_j - w(sig_b) * sig_b)**2
+  cov = c**2 + np.minimum(sig_j, sig_b)**2
+  return (w(sig_j)**2 * (c**2 + sig_j**2) + w(sig_b)**2 * (c**2 + sig_b**2)
+          - 2 * w(sig_j) * w(sig_b) * cov)
 
 
-def test_klub_costs_equal_the_closed_form_on_gaussian_data():
+@pytest.mark.parametrize("coupling", ["brownian", "shared"])
+def test_klub_costs_equal_the_closed_form_on_gaussian_data(coupling):
   """On N(0, c^2 I) data with its exact denoiser the Monte Carlo KLUB of every lattice step
   equals the quadrature of the closed-form integrand (within the MC error of 20k samples)."""
   sch = schedules.VP()
   c, dim = 0.7, 4
   den = lambda x, t, cond=None: (c**2 / (c**2 + sch.edm_sigma(t)**2))[:, None] * x / sch.alpha(t)[:, None]
   x0 = c * jax.random.normal(jax.random.PRNGKey(0), (20_000, dim))
-  costs = ays.klub_costs(den, sch, x0, jax.random.PRNGKey(1), num_nodes=17)
+  costs = ays.klub_costs(den, sch, x0, jax.random.PRNGKey(1), num_nodes=17, coupling=coupling)
+  assert costs.coupling == coupling
   sig = costs.sigma
-  m = _gaussian_m(sig[:, None], sig[None, :], c)  # exact E||D_j - D_b||^2 / d
-  exact = ays.klub_from_lattice(sig, np.zeros((len(sig), 1, 1)))  # shape only
+  m = _gaussian_m(sig[:, None], sig[None, :], c, coupling)  # exact E||D_j - D_b||^2 / d
+  exact = np.full((len(sig), len(sig)), np.inf)
   f = m / sig[:, None]**2
   du = np.diff(np.log(sig))
   for b in range(1, len(sig)):

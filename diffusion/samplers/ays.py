@@ -9,9 +9,11 @@ Girsanov (AYS eq. 8-9 for s(t) = 1, sigma(t) = t),
 
   KLUB(a, b) = int_{sigma_a}^{sigma_b} sigma^-3 E || D(x_sigma, sigma) - D(x_{sigma_b}, sigma_b) ||^2 dsigma
 
-and the grid minimises the sum over its steps. Estimated as the paper does, from data samples
-x0 and noise eps with x_sigma = x0 + sigma eps (one eps per sample at every sigma: the
-forward-process pairs stand in for pairs of the reverse SDE's path, AYS App. B).
+and the grid minimises the sum over its steps. The expectation is over pairs of the reverse SDE's
+path, whose law is the forward process's (time reversal): estimated from data samples x0 with
+x_sigma = x0 + W(sigma^2), W one Brownian path per sample (``coupling='brownian'``, the default:
+no approximation beyond Monte Carlo and quadrature), or with one eps at every sigma, x_sigma =
+x0 + sigma eps (``coupling='shared'``: the pairs of a deterministic path).
 
 Here, deliberately unlike the paper's procedure (iterative coordinate search over one grid point
 at a time with importance-sampled t, and early stopping): the denoiser is evaluated once on a
@@ -110,12 +112,14 @@ class KlubCosts:
       (per data dimension); +inf on and below the diagonal.
     schedule: the schedule's name (checked against the schedule on use, with ``t``).
     num_samples: data samples of the estimate.
+    coupling: how the noise of the levels was coupled (``denoiser_lattice``).
   """
   sigma: np.ndarray
   t: np.ndarray
   costs: np.ndarray
   schedule: str
   num_samples: int
+  coupling: str = "brownian"
 
 
 def lattice(schedule: schedules_lib.Schedule, num_nodes: int,
@@ -133,35 +137,61 @@ def lattice(schedule: schedules_lib.Schedule, num_nodes: int,
   return sigma, t
 
 
+COUPLINGS = ("brownian", "shared")
+
+
 def denoiser_lattice(denoise: Callable, schedule: schedules_lib.Schedule, x0: Array, key,
-                     t: np.ndarray, cond=None, batch_nodes: int = 8) -> np.ndarray:
-  """D(alpha_k (x0 + sigma_k eps), t_k) at every lattice time t_k (K,) for the samples x0
-  (B, ...), one eps ~ N(0, I) per sample (drawn from ``key``) shared by every node: (K, B, d)
-  float64. ``denoise(x_t, t (B,), cond) -> x0_hat``; ``batch_nodes`` nodes per call."""
+                     t: np.ndarray, cond=None, batch_nodes: int = 8,
+                     coupling: str = "brownian") -> np.ndarray:
+  """D(alpha_k (x0 + W_k), t_k) at every increasing lattice time t_k (K,) for the samples x0
+  (B, ...): (K, B, d) float64, ``denoise(x_t, t (B,), cond) -> x0_hat``, ``batch_nodes`` nodes
+  per call. The noise W_k of sample b, from ``key``:
+
+    'brownian'  W_k = W_{k-1} + sqrt(sigma_k^2 - sigma_{k-1}^2) xi_k (W_0 = sigma_0 xi_0): one
+                Brownian path in sigma^2 per sample, so every pair (x_j, x_k) has the joint law
+                of the forward process, which is the reverse SDE's (its time reversal): the
+                KLUB's expectation without approximation;
+    'shared'    W_k = sigma_k eps, one eps at every level (the pairs of a deterministic path
+                x0 + sigma eps, an approximation of the reverse SDE's pairs)."""
+  if coupling not in COUPLINGS:
+    raise ValueError(f"coupling={coupling!r}; accepted: {COUPLINGS}")
   x0 = jnp.asarray(x0)
   if x0.ndim < 2 or x0.shape[0] < 2:
     raise ValueError(f"x0 must be (B, ...) with B >= 2 data samples, got shape {x0.shape}")
+  t = np.asarray(t, np.float64)
+  sig = scaled_sigma(schedule, t)
+  if not np.all(np.diff(sig) > 0):
+    raise ValueError("the lattice times must have increasing sigma(t) / alpha(t)")
+  b, nd = x0.shape[0], x0.ndim
   eps = jax.random.normal(key, x0.shape, x0.dtype)
-  b = x0.shape[0]
-
-  nd = x0.ndim
+  col = lambda v: jnp.repeat(v, b).reshape((-1,) + (1,) * (nd - 1))
 
   @jax.jit
-  def block(tb):  # (n,) times -> (n, B, d)
+  def block(tb, w):  # (n,) times, (n, B, ...) noise -> (n, B, d)
     n = tb.shape[0]
-    col = lambda v: jnp.repeat(v, b).reshape((-1,) + (1,) * (nd - 1))
-    reps = (n,) + (1,) * (nd - 1)
-    x = col(schedule.alpha(tb)) * jnp.tile(x0, reps) + col(schedule.sigma(tb)) * jnp.tile(eps, reps)
+    a = col(schedule.alpha(tb))
+    x = a * jnp.tile(x0, (n,) + (1,) * (nd - 1)) + a * w.reshape((n * b,) + x0.shape[1:])
     c = None if cond is None else jnp.tile(cond, (n,) + (1,) * (jnp.ndim(cond) - 1))
     return denoise(x, jnp.repeat(tb, b), c).reshape(n, b, -1)
 
-  t = np.asarray(t, np.float64)
   out = []
+  path = jnp.zeros_like(x0)
+  prev = 0.0
   for i in range(0, len(t), batch_nodes):
-    tb = t[i:i + batch_nodes]
-    pad = batch_nodes - len(tb)  # one compiled shape: pad the last block with its last time
-    tpad = np.concatenate([tb, np.full(pad, tb[-1])]) if pad else tb
-    out.append(np.asarray(block(jnp.asarray(tpad, x0.dtype)), np.float64)[:len(tb)])
+    idx = list(range(i, min(i + batch_nodes, len(t))))
+    ws = []
+    for k in idx:
+      if coupling == "shared":
+        ws.append(jnp.asarray(sig[k], x0.dtype) * eps)
+      else:
+        xi = jax.random.normal(jax.random.fold_in(key, k), x0.shape, x0.dtype)
+        path = path + jnp.asarray(np.sqrt(sig[k]**2 - prev**2), x0.dtype) * xi
+        prev = sig[k]
+        ws.append(path)
+    pad = batch_nodes - len(idx)  # one compiled shape: pad the last block with its last node
+    tb = np.concatenate([t[idx], np.full(pad, t[idx[-1]])])
+    w = jnp.stack(ws + [ws[-1]] * pad)
+    out.append(np.asarray(block(jnp.asarray(tb, x0.dtype), w), np.float64)[:len(idx)])
   return np.concatenate(out)
 
 
@@ -189,15 +219,18 @@ def klub_from_lattice(sigma: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def klub_costs(denoise: Callable, schedule: schedules_lib.Schedule, x0: Array, key,
                num_nodes: int = 128, t_min: Optional[float] = None,
-               t_max: Optional[float] = None, cond=None, batch_nodes: int = 8) -> KlubCosts:
+               t_max: Optional[float] = None, cond=None, batch_nodes: int = 8,
+               coupling: str = "brownian") -> KlubCosts:
   """The KLUB of every step between the nodes of ``lattice(schedule, num_nodes, t_min, t_max)``
   (module doc), estimated from the data samples x0 (B, ...) with ``denoise`` (K B denoiser
-  evaluations). With the exact denoiser of an analytic density (``analytic.GaussianMixture``)
-  the only errors are the Monte Carlo average over B samples and the quadrature."""
+  evaluations; ``coupling`` of the noise levels: ``denoiser_lattice``). With the exact denoiser
+  of an analytic density (``analytic.GaussianMixture``) and the 'brownian' coupling the only
+  errors are the Monte Carlo average over B samples and the quadrature."""
   sigma, t = lattice(schedule, num_nodes, t_min, t_max)
-  d = denoiser_lattice(denoise, schedule, x0, key, t, cond, batch_nodes)
+  d = denoiser_lattice(denoise, schedule, x0, key, t, cond, batch_nodes, coupling)
   return KlubCosts(sigma=sigma, t=t, costs=klub_from_lattice(sigma, d),
-                   schedule=str(schedule.name), num_samples=int(np.shape(x0)[0]))
+                   schedule=str(schedule.name), num_samples=int(np.shape(x0)[0]),
+                   coupling=coupling)
 
 
 def optimal_nodes(costs: np.ndarray, num_steps: int) -> np.ndarray:
@@ -253,7 +286,8 @@ def save_costs(path: str, c: KlubCosts, settings: Optional[Dict[str, Any]] = Non
     raise FileExistsError(f"{path} exists; AYS costs are never overwritten")
   tmp = path + ".tmp.npz"
   np.savez(tmp, format=COSTS_FORMAT, sigma=c.sigma, t=c.t, costs=c.costs, schedule=c.schedule,
-           num_samples=c.num_samples, settings=json.dumps(settings or {}, sort_keys=True))
+           num_samples=c.num_samples, coupling=c.coupling,
+           settings=json.dumps(settings or {}, sort_keys=True))
   os.replace(tmp, path)
 
 
@@ -268,14 +302,14 @@ def load_costs(path: str) -> KlubCosts:
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # np.load's errors, named
     raise ValueError(f"{path} is not a readable AYS costs file: {e}") from e
   fmt = str(arrays["format"]) if "format" in arrays else None
-  missing = sorted({"sigma", "t", "costs", "schedule", "num_samples"} - set(arrays))
+  missing = sorted({"sigma", "t", "costs", "schedule", "num_samples", "coupling"} - set(arrays))
   if fmt != COSTS_FORMAT or missing:
     raise ValueError(f"{path} is not an AYS costs file (format {fmt!r}, expected "
                      f"{COSTS_FORMAT!r}; missing {missing})")
   c = KlubCosts(sigma=np.asarray(arrays["sigma"], np.float64),
                 t=np.asarray(arrays["t"], np.float64),
                 costs=np.asarray(arrays["costs"], np.float64), schedule=str(arrays["schedule"]),
-                num_samples=int(arrays["num_samples"]))
+                num_samples=int(arrays["num_samples"]), coupling=str(arrays["coupling"]))
   k = len(c.sigma)
   if (c.t.shape != (k,) or c.costs.shape != (k, k) or not np.all(np.diff(c.sigma) > 0)
       or not np.all(np.isfinite(np.triu(c.costs, 1)[np.triu_indices(k, 1)]))):
