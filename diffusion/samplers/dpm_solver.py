@@ -416,7 +416,7 @@ def dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset
                           lower_order_final, final_denoise, warmup, d2_weight)
 
 
-@register_sampler("sde_dpmpp_2m", kind="stochastic", order=1.0,
+@register_sampler("sde_dpmpp_2m", kind="stochastic", order=2.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper=f"{P22B}, SDE-DPM-Solver++(2M) (sec. 5 / App.; data-prediction SDE)")
 def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
@@ -430,7 +430,15 @@ def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
   the increment of one Brownian path per sample over [t, s] (``diffusion/samplers/brownian.py``).
   The ``/r`` makes the drift second order on any grid (tests/test_brownian.py: on a grid whose
   step ratio alternates 1/3, 3 the drift alone converges at order 1.8 with it, 0.8 without); the
-  strong error does not show it, its noise term dominates (docs/samplers.md)."""
+  strong error does not show it, its noise term dominates (docs/samplers.md).
+
+  Order (the registry's, weak for SDE samplers): 2. The noise is exact in law, the drift second
+  order, and the multistep difference D_s - D_prev carries the previous step's noise into the
+  drift, the drift-noise correlation one step late (an O(h^2) effect in law); with only the grid's
+  Brownian increments the weak order cannot exceed 2, nor the strong order 1 (Clark & Cameron
+  1980). Measured: weak 2.00 exactly on Gaussian data (tests/test_sde_solvers.py), ~2 on the
+  mixture (benchmarks/results/sde_orders.md); strong 1.3 before its asymptote. (Registered 1
+  until the weak order was measured.)"""
   prog = sde_dpmpp_2m_program(schedule, time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
                             t_max=schedule.t_max)
@@ -503,8 +511,8 @@ def sde_dpmpp_multistep_update(schedule, ts: List[float], rows: List[int], t_nex
   ``sample_dpmpp_3m_sde`` (eta = 1) uses -phi_3 ('reference', as the ODE's DPM-Solver++(3M) of
   the reference code: ``dpmpp_multistep_update``); diffusers' DPMSolverMultistepScheduler
   (algorithm_type='sde-dpmsolver++', solver_order=3, diffusers 0.42.1) uses
-  (1 - e^{-H} - H)/H^2 - 1/2 = -(phi_3 + 1) ('diffusers'), an O(1) weight on the O(h^2) D_2: its
-  drift is then first order (tests/test_sde_solvers.py measures it)."""
+  (1 - e^{-H} - H)/H^2 - 1/2 = -(phi_3 + 1) ('diffusers'), an O(1) weight on D_2 (see
+  ``sde_dpmpp_3m``)."""
   a_t, sg_t, l_t = _as(schedule, t_next)
   a0, sg0, l0 = _as(schedule, ts[-1])
   h = l_t - l0
@@ -556,7 +564,8 @@ def sde_dpmpp_3m_program(schedule, time_grid, final_denoise: bool,
   return prog
 
 
-@register_sampler("sde_dpmpp_3m", kind="stochastic", order=2.0,
+@register_sampler("sde_dpmpp_3m", kind="stochastic",
+                  order=lambda hp: 1.0 if hp["d2_weight"] == "diffusers" else 2.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper=f"{P22B}, eq. 9 (data-prediction SDE), third-order multistep "
                         f"(k-diffusion's DPM-Solver++(3M) SDE, eta = 1)",
@@ -580,7 +589,9 @@ def sde_dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
   'reference' (-phi_3 D_2: k-diffusion's ``sample_dpmpp_3m_sde``, to reproduce its numbers),
   'diffusers' (-(phi_3 + 1) D_2: diffusers' DPMSolverMultistepScheduler, sde-dpmsolver++,
   solver_order=3, lower_order_final=False, solver_type='heun' for the second step; equal to ours
-  to 1e-12 on tests/data/sde_solvers; its drift is first order). ``noise='brownian_tree'``: z
+  to 1e-15 on tests/data/sde_solvers): an O(1) weight on the second difference of D, which on a
+  Brownian path is O(sqrt h), not O(h^2): weak order 1 (measured 0.9-1.0, tests/test_sde_solvers.py)
+  and no strong convergence at all (its strong error stays ~0.6 from 8 to 32 steps). ``noise='brownian_tree'``: z
   the increment of one Brownian path per sample over the step (as ``sde_dpmpp_2m``)."""
   prog = sde_dpmpp_3m_program(schedule, time_grid, final_denoise, d2_weight)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
@@ -642,7 +653,7 @@ def sde_dpmpp_2s(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
   (``sde_dpmpp_2s_step``), the intermediate evaluation at lambda_s + r h. NFE = 2 N (+1).
 
   Reference: diffusers' DPMSolverSinglestepScheduler(algorithm_type='sde-dpmsolver++',
-  solver_order=2) computes the same two updates (equal to 1e-12, tests/data/sde_solvers) but draws
+  solver_order=2) computes the same two updates (equal to 1e-15, tests/data/sde_solvers) but draws
   the noise of the full step independently of the intermediate step's; here the full step's noise
   is the intermediate's continued on the same path (z_1, z_2 over [s, s1], [s1, t]), which keeps
   the drift's correlation with the noise inside the step (weak order 2) and lets

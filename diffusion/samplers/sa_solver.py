@@ -147,7 +147,7 @@ def sa_solver(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offse
   predictor-corrector ODE solver; diffusers' default tau_func is 1 on timesteps [200, 800] and 0
   elsewhere, here a constant). Defaults as diffusers' SASolverScheduler (predictor_order=2,
   corrector_order=2, lower_order_final=True, no final denoise: its last sigma is the first
-  training sigma). Equal to diffusers 0.42.1 to 1e-12 on tests/data/sde_solvers. NFE = N (+1).
+  training sigma). Equal to diffusers 0.42.1 to 1e-15 on tests/data/sde_solvers. NFE = N (+1).
 
   Order (the registry's: weak for tau > 0): ``sa_solver_order``. Xue et al. state convergence of
   order p (predictor) / p + 1 (corrector) for the ODE-like part; with tau > 0 the scheme sees the
