@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from diffusion import schedules
-from diffusion.samplers import build_sampler, engine, sampler_info
+from diffusion.samplers import build_sampler, engine, gaussian_law, sampler_info
 from diffusion.samplers.dpm_solver import sde_dpmpp_2s_program, sde_dpmpp_3m_program
 from diffusion.samplers.sa_solver import sa_solver_program
 from tests import test_brownian as tb
@@ -126,13 +126,11 @@ def test_nfe_and_validation():
 
 
 # ------------------------------------------------------------------------------------------------
-# Weak order, exactly: Gaussian data, where every sampler here is affine in x_T and its normals
+# Weak order, exactly: Gaussian data, where every program is affine in x_T and its normals
 # ------------------------------------------------------------------------------------------------
-# With x0 ~ N(MU, C0) the denoiser is affine, D(x, t) = A_t x + b_t, so a program's x_N is an
-# affine function of x_T and of the rows' normals, and its law (Gaussian) follows from the
-# program's coefficients with no Monte Carlo: the weak error |E x_N - E x| + |Cov x_N - Cov x|_F
-# against the exact marginal at t_min, x_T drawn from the exact marginal at t_max. (The law does
-# not depend on the noise: 'brownian_tree' and 'independent' draw the same.)
+# diffusion/samplers/gaussian_law.py: the output's law from the program's coefficients, no Monte
+# Carlo; the weak error |E x_N - E x| + |Cov x_N - Cov x|_F against the exact marginal at t_min,
+# x_T drawn from the exact marginal at t_max.
 
 WSCH = tb.SCH  # VP on t in [0.05, 0.5], as tests/test_brownian.py
 MU = np.array([0.7, -0.4])
@@ -140,58 +138,8 @@ C0 = np.array([[0.5, 0.2], [0.2, 0.15]])
 WEAK_STEPS = (32, 64, 128)
 
 
-def gaussian_denoiser(t):
-  """(A_t, b_t): E[x0 | x_t = x] = A_t x + b_t = MU + a C0 (a^2 C0 + s^2 I)^{-1} (x - a MU)."""
-  a, s = (float(v) for v in engine.alpha_sigma(WSCH, t))
-  A = a * C0 @ np.linalg.inv(a * a * C0 + s * s * np.eye(2))
-  return A, MU - a * A @ MU
-
-
-def marginal(t):
-  a, s = (float(v) for v in engine.alpha_sigma(WSCH, t))
-  return a * MU, a * a * C0 + s * s * np.eye(2)
-
-
-def program_law(prog: engine.Program):
-  """(mean, cov) of x at the end of ``prog`` on the Gaussian data: every quantity is carried as
-  (G, c), value = G v + c over v = (x_T, then the y- and x-channel normals of each row)."""
-  d, n = 2, len(prog.rows)
-  width = d * (1 + 2 * n)
-
-  def const(mat=None, c=None):
-    return [np.zeros((d, width)) if mat is None else mat, np.zeros(d) if c is None else c]
-
-  def normal(r, ch):
-    g = np.zeros((d, width))
-    j = d * (1 + 2 * r + ch)
-    g[:, j:j + d] = np.eye(d)
-    return const(g)
-
-  def comb(form, get):
-    out = const()
-    for k, v in form.items():
-      g, c = get(k)
-      out = [out[0] + v * g, out[1] + v * c]
-    return out
-
-  x = const(np.eye(d, width))
-  outs = []
-  for r, row in enumerate(prog.rows):
-    y = comb(row.y, lambda k: x if k == "x" else normal(r, 0) if k == "z" else outs[k])
-    A, b = gaussian_denoiser(row.t)
-    m = [A @ y[0], A @ y[1] + b]
-    outs.append([row.p * y[0] + row.q * m[0], row.p * y[1] + row.q * m[1]])
-    env = {"x": x, "y": y, "m": m, "z": normal(r, 1)}
-    x = comb(row.x, lambda k: env[k] if isinstance(k, str) else outs[k])
-  m_T, c_T = marginal(WSCH.t_max)
-  g0, gz = x[0][:, :d], x[0][:, d:]
-  return g0 @ m_T + x[1], g0 @ c_T @ g0.T + gz @ gz.T
-
-
 def weak_error(prog):
-  mean, cov = program_law(prog)
-  m, c = marginal(WSCH.t_min)
-  return float(np.linalg.norm(mean - m) + np.linalg.norm(cov - c))
+  return gaussian_law.weak_error(prog, WSCH, MU, C0)
 
 
 def logsnr_grid(n):
@@ -297,3 +245,30 @@ def test_the_diffusers_third_order_sde_step_does_not_converge_strongly():
       return np.asarray(f(tb.mixture().denoiser(tb.SCH), jax.random.PRNGKey(0), tb.x_T64())[0])
 
   assert tb.rms(solve(32), solve(tb.REF_STEPS)) > 0.3
+
+
+def test_gaussian_law_matches_monte_carlo():
+  """gaussian_law.program_law against 40,000 samples of the engine itself (sa_solver, 4 steps):
+  mean and covariance within 4 standard errors."""
+  n = 40_000
+  mu, c0 = jnp.asarray(MU), jnp.asarray(C0)
+
+  def denoise(x, t, cond):
+    a, s = WSCH.alpha(t[0]), WSCH.sigma(t[0])
+    A = a * c0 @ jnp.linalg.inv(a * a * c0 + s * s * jnp.eye(2))
+    return x @ A.T + (mu - a * A @ mu)
+
+  grid = logsnr_grid(4)
+  m_T, c_T = gaussian_law.gaussian_marginal(WSCH, MU, C0, WSCH.t_max)
+  with jax.enable_x64(True):
+    x_T = jax.random.multivariate_normal(jax.random.PRNGKey(5), jnp.asarray(m_T),
+                                         jnp.asarray(c_T), (n,), jnp.float64)
+    x = np.asarray(build_sampler("sa_solver", WSCH, time_grid=grid)(
+        denoise, jax.random.PRNGKey(6), x_T)[0])
+  mean, cov = gaussian_law.program_law(sa_solver_program(WSCH, grid), WSCH, MU, C0, m_T, c_T)
+  se = np.sqrt(np.diag(cov) / n)
+  np.testing.assert_array_less(np.abs(x.mean(0) - mean), 4 * se)
+  se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n)
+  np.testing.assert_array_less(np.abs(np.cov(x.T) - cov), 4 * se_cov)
+  # Not the exact marginal at 4 steps (the comparison can fail).
+  assert weak_error(sa_solver_program(WSCH, grid)) > 10 * se.max()
