@@ -586,7 +586,8 @@ def sde_dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
   Cameron 1980), faster before the asymptote.
 
   ``d2_weight``: 'taylor' (default, -2 phi_3 D_2, the exact integral of the Taylor term),
-  'reference' (-phi_3 D_2: k-diffusion's ``sample_dpmpp_3m_sde``, to reproduce its numbers),
+  'reference' (-phi_3 D_2: k-diffusion's ``sample_dpmpp_3m_sde``, to reproduce its numbers;
+  equal to it to 1e-15 on tests/data/sde_solvers),
   'diffusers' (-(phi_3 + 1) D_2: diffusers' DPMSolverMultistepScheduler, sde-dpmsolver++,
   solver_order=3, lower_order_final=False, solver_type='heun' for the second step; equal to ours
   to 1e-15 on tests/data/sde_solvers): an O(1) weight on the second difference of D, which on a

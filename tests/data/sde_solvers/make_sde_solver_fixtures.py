@@ -1,16 +1,21 @@
-"""Writes tests/data/sde_solvers/reference.npz: diffusers' stochastic solvers on a toy denoiser.
+"""Writes tests/data/sde_solvers/reference.npz: diffusers' and k-diffusion's stochastic solvers.
 
 The ground truth of ``sde_dpmpp_3m``, ``sde_dpmpp_2s`` and ``sa_solver``
 (diffusion/samplers/dpm_solver.py, sa_solver.py) in tests/test_sde_solvers.py. diffusers (Apache
 licence) is run unmodified in float64 on a fixed VE-sigma grid (sigma = sigma_t / alpha_t of a VP
 process, diffusers' convention alpha = 1/sqrt(1 + sigma^2)), with the normals it uses fed in:
 
-* ``mstep3_<d2>``: DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', solver_order=3,
-  solver_type='heun', lower_order_final=False): its update methods
+* ``mstep3_diffusers/x``: DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++',
+  solver_order=3, solver_type='heun', lower_order_final=False): its update methods
   (``dpm_solver_first_order_update``, ``multistep_dpm_solver_second_order_update``,
   ``multistep_dpm_solver_third_order_update``) called in step()'s order 1, 2, 3, 3, ...  directly
   (step() casts the sample to float32); ``noise[i]`` the normal of step i.
-* ``sstep2_<solver_type>``: DPMSolverSinglestepScheduler(algorithm_type='sde-dpmsolver++',
+* ``kdiff3m/x``: k-diffusion's ``sample_dpmpp_3m_sde`` (MIT licence, k-diffusion 0.1.1.post1
+  from PyPI, installed with --no-deps: its function definition is read from
+  ``k_diffusion/sampling.py`` with ``ast`` and executed as written with torch and a plain
+  ``trange``; the module's other imports are not needed), eta = 1, on the VE-scaled x / alpha
+  (its output multiplied back by alpha), ``noise_sampler`` feeding ``noise[i]``.
+* ``sstep2_<solver_type>/x``: DPMSolverSinglestepScheduler(algorithm_type='sde-dpmsolver++',
   solver_order=2): per step s -> t, its first-order update to the intermediate s1 (VE sigma
   sqrt(sigma_s sigma_t): lambda midpoint) with normal z1, then its second-order update from s with
   normal (K z1 + C z2) / (sigma_t sqrt(1 - e^{-2h})), K = sigma_t e^{-h/2} sqrt(1 - e^{-h}),
@@ -26,13 +31,16 @@ per case ``<case>/x`` (B, D) the result at the last sigma (no final denoise) and
 The denoiser (also in the test): D(x, s) = 0.8 tanh(1.3 a x + 0.2) - 0.3 a x / (1 + s^2),
 a = 1/sqrt(1 + s^2), s the VE sigma.
 
-Made with torch 2.14 (CPU) and diffusers 0.42.1, numpy RandomState(0) normals, by
+Made with torch 2.14 (CPU), diffusers 0.42.1 and k-diffusion 0.1.1.post1, numpy RandomState(0)
+normals, by
 
     /work/torch_env/bin/python tests/data/sde_solvers/make_sde_solver_fixtures.py
 
 Deterministic (a second run writes equal arrays). Pytest does not collect this script (its name
 does not start with test_).
 """
+import ast
+import importlib.util
 import os
 
 import numpy as np
@@ -44,7 +52,7 @@ from diffusers.schedulers import scheduling_sasolver
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "reference.npz")
 B, D = 4, 3
-# Non-uniform in lambda (step ratios from 0.6 to 1.7), 8 steps.
+# Non-uniform in lambda (consecutive step ratios from 0.5 to 1.9), 8 steps.
 SIGMAS = np.array([9.0, 5.5, 2.4, 1.5, 0.8, 0.33, 0.21, 0.09, 0.05])
 SIGMAS_2S = np.array([7.0, 3.1, 1.2, 0.4, 0.17, 0.06])
 SA_CASES = ((2, 2, 1.0, True), (1, 1, 1.0, True), (3, 3, 0.7, True), (4, 4, 0.5, True),
@@ -61,7 +69,7 @@ def t64(a):
   return torch.tensor(np.asarray(a), dtype=torch.float64)
 
 
-def multistep3(x_T, noise, d2_variant):
+def multistep3(x_T, noise):
   sch = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3,
                                     solver_type="heun", lower_order_final=False)
   sch.sigmas = t64(SIGMAS)
@@ -79,6 +87,28 @@ def multistep3(x_T, noise, d2_variant):
     else:
       x = sch.multistep_dpm_solver_third_order_update(outs[-3:], sample=x, noise=z)
   return x.numpy()
+
+
+def kdiffusion_function(name):
+  """The function ``name`` of k_diffusion/sampling.py, its definition executed as written."""
+  path = os.path.join(importlib.util.find_spec("k_diffusion").submodule_search_locations[0],
+                      "sampling.py")
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+  namespace = {"torch": torch, "trange": lambda n, disable=None: range(n)}
+  exec(compile(ast.Module(body=[fn], type_ignores=[]), path, "exec"), namespace)
+  return namespace[name]
+
+
+def kdiffusion3m(x_T, noise):
+  sampler = kdiffusion_function("sample_dpmpp_3m_sde")
+  sig = t64(SIGMAS)
+  model = lambda x, s: denoise(x / torch.sqrt(1 + s[0]**2), s[0])
+  feed = iter(noise)
+  x = sampler(model, t64(x_T) * torch.sqrt(1 + sig[0]**2), sig, eta=1.0,
+              noise_sampler=lambda s, t: t64(next(feed)))
+  return (x / torch.sqrt(1 + sig[-1]**2)).numpy()
 
 
 def singlestep2(x_T, z1, z2, solver_type):
@@ -130,8 +160,8 @@ def main():
   out = {"sigmas": SIGMAS, "sigmas2s": SIGMAS_2S, "x_T": x_T}
   noise = rng.randn(n, B, D)
   out["noise"] = noise
-  for d2 in ("diffusers",):
-    out[f"mstep3_{d2}/x"] = multistep3(x_T, noise, d2)
+  out["mstep3_diffusers/x"] = multistep3(x_T, noise)
+  out["kdiff3m/x"] = kdiffusion3m(x_T, noise)
   z1, z2 = rng.randn(len(SIGMAS_2S) - 1, B, D), rng.randn(len(SIGMAS_2S) - 1, B, D)
   out["z1"], out["z2"] = z1, z2
   for st in ("midpoint", "heun"):
