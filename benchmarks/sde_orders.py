@@ -91,7 +91,7 @@ def main():
         print(name, hp, grid, [f"{e:.4f}" for e in strong], f"{rows[-1]['strong_order']:.2f}",
               f"{rows[-1]['weak_order']:.2f}", f"{rows[-1]['ref_vs_em']:.4f}", flush=True)
 
-    exact = exact_weak_orders()
+    exact_weak = exact_weak_orders()
 
     # The drift alone, with and without the /r.
     import diffrax
@@ -177,7 +177,7 @@ def main():
             "three N:", "",
             "| sampler | grid | weak error at N = " + " / ".join(map(str, EXACT_STEPS))
             + " | weak order | registered order |", "|---|---|---|---|---|"]
-  for r in exact:
+  for r in exact_weak:
     hp = "".join(f", {k}={v}" for k, v in r["hparams"].items())
     lines.append(f"| {r['sampler']}{hp} | {r['grid']} | "
                  + " / ".join(f"{e:.2e}" for e in r["errors"])
@@ -205,7 +205,7 @@ def main():
   with open(os.path.join(RESULTS, "sde_orders.md"), "w") as fh:
     fh.write(with_machine_line(md))
   with open(os.path.join(RESULTS, "sde_orders.json"), "w") as fh:
-    json.dump(dict(rows=rows, drift=drift, stochastic=stoch, exact_weak=exact), fh, indent=1)
+    json.dump(dict(rows=rows, drift=drift, stochastic=stoch, exact_weak=exact_weak), fh, indent=1)
   print(md)
 
 

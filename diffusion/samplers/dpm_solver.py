@@ -434,9 +434,10 @@ def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
 
   Order (the registry's, weak for SDE samplers): 2. The noise is exact in law, the drift second
   order, and the multistep difference D_s - D_prev carries the previous step's noise into the
-  drift, the drift-noise correlation one step late (an O(h^2) effect in law); with only the grid's
-  Brownian increments the weak order cannot exceed 2, nor the strong order 1 (Clark & Cameron
-  1980). Measured: weak 2.00 exactly on Gaussian data (tests/test_sde_solvers.py), ~2 on the
+  drift, the drift-noise correlation one step late (an O(h^2) effect in law). Seeing the path only
+  through its grid increments caps it there: each step misses the drift's response to the path
+  inside it (an O(h^3)-variance Gaussian independent of the increments), weak order <= 2, strong
+  <= 1 (Clark & Cameron 1980; docs/samplers.md). Measured: weak 2.00 exactly on Gaussian data (tests/test_sde_solvers.py), ~2 on the
   mixture (benchmarks/results/sde_orders.md); strong 1.3 before its asymptote. (Registered 1
   until the weak order was measured.)"""
   prog = sde_dpmpp_2m_program(schedule, time_grid, final_denoise)
