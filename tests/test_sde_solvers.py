@@ -279,3 +279,19 @@ def test_gaussian_law_matches_monte_carlo():
   np.testing.assert_array_less(np.abs(np.cov(x.T) - cov), 4 * se_cov)
   # Not the exact marginal at 4 steps (the comparison can fail).
   assert weak_error(sa_solver_program(WSCH, grid)) > 10 * se.max()
+
+
+@pytest.mark.parametrize("hp", [
+    dict(predictor_order=3, corrector_order=3, lower_order_final=False),
+    pytest.param(dict(predictor_order=3, corrector_order=3), marks=pytest.mark.slow),
+    pytest.param(dict(predictor_order=1, corrector_order=2, lower_order_final=False),
+                 marks=pytest.mark.slow)])
+def test_sa_solver_without_noise_is_an_ode_solver_of_the_registered_order(hp):
+  """tau = 0: the PF-ODE, the error against test_samplers' float64 reference at NFE 30-200 (its
+  ``measure_order``). Measured 3.01 (p = c = 3), 2.02 (the same with ``lower_order_final``: its
+  last step is a first-order predictor), 1.98 (p = 1, c = 2: the corrector adds one order)."""
+  from tests.test_samplers import measure_order
+  hp = dict(hp, tau=0.0)
+  s, nfes, errs = measure_order("sa_solver", hp, 64)
+  expected = sampler_info("sa_solver").order(sampler_info("sa_solver").resolve(hp))
+  assert abs(s - expected) <= 0.3, (hp, s, expected, errs)
