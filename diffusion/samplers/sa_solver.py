@@ -1,8 +1,8 @@
 """SA-Solver: stochastic Adams predictor-corrector on the data-prediction SDE (Xue et al. 2023,
 "SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models").
 
-The SDE family of Xue et al. (eq. 6) with stochasticity tau (tau = 0: the PF-ODE, tau = 1: the
-reverse SDE), solved exactly in its linear part in lambda = log(alpha / sigma) (2023, eq. 11):
+The SDE family of Xue et al. with stochasticity tau (tau = 0: the PF-ODE, tau = 1: the reverse
+SDE), data prediction, solved exactly in its linear part in lambda = log(alpha / sigma):
 
   x_t = sigma_t/sigma_s e^{-tau^2 h} x_s
         + (1 + tau^2) sigma_t e^{-tau^2 lambda_t} int_{lambda_s}^{lambda_t} e^{(1 + tau^2) l} D(l) dl
@@ -13,7 +13,7 @@ p latest) or through the new evaluation and earlier ones (corrector, order c). T
 Lagrange basis polynomial L_j is (substituting l = lambda_t + v)
   (1 + tau^2) alpha_t int_{-h}^0 e^{(1 + tau^2) v} L_j(lambda_t + v) dv
 (Gauss-Legendre, ``multistep.lagrange_integrals``; diffusers expands the polynomial in powers of
-the absolute lambda instead: the same numbers to ~1e-12 in float64).
+the absolute lambda instead: equal to 1e-15 in float64 on tests/data/sde_solvers).
 
 Step i (t_i -> t_{i+1}): evaluate D_i at the predicted x_i^p; correct x_i^c = x_{i-1}^c -> t_i
 again with the corrector through D_i, D_{i-1}, ... and the *same* xi_{i-1} (so x_i^c = x_i^p +
