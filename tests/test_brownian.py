@@ -34,7 +34,8 @@ SCH = schedules.VP(t_min=0.05, t_max=0.5)
 BATCH = 256
 REF_STEPS = 256
 NOISY = [n for n in ("euler_maruyama", "reverse_diffusion", "ddpm", "edm_stochastic",
-                     "euler_ancestral", "ddim", "sde_dpmpp_2m")]
+                     "euler_ancestral", "ddim", "sde_dpmpp_2m", "sde_dpmpp_3m", "sde_dpmpp_2s",
+                     "sa_solver")]
 
 
 @functools.lru_cache(None)

@@ -416,7 +416,7 @@ def dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset
                           lower_order_final, final_denoise, warmup, d2_weight)
 
 
-@register_sampler("sde_dpmpp_2m", kind="stochastic", order=1.0,
+@register_sampler("sde_dpmpp_2m", kind="stochastic", order=2.0,
                   nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
                   paper=f"{P22B}, SDE-DPM-Solver++(2M) (sec. 5 / App.; data-prediction SDE)")
 def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
@@ -430,7 +430,16 @@ def sde_dpmpp_2m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_of
   the increment of one Brownian path per sample over [t, s] (``diffusion/samplers/brownian.py``).
   The ``/r`` makes the drift second order on any grid (tests/test_brownian.py: on a grid whose
   step ratio alternates 1/3, 3 the drift alone converges at order 1.8 with it, 0.8 without); the
-  strong error does not show it, its noise term dominates (docs/samplers.md)."""
+  strong error does not show it, its noise term dominates (docs/samplers.md).
+
+  Order (the registry's, weak for SDE samplers): 2. The noise is exact in law, the drift second
+  order, and the multistep difference D_s - D_prev carries the previous step's noise into the
+  drift, the drift-noise correlation one step late (an O(h^2) effect in law). Seeing the path only
+  through its grid increments caps it there: each step misses the drift's response to the path
+  inside it (an O(h^3)-variance Gaussian independent of the increments), weak order <= 2, strong
+  <= 1 (Clark & Cameron 1980; docs/samplers.md). Measured: weak 2.00 exactly on Gaussian data (tests/test_sde_solvers.py), ~2 on the
+  mixture (benchmarks/results/sde_orders.md); strong 1.3 before its asymptote. (Registered 1
+  until the weak order was measured.)"""
   prog = sde_dpmpp_2m_program(schedule, time_grid, final_denoise)
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
                             t_max=schedule.t_max)
@@ -458,3 +467,200 @@ def sde_dpmpp_2m_program(schedule, time_grid, final_denoise: bool) -> Program:
   if final_denoise:
     prog.final_denoise(t[-1])
   return prog
+
+
+# ------------------------------------------------------------------------------------------------
+# Stochastic DPM-Solver++: (3M) SDE and (2S) SDE on the data-prediction SDE (Lu et al. 2022b, eq. 9)
+# ------------------------------------------------------------------------------------------------
+
+# The weight of D_2 in the third-order SDE update as a function of phi_3 = phi_3(2h) (see
+# ``sde_dpmpp_multistep_update``): the consistent Taylor term, k-diffusion's, diffusers'.
+SDE_D2_COEFFICIENTS = {"taylor": lambda phi3: -2.0 * phi3, "reference": lambda phi3: -phi3,
+                       "diffusers": lambda phi3: -(phi3 + 1.0)}
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def _check_sde_3m(hp):
+  if hp["d2_weight"] not in SDE_D2_COEFFICIENTS:
+    raise ValueError(f"sde_dpmpp_3m: d2_weight must be one of {sorted(SDE_D2_COEFFICIENTS)}, got "
+                     f"{hp['d2_weight']!r}")
+
+
+def _check_sde_2s(hp):
+  _check_r(hp["r"])
+  if hp["solver_type"] not in SOLVER_TYPES:
+    raise ValueError(f"sde_dpmpp_2s: solver_type must be one of {list(SOLVER_TYPES)}, got "
+                     f"{hp['solver_type']!r}")
+
+
+def sde_dpmpp_multistep_update(schedule, ts: List[float], rows: List[int], t_next: float,
+                               order: int, d2_weight: str = "taylor") -> engine.Lin:
+  """The SDE-DPM-Solver++ multistep update from ts[-1] = s to t_next = t (its noise not included)
+  with the data predictions of ``rows`` at times ``ts`` (oldest first), of order 1, 2 or 3.
+
+  The data-prediction SDE (Lu et al. 2022b, eq. 9) solved exactly in its linear part, in lambda:
+    x_t = sigma_t/sigma_s e^{-h} x_s + alpha_t int_{lambda_s}^{lambda_t} 2 e^{-2(lambda_t - l)}
+          D(l) dl + sigma_t sqrt(1 - e^{-2h}) z,
+  with D Taylor-expanded in lambda at lambda_s. With H = 2h, phi_1 = e^{-H} - 1,
+  phi_2 = phi_1/H + 1, phi_3 = phi_2/H - 1/2 (the same functions as the ODE's, at 2h) and D_1, D_2
+  the multistep differences of ``dpmpp_multistep_update`` (D_1 ~ h D', D_2 ~ h^2 D''/2):
+
+    x_t = sigma_t/sigma_s e^{-h} x - alpha_t phi_1 D_0 + alpha_t phi_2 D_1 + alpha_t c_3 D_2,
+
+  (order 2: D_1 = (D_0 - D_prev)/r, the 'heun' form of ``sde_dpmpp_2m``). The exact integral of
+  the quadratic term needs c_3 = -2 phi_3 (``d2_weight='taylor'``); k-diffusion's
+  ``sample_dpmpp_3m_sde`` (eta = 1) uses -phi_3 ('reference', as the ODE's DPM-Solver++(3M) of
+  the reference code: ``dpmpp_multistep_update``); diffusers' DPMSolverMultistepScheduler
+  (algorithm_type='sde-dpmsolver++', solver_order=3, diffusers 0.42.1) uses
+  (1 - e^{-H} - H)/H^2 - 1/2 = -(phi_3 + 1) ('diffusers'), an O(1) weight on D_2 (see
+  ``sde_dpmpp_3m``)."""
+  a_t, sg_t, l_t = _as(schedule, t_next)
+  a0, sg0, l0 = _as(schedule, ts[-1])
+  h = l_t - l0
+  big_h = 2.0 * h
+  phi1 = math.expm1(-big_h)
+  phi2 = phi1 / big_h + 1.0
+  m0 = rows[-1]
+  out = {"x": sg_t / sg0 * math.exp(-h), m0: -a_t * phi1}
+  if order == 1:
+    return out
+  _, _, lm1 = _as(schedule, ts[-2])
+  m1 = rows[-2]
+  r0 = (l0 - lm1) / h
+  d10 = {m0: 1.0 / r0, m1: -1.0 / r0}
+  if order == 2:
+    return engine.add(out, d10, scale=[1.0, a_t * phi2])
+  _, _, lm2 = _as(schedule, ts[-3])
+  m2 = rows[-3]
+  r1 = (lm1 - lm2) / h
+  phi3 = phi2 / big_h - 0.5
+  d11 = {m1: 1.0 / r1, m2: -1.0 / r1}
+  diff = engine.add(d10, d11, scale=[1.0, -1.0])
+  d1 = engine.add(d10, diff, scale=[1.0, r0 / (r0 + r1)])
+  d2 = engine.add(diff, scale=[1.0 / (r0 + r1)])
+  return engine.add(out, d1, d2,
+                    scale=[1.0, a_t * phi2, a_t * SDE_D2_COEFFICIENTS[d2_weight](phi3)])
+
+
+def sde_dpmpp_3m_program(schedule, time_grid, final_denoise: bool,
+                         d2_weight: str = "taylor") -> Program:
+  """The program of ``sde_dpmpp_3m``: one row per step (orders 1, 2, 3, 3, ...), its noise
+  interval the step's."""
+  t = engine.check_grid(time_grid, schedule)
+  prog = Program()
+  rows: List[int] = []
+  times: List[float] = []
+  for i in range(len(t) - 1):
+    r = prog.eval(t[i], noise_interval=(t[i], t[i + 1]))
+    rows.append(r)
+    times.append(float(t[i]))
+    upd = sde_dpmpp_multistep_update(schedule, times, rows, t[i + 1], min(3, len(rows)),
+                                     d2_weight)
+    _, sg_t, l_t = _as(schedule, t[i + 1])
+    h = l_t - float(half_logsnr(schedule, t[i]))
+    upd["z"] = sg_t * math.sqrt(-math.expm1(-2.0 * h))
+    prog.set_update(r, upd)
+  if final_denoise:
+    prog.final_denoise(t[-1])
+  return prog
+
+
+@register_sampler("sde_dpmpp_3m", kind="stochastic",
+                  order=lambda hp: 1.0 if hp["d2_weight"] == "diffusers" else 2.0,
+                  nfe=lambda n, hp: n + _fd(hp), nfe_per_step="1",
+                  paper=f"{P22B}, eq. 9 (data-prediction SDE), third-order multistep "
+                        f"(k-diffusion's DPM-Solver++(3M) SDE, eta = 1)",
+                  variants=({}, {"d2_weight": "reference"}, {"d2_weight": "diffusers"}),
+                  check=_check_sde_3m)
+def sde_dpmpp_3m(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+                 d2_weight: str = "taylor", final_denoise: bool = True,
+                 noise: str = "independent"):
+  """DPM-Solver++(3M) SDE: ``sde_dpmpp_multistep_update`` (second-order Taylor expansion of D in
+  lambda integrated exactly against e^{-2(lambda_t - lambda)}) plus the exact noise
+  sigma_t sqrt(1 - e^{-2h}) z; orders 1, 2, 3 at the first steps (as k-diffusion and diffusers),
+  no lower order at the end. NFE = N (+1 final denoise, as k-diffusion's last step to sigma = 0).
+
+  Weak order 2, not 3: the scheme sees the Brownian path only through its increments on the grid,
+  so the drift's response to the path inside a step (a Gaussian independent of the increments,
+  variance ~ h^3 per step) is missing, an O(h^2) error in law; the third-order drift shows as a
+  smaller constant (benchmarks/results/sde_orders.md). Strong order 1 for the same reason (Clark &
+  Cameron 1980), faster before the asymptote.
+
+  ``d2_weight``: 'taylor' (default, -2 phi_3 D_2, the exact integral of the Taylor term),
+  'reference' (-phi_3 D_2: k-diffusion's ``sample_dpmpp_3m_sde``, to reproduce its numbers;
+  equal to it to 1e-15 on tests/data/sde_solvers),
+  'diffusers' (-(phi_3 + 1) D_2: diffusers' DPMSolverMultistepScheduler, sde-dpmsolver++,
+  solver_order=3, lower_order_final=False, solver_type='heun' for the second step; equal to ours
+  to 1e-15 on tests/data/sde_solvers): an O(1) weight on the second difference of D, which on a
+  Brownian path is O(sqrt h), not O(h^2): weak order 1 (measured 0.9-1.0, tests/test_sde_solvers.py)
+  and no strong convergence at all (its strong error stays ~0.6 from 8 to 32 steps). ``noise='brownian_tree'``: z
+  the increment of one Brownian path per sample over the step (as ``sde_dpmpp_2m``)."""
+  prog = sde_dpmpp_3m_program(schedule, time_grid, final_denoise, d2_weight)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
+
+
+def sde_dpmpp_2s_step(prog: Program, schedule, s: float, t: float, r: float = 0.5,
+                      solver_type: str = "midpoint"):
+  """Adds one stochastic DPM-Solver++(2S) step s -> t: two rows, the noise of the step split at
+  the intermediate time s1 (lambda_s1 = lambda_s + r h) so that both sub-intervals draw from the
+  same Brownian path. With E(u) = e^{-u} and e2(u) = 1 - e^{-2u}:
+
+    u   = sigma_1/sigma_s E(r h) x_s + alpha_1 e2(r h) D_s + sigma_1 sqrt(e2(r h)) z_1     [s, s1]
+    x_t = sigma_t/sigma_1 E((1-r) h) u + (alpha_t e2(h) - sigma_t/sigma_1 E((1-r) h) alpha_1
+          e2(r h) - c) D_s + c D(u, s1) + sigma_t sqrt(e2((1-r) h)) z_2                     [s1, t]
+
+  i.e. x_t = sigma_t/sigma_s E(h) x_s + alpha_t e2(h) D_s + c (D(u) - D_s) + N, where N =
+  sigma_t E((1-r) h) sqrt(e2(r h)) z_1 + sigma_t sqrt(e2((1-r) h)) z_2 is the exact noise
+  sigma_t sqrt(e2(h)) z of the whole step written on its two halves (the semigroup of the linear
+  part; the first row's update moves x to u, so z_1 and z_2 are both the x-channel noise).
+  c = alpha_t e2(h) / (2 r) ('midpoint', diffusers' default) or alpha_t phi_2(2h) / r ('heun').
+  Returns (rows, their times)."""
+  _, sg_s, l_s = _as(schedule, s)
+  a_t, sg_t, l_t = _as(schedule, t)
+  h = l_t - l_s
+  s1 = float(t_from_half_logsnr(schedule, l_s + r * h))
+  a1, sg1, _ = _as(schedule, s1)
+  e2 = lambda u: -math.expm1(-2.0 * u)
+  r0 = prog.eval(s, noise_interval=(s, s1))
+  prog.set_update(r0, {"x": sg1 / sg_s * math.exp(-r * h), "m": a1 * e2(r * h),
+                       "z": sg1 * math.sqrt(e2(r * h))})
+  ratio = sg_t / sg1 * math.exp(-(1.0 - r) * h)
+  if solver_type == "midpoint":
+    c = a_t * e2(h) * 0.5 / r
+  else:
+    c = a_t * (math.expm1(-2.0 * h) / (2.0 * h) + 1.0) / r
+  r1 = prog.eval(s1, noise_interval=(s1, t))
+  prog.set_update(r1, {"x": ratio, r0: a_t * e2(h) - ratio * a1 * e2(r * h) - c, "m": c,
+                       "z": sg_t * math.sqrt(e2((1.0 - r) * h))})
+  return [r0, r1], [float(s), s1]
+
+
+def sde_dpmpp_2s_program(schedule, time_grid, final_denoise: bool, r: float = 0.5,
+                         solver_type: str = "midpoint") -> Program:
+  """The program of ``sde_dpmpp_2s`` (two rows per step)."""
+  return engine.stepwise_program(
+      lambda p, s, u: sde_dpmpp_2s_step(p, schedule, s, u, r, solver_type), schedule, time_grid,
+      final_denoise)
+
+
+@register_sampler("sde_dpmpp_2s", kind="stochastic", order=2.0,
+                  nfe=lambda n, hp: 2 * n + _fd(hp), nfe_per_step="2",
+                  paper=f"{P22B}, eq. 9 (data-prediction SDE) with the (2S) step, r = 1/2",
+                  variants=({}, {"solver_type": "heun"}), check=_check_sde_2s)
+def sde_dpmpp_2s(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
+                 r: float = 0.5, solver_type: str = "midpoint", final_denoise: bool = True,
+                 noise: str = "independent"):
+  """Stochastic DPM-Solver++(2S): the singlestep second-order solver of the data-prediction SDE
+  (``sde_dpmpp_2s_step``), the intermediate evaluation at lambda_s + r h. NFE = 2 N (+1).
+
+  Reference: diffusers' DPMSolverSinglestepScheduler(algorithm_type='sde-dpmsolver++',
+  solver_order=2) computes the same two updates (equal to 1e-15, tests/data/sde_solvers) but draws
+  the noise of the full step independently of the intermediate step's; here the full step's noise
+  is the intermediate's continued on the same path (z_1, z_2 over [s, s1], [s1, t]), which keeps
+  the drift's correlation with the noise inside the step (weak order 2) and lets
+  ``noise='brownian_tree'`` refine one path. (k-diffusion's ``sample_dpmpp_sde`` is another
+  method: ancestral steps, not the exact SDE solution.)"""
+  prog = sde_dpmpp_2s_program(schedule, time_grid, final_denoise, r, solver_type)
+  return engine.run_program(prog, denoise, key, x_T, cond, sample_offset, noise=noise,
+                            t_max=schedule.t_max)
