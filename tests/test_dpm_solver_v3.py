@@ -280,3 +280,33 @@ def test_program_constant_offsets():
   with pytest.raises(ValueError, match="data shape"):
     engine.run_program(prog, lambda y, t, c=None: y, jax.random.PRNGKey(0), jnp.zeros((1, 3)))
   assert info["nfe"] == 1
+
+
+def test_half_corrector_corrects_only_above_one_half():
+  sch = schedules.VP(t_min=0.05, t_max=0.5)  # every point at t <= 0.5: no correction at all
+  gm = analytic.random_mixture(0, 2)
+  x_T = sch.prior_sample(jax.random.PRNGKey(0), (8, 2))
+  run = lambda **hp: np.asarray(build_sampler("dpm_solver_v3", sch, 6, grid="logsnr", **hp)(
+      gm.denoiser(sch), jax.random.PRNGKey(1), x_T)[0])
+  np.testing.assert_array_equal(run(half_corrector=True), run(use_corrector=False))
+  assert not np.allclose(run(), run(use_corrector=False))
+
+
+def test_image_shaped_statistics_run(tmp_path):
+  """EMS of a non-linear denoiser on (n, 2, 2, 1) data in float32: shapes, and the sampler with
+  them (b's offsets broadcast over the batch)."""
+  def den(x, t, cond=None):
+    a = VP.alpha(t)[:, None, None, None]
+    return jnp.tanh(x) / (a + 0.5)
+
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (64, 2, 2, 1))
+  e = ems.estimate_ems(den, VP, x0, jax.random.PRNGKey(1), num_intervals=8, batch_size=32)
+  assert e.l.shape == e.s.shape == (9,) and e.b.shape == (9, 2, 2, 1)
+  assert np.all(np.isfinite(e.b)) and e.data_shape == (2, 2, 1)
+  exact = ems.estimate_ems(den, VP, x0, jax.random.PRNGKey(1), num_intervals=8, trace="exact")
+  np.testing.assert_allclose(exact.l, e.l, atol=0.1)  # Hutchinson vs the exact trace
+  p = str(tmp_path / "img.npz")
+  e.save(p)
+  x, out = build_sampler("dpm_solver_v3", VP, 4, grid="logsnr", statistics=p)(
+      den, jax.random.PRNGKey(2), jax.random.normal(jax.random.PRNGKey(3), (3, 2, 2, 1)))
+  assert x.shape == (3, 2, 2, 1) and np.all(np.isfinite(np.asarray(x))) and int(out["nfe"]) == 4

@@ -34,8 +34,9 @@ l = 0, s = -1, b = 0 DPM-Solver's noise prediction (g proportional to eps).
 Where we differ from the reference implementation: scalar l and s (``ems.py``); the sampling
 times are used as given (the reference rounds them to the EMS grid's nodes); lower-order final
 steps only when N < 10 like the other multistep samplers here (``lower_order_final_every_n``: at
-every N, as the reference); the reference's ``half`` option (corrector only for t > 0.5) is not
-implemented.
+every N, as the reference). ``half_corrector`` is the reference's ``half``: its code corrects
+only the points with t > 0.5 (its README says t <= 0.5; we follow the code), in the schedule's
+time, so it means what it does there only for schedules on t in [0, 1].
 """
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def _out_form(ints, schedule, t):
 
 def v3_program(schedule, time_grid, ems: ems_lib.EMS, order: int, p_pseudo: bool,
                use_corrector: bool, c_pseudo: bool, lower_order_final: bool,
-               lower_order_final_every_n: bool, final_denoise: bool) -> Program:
+               lower_order_final_every_n: bool, final_denoise: bool,
+               half_corrector: bool = False) -> Program:
   """The ``Program`` of ``dpm_solver_v3`` (module doc; the reference's ``sample`` loop)."""
   t = engine.check_grid(time_grid, schedule)
   n = len(t) - 1
@@ -168,7 +170,7 @@ def v3_program(schedule, time_grid, ems: ems_lib.EMS, order: int, p_pseudo: bool
     times.append(float(t[i]))
     p_prev = p
     c = p_prev + int(bool(c_pseudo))
-    if use_corrector and c > 1:
+    if use_corrector and c > 1 and (t[i] > 0.5 or not half_corrector):
       # Points (t_{i-1}, t_i, t_{i-2}, ...): the reference's corrector order.
       idx = [len(rows) - 2, len(rows) - 1] + list(range(len(rows) - 3, len(rows) - 1 - c, -1))
       corr = step_form(ints, schedule, times[-2], float(t[i]), [times[j] for j in idx],
@@ -184,7 +186,8 @@ def v3_program(schedule, time_grid, ems: ems_lib.EMS, order: int, p_pseudo: bool
 def _order(hp):
   """Global order: the lower-order start (a first-order first step, as the paper) caps it at 2,
   as for DPM-Solver++(3M) without warm-up; order 1 without an effective corrector is 1."""
-  corrects = hp["use_corrector"] and hp["order"] + int(bool(hp["c_pseudo"])) > 1
+  corrects = (hp["use_corrector"] and not hp["half_corrector"]
+              and hp["order"] + int(bool(hp["c_pseudo"])) > 1)
   return 1.0 if hp["order"] == 1 and not corrects else 2.0
 
 
@@ -199,14 +202,15 @@ def _order(hp):
 def dpm_solver_v3(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_offset=0,
                   statistics: str = "", order: int = 3, p_pseudo: bool = False,
                   use_corrector: bool = True, c_pseudo: bool = True,
-                  lower_order_final: bool = True, lower_order_final_every_n: bool = False,
-                  final_denoise: bool = False):
+                  half_corrector: bool = False, lower_order_final: bool = True,
+                  lower_order_final_every_n: bool = False, final_denoise: bool = False):
   """DPM-Solver-v3 (module doc). ``statistics``: '' (default: l = 1, s = b = 0, DPM-Solver++'s
   data prediction: no statistics needed), 'eps' (l = 0, s = -1: DPM-Solver's noise prediction),
   or the path of an .npz of ``ems.EMS`` computed for this schedule over a lambda range covering
   the grid. ``order`` 1-3 (the paper: 3 unconditional, 2 guided); ``p_pseudo`` /
   ``c_pseudo``: pseudo-order predictor / corrector (the reference's defaults False / True);
-  ``use_corrector``. NFE = N (+1 final denoise)."""
+  ``use_corrector``; ``half_corrector``: correct only at t > 0.5 (module doc).
+  NFE = N (+1 final denoise)."""
   t = engine.check_grid(time_grid, schedule)
   e = statistics_for(statistics, schedule, half_logsnr(schedule, t))
   if e.data_shape is not None and tuple(e.data_shape) != tuple(x_T.shape[1:]):
@@ -214,5 +218,5 @@ def dpm_solver_v3(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_o
                      f"has {tuple(x_T.shape[1:])}")
   prog = v3_program(schedule, t, e, int(order), bool(p_pseudo), bool(use_corrector),
                     bool(c_pseudo), bool(lower_order_final), bool(lower_order_final_every_n),
-                    bool(final_denoise))
+                    bool(final_denoise), bool(half_corrector))
   return engine.run_program(prog, denoise, key, x_T, cond, sample_offset)
