@@ -71,21 +71,26 @@ def test_node_l_and_f_match_closed_forms():
       np.testing.assert_allclose(f1, dA * z + dB, rtol=1e-9, atol=1e-9)
 
 
-def test_estimate_ems_isotropic_gaussian_is_exact():
+@pytest.mark.parametrize("sch", [VP, schedules.EDM(), schedules.RectifiedFlow(t_min=1e-3,
+                                                                                 t_max=0.99)],
+                         ids=["vp", "edm", "rectified_flow"])
+def test_estimate_ems_isotropic_gaussian_is_exact(sch):
+  """In lambda the statistics of Gaussian data do not depend on the schedule: l = 1/(1 + c^2
+  e^{2 lambda}), s = 0, b = -l' mu for VP, EDM (alpha = 1) and rectified flow alike."""
   c = 0.7
   gm = gaussian(c)
   with jax.enable_x64(True):
     x0 = gm.sample0(jax.random.PRNGKey(0), 16, jnp.float64)
-    e = ems.estimate_ems(gm.denoiser(VP), VP, x0, jax.random.PRNGKey(1), num_intervals=20,
+    e = ems.estimate_ems(gm.denoiser(sch), sch, x0, jax.random.PRNGKey(1), num_intervals=20,
                          batch_size=7)  # several batches: the merged moments
   lam = e.lambdas
-  np.testing.assert_allclose(lam[[0, -1]], 0.5 * VP.logsnr(np.array([VP.t_max, VP.t_min])))
+  np.testing.assert_allclose(lam[[0, -1]], 0.5 * sch.logsnr(np.array([sch.t_max, sch.t_min])))
   l = 1 / (1 + c * c * np.exp(2 * lam))
   dl = -2 * c * c * np.exp(2 * lam) / (1 + c * c * np.exp(2 * lam)) ** 2
-  np.testing.assert_allclose(e.l, l, rtol=1e-12)
+  np.testing.assert_allclose(e.l, l, rtol=1e-10)
   np.testing.assert_allclose(e.s, 0.0, atol=1e-9)
   np.testing.assert_allclose(e.b, -dl[:, None] * MU, rtol=1e-9, atol=1e-12)
-  assert e.num_samples == 16 and e.schedule == ems.schedule_id(VP)
+  assert e.num_samples == 16 and e.schedule == ems.schedule_id(sch)
 
 
 def test_estimate_ems_anisotropic_gaussian_population_values():
