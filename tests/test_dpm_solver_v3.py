@@ -315,3 +315,28 @@ def test_image_shaped_statistics_run(tmp_path):
   x, out = build_sampler("dpm_solver_v3", VP, 4, grid="logsnr", statistics=p)(
       den, jax.random.PRNGKey(2), jax.random.normal(jax.random.PRNGKey(3), (3, 2, 2, 1)))
   assert x.shape == (3, 2, 2, 1) and np.all(np.isfinite(np.asarray(x))) and int(out["nfe"]) == 4
+
+
+def test_matches_the_reference_implementation(tmp_path):
+  """Against the reference code's sampler (tests/data/dpm_solver_v3/README.md): the same EMS, the
+  same 5 times, every predictor / corrector setting, to ~1e-6 (its trapezoid rule on a 30x finer
+  resampling of the statistics against our exact integrals); without the statistics the
+  difference is 4e-2 to 1e-1."""
+  import os
+  here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "dpm_solver_v3")
+  z = dict(np.load(os.path.join(here, "inputs.npz")))
+  ref = dict(np.load(os.path.join(here, "reference.npz")))
+  p = str(tmp_path / "ems.npz")
+  ems.EMS(z["lambdas"], z["l"], z["s"], z["b"], str(z["schedule"]), int(z["num_samples"])).save(p)
+  gm = analytic.GaussianMixture(z["weights"], z["means"], z["eigvals"], z["eigvecs"])
+  settings = {"order3": {}, "order2": {"order": 2}, "p_pseudo": {"p_pseudo": True},
+              "c_order": {"c_pseudo": False}, "no_corrector": {"use_corrector": False},
+              "order3_degenerated": {"statistics": ""},
+              "no_corrector_degenerated": {"statistics": "", "use_corrector": False}}
+  with jax.enable_x64(True):
+    for name, hp in settings.items():
+      hp = {"statistics": p, **hp}
+      f = build_sampler("dpm_solver_v3", VP, time_grid=ref["timesteps"], **hp)
+      x = np.asarray(f(gm.denoiser(VP), jax.random.PRNGKey(0), jnp.asarray(z["x_T"]))[0])
+      err = np.linalg.norm(x - ref[name]) / np.linalg.norm(ref[name])
+      assert err < 2e-5, (name, err)
