@@ -34,6 +34,11 @@ def gaussian(c):
   return analytic.GaussianMixture.create([1.0], MU[None], (c * c)[None])
 
 
+def v_of(lam, c):
+  """v_i = alpha^2 c_i^2 + sigma^2 (VP)."""
+  return jax.nn.sigmoid(2 * lam) * np.asarray(c)**2 + jax.nn.sigmoid(-2 * lam)
+
+
 def closed_form(lam, c):
   """(l, dl/dlam, A (D,), dA/dlam, B, dB/dlam) for N(MU, diag(c^2)) at lambda (VP)."""
   c2 = np.broadcast_to(np.asarray(c, np.float64) ** 2, MU.shape)
@@ -60,8 +65,10 @@ def test_node_l_and_f_match_closed_forms():
       l, dl, A, dA, B, dB = closed_form(lam, c)
       lsum, dlsum = ems.node_l(gm.denoiser(VP), VP, lam, x0, eps, probes)
       # The Jacobian is diagonal: Hutchinson with Rademacher probes is exact here.
-      np.testing.assert_allclose(lsum / 64, l, rtol=1e-12)
-      np.testing.assert_allclose(dlsum / 64, dl, rtol=1e-9, atol=1e-12)
+      np.testing.assert_allclose(np.mean(lsum) / 64, l, rtol=1e-12)
+      np.testing.assert_allclose(np.mean(dlsum) / 64, dl, rtol=1e-9, atol=1e-12)
+      # Per coordinate: the diagonal sigma^2 / v_i.
+      np.testing.assert_allclose(lsum / 64, jax.nn.sigmoid(-2 * lam) / v_of(lam, c), rtol=1e-12)
       f, f1 = ems.node_f(gm.denoiser(VP), VP, lam, l, dl, x0, eps)
       a = float(jax.nn.sigmoid(2 * lam)) ** 0.5
       sg = float(jax.nn.sigmoid(-2 * lam)) ** 0.5
@@ -319,20 +326,24 @@ def test_image_shaped_statistics_run(tmp_path):
 
 def test_matches_the_reference_implementation(tmp_path):
   """Against the reference code's sampler (tests/data/dpm_solver_v3/README.md): the same EMS, the
-  same 5 times, every predictor / corrector setting, to ~1e-6 (its trapezoid rule on a 30x finer
-  resampling of the statistics against our exact integrals); without the statistics the
-  difference is 4e-2 to 1e-1."""
+  same 5 times, every predictor / corrector setting, scalar and per-coordinate statistics, to
+  ~1e-6 (its trapezoid rule on a 30x finer resampling of the statistics against our exact
+  integrals); without the statistics the difference is 4e-2 to 1e-1."""
   import os
   here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "dpm_solver_v3")
   z = dict(np.load(os.path.join(here, "inputs.npz")))
   ref = dict(np.load(os.path.join(here, "reference.npz")))
-  p = str(tmp_path / "ems.npz")
+  p, p_pc = str(tmp_path / "ems.npz"), str(tmp_path / "ems_pc.npz")
   ems.EMS(z["lambdas"], z["l"], z["s"], z["b"], str(z["schedule"]), int(z["num_samples"])).save(p)
+  ems.EMS(z["lambdas"], z["l_pc"], z["s_pc"], z["b_pc"], str(z["schedule"]),
+          int(z["num_samples"])).save(p_pc)
   gm = analytic.GaussianMixture(z["weights"], z["means"], z["eigvals"], z["eigvecs"])
   settings = {"order3": {}, "order2": {"order": 2}, "p_pseudo": {"p_pseudo": True},
               "c_order": {"c_pseudo": False}, "no_corrector": {"use_corrector": False},
               "order3_degenerated": {"statistics": ""},
-              "no_corrector_degenerated": {"statistics": "", "use_corrector": False}}
+              "no_corrector_degenerated": {"statistics": "", "use_corrector": False},
+              "order3_per_coordinate": {"statistics": p_pc},
+              "no_corrector_per_coordinate": {"statistics": p_pc, "use_corrector": False}}
   with jax.enable_x64(True):
     for name, hp in settings.items():
       hp = {"statistics": p, **hp}
@@ -340,3 +351,50 @@ def test_matches_the_reference_implementation(tmp_path):
       x = np.asarray(f(gm.denoiser(VP), jax.random.PRNGKey(0), jnp.asarray(z["x_T"]))[0])
       err = np.linalg.norm(x - ref[name]) / np.linalg.norm(ref[name])
       assert err < 2e-5, (name, err)
+
+
+def _per_coordinate_gaussian_ems(c, num_intervals=4000):
+  """The per-coordinate EMS of N(MU, diag(c^2)) in closed form: l_i = 1/(1 + c_i^2 e^{2 lam}),
+  s = 0, b_i = -l_i' mu_i (f_i = -l_i mu_i is deterministic)."""
+  lam = ems.lambda_grid(VP, num_intervals)
+  e2 = np.exp(2 * lam)[:, None] * c**2
+  l = 1 / (1 + e2)
+  dl = -2 * e2 / (1 + e2) ** 2
+  return ems.EMS(lam, l, np.zeros_like(l), -dl * MU, ems.schedule_id(VP), 0)
+
+
+def test_estimate_ems_per_coordinate_anisotropic_gaussian_is_exact():
+  c = np.array([0.3, 0.8, 1.5])
+  gm = gaussian(c)
+  with jax.enable_x64(True):
+    x0 = gm.sample0(jax.random.PRNGKey(0), 16, jnp.float64)
+    e = ems.estimate_ems(gm.denoiser(VP), VP, x0, jax.random.PRNGKey(1), num_intervals=10,
+                         batch_size=7, per_coordinate=True)
+  want = _per_coordinate_gaussian_ems(c, 10)
+  assert e.per_coordinate and e.l.shape == e.s.shape == e.b.shape == (11, 3)
+  np.testing.assert_allclose(e.l, want.l, rtol=1e-10)
+  np.testing.assert_allclose(e.s, 0.0, atol=1e-8)
+  np.testing.assert_allclose(e.b, want.b, rtol=1e-8, atol=1e-12)
+
+
+def test_per_coordinate_statistics_solve_anisotropic_gaussian_exactly(tmp_path):
+  c = np.array([0.3, 0.8, 1.5])
+  p = str(tmp_path / "pc.npz")
+  _per_coordinate_gaussian_ems(c).save(p)
+  gm = gaussian(c)
+  t = np.array([VP.t_max, 0.4, 0.1, VP.t_min])
+  with jax.enable_x64(True):
+    x_T = VP.prior_sample(jax.random.PRNGKey(0), (16, 3)).astype(jnp.float64)
+    x, _ = v3.dpm_solver_v3(gm.denoiser(VP), VP, jax.random.PRNGKey(1), x_T, t, statistics=p)
+    # The scalar statistics (the coordinates' mean l) cannot make this data's ODE linear.
+    lam = ems.lambda_grid(VP, 2000)
+    l_mean = np.mean(1 / (1 + np.exp(2 * lam)[:, None] * c**2), axis=1)
+    ps = str(tmp_path / "scalar.npz")
+    ems.EMS(lam, l_mean, np.zeros_like(lam), None, ems.schedule_id(VP), 0).save(ps)
+    xs, _ = v3.dpm_solver_v3(gm.denoiser(VP), VP, jax.random.PRNGKey(1), x_T, t, statistics=ps)
+  a0, s0 = float(VP.alpha(t[0])), float(VP.sigma(t[0]))
+  a1, s1 = float(VP.alpha(t[-1])), float(VP.sigma(t[-1]))
+  want = a1 * MU + (np.asarray(x_T) - a0 * MU) * np.sqrt((a1**2 * c * c + s1**2) /
+                                                         (a0**2 * c * c + s0**2))
+  np.testing.assert_allclose(np.asarray(x), want, rtol=1e-6, atol=1e-6)
+  assert np.abs(np.asarray(xs) - want).max() > 1e-3

@@ -113,32 +113,44 @@ def step_form(ints: ems_lib.EMSIntegrals, schedule, t_s: float, t_next: float,
   a_t = float(alpha_sigma(schedule, t_next)[0])
   l_s, l_t = float(half_logsnr(schedule, t_s)), float(half_logsnr(schedule, t_next))
   lam_j = np.asarray([float(half_logsnr(schedule, tj)) for tj in times])
+  # Scalar statistics: floats and (n,) arrays below; per coordinate: (D,) and (n, D).
   L_s, L_t = ints.L(l_s)[0], ints.L(l_t)[0]
   S_s = ints.S(l_s)[0]
   q, w = ints.quad(l_s, l_t)
   kern = np.exp(-(L_t - ints.L(q)) + ints.S(q) - S_s)  # e^{-(L_t - L_lam) + S_lam - S_s}
   k = len(times)
-  phi = np.array([np.sum(w * kern * (q - l_s)**i) / math.factorial(i) for i in range(k)])
+  phi = np.stack([np.tensordot(w * (q - l_s)**i, kern, axes=(0, 0)) / math.factorial(i)
+                  for i in range(k)])
   m = taylor_matrix(lam_j, pseudo)
-  wj = -a_t * phi @ m  # weights of g_j
-  out = {"x": a_t / a_s * math.exp(-(L_t - L_s))}
+  wj = -a_t * np.tensordot(m, phi, axes=(0, 0))  # weights of g_j: -a_t sum_i phi_i M_ij
+  coef = _coef_as(ints)
+  out = {"x": coef(a_t / a_s * np.exp(-(L_t - L_s)))}
   S_j = ints.S(lam_j)
   for r, wgt, sj in zip(rows, wj, S_j):
-    out[r] = out.get(r, 0.0) + float(wgt * math.exp(S_s - sj))
+    out[r] = out.get(r, 0.0) + coef(wgt * np.exp(S_s - sj))
   if ints.b is not None:
+    col = lambda v: v if np.ndim(v) == 2 else np.reshape(v, (-1, 1))  # (n,) -> (n, 1)
     bc_s = ints.Bc(l_s)[0]
-    gamma = math.exp(S_s) * (ints.Bc(lam_j) - bc_s)  # (k, D): g_j = e^{S_s - S_j} f_j - gamma_j
-    beta = np.exp(ints.S(q))[:, None] * (ints.Bc(q) - bc_s)  # (Q, D)
-    off = -wj @ gamma - a_t * np.einsum("q,qd->d", w * np.exp(-(L_t - ints.L(q))), beta)
+    gamma = np.exp(S_s) * (ints.Bc(lam_j) - bc_s)  # (k, D): g_j = e^{S_s - S_j} f_j - gamma_j
+    beta = col(np.exp(ints.S(q))) * (ints.Bc(q) - bc_s)  # (Q, D)
+    off = (-np.sum(col(wj) * gamma, axis=0)
+           - a_t * np.sum(w[:, None] * col(np.exp(-(L_t - ints.L(q)))) * beta, axis=0))
     out["c"] = off.reshape(ints.data_shape)
   return out
 
 
+def _coef_as(ints: ems_lib.EMSIntegrals):
+  """A float for scalar statistics; an array of the data's shape per coordinate."""
+  if ints.per_coordinate:
+    return lambda v: np.asarray(v, np.float64).reshape(ints.data_shape)
+  return float
+
+
 def _out_form(ints, schedule, t):
-  """(p, q) of f = ((1 - l) y - alpha m) / alpha at time t."""
+  """(p, q) of f = ((1 - l) y - alpha m) / alpha at time t (p per coordinate when l is)."""
   a = float(alpha_sigma(schedule, t)[0])
-  lj = float(ints.interp(ints.l, float(half_logsnr(schedule, t)))[0])
-  return (1.0 - lj) / a, -1.0
+  lj = ints.interp(ints.l, float(half_logsnr(schedule, t)))[0]
+  return _coef_as(ints)((1.0 - lj) / a), -1.0
 
 
 def v3_program(schedule, time_grid, ems: ems_lib.EMS, order: int, p_pseudo: bool,
@@ -177,7 +189,7 @@ def v3_program(schedule, time_grid, ems: ems_lib.EMS, order: int, p_pseudo: bool
                        [rows[j] for j in idx], c_pseudo)
       prog.set_update(r, corr)
     else:
-      prog.set_update(r, {"y": 1.0})  # x <- the prediction itself
+      prog.set_update(r, dict(pred))  # x <- the prediction itself (y)
   if final_denoise:
     prog.final_denoise(t[-1])
   return prog

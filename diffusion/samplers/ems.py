@@ -60,7 +60,8 @@ class EMS:
 
   Attributes:
     lambdas: (K+1,) strictly increasing lambda = log(alpha/sigma) nodes.
-    l, s: (K+1,) scalar statistics at the nodes.
+    l, s: (K+1,) scalar statistics at the nodes (ours), or (K+1, *data shape) per coordinate
+      (the paper's; ``estimate_ems(per_coordinate=True)``).
     b: (K+1, *data shape) vector statistic, or None (zero).
     schedule: ``schedule_id`` of the schedule they were computed for ('' for schedule-free
       constants).
@@ -80,19 +81,27 @@ class EMS:
         np.diff(lam) > 0):
       raise ValueError(f"EMS lambdas must be a strictly increasing finite 1-D array of >= 2 "
                        f"nodes, got shape {lam.shape}")
-    for name in ("l", "s"):
-      v = np.asarray(getattr(self, name), np.float64)
-      if v.shape != lam.shape or not np.all(np.isfinite(v)):
-        raise ValueError(f"EMS {name} must be finite with the lambdas' shape {lam.shape}, got "
-                         f"{v.shape}")
+    l, s = (np.asarray(v, np.float64) for v in (self.l, self.s))
+    for name, v in (("l", l), ("s", s)):
+      if v.ndim < 1 or v.shape[0] != lam.shape[0] or v.shape != l.shape or not np.all(
+          np.isfinite(v)):
+        raise ValueError(f"EMS {name} must be finite of shape (K+1,) or (K+1, *data shape) with "
+                         f"K+1 = {lam.shape[0]}, l and s alike, got {v.shape}")
     if self.b is not None:
       b = np.asarray(self.b, np.float64)
-      if b.ndim < 2 or b.shape[0] != lam.shape[0] or not np.all(np.isfinite(b)):
+      if b.ndim < 2 or b.shape[0] != lam.shape[0] or not np.all(np.isfinite(b)) or (
+          l.ndim > 1 and b.shape != l.shape):
         raise ValueError(f"EMS b must be finite of shape (K+1, *data shape) with K+1 = "
-                         f"{lam.shape[0]}, got {b.shape}")
+                         f"{lam.shape[0]} (per-coordinate l: its shape {l.shape}), got {b.shape}")
+
+  @property
+  def per_coordinate(self) -> bool:
+    return np.ndim(self.l) > 1
 
   @property
   def data_shape(self):
+    if self.per_coordinate:
+      return tuple(np.shape(self.l)[1:])
     return None if self.b is None else tuple(np.shape(self.b)[1:])
 
   def save(self, path: str):
@@ -159,7 +168,8 @@ def constant_ems(l: float, s: float, lam_lo: float, lam_hi: float) -> EMS:
 class EMSIntegrals:
   """Exact and Gauss-Legendre integrals of piecewise-linear EMS on their grid (float64).
 
-  L(lam) = int_{lambda_0}^{lam} l, S(lam) = int s (exact: piecewise quadratic),
+  L(lam) = int_{lambda_0}^{lam} l, S(lam) = int s (exact: piecewise quadratic; (n,) for scalar
+  statistics, (n, D) per coordinate, D the flattened data size),
   Bc(lam) = int_{lambda_0}^{lam} e^{-S(r)} b(r) dr (vector; ``n_gl``-point Gauss-Legendre per grid
   interval, whose integrand is smooth: ~1e-16 relative), and ``quad(a, c)``: nodes and weights of
   int_a^c split at the grid's nodes (a > c allowed: signed weights).
@@ -167,17 +177,25 @@ class EMSIntegrals:
 
   def __init__(self, ems: EMS, n_gl: int = 8):
     self.lam = np.asarray(ems.lambdas, np.float64)
-    self.l = np.asarray(ems.l, np.float64)
-    self.s = np.asarray(ems.s, np.float64)
+    k1 = len(self.lam)
+    self.per_coordinate = ems.per_coordinate
+    flat = (lambda v: v.reshape(k1, -1)) if self.per_coordinate else (lambda v: v)
+    self.l = flat(np.asarray(ems.l, np.float64))
+    self.s = flat(np.asarray(ems.s, np.float64))
     self.gl = np.polynomial.legendre.leggauss(n_gl)
-    dl = np.diff(self.lam)
-    self.L_nodes = np.concatenate([[0.0], np.cumsum(0.5 * dl * (self.l[1:] + self.l[:-1]))])
-    self.S_nodes = np.concatenate([[0.0], np.cumsum(0.5 * dl * (self.s[1:] + self.s[:-1]))])
+    dl = self._col(np.diff(self.lam))
+    zero = np.zeros((1,) + self.l.shape[1:])
+    self.L_nodes = np.concatenate([zero, np.cumsum(0.5 * dl * (self.l[1:] + self.l[:-1]), 0)])
+    self.S_nodes = np.concatenate([zero, np.cumsum(0.5 * dl * (self.s[1:] + self.s[:-1]), 0)])
     self.b = None if ems.b is None else np.asarray(ems.b, np.float64).reshape(len(self.lam), -1)
     self.data_shape = ems.data_shape
     if self.b is not None:
       pieces = self._pieces_b(np.arange(len(self.lam) - 1), self.lam[1:])
       self.B_nodes = np.concatenate([np.zeros((1, self.b.shape[1])), np.cumsum(pieces, axis=0)])
+
+  def _col(self, v):
+    """v (n,) as (n, 1) for per-coordinate statistics (broadcast against (n, D))."""
+    return v[:, None] if self.per_coordinate else v
 
   def _index(self, lam):
     return np.clip(np.searchsorted(self.lam, lam, side="right") - 1, 0, len(self.lam) - 2)
@@ -193,7 +211,7 @@ class EMSIntegrals:
   def _cum(self, nodes, v, lam):
     lam = np.atleast_1d(np.asarray(lam, np.float64))
     i = self._index(lam)
-    return nodes[i] + 0.5 * (lam - self.lam[i]) * (v[i] + self.interp(v, lam))
+    return nodes[i] + 0.5 * self._col(lam - self.lam[i]) * (v[i] + self.interp(v, lam))
 
   def L(self, lam):
     return self._cum(self.L_nodes, self.l, lam)
@@ -210,9 +228,10 @@ class EMSIntegrals:
     g, w = self.gl
     lo = self.lam[i]
     x = 0.5 * (c - lo)[:, None] * g[None] + 0.5 * (c + lo)[:, None]  # (n, G)
-    wx = 0.5 * (c - lo)[:, None] * w[None] * np.exp(-self.S(x.ravel())).reshape(x.shape)
+    wx = 0.5 * (c - lo)[:, None] * w[None]
+    es = np.exp(-self.S(x.ravel())).reshape(x.shape + (-1,))  # (n, G, 1 or D)
     bx = self.interp(self.b, x.ravel()).reshape(x.shape + (-1,))
-    return np.einsum("ng,ngd->nd", wx, bx)
+    return np.sum(wx[..., None] * es * bx, axis=1)
 
   def Bc(self, lam):
     """int_{lambda_0}^{lam} e^{-S(r)} b(r) dr, (n, D); zeros when b is None."""
@@ -258,12 +277,13 @@ def _at(schedule, lam):
 
 
 def node_l(denoise, schedule: Schedule, lam, x0, eps, probes, cond=None):
-  """(sum over samples of l, of dl/dlambda) at one lambda (jit-able; x0, eps (n, *shape), probes
-  (P, n, *shape)): each sample's l = 1 - alpha sum_p v_p^T J v_p / D, J = d x0_hat / dx at
+  """(sums over samples of l, of dl/dlambda), each of the data's shape, at one lambda (jit-able;
+  x0, eps (n, *shape), probes (P, n, *shape)): each sample's per-coordinate
+  l_i = 1 - alpha sum_p v_{p,i} (J v_p)_i (the diagonal of sigma grad eps; Hutchinson's diagonal
+  estimator for Rademacher probes, exact for the basis), J = d x0_hat / dx at
   x = alpha x0 + sigma eps, and its lambda-derivative by a JVP over the whole estimate (x0, eps
-  and the probes fixed)."""
+  and the probes fixed). The scalar l is their mean over the coordinates."""
   n = x0.shape[0]
-  dim = int(np.prod(x0.shape[1:]))
 
   def l_sum(lam_):
     t, a, sg = _at(schedule, lam_)
@@ -271,8 +291,8 @@ def node_l(denoise, schedule: Schedule, lam, x0, eps, probes, cond=None):
     tb = jnp.full((n,), t, x0.dtype)
     fn = lambda xx: denoise(xx, tb, cond)
     jv = jax.vmap(lambda v: jax.jvp(fn, (x,), (v,))[1])(probes)
-    tr = jnp.sum(probes * jv, axis=tuple(range(2, probes.ndim)))  # (P, n)
-    return jnp.sum(1.0 - a * jnp.sum(tr, axis=0) / dim)
+    diag = jnp.sum(probes * jv, axis=0)  # (n, *shape)
+    return jnp.sum(1.0 - a * diag, axis=0)
 
   lam = jnp.asarray(lam, x0.dtype)
   return jax.jvp(l_sum, (lam,), (jnp.ones_like(lam),))
@@ -298,26 +318,34 @@ def node_f(denoise, schedule: Schedule, lam, l, dl, x0, eps, cond=None):
   return (1.0 - l) * X - m, -dl * X + (1.0 - l) * (m - X) - z
 
 
-def solve_sb(n: int, sum_f, sum_f1, c_ff: float, c_f1f: float, ridge: float = 1e-10):
-  """(s, b) at one node from n samples' sums of f and f^(1) (D,) and their centred co-moments
-  summed over coordinates: s = C(f1, f) / (V(f) + ridge E||f||^2) (the ridge only matters when f
-  has no variance, e.g. Gaussian data with the optimal l, where any s fits exactly and s = 0 is
-  taken), b = E f1 - s E f."""
+def solve_sb(n: int, sum_f, sum_f1, c_ff, c_f1f, ridge: float = 1e-10,
+             per_coordinate: bool = False):
+  """(s, b) at one node from n samples' sums of f and f^(1) (D,) and their centred co-moments per
+  coordinate (D,): s = C(f1, f) / (V(f) + ridge E f^2), with C, V and E f^2 summed over the
+  coordinates (scalar s) or not (``per_coordinate``: s (D,)); the ridge only matters when f has
+  no variance, e.g. Gaussian data with the optimal l, where any s fits exactly and s = 0 is
+  taken; b = E f1 - s E f."""
   ef, ef1 = np.asarray(sum_f) / n, np.asarray(sum_f1) / n
-  var, cov = c_ff / n, c_f1f / n
-  s = float(cov / (var + ridge * (var + ef @ ef)))
-  return s, ef1 - s * ef
+  var, cov = np.asarray(c_ff) / n, np.asarray(c_f1f) / n
+  if not per_coordinate:
+    var, cov, ef2 = np.sum(var), np.sum(cov), ef @ ef
+  else:
+    ef2 = ef * ef
+  s = cov / (var + ridge * (var + ef2))
+  return (s if per_coordinate else float(s)), ef1 - s * ef
 
 
 def estimate_ems(denoise, schedule: Schedule, x0, key, *, num_intervals: int = 250,
                  t_min: Optional[float] = None, t_max: Optional[float] = None,
                  trace: str = "hutchinson", batch_size: int = 1024, cond=None,
-                 ridge: float = 1e-10) -> EMS:
+                 ridge: float = 1e-10, per_coordinate: bool = False) -> EMS:
   """EMS of ``denoise`` (x0_hat(x_t, t, cond)) from data samples ``x0`` (n, *shape) by the Monte
   Carlo procedure of the module docstring, on the uniform lambda grid of ``lambda_grid``.
   The computation runs in x0's dtype (use float64 inside ``jax.enable_x64`` for "exact"
   statistics of an exact denoiser). ``key`` draws eps and the Rademacher probes (one per
-  sample); ``trace='exact'`` uses the D basis vectors instead (D JVPs per sample)."""
+  sample); ``trace='exact'`` uses the D basis vectors instead (D JVPs per sample).
+  ``per_coordinate``: l and s per coordinate, the paper's EMS (the scalar ones are ours, module
+  doc; ``dpm_solver_v3`` takes both)."""
   if trace not in TRACES:
     raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
   if isinstance(num_intervals, bool) or not isinstance(num_intervals, int) or num_intervals < 1:
@@ -346,11 +374,12 @@ def estimate_ems(denoise, schedule: Schedule, x0, key, *, num_intervals: int = 2
                         jax.tree_util.tree_map(lambda c: c[sl] if np.ndim(c) else c, cond))
   ls, dls = [], []
   for lam in lams:
-    tot = np.zeros(2)
+    tot = np.zeros((2,) + shape)
     for sl in batches:
       tot += np.asarray(jl(lam, x0[sl], eps[sl], probes[:, sl], cond_of(sl)), np.float64)
-    ls.append(tot[0] / n)
-    dls.append(tot[1] / n)
+    tot /= n
+    ls.append(tot[0] if per_coordinate else float(np.mean(tot[0])))
+    dls.append(tot[1] if per_coordinate else float(np.mean(tot[1])))
   ss, bs = [], []
   for lam, l, dl in zip(lams, ls, dls):
     # Centred co-moments merged over batches (Chan et al.'s pairwise update): no cancellation
@@ -358,15 +387,16 @@ def estimate_ems(denoise, schedule: Schedule, x0, key, *, num_intervals: int = 2
     cnt, mf, mf1, cff, cf1f = 0, 0.0, 0.0, 0.0, 0.0
     for sl in batches:
       f, f1 = (np.asarray(v, np.float64).reshape(v.shape[0], -1)
-               for v in jf(lam, l, dl, x0[sl], eps[sl], cond_of(sl)))
+               for v in jf(lam, jnp.asarray(l, x0.dtype), jnp.asarray(dl, x0.dtype), x0[sl],
+                           eps[sl], cond_of(sl)))
       k = f.shape[0]
       bf, bf1 = f.mean(0), f1.mean(0)
       df, df1 = bf - mf, bf1 - mf1
       tot = cnt + k
-      cff += np.sum((f - bf)**2) + np.sum(df * df) * cnt * k / tot
-      cf1f += np.sum((f1 - bf1) * (f - bf)) + np.sum(df1 * df) * cnt * k / tot
+      cff = cff + np.sum((f - bf)**2, 0) + df * df * cnt * k / tot
+      cf1f = cf1f + np.sum((f1 - bf1) * (f - bf), 0) + df1 * df * cnt * k / tot
       mf, mf1, cnt = mf + df * k / tot, mf1 + df1 * k / tot, tot
-    s, b = solve_sb(n, mf * n, mf1 * n, cff, cf1f, ridge)
-    ss.append(s)
+    s, b = solve_sb(n, mf * n, mf1 * n, cff, cf1f, ridge, per_coordinate)
+    ss.append(np.reshape(s, shape) if per_coordinate else s)
     bs.append(b.reshape(shape))
   return EMS(lams, np.asarray(ls), np.asarray(ss), np.stack(bs), schedule_id(schedule), n)

@@ -9,7 +9,9 @@ stochastic sampler, ...) are, per denoiser evaluation ("row" r), a fixed linear 
   x     <- A_r x + E_r y_r + D_r m_r + sum_j B_rj H_j + C_r z'_r
 
 (plus, opt-in, a constant array c of the data's shape in y_r or in the update: the affine offsets
-of DPM-Solver-v3's b_lambda statistic; a program without one runs exactly as before)
+of DPM-Solver-v3's b_lambda statistic; and per-coordinate coefficients: a_r, b_rj, p_r, A_r, B_rj
+given as arrays of the data's shape, multiplying elementwise, for its per-coordinate statistics;
+a program without either runs exactly as before)
 
 with coefficients that depend only on the time grid. A family module builds a ``Program`` on the
 host in float64 (rows referring to earlier outputs by row index), ``Program.compile`` turns it
@@ -39,7 +41,8 @@ from diffusion.schedules import Schedule
 
 Array = Any
 Lin = Dict[Union[str, int], Any]  # a linear form over symbols 'x', 'y', 'm', 'z' and rows j (floats),
-# plus an optional constant 'c': a float64 array of the data's shape (an affine offset)
+# plus an optional constant 'c': a float64 array of the data's shape (an affine offset); the
+# coefficients of 'x' and of rows may be arrays of the data's shape (elementwise, per coordinate)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,7 +204,8 @@ class Program:
         raise ValueError(f"row {r}: noise_interval must be two distinct finite times, got "
                          f"{noise_interval!r}")
       noise_interval = (max(a, b), min(a, b))
-    self.rows.append(Row(float(t), y, float(out[0]), float(out[1]), x, noise_interval))
+    p = f64(out[0]) if np.ndim(out[0]) else float(out[0])  # per-coordinate p: an array
+    self.rows.append(Row(float(t), y, p, float(out[1]), x, noise_interval))
     return r
 
   def set_update(self, r: int, x: Lin):
@@ -230,9 +234,14 @@ class Program:
           look = max(look, r - j + 1)
     k = look
     arr = lambda: np.zeros((n,), np.float64)
+    diag = _diagonal_shape(rows)  # None, or the data shape of per-coordinate coefficients
     c = {name: arr() for name in ("t", "ya", "yc", "p", "q", "xa", "xe", "xd", "xc")}
     yb = np.zeros((n, max(k, 1)), np.float64)
     xb = np.zeros((n, max(k, 1)), np.float64)
+    if diag is not None:
+      for name in ("ya", "p", "xa"):
+        c[name] = np.zeros((n,) + diag)
+      yb, xb = (np.zeros((n, max(k, 1)) + diag) for _ in range(2))
     offsets = {}  # 'yo' / 'xo': (n, *data shape) constants, only when some row has one
     for ch, attr in (("yo", "y"), ("xo", "x")):
       cs = [getattr(row, attr).get("c") for row in rows]
@@ -262,7 +271,27 @@ class Program:
         else:
           xb[r, key % k] += v
     return Compiled(coef=c, yb=yb, xb=xb, k=k,
-                    noise_intervals=tuple(row.noise_interval for row in rows), offsets=offsets)
+                    noise_intervals=tuple(row.noise_interval for row in rows), offsets=offsets,
+                    diagonal=diag is not None)
+
+
+def _diagonal_shape(rows: List[Row]) -> Optional[Tuple[int, ...]]:
+  """The one data shape of the rows' array-valued coefficients ('x' and rows in y and x, and p),
+  or None when all are floats; ValueError for arrays elsewhere or of different shapes."""
+  shapes = set()
+  for r, row in enumerate(rows):
+    for form, name in ((row.y, "evaluation point"), (row.x, "update")):
+      for key, v in form.items():
+        if key != "c" and np.ndim(v):
+          if key in ("y", "m", "z"):
+            raise ValueError(f"row {r}: the {name}'s coefficient of {key!r} must be a float; "
+                             f"only 'x' and rows take per-coordinate arrays")
+          shapes.add(np.shape(v))
+    if np.ndim(row.p):
+      shapes.add(np.shape(row.p))
+  if len(shapes) > 1:
+    raise ValueError(f"per-coordinate coefficients must share one shape, got {sorted(shapes)}")
+  return shapes.pop() if shapes else None
 
 
 @dataclasses.dataclass
@@ -273,6 +302,7 @@ class Compiled:
   k: int
   noise_intervals: Tuple[Optional[Tuple[float, float]], ...] = ()
   offsets: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  diagonal: bool = False  # per-coordinate coefficients (ya, p, xa: (n, *S); yb, xb: (n, K, *S))
 
   @property
   def nfe(self) -> int:
@@ -357,6 +387,11 @@ def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=Non
   use = dict(yb=comp.k > 0 and nz(comp.yb), xb=comp.k > 0 and nz(comp.xb), yc=nz(c["yc"]),
              xc=nz(c["xc"]), xe=nz(c["xe"]), xd=nz(c["xd"]), p=nz(c["p"]),
              ya=nz(c["ya"] != 1.0))
+  if comp.diagonal:  # only then: other programs trace exactly as before
+    use["diag"] = True
+    if comp.coef["xa"].shape[1:] != x.shape[1:]:
+      raise ValueError(f"the program's per-coordinate coefficients have the data shape "
+                       f"{comp.coef['xa'].shape[1:]}, but x has {x.shape[1:]}")
   for ch in ("yo", "xo"):
     if ch in comp.offsets:  # only then: other programs trace exactly as before
       use[ch] = True
@@ -401,6 +436,8 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond, tables=None):
                                                s[f"{ch}_w"], shape, dt)
 
   def comb(w, h):
+    if use.get("diag"):  # w (K, *S), h (K, B, *S)
+      return jnp.sum(w[:, None] * h, axis=0)
     return jnp.tensordot(w, h, axes=1)
 
   def body(carry, s):

@@ -34,6 +34,8 @@ CONFIGS = {  # name: kwargs of the reference's sample() (our hyper-parameters in
 }
 # The same with the reference's degenerated=True (l = 1, s = b = 0: our statistics='').
 DEGENERATED = ("order3", "no_corrector")
+# The same with per-coordinate statistics (the paper's; estimate_ems(per_coordinate=True)).
+PER_COORDINATE = ("order3", "no_corrector")
 STEPS = 5
 INTERVALS = 250
 REFINE = 30
@@ -50,10 +52,13 @@ def inputs():
   x0 = gm.sample0(jax.random.PRNGKey(10), 1024, jnp.float64)
   e = ems.estimate_ems(gm.denoiser(sch), sch, x0, jax.random.PRNGKey(11),
                        num_intervals=INTERVALS, trace="exact")
+  pc = ems.estimate_ems(gm.denoiser(sch), sch, x0, jax.random.PRNGKey(11),
+                        num_intervals=INTERVALS, trace="exact", per_coordinate=True)
   x_T = np.asarray(sch.prior_sample(jax.random.PRNGKey(1), (16, 2)), np.float64)
   np.savez(os.path.join(HERE, "inputs.npz"), weights=gm.weights, means=gm.means,
            eigvals=gm.eigvals, eigvecs=gm.eigvecs, x_T=x_T, lambdas=e.lambdas, l=e.l, s=e.s,
-           b=e.b, schedule=np.asarray(e.schedule), num_samples=np.asarray(e.num_samples))
+           b=e.b, schedule=np.asarray(e.schedule), num_samples=np.asarray(e.num_samples),
+           l_pc=pc.l, s_pc=pc.s, b_pc=pc.b)
 
 
 def _mixture_eps(z, x, t):
@@ -86,18 +91,24 @@ def reference(reference_file: str):
   spec.loader.exec_module(ref)
   z = dict(np.load(os.path.join(HERE, "inputs.npz")))
   d = z["x_T"].shape[1]
-  stats = tempfile.mkdtemp()
+  def write_stats(l, s_, b):
+    """The statistics (K+1, D) resampled REFINE x finer, as the reference's l.npz / sb.npz."""
+    stats = tempfile.mkdtemp()
+    lam = z["lambdas"]
+    fine = np.linspace(lam[0], lam[-1], (len(lam) - 1) * REFINE + 1)
+    interp = lambda v: np.stack([np.interp(fine, lam, v[:, i]) for i in range(d)], 1).reshape(
+        -1, d, 1, 1)
+    np.savez(os.path.join(stats, "l.npz"), l=interp(l))
+    np.savez(os.path.join(stats, "sb.npz"), s=interp(s_), b=interp(b))
+    return stats
+
+  per_coord = lambda v: np.broadcast_to(v[:, None], (len(v), d))
   # The statistics resampled REFINE x finer (linear interpolation: the same piecewise-linear
   # functions our sampler integrates exactly), so the reference's trapezoid rule is ~REFINE^2
-  # times more accurate.
-  lam = z["lambdas"]
-  fine = np.linspace(lam[0], lam[-1], (len(lam) - 1) * REFINE + 1)
-  interp = lambda v: np.stack([np.interp(fine, lam, v[:, i]) for i in range(v.shape[1])], 1)
-  per_coord = lambda v: np.broadcast_to(np.interp(fine, lam, v).reshape(-1, 1, 1, 1),
-                                        (len(fine), d, 1, 1)).copy()
-  np.savez(os.path.join(stats, "l.npz"), l=per_coord(z["l"]))
-  np.savez(os.path.join(stats, "sb.npz"), s=per_coord(z["s"]),
-           b=interp(z["b"]).reshape(-1, d, 1, 1))
+  # times more accurate. Ours: scalar l, s (the same in every coordinate); the paper's: per
+  # coordinate.
+  stats = write_stats(per_coord(z["l"]), per_coord(z["s"]), z["b"])
+  stats_pc = write_stats(z["l_pc"], z["s_pc"], z["b_pc"])
   ns = ref.NoiseScheduleVP("linear", continuous_beta_0=0.1, continuous_beta_1=20.0)
 
   def model_fn(x, t):  # x (B, D, 1, 1)
@@ -106,10 +117,11 @@ def reference(reference_file: str):
     return torch.from_numpy(eps.reshape(x.shape)).to(x.dtype)
 
   out = {}
-  runs = [(name, kw, False) for name, kw in CONFIGS.items()]
-  runs += [(name + "_degenerated", CONFIGS[name], True) for name in DEGENERATED]
-  for name, kw, degenerated in runs:
-    solver = ref.DPM_Solver_v3(stats, ns, steps=STEPS, t_start=1.0, t_end=1e-3,
+  runs = [(name, kw, False, stats) for name, kw in CONFIGS.items()]
+  runs += [(name + "_degenerated", CONFIGS[name], True, stats) for name in DEGENERATED]
+  runs += [(name + "_per_coordinate", CONFIGS[name], False, stats_pc) for name in PER_COORDINATE]
+  for name, kw, degenerated, stats_dir in runs:
+    solver = ref.DPM_Solver_v3(stats_dir, ns, steps=STEPS, t_start=1.0, t_end=1e-3,
                                skip_type="logSNR", degenerated=degenerated, device="cpu")
     x = torch.from_numpy(z["x_T"].reshape(-1, d, 1, 1))
     y = solver.sample(x, model_fn, lower_order_final=True, **kw)
