@@ -17,7 +17,7 @@ pseudo-order, sec. 3.4), so
   x_t = A x_s + sum_j W_j e^{S_s - S_j} f_j + offset,   A = alpha_t/alpha_s e^{-(L_t - L_s)},
   W_j = -alpha_t sum_i phi_i M_ij,   phi_i = int e^{-(L_t - L_lam) + S_lam - S_s} (lam - lambda_s)^i / i!,
 
-linear in x and in the stored outputs f_j = ((1 - l_j) y_j - alpha_j m_j) / alpha_j (a ``Program``
+linear in x and in the stored outputs f_j (elementwise for per-coordinate statistics) = ((1 - l_j) y_j - alpha_j m_j) / alpha_j (a ``Program``
 row's output form p y + q m with p = (1 - l_j)/alpha_j, q = -1) plus a constant offset from b
 (``engine.Program``'s 'c'). The integrals are taken on the host in float64 on the EMS's
 piecewise-linear lambda grid (``ems.EMSIntegrals``: exact L, S; Gauss-Legendre elsewhere).
@@ -31,8 +31,9 @@ evaluated f (the reference keeps N_theta = alpha f fixed). No corrector after th
 Reductions (App. A.2): l = 1, s = b = 0 is DPM-Solver++'s data prediction (f = -x0_hat),
 l = 0, s = -1, b = 0 DPM-Solver's noise prediction (g proportional to eps).
 
-Where we differ from the reference implementation: scalar l and s (``ems.py``); the sampling
-times are used as given (the reference rounds them to the EMS grid's nodes); lower-order final
+Statistics: scalar l, s (our default, ``ems.py``; scalar coefficients) or per coordinate (the
+paper's; the coefficients are then arrays of the data's shape, the engine's per-coordinate path).
+Where we differ from the reference implementation: the sampling times are used as given (the reference rounds them to the EMS grid's nodes); lower-order final
 steps only when N < 10 like the other multistep samplers here (``lower_order_final_every_n``: at
 every N, as the reference). ``half_corrector`` is the reference's ``half``: its code corrects
 only the points with t > 0.5 (its README says t <= 0.5; we follow the code), in the schedule's

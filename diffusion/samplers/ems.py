@@ -12,21 +12,24 @@ The EMS are the minimisers of the paper's objectives at each lambda, expectation
   l*       = argmin_l E || grad_x N_theta ||_F^2                           (eq. 6)
   s*, b*   = argmin_{s,b} E || f^(1) - s f_theta - b ||_2^2                (eq. 8, with l = l*)
 
-**Where we differ from the paper** (on purpose): the paper's l, s, b are vectors of the data's
-shape (elementwise products). Here l and s are scalars (multiples of the identity) and only b is a
-vector: the minimisers of the same objectives over that family. Reason: the linear sampling
-engine (``engine.Program``) has one scalar coefficient per row and history term; l and s enter
-those coefficients, b only an additive constant (``Program``'s 'c'). Closed forms:
+Two forms. The paper's l, s, b are vectors of the data's shape (elementwise products):
+``per_coordinate=True``, l_i* = E[(sigma grad eps)_ii], s_i* = Cov(f^(1)_i, f_i) / Var(f_i),
+b_i* = E f^(1)_i - s_i* E f_i. **Our default differs on purpose**: l and s scalars (multiples of
+the identity) and b a vector, the minimisers of the same objectives over that family, whose
+sampler coefficients are scalars (the engine's fast path); closed forms
 
   l*  = 1 - alpha E[tr(d x0_hat / dx)] / D         (sigma grad eps = I - alpha grad x0_hat)
   s*  = sum_i Cov(f^(1)_i, f_i) / sum_i Var(f_i)   (sum over the D coordinates; ridge-regularised)
   b*  = E f^(1) - s* E f                            (a vector)
 
+On the analytic mixtures both forms give about the same errors (benchmarks/dpm_solver_v3.py).
+
 Estimation (the paper's App. C.1.1 Monte Carlo procedure, x_lambda = alpha x0 + sigma eps over
 data samples x0 and noise eps): the same x0, eps and probe vectors at every lambda of the grid
 (common random numbers: the estimates are smooth in lambda); tr by Hutchinson's estimator
 v^T J v with Rademacher v (``trace='hutchinson'``) or exactly with the D basis vectors
-(``trace='exact'``); J v and f^(1) by forward-mode ``jax.jvp`` (f^(1) needs the JVP of x0_hat
+(``trace='exact'``) (per coordinate: the diagonal v * J v, Hutchinson's diagonal estimator); J v
+and f^(1) by forward-mode ``jax.jvp`` (f^(1) needs the JVP of x0_hat
 along (dx/dlambda, dt/dlambda)); the l' = dl/dlambda inside f^(1) by a JVP of the l estimate
 itself in lambda (forward over forward), so l' is the exact derivative of the estimate, not a
 finite difference. The lambda grid is uniform from lambda(t_max) to lambda(t_min) with
