@@ -227,7 +227,7 @@ def dpm_solver_v3(denoise, schedule, key, x_T, time_grid, *, cond=None, sample_o
   t = engine.check_grid(time_grid, schedule)
   e = statistics_for(statistics, schedule, half_logsnr(schedule, t))
   if e.data_shape is not None and tuple(e.data_shape) != tuple(x_T.shape[1:]):
-    raise ValueError(f"dpm_solver_v3: the statistics' b has the data shape {e.data_shape}, x_T "
+    raise ValueError(f"dpm_solver_v3: the statistics have the data shape {e.data_shape}, x_T "
                      f"has {tuple(x_T.shape[1:])}")
   prog = v3_program(schedule, t, e, int(order), bool(p_pseudo), bool(use_corrector),
                     bool(c_pseudo), bool(lower_order_final), bool(lower_order_final_every_n),
