@@ -398,3 +398,26 @@ def test_per_coordinate_statistics_solve_anisotropic_gaussian_exactly(tmp_path):
                                                          (a0**2 * c * c + s0**2))
   np.testing.assert_allclose(np.asarray(x), want, rtol=1e-6, atol=1e-6)
   assert np.abs(np.asarray(xs) - want).max() > 1e-3
+
+
+def test_program_per_coordinate_coefficients():
+  """The engine's opt-in per-coordinate path: arrays of the data's shape for 'x', rows and p
+  multiply elementwise; arrays elsewhere or of two shapes are refused."""
+  from diffusion.samplers import engine
+  prog = Program()
+  r0 = prog.eval(0.5, out=(np.array([1.0, 0.0]), -1.0), x={"x": np.array([2.0, 3.0])})
+  prog.eval(0.4, y={"x": 1.0, r0: np.array([0.5, -1.0])}, x={"m": 1.0})
+  x = jnp.array([[1.0, 2.0]])
+  out, _ = engine.run_program(prog, lambda y, t, c=None: 0.5 * y, jax.random.PRNGKey(0), x)
+  h0 = np.array([1.0, 0.0]) * [1.0, 2.0] - 0.5 * np.array([1.0, 2.0])  # p y + q m at row 0
+  y1 = np.array([2.0, 6.0]) + np.array([0.5, -1.0]) * h0
+  np.testing.assert_allclose(np.asarray(out)[0], 0.5 * y1)
+  bad = Program()
+  bad.eval(0.5, x={"y": np.array([1.0, 2.0])})
+  with pytest.raises(ValueError, match="must be a float"):
+    bad.compile()
+  two = Program()
+  two.eval(0.5, x={"x": np.ones(2)})
+  two.eval(0.4, x={"x": np.ones(3)})
+  with pytest.raises(ValueError, match="share one shape"):
+    two.compile()
