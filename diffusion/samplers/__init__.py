@@ -9,7 +9,7 @@ from diffusion.samplers.registry import (COMMON_ARGS, KINDS, SamplerInfo, build_
 # soon as anything of this package is imported (the families import the registry, never the
 # other way round).
 from diffusion.samplers import (  # noqa: E402,F401
-    consistency, dpm_solver, flow_map, multistep, ode, sa_solver, sde)
+    consistency, dpm_solver, dpm_solver_v3, flow_map, multistep, ode, sa_solver, sde)
 
 __all__ = ["COMMON_ARGS", "KINDS", "SamplerInfo", "build_inverter", "build_sampler", "get_sampler",
            "register_sampler", "registered_samplers", "sampler_info"]

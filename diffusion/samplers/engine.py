@@ -8,6 +8,11 @@ stochastic sampler, ...) are, per denoiser evaluation ("row" r), a fixed linear 
   o_r   = p_r y_r + q_r m_r  -> pushed into the history H   (x0, eps, a velocity: any linear form)
   x     <- A_r x + E_r y_r + D_r m_r + sum_j B_rj H_j + C_r z'_r
 
+(plus, opt-in, a constant array c of the data's shape in y_r or in the update: the affine offsets
+of DPM-Solver-v3's b_lambda statistic; and per-coordinate coefficients: a_r, b_rj, p_r, A_r, B_rj
+given as arrays of the data's shape, multiplying elementwise, for its per-coordinate statistics;
+a program without either runs exactly as before)
+
 with coefficients that depend only on the time grid. A family module builds a ``Program`` on the
 host in float64 (rows referring to earlier outputs by row index), ``Program.compile`` turns it
 into arrays over rows with a ring buffer of the K most recent outputs, and ``run_program`` runs
@@ -35,7 +40,9 @@ from diffusion.samplers import brownian as brownian_lib
 from diffusion.schedules import Schedule
 
 Array = Any
-Lin = Dict[Union[str, int], float]  # a linear form over symbols 'x', 'y', 'm', 'z' and rows j
+Lin = Dict[Union[str, int], Any]  # a linear form over symbols 'x', 'y', 'm', 'z' and rows j (floats),
+# plus an optional constant 'c': a float64 array of the data's shape (an affine offset); the
+# coefficients of 'x' and of rows may be arrays of the data's shape (elementwise, per coordinate)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,9 +169,11 @@ class Program:
 
   Args of ``eval``:
     t: time of the evaluation.
-    y: evaluation point, linear form over 'x' (current state), 'z' (fresh noise) and earlier rows.
+    y: evaluation point, linear form over 'x' (current state), 'z' (fresh noise) and earlier rows;
+      'c' (optional) a constant array of the data's shape added to it.
     out: (p, q): the stored output is p y + q m (x0: (0, 1); eps: (1/sigma, -alpha/sigma)).
-    x: state update, a linear form over 'x', 'y', 'm', 'z' and rows <= this one. Default: x kept.
+    x: state update, a linear form over 'x', 'y', 'm', 'z' and rows <= this one (and a constant
+      'c' as in y). Default: x kept.
     noise_interval: (t_a, t_b), t_a != t_b (stored as (max, min)): the interval of the Brownian clock (the schedule's
       time t) whose standardised increment is this row's z and z' under
       ``noise='brownian_tree'``; usually the step t_s -> t_t the row's noise belongs to. Rows of
@@ -181,18 +190,22 @@ class Program:
     y = {"x": 1.0} if y is None else dict(y)
     x = {"x": 1.0} if x is None else dict(x)
     for k in y:
-      if not (k in ("x", "z") or (isinstance(k, (int, np.integer)) and 0 <= k < r)):
-        raise ValueError(f"row {r}: evaluation point may use 'x', 'z' or rows < {r}, got {k!r}")
+      if not (k in ("x", "z", "c") or (isinstance(k, (int, np.integer)) and 0 <= k < r)):
+        raise ValueError(f"row {r}: evaluation point may use 'x', 'z', 'c' or rows < {r}, got "
+                         f"{k!r}")
     for k in x:
-      if not (k in ("x", "y", "m", "z") or (isinstance(k, (int, np.integer)) and 0 <= k <= r)):
-        raise ValueError(f"row {r}: update may use 'x', 'y', 'm', 'z' or rows <= {r}, got {k!r}")
+      if not (k in ("x", "y", "m", "z", "c") or (isinstance(k, (int, np.integer))
+                                                  and 0 <= k <= r)):
+        raise ValueError(f"row {r}: update may use 'x', 'y', 'm', 'z', 'c' or rows <= {r}, got "
+                         f"{k!r}")
     if noise_interval is not None:
       a, b = (float(v) for v in noise_interval)
       if not (np.isfinite(a) and np.isfinite(b) and a != b):
         raise ValueError(f"row {r}: noise_interval must be two distinct finite times, got "
                          f"{noise_interval!r}")
       noise_interval = (max(a, b), min(a, b))
-    self.rows.append(Row(float(t), y, float(out[0]), float(out[1]), x, noise_interval))
+    p = f64(out[0]) if np.ndim(out[0]) else float(out[0])  # per-coordinate p: an array
+    self.rows.append(Row(float(t), y, p, float(out[1]), x, noise_interval))
     return r
 
   def set_update(self, r: int, x: Lin):
@@ -221,13 +234,29 @@ class Program:
           look = max(look, r - j + 1)
     k = look
     arr = lambda: np.zeros((n,), np.float64)
+    diag = _diagonal_shape(rows)  # None, or the data shape of per-coordinate coefficients
     c = {name: arr() for name in ("t", "ya", "yc", "p", "q", "xa", "xe", "xd", "xc")}
     yb = np.zeros((n, max(k, 1)), np.float64)
     xb = np.zeros((n, max(k, 1)), np.float64)
+    if diag is not None:
+      for name in ("ya", "p", "xa"):
+        c[name] = np.zeros((n,) + diag)
+      yb, xb = (np.zeros((n, max(k, 1)) + diag) for _ in range(2))
+    offsets = {}  # 'yo' / 'xo': (n, *data shape) constants, only when some row has one
+    for ch, attr in (("yo", "y"), ("xo", "x")):
+      cs = [getattr(row, attr).get("c") for row in rows]
+      if any(c is not None for c in cs):
+        shape = next(np.shape(c) for c in cs if c is not None)
+        if any(c is not None and np.shape(c) != shape for c in cs):
+          raise ValueError(f"the constants 'c' of a program's rows must share one shape, got "
+                           f"{sorted({np.shape(c) for c in cs if c is not None})}")
+        offsets[ch] = np.stack([np.zeros(shape) if c is None else f64(c) for c in cs])
     for r, row in enumerate(rows):
       c["t"][r] = row.t
       c["p"][r], c["q"][r] = row.p, row.q
       for key, v in row.y.items():
+        if key == "c":
+          continue
         if key == "x":
           c["ya"][r] += v
         elif key == "z":
@@ -235,12 +264,34 @@ class Program:
         else:
           yb[r, key % k] += v
       for key, v in row.x.items():
+        if key == "c":
+          continue
         if key in ("x", "y", "m", "z"):
           c[{"x": "xa", "y": "xe", "m": "xd", "z": "xc"}[key]][r] += v
         else:
           xb[r, key % k] += v
     return Compiled(coef=c, yb=yb, xb=xb, k=k,
-                    noise_intervals=tuple(row.noise_interval for row in rows))
+                    noise_intervals=tuple(row.noise_interval for row in rows), offsets=offsets,
+                    diagonal=diag is not None)
+
+
+def _diagonal_shape(rows: List[Row]) -> Optional[Tuple[int, ...]]:
+  """The one data shape of the rows' array-valued coefficients ('x' and rows in y and x, and p),
+  or None when all are floats; ValueError for arrays elsewhere or of different shapes."""
+  shapes = set()
+  for r, row in enumerate(rows):
+    for form, name in ((row.y, "evaluation point"), (row.x, "update")):
+      for key, v in form.items():
+        if key != "c" and np.ndim(v):
+          if key in ("y", "m", "z"):
+            raise ValueError(f"row {r}: the {name}'s coefficient of {key!r} must be a float; "
+                             f"only 'x' and rows take per-coordinate arrays")
+          shapes.add(np.shape(v))
+    if np.ndim(row.p):
+      shapes.add(np.shape(row.p))
+  if len(shapes) > 1:
+    raise ValueError(f"per-coordinate coefficients must share one shape, got {sorted(shapes)}")
+  return shapes.pop() if shapes else None
 
 
 @dataclasses.dataclass
@@ -250,6 +301,8 @@ class Compiled:
   xb: np.ndarray
   k: int
   noise_intervals: Tuple[Optional[Tuple[float, float]], ...] = ()
+  offsets: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  diagonal: bool = False  # per-coordinate coefficients (ya, p, xa: (n, *S); yb, xb: (n, K, *S))
 
   @property
   def nfe(self) -> int:
@@ -334,6 +387,17 @@ def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=Non
   use = dict(yb=comp.k > 0 and nz(comp.yb), xb=comp.k > 0 and nz(comp.xb), yc=nz(c["yc"]),
              xc=nz(c["xc"]), xe=nz(c["xe"]), xd=nz(c["xd"]), p=nz(c["p"]),
              ya=nz(c["ya"] != 1.0))
+  if comp.diagonal:  # only then: other programs trace exactly as before
+    use["diag"] = True
+    if comp.coef["xa"].shape[1:] != x.shape[1:]:
+      raise ValueError(f"the program's per-coordinate coefficients have the data shape "
+                       f"{comp.coef['xa'].shape[1:]}, but x has {x.shape[1:]}")
+  for ch in ("yo", "xo"):
+    if ch in comp.offsets:  # only then: other programs trace exactly as before
+      use[ch] = True
+      if comp.offsets[ch].shape[1:] != x.shape[1:]:
+        raise ValueError(f"the program's constant offsets have the data shape "
+                         f"{comp.offsets[ch].shape[1:]}, but x has {x.shape[1:]}")
   stoch = use["yc"] or use["xc"]
   brownian_lib.check_noise(noise)
   tables = None
@@ -345,6 +409,7 @@ def run_program(prog: Union[Program, Compiled], denoise, key, x: Array, cond=Non
   keys = sample_keys(key, x.shape[0], sample_offset) if stoch else None
   coefs = dict(c)
   coefs["yb"], coefs["xb"] = comp.yb, comp.xb
+  coefs.update(comp.offsets)
   coefs = {n: np.asarray(v, np.dtype(x.dtype)) for n, v in coefs.items()}
   if tables is None:
     out = _scan(denoise, comp.k, tuple(sorted(use.items())), coefs, x, keys, cond)
@@ -371,6 +436,8 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond, tables=None):
                                                s[f"{ch}_w"], shape, dt)
 
   def comb(w, h):
+    if use.get("diag"):  # w (K, *S), h (K, B, *S)
+      return jnp.sum(w[:, None] * h, axis=0)
     return jnp.tensordot(w, h, axes=1)
 
   def body(carry, s):
@@ -380,6 +447,8 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond, tables=None):
       y = y + comb(s["yb"], h)
     if use["yc"]:
       y = y + s["yc"] * noise(s, "y", 2 * s["r"])
+    if use.get("yo"):
+      y = y + s["yo"]
     m = denoise(y, bt(s["t"], y), cond).astype(dt)
     if need_h:
       o = s["q"] * m
@@ -395,6 +464,8 @@ def _scan(denoise, k: int, use_items, coefs, x, keys, cond, tables=None):
       xn = xn + comb(s["xb"], h)
     if use["xc"]:
       xn = xn + s["xc"] * noise(s, "x", 2 * s["r"] + 1)
+    if use.get("xo"):
+      xn = xn + s["xo"]
     return (xn, h), None
 
   h0 = jnp.zeros((k,) + x.shape, dt) if need_h else jnp.zeros((0,), dt)
