@@ -39,7 +39,13 @@ time grids"):
       examples (``diffusion.samplers.ays``); writes W/grids/ays_step_<S>_<hash>.npz and prints
       --config.sampling.grid=ays:<file>, the least-KLUB grid for any sampler and step count.
 
-Both refuse conditional models (the grid would depend on the labels drawn) and, like the greedy
+  --method=ems  [--num_samples=N] [--num_intervals=250]
+      DPM-Solver-v3's empirical model statistics of the EMA model on the first N training
+      examples (``diffusion.samplers.ems``; not a grid: what the ``dpm_solver_v3`` sampler
+      reads); writes W/grids/ems_step_<S>_<hash>.npz and prints
+      --config.sampling.sampler=dpm_solver_v3 --config.sampling.statistics=<file>.
+
+All three refuse conditional models (the grid would depend on the labels drawn) and, like the greedy
 search, never recompute or overwrite a file of the same name.
 """
 from __future__ import annotations
@@ -61,7 +67,7 @@ from diffusion import checkpoint, networks
 from diffusion.config_checks import ConfigError
 from diffusion.io_utils import read_json
 from diffusion.metrics import inception
-from diffusion.samplers import ays, grid_fit, grid_search, registry
+from diffusion.samplers import ays, ems, grid_fit, grid_search, registry
 from diffusion.samplers import grids as grids_lib
 from experiments import (build, cli, eval_common, generate, results, runtime, validate,
                          writers)
@@ -71,7 +77,7 @@ from experiments.writers import say
 Config = ml_collections.ConfigDict
 GRID_DIR = "grids"
 METRICS = {"sw": "sliced_wasserstein", "mmd": "mmd", "fid": "fid"}
-METHODS = ("greedy", "fit", "ays")
+METHODS = ("greedy", "fit", "ays", "ems")
 
 
 def check_request(config: Config, num_steps: int, metric: str, iterations: int, sweeps: int,
@@ -219,7 +225,7 @@ def _model_denoiser(s, params, config: Config) -> Callable:
 
 
 def _method_path(workdir: str, method: str, key: Dict[str, Any]) -> str:
-  ext = "npz" if method == "ays" else "json"
+  ext = "json" if method == "fit" else "npz"
   return os.path.join(workdir, GRID_DIR, f"{method}_step_{key['step']}_{results._hash(key)}.{ext}")
 
 
@@ -337,6 +343,45 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
   return {"path": path, "costs": c, "reused": False}
 
 
+def run_ems(config: Config, workdir: str, *, num_samples: Optional[int] = None,
+            step: Optional[int] = None, num_intervals: int = 250) -> Dict[str, Any]:
+  """--method=ems (module doc). Returns {'path', 'reused'}."""
+  _check_method_request(config, [], [])
+  n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
+  if n < 2:
+    raise ConfigError(f"--num_samples={n} must be >= 2")
+  validate.validate(config, "sample", workdir)
+  validate.check_writable(os.path.join(workdir, GRID_DIR),
+                          f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
+  if build.objective(config).batch_source == "pairs":
+    raise ConfigError("--method=ems needs the data; this run trains on (noise, sample) pairs")
+  s, params, step = restore_params(config, workdir, step)
+  key = {"method": "ems", "step": int(step), "num_samples": n,
+         "num_intervals": int(num_intervals), "seed": int(config.seed),
+         "t_min": config.sampling.t_min, "t_max": config.sampling.t_max,
+         "compute_dtype": str(config.sampling.compute_dtype),
+         "clip_denoised": bool(config.sampling.clip_denoised), "data": str(config.data.name)}
+  path = _method_path(workdir, "ems", key)
+  if os.path.exists(path):
+    ems.load_ems(path).check_schedule(s.schedule)
+    say(f"search_grid: {path} holds these statistics already; read back")
+    return {"path": path, "reused": True}
+  t0 = time.time()
+  stats = ems.estimate_ems(_model_denoiser(s, params, config), s.schedule,
+                           jnp.asarray(_data_samples(config, n)),
+                           jax.random.PRNGKey(int(config.seed) + 7), num_intervals=num_intervals,
+                           t_min=config.sampling.t_min, t_max=config.sampling.t_max,
+                           batch_size=min(n, 256))
+  say(f"search_grid: EMS on {num_intervals} lambda intervals x {n} examples "
+      f"({time.time() - t0:.1f} s)")
+  if writers.is_main():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    stats.save(tmp)
+    os.replace(tmp, path)
+  return {"path": path, "reused": False}
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
@@ -345,7 +390,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--mode is not a flag of experiments.search_grid")
   if f.config is None or not f.workdir:
     raise app.UsageError("--config and --workdir are required")
-  if f.method != "ays" and not f.num_steps:
+  if f.method in ("greedy", "fit") and not f.num_steps:
     raise app.UsageError(f"--method={f.method} needs --num_steps")
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -365,15 +410,21 @@ def main(argv: Sequence[str]) -> None:
                     num_samples=f.num_samples, step=f.step,
                     reference_sampler=f.reference_sampler, reference_steps=f.reference_steps,
                     max_evals=f.max_evals)
-    else:
+    elif f.method == "ays":
       out = run_ays(f.config, f.workdir, num_samples=f.num_samples, step=f.step,
                     num_nodes=f.num_nodes, coupling=f.ays_coupling)
+    else:
+      out = run_ems(f.config, f.workdir, num_samples=f.num_samples, step=f.step,
+                    num_intervals=f.num_intervals)
   except (ConfigError, ValueError, FileNotFoundError, checkpoint.WorkdirMismatchError,
           checkpoint.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   if f.method == "greedy":
     print(f"sample with the searched grid: {overrides(out['grid'])}", flush=True)
+  elif f.method == "ems":
+    print(f"sample with the statistics: --config.sampling.sampler=dpm_solver_v3 "
+          f"--config.sampling.statistics={out['path']}", flush=True)
   else:
     kind = "fitted" if f.method == "fit" else "ays"
     print(f"sample with the {kind} grid: --config.sampling.grid={kind}:{out['path']}", flush=True)
@@ -390,6 +441,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("reference_steps", 100, "--method=fit: the fine solve's steps.")
   flags.DEFINE_integer("max_evals", 300, "--method=fit: sampler runs per fitted grid.")
   flags.DEFINE_integer("num_nodes", 128, "--method=ays: noise levels of the KLUB lattice.")
+  flags.DEFINE_integer("num_intervals", 250, "--method=ems: lambda intervals of the EMS grid.")
   flags.DEFINE_enum("ays_coupling", "brownian", ["brownian", "shared"], "--method=ays: the noise "
                     "of the levels: one Brownian path (the exact KLUB) or one eps.")
   flags.DEFINE_enum("metric", "sw", sorted(METRICS), "What the search minimises (eval's).")

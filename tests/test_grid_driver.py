@@ -305,3 +305,14 @@ def test_fit_and_ays_grids_are_written_once_and_sample_by_name(teacher):
   assert "'dpmpp_2m' at NFE 4: 4 steps" in _refused(sweep, "sweep")
   with pytest.raises(ConfigError, match="fixed-step deterministic"):
     search_grid.run_fit(cfg, teacher, [2], ["euler_maruyama"])
+  cfg = _config("edm", **{"eval.sweep_num_samples": 64})  # with_overrides changed the other
+  stats = search_grid.run_ems(cfg, teacher, num_intervals=12)
+  assert os.path.basename(stats["path"]).startswith("ems_step_") and not stats["reused"]
+  assert search_grid.run_ems(cfg, teacher, num_intervals=12)["reused"]
+  v3 = with_overrides(cfg, {"sampling.sampler": "dpm_solver_v3", "sampling.num_steps": 4,
+                            "sampling.grid": "logsnr", "sampling.statistics": stats["path"]})
+  validate(v3, "sample", teacher, device_count=1, process_count=1)
+  s, params, _ = setup.restore_params(v3, teacher)
+  from experiments import generate
+  x, info = generate.generate(s, params, 16, jax.random.PRNGKey(0))
+  assert info["nfe"] == 4 and np.all(np.isfinite(np.asarray(x)))

@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import zipfile
 from typing import Any, Optional
 
 import jax
@@ -146,14 +147,18 @@ def load_ems(path: str) -> EMS:
   """The EMS saved at ``path`` (an .npz written by ``EMS.save``)."""
   if not os.path.isfile(path):
     raise ValueError(f"EMS file {path!r} does not exist")
-  with np.load(path, allow_pickle=False) as z:
-    missing = [k for k in ("lambdas", "l", "s", "schedule") if k not in z]
-    if missing:
-      raise ValueError(f"{path!r} is not an EMS file: it lacks {missing}")
-    return EMS(np.asarray(z["lambdas"], np.float64), np.asarray(z["l"], np.float64),
-               np.asarray(z["s"], np.float64),
-               np.asarray(z["b"], np.float64) if "b" in z else None, str(z["schedule"]),
-               int(z["num_samples"]) if "num_samples" in z else 0)
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      z = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # np.load's errors, named
+    raise ValueError(f"{path!r} is not a readable EMS file: {e}") from e
+  missing = [k for k in ("lambdas", "l", "s", "schedule") if k not in z]
+  if missing:
+    raise ValueError(f"{path!r} is not an EMS file: it lacks {missing}")
+  return EMS(np.asarray(z["lambdas"], np.float64), np.asarray(z["l"], np.float64),
+             np.asarray(z["s"], np.float64),
+             np.asarray(z["b"], np.float64) if "b" in z else None, str(z["schedule"]),
+             int(z["num_samples"]) if "num_samples" in z else 0)
 
 
 def constant_ems(l: float, s: float, lam_lo: float, lam_hi: float) -> EMS:
