@@ -55,7 +55,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 import jax
@@ -302,13 +302,13 @@ def _data_samples(config: Config, n: int) -> np.ndarray:
   return np.concatenate(rows)[:n]
 
 
-def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
-            step: Optional[int] = None, num_nodes: int = 128,
-            coupling: str = "brownian") -> Dict[str, Any]:
-  """--method=ays (module doc). Returns {'path', 'costs', 'reused'}."""
+def _data_method_setup(config: Config, workdir: str, method: str, num_samples: Optional[int],
+                       step: Optional[int], **settings) -> Tuple[Any, Any, Dict[str, Any], str]:
+  """What --method=ays and ems share: the checks (an unconditional model trained on data, at
+  least 2 examples, a writable grids/ folder), the restored EMA parameters and the result's key
+  (every setting that changes it, ``settings`` included) and path. Returns (setup, params, key,
+  path)."""
   _check_method_request(config, [], [])
-  if coupling not in ays.COUPLINGS:
-    raise ConfigError(f"--ays_coupling={coupling!r}; accepted: {list(ays.COUPLINGS)}")
   n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
   if n < 2:
     raise ConfigError(f"--num_samples={n} must be >= 2")
@@ -316,26 +316,35 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
   validate.check_writable(os.path.join(workdir, GRID_DIR),
                           f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
   if build.objective(config).batch_source == "pairs":
-    raise ConfigError("--method=ays needs the data; this run trains on (noise, sample) pairs")
+    raise ConfigError(f"--method={method} needs the data; this run trains on (noise, sample) "
+                      f"pairs")
   s, params, step = restore_params(config, workdir, step)
-  key = {"method": "ays", "step": int(step), "num_samples": n, "num_nodes": int(num_nodes),
-         "coupling": coupling,
+  key = {"method": method, "step": int(step), "num_samples": n, **settings,
          "seed": int(config.seed), "t_min": config.sampling.t_min,
          "t_max": config.sampling.t_max, "compute_dtype": str(config.sampling.compute_dtype),
-         "clip_denoised": bool(config.sampling.clip_denoised),
-         "data": str(config.data.name)}
-  path = _method_path(workdir, "ays", key)
+         "clip_denoised": bool(config.sampling.clip_denoised), "data": str(config.data.name)}
+  return s, params, key, _method_path(workdir, method, key)
+
+
+def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
+            step: Optional[int] = None, num_nodes: int = 128,
+            coupling: str = "brownian") -> Dict[str, Any]:
+  """--method=ays (module doc). Returns {'path', 'costs', 'reused'}."""
+  if coupling not in ays.COUPLINGS:
+    raise ConfigError(f"--ays_coupling={coupling!r}; accepted: {list(ays.COUPLINGS)}")
+  s, params, key, path = _data_method_setup(config, workdir, "ays", num_samples, step,
+                                            num_nodes=int(num_nodes), coupling=coupling)
   if os.path.exists(path):
     c = ays.load_costs(path)
     say(f"search_grid: {path} holds these AYS costs already; read back")
     return {"path": path, "costs": c, "reused": True}
-  x0 = jnp.asarray(_data_samples(config, n))
   t0 = time.time()
-  c = ays.klub_costs(_model_denoiser(s, params, config), s.schedule, x0,
+  c = ays.klub_costs(_model_denoiser(s, params, config), s.schedule,
+                     jnp.asarray(_data_samples(config, key["num_samples"])),
                      jax.random.PRNGKey(int(config.seed) + 6), num_nodes=num_nodes,
                      t_min=config.sampling.t_min, t_max=config.sampling.t_max,
                      coupling=coupling)
-  say(f"search_grid: AYS costs on {num_nodes} noise levels x {n} examples "
+  say(f"search_grid: AYS costs on {num_nodes} noise levels x {key['num_samples']} examples "
       f"({time.time() - t0:.1f} s)")
   if writers.is_main():
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -346,27 +355,14 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
 def run_ems(config: Config, workdir: str, *, num_samples: Optional[int] = None,
             step: Optional[int] = None, num_intervals: int = 250) -> Dict[str, Any]:
   """--method=ems (module doc). Returns {'path', 'reused'}."""
-  _check_method_request(config, [], [])
-  n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
-  if n < 2:
-    raise ConfigError(f"--num_samples={n} must be >= 2")
-  validate.validate(config, "sample", workdir)
-  validate.check_writable(os.path.join(workdir, GRID_DIR),
-                          f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
-  if build.objective(config).batch_source == "pairs":
-    raise ConfigError("--method=ems needs the data; this run trains on (noise, sample) pairs")
-  s, params, step = restore_params(config, workdir, step)
-  key = {"method": "ems", "step": int(step), "num_samples": n,
-         "num_intervals": int(num_intervals), "seed": int(config.seed),
-         "t_min": config.sampling.t_min, "t_max": config.sampling.t_max,
-         "compute_dtype": str(config.sampling.compute_dtype),
-         "clip_denoised": bool(config.sampling.clip_denoised), "data": str(config.data.name)}
-  path = _method_path(workdir, "ems", key)
+  s, params, key, path = _data_method_setup(config, workdir, "ems", num_samples, step,
+                                            num_intervals=int(num_intervals))
   if os.path.exists(path):
     ems.load_ems(path).check_schedule(s.schedule)
     say(f"search_grid: {path} holds these statistics already; read back")
     return {"path": path, "reused": True}
   t0 = time.time()
+  n = key["num_samples"]
   stats = ems.estimate_ems(_model_denoiser(s, params, config), s.schedule,
                            jnp.asarray(_data_samples(config, n)),
                            jax.random.PRNGKey(int(config.seed) + 7), num_intervals=num_intervals,
