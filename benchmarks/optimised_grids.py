@@ -184,6 +184,8 @@ def main() -> None:
         "reverse SDE: DDPM's step is stochastic DDIM), with the final denoise: SW_2 of 2,000 "
         "samples to 2,000 exact data samples (floor: two exact sets).\n\n"
         + stochastic_table(srows) + "\n")
+  from benchmarks.hardware import with_machine_line
+  md = with_machine_line(md)
   os.makedirs(RESULTS, exist_ok=True)
   name = "optimised_grids_quick" if args.quick else "optimised_grids"
   with open(os.path.join(RESULTS, name + ".md"), "w") as f:

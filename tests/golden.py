@@ -529,6 +529,10 @@ CASES: List[Case] = [
     _vp_sampler("dpm_solver_12", slow=True),  # adaptive: the grid gives its ends only
     _vp_sampler("dpm_solver_23", slow=True),
     _vp_sampler("ode_adaptive", slow=True),
+    _vp_sampler("dpm_solver_v3", grid="logsnr", slow=True),
+    _vp_sampler("sde_dpmpp_3m", grid="logsnr", slow=True),
+    _vp_sampler("sde_dpmpp_2s", grid="logsnr", slow=True),
+    _vp_sampler("sa_solver", grid="logsnr", slow=True),
     Case("sample_cond_classifier_guided",
          "--mode=sample of dsm_cond, classifier guidance (scale 2) by the classifier case",
          sample_record("cond", {**SAMPLE, "guidance.kind": "classifier",
