@@ -165,6 +165,7 @@ def test_this_host_has_a_peak():
   assert jax.devices()[0].platform != "cpu" or (p.flops is not None and p.flops > 1e9)
 
 
+@pytest.mark.slow  # ~16 s; the float32 bench case and the table format stay in the default tier
 def test_bench_case_bfloat16_row_and_mfu_cells():
   case = train_throughput.Case("MLP", "mlp", dict(width=16, num_blocks=1, embed_dim=8), (2,),
                                {})

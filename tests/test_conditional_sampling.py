@@ -102,6 +102,7 @@ def test_inpainting_completions_keep_the_observed_coordinate(runs, method):
   assert os.path.exists(os.path.join(r["out"], "samples.png"))
 
 
+@pytest.mark.slow  # 3 CLI runs (~40 s); the observation file checks: test_conditioning.py (in-process and its CLI), the label range: test_conditioning.py / test_guidance.py
 def test_cli_refuses_bad_observations_and_labels_in_one_line(runs):
   bad = str(runs["root"] / "bad_mask.npz")
   np.savez(bad, images=np.zeros((4, 2)), mask=np.ones((4, 3)))

@@ -236,6 +236,7 @@ def test_released_xl2_shapes_convert_with_the_released_count(size):
   assert cd.infer_architecture(state).name == "DiT-XL/2"
 
 
+@pytest.mark.slow  # ~16 s; the conversion itself: test_converted_network_matches_dits_own_outputs
 def test_reference_init_draws_the_releases_stds():
   x = jnp.zeros((1, 8, 8, 4))
   kw = dict(patch_size=2, hidden_size=64, depth=1, num_heads=2, num_classes=1000)

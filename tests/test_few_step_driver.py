@@ -95,6 +95,7 @@ def test_pd_rounds_keep_students_and_carry_their_teachers(teachers, capsys):
   assert not _leaves_equal(s40.params, s20.ema_params)  # ... which it then trained
 
 
+@pytest.mark.slow  # ~28 s; PD's rounds: test_pd_rounds_keep_students_and_carry_their_teachers; exact resume: test_reliability's SIGKILL test
 def test_pd_resumes_exactly_mid_round_and_at_a_round_start(teachers):
   root = os.path.dirname(teachers["vcos"])
   ref_wd, wd = os.path.join(root, "pd_ref"), os.path.join(root, "pd_b")

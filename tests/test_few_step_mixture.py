@@ -65,6 +65,7 @@ def test_reflow_straightens_the_exact_flow_and_shrinks_its_one_step_error():
   assert err["1-RF"] > 0.9 and err["2-RF"] < 0.3
 
 
+@pytest.mark.slow  # ~22 s of training; CD's loss at the exact map: tests/test_consistency.py
 def test_consistency_distilled_student_approaches_the_exact_consistency_function():
   """CD (CM's defaults, exact Heun teacher steps, 18 scales), 400 steps: the 1-step map's relative
   error to the exact consistency function falls below 0.45 (measured 0.36), from 1.0 for a
