@@ -196,6 +196,7 @@ def test_classifiers_take_no_labels():
 # -- training and the restored classifier ---------------------------------------------------------
 
 
+@pytest.mark.slow  # ~12 s; the classifier's training run is the golden 'classifier' case, its loss and log-prob are tested above
 def test_train_step_decreases_the_classifier_loss_and_reports_accuracy():
   net = get_model("mlp_classifier", num_classes=8, **TINY_MLP)
   opt = training.make_optimizer(training.OptimConfig(lr=3e-3, warmup_steps=10))

@@ -286,6 +286,7 @@ def test_converted_config_is_a_latent_dit_config(conv):
   assert (c.optim.name, c.optim.lr, c.data.batch_size) == ("adamw", 1e-4, 256)
 
 
+@pytest.mark.slow  # a CLI run (~10 s); the in-process conversion errors are tested above
 def test_command_line_names_what_a_dit_conversion_lacks(tmp_path):
   """--format=dit reaches the converter: without a head count (the fixture's size is none of
   the paper's) it stops with the converter's message and writes nothing."""

@@ -183,6 +183,7 @@ def test_traced_grid_equals_the_host_grid():
     assert p[n - 1:].sum() == 0.0 and float(t[0]) == pytest.approx(sched.t_min)
 
 
+@pytest.mark.slow  # ~14 s; CT's driver path: the golden 'ct' case; the curriculum: tests/test_consistency.py
 def test_ct_trains_with_the_traced_curriculum(teachers):
   wd = os.path.join(os.path.dirname(teachers["edm"]), "ct")
   total = 40
