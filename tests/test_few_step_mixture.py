@@ -39,7 +39,7 @@ def _train(sched, param, objective, loss_fn, steps, data):
                        sched, param)
 
 
-@pytest.mark.slow  # ~18 s; reflow's pairs and loss: tests/test_flow.py and the golden 'reflow' case
+@pytest.mark.slow  # ~18 s; reflow's objective: tests/test_objectives.py, its driver run: test_few_step_driver.py and the golden 'reflow' case
 def test_reflow_straightens_the_exact_flow_and_shrinks_its_one_step_error():
   """The 2-RF trained 300 steps on pairs of the exact 1-RF: straightness falls from 1.99 (the
   exact flow) to below 0.1 (measured 0.0043), and the 1-step Euler map's relative error to the
