@@ -281,7 +281,7 @@ def ct_bias(n_scales, weighting, num=2000, seed=13):
                                             index_distribution="uniform")[0])
 
 
-@pytest.mark.slow  # ~14 s; CT's loss at the exact map and CD's: the tests above
+@pytest.mark.slow  # ~14 s; CD's loss at the exact map (above) and CT's curriculum (below) stay fast
 def test_ct_loss_bias_shrinks_with_n():
   """The CT loss at the exact consistency function (squared L2, uniform index) is not 0 at finite
   N: with lambda = 1 it shrinks like N^-2 (mean of Delta s^2), with iCT's lambda = 1/Delta s like

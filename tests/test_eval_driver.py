@@ -95,7 +95,7 @@ def test_a_corrupt_checkpoint_is_passed_over_and_never_moved(tmp_path, capsys):
   assert workdir_fingerprint(wd) == before  # nothing moved: eval only reads checkpoints
 
 
-@pytest.mark.slow  # a CLI run (~11 s); eval's checkpoint choice in-process: the tests above
+@pytest.mark.slow  # a CLI run (~11 s); eval's checkpoint handling in-process: the two tests above
 def test_cli_missing_step_is_one_line_and_changes_nothing(tmp_path):
   wd = str(tmp_path)
   train.train(tiny_config(**EVAL), wd)

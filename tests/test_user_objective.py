@@ -59,7 +59,7 @@ def test_the_objective_is_named_in_its_own_file_only():
   assert out.returncode == 1 and out.stdout == "", out.stdout  # 1: no match
 
 
-@pytest.mark.slow  # a CLI run (~10 s); the registration errors in-process: the tests above
+@pytest.mark.slow  # a CLI run (~10 s); the objective registry's errors in-process: tests/test_objectives.py
 def test_a_module_that_does_not_import_is_one_error_line(tmp_path):
   r = run_main(str(tmp_path / "w"), "train", {"imports": "('tests.user_modules.nope',)"})
   assert r.returncode == 1
