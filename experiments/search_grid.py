@@ -234,22 +234,13 @@ def run_fit(config: Config, workdir: str, step_counts: Sequence[int], samplers: 
             reference_sampler: str = "dpmpp_3m", reference_steps: int = 100,
             max_evals: int = 300) -> Dict[str, Any]:
   """--method=fit (module doc). Returns {'path', 'grids', 'reused'}."""
-  _check_method_request(config, step_counts, list(samplers) + [reference_sampler])
-  n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
-  if n < 1:
-    raise ConfigError(f"--num_samples={n} must be >= 1")
-  validate.validate(config, "sample", workdir)
-  validate.check_writable(os.path.join(workdir, GRID_DIR),
-                          f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
-  s, params, step = restore_params(config, workdir, step)
-  key = {"method": "fit", "step": int(step), "samplers": sorted(samplers),
-         "num_steps": sorted(int(k) for k in step_counts), "num_samples": n,
-         "seed": int(config.seed), "reference_sampler": reference_sampler,
-         "reference_steps": int(reference_steps), "max_evals": int(max_evals),
-         "t_min": config.sampling.t_min, "t_max": config.sampling.t_max,
-         "compute_dtype": str(config.sampling.compute_dtype),
-         "clip_denoised": bool(config.sampling.clip_denoised)}
-  path = _method_path(workdir, "fit", key)
+  s, params, key, path = _method_setup(
+      config, workdir, "fit", num_samples, step, min_samples=1, uses_data=False,
+      step_counts=step_counts, samplers=list(samplers) + [reference_sampler],
+      settings={"samplers": sorted(samplers), "num_steps": sorted(int(k) for k in step_counts),
+                "reference_sampler": reference_sampler,
+                "reference_steps": int(reference_steps), "max_evals": int(max_evals)})
+  n = key["num_samples"]
   saved = read_json(path)
   if saved is not None:
     if saved.get("settings") != json_roundtrip(key):
@@ -264,7 +255,8 @@ def run_fit(config: Config, workdir: str, step_counts: Sequence[int], samplers: 
                                    grid="logsnr_power", t_min=config.sampling.t_min,
                                    t_max=config.sampling.t_max, jit=False)
   reference, _ = ref_run(denoise, jax.random.PRNGKey(0), x_T)
-  say(f"search_grid: reference {reference_sampler} x {reference_steps} steps ({time.time() - t0:.1f} s)")
+  say(f"search_grid: reference {reference_sampler} x {reference_steps} steps "
+      f"({time.time() - t0:.1f} s)")
   out_grids: Dict[str, Dict[str, list]] = {}
   traces: Dict[str, Dict[str, Any]] = {}
   for name in samplers:
@@ -302,27 +294,32 @@ def _data_samples(config: Config, n: int) -> np.ndarray:
   return np.concatenate(rows)[:n]
 
 
-def _data_method_setup(config: Config, workdir: str, method: str, num_samples: Optional[int],
-                       step: Optional[int], **settings) -> Tuple[Any, Any, Dict[str, Any], str]:
-  """What --method=ays and ems share: the checks (an unconditional model trained on data, at
-  least 2 examples, a writable grids/ folder), the restored EMA parameters and the result's key
-  (every setting that changes it, ``settings`` included) and path. Returns (setup, params, key,
-  path)."""
-  _check_method_request(config, [], [])
+def _method_setup(config: Config, workdir: str, method: str, num_samples: Optional[int],
+                  step: Optional[int], *, settings: Dict[str, Any], min_samples: int = 2,
+                  uses_data: bool = True, step_counts: Sequence[int] = (),
+                  samplers: Sequence[str] = ()) -> Tuple[Any, Any, Dict[str, Any], str]:
+  """What --method=fit, ays and ems share: the checks (an unconditional model, the step counts
+  and samplers, at least ``min_samples`` samples, a writable grids/ folder; with ``uses_data`` a
+  run trained on data), the restored EMA parameters and the result's key (every setting that
+  changes it, ``settings`` and, with ``uses_data``, the data's name included) and path. Returns
+  (setup, params, key, path)."""
+  _check_method_request(config, step_counts, samplers)
   n = int(config.eval.sweep_num_samples if num_samples is None else num_samples)
-  if n < 2:
-    raise ConfigError(f"--num_samples={n} must be >= 2")
+  if n < min_samples:
+    raise ConfigError(f"--num_samples={n} must be >= {min_samples}")
   validate.validate(config, "sample", workdir)
   validate.check_writable(os.path.join(workdir, GRID_DIR),
                           f"--workdir={workdir!r} (its {GRID_DIR}/ folder)")
-  if build.objective(config).batch_source == "pairs":
+  if uses_data and build.objective(config).batch_source == "pairs":
     raise ConfigError(f"--method={method} needs the data; this run trains on (noise, sample) "
                       f"pairs")
   s, params, step = restore_params(config, workdir, step)
   key = {"method": method, "step": int(step), "num_samples": n, **settings,
          "seed": int(config.seed), "t_min": config.sampling.t_min,
          "t_max": config.sampling.t_max, "compute_dtype": str(config.sampling.compute_dtype),
-         "clip_denoised": bool(config.sampling.clip_denoised), "data": str(config.data.name)}
+         "clip_denoised": bool(config.sampling.clip_denoised)}
+  if uses_data:
+    key["data"] = str(config.data.name)
   return s, params, key, _method_path(workdir, method, key)
 
 
@@ -332,8 +329,8 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
   """--method=ays (module doc). Returns {'path', 'costs', 'reused'}."""
   if coupling not in ays.COUPLINGS:
     raise ConfigError(f"--ays_coupling={coupling!r}; accepted: {list(ays.COUPLINGS)}")
-  s, params, key, path = _data_method_setup(config, workdir, "ays", num_samples, step,
-                                            num_nodes=int(num_nodes), coupling=coupling)
+  s, params, key, path = _method_setup(config, workdir, "ays", num_samples, step,
+                                       settings={"num_nodes": int(num_nodes), "coupling": coupling})
   if os.path.exists(path):
     c = ays.load_costs(path)
     say(f"search_grid: {path} holds these AYS costs already; read back")
@@ -355,8 +352,8 @@ def run_ays(config: Config, workdir: str, *, num_samples: Optional[int] = None,
 def run_ems(config: Config, workdir: str, *, num_samples: Optional[int] = None,
             step: Optional[int] = None, num_intervals: int = 250) -> Dict[str, Any]:
   """--method=ems (module doc). Returns {'path', 'reused'}."""
-  s, params, key, path = _data_method_setup(config, workdir, "ems", num_samples, step,
-                                            num_intervals=int(num_intervals))
+  s, params, key, path = _method_setup(config, workdir, "ems", num_samples, step,
+                                       settings={"num_intervals": int(num_intervals)})
   if os.path.exists(path):
     ems.load_ems(path).check_schedule(s.schedule)
     say(f"search_grid: {path} holds these statistics already; read back")
