@@ -163,3 +163,26 @@ def test_theta_parameterisation_round_trips():
   np.testing.assert_allclose(back, g, rtol=1e-9)
   with pytest.raises(ValueError, match="fixed-step deterministic"):
     grid_fit.trajectory_loss("euler_maruyama", sch, None, np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_grids_that_fix_their_ends_refuse_other_ends(tmp_path):
+  """A fitted grid, AYS costs, a published grid and a discrete spacing define their own ends:
+  another t_min / t_max is refused naming it."""
+  sch = schedules.VP()
+  path = tmp_path / "fit.json"
+  path.write_text(json.dumps({"format": grids.FITTED_FORMAT, "schedule": "vp",
+                              "grids": {"euler": {"2": [1.0, 0.5, 0.01]}}}))
+  with pytest.raises(ValueError, match=r"t_min=0\.001 differs from the fitted grid's end 0\.01"):
+    grids.time_grid(sch, 2, f"fitted:{path}", sampler="euler", t_min=1e-3)
+  np.testing.assert_array_equal(grids.time_grid(sch, 2, f"fitted:{path}", sampler="euler",
+                                                t_min=0.01), [1.0, 0.5, 0.01])
+  gm = analytic.random_mixture(0, 2)
+  c = ays.klub_costs(gm.denoiser(sch), sch, gm.sample0(jax.random.PRNGKey(0), 64),
+                     jax.random.PRNGKey(1), num_nodes=8)
+  with pytest.raises(ValueError, match="t_max=0.5 differs from the AYS costs' lattice end"):
+    ays.grid_from_costs(c, sch, 3, t_max=0.5)
+  with pytest.raises(ValueError, match="'ays_sd15' fixes its own noise levels"):
+    grids.time_grid(sch, 4, "ays_sd15", t_min=0.01)
+  sd = schedules.get_schedule("vp_discrete", num_timesteps=1000)
+  with pytest.raises(ValueError, match="'trailing' is fixed by the schedule's timesteps"):
+    grids.time_grid(sd, 4, "trailing", t_max=0.5)

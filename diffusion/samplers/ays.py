@@ -263,11 +263,18 @@ def grid_from_costs(c: KlubCosts, schedule: schedules_lib.Schedule, num_steps: i
   to belong to ``schedule`` (its name and the lattice's sigma(t) to 1e-9) and to the requested
   ends (None: the lattice's, which are the only ones it can give)."""
   check_costs_schedule(c, schedule)
-  for name, want, have in (("t_min", t_min, c.t[0]), ("t_max", t_max, c.t[-1])):
-    if want is not None and not np.isclose(float(want), float(have), rtol=1e-9, atol=0.0):
-      raise ValueError(f"{name}={want!r} differs from the AYS costs' lattice end {have!r}; the "
-                       f"costs define the grid's ends (compute them for that range)")
+  check_ends(t_min, t_max, c.t[0], c.t[-1], "the AYS costs' lattice end",
+             "; the costs define the grid's ends (compute them for that range)")
   return np.asarray(c.t, np.float64)[optimal_nodes(c.costs, num_steps)]
+
+
+def check_ends(t_min: Optional[float], t_max: Optional[float], have_min: float,
+               have_max: float, what: str, note: str = "") -> None:
+  """ValueError unless the requested ends t_min / t_max (None: any) equal a stored grid's ends
+  have_min / have_max to 1e-9 relative: "<name>=<want> differs from <what> <have><note>"."""
+  for name, want, have in (("t_min", t_min, have_min), ("t_max", t_max, have_max)):
+    if want is not None and not np.isclose(float(want), float(have), rtol=1e-9, atol=0.0):
+      raise ValueError(f"{name}={want!r} differs from {what} {float(have)!r}{note}")
 
 
 def check_costs_schedule(c: KlubCosts, schedule: schedules_lib.Schedule) -> None:

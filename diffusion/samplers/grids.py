@@ -134,10 +134,7 @@ def _spaced_grid(schedule, num_steps, spacing, offset, t_min=None, t_max=None) -
   if not hasattr(schedule, "num_timesteps"):
     raise ValueError(f"grid {spacing!r} picks the timesteps of a discrete schedule "
                      f"(vp_discrete); the {schedule.name!r} schedule has none")
-  if ((t_min is not None and t_min != schedule.t_min)
-      or (t_max is not None and t_max != schedule.t_max)):
-    raise ValueError(f"grid {spacing!r} is fixed by the schedule's timesteps: t_min / t_max "
-                     f"(or logsnr_min / logsnr_max) cannot be set with it")
+  _check_full_range(schedule, spacing, t_min, t_max, "is fixed by the schedule's timesteps")
   n = schedule.num_timesteps
   t = (discrete_timesteps(n, num_steps, spacing, offset).astype(np.float64) + 1.0) / n
   end = float(schedule.t_min)
@@ -146,11 +143,12 @@ def _spaced_grid(schedule, num_steps, spacing, offset, t_min=None, t_max=None) -
   return t
 
 
-def _check_full_range(schedule, kind, t_min, t_max) -> None:
+def _check_full_range(schedule, kind, t_min, t_max, why="fixes its own noise levels") -> None:
+  """ValueError unless t_min / t_max are None or the schedule's: grid ``kind`` ``why``."""
   if ((t_min is not None and t_min != schedule.t_min)
       or (t_max is not None and t_max != schedule.t_max)):
-    raise ValueError(f"grid {kind!r} fixes its own noise levels: t_min / t_max (or logsnr_min / "
-                     f"logsnr_max) cannot be set with it")
+    raise ValueError(f"grid {kind!r} {why}: t_min / t_max (or logsnr_min / logsnr_max) cannot "
+                     f"be set with it")
 
 
 def fitted_grid(path: str, schedule: schedules_lib.Schedule, sampler: Optional[str],
@@ -175,7 +173,5 @@ def fitted_grid(path: str, schedule: schedules_lib.Schedule, sampler: Optional[s
     raise ValueError(f"{path} holds no grid fitted for sampler {sampler!r} with {n} steps; it "
                      f"holds {held} (sampler: step counts)")
   grid = np.asarray(grid, np.float64)
-  for name, want, have in (("t_min", t_min, grid[-1]), ("t_max", t_max, grid[0])):
-    if want is not None and not np.isclose(float(want), float(have), rtol=1e-9, atol=0.0):
-      raise ValueError(f"{name}={want!r} differs from the fitted grid's end {have!r} ({path})")
+  ays.check_ends(t_min, t_max, grid[-1], grid[0], "the fitted grid's end", f" ({path})")
   return grid
