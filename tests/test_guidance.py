@@ -1,4 +1,4 @@
-"""Classifier-free and classifier guidance against exact answers (diffusion/guidance.py).
+"""Classifier-free and classifier guidance against exact answers (diffusion/guidance/).
 
 Ground truth: the labelled analytic Gaussian mixture (``analytic.GaussianMixture`` with
 ``classes``), whose denoiser is the exact conditional denoiser for labels y and the exact

@@ -1,0 +1,80 @@
+"""Classifier-free guidance (Ho & Salimans 2021), with the guidance interval (Kynkaanniemi et al.
+2024)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion.guidance.base import (Denoiser, _batch_t, _check_finite, _labels_or_raise,
+                                     check_interval, in_interval, with_info)
+
+CONVENTIONS = ("scale", "ho_salimans")
+
+
+def classifier_free(denoise: Denoiser, weight: float, *, null_label: int,
+                    convention: str = "scale",
+                    interval: Optional[Tuple[float, float]] = None) -> Denoiser:
+  """Classifier-free guidance (Ho & Salimans 2021) of a conditional denoiser, as a denoiser.
+
+  With x0_c = denoise(x, t, y) and x0_u = denoise(x, t, NULL):
+
+    convention 'scale'        x0 = x0_u + w (x0_c - x0_u)      w = 1: the plain conditional,
+                              w = 0: the unconditional ('guidance scale' of EDM2, Karras et al.
+                              2024, and Kynkaanniemi et al. 2024);
+    convention 'ho_salimans'  x0 = (1 + w) x0_c - w x0_u        (Ho & Salimans 2021, eq. 6, in
+                              x0 instead of eps: the same, as both are affine in each other at
+                              fixed x_t, t); w = 0: the plain conditional.
+
+  so w_scale = 1 + w_ho_salimans. ``interval`` = (t_lo, t_hi): guidance only for t_lo <= t <= t_hi,
+  elsewhere the plain conditional x0_c ("Applying guidance in a limited interval", Kynkaanniemi
+  et al. 2024). Samples whose label is the NULL label get x0_u (both branches are
+  unconditional).
+
+  Both outputs come from ONE call of ``denoise`` on the batch [x; x], [t; t], [cond; cond with
+  the labels replaced by ``null_label``] (other cond entries repeated), split afterwards: the
+  returned denoiser reports ``batch_multiplier`` 2 (``denoiser_info``), and a sampler's ``nfe``
+  counts calls, each now on twice the batch.
+
+  Args:
+    denoise: conditional denoiser ``(x (B, ...), t (B,), cond) -> x0_hat``; cond holds labels.
+    weight: finite guidance weight w in ``convention``.
+    null_label: the NULL (unconditional) label, = num_classes, an int >= 1.
+    convention: 'scale' or 'ho_salimans'.
+    interval: None (guide at every t) or (t_lo, t_hi) with t_lo < t_hi.
+  Returns:
+    ``guided(x, t, cond) -> x0`` (B, ...); a cond without labels raises ValueError when it is
+    called (or traced).
+  """
+  if not callable(denoise):
+    raise TypeError(f"denoise must be callable, got {denoise!r}")
+  w = _check_finite("weight", weight)
+  if convention not in CONVENTIONS:
+    raise ValueError(f"unknown guidance convention {convention!r}; accepted: {CONVENTIONS}")
+  if isinstance(null_label, (bool, np.bool_)) or not isinstance(null_label, (int, np.integer)) \
+      or null_label < 1:
+    raise ValueError(f"null_label must be an int >= 1 (the number of classes), got {null_label!r}")
+  interval = check_interval(interval)
+  w_scale = w if convention == "scale" else 1.0 + w
+  null = int(null_label)
+
+  def guided(x, t, cond=None):
+    labels = jnp.asarray(_labels_or_raise(cond, "classifier_free guidance"))
+    b = x.shape[0]
+    tb = _batch_t(t, x)
+    labels = jnp.broadcast_to(labels, (b,))
+    both = jnp.concatenate([labels, jnp.full_like(labels, null)])
+    rest = {k: v for k, v in cond.items() if k != "label"} if isinstance(cond, dict) else {}
+    rest = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), rest)
+    cond2 = dict(rest, label=both) if isinstance(cond, dict) else both
+    out = denoise(jnp.concatenate([x, x]), jnp.concatenate([tb, tb]), cond2)
+    x0_c, x0_u = out[:b], out[b:]
+    # = x0_u + w (x0_c - x0_u), written to be exactly x0_c at w = 1.
+    x0 = x0_c + jnp.asarray(w_scale - 1.0, out.dtype) * (x0_c - x0_u)
+    if interval is not None:
+      x0 = jnp.where(in_interval(tb, interval, x0), x0, x0_c)
+    return x0
+
+  return with_info(guided, denoise, "classifier_free", batch_multiplier=2)
