@@ -145,6 +145,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.inverse.noise_std = 0.0  # std of the observation noise (pigdm; replacement needs 0)
   c.inverse.factor = 2  # super_resolution: average-pooling factor
   c.inverse.samples_per_observation = 4
+  # Condition each completion of a class-conditional model on its observation's own class (the
+  # observation file's 'labels', written by experiments.observations for labelled data) instead
+  # of guidance.label; classifier-free guidance then guides towards that class.
+  c.inverse.observation_labels = False
   c.inverse.pigdm_scale = 1.0  # multiplies Pi-GDM's guidance term
   c.inverse.sigma_data = 1.0  # Pi-GDM's r_t^2 = sd^2 s^2 / (sd^2 + s^2), s = sigma / alpha
   # Pi-GDM guides only for t <= pigdm_t_hi (None: every t, the paper). Near alpha = 0 a trained

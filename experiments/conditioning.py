@@ -55,6 +55,7 @@ class Plan:
   transforms: tuple = ()
   observations: Optional[Dict[str, np.ndarray]] = None
   classifier_step: Optional[int] = None
+  observation_labels: bool = False
 
   @property
   def conditional(self) -> bool:
@@ -67,13 +68,16 @@ class Plan:
     return (idx % self.num_classes).astype(jnp.int32)
 
   def cond(self, aux, idx):
-    """The sampler's ``cond`` for samples ``idx`` (B,): None, labels (B,), or a dict."""
+    """The sampler's ``cond`` for samples ``idx`` (B,): None, labels (B,), or a dict. With
+    ``observation_labels`` sample i gets the class of its observation i mod N."""
     labels = self.labels(idx) if self.conditional else None
     if self.observations is None:
       return labels
     obs = aux["observations"]
     n = next(iter(obs.values())).shape[0]
     out = {k: jnp.take(v, idx % n, axis=0) for k, v in obs.items()}
+    if self.observation_labels:
+      labels = jnp.take(aux["observation_labels"], idx % n).astype(jnp.int32)
     if labels is not None:
       out["label"] = labels
     return out
@@ -222,6 +226,26 @@ def load_observations(config: Config, data_shape) -> Dict[str, np.ndarray]:
   return out
 
 
+def load_observation_labels(config: Config, num_observations: int) -> np.ndarray:
+  """(N,) int32: the 'labels' of the observation file, each in [0, num_classes) of the model
+  (config.inverse.observation_labels)."""
+  path, ncls = config.inverse.observations, num_classes(config)
+  with np.load(path) as f:
+    if "labels" not in f.files:
+      raise ConfigError(f"config.inverse.observation_labels=True but {path!r} holds no 'labels' "
+                        f"(arrays there: {sorted(f.files)}); experiments.observations writes them "
+                        f"for labelled data")
+    labels = np.asarray(f["labels"])
+  if labels.shape != (num_observations,) or not np.issubdtype(labels.dtype, np.integer):
+    raise ConfigError(f"config.inverse.observations={path!r}: 'labels' must be ({num_observations},) "
+                      f"integers, one per observation; got {labels.dtype} {labels.shape}")
+  bad = np.flatnonzero((labels < 0) | (labels >= ncls))
+  if bad.size:
+    raise ConfigError(f"config.inverse.observations={path!r}: 'labels' must be classes in "
+                      f"[0, {ncls}) of the model; got {int(labels[bad[0]])} at index {int(bad[0])}")
+  return labels.astype(np.int32)
+
+
 def _batch_cond(obs: Dict[str, np.ndarray]) -> Dict[str, Any]:
   return {k: jnp.asarray(v) for k, v in obs.items()}
 
@@ -271,6 +295,8 @@ def tag(config: Config, mode: str = "sample") -> str:
   if mode == "sample" and inv.task != "none":
     stem = os.path.splitext(os.path.basename(str(inv.observations)))[0]
     parts.append(f"{inv.task}_{inv.method}_{stem}")
+    if inv.observation_labels:
+      parts.append("obslabels")
   return "_".join(parts)
 
 
@@ -291,10 +317,13 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
   if mode == "sample" and inv.task != "none":
     observations = load_observations(config, tuple(s.example["x"].shape[1:]))
     aux["observations"] = observations
+    if inv.observation_labels:
+      aux["observation_labels"] = load_observation_labels(config, observations["y"].shape[0])
     transforms.append(_inverse(config, s.schedule))
   return Plan(num_classes=ncls, label=int(g.label), tag=tag(config, mode), aux=aux or None,
               transforms=tuple(transforms), observations=observations,
-              classifier_step=clf_step)
+              classifier_step=clf_step,
+              observation_labels=bool(observations is not None and inv.observation_labels))
 
 
 def reference_classifier(config: Config):

@@ -7,7 +7,9 @@ The file holds 'images' (N, ...) -- the first N held-out examples of the config'
 split of an image dataset, fresh points of a toy density), the ground truth the sampling driver
 shows next to the completions -- and for inpainting 'mask' (N, ...) of 0/1, 1 where a value is
 observed. The driver computes the observation y = A(images) with the task's operator; a file of
-real observations holds 'y' (and 'mask') instead of 'images'.
+real observations holds 'y' (and 'mask') instead of 'images'. For labelled data the file also
+holds 'labels' (N,), each image's class, on which config.inverse.observation_labels conditions
+the completions of a class-conditional model.
 
 Masks: images 'right_half', 'bottom_half', 'center' (the central square of half the side is
 missing), 'random:<p>' (each pixel missing with probability p, channels together, seeded by
@@ -62,6 +64,14 @@ def make_mask(kind: str, shape: Tuple[int, ...], n: int, seed: int = 0) -> np.nd
   return np.broadcast_to(m, (n, h, w, c)).copy()
 
 
+def labels_of_heldout(config, n: int) -> np.ndarray:
+  """(n,) int32: the classes of the first n held-out examples (the order of ``build.heldout``)."""
+  _, labels = build.heldout_labelled(config, n)
+  if len(labels) != n:
+    raise ValueError(f"the held-out split has {len(labels)} labelled examples, fewer than {n}")
+  return np.asarray(labels, np.int32)
+
+
 def write(config, task: str, num: int, out: str, mask: str = "right_half",
           seed: int = 0) -> str:
   """Writes the observation file ``out`` (see the module docstring) and returns its path."""
@@ -71,6 +81,8 @@ def write(config, task: str, num: int, out: str, mask: str = "right_half",
     raise ValueError(f"--num must be >= 1, got {num}")
   images = np.asarray(build.heldout(config, num), np.float32)
   arrays = {"images": images}
+  if build.dataset_num_classes(config):
+    arrays["labels"] = labels_of_heldout(config, len(images))
   if task == "inpaint":
     arrays["mask"] = make_mask(mask, images.shape[1:], num, seed)
   if os.path.dirname(out):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffusion import guidance
 from diffusion.io_utils import atomic_write
 from diffusion.metrics.class_accuracy import class_accuracy
 from experiments import conditioning, generate, plots, results, signals, writers
@@ -101,12 +102,14 @@ def _extra(config: Config, plan: conditioning.Plan, x: np.ndarray, info: Dict[st
   extra: Dict[str, Any] = {"batch_multiplier": info["batch_multiplier"],
                            "network_vjp": info["network_vjp"],
                            "transforms": np.asarray(info["transforms"], dtype=str)}
-  labels = np.asarray(plan.labels(idx)) if plan.conditional else None
+  labels = (np.asarray(guidance.label_of(plan.cond(plan.aux, idx))) if plan.conditional
+            else None)
   accuracy = ""
   if labels is not None:
     extra["labels"] = labels
     ref = conditioning.reference_classifier(config)
-    if ref is not None and plan.observations is None:
+    # Completions are scored only against their observations' own classes.
+    if ref is not None and (plan.observations is None or plan.observation_labels):
       extra["class_accuracy"] = class_accuracy(ref[0], x, labels)
       accuracy = f"; class accuracy {extra['class_accuracy']:.3f} by {ref[1]}"
   return extra, labels, accuracy

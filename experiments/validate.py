@@ -697,6 +697,16 @@ def _check_inverse(config: Config, schedule, mode: str) -> None:
               lo_open=True)
   int_at_least("inverse.factor", inv.factor, 1)
   int_at_least("inverse.samples_per_observation", inv.samples_per_observation, 1)
+  if not isinstance(inv.observation_labels, bool):
+    raise ConfigError(f"config.inverse.observation_labels={inv.observation_labels!r}; accepted: "
+                      f"True, False")
+  if inv.observation_labels and not cond_lib.num_classes(config):
+    raise ConfigError("config.inverse.observation_labels=True conditions on the observations' "
+                      "classes, but the model is unconditional (model.conditional=False)")
+  if inv.observation_labels and config.guidance.label != -1:
+    raise ConfigError(f"config.inverse.observation_labels=True gives each completion its "
+                      f"observation's class, and config.guidance.label={config.guidance.label} "
+                      f"another one; set one of them (guidance.label=-1 with observation labels)")
   if mode == "sample":
     if inv.observations is None:
       raise ConfigError(f"config.inverse.task={inv.task!r} needs config.inverse.observations "

@@ -102,6 +102,19 @@ def test_inpainting_completions_keep_the_observed_coordinate(runs, method):
   assert os.path.exists(os.path.join(r["out"], "samples.png"))
 
 
+def test_completions_conditioned_on_their_observations_classes(runs):
+  r = _sample(runs, **{"inverse.task": "inpaint", "inverse.observations": runs["obs"],
+                       "inverse.samples_per_observation": 2, "inverse.observation_labels": True,
+                       "guidance.kind": "cfg", "guidance.weight": 2.0})
+  assert _named(r["out"], runs, "cfg_scale_w2_inpaint_replacement_obs_obslabels")
+  d = _npz(r["out"])
+  with np.load(runs["obs"]) as f:
+    truth = f["labels"]
+  assert np.array_equal(d["labels"], truth[d["observation_index"]])
+  assert 0.0 <= float(d["class_accuracy"]) <= 1.0  # scored against the observations' classes
+  assert list(d["transforms"]) == ["classifier_free", "replacement"]
+
+
 @pytest.mark.slow  # 3 CLI runs (~40 s); the observation file checks: test_conditioning.py (in-process and its CLI), the label range: test_conditioning.py / test_guidance.py
 def test_cli_refuses_bad_observations_and_labels_in_one_line(runs):
   bad = str(runs["root"] / "bad_mask.npz")

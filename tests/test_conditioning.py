@@ -58,6 +58,10 @@ def _refused(config, mode="sample") -> str:
      ["inverse.method='dps'", "replacement"]),
     ({"inverse.task": "super_resolution", "inverse.factor": 0}, "sample",
      ["inverse.factor=0"]),
+    ({"inverse.task": "inpaint", "inverse.observation_labels": True}, "sample",
+     ["observation_labels=True", "unconditional"]),
+    ({**COND, "inverse.task": "inpaint", "inverse.observation_labels": True, "guidance.label": 3},
+     "sample", ["observation_labels=True", "guidance.label=3"]),
 ])
 def test_bad_guidance_and_inverse_fields(overrides, mode, expected):
   msg = _refused(_digits(**overrides), mode)
@@ -120,6 +124,36 @@ def test_observation_file_round_trip_and_errors(tmp_path):
   cfg = _digits(**{"inverse.task": "inpaint", "inverse.observations": nomask})
   with pytest.raises(ConfigError, match="has no 'mask'"):
     conditioning.load_observations(cfg, (8, 8, 1))
+
+
+def test_observation_labels_condition_each_completion_on_its_observation(tmp_path):
+  import jax.numpy as jnp
+  from experiments import build
+  cfg = _digits(**COND)
+  path = observations.write(cfg, "inpaint", 5, str(tmp_path / "obs.npz"), "right_half")
+  _, truth = build.heldout_labelled(cfg, 5)
+  with np.load(path) as f:
+    assert np.array_equal(f["labels"], truth) and f["labels"].dtype == np.int32
+  cfg = _digits(**COND, **{"inverse.task": "inpaint", "inverse.observations": path,
+                           "inverse.observation_labels": True})
+  labels = conditioning.load_observation_labels(cfg, 5)
+  obs = conditioning.load_observations(cfg, (8, 8, 1))
+  plan = conditioning.Plan(num_classes=10, observations=obs, observation_labels=True,
+                           aux={"observations": obs, "observation_labels": labels})
+  cond = plan.cond(plan.aux, jnp.arange(12))  # sample i completes observation i mod 5
+  assert np.array_equal(np.asarray(cond["label"]), truth[np.arange(12) % 5])
+  assert "obslabels" in conditioning.tag(cfg)
+  plain = conditioning.Plan(num_classes=10, observations=obs, aux={"observations": obs})
+  assert np.array_equal(np.asarray(plain.cond(plain.aux, jnp.arange(12))["label"]),
+                        np.arange(12) % 10)  # without the flag: the classes in turn
+  for arrays, match in (({}, "holds no 'labels'"),
+                        ({"labels": np.array([0, 1, 2, 3, 10])}, "got 10 at index 4"),
+                        ({"labels": np.zeros(4, np.int32)}, r"must be \(5,\) integers")):
+    bad = str(tmp_path / f"bad{len(arrays) and len(arrays['labels'])}.npz")
+    with np.load(path) as f:
+      np.savez(bad, images=f["images"], mask=f["mask"], **arrays)
+    with pytest.raises(ConfigError, match=match):
+      conditioning.load_observation_labels(with_overrides(cfg, {"inverse.observations": bad}), 5)
 
 
 def test_observations_cli_errors_are_one_line(tmp_path, capsys):
