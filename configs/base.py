@@ -120,7 +120,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # class i mod num_classes), 0..num_classes-1 one class, num_classes the NULL (unconditional)
   # label. Unconditional models: -1 only.
   c.guidance.label = -1
-  c.guidance.kind = "none"  # 'none' | 'cfg' (classifier-free) | 'classifier'
+  # 'none' | 'cfg' (classifier-free) | 'classifier' | 'autoguidance' (a weaker model guides)
+  c.guidance.kind = "none"
   # cfg: x0 = x0_u + w (x0_c - x0_u) ('scale': w = 1 the plain conditional) or
   # (1 + w) x0_c - w x0_u ('ho_salimans': w = 0 the plain conditional).
   c.guidance.weight = 1.0
@@ -134,6 +135,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.guidance.classifier_config = config_dict.placeholder(str)
   c.guidance.classifier_workdir = config_dict.placeholder(str)
   c.guidance.classifier_scale = 1.0
+  # autoguidance (Karras et al. 2024): x0 = x0_guide + w (x0 - x0_guide), w = guidance.weight (1:
+  # this model alone), the guide a weaker model of the same data and forward process: a trained
+  # run's workdir (an earlier checkpoint of this run: guide_workdir = this workdir and guide_step;
+  # a smaller or shorter-trained run: its workdir and its config file, guide_config; None: this
+  # run's config). guide_step None: the guide's newest checkpoint.
+  c.guidance.guide_config = config_dict.placeholder(str)
+  c.guidance.guide_workdir = config_dict.placeholder(str)
+  c.guidance.guide_step = config_dict.placeholder(int)
 
   # Linear inverse problems, --mode=sample only (diffusion.inverse; docs/inverse.md).
   c.inverse = ml_collections.ConfigDict()

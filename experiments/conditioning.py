@@ -12,7 +12,8 @@ config.guidance and config.inverse once, before anything is compiled, and return
     (classifier-free or classifier guidance, then the inverse problem's method);
   * ``tag``: the readable name of the conditioning ('' for plain sampling), part of the name of
     the run's results (``experiments.results.output``);
-  * ``classifier_step``: the restored checkpoint step of classifier guidance's classifier.
+  * ``guide_step``: the restored checkpoint step of the second network, classifier guidance's
+    classifier or autoguidance's guiding model.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from experiments.setup import restore_params, saved_config
 Config = ml_collections.ConfigDict
 INVERSE_TASKS = ("none", "inpaint", "colorize", "super_resolution")
 INVERSE_METHODS = ("replacement", "pigdm")
-GUIDANCE_KINDS = ("none", "cfg", "classifier")
+GUIDANCE_KINDS = ("none", "cfg", "classifier", "autoguidance")
 
 
 def num_classes(config: Config) -> int:
@@ -54,7 +55,7 @@ class Plan:
   aux: Any = None
   transforms: tuple = ()
   observations: Optional[Dict[str, np.ndarray]] = None
-  classifier_step: Optional[int] = None
+  guide_step: Optional[int] = None
   observation_labels: bool = False
 
   @property
@@ -119,6 +120,63 @@ def _classifier(config: Config, schedule):
                                         interval=interval, null_label=null)
 
   return transform, params, int(clf_config.model.net.num_classes), step
+
+
+def guide_config(config: Config) -> Config:
+  """The config of autoguidance's guiding model: config.guidance.guide_config (with the overrides
+  its workdir saved), or this run's config when None (an earlier checkpoint of this run)."""
+  g = config.guidance
+  if g.guide_config is None:
+    return saved_config(config, g.guide_workdir)
+  return saved_config(config_files.load_config_file(g.guide_config), g.guide_workdir)
+
+
+def check_guide_config(config: Config, guide: Config) -> None:
+  """Autoguidance's guide must model the same data under the same forward process, with labels
+  when this model takes them, and predict denoised samples (not labels, not a flow map)."""
+  g = config.guidance
+  obj = objectives.of_config(guide)
+  if obj.predicts_labels or obj.reconstructs or obj.network == "flow_map":
+    raise ConfigError(f"config.guidance.guide_config={g.guide_config!r} is not a denoiser "
+                      f"(training.objective={guide.training.objective!r}); autoguidance needs a "
+                      f"(weaker) diffusion model of the same data")
+  for field in ("sde", "data"):
+    mine, theirs = config[field].to_dict(), guide[field].to_dict()
+    if field == "data":
+      mine, theirs = ({k: d.get(k) for k in ("name", "image_size")} for d in (mine, theirs))
+    if mine != theirs:
+      raise ConfigError(f"autoguidance's guide (config.guidance.guide_workdir="
+                        f"{g.guide_workdir!r}) has another {field}: {theirs} there, {mine} here")
+  if num_classes(config) and num_classes(guide) != num_classes(config):
+    raise ConfigError(f"autoguidance's guide (config.guidance.guide_workdir={g.guide_workdir!r}) "
+                      f"has {num_classes(guide)} classes, this model {num_classes(config)}: a "
+                      f"conditional model needs a guide with the same labels")
+
+
+def _autoguidance(config: Config, schedule):
+  """(transform, the guide's EMA params, its restored step) of autoguidance with the guiding
+  model of config.guidance.guide_workdir."""
+  from diffusion import networks
+  g = config.guidance
+  guide = guide_config(config)
+  check_guide_config(config, guide)
+  gs, params, step = restore_params(guide, g.guide_workdir, g.guide_step)
+  weight, interval = float(g.weight), _interval(config, schedule)
+  takes_labels = bool(guide.model.conditional)
+  clip = bool(config.sampling.clip_denoised)
+  dtype = str(config.sampling.compute_dtype)
+
+  def transform(denoise, aux):
+    base = networks.eval_denoiser(gs.net, aux["guide"], gs.schedule, gs.param,
+                                  compute_dtype=dtype)
+
+    def guide_denoise(x, t, cond=None):  # as the sampled model's: labels only, clipped alike
+      x0 = base(x, t, guidance.label_of(cond) if takes_labels else None)
+      return jnp.clip(x0, -1.0, 1.0) if clip else x0
+
+    return guidance.autoguidance(denoise, guide_denoise, weight, interval=interval)
+
+  return transform, params, step
 
 
 def check_classifier_config(config: Config, clf_config: Config) -> None:
@@ -282,6 +340,8 @@ def tag(config: Config, mode: str = "sample") -> str:
   parts = []
   if g.kind == "cfg":
     parts.append(f"cfg_{g.convention}_w{_fmt(g.weight)}")
+  elif g.kind == "autoguidance":
+    parts.append(f"autoguidance_w{_fmt(g.weight)}")
   elif g.kind == "classifier":
     parts.append(f"classifier_s{_fmt(g.classifier_scale)}")
   if g.kind != "none" and (g.t_lo is not None or g.t_hi is not None):
@@ -306,13 +366,17 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
   problems."""
   g, inv = config.guidance, config.inverse
   ncls = num_classes(config)
-  transforms, aux, clf_step = [], {}, None
+  transforms, aux, guide_step = [], {}, None
   if g.kind == "cfg":
     transforms.append(_cfg(config, s.schedule))
   elif g.kind == "classifier":
-    fn, params, ncls, clf_step = _classifier(config, s.schedule)  # its classes label
+    fn, params, ncls, guide_step = _classifier(config, s.schedule)  # its classes label
     transforms.append(fn)
     aux["classifier"] = params
+  elif g.kind == "autoguidance":
+    fn, params, guide_step = _autoguidance(config, s.schedule)
+    transforms.append(fn)
+    aux["guide"] = params
   observations = None
   if mode == "sample" and inv.task != "none":
     observations = load_observations(config, tuple(s.example["x"].shape[1:]))
@@ -322,7 +386,7 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
     transforms.append(_inverse(config, s.schedule))
   return Plan(num_classes=ncls, label=int(g.label), tag=tag(config, mode), aux=aux or None,
               transforms=tuple(transforms), observations=observations,
-              classifier_step=clf_step,
+              guide_step=guide_step,
               observation_labels=bool(observations is not None and inv.observation_labels))
 
 

@@ -415,7 +415,7 @@ def evaluate_step(config: Config, workdir: str, step: Optional[int], sig: signal
   sig.phase, sig.nothing_saved = "set-up", "nothing written for this step"
   s, params, restored = restore_params(config, workdir, step=step)
   plan = conditioning.plan(config, s, "eval")
-  res = results.output(config, "eval", restored, plan.classifier_step)
+  res = results.output(config, "eval", restored, plan.guide_step)
   # _run checked this already, unless the step (the newest) or the classifier's step (in the
   # name) was known only after the restore.
   done = evaluated(workdir, res)

@@ -165,19 +165,23 @@ def _sampling(config: Config, mode: str) -> Dict[str, Any]:
   return out
 
 
-def _guidance(config: Config, classifier_step: Optional[int]) -> Dict[str, Any]:
+def _guidance(config: Config, guide_step: Optional[int]) -> Dict[str, Any]:
   g = config.guidance
   out: Dict[str, Any] = {"label": int(g.label), "kind": str(g.kind)}
   if g.kind == "cfg":
     out.update(weight=float(g.weight), convention=str(g.convention), t_lo=g.t_lo, t_hi=g.t_hi)
-  elif g.kind == "classifier":
-    if classifier_step is None:
-      raise ValueError("results.output: guidance.kind='classifier' needs the classifier's "
-                       "restored step (conditioning.Plan.classifier_step)")
+  elif g.kind in ("classifier", "autoguidance") and guide_step is None:
+    raise ValueError(f"results.output: guidance.kind={g.kind!r} needs the restored step of its "
+                     f"second network (conditioning.Plan.guide_step)")
+  if g.kind == "classifier":
     out.update(classifier_scale=float(g.classifier_scale), t_lo=g.t_lo, t_hi=g.t_hi,
                classifier_config=os.path.abspath(str(g.classifier_config)),
                classifier_workdir=os.path.abspath(str(g.classifier_workdir)),
-               classifier_step=int(classifier_step))
+               classifier_step=int(guide_step))
+  elif g.kind == "autoguidance":
+    guide_config = None if g.guide_config is None else os.path.abspath(str(g.guide_config))
+    out.update(weight=float(g.weight), t_lo=g.t_lo, t_hi=g.t_hi, guide_config=guide_config,
+               guide_workdir=os.path.abspath(str(g.guide_workdir)), guide_step=int(guide_step))
   return out
 
 
@@ -235,10 +239,11 @@ def _eval(config: Config) -> Dict[str, Any]:
 
 
 def key(config: Config, mode: str, step: int,
-        classifier_step: Optional[int] = None) -> Dict[str, Any]:
+        guide_step: Optional[int] = None) -> Dict[str, Any]:
   """The settings that change the results of a ``mode`` run on the checkpoint at ``step``
-  (module docstring). ``classifier_step``: the restored step of classifier guidance's
-  classifier (``conditioning.Plan.classifier_step``), needed with guidance.kind='classifier'."""
+  (module docstring). ``guide_step``: the restored step of the second network of
+  guidance.kind 'classifier' (the classifier) or 'autoguidance' (the guiding model),
+  ``conditioning.Plan.guide_step``, needed with those kinds."""
   if mode not in MODES:
     raise ValueError(f"results: mode {mode!r}; accepted: {list(MODES)}")
   k: Dict[str, Any] = {"mode": mode, "checkpoint_step": int(step), "seed": int(config.seed)}
@@ -247,7 +252,7 @@ def key(config: Config, mode: str, step: int,
     k["eval"] = {"nll_batch_size": int(config.eval.nll_batch_size)}
     return k
   k["sampling"] = _sampling(config, mode)
-  k["guidance"] = _guidance(config, classifier_step)
+  k["guidance"] = _guidance(config, guide_step)
   if mode == "sample":
     if config.inverse.task != "none":
       k["inverse"] = _inverse(config)
@@ -284,10 +289,10 @@ def _readable(config: Config, mode: str, step: int) -> str:
 
 
 def output(config: Config, mode: str, step: int,
-           classifier_step: Optional[int] = None) -> Output:
+           guide_step: Optional[int] = None) -> Output:
   """The name of the results of a ``mode`` run ('sample', 'eval', 'sweep') of ``config`` on the
   checkpoint at ``step``: a readable part and the hash of ``key(...)`` (module docstring)."""
-  k = key(config, mode, step, classifier_step)
+  k = key(config, mode, step, guide_step)
   return Output(mode=mode, step=int(step), readable=_readable(config, mode, step), hash=_hash(k),
                 key=k)
 

@@ -42,7 +42,7 @@ def run(config: Config, workdir: str) -> Dict[str, Any]:
   with signals.RunSignals("set-up", "nothing written") as sig:
     s, params, step = restore_params(config, workdir)
     plan = conditioning.plan(config, s, "sample")
-    res = results.output(config, "sample", step, plan.classifier_step)
+    res = results.output(config, "sample", step, plan.guide_step)
     out = results.sample_dir(workdir, res)
     done = _done(out, res)
     if done is not None:

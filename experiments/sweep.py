@@ -127,7 +127,7 @@ def _run(config: Config, workdir: str, sig: signals.RunSignals) -> Dict[str, Any
                                        where)[-1]
   setup, params, step = restore_params(config, workdir, step=step)  # None: newest intact
   cond_plan = conditioning.plan(config, setup, "eval")  # labels, guidance: as in eval
-  res = results.output(config, "sweep", step, cond_plan.classifier_step)
+  res = results.output(config, "sweep", step, cond_plan.guide_step)
   json_path = results.sweep_path(workdir, res, "json")
   cells = _saved_cells(json_path, res)
   done = {_cell_key(c) for c in cells}

@@ -652,6 +652,12 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   if g.kind == "classifier":
     ncls = _check_classifier(config)
     number_in("guidance.classifier_scale", g.classifier_scale, -math.inf)
+  if g.kind == "autoguidance":
+    number_in("guidance.weight", g.weight, -math.inf)
+    _check_guide(config)
+  elif any(g[f] is not None for f in ("guide_config", "guide_workdir", "guide_step")):
+    raise ConfigError(f"config.guidance.guide_config / guide_workdir / guide_step are read only by "
+                      f"guidance.kind='autoguidance', and guidance.kind={g.kind!r}")
   for name in ("t_lo", "t_hi"):
     v = g[name]
     if v is not None:
@@ -669,7 +675,7 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   if ncls and not -1 <= g.label <= ncls:
     raise ConfigError(f"config.guidance.label={g.label} is out of range; accepted: -1 (every "
                       f"class in turn), 0..{ncls - 1} (one class) or {ncls} (the NULL label)")
-  if g.kind != "none" and g.label == ncls and ncls:
+  if g.kind not in ("none", "autoguidance") and g.label == ncls and ncls:
     raise ConfigError(f"config.guidance.label={g.label} is the NULL label: there is no class to "
                       f"guide towards with guidance.kind={g.kind!r}")
   _check_inverse(config, schedule, mode)
@@ -713,6 +719,25 @@ def _check_inverse(config: Config, schedule, mode: str) -> None:
                         f"(an .npz written by python -m experiments.observations)")
     if not os.path.isfile(inv.observations):
       raise ConfigError(f"config.inverse.observations={inv.observations!r} is not a file")
+
+
+def _check_guide(config: Config) -> None:
+  """Autoguidance's guide: a workdir, an optional checkpoint step >= 0 and a config that loads and
+  models this data under this forward process (conditioning.check_guide_config)."""
+  g = config.guidance
+  if not g.guide_workdir:
+    raise ConfigError("config.guidance.kind='autoguidance' needs config.guidance.guide_workdir "
+                      "(the guiding model's run: this workdir with an earlier guide_step, or "
+                      "a weaker run's)")
+  if not os.path.isdir(g.guide_workdir):
+    raise ConfigError(f"config.guidance.guide_workdir={g.guide_workdir!r} is not a directory")
+  if g.guide_step is not None:
+    int_at_least("guidance.guide_step", g.guide_step, 0)
+  try:
+    guide = cond_lib.guide_config(config)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.guidance.guide_config: {e}") from None
+  cond_lib.check_guide_config(config, guide)
 
 
 def _check_classifier(config: Config) -> int:

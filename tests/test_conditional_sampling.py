@@ -12,7 +12,7 @@ from tests.conftest import REPO, TINY, run_main, with_overrides
 
 COND = os.path.join(REPO, "configs", "toy", "8gaussians_vp_cond.py")
 CLF = os.path.join(REPO, "configs", "toy", "8gaussians_vp_classifier.py")
-STEPS = {"training.num_steps": 20, "training.ckpt_every": 20}
+STEPS = {"training.num_steps": 20, "training.ckpt_every": 10}  # checkpoints at 10 and 20
 
 
 def _config(path, **overrides):
@@ -71,6 +71,25 @@ def test_cfg_doubles_the_network_batch_not_the_nfe(runs):
   np.testing.assert_allclose(_npz(w1["out"])["x"], _npz(plain["out"])["x"], atol=1e-5)
   w3 = _npz(r["out"])["x"]
   assert np.max(np.abs(w3 - _npz(plain["out"])["x"])) > 1e-2  # guidance changed them
+
+
+def test_autoguidance_by_an_earlier_checkpoint(runs):
+  plain = _sample(runs)
+  guided = {w: _sample(runs, **{"guidance.kind": "autoguidance", "guidance.weight": w,
+                                "guidance.guide_workdir": runs["cond"], "guidance.guide_step": 10})
+            for w in (1.0, 2.0)}
+  r = guided[2.0]
+  assert _named(r["out"], runs, "autoguidance_w2") and r["nfe"] == plain["nfe"]
+  d = _npz(r["out"])
+  assert list(d["transforms"]) == ["autoguidance"] and np.isfinite(d["x"]).all()
+  # w = 1 is the sampled model alone; w = 2 moves away from the step-10 guide.
+  np.testing.assert_allclose(_npz(guided[1.0]["out"])["x"], _npz(plain["out"])["x"], atol=1e-5)
+  assert np.max(np.abs(d["x"] - _npz(plain["out"])["x"])) > 1e-2
+  # the guide's step names the results: the step-20 guide (the model itself) is another folder
+  same = _sample(runs, **{"guidance.kind": "autoguidance", "guidance.weight": 2.0,
+                          "guidance.guide_workdir": runs["cond"]})
+  assert same["out"] != r["out"]
+  np.testing.assert_allclose(_npz(same["out"])["x"], _npz(plain["out"])["x"], atol=1e-5)
 
 
 def test_classifier_guidance(runs):

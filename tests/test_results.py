@@ -110,13 +110,19 @@ def test_toy_sweep_key_holds_what_scores_its_cells():
     assert results.output(tiny_config(**same), "sweep", 30).name == base.name, same
 
 
-def test_classifier_guidance_needs_the_classifier_step():
+def test_classifier_and_autoguidance_need_the_second_networks_step():
   cfg = tiny_config(**{"guidance.kind": "classifier", "guidance.classifier_config": "c.py",
                        "guidance.classifier_workdir": "clf"})
-  with pytest.raises(ValueError, match="classifier's restored step"):
+  with pytest.raises(ValueError, match="restored step of its second network"):
     results.output(cfg, "sample", 30)
-  a, b = (results.output(cfg, "sample", 30, classifier_step=s).key["guidance"] for s in (10, 20))
+  a, b = (results.output(cfg, "sample", 30, guide_step=s).key["guidance"] for s in (10, 20))
   assert a != b and a["classifier_workdir"] == os.path.abspath("clf")
+  cfg = tiny_config(**{"guidance.kind": "autoguidance", "guidance.guide_workdir": "weak"})
+  with pytest.raises(ValueError, match="restored step of its second network"):
+    results.output(cfg, "sample", 30)
+  a, b = (results.output(cfg, "sample", 30, guide_step=s) for s in (10, 20))
+  assert a.name != b.name and a.key["guidance"]["guide_workdir"] == os.path.abspath("weak")
+  assert a.key["guidance"]["guide_step"] == 10
 
 
 def test_a_folder_holding_other_settings_is_refused(tmp_path):
