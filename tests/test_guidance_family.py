@@ -143,7 +143,7 @@ def test_zero_star_hand_computed():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sched", [VP, RF], ids=["vp", "rf"])
+@pytest.mark.parametrize("sched", [VP, pytest.param(RF, marks=slow)], ids=["vp", "rf"])
 def test_reductions_to_cfg_and_to_the_conditional(sched):
   gm = labelled_mixture()
   den = gm.denoiser(sched)
@@ -270,7 +270,7 @@ def cfg_with_step_weights(den, grid, weights):
   return g
 
 
-@pytest.mark.parametrize("sched", [VP, RF], ids=["vp", "rf"])
+@pytest.mark.parametrize("sched", [VP, pytest.param(RF, marks=slow)], ids=["vp", "rf"])
 def test_cfgpp_equals_ddim_with_per_step_cfg(sched):
   gm = labelled_mixture()
   den = gm.denoiser(sched)
@@ -395,6 +395,7 @@ def moment_error(x, m, c):
   return np.abs(x.mean(0) - m).max() + np.abs(np.cov(x.T) - c).max()
 
 
+@slow
 def test_autoguided_langevin_converges_to_the_tilted_density():
   """Measured (4,000 chains, moment error = max |mean error| + max |cov error|): 0.35 after
   2 x 10 + 10 steps, 0.14 after 10 x 10 + 50, 0.03 after 100 x 10 + 300; the Monte Carlo floor
