@@ -38,6 +38,11 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "data", "guidance_family",
                         "diffusers_guiders.npz")
 
 
+APG = guidance.adaptive_projected_guidance
+RESCALE = guidance.rescaled_classifier_free
+ZERO_STAR = guidance.classifier_free_zero_star
+
+
 @pytest.fixture(autouse=True)
 def x64():
   with jax.enable_x64(True):
@@ -151,24 +156,24 @@ def test_reductions_to_cfg_and_to_the_conditional(sched):
   exact = gm.denoise(x, t, labels, schedule=sched)
   for w in (1.0, 2.5):
     ref = exact if w == 1.0 else cfg(sched, w)(x, t, labels)
-    close(guidance.apg(den, w, null_label=NULL, eta=1.0)(x, t, labels), ref)
+    close(APG(den, w, null_label=NULL, eta=1.0)(x, t, labels), ref)
     for space in guidance.SPACES:
-      close(guidance.cfg_rescale(den, w, null_label=NULL, phi=0.0, space=space,
+      close(RESCALE(den, w, null_label=NULL, phi=0.0, space=space,
                                  schedule=sched)(x, t, labels), ref, 1e-9)
-      close(guidance.cfg_zero_star(den, w, null_label=NULL, space=space, schedule=sched,
+      close(ZERO_STAR(den, w, null_label=NULL, space=space, schedule=sched,
                                    optimized=False)(x, t, labels), ref, 1e-9)
   for space in guidance.SPACES:  # w = 1 with the method's own extras switched on
-    close(guidance.cfg_rescale(den, 1.0, null_label=NULL, phi=0.7, space=space,
+    close(RESCALE(den, 1.0, null_label=NULL, phi=0.7, space=space,
                                schedule=sched)(x, t, labels), exact, 1e-9)
-    close(guidance.cfg_zero_star(den, 1.0, null_label=NULL, space=space,
+    close(ZERO_STAR(den, 1.0, null_label=NULL, space=space,
                                  schedule=sched)(x, t, labels), exact, 1e-9)
-  close(guidance.apg(den, 1.0, null_label=NULL, norm_threshold=0.5)(x, t, labels), exact)
+  close(APG(den, 1.0, null_label=NULL, norm_threshold=0.5)(x, t, labels), exact)
   close(guidance.autoguidance(den, lambda x, t, c=None: 0 * x, 1.0)(x, t, labels), exact)
   # and the methods do guide at w != 1, differently from CFG
   ref = cfg(sched, 3.0)(x, t, labels)
-  for g in (guidance.apg(den, 3.0, null_label=NULL, eta=0.0),
-            guidance.cfg_rescale(den, 3.0, null_label=NULL, schedule=sched),
-            guidance.cfg_zero_star(den, 3.0, null_label=NULL, schedule=sched)):
+  for g in (APG(den, 3.0, null_label=NULL, eta=0.0),
+            RESCALE(den, 3.0, null_label=NULL, schedule=sched),
+            ZERO_STAR(den, 3.0, null_label=NULL, schedule=sched)):
     assert float(jnp.max(jnp.abs(g(x, t, labels) - ref))) > 1e-3
 
 
@@ -198,14 +203,14 @@ def test_zero_star_optimized_scale_in_velocity_space():
   st = jnp.sum(vc * vu, -1, keepdims=True) / (jnp.sum(vu * vu, -1, keepdims=True) + 1e-8)
   v = st * vu + 3.0 * (vc - st * vu)
   ref = (x - s * v) / (a + s)  # v = eps - x0 = (x - x0) / s  (a + s = 1)
-  close(guidance.cfg_zero_star(den, 3.0, null_label=NULL, schedule=RF)(x, t, labels), ref, 1e-9)
+  close(ZERO_STAR(den, 3.0, null_label=NULL, schedule=RF)(x, t, labels), ref, 1e-9)
   tz = float(t[7])
-  out = guidance.cfg_zero_star(den, 3.0, null_label=NULL, schedule=RF, zero_init_t=tz)(x, t,
+  out = ZERO_STAR(den, 3.0, null_label=NULL, schedule=RF, zero_init_t=tz)(x, t,
                                                                                        labels)
   close(out[8:], x[8:])
   close(out[:8], ref[:8], 1e-9)
   x, t, labels = points(VP)
-  out = guidance.cfg_zero_star(guidance_mixture_vp(), 3.0, null_label=NULL, schedule=VP,
+  out = ZERO_STAR(guidance_mixture_vp(), 3.0, null_label=NULL, schedule=VP,
                                zero_init_t=0.0)(x, t, labels)
   a, s = VP.alpha(t)[:, None], VP.sigma(t)[:, None]
   vel = VP.dalpha_dt(t)[:, None] * out + VP.dsigma_dt(t)[:, None] * (x - a * out) / s
@@ -224,9 +229,9 @@ def test_interval_keeps_the_conditional_outside(sched):
   lo, hi = float(t[3]), float(t[8])
   inside = (np.asarray(t) >= lo) & (np.asarray(t) <= hi)
   exact = np.asarray(gm.denoise(x, t, labels, schedule=sched))
-  for make in (lambda **k: guidance.apg(den, 3.0, null_label=NULL, eta=0.0, **k),
-               lambda **k: guidance.cfg_rescale(den, 3.0, null_label=NULL, schedule=sched, **k),
-               lambda **k: guidance.cfg_zero_star(den, 3.0, null_label=NULL, schedule=sched, **k),
+  for make in (lambda **k: APG(den, 3.0, null_label=NULL, eta=0.0, **k),
+               lambda **k: RESCALE(den, 3.0, null_label=NULL, schedule=sched, **k),
+               lambda **k: ZERO_STAR(den, 3.0, null_label=NULL, schedule=sched, **k),
                lambda **k: guidance.autoguidance(den, lambda x, t, c=None: 0 * x, 3.0, **k)):
     out, full = np.asarray(make(interval=(lo, hi))(x, t, labels)), make()(x, t, labels)
     close(out[~inside], exact[~inside], 1e-12)
@@ -236,10 +241,12 @@ def test_interval_keeps_the_conditional_outside(sched):
 def test_cost_info():
   gm = labelled_mixture()
   den = gm.denoiser(VP)
-  for g, name in ((guidance.apg(den, 2.0, null_label=NULL), "apg"),
-                  (guidance.cfg_rescale(den, 2.0, null_label=NULL, schedule=VP), "cfg_rescale"),
-                  (guidance.cfg_zero_star(den, 2.0, null_label=NULL, schedule=VP),
-                   "cfg_zero_star")):
+  for g, name in ((APG(den, 2.0, null_label=NULL),
+                   "adaptive_projected_guidance"),
+                  (RESCALE(den, 2.0, null_label=NULL, schedule=VP),
+                   "rescaled_classifier_free"),
+                  (ZERO_STAR(den, 2.0, null_label=NULL, schedule=VP),
+                   "classifier_free_zero_star")):
     assert guidance.denoiser_info(g) == {"batch_multiplier": 2, "network_vjp": False,
                                          "transforms": (name,)}
   ag = guidance.autoguidance(den, gm.denoiser(VP), 2.0)
@@ -417,25 +424,25 @@ def test_autoguided_langevin_converges_to_the_tilted_density():
 def test_argument_errors():
   den = labelled_mixture().denoiser(VP)
   cases = [
-      (lambda: guidance.apg(den, float("nan"), null_label=NULL), ValueError, "weight"),
-      (lambda: guidance.apg(den, 2.0, null_label=0), ValueError, "null_label"),
-      (lambda: guidance.apg(den, 2.0, null_label=NULL, momentum=-0.5), ValueError, "state"),
-      (lambda: guidance.apg(den, 2.0, null_label=NULL, base="x"), ValueError, "'x'"),
-      (lambda: guidance.apg(den, 2.0, null_label=NULL, norm_threshold=-1.0), ValueError, "-1.0"),
-      (lambda: guidance.apg(den, 2.0, null_label=NULL, eta="1"), ValueError, "eta"),
-      (lambda: guidance.apg("f", 2.0, null_label=NULL), TypeError, "callable"),
-      (lambda: guidance.cfg_rescale(den, 2.0, null_label=NULL), TypeError, "schedule"),
-      (lambda: guidance.cfg_rescale(den, 2.0, null_label=NULL, phi=1.5, schedule=VP), ValueError,
+      (lambda: APG(den, float("nan"), null_label=NULL), ValueError, "weight"),
+      (lambda: APG(den, 2.0, null_label=0), ValueError, "null_label"),
+      (lambda: APG(den, 2.0, null_label=NULL, momentum=-0.5), ValueError, "state"),
+      (lambda: APG(den, 2.0, null_label=NULL, base="x"), ValueError, "'x'"),
+      (lambda: APG(den, 2.0, null_label=NULL, norm_threshold=-1.0), ValueError, "-1.0"),
+      (lambda: APG(den, 2.0, null_label=NULL, eta="1"), ValueError, "eta"),
+      (lambda: APG("f", 2.0, null_label=NULL), TypeError, "callable"),
+      (lambda: RESCALE(den, 2.0, null_label=NULL), TypeError, "schedule"),
+      (lambda: RESCALE(den, 2.0, null_label=NULL, phi=1.5, schedule=VP), ValueError,
        "1.5"),
-      (lambda: guidance.cfg_rescale(den, 2.0, null_label=NULL, space="noise", schedule=VP),
+      (lambda: RESCALE(den, 2.0, null_label=NULL, space="noise", schedule=VP),
        ValueError, "'noise'"),
-      (lambda: guidance.cfg_zero_star(den, 2.0, null_label=NULL, space="x0", zero_init_t=0.9),
+      (lambda: ZERO_STAR(den, 2.0, null_label=NULL, space="x0", zero_init_t=0.9),
        TypeError, "zero_init_t"),
-      (lambda: guidance.cfg_zero_star(den, 2.0, null_label=NULL, schedule=VP, optimized=1),
+      (lambda: ZERO_STAR(den, 2.0, null_label=NULL, schedule=VP, optimized=1),
        TypeError, "optimized"),
-      (lambda: guidance.cfg_zero_star(den, 2.0, null_label=NULL, schedule=VP, eps=-1.0),
+      (lambda: ZERO_STAR(den, 2.0, null_label=NULL, schedule=VP, eps=-1.0),
        ValueError, "eps"),
-      (lambda: guidance.cfg_zero_star(den, 2.0, null_label=NULL, schedule=VP,
+      (lambda: ZERO_STAR(den, 2.0, null_label=NULL, schedule=VP,
                                       interval=(0.5, 0.1)), ValueError, "interval"),
       (lambda: guidance.autoguidance(den, None, 2.0), TypeError, "guide"),
       (lambda: guidance.autoguidance(den, den, float("inf")), ValueError, "weight"),
@@ -443,6 +450,6 @@ def test_argument_errors():
   for make, exc, msg in cases:
     with pytest.raises(exc, match=msg):
       make()
-  g = guidance.apg(den, 2.0, null_label=NULL)
+  g = APG(den, 2.0, null_label=NULL)
   with pytest.raises(ValueError, match="needs class labels"):
     g(jnp.zeros((2, 2)), jnp.full((2,), 0.5), None)

@@ -54,9 +54,10 @@ def apg_combine(x0_c: Array, x0_u: Array, weight: float, *, eta: float = 1.0,
   return x0_u + jnp.asarray(weight, d.dtype) * update, new_running
 
 
-def apg(denoise: Denoiser, weight: float, *, null_label: int, eta: float = 1.0,
-        norm_threshold: float = 0.0, momentum: float = 0.0, base: str = "cond",
-        interval: Optional[Tuple[float, float]] = None) -> Denoiser:
+def adaptive_projected_guidance(denoise: Denoiser, weight: float, *, null_label: int,
+                                eta: float = 1.0, norm_threshold: float = 0.0,
+                                momentum: float = 0.0, base: str = "cond",
+                                interval: Optional[Tuple[float, float]] = None) -> Denoiser:
   """Adaptive Projected Guidance (Sadat et al., ICLR 2025) of a conditional denoiser, as a
   denoiser: ``apg_combine`` of x0_c = denoise(x, t, y) and x0_u = denoise(x, t, NULL), both from
   ONE batched call on [x; x] (``batch_multiplier`` 2), in x0 (the paper applies APG to the
@@ -110,4 +111,4 @@ def apg(denoise: Denoiser, weight: float, *, null_label: int, eta: float = 1.0,
       x0 = jnp.where(in_interval(tb, interval, x0), x0, x0_c)
     return x0
 
-  return with_info(guided, denoise, "apg", batch_multiplier=2)
+  return with_info(guided, denoise, "adaptive_projected_guidance", batch_multiplier=2)

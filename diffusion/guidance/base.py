@@ -186,7 +186,8 @@ def space_coefficients(space: str, schedule, t, x):
     'eps'       eps = (x - alpha x0) / sigma       a = 1/s,    b = -alpha/sigma;
     'v'         v = alpha eps - sigma x0           a = alpha/sigma, b = -(alpha^2 + sigma^2)/sigma
                 (Salimans & Ho 2022, the v-prediction);
-    'velocity'  dx/dt = alpha' x0 + sigma' eps      a = sigma'/sigma, b = alpha' - sigma' alpha/sigma
+    'velocity'  dx/dt = alpha' x0 + sigma' eps      a = sigma'/sigma,
+                                                   b = alpha' - sigma' alpha/sigma
                 (the PF-ODE / flow-matching velocity: eps - x0 for alpha = 1 - t, sigma = t).
 
   Every space but 'x0' needs sigma > 0."""

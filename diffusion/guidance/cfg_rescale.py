@@ -33,9 +33,9 @@ def rescale_combine(pred_c: Array, pred_u: Array, weight: float, phi: float) -> 
   return g * (jnp.asarray(phi, dt) * factor + jnp.asarray(1.0 - phi, dt))
 
 
-def cfg_rescale(denoise: Denoiser, weight: float, *, null_label: int, phi: float = 0.7,
-                space: str = "v", schedule=None,
-                interval: Optional[Tuple[float, float]] = None) -> Denoiser:
+def rescaled_classifier_free(denoise: Denoiser, weight: float, *, null_label: int,
+                             phi: float = 0.7, space: str = "v", schedule=None,
+                             interval: Optional[Tuple[float, float]] = None) -> Denoiser:
   """CFG rescale (Lin et al. 2024, sec. 3.4) of a conditional denoiser, as a denoiser.
 
   x0_c, x0_u come from ONE batched call on [x; x] (``batch_multiplier`` 2), are mapped to the
@@ -79,4 +79,4 @@ def cfg_rescale(denoise: Denoiser, weight: float, *, null_label: int, phi: float
       x0 = jnp.where(in_interval(tb, interval, x0), x0, x0_c)
     return x0
 
-  return with_info(guided, denoise, "cfg_rescale", batch_multiplier=2)
+  return with_info(guided, denoise, "rescaled_classifier_free", batch_multiplier=2)

@@ -36,10 +36,10 @@ def zero_velocity_x0(x: Array, t: Array, schedule) -> Array:
   return ds * x / (ds * al - da * sg)
 
 
-def cfg_zero_star(denoise: Denoiser, weight: float, *, null_label: int, schedule=None,
-                  space: str = "velocity", optimized: bool = True,
-                  zero_init_t: Optional[float] = None, eps: float = 1e-8,
-                  interval: Optional[Tuple[float, float]] = None) -> Denoiser:
+def classifier_free_zero_star(denoise: Denoiser, weight: float, *, null_label: int,
+                              schedule=None, space: str = "velocity", optimized: bool = True,
+                              zero_init_t: Optional[float] = None, eps: float = 1e-8,
+                              interval: Optional[Tuple[float, float]] = None) -> Denoiser:
   """CFG-Zero* (Fan et al. 2025) of a conditional denoiser, as a denoiser.
 
   x0_c, x0_u come from ONE batched call on [x; x] (``batch_multiplier`` 2) and are mapped to the
@@ -102,4 +102,4 @@ def cfg_zero_star(denoise: Denoiser, weight: float, *, null_label: int, schedule
       x0 = jnp.where(zero, zero_velocity_x0(x, tb, schedule), x0)
     return x0
 
-  return with_info(guided, denoise, "cfg_zero_star", batch_multiplier=2)
+  return with_info(guided, denoise, "classifier_free_zero_star", batch_multiplier=2)
