@@ -238,6 +238,21 @@ def test_interval_keeps_the_conditional_outside(sched):
     close(out[inside], np.asarray(full)[inside], 1e-12)
 
 
+def test_dict_cond_and_null_label():
+  """A dict cond (labels plus other per-sample entries) guides like the bare labels; NULL-labelled
+  samples get the unconditional denoiser."""
+  gm = labelled_mixture()
+  den = gm.denoiser(VP)
+  x, t, labels = points(VP)
+  g = ZERO_STAR(den, 3.0, null_label=NULL, schedule=VP)
+  close(g(x, t, {"label": labels, "y": x}), g(x, t, labels), 0.0)
+  nul = jnp.full_like(labels, NULL)
+  unc = gm.denoise(x, t, None, schedule=VP)
+  close(APG(den, 3.0, null_label=NULL, eta=0.0)(x, t, nul), unc, 1e-12)
+  # s* = |u|^2 / (|u|^2 + 1e-8) (the reference's eps): 1 only up to ~1e-8 / |u|^2
+  close(ZERO_STAR(den, 3.0, null_label=NULL, schedule=VP, space="x0")(x, t, nul), unc, 1e-6)
+
+
 def test_cost_info():
   gm = labelled_mixture()
   den = gm.denoiser(VP)
@@ -305,6 +320,10 @@ def test_cfgpp_equals_ddim_with_per_step_cfg(sched):
                                cond=labels)
   pair = guidance.cfgpp_pair(den, 0.5, null_label=NULL)
   close(xf, pair(x12, jnp.full((9,), grid[-1]), labels)[0])
+  # outside the interval: the plain conditional DDIM step (here: an interval missing the grid)
+  xi, _ = guidance.cfgpp_ddim(den, sched, key, x_T, grid, weight=0.5, null_label=NULL,
+                              cond={"label": labels}, interval=(-2.0, -1.0))
+  close(xi, ddim(den, key, x_T, labels)[0], 1e-10)
 
 
 def test_cfgpp_pure_noise_start_and_refusals():
