@@ -27,13 +27,32 @@ Transformers (docs/guidance.md):
                            2024), conditional and unconditional from one batched call;
   ``classifier_guidance``  score + scale * grad_x log p(y | x_t)  (Song et al. 2021, sec. 5,
                            eq. 14; Dhariwal & Nichol 2021, sec. 4), with ``network_log_prob`` for a
-                           trained noise-conditional classifier.
+                           trained noise-conditional classifier;
+  ``adaptive_projected_guidance``  APG (Sadat et al. 2025), momentum 0 (``apg.py``);
+  ``rescaled_classifier_free``     CFG with the std rescale of Lin et al. 2024 (eq. 15-16), in a
+                                   chosen prediction space (``cfg_rescale.py``);
+  ``classifier_free_zero_star``    CFG-Zero* (Fan et al. 2025): optimized scale s* and zero-init
+                                   (``cfg_zero_star.py``);
+  ``autoguidance``         D_bad + w (D_good - D_bad) (Karras et al. 2024), a second network
+                           (``auto.py``)
+                           ('guide_batch_multiplier' in the info);
+  ``cfgpp_ddim``           CFG++ (Chung et al. 2025): a DDIM sampler, not a transformer (its
+                           renoising uses the unconditional eps; see ``guidance.cfgpp``).
 """
-from diffusion.guidance.base import (Array, Denoiser, LogProbFn, check_interval, check_labels,
-                                     denoiser_info, in_interval, label_of, with_info, with_label)
+from diffusion.guidance.apg import adaptive_projected_guidance, apg_combine
+from diffusion.guidance.auto import autoguidance
+from diffusion.guidance.base import (SPACES, Array, Denoiser, LogProbFn, check_interval,
+                                     check_labels, denoiser_info, from_space, in_interval,
+                                     label_of, to_space, with_info, with_label)
 from diffusion.guidance.cfg import CONVENTIONS, classifier_free
+from diffusion.guidance.cfg_rescale import rescaled_classifier_free
+from diffusion.guidance.cfg_zero_star import classifier_free_zero_star
+from diffusion.guidance.cfgpp import cfgpp_ddim, cfgpp_pair, check_cfgpp_sampler
 from diffusion.guidance.classifier import classifier_guidance, network_log_prob
 
-__all__ = ["Array", "CONVENTIONS", "Denoiser", "LogProbFn", "check_interval", "check_labels",
-           "classifier_free", "classifier_guidance", "denoiser_info", "in_interval", "label_of",
-           "network_log_prob", "with_info", "with_label"]
+__all__ = ["Array", "CONVENTIONS", "Denoiser", "LogProbFn", "SPACES",
+           "adaptive_projected_guidance", "apg_combine", "autoguidance", "cfgpp_ddim",
+           "cfgpp_pair", "check_cfgpp_sampler", "check_interval", "check_labels",
+           "classifier_free", "classifier_free_zero_star", "classifier_guidance",
+           "denoiser_info", "from_space", "in_interval", "label_of", "network_log_prob",
+           "rescaled_classifier_free", "to_space", "with_info", "with_label"]
