@@ -388,3 +388,47 @@ def test_mixture_completions_vs_exact_posterior(method, noise_std, exact):
     else:
       assert m[k] <= 1.5 * v, (k, m[k], v)
       assert m[k] > 1.5 * FLOOR[k], (k, m[k])
+
+
+# ------------------------------------------------------------------------------------------------
+# Image operators
+# ------------------------------------------------------------------------------------------------
+
+
+def _image_gaussian(shape, sd=0.6):
+  d = int(np.prod(shape[1:]))
+  mu = np.linspace(-0.5, 0.5, d)
+  gm = analytic.GaussianMixture.create([1.0], mu[None], [sd**2])
+  return lambda x, t, c=None: gm.denoise(x.reshape(x.shape[0], -1), t, schedule=VP).reshape(
+      x.shape)
+
+
+@pytest.mark.parametrize("op", [inverse.Inpainting(), inverse.Colorization(),
+                                inverse.SuperResolution(2)], ids=lambda o: o.name)
+def test_ddrm_noiseless_images_meet_the_observation_exactly(op, x64):
+  shape = (3, 4, 4, 3)
+  cond = {"mask": _mask(shape, 5)} if op.name == "inpainting" else {}
+  truth = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float64)
+  cond["y"] = op.apply(truth, cond)
+  x_T = VP.prior_sample(jax.random.PRNGKey(1), shape).astype(jnp.float64)
+  x, _ = inverse.ddrm_sampler(op, eta=0.85)(_image_gaussian(shape), VP, jax.random.PRNGKey(2),
+                                            x_T, grids.time_grid(VP, 6, "karras"), cond=cond)
+  np.testing.assert_allclose(np.asarray(op.apply(x, cond)), np.asarray(cond["y"]), atol=1e-10)
+  assert np.max(np.abs(np.asarray(x - truth))) > 0.1  # the unobserved part is sampled
+
+
+@pytest.mark.parametrize("method", ["dps", "daps", "ddrm"])
+def test_inpainting_ignores_the_unobserved_entries_of_y(method, x64):
+  """Entries of y where mask = 0 are no observations: garbage there changes nothing."""
+  shape = (2, 4, 4, 3)
+  op = inverse.Inpainting()
+  mask = _mask(shape, 6)
+  y = mask * np.asarray(jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float64))
+  run = _methods(op)[method]
+  args = (_image_gaussian(shape), VP, jax.random.PRNGKey(2),
+          VP.prior_sample(jax.random.PRNGKey(1), shape).astype(jnp.float64),
+          grids.time_grid(VP, 4, "karras"))
+  clean, _ = run(*args, cond={"mask": mask, "y": jnp.asarray(y)})
+  dirty, _ = run(*args, cond={"mask": mask, "y": jnp.asarray(y + 5.0 * (1 - mask))})
+  np.testing.assert_array_equal(np.asarray(clean), np.asarray(dirty))
+  assert np.all(np.isfinite(np.asarray(clean)))
