@@ -259,12 +259,12 @@ def test_daps_langevin_chain_law(x64):
   a = rng.standard_normal((2, 3))
   op = inverse.MatrixOperator(a)
   x0_hat, y = rng.standard_normal(3), rng.standard_normal(2)
-  r2, tau2, lr, n = 0.25, 0.09, 0.02, 20000
+  r2, tau2, lr, n = 0.25, 0.09, 0.02, 10000
   m, prec = _gaussian_target(a, x0_hat, y, r2, tau2)
   keys = engine.sample_keys(jax.random.PRNGKey(5), n)
   x = jax.jit(lambda k: daps_lib.langevin(jnp.broadcast_to(x0_hat, (n, 3)),
                                           jnp.broadcast_to(y, (n, 2)), r2, tau2, op, {}, lr=lr,
-                                          num_steps=400, keys=k))(keys)
+                                          num_steps=300, keys=k))(keys)
   x = np.asarray(x)
   cov = np.linalg.inv(prec) @ np.linalg.inv(np.eye(3) - lr * prec / 2)
   se = np.sqrt(np.diag(cov) / n)

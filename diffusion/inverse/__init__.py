@@ -24,8 +24,9 @@ sample_offset=0) -> (x0, info)`` (``denoise`` the inner denoiser, info['nfe'] th
 
   dps_sampler(op, zeta=...): DPS (Chung et al., ICLR 2023, Alg. 1): DDPM ancestral steps, each
       followed by -zeta grad ||y - A x0_hat||^2 / ||y - A x0_hat||; back-propagates.
-  daps_sampler(op, ...): DAPS (Zhang et al., CVPR 2025): per annealing level a PF-ODE solve to
-      x0_hat, Langevin on N(x0; x0_hat, r^2 I) N(y; A x0, tau^2 I), re-noising.
+  daps_sampler(op, ...): DAPS (Zhang, Chu, Berner, Meng, Anandkumar & Song, CVPR 2025): per
+      annealing level a PF-ODE solve to x0_hat, Langevin on N(x0; x0_hat, r^2 I)
+      N(y; A x0, tau^2 I), re-noising.
   ddrm_sampler(op, noise_std=..., eta=..., eta_b=...): DDRM (Kawar et al., NeurIPS 2022, eq. 7-8)
       in the SVD basis of A (``op.svd_parts``).
 

@@ -1,5 +1,6 @@
-"""Decoupled annealing posterior sampling, DAPS (Zhang, Chu, Berner, Zheng, He, Yue & Anandkumar,
-"Improving Diffusion Inverse Problem Solving with Decoupled Noise Annealing", CVPR 2025)."""
+"""Decoupled annealing posterior sampling, DAPS (Zhang, Chu, Berner, Meng, Anandkumar & Song,
+"Improving Diffusion Inverse Problem Solving with Decoupled Noise Annealing", CVPR 2025,
+arXiv:2407.01521)."""
 from __future__ import annotations
 
 import functools
@@ -32,18 +33,20 @@ def daps_sampler(op: LinearOperator, *, noise_std: float = 0.0, tau=None, ode_st
   sigma(t_i) / alpha(t_i) the level's noise in the variance-exploding variables of the paper:
 
   1. x0_hat = the PF-ODE solved from x_{t_i} to sigma = 0 with ``ode_steps`` K steps
-     (``ode_solver`` 'euler' = DDIM, or EDM's 'heun' (2K - 1 denoiser calls); on the Karras
-     sigmas (rho 7) from sigma_i to sigma(t_min), then the step to 0: x0_hat = D(x, t_min-ish));
+     (``ode_solver`` 'euler' = DDIM, or EDM's 'heun', 2K - 1 denoiser calls) in z = x / alpha:
+     K Karras sigmas (rho 7) from sigma_i down to sigma(t_min), then the step to 0, whose Euler
+     step is x0_hat = D(x, t) at the last of them (K = 1: x0_hat = D(x_{t_i}, t_i), Tweedie);
   2. ``langevin_steps`` steps of Langevin dynamics on x0, from x0 = x0_hat, targeting
-       p(x0 | x_t, y) propto N(x0; x0_hat, r_i^2 I) N(y; A x0, tau^2 I)    (eq. 8-9)
+       p(x0 | x_t, y) propto N(x0; x0_hat, r_i^2 I) N(y; A x0, tau^2 I)
        x0 <- x0 + eta_i grad log p + sqrt(2 eta_i) eps,
        grad log p = -(x0 - x0_hat) / r_i^2 - A^T (A x0 - y) / tau^2          (``langevin_score``)
      with eta_i = lr (1 - (1 - lr_min_ratio) i / (N + 1)), the reference's linear decay;
   3. x_{t_{i+1}} = alpha_{i+1} (x0 + sigma_{i+1} eps); the last level returns x0.
 
-  r_i (``r_schedule``): 'sigma', r_i = sigma_i (the reference code's 'gaussian' prior, the
-  paper's choice); 'posterior', r_i^2 = sigma_data^2 sigma_i^2 / (sigma_data^2 + sigma_i^2), the
-  exact posterior std of x0 | x_t for N(mu, sigma_data^2 I) data (Pi-GDM's eq. 8).
+  r_i (``r_schedule``): 'sigma', r_i = sigma_i (the reference code's 'gaussian' prior, whose
+  two terms (x0_hat - x_t)/sigma^2 + (x_t - x0)/sigma^2 sum to this); 'posterior',
+  r_i^2 = sigma_data^2 sigma_i^2 / (sigma_data^2 + sigma_i^2), the exact posterior variance of
+  x0 | x_t for N(mu, sigma_data^2 I) data (Pi-GDM's eq. 8).
   ``tau``: the likelihood's std; None means ``noise_std``, which must then be > 0: a noiseless
   observation makes the Langevin target singular, so pass a small tau (the reference uses 0.01
   for observations of noise 0.05) and a step size it allows. ``lr`` must keep every level's chain
@@ -91,8 +94,9 @@ def daps_sampler(op: LinearOperator, *, noise_std: float = 0.0, tau=None, ode_st
     bad = np.flatnonzero(eta * curv >= 2.0) if langevin_steps else []
     if len(bad):
       i = int(bad[0])
-      raise ValueError(f"DAPS Langevin step unstable at level {i} (t={t[i]:.4g}, r={math.sqrt(r2[i]):.3g},"
-                       f" tau={tau:g}): eta (1/r^2 + s_max^2/tau^2) = {eta[i] * curv[i]:.3g} >= 2; "
+      raise ValueError(f"DAPS Langevin step unstable at level {i} (t={t[i]:.4g}, "
+                       f"r={math.sqrt(r2[i]):.3g}, tau={tau:g}): eta (1/r^2 + s_max^2/tau^2) = "
+                       f"{eta[i] * curv[i]:.3g} >= 2; "
                        f"lower lr (= {lr:g}) or lr_min_ratio, or raise tau")
     sub_sig, sub_t = ode_grids(schedule, t, ode_steps, ode_to_zero)
     a_next = np.append(a[1:], 1.0)
