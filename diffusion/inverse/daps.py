@@ -113,10 +113,10 @@ def daps_sampler(op: LinearOperator, *, noise_std: float = 0.0, tau=None, ode_st
     nfe = levels * daps_nfe_per_level(ode_steps, ode_solver, ode_to_zero)
     return x, common.info("daps", denoise, nfe, network_vjp=False)
 
-  sampler.info = dict(method="daps", noise_std=noise_std, tau=tau, ode_steps=ode_steps,
-                      ode_solver=ode_solver, langevin_steps=langevin_steps, lr=lr,
-                      lr_min_ratio=lr_min_ratio, r_schedule=r_schedule, sigma_data=sigma_data,
-                      ode_to_zero=ode_to_zero)
+  sampler.hparams = dict(method="daps", noise_std=noise_std, tau=tau, ode_steps=ode_steps,
+                         ode_solver=ode_solver, langevin_steps=langevin_steps, lr=lr,
+                         lr_min_ratio=lr_min_ratio, r_schedule=r_schedule, sigma_data=sigma_data,
+                         ode_to_zero=ode_to_zero)
   return sampler
 
 

@@ -93,8 +93,8 @@ def ddrm_sampler(op: LinearOperator, *, noise_std: float = 0.0, eta: float = 0.8
     x = _run(denoise, op, init, x_T, xs, start, hp, key, sample_offset, cond)
     return x, common.info("ddrm", denoise, len(times), network_vjp=False)
 
-  sampler.info = dict(method="ddrm", noise_std=noise_std, eta=eta, eta_b=eta_b,
-                      final_denoise=final_denoise, init=init)
+  sampler.hparams = dict(method="ddrm", noise_std=noise_std, eta=eta, eta_b=eta_b,
+                         final_denoise=final_denoise, init=init)
   return sampler
 
 

@@ -64,7 +64,7 @@ def dps_sampler(op: LinearOperator, *, zeta: float, variance: str = "posterior",
     x = _run(denoise, op, x_T, xs, jnp.asarray(zeta, dt), key, sample_offset, cond)
     return x, common.info("dps", denoise, len(times), network_vjp=True)
 
-  sampler.info = dict(method="dps", zeta=zeta, variance=variance, final_denoise=final_denoise)
+  sampler.hparams = dict(method="dps", zeta=zeta, variance=variance, final_denoise=final_denoise)
   return sampler
 
 
