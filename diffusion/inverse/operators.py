@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Tuple
+from typing import Any, Callable, Mapping, NamedTuple, Tuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +35,25 @@ def _shape_of(a) -> Tuple[int, ...]:
   return tuple(np.shape(a))
 
 
+class SVDParts(NamedTuple):
+  """A = U S V^T of one batch, in the spectral coordinates DDRM works in (``svd_parts``).
+
+  vt: x (B, *x_shape) -> V^T x (B, D), D = prod(x_shape), V orthonormal (D, D);
+  v: c (B, D) -> V c (B, *x_shape), the inverse of ``vt``;
+  s: (B, D) the singular value of each spectral coordinate, 0 for the unobserved ones;
+  ut_y: (B, D) U^T y of the observation cond['y'] at the coordinates with s > 0, 0 elsewhere
+    (so y = A x0 + noise_std n gives ut_y = s * vt(x0) + noise_std z there, z ~ N(0, I)).
+  """
+  vt: Callable[[Array], Array]
+  v: Callable[[Array], Array]
+  s: Array
+  ut_y: Array
+
+
+def _flat(x):
+  return jnp.reshape(x, (x.shape[0], -1))
+
+
 class LinearOperator:
   """Base class of the operators: subclasses define ``output_shape``, ``apply``, ``adjoint``,
   ``pinv``, ``solve_gram`` and, if they read more than cond['y'], extend ``check``."""
@@ -59,6 +78,16 @@ class LinearOperator:
   def project(self, x: Array, cond) -> Array:
     """P x = A^+ A x, the orthogonal projection onto the row space of A (the observed part)."""
     return self.pinv(self.apply(x, cond), cond)
+
+  def observed(self, y: Array, cond) -> Array:
+    """y restricted to the observation space (inpainting: its entries where mask = 0, which are
+    no observations, set to 0), so ||observed(y) - apply(x)|| is the residual's norm."""
+    return y
+
+  def svd_parts(self, x_shape: Tuple[int, ...], cond) -> SVDParts:
+    """The singular value decomposition A = U S V^T as ``SVDParts`` for a batch x of shape
+    ``x_shape`` (B, ...) and the observation cond['y'] (DDRM's spectral space)."""
+    raise NotImplementedError(f"{self.name}: no SVD interface")
 
   def check(self, x_shape: Tuple[int, ...], cond) -> None:
     """Raises ValueError unless ``cond`` holds an observation 'y' of shape
@@ -101,6 +130,17 @@ class Inpainting(LinearOperator):
   def solve_gram(self, v, r2, noise_var, cond):
     return self._mask(cond, v) * v / (_per_sample(r2, v) + noise_var)
 
+  def observed(self, y, cond):
+    return self._mask(cond, y) * y
+
+  def svd_parts(self, x_shape, cond):
+    """V = U = I (the pixel basis), s = mask, U^T y = mask * y."""
+    y = jnp.asarray(cond["y"])
+    mask = _flat(self._mask(cond, y))
+    shape = tuple(x_shape[1:])
+    return SVDParts(_flat, lambda c: jnp.reshape(c, (c.shape[0],) + shape), mask,
+                    mask * _flat(y))
+
   def check(self, x_shape, cond):
     cond = _cond_dict(cond)
     if "mask" not in cond:
@@ -110,6 +150,21 @@ class Inpainting(LinearOperator):
       raise ValueError(f"inpainting: cond['mask'] must have x's shape {tuple(x_shape)}, got "
                        f"{_shape_of(cond['mask'])}")
     super().check(x_shape, cond)
+
+
+COLOR_BASIS = np.stack([np.ones(3) / math.sqrt(3.0), np.array([1.0, -1.0, 0.0]) / math.sqrt(2.0),
+                        np.array([1.0, 1.0, -2.0]) / math.sqrt(6.0)], axis=1)  # columns
+
+
+def block_basis(f: int) -> np.ndarray:
+  """An orthonormal (f^2, f^2) basis (columns) whose first column is the block mean direction
+  1/f (all entries): a Householder reflection mapping e_1 to it, float64."""
+  n = f * f
+  if n == 1:
+    return np.ones((1, 1))
+  u = np.full(n, 1.0 / f)
+  w = u - np.eye(n)[0]
+  return np.eye(n) - 2.0 * np.outer(w, w) / (w @ w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +194,25 @@ class Colorization(LinearOperator):
 
   def solve_gram(self, v, r2, noise_var, cond):
     return v / (_per_sample(r2, v) / 3.0 + noise_var)
+
+  def svd_parts(self, x_shape, cond):
+    """Per pixel, V = COLOR_BASIS (columns (1,1,1)/sqrt3, (1,-1,0)/sqrt2, (1,1,-2)/sqrt6: score
+    SDE's orthogonal colour decoupling), A = (1/sqrt3) e_1^T V^T: s = (1/sqrt3, 0, 0), U = 1,
+    U^T y = y on the first colour coordinate."""
+    y = jnp.asarray(cond["y"])
+    q = COLOR_BASIS
+    shape = tuple(x_shape[1:])
+
+    def vt(x):
+      return _flat(x @ jnp.asarray(q, x.dtype))
+
+    def v(c):
+      return jnp.reshape(c, (c.shape[0],) + shape) @ jnp.asarray(q.T, c.dtype)
+
+    sv = jnp.zeros(shape, y.dtype).at[..., 0].set(1.0 / math.sqrt(3.0))
+    sv = jnp.broadcast_to(_flat(sv[None]), (x_shape[0], int(np.prod(shape))))
+    uty = jnp.concatenate([y, jnp.zeros(y.shape[:-1] + (2,), y.dtype)], axis=-1)
+    return SVDParts(vt, v, sv, _flat(uty))
 
   def check(self, x_shape, cond):
     if len(x_shape) != 4 or x_shape[-1] != 3:
@@ -185,6 +259,30 @@ class SuperResolution(LinearOperator):
   def solve_gram(self, v, r2, noise_var, cond):
     return v / (_per_sample(r2, v) / float(self.factor**2) + noise_var)
 
+  def svd_parts(self, x_shape, cond):
+    """Per f x f block and channel, V = ``block_basis(f)`` (first column the mean direction
+    1/f), A = (1/f) e_1^T V^T: s = (1/f, 0, ...), U = I, U^T y = y on the first block coordinate.
+    Spectral coordinates are ordered (B, H/f, W/f, C, f^2)."""
+    y = jnp.asarray(cond["y"])
+    b, h, w, c = x_shape
+    f = self.factor
+    hb = jnp.asarray(block_basis(f))
+
+    def vt(x):
+      blocks = jnp.reshape(x, (x.shape[0], h // f, f, w // f, f, c)).transpose(0, 1, 3, 5, 2, 4)
+      return _flat(jnp.reshape(blocks, blocks.shape[:4] + (f * f,)) @ hb.astype(x.dtype))
+
+    def v(cc):
+      blocks = jnp.reshape(cc, (cc.shape[0], h // f, w // f, c, f * f)) @ hb.T.astype(cc.dtype)
+      blocks = jnp.reshape(blocks, blocks.shape[:4] + (f, f)).transpose(0, 1, 4, 2, 5, 3)
+      return jnp.reshape(blocks, (cc.shape[0], h, w, c))
+
+    shape = (h // f, w // f, c, f * f)
+    sv = jnp.zeros(shape, y.dtype).at[..., 0].set(1.0 / f)
+    sv = jnp.broadcast_to(_flat(sv[None]), (b, int(np.prod(shape))))
+    uty = jnp.zeros((b,) + shape, y.dtype).at[..., 0].set(y)
+    return SVDParts(vt, v, sv, _flat(uty))
+
   def check(self, x_shape, cond):
     if len(x_shape) != 4:
       raise ValueError(f"super_resolution needs images (B, H, W, C), got x of shape "
@@ -207,6 +305,9 @@ class MatrixOperator(LinearOperator):
   A_pinv: np.ndarray = dataclasses.field(init=False, repr=False)
   gram_eigvals: np.ndarray = dataclasses.field(init=False, repr=False)
   gram_eigvecs: np.ndarray = dataclasses.field(init=False, repr=False)
+  svd_u: np.ndarray = dataclasses.field(init=False, repr=False)
+  svd_s: np.ndarray = dataclasses.field(init=False, repr=False)
+  svd_vt: np.ndarray = dataclasses.field(init=False, repr=False)
 
   name = "matrix"
 
@@ -221,6 +322,12 @@ class MatrixOperator(LinearOperator):
     object.__setattr__(self, "A_pinv", np.linalg.pinv(a))
     object.__setattr__(self, "gram_eigvals", lam)
     object.__setattr__(self, "gram_eigvecs", u)
+    su, ss, svt = np.linalg.svd(a)  # full: su (M, M), ss (min(M, D),), svt (D, D)
+    sv = np.zeros(a.shape[1])
+    sv[:ss.size] = np.where(ss > 1e-12 * max(1.0, ss.max()), ss, 0.0)
+    object.__setattr__(self, "svd_u", su)
+    object.__setattr__(self, "svd_s", sv)
+    object.__setattr__(self, "svd_vt", svt)
 
   def output_shape(self, x_shape):
     return (x_shape[0], self.A.shape[0])
@@ -239,6 +346,21 @@ class MatrixOperator(LinearOperator):
     denom = _per_sample(r2, v) * lam + noise_var
     inv = jnp.where(denom > 0, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
     return ((v @ u) * inv) @ u.T
+
+  def svd_parts(self, x_shape, cond):
+    """``np.linalg.svd`` of A on the host (float64); singular values below 1e-12 max(1, s_max)
+    count as 0 (unobserved)."""
+    y = jnp.asarray(cond["y"])
+    m, d = self.A.shape
+    k = min(m, d)
+    sv = jnp.asarray(self.svd_s, y.dtype)
+    uty = (y @ jnp.asarray(self.svd_u, y.dtype))[:, :k]
+    uty = jnp.concatenate([uty, jnp.zeros((y.shape[0], d - k), y.dtype)], axis=1)
+    uty = jnp.where(sv > 0, uty, 0.0)
+    vt_mat = self.svd_vt
+    return SVDParts(lambda x: x @ jnp.asarray(vt_mat.T, x.dtype),
+                    lambda c: c @ jnp.asarray(vt_mat, c.dtype),
+                    jnp.broadcast_to(sv, (x_shape[0], d)), uty)
 
   def check(self, x_shape, cond):
     if len(x_shape) != 2 or x_shape[1] != self.A.shape[1]:

@@ -36,8 +36,8 @@ def pigdm(denoise: Denoiser, schedule: Schedule, op: LinearOperator, *, noise_st
   zeta_i grad ||y - A x0_hat||^2 after each step of its 1000-step ancestral sampler with
   zeta_i = zeta' / ||y - A x0_hat||, zeta' tuned per task: a step size tied to the sampler and
   its number of steps. Pi-GDM has no such hyper-parameter (scale = 1 is the derived value), is
-  exact for Gaussian data, and as a guided score works with every sampler: it is the one
-  implemented here (DPS is not).
+  exact for Gaussian data, and as a guided score works with every sampler. DPS, bound to its
+  ancestral step, is a sampler of its own: ``diffusion.inverse.dps_sampler``.
 
   With a trained network the guidance is ill-conditioned at the noisiest times: J of an eps- or
   v-predicting network, (I - sigma d eps_hat/dx) / alpha, carries the network's error times
