@@ -120,12 +120,28 @@ def get_base_config() -> ml_collections.ConfigDict:
   # class i mod num_classes), 0..num_classes-1 one class, num_classes the NULL (unconditional)
   # label. Unconditional models: -1 only.
   c.guidance.label = -1
-  # 'none' | 'cfg' (classifier-free) | 'classifier' | 'autoguidance' (a weaker model guides)
+  # 'none' | 'cfg' (classifier-free) | 'classifier' | 'autoguidance' (a weaker model guides) |
+  # the CFG family (docs/guidance.md): 'apg' | 'cfg_rescale' | 'cfg_zero_star' | 'cfgpp' (CFG++:
+  # its own DDIM loop, sampling.sampler='ddim' with eta 0; weight = lambda in [0, 1])
   c.guidance.kind = "none"
   # cfg: x0 = x0_u + w (x0_c - x0_u) ('scale': w = 1 the plain conditional) or
   # (1 + w) x0_c - w x0_u ('ho_salimans': w = 0 the plain conditional).
   c.guidance.weight = 1.0
   c.guidance.convention = "scale"
+  # apg (Sadat et al. 2025): eta scales the guidance parallel to the conditional prediction (0: the
+  # paper's recommendation; 1 with no threshold is cfg), norm_threshold r > 0 caps its norm (0:
+  # none; the paper's r depends on the data's scale).
+  c.guidance.apg_eta = 0.0
+  c.guidance.apg_norm_threshold = 0.0
+  # cfg_rescale (Lin et al. 2024): the guided prediction's per-sample std rescaled to the
+  # conditional's, mixed by phi, in the prediction space 'v' (the paper) | 'eps' | 'x0' | 'velocity'.
+  c.guidance.rescale_phi = 0.7
+  c.guidance.rescale_space = "v"
+  # cfg_zero_star (Fan et al. 2025): the optimised scale s* on the unconditional branch (in
+  # zero_star_space), and zero velocity for t > zero_star_init_t (None: no zero-init).
+  c.guidance.zero_star_optimized = True
+  c.guidance.zero_star_space = "velocity"
+  c.guidance.zero_star_init_t = config_dict.placeholder(float)
   # Guidance only for t in [t_lo, t_hi] (Kynkaanniemi et al. 2024), the plain conditional
   # elsewhere; None: the schedule's end.
   c.guidance.t_lo = config_dict.placeholder(float)
@@ -150,7 +166,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # An .npz written by `python -m experiments.observations` (or by hand: 'images' (N, ...) in
   # [-1, 1], and 'mask' (N, ...) of 0/1 for inpaint; or the observation 'y' directly).
   c.inverse.observations = config_dict.placeholder(str)
-  c.inverse.method = "replacement"  # 'replacement' (score SDE) | 'pigdm' (Song et al. 2023)
+  # 'replacement' (score SDE) | 'pigdm' (Song et al. 2023), transformers of the configured sampler;
+  # 'dps' | 'daps' | 'ddrm': samplers of their own on the configured grid (sampling.num_steps,
+  # grid): their folders are named by the method, not sampling.sampler (docs/inverse.md)
+  c.inverse.method = "replacement"
   c.inverse.noise_std = 0.0  # std of the observation noise (pigdm; replacement needs 0)
   c.inverse.factor = 2  # super_resolution: average-pooling factor
   c.inverse.samples_per_observation = 4
@@ -163,6 +182,23 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Pi-GDM guides only for t <= pigdm_t_hi (None: every t, the paper). Near alpha = 0 a trained
   # network's Jacobian error is amplified about 1/alpha^2 (diffusion.inverse.pigdm).
   c.inverse.pigdm_t_hi = config_dict.placeholder(float)
+  # DPS (Chung et al. 2023): the step zeta' of zeta_i = zeta' / ||y - A x0_hat|| (tuned per task
+  # and step count; the observation noise is absorbed into it).
+  c.inverse.dps_zeta = 0.5
+  # DAPS (Zhang et al. 2025): per annealing level an ODE solve (daps_ode_steps of
+  # daps_ode_solver 'euler' | 'heun') and daps_langevin_steps Langevin steps of size daps_lr
+  # (decayed to daps_lr * daps_lr_min_ratio); the likelihood's std daps_tau (None: noise_std; a
+  # noiseless problem needs one > 0); r_t 'sigma' (the reference) | 'posterior' (sigma_data).
+  c.inverse.daps_tau = config_dict.placeholder(float)
+  c.inverse.daps_ode_steps = 5
+  c.inverse.daps_ode_solver = "euler"
+  c.inverse.daps_langevin_steps = 100
+  c.inverse.daps_lr = 1e-4
+  c.inverse.daps_lr_min_ratio = 0.01
+  c.inverse.daps_r_schedule = "sigma"
+  # DDRM (Kawar et al. 2022, eq. 7-8): eta, eta_b (the reference's defaults).
+  c.inverse.ddrm_eta = 0.85
+  c.inverse.ddrm_eta_b = 1.0
 
   # Few-step training (training.objective 'progressive_distillation', 'consistency_distillation',
   # 'consistency_training', 'reflow'; experiments/distill.py, docs/few_step.md).

@@ -34,8 +34,14 @@ from experiments.setup import restore_params, saved_config
 
 Config = ml_collections.ConfigDict
 INVERSE_TASKS = ("none", "inpaint", "colorize", "super_resolution")
-INVERSE_METHODS = ("replacement", "pigdm")
-GUIDANCE_KINDS = ("none", "cfg", "classifier", "autoguidance")
+INVERSE_METHODS = ("replacement", "pigdm", "dps", "daps", "ddrm")
+# Methods that are samplers of their own (on the configured grid) rather than transformers.
+SAMPLER_METHODS = ("dps", "daps", "ddrm")
+# Classifier-free guidance and its variants: transformers of the conditional model and its NULL
+# label ('cfgpp' is a DDIM loop of its own); the weight in the 'scale' convention (1: the plain
+# conditional), 'cfg' also in 'ho_salimans'.
+CFG_KINDS = ("cfg", "apg", "cfg_rescale", "cfg_zero_star", "cfgpp")
+GUIDANCE_KINDS = ("none", "classifier", "autoguidance") + CFG_KINDS
 
 
 def num_classes(config: Config) -> int:
@@ -57,6 +63,10 @@ class Plan:
   observations: Optional[Dict[str, np.ndarray]] = None
   guide_step: Optional[int] = None
   observation_labels: bool = False
+  # A sampler replacing the configured one (CFG++'s DDIM loop, DPS / DAPS / DDRM): fn(denoise,
+  # key, x_T, cond=None, sample_offset=0) -> (x0, info), and what a denoiser call of it costs.
+  sampler: Optional[Callable] = None
+  sampler_cost: Optional[Dict[str, Any]] = None
 
   @property
   def conditional(self) -> bool:
@@ -92,6 +102,11 @@ class Plan:
     """What one denoiser call of the sampler costs (``guidance.denoiser_info``): the network batch
     per sample ('batch_multiplier') and whether it back-propagates through the network."""
     info = guidance.denoiser_info(self.transform(lambda x, t, cond=None: x, self.aux))
+    if self.sampler_cost:  # a sampler of its own: its guidance / back-propagation on top
+      c = self.sampler_cost
+      info = dict(info, batch_multiplier=info["batch_multiplier"] * c.get("batch_multiplier", 1),
+                  network_vjp=bool(info["network_vjp"] or c.get("network_vjp", False)),
+                  transforms=tuple(info["transforms"]) + tuple(c.get("transforms", ())))
     return dict(info, transforms=list(info["transforms"]))
 
 
@@ -207,17 +222,71 @@ def _interval(config: Config, sched):
   return (lo, hi)
 
 
-def _cfg(config: Config, schedule):
+def _cfg_builder(config: Config, schedule) -> Callable:
+  """``build(denoise) -> guided denoiser`` of config.guidance.kind in CFG_KINDS but 'cfgpp',
+  with its hyper-parameters (library functions of diffusion.guidance; the library checks them)."""
   g = config.guidance
-  weight, convention = float(g.weight), g.convention
+  opts = dict(null_label=num_classes(config), interval=_interval(config, schedule))
+  if g.kind == "cfg":
+    fn, opts = guidance.classifier_free, dict(opts, convention=g.convention)
+  elif g.kind == "apg":
+    fn, opts = guidance.adaptive_projected_guidance, dict(
+        opts, eta=float(g.apg_eta), norm_threshold=float(g.apg_norm_threshold))
+  elif g.kind == "cfg_rescale":
+    fn, opts = guidance.rescaled_classifier_free, dict(
+        opts, phi=float(g.rescale_phi), space=g.rescale_space, schedule=schedule)
+  elif g.kind == "cfg_zero_star":
+    fn, opts = guidance.classifier_free_zero_star, dict(
+        opts, optimized=g.zero_star_optimized, space=g.zero_star_space, schedule=schedule,
+        zero_init_t=None if g.zero_star_init_t is None else float(g.zero_star_init_t))
+  else:
+    raise ConfigError(f"config.guidance.kind={g.kind!r} is not a guidance transformer")
+  weight = float(g.weight)
+  return lambda denoise: fn(denoise, weight, **opts)
+
+
+def _cfg(config: Config, schedule):
+  build_guided = _cfg_builder(config, schedule)
+  build_guided(lambda x, t, cond=None: x)  # the library's argument checks, before any compile
+  return lambda denoise, aux: build_guided(denoise)
+
+
+def sampling_grid(config: Config, schedule) -> np.ndarray:
+  """The time grid (N+1,) the configured sampler samples on (config.sampling: num_steps, grid,
+  rho, t_min, t_max, logSNR clipping, or an explicit time_grid), for samplers of their own."""
+  from diffusion.samplers import sampling_grid as grid_of
+  kw = build.sampler_kwargs(config)
+  fields = ("num_steps", "grid", "rho", "t_min", "t_max", "logsnr_min", "logsnr_max",
+            "time_grid")
+  return grid_of(kw["sampler"], schedule, **{k: kw[k] for k in fields if k in kw})
+
+
+def _bind(method_sampler: Callable, schedule, time_grid) -> Callable:
+  """A sampler of the registry's signature bound to (schedule, time_grid), as build.sampler's."""
+  def run(denoise, key, x_T, cond=None, sample_offset=0):
+    return method_sampler(denoise, schedule, key, x_T, time_grid, cond=cond,
+                          sample_offset=sample_offset)
+  return run
+
+
+def _cfgpp(config: Config, schedule) -> Callable:
+  """CFG++ (``guidance.cfgpp_ddim``) bound to the configured DDIM grid."""
+  g = config.guidance
+  kw = build.sampler_kwargs(config)
+  hp = {k: kw[k] for k in ("eta", "final_denoise") if k in kw}
+  try:
+    final = guidance.check_cfgpp_sampler(kw["sampler"], hp)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.guidance.kind='cfgpp' (config.sampling): {e}") from None
+  weight = guidance.cfgpp.check_weight(g.weight)
   null, interval = num_classes(config), _interval(config, schedule)
 
-  def transform(denoise, aux):
-    del aux
-    return guidance.classifier_free(denoise, weight, null_label=null, convention=convention,
-                                    interval=interval)
+  def cfgpp(denoise, sched, key, x_T, time_grid, *, cond=None, sample_offset=0):
+    return guidance.cfgpp_ddim(denoise, sched, key, x_T, time_grid, weight=weight,
+                               null_label=null, cond=cond, sample_offset=sample_offset,
+                               final_denoise=final, interval=interval)
 
-  return transform
+  return _bind(cfgpp, schedule, sampling_grid(config, schedule))
 
 
 def inverse_operator(config: Config):
@@ -327,6 +396,39 @@ def _inverse(config: Config, schedule):
   raise ConfigError(f"config.inverse.method={inv.method!r}; accepted: {list(INVERSE_METHODS)}")
 
 
+def posterior_sampler(config: Config, schedule) -> Callable:
+  """The diffusion.inverse sampler of config.inverse.method in SAMPLER_METHODS, with its
+  config.inverse hyper-parameters, bound to the configured grid (the library checks them)."""
+  inv = config.inverse
+  op = inverse_operator(config)
+  if inv.method == "dps":
+    fn = inverse.dps_sampler(op, zeta=float(inv.dps_zeta))
+  elif inv.method == "daps":
+    fn = inverse.daps_sampler(
+        op, noise_std=float(inv.noise_std),
+        tau=None if inv.daps_tau is None else float(inv.daps_tau),
+        ode_steps=inv.daps_ode_steps, ode_solver=inv.daps_ode_solver,
+        langevin_steps=inv.daps_langevin_steps, lr=float(inv.daps_lr),
+        lr_min_ratio=float(inv.daps_lr_min_ratio), r_schedule=inv.daps_r_schedule,
+        sigma_data=float(inv.sigma_data))
+  elif inv.method == "ddrm":
+    fn = inverse.ddrm_sampler(op, noise_std=float(inv.noise_std), eta=float(inv.ddrm_eta),
+                              eta_b=float(inv.ddrm_eta_b))
+  else:
+    raise ConfigError(f"config.inverse.method={inv.method!r} is not a sampler of its own; "
+                      f"those are {list(SAMPLER_METHODS)}")
+  return _bind(fn, schedule, sampling_grid(config, schedule))
+
+
+def sampler_name(config: Config, mode: str = "sample") -> str:
+  """What samples a run: config.sampling.sampler, or the inverse problem's method where that is a
+  sampler of its own (DPS / DAPS / DDRM, on the configured grid); CFG++ is DDIM's loop."""
+  inv = config.inverse
+  if mode == "sample" and inv.task != "none" and inv.method in SAMPLER_METHODS:
+    return str(inv.method)
+  return str(config.sampling.sampler)
+
+
 def _fmt(v: float) -> str:
   return f"{v:g}"
 
@@ -340,6 +442,8 @@ def tag(config: Config, mode: str = "sample") -> str:
   parts = []
   if g.kind == "cfg":
     parts.append(f"cfg_{g.convention}_w{_fmt(g.weight)}")
+  elif g.kind in CFG_KINDS:
+    parts.append(f"{g.kind}_w{_fmt(g.weight)}")
   elif g.kind == "autoguidance":
     parts.append(f"autoguidance_w{_fmt(g.weight)}")
   elif g.kind == "classifier":
@@ -367,7 +471,11 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
   g, inv = config.guidance, config.inverse
   ncls = num_classes(config)
   transforms, aux, guide_step = [], {}, None
-  if g.kind == "cfg":
+  sampler = sampler_cost = None
+  if g.kind == "cfgpp":
+    sampler = _cfgpp(config, s.schedule)
+    sampler_cost = {"batch_multiplier": 2, "transforms": ("cfgpp",)}
+  elif g.kind in CFG_KINDS:
     transforms.append(_cfg(config, s.schedule))
   elif g.kind == "classifier":
     fn, params, ncls, guide_step = _classifier(config, s.schedule)  # its classes label
@@ -383,10 +491,17 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
     aux["observations"] = observations
     if inv.observation_labels:
       aux["observation_labels"] = load_observation_labels(config, observations["y"].shape[0])
-    transforms.append(_inverse(config, s.schedule))
+    if inv.method in SAMPLER_METHODS:
+      if sampler is not None:
+        raise ConfigError(f"config.inverse.method={inv.method!r} is a sampler of its own, and so "
+                          f"is config.guidance.kind={g.kind!r}: one of them")
+      sampler = posterior_sampler(config, s.schedule)
+      sampler_cost = {"network_vjp": inv.method == "dps", "transforms": (inv.method,)}
+    else:
+      transforms.append(_inverse(config, s.schedule))
   return Plan(num_classes=ncls, label=int(g.label), tag=tag(config, mode), aux=aux or None,
               transforms=tuple(transforms), observations=observations,
-              guide_step=guide_step,
+              guide_step=guide_step, sampler=sampler, sampler_cost=sampler_cost,
               observation_labels=bool(observations is not None and inv.observation_labels))
 
 

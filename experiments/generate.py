@@ -29,7 +29,8 @@ def _sample_fn(s: Setup, plan: conditioning.Plan, decode: Callable) -> Callable:
   offset .. offset + B - 1, its samples passed through ``decode(decoder params, x0)`` (a latent
   run's decoder to images, or the identity). The one place sample, eval, sweep and pairs build
   their sampling denoiser."""
-  sampler = build.sampler(s.config, s.schedule)
+  # the configured sampler, or one of the conditioning's own (CFG++, DPS / DAPS / DDRM)
+  sampler = plan.sampler or build.sampler(s.config, s.schedule)
   net_takes_labels = bool(s.config.model.conditional)
   clip = bool(s.config.sampling.clip_denoised)
   dtype = str(s.config.sampling.compute_dtype)  # the network's; the sampler's stays float32
@@ -48,6 +49,8 @@ def _sample_fn(s: Setup, plan: conditioning.Plan, decode: Callable) -> Callable:
     idx = offset + jnp.arange(x_t.shape[0])
     x0, info = sampler(plan.transform(net_denoise, aux), k, x_t, cond=plan.cond(aux, idx),
                        sample_offset=offset)
+    if plan.sampler is not None:  # its cost info is static (plan.cost_info); the count is traced
+      info = {"nfe": info["nfe"]}
     return decode(dec_params, x0), info
 
   return run
@@ -107,7 +110,8 @@ def generate_as(s: Setup, params, config: Config, n: int):
   t0 = time.time()
   x, info = generate(st, params, n, jax.random.PRNGKey(config.seed + 2), plan=plan)
   secs = time.time() - t0
-  labels = np.asarray(plan.labels(jnp.arange(n))) if plan.conditional else None
+  labels = (np.asarray(guidance.label_of(plan.cond(plan.aux, jnp.arange(n))))
+            if plan.conditional else None)
   return np.asarray(x), labels, info, secs
 
 

@@ -170,6 +170,15 @@ def _guidance(config: Config, guide_step: Optional[int]) -> Dict[str, Any]:
   out: Dict[str, Any] = {"label": int(g.label), "kind": str(g.kind)}
   if g.kind == "cfg":
     out.update(weight=float(g.weight), convention=str(g.convention), t_lo=g.t_lo, t_hi=g.t_hi)
+  elif g.kind in ("apg", "cfg_rescale", "cfg_zero_star", "cfgpp"):
+    out.update(weight=float(g.weight), t_lo=g.t_lo, t_hi=g.t_hi)
+    if g.kind == "apg":
+      out.update(apg_eta=float(g.apg_eta), apg_norm_threshold=float(g.apg_norm_threshold))
+    elif g.kind == "cfg_rescale":
+      out.update(rescale_phi=float(g.rescale_phi), rescale_space=str(g.rescale_space))
+    elif g.kind == "cfg_zero_star":
+      out.update(zero_star_optimized=bool(g.zero_star_optimized),
+                 zero_star_space=str(g.zero_star_space), zero_star_init_t=g.zero_star_init_t)
   elif g.kind in ("classifier", "autoguidance") and guide_step is None:
     raise ValueError(f"results.output: guidance.kind={g.kind!r} needs the restored step of its "
                      f"second network (conditioning.Plan.guide_step)")
@@ -196,6 +205,16 @@ def _inverse(config: Config) -> Dict[str, Any]:
   if inv.method == "pigdm":
     out.update(pigdm_scale=float(inv.pigdm_scale), sigma_data=float(inv.sigma_data),
                pigdm_t_hi=inv.pigdm_t_hi)
+  elif inv.method == "dps":
+    out["dps_zeta"] = float(inv.dps_zeta)
+  elif inv.method == "daps":
+    out.update({f: inv[f] for f in ("daps_tau", "daps_ode_steps", "daps_ode_solver",
+                                    "daps_langevin_steps", "daps_lr", "daps_lr_min_ratio",
+                                    "daps_r_schedule", "sigma_data")})
+  elif inv.method == "ddrm":
+    out.update(ddrm_eta=float(inv.ddrm_eta), ddrm_eta_b=float(inv.ddrm_eta_b))
+  if inv.observation_labels:  # only when set: earlier results' keys stay as they were
+    out["observation_labels"] = True
   return out
 
 
@@ -279,7 +298,8 @@ def _readable(config: Config, mode: str, step: int) -> str:
     return "classifier_heldout"
   if mode == "eval" and objectives.of_config(config).reconstructs:
     return "autoencoder_heldout"
-  parts = [] if mode == "sweep" else [str(s.sampler), f"n{int(s.num_steps)}"]
+  parts = [] if mode == "sweep" else [conditioning.sampler_name(config, mode),
+                                      f"n{int(s.num_steps)}"]
   parts.append("explicit_grid" if s.get("time_grid") is not None else str(s.grid))
   if tag:
     parts.append(tag)

@@ -643,12 +643,15 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   g = config.guidance
   one_of("guidance.kind", g.kind, cond_lib.GUIDANCE_KINDS)
   ncls = cond_lib.num_classes(config)
-  if g.kind == "cfg" and not ncls:
-    raise ConfigError("config.guidance.kind='cfg' needs a conditional model (model.conditional="
-                      "True and model.net.num_classes > 0); this one is unconditional")
-  if g.kind == "cfg":
+  if g.kind in cond_lib.CFG_KINDS and not ncls:
+    raise ConfigError(f"config.guidance.kind={g.kind!r} needs a conditional model (model."
+                      f"conditional=True and model.net.num_classes > 0); this one is unconditional")
+  if g.kind in cond_lib.CFG_KINDS:
     number_in("guidance.weight", g.weight, -math.inf)
     one_of("guidance.convention", g.convention, guidance.CONVENTIONS)
+    if g.kind != "cfg" and g.convention != "scale":
+      raise ConfigError(f"config.guidance.convention={g.convention!r} is read by kind 'cfg' only; "
+                        f"guidance.kind={g.kind!r} takes its weight in the 'scale' convention")
   if g.kind == "classifier":
     ncls = _check_classifier(config)
     number_in("guidance.classifier_scale", g.classifier_scale, -math.inf)
@@ -678,6 +681,8 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   if g.kind not in ("none", "autoguidance") and g.label == ncls and ncls:
     raise ConfigError(f"config.guidance.label={g.label} is the NULL label: there is no class to "
                       f"guide towards with guidance.kind={g.kind!r}")
+  if g.kind in cond_lib.CFG_KINDS:  # its own fields, once the shared ones are known good
+    _check_cfg_family(config, schedule)
   _check_inverse(config, schedule, mode)
 
 
@@ -713,12 +718,45 @@ def _check_inverse(config: Config, schedule, mode: str) -> None:
     raise ConfigError(f"config.inverse.observation_labels=True gives each completion its "
                       f"observation's class, and config.guidance.label={config.guidance.label} "
                       f"another one; set one of them (guidance.label=-1 with observation labels)")
+  if inv.method in cond_lib.SAMPLER_METHODS:
+    if config.guidance.kind == "cfgpp":
+      raise ConfigError(f"config.inverse.method={inv.method!r} is a sampler of its own, and so is "
+                        f"config.guidance.kind='cfgpp': choose one")
+    try:
+      cond_lib.posterior_sampler(config, schedule)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"config.inverse.method={inv.method!r} (fields inverse."
+                        f"{_METHOD_FIELDS[inv.method]}): {e}") from None
   if mode == "sample":
     if inv.observations is None:
       raise ConfigError(f"config.inverse.task={inv.task!r} needs config.inverse.observations "
                         f"(an .npz written by python -m experiments.observations)")
     if not os.path.isfile(inv.observations):
       raise ConfigError(f"config.inverse.observations={inv.observations!r} is not a file")
+
+
+# The config fields of each kind / method's library arguments (named in refusals).
+_CFG_FIELDS = {"apg": "apg_eta, apg_norm_threshold", "cfg_rescale": "rescale_phi, rescale_space",
+               "cfg_zero_star": "zero_star_optimized, zero_star_space, zero_star_init_t",
+               "cfgpp": "weight (lambda in [0, 1]) and sampling.sampler", "cfg": "weight"}
+_METHOD_FIELDS = {"dps": "dps_zeta", "ddrm": "noise_std, ddrm_eta, ddrm_eta_b",
+                  "daps": "noise_std, daps_tau, daps_ode_steps, daps_ode_solver, "
+                          "daps_langevin_steps, daps_lr, daps_lr_min_ratio, daps_r_schedule, "
+                          "sigma_data"}
+
+
+def _check_cfg_family(config: Config, schedule) -> None:
+  """The guidance kind's hyper-parameters, checked by building it (the library's checks, before
+  any compile), refusals naming the config fields."""
+  g = config.guidance
+  try:
+    if g.kind == "cfgpp":
+      cond_lib._cfgpp(config, schedule)
+    else:
+      cond_lib._cfg(config, schedule)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.guidance.kind={g.kind!r} (fields guidance.{_CFG_FIELDS[g.kind]}): "
+                      f"{e}") from None
 
 
 def _check_guide(config: Config) -> None:

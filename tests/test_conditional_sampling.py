@@ -92,6 +92,36 @@ def test_autoguidance_by_an_earlier_checkpoint(runs):
   np.testing.assert_allclose(_npz(same["out"])["x"], _npz(plain["out"])["x"], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind, reduction", [
+    ("apg", {"guidance.apg_eta": 1.0, "guidance.apg_norm_threshold": 0.0}),
+    ("cfg_rescale", {"guidance.rescale_phi": 0.0}),
+    ("cfg_zero_star", {"guidance.zero_star_optimized": False})])
+def test_cfg_family_from_the_config(runs, kind, reduction):
+  cfg3 = _npz(_sample(runs, **{"guidance.kind": "cfg", "guidance.weight": 3.0})["out"])["x"]
+  r = _sample(runs, **{"guidance.kind": kind, "guidance.weight": 3.0})  # the defaults
+  assert _named(r["out"], runs, f"{kind}_w3") and r["batch_multiplier"] == 2
+  d = _npz(r["out"])
+  names = {"apg": "adaptive_projected_guidance", "cfg_rescale": "rescaled_classifier_free",
+           "cfg_zero_star": "classifier_free_zero_star"}
+  assert list(d["transforms"]) == [names[kind]] and np.isfinite(d["x"]).all()
+  # each reduces to plain cfg at the settings where its paper says so: the fields reach it
+  same = _sample(runs, **{"guidance.kind": kind, "guidance.weight": 3.0, **reduction})
+  assert same["out"] != r["out"]
+  np.testing.assert_allclose(_npz(same["out"])["x"], cfg3, rtol=1e-4, atol=1e-4)  # float32 space conversions
+  if kind != "cfg_zero_star":  # (its default s* on two classes of 8gaussians is near 1)
+    assert np.max(np.abs(d["x"] - cfg3)) > 1e-3
+
+
+def test_cfgpp_runs_its_own_ddim_loop(runs):
+  r = _sample(runs, **{"guidance.kind": "cfgpp", "guidance.weight": 0.6,
+                       "sampling.sampler": "ddim"})
+  name = os.path.basename(r["out"])
+  assert name.startswith("ddim_n8_karras_cfgpp_w0.6_step20_") and r["batch_multiplier"] == 2
+  d = _npz(r["out"])
+  assert list(d["transforms"]) == ["cfgpp"] and np.isfinite(d["x"]).all()
+  assert int(d["nfe"]) == 8
+
+
 def test_classifier_guidance(runs):
   r = _sample(runs, **{"guidance.kind": "classifier", "guidance.classifier_config": CLF,
                        "guidance.classifier_workdir": runs["clf"],
@@ -132,6 +162,28 @@ def test_completions_conditioned_on_their_observations_classes(runs):
   assert np.array_equal(d["labels"], truth[d["observation_index"]])
   assert 0.0 <= float(d["class_accuracy"]) <= 1.0  # scored against the observations' classes
   assert list(d["transforms"]) == ["classifier_free", "replacement"]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("dps", {"inverse.dps_zeta": 0.5}),
+    ("ddrm", {}),
+    ("daps", {"inverse.daps_tau": 0.05, "inverse.daps_langevin_steps": 10,
+              "inverse.daps_ode_steps": 2})])
+def test_posterior_samplers_from_the_config(runs, method, extra):
+  r = _sample(runs, **{"inverse.task": "inpaint", "inverse.observations": runs["obs"],
+                       "inverse.method": method, "inverse.samples_per_observation": 2,
+                       "guidance.label": 8, **extra})
+  name = os.path.basename(r["out"])  # named by the method that sampled, not sampling.sampler
+  assert name.startswith(f"{method}_n8_karras_null_inpaint_{method}_obs_step20_"), name
+  assert r["network_vjp"] == (method == "dps")
+  d = _npz(r["out"])
+  assert list(d["transforms"]) == [method] and np.isfinite(d["x"]).all()
+  nfe = {"dps": 9, "ddrm": 9, "daps": 9 * 2}[method]
+  assert int(d["nfe"]) == nfe
+  if method == "ddrm":  # noiseless DDRM meets the observation exactly
+    with np.load(runs["obs"]) as f:
+      truth = f["images"]
+    np.testing.assert_allclose(d["x"][:, 0], truth[d["observation_index"], 0], atol=1e-5)
 
 
 @pytest.mark.slow  # 3 CLI runs (~40 s); the observation file checks: test_conditioning.py (in-process and its CLI), the label range: test_conditioning.py / test_guidance.py

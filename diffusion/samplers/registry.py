@@ -252,6 +252,18 @@ def _sampling_grid(info: SamplerInfo, schedule, num_steps, grid, rho, t_min, t_m
                            pure_noise_start=info.pure_noise_start)
 
 
+def sampling_grid(sampler: str, schedule: schedules_lib.Schedule, num_steps: Optional[int] = None,
+                  grid: Optional[str] = None, rho: Optional[float] = None,
+                  t_min: Optional[float] = None, t_max: Optional[float] = None,
+                  logsnr_min: Optional[float] = None, logsnr_max: Optional[float] = None,
+                  time_grid: Optional[Any] = None) -> np.ndarray:
+  """The checked decreasing time grid (N+1,) that ``build_sampler(sampler, schedule, ...)`` with
+  the same arguments samples on (for samplers outside the registry that share its grids, e.g.
+  ``diffusion.inverse``'s DPS / DAPS / DDRM and ``guidance.cfgpp_ddim``)."""
+  return _sampling_grid(sampler_info(sampler), schedule, num_steps, grid, rho, t_min, t_max,
+                        logsnr_min, logsnr_max, time_grid)
+
+
 def build_sampler(sampler: str,
                   schedule: schedules_lib.Schedule,
                   num_steps: Optional[int] = None,
