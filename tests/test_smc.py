@@ -1,0 +1,322 @@
+"""Sequential Monte Carlo samplers (diffusion/smc): resampling, evidence, TDS and FK steering
+against closed forms.
+
+* ``analytic.linear_gaussian_evidence`` against Bayes' identity log p(y) = log p(x) +
+  log p(y | x) - log p(x | y) at several x, Monte Carlo, and its noiseless limit.
+* Resampling: systematic counts are floor / ceil of K w; multinomial counts average to K w;
+  ESS of uniform / one-hot weights.
+* Sharp ground truth: a Gaussian prior N(mu, sd^2 I), a linear Gaussian observation, the chain
+  made exact (DDPM mean, variance + D^2 Cov(x0 | x_t), x_T from the exact p_{t_max}) and the exact
+  twist (Pi-GDM variance with sigma_data = sd): Z_hat is then unbiased for p(y) exactly (mean of
+  Z_hat / p(y) = 1 within Monte Carlo error; any K, with resampling), the weighted posterior mean
+  is exact, and TDS's first-order proposal leaves weights that become constant as the steps
+  shrink (log-weight spread ~ steps^(-1/2); not constant at finite steps: see docs/smc.md).
+* The 4-D mixture of benchmarks/inverse_mixture.py (noise_std 0.3) with the exact mixture
+  denoiser: mode-weight error and SW fall with K toward the floor (fast: K = 4 vs 64; slow:
+  16 / 64 / 256), and log Z_hat approaches log p(y).
+* FK steering with the mixture's exact class log-probability (lambda = 1): samples the class
+  posterior and Z_hat estimates p(class).
+* Batch independence: a group's result does not depend on the other groups.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import inverse_mixture as bench
+from diffusion import analytic, inverse, schedules, smc
+from diffusion.samplers import grids
+from diffusion.samplers.engine import alpha_sigma
+from diffusion.samplers.sde import ddpm_coefs
+from diffusion.smc import resampling
+
+VP = schedules.VP()
+
+
+@pytest.fixture(scope="module")
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact evidence
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise_std", [0.3, 1e-3])
+def test_linear_gaussian_evidence_bayes_identity(x64, noise_std):
+  gm, A, y = bench.problem()
+  lpy = analytic.linear_gaussian_evidence(gm, A, y, noise_std)
+  post = analytic.linear_gaussian_posterior(gm, A, y, noise_std)
+  x = np.asarray(post.sample0(jax.random.PRNGKey(0), 5, jnp.float64))
+  lik = (-0.5 * np.sum((y - x @ A.T)**2, -1) / noise_std**2
+         - len(y) * np.log(noise_std * np.sqrt(2 * np.pi)))
+  bayes = np.asarray(gm.log_prob0(jnp.asarray(x))) + lik - np.asarray(post.log_prob0(
+      jnp.asarray(x)))
+  np.testing.assert_allclose(bayes, lpy, atol=1e-8)
+
+
+def test_linear_gaussian_evidence_monte_carlo_and_noiseless_limit(x64):
+  gm, A, y = bench.problem()
+  x = np.asarray(gm.sample0(jax.random.PRNGKey(1), 400_000, jnp.float64))
+  s = 0.3
+  logl = -0.5 * np.sum((y - x @ A.T)**2, -1) / s**2 - len(y) * np.log(s * np.sqrt(2 * np.pi))
+  mc = np.log(np.mean(np.exp(logl)))
+  assert abs(mc - analytic.linear_gaussian_evidence(gm, A, y, s)) < 0.01
+  np.testing.assert_allclose(analytic.linear_gaussian_evidence(gm, A, y, 1e-6),
+                             analytic.linear_gaussian_evidence(gm, A, y, 0.0), atol=1e-8)
+  with pytest.raises(ValueError, match="y must be"):
+    analytic.linear_gaussian_evidence(gm, A, y[:1], s)
+  with pytest.raises(ValueError, match="noise_std"):
+    analytic.linear_gaussian_evidence(gm, A, y, -1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resampling
+# ------------------------------------------------------------------------------------------------
+
+
+def test_systematic_counts_are_floor_or_ceil(x64):
+  rng = np.random.default_rng(0)
+  k = 37
+  for trial in range(20):
+    w = rng.dirichlet(np.full(k, 0.3))
+    idx = np.asarray(resampling.systematic(jax.random.PRNGKey(trial), jnp.log(jnp.asarray(w))))
+    counts = np.bincount(idx, minlength=k)
+    assert counts.sum() == k
+    assert np.all(counts >= np.floor(k * w) - 1e-9) and np.all(counts <= np.ceil(k * w) + 1e-9)
+
+
+def test_multinomial_unbiased_and_ess(x64):
+  w = np.array([0.5, 0.25, 0.125, 0.125])
+  lw = jnp.log(jnp.asarray(w))
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+  idx = np.asarray(jax.vmap(lambda kk: resampling.multinomial(kk, lw))(keys))
+  mean_counts = np.stack([np.bincount(r, minlength=4) for r in idx]).mean(0)
+  np.testing.assert_allclose(mean_counts, 4 * w, atol=0.05)
+  np.testing.assert_allclose(resampling.ess(jnp.zeros(8)), 8.0)
+  np.testing.assert_allclose(resampling.ess(jnp.array([0.0] + [-jnp.inf] * 7)), 1.0)
+  with pytest.raises(ValueError, match="unknown resampling"):
+    resampling.get("stratified_x")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sharp ground truth: Gaussian prior, exact chain, exact twist
+# ------------------------------------------------------------------------------------------------
+
+SD, NOISE = 0.7, 0.5
+
+
+def _gauss_problem():
+  rng = np.random.default_rng(0)
+  mu = rng.standard_normal(3)
+  A = rng.standard_normal((2, 3))
+  y = np.array([0.4, -1.0])
+  return analytic.GaussianMixture.create([1.0], mu[None], [SD**2]), A, y
+
+
+def _exact_coefs(schedule, t, s):
+  """DDPM mean with the variance of the exact reverse kernel of N(mu, SD^2 I) data:
+  C^2 + D^2 Cov(x0 | x_t), Cov = r_t^2 I (so the chain's marginals are exact)."""
+  a, d, c = ddpm_coefs(schedule, t, s)
+  al, sg = alpha_sigma(schedule, t)
+  s2 = (sg / al)**2
+  return a, d, float(np.sqrt(c**2 + d**2 * SD**2 * s2 / (SD**2 + s2)))
+
+
+def _run_gauss(steps, proposal, g=512, k=4, seed=2, **kw):
+  gm, A, y = _gauss_problem()
+  tg = grids.time_grid(VP, steps, "uniform")
+  x_T = gm.sample(jax.random.PRNGKey(1), g * k, tg[0], VP, jnp.float64).reshape(g, k, 3)
+  cond = {"y": jnp.broadcast_to(jnp.asarray(y), (g, 2))}
+  opts = dict(noise_std=NOISE, sigma_data=SD, proposal=proposal, transition=_exact_coefs)
+  opts.update(kw)
+  fn = jax.jit(lambda key, xt, c: smc.tds(gm.denoiser(VP), VP, key, xt, tg,
+                                          inverse.MatrixOperator(A), cond=c, **opts))
+  x0, info = fn(jax.random.PRNGKey(seed), x_T, cond)
+  return gm, A, y, np.asarray(x0), info
+
+
+@pytest.mark.parametrize("proposal", ["tds", "bootstrap"])
+def test_gaussian_exact_evidence_unbiased_and_posterior(x64, proposal):
+  gm, A, y, x0, info = _run_gauss(20, proposal, ess_threshold=None)  # resample every step
+  assert np.all(np.asarray(info["num_resampled"]) == 20)
+  lpy = analytic.linear_gaussian_evidence(gm, A, y, NOISE)
+  ratio = np.exp(np.asarray(info["log_evidence"]) - lpy)
+  se = ratio.std() / np.sqrt(ratio.size)
+  print(proposal, "mean Z/p(y)", ratio.mean(), "+-", se)
+  assert abs(ratio.mean() - 1.0) < 4 * se + 1e-3
+  post = analytic.linear_gaussian_posterior(gm, A, y, NOISE)
+  w = np.exp(np.asarray(info["log_weights"]))
+  per_group = np.einsum("gk,gkd->gd", w, x0)  # self-normalised estimates, O(1/K) biased
+  se_mean = per_group.std(0) / np.sqrt(per_group.shape[0])
+  assert np.all(np.abs(per_group.mean(0) - post.means[0]) < 4 * se_mean + 0.02)
+  assert info["nfe"] == 21 and info["network_vjp"] == (proposal == "tds")
+
+
+def test_gaussian_tds_weights_become_constant(x64):
+  """With the exact twist TDS's weights come only from its first-order proposal: their log
+  spread falls like steps^(-1/2), and stays well below the bootstrap proposal's."""
+  spread = {}
+  for steps in (10, 40):
+    for prop in ("tds", "bootstrap"):
+      gm, A, y, _, info = _run_gauss(steps, prop, g=256, k=1)
+      spread[steps, prop] = float(np.std(np.asarray(info["log_evidence"])))
+  print(spread)
+  assert spread[40, "tds"] < 0.6 * spread[10, "tds"]
+  assert spread[40, "tds"] < 0.4 * spread[40, "bootstrap"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The 4-D mixture: convergence to the exact posterior
+# ------------------------------------------------------------------------------------------------
+
+
+def _mixture_run(k, g, steps, noise_std=bench.NOISY_STD, proposal="tds", seed=0):
+  gm, A, y = bench.problem()
+  tg = grids.time_grid(VP, steps, "uniform")
+  x_T = smc.prior_particles(VP, jax.random.PRNGKey(seed), g, k, (4,), dtype=jnp.float64)
+  cond = {"y": jnp.broadcast_to(jnp.asarray(y), (g, 2))}
+  fn = jax.jit(lambda key, xt, c: smc.tds(gm.denoiser(VP), VP, key, xt, tg,
+                                          inverse.MatrixOperator(A), cond=c,
+                                          noise_std=noise_std, proposal=proposal))
+  return fn(jax.random.PRNGKey(seed + 1), x_T, cond)
+
+
+def _mixture_errors(x0, info, noise_std, n_sw, seed=0):
+  """(mode-weight error of the weighted particles, SW of n_sw draws from the pooled weighted
+  particles against exact posterior samples, SW floor)."""
+  post = bench.exact_posterior(noise_std)
+  f = bench.free_coords(noise_std)
+  covs = post.covariances()[:, f][:, :, f]
+  x = np.asarray(x0)
+  g, k = x.shape[:2]
+  w = np.exp(np.asarray(info["log_weights"]))  # (G, K), rows sum to 1
+  r = bench.responsibilities(post.weights, post.means[:, f], covs, x.reshape(-1, 4)[:, f])
+  west = np.einsum("gk,gkc->c", w, r.reshape(g, k, -1)) / g
+  pooled = np.random.default_rng(seed).choice(g * k, n_sw, p=w.reshape(-1) / g)
+  exact = bench.exact_samples(post, n_sw, 100)
+  from diffusion.metrics import sliced_wasserstein
+  sw = sliced_wasserstein(x.reshape(-1, 4)[pooled], exact, 0, num_projections=128)
+  floor = sliced_wasserstein(bench.exact_samples(post, n_sw, 101), exact, 0, num_projections=128)
+  return float(np.max(np.abs(west - post.weights))), sw, floor
+
+
+@pytest.fixture(scope="module")
+def mixture_runs(x64):
+  """K = 4 (1024 groups) and K = 64 (64 groups), 60 DDPM steps, noise_std 0.3."""
+  return {k: _mixture_run(k, g, 60) for k, g in ((4, 1024), (64, 64))}
+
+
+def test_mixture_tds_improves_with_particles(mixture_runs):
+  errs = {k: _mixture_errors(*mixture_runs[k], bench.NOISY_STD, 2000) for k in (4, 64)}
+  print(errs)
+  assert errs[64][0] < 0.7 * errs[4][0]
+  assert errs[64][0] < 0.035
+  assert errs[64][1] < errs[4][1]
+
+
+def test_mixture_log_evidence(mixture_runs):
+  gm, A, y = bench.problem()
+  lpy = analytic.linear_gaussian_evidence(gm, A, y, bench.NOISY_STD)
+  out = {}
+  for k in (4, 64):
+    lz = np.asarray(mixture_runs[k][1]["log_evidence"])
+    out[k] = (abs(lz.mean() - lpy), abs(np.log(np.mean(np.exp(lz - lpy)))))
+  print(out)
+  assert out[64][0] < 0.5 * out[4][0]  # log Z_hat's downward bias shrinks with K
+  assert out[4][1] < 0.1 and out[64][1] < 0.1  # Z_hat's mean: the 60-step chain's bias only
+
+
+@pytest.mark.slow
+def test_mixture_tds_converges_16_64_256(x64):
+  errs = {}
+  for k in (16, 64, 256):
+    x0, info = _mixture_run(k, 8192 // k * 2, 200)
+    errs[k] = _mixture_errors(x0, info, bench.NOISY_STD, 4000)
+  print(errs)
+  assert errs[256][0] < errs[16][0] and errs[256][0] < 0.02
+  assert errs[256][1] < errs[256][2] + 0.03
+
+
+@pytest.mark.slow
+def test_mixture_noiseless_tds(x64):
+  x0, info = _mixture_run(64, 128, 100, noise_std=0.0)
+  _, A, y = bench.problem()
+  x = np.asarray(x0).reshape(-1, 4)
+  assert np.max(np.abs(x @ A.T - y)) < 1e-10  # the final step conditions A x0 = y exactly
+  werr, sw, floor = _mixture_errors(x0, info, 0.0, 4000)
+  print(werr, sw, floor)
+  assert werr < 0.06
+
+
+# ------------------------------------------------------------------------------------------------
+# FK steering, batch independence, argument checks
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["difference", "max"])
+def test_fk_class_potential_samples_class_posterior(x64, kind):
+  gm = analytic.GaussianMixture.create([0.7, 0.2, 0.1], [[-1.5, 0.0], [1.5, 0.5], [0.0, 2.0]],
+                                       [0.2, 0.2, 0.2], classes=[0, 1, 1])
+  g, k, steps, label = 128, 32, 40, 1
+  tg = grids.time_grid(VP, steps, "uniform")
+  x_T = smc.prior_particles(VP, jax.random.PRNGKey(0), g, k, (2,), dtype=jnp.float64)
+  reward = smc.class_reward(lambda x, t, lab: gm.class_log_prob(x, t, lab, VP))
+  uncond = lambda x, t, cond: gm.denoise(x, t, None, schedule=VP)  # noqa: E731
+  fn = jax.jit(lambda key, xt, c: smc.fk_steering(uncond, VP, key, xt, tg, reward, cond=c,
+                                                  kind=kind, lam=1.0, resample_every=5))
+  x0, info = fn(jax.random.PRNGKey(1), x_T, jnp.full((g,), label))
+  w = np.exp(np.asarray(info["log_weights"]))
+  p_class = np.exp(np.asarray(gm.class_log_prob(jnp.asarray(np.asarray(x0).reshape(-1, 2)),
+                                                 1e-3, jnp.full((g * k,), label), VP)))
+  frac = float(np.sum(w.reshape(-1) * p_class) / g)
+  z = np.exp(np.asarray(info["log_evidence"]))
+  print(kind, frac, z.mean(), gm.class_weights()[label])
+  assert frac > 0.97
+  assert abs(z.mean() - gm.class_weights()[label]) < 0.03
+  assert np.all(np.asarray(info["num_resampled"]) == steps // 5)
+
+
+def test_batch_independence(x64):
+  gm, A, y = bench.problem()
+  tg = grids.time_grid(VP, 12, "uniform")
+  op = inverse.MatrixOperator(A)
+  ys = jnp.asarray(np.stack([y, y + 0.5, y - 0.3]))
+  key = jax.random.PRNGKey(3)
+  x_T = smc.prior_particles(VP, jax.random.PRNGKey(4), 3, 8, (4,), dtype=jnp.float64)
+  run = jax.jit(lambda xt, c, off: smc.tds(gm.denoiser(VP), VP, key, xt, tg, op, cond=c,
+                                           noise_std=0.3, group_offset=off))
+  full, info = run(x_T, {"y": ys}, 0)
+  one_T = smc.prior_particles(VP, jax.random.PRNGKey(4), 1, 8, (4,), group_offset=1,
+                              dtype=jnp.float64)
+  np.testing.assert_array_equal(one_T, x_T[1:2])
+  one, info1 = run(one_T, {"y": ys[1:2]}, 1)
+  np.testing.assert_allclose(one, full[1:2], rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(info1["log_evidence"], info["log_evidence"][1:2], rtol=1e-12)
+
+
+def test_argument_checks(x64):
+  gm, A, y = bench.problem()
+  op = inverse.MatrixOperator(A)
+  tg = grids.time_grid(VP, 4, "uniform")
+  x_T = jnp.zeros((2, 3, 4))
+  cond = {"y": jnp.zeros((2, 2))}
+  den = gm.denoiser(VP)
+  with pytest.raises(ValueError, match=r"\(G, K, \.\.\.\)"):
+    smc.tds(den, VP, jax.random.PRNGKey(0), jnp.zeros((2, 4)), tg, op, cond=cond)
+  with pytest.raises(ValueError, match="unknown proposal"):
+    smc.tds(den, VP, jax.random.PRNGKey(0), x_T, tg, op, cond=cond, proposal="dps")
+  with pytest.raises(ValueError, match="ess_threshold"):
+    smc.tds(den, VP, jax.random.PRNGKey(0), x_T, tg, op, cond=cond, ess_threshold=1.5)
+  with pytest.raises(ValueError, match="resample_every"):
+    smc.tds(den, VP, jax.random.PRNGKey(0), x_T, tg, op, cond=cond, resample_every=0)
+  with pytest.raises(ValueError, match="unknown transition"):
+    smc.tds(den, VP, jax.random.PRNGKey(0), x_T, tg, op, cond=cond, transition="heun")
+  with pytest.raises(ValueError, match="twist variance"):
+    smc.tds(den, VP, jax.random.PRNGKey(0), x_T, tg, op, cond=cond, variance="dps")
+  with pytest.raises(ValueError, match="potential kind"):
+    smc.RewardPotential(lambda *a: 0.0, kind="min")
