@@ -12,8 +12,9 @@ against closed forms.
   is exact, and TDS's first-order proposal leaves weights that become constant as the steps
   shrink (log-weight spread ~ steps^(-1/2); not constant at finite steps: see docs/smc.md).
 * The 4-D mixture of benchmarks/inverse_mixture.py (noise_std 0.3) with the exact mixture
-  denoiser: mode-weight error and SW fall with K toward the floor (fast: K = 4 vs 64; slow:
-  16 / 64 / 256), and log Z_hat approaches log p(y).
+  denoiser: mode-weight error and SW fall with K (fast: K = 4 vs 64 at 60 steps) to the limit
+  set by the discretised chain, near the exact-vs-exact floor at 200 steps (slow: K = 16 / 64 /
+  256 all there already), and log Z_hat approaches log p(y).
 * FK steering with the mixture's exact class log-probability (lambda = 1): samples the class
   posterior and Z_hat estimates p(class).
 * Batch independence: a group's result does not depend on the other groups.
@@ -140,9 +141,16 @@ def _run_gauss(steps, proposal, g=512, k=4, seed=2, **kw):
   return gm, A, y, np.asarray(x0), info
 
 
+@pytest.fixture(scope="module")
+def gauss_runs(x64):
+  """512 groups of 4 particles resampled at every step: TDS at 20 and 80 steps, bootstrap at 20."""
+  return {(n, p): _run_gauss(n, p, ess_threshold=None)
+          for n, p in ((20, "tds"), (20, "bootstrap"), (80, "tds"))}
+
+
 @pytest.mark.parametrize("proposal", ["tds", "bootstrap"])
-def test_gaussian_exact_evidence_unbiased_and_posterior(x64, proposal):
-  gm, A, y, x0, info = _run_gauss(20, proposal, ess_threshold=None)  # resample every step
+def test_gaussian_exact_evidence_unbiased_and_posterior(gauss_runs, proposal):
+  gm, A, y, x0, info = gauss_runs[20, proposal]
   assert np.all(np.asarray(info["num_resampled"]) == 20)
   lpy = analytic.linear_gaussian_evidence(gm, A, y, NOISE)
   ratio = np.exp(np.asarray(info["log_evidence"]) - lpy)
@@ -157,17 +165,15 @@ def test_gaussian_exact_evidence_unbiased_and_posterior(x64, proposal):
   assert info["nfe"] == 21 and info["network_vjp"] == (proposal == "tds")
 
 
-def test_gaussian_tds_weights_become_constant(x64):
-  """With the exact twist TDS's weights come only from its first-order proposal: their log
-  spread falls like steps^(-1/2), and stays well below the bootstrap proposal's."""
-  spread = {}
-  for steps in (10, 40):
-    for prop in ("tds", "bootstrap"):
-      gm, A, y, _, info = _run_gauss(steps, prop, g=256, k=1)
-      spread[steps, prop] = float(np.std(np.asarray(info["log_evidence"])))
+def test_gaussian_tds_weights_become_constant(gauss_runs):
+  """With the exact twist TDS's weights come only from its first-order proposal: the spread of
+  log Z_hat falls as the steps shrink (about steps^(-1/2)), and is well below the bootstrap
+  proposal's."""
+  spread = {key: float(np.std(np.asarray(run[4]["log_evidence"])))
+            for key, run in gauss_runs.items()}
   print(spread)
-  assert spread[40, "tds"] < 0.6 * spread[10, "tds"]
-  assert spread[40, "tds"] < 0.4 * spread[40, "bootstrap"]
+  assert spread[80, "tds"] < 0.65 * spread[20, "tds"]
+  assert spread[20, "tds"] < 0.5 * spread[20, "bootstrap"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,19 +244,22 @@ def test_mixture_tds_converges_16_64_256(x64):
     x0, info = _mixture_run(k, 8192 // k * 2, 200)
     errs[k] = _mixture_errors(x0, info, bench.NOISY_STD, 4000)
   print(errs)
-  assert errs[256][0] < errs[16][0] and errs[256][0] < 0.02
-  assert errs[256][1] < errs[256][2] + 0.03
+  # At 200 steps K = 16 already reaches the chain's limit (mode-weight error ~0.014, measured
+  # 0.014 / 0.018 / 0.014 for K = 16 / 64 / 256): no further decrease with K is resolvable here;
+  # the decrease from K = 4 is the fast test's.
+  for k in (16, 64, 256):
+    assert errs[k][0] < 0.025 and errs[k][1] < errs[k][2] + 0.03
 
 
 @pytest.mark.slow
 def test_mixture_noiseless_tds(x64):
-  x0, info = _mixture_run(64, 128, 100, noise_std=0.0)
+  x0, info = _mixture_run(64, 256, 300, noise_std=0.0)
   _, A, y = bench.problem()
   x = np.asarray(x0).reshape(-1, 4)
   assert np.max(np.abs(x @ A.T - y)) < 1e-10  # the final step conditions A x0 = y exactly
   werr, sw, floor = _mixture_errors(x0, info, 0.0, 4000)
   print(werr, sw, floor)
-  assert werr < 0.06
+  assert werr < 0.04  # benchmarks/results/smc_mixture_steps.md: 0.011 with 1000 groups
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,7 +267,7 @@ def test_mixture_noiseless_tds(x64):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["difference", "max"])
+@pytest.mark.parametrize("kind", ["difference", pytest.param("max", marks=pytest.mark.slow)])
 def test_fk_class_potential_samples_class_posterior(x64, kind):
   gm = analytic.GaussianMixture.create([0.7, 0.2, 0.1], [[-1.5, 0.0], [1.5, 0.5], [0.0, 2.0]],
                                        [0.2, 0.2, 0.2], classes=[0, 1, 1])
@@ -289,7 +298,8 @@ def test_batch_independence(x64):
   key = jax.random.PRNGKey(3)
   x_T = smc.prior_particles(VP, jax.random.PRNGKey(4), 3, 8, (4,), dtype=jnp.float64)
   run = jax.jit(lambda xt, c, off: smc.tds(gm.denoiser(VP), VP, key, xt, tg, op, cond=c,
-                                           noise_std=0.3, group_offset=off))
+                                           noise_std=0.3, group_offset=off,
+                                           proposal="bootstrap"))
   full, info = run(x_T, {"y": ys}, 0)
   one_T = smc.prior_particles(VP, jax.random.PRNGKey(4), 1, 8, (4,), group_offset=1,
                               dtype=jnp.float64)
@@ -356,7 +366,7 @@ def test_twist_log_likelihood_matches_dense_gaussian(x64, name, noise_var):
   np.testing.assert_allclose(float(got[0]), want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("noise_std", [0.3, 0.0])
+@pytest.mark.parametrize("noise_std", [pytest.param(0.3, marks=pytest.mark.slow), 0.0])
 def test_inpainting_images_exact_gaussian(x64, noise_std):
   """Images (G, K, 4, 4, 3), N(0, I) data, inpainting: the chain with the exact reverse-kernel
   variance and the exact twist (sigma_data = 1). Noisy: Z_hat is unbiased for
