@@ -128,7 +128,7 @@ def _exact_coefs(schedule, t, s):
   return a, d, float(np.sqrt(c**2 + d**2 * SD**2 * s2 / (SD**2 + s2)))
 
 
-def _run_gauss(steps, proposal, g=512, k=4, seed=2, **kw):
+def _run_gauss(steps, proposal="tds", g=512, k=4, seed=2, **kw):
   gm, A, y = _gauss_problem()
   tg = grids.time_grid(VP, steps, "uniform")
   x_T = gm.sample(jax.random.PRNGKey(1), g * k, tg[0], VP, jnp.float64).reshape(g, k, 3)
@@ -163,6 +163,20 @@ def test_gaussian_exact_evidence_unbiased_and_posterior(gauss_runs, proposal):
   se_mean = per_group.std(0) / np.sqrt(per_group.shape[0])
   assert np.all(np.abs(per_group.mean(0) - post.means[0]) < 4 * se_mean + 0.02)
   assert info["nfe"] == 21 and info["network_vjp"] == (proposal == "tds")
+
+
+@pytest.mark.parametrize("opts", [
+    dict(proposal="tds", proposal_shift="denoiser", resample="multinomial", variance="tds"),
+    dict(proposal="none")], ids=["denoiser_shift-multinomial-tds_variance", "no_twist"])
+def test_gaussian_evidence_unbiased_for_any_twist_and_proposal(x64, opts):
+  """Z_hat is unbiased whatever the twist and proposal, as long as the final weight is the exact
+  likelihood: the TDS code's variance and shift, multinomial resampling, and no twist at all."""
+  gm, A, y, _, info = _run_gauss(10, g=1024, ess_threshold=0.5, **opts)
+  ratio = np.exp(np.asarray(info["log_evidence"])
+                 - analytic.linear_gaussian_evidence(gm, A, y, NOISE))
+  se = ratio.std() / np.sqrt(ratio.size)
+  print(opts, ratio.mean(), se)
+  assert abs(ratio.mean() - 1.0) < 4 * se + 1e-3
 
 
 def test_gaussian_tds_weights_become_constant(gauss_runs):

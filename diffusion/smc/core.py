@@ -113,9 +113,13 @@ def smc(denoise, schedule: Schedule, key, x_T: Array, time_grid, twist, *, cond=
     resample: 'systematic' or 'multinomial'.
     ess_threshold: resample when ESS < threshold * K; None: at every resampling step.
     resample_every: k, resampling (and FK potentials) at steps k, 2k, ...
+    proposal_shift: for a guided twist, 'variance' (delta = C^2 grad log phi, the TDS paper's
+      first-order proposal) or 'denoiser' (m + sigma^2 / alpha grad log phi in the step, the TDS
+      reference code's form; degenerates with few steps, docs/smc.md).
 
   Returns (x0 (G, K, ...), info): 'nfe' = N + 1 denoiser calls on the (G * K) particle batch,
   'network_vjp' (the twisted proposal back-propagates through the denoiser at each call),
+  'batch_multiplier' (the denoiser's, ``guidance.denoiser_info``),
   'log_evidence' (G,) log Z_hat, 'log_weights' (G, K) the final normalised log weights,
   'ess' (N + 2, G) the ESS at t_0, after each step (before resampling) and after the final
   weight, 'num_resampled' (G,) the number of resamplings, 'num_particles' K.
@@ -220,8 +224,7 @@ def smc(denoise, schedule: Schedule, key, x_T: Array, time_grid, twist, *, cond=
   ess_trace = jnp.concatenate([ess0[None], ess_steps, resampling.ess(log_w)[None]], axis=0)
   base = guidance.denoiser_info(denoise)
   info = {"nfe": n + 1, "network_vjp": bool(guided or base["network_vjp"]),
-          "batch_multiplier": base["batch_multiplier"], "transforms": base["transforms"],
-          "log_evidence": log_z, "log_weights": log_w, "ess": ess_trace,
+          "batch_multiplier": base["batch_multiplier"], "log_evidence": log_z, "log_weights": log_w, "ess": ess_trace,
           "num_resampled": count, "num_particles": k}
   return unflat(x0.astype(dt)), info
 
