@@ -301,7 +301,7 @@ def test_fk_class_potential_samples_class_posterior(x64, kind):
   z = np.exp(np.asarray(info["log_evidence"]))
   print(kind, frac, z.mean(), gm.class_weights()[label])
   assert frac > 0.97
-  if kind != "sum":  # 'sum' over-tilts the intermediate targets (about 36 lam r by the end), so
+  if kind != "sum":  # 'sum' over-tilts the intermediate targets (~ n (n + 1) / 2 lam r), so
     # the final correction exp(lam r(x0)) / Phi_N makes Z_hat heavy-tailed: 0.14 measured
     assert abs(z.mean() - gm.class_weights()[label]) < 0.03
   assert np.all(np.asarray(info["num_resampled"]) == steps // 5)
