@@ -20,7 +20,7 @@ distribution). 'difference' reaches it by telescoping; 'max' and 'sum' do not. W
 targets exactly p(x0) exp(lambda r(x0)) and the types differ only in the intermediate
 resampling; ``exact_target=False`` applies one more potential of the type at x0 instead (the
 potentials alone; FLAG: which of the two the paper's code does for 'max'/'sum' was not checked).
-log Z_hat then estimates E_p[exp(lambda r(x0))] (exact_target) .
+log Z_hat then estimates E_p[exp(lambda r(x0))] (with exact_target).
 
 Rewards have the signature ``reward(x_t (B, ...), t (B,), x0_hat (B, ...), cond) -> (B,)``;
 ``x0_reward(fn)`` wraps fn(x0_hat, cond), ``class_reward(log_prob_fn)`` the classifier interface
