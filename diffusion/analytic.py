@@ -353,3 +353,41 @@ def linear_gaussian_posterior(gm: GaussianMixture, A: Array, y: Array,
   big = np.take_along_axis(u, np.argmax(np.abs(u), axis=1)[:, None, :], axis=1)
   u = u * np.where(big < 0, -1.0, 1.0)
   return GaussianMixture(w, np.stack(means), lam, u)
+
+
+def linear_gaussian_evidence(gm: GaussianMixture, A: Array, y: Array,
+                             noise_std: float = 0.0) -> float:
+  """log p(y) of y = A x0 + noise_std n, x0 ~ gm, n ~ N(0, I) (the normaliser of
+  ``linear_gaussian_posterior``):
+
+    log p(y) = logsumexp_k [log w_k + log N(y; A mu_k, A S_k A^T + noise_std^2 I)].
+
+  A: (M, D), y: (M,); float64 on the host. noise_std = 0 gives the density of A x0 at y (every
+  A S_k A^T must be invertible, ValueError otherwise)."""
+  a = np.asarray(A, np.float64)
+  yy = np.asarray(y, np.float64)
+  if a.ndim != 2 or a.shape[1] != gm.dim:
+    raise ValueError(f"A must be (M, D) with D = the mixture's dimension {gm.dim}, got {a.shape}")
+  m = a.shape[0]
+  if yy.shape != (m,):
+    raise ValueError(f"y must be (M,) = ({m},) for A of shape {a.shape}, got {yy.shape}")
+  if isinstance(noise_std, (bool, np.bool_)) or not isinstance(
+      noise_std, (int, float, np.integer, np.floating)) or not (
+          np.isfinite(noise_std) and noise_std >= 0):
+    raise ValueError(f"noise_std must be a finite real >= 0, got {noise_std!r}")
+  covs = gm.covariances()
+  terms = []
+  for k in range(gm.num_components):
+    g = a @ covs[k] @ a.T + float(noise_std)**2 * np.eye(m)
+    g = 0.5 * (g + g.T)
+    lam = np.linalg.eigvalsh(g)
+    if not lam.min() > 1e-12 * max(1.0, lam.max()):
+      raise ValueError(f"A S_k A^T + noise_std^2 I is singular for component {k} (eigenvalues "
+                       f"{lam}); use noise_std > 0")
+    chol = np.linalg.cholesky(g)
+    z = np.linalg.solve(chol, yy - a @ gm.means[k])
+    logn = -0.5 * z @ z - np.sum(np.log(np.diag(chol))) - 0.5 * m * math.log(2 * math.pi)
+    terms.append(math.log(gm.weights[k]) + logn if gm.weights[k] > 0 else -np.inf)
+  terms = np.asarray(terms)
+  top = terms.max()
+  return float(top + math.log(np.sum(np.exp(terms - top))))
