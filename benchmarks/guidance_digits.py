@@ -1,20 +1,25 @@
-"""Class-conditional digits: guidance weight against class accuracy, and inpainting.
+"""Class-conditional digits: guidance methods against class accuracy and FID, and inpainting.
 
 Samples a trained class-conditional digits model (configs/digits/cond.py) through the sampling
-driver's code path (experiments.conditioning plans, experiments.generate.generate_as) with
-classifier-free guidance at several weights and, if a noise-conditional classifier
-(configs/digits/classifier.py) is given, with classifier guidance; reports for each the class
+driver's code path (experiments.conditioning plans, experiments.generate.generate_as): plain
+conditional sampling, classifier-free guidance and its variants (APG, CFG rescale, CFG-Zero*,
+CFG++), autoguidance by a weaker model (an earlier checkpoint of the same run, and, if given, a
+smaller network trained for fewer steps) at two weights each, and, if a noise-conditional
+classifier (configs/digits/classifier.py) is given, classifier guidance. For each: the class
 accuracy of the samples by an SVC trained on the digits' training split
 (diffusion.metrics.class_accuracy; its test-split accuracy is the ceiling), optionally FID / KID
-against reference statistics, and the wall time. Then inpaints the right half of the first
-test digits (replacement and Pi-GDM) and reports the error of the completed half against the
-truth and the SVC's accuracy on the completions (the true label).
+against reference statistics, NFE, the network batch per sample and call, and the wall time.
+Then inpaints the right half of the first test digits with every posterior method (replacement,
+Pi-GDM, DPS, DAPS, DDRM), by the unconditional model (NULL label) and by the class-conditional
+model given each observation's own class (config.inverse.observation_labels), and reports the
+error of the completed half against the truth and the SVC's accuracy on the completions.
 
   python benchmarks/guidance_digits.py --workdir=workdirs/digits_cond \
-      --classifier_workdir=workdirs/digits_classifier [--fid_stats=STATS.npz]
+      --classifier_workdir=workdirs/digits_clf --weak_workdir=workdirs/digits_cond_weak \
+      --fid_stats=stats/digits_train_8px_1500.npz
 
 Writes benchmarks/results/guidance_digits.md and docs/img/guidance_digits.png (one row per
-class, one panel per guidance weight) and docs/img/inpainting_digits.png.
+class, one panel per setting) and docs/img/inpainting_digits.png.
 """
 from __future__ import annotations
 
@@ -51,6 +56,10 @@ def grid(images, ncols):
   return g
 
 
+def _batch(info) -> int:
+  return int(info["batch_multiplier"]) + int(info.get("guide_batch_multiplier", 0))
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default=os.path.join(ROOT, "configs/digits/cond.py"))
@@ -58,7 +67,13 @@ def main(argv=None) -> int:
   ap.add_argument("--classifier_config",
                   default=os.path.join(ROOT, "configs/digits/classifier.py"))
   ap.add_argument("--classifier_workdir", default=None)
-  ap.add_argument("--weights", default="0,1,3")
+  ap.add_argument("--weights", default="2,4", help="weights of every guidance method")
+  ap.add_argument("--cfgpp_weights", default="0.4,0.8", help="CFG++'s lambda in [0, 1]")
+  ap.add_argument("--guide_step", type=int, default=500,
+                  help="autoguidance by this earlier checkpoint of --workdir")
+  ap.add_argument("--weak_workdir", default=None,
+                  help="autoguidance by this weaker run of configs/digits/cond.py")
+  ap.add_argument("--methods", default="replacement,pigdm,dps,daps,ddrm")
   ap.add_argument("--classifier_scales", default="1,3")
   ap.add_argument("--num_samples", type=int, default=1000)
   ap.add_argument("--fid_stats", default=None)
@@ -77,9 +92,30 @@ def main(argv=None) -> int:
   s, params, step = setup.restore_params(base, args.workdir)
   predict, ceiling = digits_classifier()
   n = args.num_samples
-  settings = [("conditional, no guidance", {})]
-  settings += [(f"cfg w = {w:g}", {"guidance.kind": "cfg", "guidance.weight": float(w)})
-               for w in map(float, args.weights.split(","))]
+  settings = [("conditional, no guidance", {}),
+              ("cfg w = 0 (unconditional)", {"guidance.kind": "cfg", "guidance.weight": 0.0})]
+  weights = [float(w) for w in args.weights.split(",")]
+  guides = [(f"step {args.guide_step}", {"guidance.guide_workdir": args.workdir,
+                                         "guidance.guide_step": args.guide_step})]
+  if args.weak_workdir:
+    guides.append(("ch 16, 500 steps", {"guidance.guide_workdir": args.weak_workdir,
+                                        "guidance.guide_config": args.config}))
+  for w in weights:
+    g = {"guidance.weight": w}
+    settings += [(f"cfg w = {w:g}", {**g, "guidance.kind": "cfg"}),
+                 (f"apg (eta 0) w = {w:g}", {**g, "guidance.kind": "apg"}),
+                 (f"cfg rescale (phi 0.7, v) w = {w:g}", {**g, "guidance.kind": "cfg_rescale"}),
+                 (f"cfg-zero* w = {w:g}", {**g, "guidance.kind": "cfg_zero_star"})]
+    settings += [(f"autoguidance ({name}) w = {w:g}", {**g, "guidance.kind": "autoguidance",
+                                                        **over})
+                 for name, over in guides]
+  # CFG++ is a DDIM loop: DDIM with as many steps as the Heun runs' NFE, and CFG on it.
+  ddim = {"sampling.sampler": "ddim", "sampling.num_steps": 2 * int(base.sampling.num_steps) + 1}
+  for lam in map(float, args.cfgpp_weights.split(",")):
+    settings.append((f"cfg++ (ddim) lambda = {lam:g}",
+                     {**ddim, "guidance.kind": "cfgpp", "guidance.weight": lam}))
+  settings += [(f"cfg (ddim) w = {w:g}", {**ddim, "guidance.kind": "cfg", "guidance.weight": w})
+               for w in weights]
   if args.classifier_workdir:
     settings += [(f"classifier, scale {c:g}",
                   {"guidance.kind": "classifier", "guidance.classifier_scale": float(c),
@@ -97,7 +133,7 @@ def main(argv=None) -> int:
     cfg = overridden(base, over)
     x, labels, info, secs = generate.generate_as(s, params, cfg, n)
     row = [name, class_accuracy(predict, x, labels), int(info["nfe"]),
-           int(info["batch_multiplier"]), secs]
+           _batch(info), secs]
     if stats is not None:
       from experiments import eval_common
       m = eval_common.fid_metrics(overridden(cfg, {"eval.fid_stats": args.fid_stats}), x, stats,
@@ -115,15 +151,28 @@ def main(argv=None) -> int:
                              os.path.join(tmp, "obs.npz"), mask="right_half")
     with np.load(obs) as f:
       mask = f["mask"]
-    methods = [("replacement", {})] + [
-        (f"pigdm, t <= {t_hi if t_hi else 'max (the paper)'}",
-         {"inverse.method": "pigdm", "inverse.sigma_data": 0.75, "inverse.pigdm_t_hi": t_hi})
-        for t_hi in (None, args.pigdm_t_hi)]
+    known = {
+        "replacement": [("replacement", {})],
+        "pigdm": [(f"pigdm, t <= {t_hi if t_hi else 'max (the paper)'}",
+                   {"inverse.method": "pigdm", "inverse.sigma_data": 0.75,
+                    "inverse.pigdm_t_hi": t_hi}) for t_hi in (None, args.pigdm_t_hi)],
+        "dps": [(f"dps, zeta {z:g}", {"inverse.method": "dps", "inverse.dps_zeta": z})
+                for z in (0.5, 2.0)],
+        "daps": [("daps, tau 0.05", {"inverse.method": "daps", "inverse.daps_tau": 0.05})],
+        "ddrm": [("ddrm", {"inverse.method": "ddrm"})],
+    }
+    methods = []
+    for m in args.methods.split(","):
+      if m not in known:
+        raise SystemExit(f"--methods: unknown {m!r}; accepted: {sorted(known)}")
+      for name, over in known[m]:
+        methods += [(f"{name}, NULL label", {**over, "guidance.label": 10}),
+                    (f"{name}, the observation's class",
+                     {**over, "inverse.observation_labels": True})]
     k = args.per_observation
     for name, over in methods:
       cfg = overridden(base, {"inverse.task": "inpaint", "inverse.observations": obs,
-                              "inverse.samples_per_observation": k, "guidance.label": 10,
-                              **over})
+                              "inverse.samples_per_observation": k, **over})
       x, _, info, secs = generate.generate_as(s, params, cfg, args.num_observations * k)
       j = np.arange(len(x)) % args.num_observations
       missing = 1 - mask[j]
@@ -131,7 +180,8 @@ def main(argv=None) -> int:
       if not np.all(np.isfinite(x)):
         rmse = float("nan")
       acc = class_accuracy(predict, x, true_labels[j])
-      inp_rows.append((name, rmse, acc, int(info["nfe"]), bool(info["network_vjp"]), secs))
+      inp_rows.append((name, rmse, acc, int(info["nfe"]) * _batch(info),
+                       bool(info["network_vjp"]), secs))
       inp_panels.append((name, x))
       print(f"inpainting {name}: RMSE {rmse:.3f}, accuracy {acc:.3f}, {secs:.1f} s", flush=True)
 
@@ -139,22 +189,29 @@ def main(argv=None) -> int:
   lines = [f"# Class-conditional digits (step {step}): guidance and inpainting", "",
            f"Command: `python benchmarks/guidance_digits.py --workdir={args.workdir}"
            + (f" --classifier_workdir={args.classifier_workdir}" if args.classifier_workdir
-              else "") + (f" --fid_stats={args.fid_stats}" if args.fid_stats else "") + "`", "",
+              else "") + (f" --weak_workdir={args.weak_workdir}" if args.weak_workdir else "")
+           + (f" --fid_stats={args.fid_stats}" if args.fid_stats else "") + "`", "",
            f"Sampler: {base.sampling.sampler}, {base.sampling.num_steps} steps; {n} samples, "
            f"classes in turn. Class accuracy by {ceiling:.1%}-accurate SVC (its accuracy on the "
            f"test split: the ceiling); cfg in the 'scale' convention (w = 0 unconditional, "
            f"w = 1 the plain conditional).", "",
-           "| setting | class accuracy | NFE | network batch | seconds |" + fid_head,
+           "| setting | class accuracy | NFE | network passes per call | seconds |" + fid_head,
            "|---|---|---|---|---|" + ("---|---|" if stats is not None else "")]
   for r in rows:
-    lines.append(f"| {r[0]} | {r[1]:.3f} | {r[2]} | x{r[3]} | {r[4]:.1f} |"
+    lines.append(f"| {r[0]} | {r[1]:.3f} | {r[2]} | {r[3]} | {r[4]:.1f} |"
                  + (f" {r[5]:.2f} | {r[6]:.2e} |" if stats is not None else ""))
-  lines += ["", f"Inpainting: the right half of the first {args.num_observations} test digits "
-            f"missing, {args.per_observation} completions each, the unconditional model (NULL "
-            f"label). RMSE over the missing pixels (in [-1, 1]); accuracy: the SVC's on the "
-            f"completions against the true digit.", "",
-            "| method | RMSE of the missing half | class accuracy | NFE | backprop per call | "
-            "seconds |", "|---|---|---|---|---|---|"]
+  lines += ["", "network batch: per sample and denoiser call (x2: conditional and "
+            "unconditional in one call); '+ guide': autoguidance's second network, one more "
+            "forward pass of the guide per call.", "",
+            f"Inpainting: the right half of the first {args.num_observations} test digits "
+            f"missing, {args.per_observation} completions each, by the unconditional model (NULL "
+            f"label) or the class-conditional one given the observation's own class "
+            f"(inverse.observation_labels). RMSE over the missing pixels (in [-1, 1]); "
+            f"accuracy: the SVC's on the completions against the true digit; network passes: "
+            f"denoiser calls per completion times the network batch (DPS back-propagates "
+            f"through each: about 3 passes' cost).", "",
+            "| method | RMSE of the missing half | class accuracy | network passes | "
+            "backprop per call | seconds |", "|---|---|---|---|---|---|"]
   lines += [f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]} | {'yes' if r[4] else 'no'} | "
             f"{r[5]:.1f} |" for r in inp_rows]
   text = "\n".join(lines) + "\n"

@@ -167,7 +167,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # [-1, 1], and 'mask' (N, ...) of 0/1 for inpaint; or the observation 'y' directly).
   c.inverse.observations = config_dict.placeholder(str)
   # 'replacement' (score SDE) | 'pigdm' (Song et al. 2023), transformers of the configured sampler;
-  # 'dps' | 'daps' | 'ddrm': samplers of their own on the configured grid (sampling.num_steps,
+  # 'dps' | 'daps' | 'ddrm' | 'tds': samplers of their own on the configured grid (sampling.num_steps,
   # grid): their folders are named by the method, not sampling.sampler (docs/inverse.md)
   c.inverse.method = "replacement"
   c.inverse.noise_std = 0.0  # std of the observation noise (pigdm; replacement needs 0)
@@ -199,6 +199,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   # DDRM (Kawar et al. 2022, eq. 7-8): eta, eta_b (the reference's defaults).
   c.inverse.ddrm_eta = 0.85
   c.inverse.ddrm_eta_b = 1.0
+  # TDS (Wu et al. 2023; diffusion.smc, docs/smc.md): each completion one SMC group of
+  # tds_particles particles (the network batch per completion), drawn from its final weights;
+  # the twisted proposal 'tds' | 'bootstrap' | 'none', the twist variance 'pigdm' (sigma_data) |
+  # 'tds', the reverse step 'ddpm' | 'euler_maruyama', resampling 'systematic' | 'multinomial'
+  # when the ESS falls below tds_ess_threshold * K (1.0: at nearly every step).
+  c.inverse.tds_particles = 16
+  c.inverse.tds_proposal = "tds"
+  c.inverse.tds_variance = "pigdm"
+  c.inverse.tds_transition = "ddpm"
+  c.inverse.tds_resample = "systematic"
+  c.inverse.tds_ess_threshold = 0.5
 
   # Few-step training (training.objective 'progressive_distillation', 'consistency_distillation',
   # 'consistency_training', 'reflow'; experiments/distill.py, docs/few_step.md).

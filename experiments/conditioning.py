@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import guidance, inverse, objectives
+from diffusion import guidance, inverse, objectives, smc
 from diffusion.data import toy2d
 from diffusion.metrics import class_accuracy as ca
 from experiments import build, config_files
@@ -34,9 +34,9 @@ from experiments.setup import restore_params, saved_config
 
 Config = ml_collections.ConfigDict
 INVERSE_TASKS = ("none", "inpaint", "colorize", "super_resolution")
-INVERSE_METHODS = ("replacement", "pigdm", "dps", "daps", "ddrm")
+INVERSE_METHODS = ("replacement", "pigdm", "dps", "daps", "ddrm", "tds")
 # Methods that are samplers of their own (on the configured grid) rather than transformers.
-SAMPLER_METHODS = ("dps", "daps", "ddrm")
+SAMPLER_METHODS = ("dps", "daps", "ddrm", "tds")
 # Classifier-free guidance and its variants: transformers of the conditional model and its NULL
 # label ('cfgpp' is a DDIM loop of its own); the weight in the 'scale' convention (1: the plain
 # conditional), 'cfg' also in 'ho_salimans'.
@@ -414,6 +414,11 @@ def posterior_sampler(config: Config, schedule) -> Callable:
   elif inv.method == "ddrm":
     fn = inverse.ddrm_sampler(op, noise_std=float(inv.noise_std), eta=float(inv.ddrm_eta),
                               eta_b=float(inv.ddrm_eta_b))
+  elif inv.method == "tds":
+    fn = smc.tds_sampler(op, num_particles=inv.tds_particles, noise_std=float(inv.noise_std),
+                         variance=inv.tds_variance, sigma_data=float(inv.sigma_data),
+                         proposal=inv.tds_proposal, transition=inv.tds_transition,
+                         resample=inv.tds_resample, ess_threshold=inv.tds_ess_threshold)
   else:
     raise ConfigError(f"config.inverse.method={inv.method!r} is not a sampler of its own; "
                       f"those are {list(SAMPLER_METHODS)}")
@@ -496,7 +501,9 @@ def plan(config: Config, s, mode: str = "sample") -> Plan:
         raise ConfigError(f"config.inverse.method={inv.method!r} is a sampler of its own, and so "
                           f"is config.guidance.kind={g.kind!r}: one of them")
       sampler = posterior_sampler(config, s.schedule)
-      sampler_cost = {"network_vjp": inv.method == "dps", "transforms": (inv.method,)}
+      sampler_cost = {"network_vjp": inv.method == "dps" or (
+          inv.method == "tds" and inv.tds_proposal == "tds"), "transforms": (inv.method,),
+                      "batch_multiplier": int(inv.tds_particles) if inv.method == "tds" else 1}
     else:
       transforms.append(_inverse(config, s.schedule))
   return Plan(num_classes=ncls, label=int(g.label), tag=tag(config, mode), aux=aux or None,

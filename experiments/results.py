@@ -213,6 +213,10 @@ def _inverse(config: Config) -> Dict[str, Any]:
                                     "daps_r_schedule", "sigma_data")})
   elif inv.method == "ddrm":
     out.update(ddrm_eta=float(inv.ddrm_eta), ddrm_eta_b=float(inv.ddrm_eta_b))
+  elif inv.method == "tds":
+    out.update({f: inv[f] for f in ("tds_particles", "tds_proposal", "tds_variance",
+                                    "tds_transition", "tds_resample", "tds_ess_threshold",
+                                    "sigma_data")})
   if inv.observation_labels:  # only when set: earlier results' keys stay as they were
     out["observation_labels"] = True
   return out

@@ -740,6 +740,8 @@ _CFG_FIELDS = {"apg": "apg_eta, apg_norm_threshold", "cfg_rescale": "rescale_phi
                "cfg_zero_star": "zero_star_optimized, zero_star_space, zero_star_init_t",
                "cfgpp": "weight (lambda in [0, 1]) and sampling.sampler", "cfg": "weight"}
 _METHOD_FIELDS = {"dps": "dps_zeta", "ddrm": "noise_std, ddrm_eta, ddrm_eta_b",
+                  "tds": "noise_std, sigma_data, tds_particles, tds_proposal, tds_variance, "
+                         "tds_transition, tds_resample, tds_ess_threshold",
                   "daps": "noise_std, daps_tau, daps_ode_steps, daps_ode_solver, "
                           "daps_langevin_steps, daps_lr, daps_lr_min_ratio, daps_r_schedule, "
                           "sigma_data"}

@@ -168,19 +168,21 @@ def test_completions_conditioned_on_their_observations_classes(runs):
     ("dps", {"inverse.dps_zeta": 0.5}),
     ("ddrm", {}),
     ("daps", {"inverse.daps_tau": 0.05, "inverse.daps_langevin_steps": 10,
-              "inverse.daps_ode_steps": 2})])
+              "inverse.daps_ode_steps": 2}),
+    ("tds", {"inverse.tds_particles": 4})])
 def test_posterior_samplers_from_the_config(runs, method, extra):
   r = _sample(runs, **{"inverse.task": "inpaint", "inverse.observations": runs["obs"],
                        "inverse.method": method, "inverse.samples_per_observation": 2,
                        "guidance.label": 8, **extra})
   name = os.path.basename(r["out"])  # named by the method that sampled, not sampling.sampler
   assert name.startswith(f"{method}_n8_karras_null_inpaint_{method}_obs_step20_"), name
-  assert r["network_vjp"] == (method == "dps")
+  assert r["network_vjp"] == (method in ("dps", "tds"))
+  assert r["batch_multiplier"] == (4 if method == "tds" else 1)  # TDS: K particles per sample
   d = _npz(r["out"])
   assert list(d["transforms"]) == [method] and np.isfinite(d["x"]).all()
-  nfe = {"dps": 9, "ddrm": 9, "daps": 9 * 2}[method]
+  nfe = {"dps": 9, "ddrm": 9, "daps": 9 * 2, "tds": 9}[method]
   assert int(d["nfe"]) == nfe
-  if method == "ddrm":  # noiseless DDRM meets the observation exactly
+  if method in ("ddrm", "tds"):  # noiseless DDRM and TDS meet the observation exactly
     with np.load(runs["obs"]) as f:
       truth = f["images"]
     np.testing.assert_allclose(d["x"][:, 0], truth[d["observation_index"], 0], atol=1e-5)

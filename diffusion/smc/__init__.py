@@ -24,6 +24,7 @@ from diffusion.schedules import Schedule
 from diffusion.smc import potentials, resampling, twists
 from diffusion.smc.core import TRANSITIONS, expand_cond, prior_particles, select, smc
 from diffusion.smc.potentials import RewardPotential, class_reward, x0_reward
+from diffusion.smc.sampler import tds_sampler
 from diffusion.smc.twists import LinearGaussianTwist
 
 PROPOSALS = ("tds", "bootstrap", "none")
@@ -60,4 +61,4 @@ def fk_steering(denoise, schedule: Schedule, key, x_T, time_grid, reward, *, con
 
 __all__ = ["LinearGaussianTwist", "PROPOSALS", "RewardPotential", "TRANSITIONS", "class_reward",
            "expand_cond", "fk_steering", "potentials", "prior_particles", "resampling", "select",
-           "smc", "tds", "twists", "x0_reward"]
+           "smc", "tds", "tds_sampler", "twists", "x0_reward"]

@@ -229,12 +229,13 @@ def smc(denoise, schedule: Schedule, key, x_T: Array, time_grid, twist, *, cond=
   return unflat(x0.astype(dt)), info
 
 
-def select(key, x0: Array, log_weights: Array, num: int = 1) -> Array:
+def select(key, x0: Array, log_weights: Array, num: int = 1, group_offset=0) -> Array:
   """``num`` particles per group drawn (multinomially, with replacement) from the final weights:
-  x0 (G, K, ...), log_weights (G, K) -> (G, num, ...); group g uses fold_in(key, g). One draw per
-  group is a sample of the SMC's approximation of the target, independent across groups."""
+  x0 (G, K, ...), log_weights (G, K) -> (G, num, ...); group g uses fold_in(key, group_offset +
+  g). One draw per group is a sample of the SMC's approximation of the target, independent
+  across groups."""
   g = x0.shape[0]
-  keys = engine.sample_keys(key, g, 0)
+  keys = engine.sample_keys(key, g, group_offset)
   idx = jax.vmap(lambda kk, lw: jax.random.categorical(kk, lw, shape=(num,)))(keys, log_weights)
   ix = jnp.reshape(idx, idx.shape + (1,) * (x0.ndim - 2))
   return jnp.take_along_axis(x0, ix, axis=1)

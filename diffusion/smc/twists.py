@@ -32,8 +32,9 @@ Final step (where the twist must become the exact likelihood):
       Gaussian emission x0 | x_N ~ N(x0_hat(x_N), r_N^2 I) (r_N ~ sigma(t_min) / alpha: tiny).
       Its evidence of y is exactly phi_N, so phi_final = phi_N (the final weight is 1), and x0 is
       drawn from the emission conditioned on A x0 = y exactly, by Matheron's rule:
-      u = x0_hat + r_N z, x0 = u + A^+ (y - A u) (generalises the TDS code's last-step
-      replacement x0[mask] = y, whose weight is the same N(y; A mean, var) evidence).
+      u = x0_hat + r_N z, x0 = u + A^+ (y - A u) = (I - P) u + A^+ y (generalises the TDS
+      code's last-step replacement x0[mask] = y, whose weight is the same N(y; A mean, var)
+      evidence).
 """
 from __future__ import annotations
 
@@ -152,8 +153,9 @@ class LinearGaussianTwist(Twist):
     z = jax.vmap(lambda kk: jax.random.normal(kk, m.shape[1:], m.dtype))(keys)
     u = m + _per_sample(jnp.sqrt(r2), m) * z
     y = jnp.asarray(cond["y"]).astype(m.dtype)
-    x0 = u + self.op.adjoint(self.op.solve_gram(y - self.op.apply(u, cond), jnp.ones_like(r2),
-                                                0.0, cond), cond)
+    # = u + A^+ (y - A u), written (I - P) u + A^+ y so that A x0 = y holds to round-off of y,
+    # not of u (a diverging u, |u| ~ 1e4 in float32, otherwise loses y entirely)
+    x0 = u - self.op.project(u, cond) + self.op.pinv(y, cond)
     if self.twist:
       return x0, log_phi
     # No twist: phi_N = 1, and phi_final is the emission's evidence N(y; A m, r_N^2 A A^T).
