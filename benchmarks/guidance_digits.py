@@ -10,7 +10,7 @@ accuracy of the samples by an SVC trained on the digits' training split
 (diffusion.metrics.class_accuracy; its test-split accuracy is the ceiling), optionally FID / KID
 against reference statistics, NFE, the network batch per sample and call, and the wall time.
 Then inpaints the right half of the first test digits with every posterior method (replacement,
-Pi-GDM, DPS, DAPS, DDRM), by the unconditional model (NULL label) and by the class-conditional
+Pi-GDM, DPS, DAPS, DDRM, TDS), by the unconditional model (NULL label) and by the class-conditional
 model given each observation's own class (config.inverse.observation_labels), and reports the
 error of the completed half against the truth and the SVC's accuracy on the completions.
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                   help="autoguidance by this earlier checkpoint of --workdir")
   ap.add_argument("--weak_workdir", default=None,
                   help="autoguidance by this weaker run of configs/digits/cond.py")
-  ap.add_argument("--methods", default="replacement,pigdm,dps,daps,ddrm")
+  ap.add_argument("--methods", default="replacement,pigdm,dps,daps,ddrm,tds")
   ap.add_argument("--classifier_scales", default="1,3")
   ap.add_argument("--num_samples", type=int, default=1000)
   ap.add_argument("--fid_stats", default=None)
@@ -157,9 +157,10 @@ def main(argv=None) -> int:
                    {"inverse.method": "pigdm", "inverse.sigma_data": 0.75,
                     "inverse.pigdm_t_hi": t_hi}) for t_hi in (None, args.pigdm_t_hi)],
         "dps": [(f"dps, zeta {z:g}", {"inverse.method": "dps", "inverse.dps_zeta": z})
-                for z in (0.5, 2.0)],
+                for z in (0.5, 1.0)],
         "daps": [("daps, tau 0.05", {"inverse.method": "daps", "inverse.daps_tau": 0.05})],
         "ddrm": [("ddrm", {"inverse.method": "ddrm"})],
+        "tds": [("tds, K 16", {"inverse.method": "tds", "inverse.tds_particles": 16})],
     }
     methods = []
     for m in args.methods.split(","):

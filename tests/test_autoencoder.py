@@ -47,10 +47,10 @@ def _rel(a, b):
   return np.abs(a - b).max() / np.abs(b).max()
 
 
-# float64 parity of every fixture is slow on 2 cores (a fresh float64 compile each); the default
-# suite checks float32 everywhere and float64 on the first fixture.
-PARITY_CASES = [pytest.param(n, f64, marks=() if (not f64 or n == FIXTURES[0]) else
-                             pytest.mark.slow) for n in FIXTURES for f64 in (False, True)]
+# float64 parity is slow on 2 cores (a fresh float64 compile each, ~40 s): the default suite
+# checks float32 on every fixture, `pytest -m slow` float64 too.
+PARITY_CASES = [pytest.param(n, f64, marks=() if not f64 else pytest.mark.slow)
+                for n in FIXTURES for f64 in (False, True)]
 
 
 @pytest.mark.parametrize("name,float64", PARITY_CASES)

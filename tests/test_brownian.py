@@ -165,7 +165,10 @@ def test_batch_split_and_seed(name):
 STRONG_STEPS = (8, 16, 32)
 
 
-@pytest.mark.parametrize("name", ["euler_maruyama", "sde_dpmpp_2m"])
+# euler_maruyama is slow (~50 s on a loaded host); sde_dpmpp_2m checks the same Brownian tree's
+# strong order here, and test_sde_solvers.py the other SDE solvers'.
+@pytest.mark.parametrize("name", [pytest.param("euler_maruyama", marks=pytest.mark.slow),
+                                  "sde_dpmpp_2m"])
 def test_strong_order(name):
   ref = solve(name, REF_STEPS)
   errs = [rms(solve(name, n), ref) for n in STRONG_STEPS]

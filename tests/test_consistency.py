@@ -98,7 +98,9 @@ def test_boundary_parameterization(sch):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sch", [EDM, VP], ids=lambda s: s.name)
+# EDM is slow (~50 s on a loaded host): the map itself is schedule-agnostic and VP checks it here.
+@pytest.mark.parametrize("sch", [pytest.param(EDM, marks=pytest.mark.slow), VP],
+                         ids=lambda s: s.name)
 def test_exact_consistency_fn_is_the_ode_map(sch):
   """ode_consistency_fn (512 RK4 steps) vs diffrax Dopri8 (rtol = atol = 1e-11) and the registry's
   DPM-Solver-3 (1000 steps, uniform logSNR) from t_max, and from a mid time; identity at t_min."""

@@ -46,12 +46,14 @@ def _net_output(conv, ref, dtype):
   return np.asarray(out, np.float64).transpose(0, 3, 1, 2)
 
 
-# ddpm_small (~20 s) and ddpm_bin_legacy (~38 s on a loaded host; its .bin reader and legacy
-# attention names are tested in the default tier below) are slow: the other three cover every
-# mapped setting in under 10 s each.
+# ddpm_small (~20 s), ddpm_bin_legacy (~38 s on a loaded host; its .bin reader and legacy
+# attention names are tested in the default tier below) and ddpm_cifar_layout (a CIFAR-size
+# network, ~60 s; its v-parameterization and pipeline folder are read in the default tier below,
+# and unet2d_train_example is a saved pipeline too) are slow: the other two cover every mapped
+# setting in under 10 s each.
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
-                                  if n in ("ddpm_small", "ddpm_bin_legacy") else n
-                                  for n in FIXTURES])
+                                  if n in ("ddpm_small", "ddpm_bin_legacy", "ddpm_cifar_layout")
+                                  else n for n in FIXTURES])
 def test_converted_network_matches_diffusers(name):
   conv = du.convert(_model_folder(name))
   ref = np.load(os.path.join(ROOT, name, "reference.npz"))

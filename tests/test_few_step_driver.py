@@ -76,6 +76,7 @@ PD = {"distill.rounds": 2, "distill.student_steps": 4, "training.num_steps": 40,
       "training.ckpt_every": 10, "sampling.num_steps": 2}
 
 
+@pytest.mark.slow  # ~100 s with its teacher; the PD driver is checked bitwise by golden case 'pd'
 def test_pd_rounds_keep_students_and_carry_their_teachers(teachers, capsys):
   wd = os.path.join(os.path.dirname(teachers["vcos"]), "pd_a")
   cfg = _student("pd", teachers["vcos"], **PD, **{"training.max_to_keep": 1})
