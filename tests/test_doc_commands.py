@@ -41,7 +41,8 @@ PROGRAM_COMMANDS = [c for c in COMMANDS if c.kind in ("module", "script") and c.
 # Config fields naming an input that an earlier command writes, and what it is: the fast tier
 # puts an empty placeholder there (validation checks that it exists, a run reads it).
 INPUTS = {"eval.fid_stats": "file", "inverse.observations": "file",
-          "guidance.classifier_workdir": "dir", "distill.teacher_workdir": "dir"}
+          "guidance.classifier_workdir": "dir", "guidance.guide_workdir": "dir",
+          "distill.teacher_workdir": "dir"}
 # The programs of other projects in the docs, which the tests do not run.
 OTHER_PROGRAMS = {"pip": "installs packages (network)", "tfds": "prepares tfds datasets (network)",
                   "hf": "downloads from the Hugging Face hub (network)",
