@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -290,6 +290,42 @@ def random_mixture(seed: int, dim: int, num_components: int = 4, scale: float = 
   return GaussianMixture.create(w, mu, covs)
 
 
+def _check_observation(gm: GaussianMixture, A: Array, y: Array, noise_std) -> Tuple[
+    np.ndarray, np.ndarray, float]:
+  """(A (M, D), y (M,) as float64, noise_std as a float), checked against the mixture."""
+  a = np.asarray(A, np.float64)
+  yy = np.asarray(y, np.float64)
+  if a.ndim != 2 or a.shape[1] != gm.dim:
+    raise ValueError(f"A must be (M, D) with D = the mixture's dimension {gm.dim}, got {a.shape}")
+  m = a.shape[0]
+  if yy.shape != (m,):
+    raise ValueError(f"y must be (M,) = ({m},) for A of shape {a.shape}, got {yy.shape}")
+  if isinstance(noise_std, (bool, np.bool_)) or not isinstance(
+      noise_std, (int, float, np.integer, np.floating)) or not (
+          np.isfinite(noise_std) and noise_std >= 0):
+    raise ValueError(f"noise_std must be a finite real >= 0, got {noise_std!r}")
+  return a, yy, float(noise_std)
+
+
+def _component_evidence(a: np.ndarray, cov: np.ndarray, mean: np.ndarray, y: np.ndarray,
+                        s: float, k: int):
+  """(S A^T (D, M), G = A S A^T + s^2 I (M, M), r = y - A mu (M,), log N(y; A mu, G)) of one
+  component; ValueError if G is singular."""
+  m = a.shape[0]
+  sa = cov @ a.T
+  g = a @ sa + s * s * np.eye(m)
+  g = 0.5 * (g + g.T)
+  lam = np.linalg.eigvalsh(g)
+  if not lam.min() > 1e-12 * max(1.0, lam.max()):
+    raise ValueError(f"A S_k A^T + noise_std^2 I is singular for component {k} (eigenvalues "
+                     f"{lam}); use noise_std > 0 or an A whose rows the covariance spans")
+  chol = np.linalg.cholesky(g)
+  r = y - a @ mean
+  z = np.linalg.solve(chol, r)
+  logn = -0.5 * z @ z - np.sum(np.log(np.diag(chol))) - 0.5 * m * math.log(2 * math.pi)
+  return sa, g, r, float(logn)
+
+
 def linear_gaussian_posterior(gm: GaussianMixture, A: Array, y: Array,
                               noise_std: float = 0.0) -> GaussianMixture:
   """The exact posterior p(x0 | y) of x0 ~ gm observed as y = A x0 + noise_std n, n ~ N(0, I).
@@ -304,37 +340,15 @@ def linear_gaussian_posterior(gm: GaussianMixture, A: Array, y: Array,
   noise_std = 0 (noiseless observation) needs every G_k = A S_k A^T invertible (ValueError
   otherwise). Computed on the host in float64; returns a ``GaussianMixture``.
   """
-  a = np.asarray(A, np.float64)
-  yy = np.asarray(y, np.float64)
-  d = gm.dim
-  if a.ndim != 2 or a.shape[1] != d:
-    raise ValueError(f"A must be (M, D) with D = the mixture's dimension {d}, got {a.shape}")
-  m = a.shape[0]
-  if yy.shape != (m,):
-    raise ValueError(f"y must be (M,) = ({m},) for A of shape {a.shape}, got {yy.shape}")
-  if isinstance(noise_std, (bool, np.bool_)) or not isinstance(
-      noise_std, (int, float, np.integer, np.floating)) or not (
-          np.isfinite(noise_std) and noise_std >= 0):
-    raise ValueError(f"noise_std must be a finite real >= 0, got {noise_std!r}")
-  s = float(noise_std)
+  a, yy, s = _check_observation(gm, A, y, noise_std)
   covs = gm.covariances()
   means, new_covs, logw = [], [], []
   for k in range(gm.num_components):
-    sa = covs[k] @ a.T  # S A^T, (D, M)
-    g = a @ sa + s * s * np.eye(m)
-    g = 0.5 * (g + g.T)
-    lam = np.linalg.eigvalsh(g)
-    if not lam.min() > 1e-12 * max(1.0, lam.max()):
-      raise ValueError(f"A S_k A^T + noise_std^2 I is singular for component {k} (eigenvalues "
-                       f"{lam}); use noise_std > 0 or an A whose rows the covariance spans")
-    chol = np.linalg.cholesky(g)
-    r = yy - a @ gm.means[k]
+    sa, g, r, logn = _component_evidence(a, covs[k], gm.means[k], yy, s, k)
     gain = np.linalg.solve(g, sa.T).T  # K = S A^T G^{-1}, (D, M)
     cov = covs[k] - gain @ sa.T
     means.append(gm.means[k] + gain @ r)
     new_covs.append(0.5 * (cov + cov.T))
-    z = np.linalg.solve(chol, r)
-    logn = -0.5 * z @ z - np.sum(np.log(np.diag(chol))) - 0.5 * m * math.log(2 * math.pi)
     logw.append(math.log(gm.weights[k]) + logn if gm.weights[k] > 0 else -np.inf)
   logw = np.asarray(logw)
   w = np.exp(logw - logw.max())
@@ -364,29 +378,11 @@ def linear_gaussian_evidence(gm: GaussianMixture, A: Array, y: Array,
 
   A: (M, D), y: (M,); float64 on the host. noise_std = 0 gives the density of A x0 at y (every
   A S_k A^T must be invertible, ValueError otherwise)."""
-  a = np.asarray(A, np.float64)
-  yy = np.asarray(y, np.float64)
-  if a.ndim != 2 or a.shape[1] != gm.dim:
-    raise ValueError(f"A must be (M, D) with D = the mixture's dimension {gm.dim}, got {a.shape}")
-  m = a.shape[0]
-  if yy.shape != (m,):
-    raise ValueError(f"y must be (M,) = ({m},) for A of shape {a.shape}, got {yy.shape}")
-  if isinstance(noise_std, (bool, np.bool_)) or not isinstance(
-      noise_std, (int, float, np.integer, np.floating)) or not (
-          np.isfinite(noise_std) and noise_std >= 0):
-    raise ValueError(f"noise_std must be a finite real >= 0, got {noise_std!r}")
+  a, yy, s = _check_observation(gm, A, y, noise_std)
   covs = gm.covariances()
   terms = []
   for k in range(gm.num_components):
-    g = a @ covs[k] @ a.T + float(noise_std)**2 * np.eye(m)
-    g = 0.5 * (g + g.T)
-    lam = np.linalg.eigvalsh(g)
-    if not lam.min() > 1e-12 * max(1.0, lam.max()):
-      raise ValueError(f"A S_k A^T + noise_std^2 I is singular for component {k} (eigenvalues "
-                       f"{lam}); use noise_std > 0")
-    chol = np.linalg.cholesky(g)
-    z = np.linalg.solve(chol, yy - a @ gm.means[k])
-    logn = -0.5 * z @ z - np.sum(np.log(np.diag(chol))) - 0.5 * m * math.log(2 * math.pi)
+    logn = _component_evidence(a, covs[k], gm.means[k], yy, s, k)[3]
     terms.append(math.log(gm.weights[k]) + logn if gm.weights[k] > 0 else -np.inf)
   terms = np.asarray(terms)
   top = terms.max()

@@ -149,7 +149,7 @@ def check_denoiser(denoise, name: str = "denoise"):
 def cond_and_uncond(denoise: Denoiser, x, t, cond, null: int, who: str):
   """(x0_c, x0_u, t (B,)): the conditional and NULL-label outputs of ``denoise`` from ONE call on
   the batch [x; x], [t; t], [cond; cond with the labels replaced by ``null``] (other cond
-  entries repeated), as in ``classifier_free``."""
+  entries repeated): the one batched call of ``classifier_free`` and its variants."""
   import jax
   labels = jnp.asarray(_labels_or_raise(cond, who))
   b = x.shape[0]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.guidance.base import (Denoiser, _batch_t, _check_finite, _labels_or_raise,
-                                     check_interval, in_interval, with_info)
+from diffusion.guidance.base import (Denoiser, _check_finite, check_interval, cond_and_uncond,
+                                     in_interval, with_info)
 
 CONVENTIONS = ("scale", "ho_salimans")
 
@@ -61,18 +60,9 @@ def classifier_free(denoise: Denoiser, weight: float, *, null_label: int,
   null = int(null_label)
 
   def guided(x, t, cond=None):
-    labels = jnp.asarray(_labels_or_raise(cond, "classifier_free guidance"))
-    b = x.shape[0]
-    tb = _batch_t(t, x)
-    labels = jnp.broadcast_to(labels, (b,))
-    both = jnp.concatenate([labels, jnp.full_like(labels, null)])
-    rest = {k: v for k, v in cond.items() if k != "label"} if isinstance(cond, dict) else {}
-    rest = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), rest)
-    cond2 = dict(rest, label=both) if isinstance(cond, dict) else both
-    out = denoise(jnp.concatenate([x, x]), jnp.concatenate([tb, tb]), cond2)
-    x0_c, x0_u = out[:b], out[b:]
+    x0_c, x0_u, tb = cond_and_uncond(denoise, x, t, cond, null, "classifier_free guidance")
     # = x0_u + w (x0_c - x0_u), written to be exactly x0_c at w = 1.
-    x0 = x0_c + jnp.asarray(w_scale - 1.0, out.dtype) * (x0_c - x0_u)
+    x0 = x0_c + jnp.asarray(w_scale - 1.0, x0_c.dtype) * (x0_c - x0_u)
     if interval is not None:
       x0 = jnp.where(in_interval(tb, interval, x0), x0, x0_c)
     return x0
