@@ -4,6 +4,8 @@
   .venv/bin/python -m benchmarks.smc_mixture --quick    # ~1 minute, 200 groups, K = 16 / 64
   .venv/bin/python -m benchmarks.smc_mixture --steps 300 1000 --particles 64 --methods tds \
       --out benchmarks/results/smc_mixture_steps.md      # the chain's limit as the steps grow
+  .venv/bin/python -m benchmarks.smc_mixture --steps 300 --particles 4 16 64 256 --methods tds \
+      --out benchmarks/results/smc_mixture_particles.md  # the particles' limit on a fine chain
 
 Writes benchmarks/results/smc_mixture.md (and .json).
 
