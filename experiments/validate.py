@@ -681,6 +681,10 @@ def check_guidance(config: Config, schedule, mode: str) -> None:
   if g.kind not in ("none", "autoguidance") and g.label == ncls and ncls:
     raise ConfigError(f"config.guidance.label={g.label} is the NULL label: there is no class to "
                       f"guide towards with guidance.kind={g.kind!r}")
+  if g.kind == "cfgpp" and mode == "sweep":
+    raise ConfigError("config.guidance.kind='cfgpp' is a DDIM loop of its own, so a sweep over "
+                      "samplers would sample every cell with it; sweep another kind, or sample / "
+                      "eval with sampling.sampler='ddim'")
   if g.kind in cond_lib.CFG_KINDS:  # its own fields, once the shared ones are known good
     _check_cfg_family(config, schedule)
   _check_inverse(config, schedule, mode)

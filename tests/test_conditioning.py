@@ -87,6 +87,8 @@ def _refused(config, mode="sample") -> str:
     ({**COND, "guidance.kind": "apg", "guidance.convention": "ho_salimans"}, "sample",
      ["convention='ho_salimans'", "kind 'cfg' only"]),
     ({**COND, "guidance.kind": "cfgpp"}, "sample", ["kind='cfgpp'", "DDIM", "'heun'"]),
+    ({**COND, "guidance.kind": "cfgpp", "sampling.sampler": "ddim"}, "sweep",
+     ["kind='cfgpp'", "every cell"]),
     ({**COND, "guidance.kind": "cfgpp", "sampling.sampler": "ddim", "guidance.weight": 3.0},
      "sample", ["kind='cfgpp'", "3.0"]),
 
