@@ -74,6 +74,8 @@ def main(argv=None) -> int:
   ap.add_argument("--weak_workdir", default=None,
                   help="autoguidance by this weaker run of configs/digits/cond.py")
   ap.add_argument("--methods", default="replacement,pigdm,dps,daps,ddrm,tds")
+  ap.add_argument("--short", action="store_true",
+                  help="leave out the reference rows (cfg w = 0, cfg on CFG++'s DDIM grid)")
   ap.add_argument("--classifier_scales", default="1,3")
   ap.add_argument("--num_samples", type=int, default=1000)
   ap.add_argument("--fid_stats", default=None)
@@ -92,8 +94,9 @@ def main(argv=None) -> int:
   s, params, step = setup.restore_params(base, args.workdir)
   predict, ceiling = digits_classifier()
   n = args.num_samples
-  settings = [("conditional, no guidance", {}),
-              ("cfg w = 0 (unconditional)", {"guidance.kind": "cfg", "guidance.weight": 0.0})]
+  settings = [("conditional, no guidance", {})]
+  if not args.short:
+    settings.append(("cfg w = 0 (unconditional)", {"guidance.kind": "cfg", "guidance.weight": 0.0}))
   weights = [float(w) for w in args.weights.split(",")]
   guides = [(f"step {args.guide_step}", {"guidance.guide_workdir": args.workdir,
                                          "guidance.guide_step": args.guide_step})]
@@ -114,8 +117,9 @@ def main(argv=None) -> int:
   for lam in map(float, args.cfgpp_weights.split(",")):
     settings.append((f"cfg++ (ddim) lambda = {lam:g}",
                      {**ddim, "guidance.kind": "cfgpp", "guidance.weight": lam}))
-  settings += [(f"cfg (ddim) w = {w:g}", {**ddim, "guidance.kind": "cfg", "guidance.weight": w})
-               for w in weights]
+  if not args.short:
+    settings += [(f"cfg (ddim) w = {w:g}", {**ddim, "guidance.kind": "cfg", "guidance.weight": w})
+                 for w in weights]
   if args.classifier_workdir:
     settings += [(f"classifier, scale {c:g}",
                   {"guidance.kind": "classifier", "guidance.classifier_scale": float(c),
@@ -191,7 +195,9 @@ def main(argv=None) -> int:
            f"Command: `python benchmarks/guidance_digits.py --workdir={args.workdir}"
            + (f" --classifier_workdir={args.classifier_workdir}" if args.classifier_workdir
               else "") + (f" --weak_workdir={args.weak_workdir}" if args.weak_workdir else "")
-           + (f" --fid_stats={args.fid_stats}" if args.fid_stats else "") + "`", "",
+           + (f" --fid_stats={args.fid_stats}" if args.fid_stats else "")
+           + (f" --num_samples={n}" if n != 1000 else "") + (" --short" if args.short else "")
+           + "`", "",
            f"Sampler: {base.sampling.sampler}, {base.sampling.num_steps} steps; {n} samples, "
            f"classes in turn. Class accuracy by {ceiling:.1%}-accurate SVC (its accuracy on the "
            f"test split: the ceiling); cfg in the 'scale' convention (w = 0 unconditional, "
@@ -201,9 +207,8 @@ def main(argv=None) -> int:
   for r in rows:
     lines.append(f"| {r[0]} | {r[1]:.3f} | {r[2]} | {r[3]} | {r[4]:.1f} |"
                  + (f" {r[5]:.2f} | {r[6]:.2e} |" if stats is not None else ""))
-  lines += ["", "network batch: per sample and denoiser call (x2: conditional and "
-            "unconditional in one call); '+ guide': autoguidance's second network, one more "
-            "forward pass of the guide per call.", "",
+  lines += ["", "network passes per call: per sample and denoiser call (2: conditional "
+            "and unconditional in one call, or autoguidance's model and its guide).", "",
             f"Inpainting: the right half of the first {args.num_observations} test digits "
             f"missing, {args.per_observation} completions each, by the unconditional model (NULL "
             f"label) or the class-conditional one given the observation's own class "
