@@ -29,6 +29,7 @@ from diffusion.guidance.apg import project
 from diffusion.guidance.cfg_rescale import rescale_combine
 from diffusion.guidance.cfg_zero_star import optimized_scale, zero_star_combine
 from diffusion.samplers import build_sampler
+from tests.test_guidance import labelled_mixture  # the same 2-D, 3-class mixture
 
 slow = pytest.mark.slow
 VP = schedules.VP()
@@ -47,17 +48,6 @@ ZERO_STAR = guidance.classifier_free_zero_star
 def x64():
   with jax.enable_x64(True):
     yield
-
-
-@functools.lru_cache(None)
-def labelled_mixture() -> analytic.GaussianMixture:
-  """2-D, 3 classes, 2 components per class."""
-  means = [[-2.0, -0.5], [-1.4, 1.0], [2.0, 0.0], [1.2, -1.3], [0.0, 2.4], [0.9, 3.0]]
-  rot = np.array([[0.3, 0.12], [0.12, 0.15]])
-  covs = np.array([np.diag([0.2, 0.3]), rot, np.diag([0.25, 0.1]), np.diag([0.1, 0.2]), rot.T,
-                   np.diag([0.3, 0.15])])
-  return analytic.GaussianMixture.create([0.15, 0.2, 0.1, 0.25, 0.2, 0.1], means, covs,
-                                         classes=[0, 0, 1, 1, 2, 2])
 
 
 def points(sched, n=12, seed=0):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import jax.numpy as jnp
-import numpy as np
 
-from diffusion.guidance.base import (Denoiser, _check_finite, check_interval, cond_and_uncond,
-                                     in_interval, with_info)
+from diffusion.guidance.base import (Denoiser, _check_finite, check_interval, check_null_label,
+                                     cond_and_uncond, in_interval, with_info)
 
 CONVENTIONS = ("scale", "ho_salimans")
 
@@ -52,12 +51,9 @@ def classifier_free(denoise: Denoiser, weight: float, *, null_label: int,
   w = _check_finite("weight", weight)
   if convention not in CONVENTIONS:
     raise ValueError(f"unknown guidance convention {convention!r}; accepted: {CONVENTIONS}")
-  if isinstance(null_label, (bool, np.bool_)) or not isinstance(null_label, (int, np.integer)) \
-      or null_label < 1:
-    raise ValueError(f"null_label must be an int >= 1 (the number of classes), got {null_label!r}")
   interval = check_interval(interval)
   w_scale = w if convention == "scale" else 1.0 + w
-  null = int(null_label)
+  null = check_null_label(null_label)
 
   def guided(x, t, cond=None):
     x0_c, x0_u, tb = cond_and_uncond(denoise, x, t, cond, null, "classifier_free guidance")
